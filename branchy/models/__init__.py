@@ -1,0 +1,5 @@
+from .base import BranchyNet, ModelConfig, weights_fingerprint
+from .zoo import BACKBONES, build_from_config, build_model, list_models
+
+__all__ = ["BranchyNet", "ModelConfig", "weights_fingerprint", "BACKBONES", "build_model", "build_from_config",
+           "list_models"]

@@ -1,0 +1,30 @@
+"""BranchyNet-style exit heads: earlier branches get more conv layers."""
+from __future__ import annotations
+
+from torch import nn
+
+
+def head_convs(position: float, max_convs: int) -> int:
+    """Conv layers for a branch at relative depth ``position`` in (0, 1): more for earlier branches."""
+    return max(0, int(max_convs * (1.0 - position) + 0.5))
+
+
+def branch_head(in_channels: int, hw: tuple[int, int], num_classes: int, *, n_conv: int,
+                norm: bool = True, max_width: int = 128, pool: int = 2) -> nn.Sequential:
+    """``n_conv`` × (conv3x3 → [BN] → ReLU → maxpool 2) then adaptive average pool to ``pool×pool``
+    and a linear classifier. Width doubles per conv (capped at ``max_width``)."""
+    layers: list[nn.Module] = []
+    c, (h, w) = in_channels, hw
+    for _ in range(n_conv):
+        out = min(max(2 * c, 8), max_width)
+        layers.append(nn.Conv2d(c, out, 3, padding=1, bias=not norm))
+        if norm:
+            layers.append(nn.BatchNorm2d(out))
+        layers.append(nn.ReLU(inplace=True))
+        if min(h, w) >= 4:
+            layers.append(nn.MaxPool2d(2))
+            h, w = h // 2, w // 2
+        c = out
+    p = pool if min(h, w) >= pool else 1
+    layers += [nn.AdaptiveAvgPool2d(p), nn.Flatten(), nn.Linear(c * p * p, num_classes)]
+    return nn.Sequential(*layers)

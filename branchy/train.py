@@ -1,0 +1,277 @@
+"""BranchyNet joint training (L = Σ_n w_n · CE_n) and checkpoints that rebuild the model alone."""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .data import Splits, load_dataset
+from .models import BranchyNet, ModelConfig, build_from_config, build_model, weights_fingerprint
+
+CHECKPOINT_FORMAT = "branchy-checkpoint"
+CHECKPOINT_VERSION = 1
+SCHEMES = ("joint", "trunk-first")
+OPTIMIZERS = ("adam", "sgd")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training settings. ``exit_weights`` are BranchyNet's w_n (one per exit; ``None`` = all 1).
+    ``scheme='trunk-first'`` trains trunk + final exit for ``trunk_epochs``, then every exit jointly."""
+
+    model: str = "b-lenet"
+    dataset: str = "mnist5k"
+    exits: tuple[int, ...] | None = None
+    model_options: dict = field(default_factory=dict)
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 1e-3
+    optimizer: str = "adam"
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    exit_weights: tuple[float, ...] | None = None
+    scheme: str = "joint"
+    augment_shift: int = 0
+    trunk_epochs: int = 0
+    seed: int = 0
+    device: str = "auto"
+    data_root: str = "data"
+    download: bool = False
+    data_path: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {self.optimizer!r}; known: {', '.join(OPTIMIZERS)}")
+        if self.scheme not in SCHEMES:
+            raise ValueError(f"unknown training scheme {self.scheme!r}; known: {', '.join(SCHEMES)}")
+        if self.exit_weights is not None and any(w < 0 for w in self.exit_weights):
+            raise ValueError(f"exit_weights must be >= 0, got {self.exit_weights}")
+
+    def dataset_kwargs(self) -> dict:
+        return {"root": self.data_root, "download": self.download, "path": self.data_path, "seed": self.seed}
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device {device!r} asked for, but CUDA is not available here; use --device cpu")
+    return torch.device(device)
+
+
+def random_shift(x: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
+    """Translate each image by a random whole number of pixels in [-max_shift, max_shift] (zero fill)."""
+    if max_shift <= 0:
+        return x
+    b, _, h, w = x.shape
+    d = torch.randint(-max_shift, max_shift + 1, (b, 2), generator=generator).float()
+    theta = torch.zeros(b, 2, 3)
+    theta[:, 0, 0] = theta[:, 1, 1] = 1.0
+    theta[:, 0, 2] = 2 * d[:, 0] / w
+    theta[:, 1, 2] = 2 * d[:, 1] / h
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False).to(x.device)
+    return F.grid_sample(x, grid, mode="nearest", padding_mode="border", align_corners=False)
+
+
+def joint_loss(logits: Sequence[torch.Tensor], y: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """BranchyNet's ``Σ_n w_n · CE(z_n, y)``; also the per-exit CE values ``[K]`` (detached)."""
+    if len(weights) != len(logits):
+        raise ValueError(f"{len(weights)} exit weights for {len(logits)} exits")
+    ce = torch.stack([F.cross_entropy(z, y) for z in logits])
+    return (weights.to(ce) * ce).sum(), ce.detach()
+
+
+@torch.no_grad()
+def evaluate(model: BranchyNet, ds, *, batch_size: int = 256, device: torch.device | str = "cpu") -> pd.DataFrame:
+    """Per-exit accuracy (fraction) and mean cross-entropy (nats) on a split."""
+    model.eval()
+    k = model.num_exits
+    correct, loss, n = np.zeros(k), np.zeros(k), 0
+    for x, y in ds.iter_batches(batch_size):
+        x, y = x.to(device), y.to(device)
+        for i, z in enumerate(model.forward_exits(x)):
+            correct[i] += (z.argmax(1) == y).sum().item()
+            loss[i] += F.cross_entropy(z, y, reduction="sum").item()
+        n += len(y)
+    return pd.DataFrame({"exit": np.arange(k), "accuracy": correct / n, "loss": loss / n})
+
+
+@dataclass
+class TrainResult:
+    model: BranchyNet
+    history: pd.DataFrame
+    checkpoint: Path | None
+    splits: Splits
+
+
+def train(cfg: TrainConfig, *, splits: Splits | None = None, out_dir: str | os.PathLike | None = None,
+          progress: bool = True) -> TrainResult:
+    """Train a branchy net per ``cfg``; writes ``model.pt`` and ``history.csv`` (one row per epoch and
+    exit: train/calib accuracy and loss) into ``out_dir`` when given."""
+    from .data import DATASETS
+    from .models import BACKBONES
+
+    BACKBONES.get(cfg.model)  # unknown names fail before any work
+    if splits is None:
+        DATASETS.get(cfg.dataset)
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    device = resolve_device(cfg.device)
+    if splits is None:
+        splits = load_dataset(cfg.dataset, **cfg.dataset_kwargs())
+    info = splits.info
+    model = build_model(cfg.model, in_channels=info.channels, image_size=(info.height, info.width),
+                        num_classes=info.num_classes, exits=cfg.exits, **cfg.model_options).to(device)
+    k = model.num_exits
+    w = torch.ones(k) if cfg.exit_weights is None else torch.tensor(cfg.exit_weights, dtype=torch.float32)
+    if len(w) != k:
+        raise ValueError(f"exit_weights has {len(w)} values but {cfg.model} with exits {list(model.config.exits)} "
+                         f"has {k} exits")
+    w = w.to(device)
+    trunk_only = torch.zeros(k, device=device)
+    trunk_only[-1] = 1.0
+
+    def make_opt(params):
+        if cfg.optimizer == "adam":
+            return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+    phases = []
+    if cfg.scheme == "trunk-first" and cfg.trunk_epochs > 0:
+        phases.append(("trunk", cfg.trunk_epochs, trunk_only))
+    phases.append(("joint", cfg.epochs, w))
+    rows, epoch = [], 0
+    bar = tqdm(total=sum(p[1] for p in phases), desc=f"train {cfg.model}", disable=not progress, unit="epoch")
+    for phase, n_epochs, weights in phases:
+        opt = make_opt(model.parameters())
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=n_epochs)
+        for _ in range(n_epochs):
+            model.train()
+            t0, n = time.perf_counter(), 0
+            corr, ce_sum = np.zeros(k), np.zeros(k)
+            gen = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
+            for x, y in splits.train.iter_batches(cfg.batch_size, shuffle=True, seed=cfg.seed * 1000 + epoch):
+                x = random_shift(x, cfg.augment_shift, gen)
+                x, y = x.to(device), y.to(device)
+                logits = model.forward_exits(x)
+                loss, ce = joint_loss(logits, y, weights)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                corr += np.array([(z.argmax(1) == y).sum().item() for z in logits])
+                ce_sum += ce.cpu().numpy() * len(y)
+                n += len(y)
+            sched.step()
+            ev = evaluate(model, splits.calib, device=device)
+            for i in range(k):
+                rows.append({"epoch": epoch, "phase": phase, "exit": i, "train_accuracy": corr[i] / n,
+                             "train_loss": ce_sum[i] / n, "calib_accuracy": ev.accuracy[i], "calib_loss": ev.loss[i],
+                             "seconds": time.perf_counter() - t0})
+            bar.set_postfix(calib_acc=" ".join(f"{a:.3f}" for a in ev.accuracy))
+            bar.update(1)
+            epoch += 1
+    bar.close()
+    model.eval()
+    history = pd.DataFrame(rows)
+    ckpt = None
+    if out_dir is not None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        history.to_csv(out / "history.csv", index=False)
+        ckpt = save_checkpoint(model, out / "model.pt", train_config=cfg, splits=splits)
+    return TrainResult(model, history, ckpt, splits)
+
+
+# ----------------------------------------------------------------------------- checkpoints
+def save_checkpoint(model: BranchyNet, path: str | os.PathLike, *, train_config: TrainConfig | None = None,
+                    splits: Splits | None = None) -> Path:
+    """Weights, full config and weights fingerprint; written to a temp file then renamed (atomic)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sd = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    payload = {
+        "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
+        "model_config": model.config.to_dict(), "state_dict": sd, "fingerprint": weights_fingerprint(sd),
+        "train_config": asdict(train_config) if train_config else None,
+        "dataset_info": splits.info.to_dict() if splits else None,
+        "dataset_fingerprint": splits.fingerprint() if splits else None,
+        "torch_version": str(torch.__version__),
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {str(path)!r}; train one with `branchy train --out DIR`")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ValueError(f"{path} is not a readable branchy checkpoint ({type(e).__name__}: {e})") from e
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path} is not a branchy checkpoint (no '{CHECKPOINT_FORMAT}' header)")
+    if payload.get("version", 0) > CHECKPOINT_VERSION:
+        raise ValueError(f"{path} has checkpoint version {payload['version']}, newer than this toolkit's "
+                         f"{CHECKPOINT_VERSION}: upgrade branchy-study")
+    return payload
+
+
+def load_checkpoint(path: str | os.PathLike, *, expect: ModelConfig | str | None = None,
+                    device: str | torch.device = "cpu") -> tuple[BranchyNet, dict]:
+    """Rebuild the model from the checkpoint alone; ``expect`` (a model name or config) refuses a
+    checkpoint of another model. Returns ``(model in eval mode, checkpoint metadata)``."""
+    payload = read_checkpoint(path)
+    cfg = ModelConfig.from_dict(payload["model_config"])
+    if expect is not None:
+        want = expect if isinstance(expect, ModelConfig) else None
+        name = expect.name if isinstance(expect, ModelConfig) else str(expect)
+        if cfg.name != name or (want is not None and want != cfg):
+            raise ValueError(f"{path} holds a {cfg.name} (exits {list(cfg.exits)}, {cfg.in_channels}x"
+                             f"{cfg.image_size[0]}x{cfg.image_size[1]}, {cfg.num_classes} classes), not the "
+                             f"expected {want if want else name}: pass the checkpoint of the right model")
+    model = build_from_config(cfg)
+    sd = payload["state_dict"]
+    if weights_fingerprint(sd) != payload["fingerprint"]:
+        raise ValueError(f"{path}: the weights do not match the fingerprint stored with them (corrupt file?)")
+    load_weights(model, sd, source=str(path))
+    model.to(device).eval()
+    meta = {k: v for k, v in payload.items() if k != "state_dict"}
+    return model, meta
+
+
+def load_weights(model: BranchyNet, state_dict: dict, *, source: str = "state dict") -> None:
+    """``load_state_dict`` with a message that names the mismatch instead of a wall of keys."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state_dict))
+    extra = sorted(set(state_dict) - set(own))
+    shape = [k for k in own if k in state_dict and own[k].shape != state_dict[k].shape]
+    if missing or extra or shape:
+        detail = "; ".join(x for x in [
+            f"{len(missing)} missing (e.g. {missing[0]})" if missing else "",
+            f"{len(extra)} unexpected (e.g. {extra[0]})" if extra else "",
+            f"{len(shape)} of another shape (e.g. {shape[0]}: {tuple(state_dict[shape[0]].shape)} vs "
+            f"{tuple(own[shape[0]].shape)})" if shape else ""] if x)
+        raise ValueError(f"{source} is from another model than {model.config.name} with exits "
+                         f"{list(model.config.exits)}: {detail}")
+    model.load_state_dict(state_dict)
+
+
+def with_updates(cfg: TrainConfig, **kw) -> TrainConfig:
+    return replace(cfg, **kw)

@@ -1,0 +1,71 @@
+import pandas as pd
+import pytest
+import torch
+
+from branchy.train import TrainConfig, load_checkpoint, save_checkpoint, train
+from branchy.models import build_model
+
+
+def _cfg(**kw):
+    base = dict(model="b-lenet", exits=(0, 1), epochs=2, batch_size=32, lr=3e-3, device="cpu")
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_training_is_deterministic_learns_and_writes_history(toy_splits, tmp_path):
+    r1 = train(_cfg(), splits=toy_splits, out_dir=tmp_path / "a", progress=False)
+    r2 = train(_cfg(), splits=toy_splits, out_dir=tmp_path / "b", progress=False)
+    r3 = train(_cfg(seed=1), splits=toy_splits, progress=False)
+    assert r1.model.fingerprint() == r2.model.fingerprint() != r3.model.fingerprint()
+    h = pd.read_csv(tmp_path / "a" / "history.csv")
+    assert set(h.columns) >= {"epoch", "exit", "train_accuracy", "train_loss", "calib_accuracy", "calib_loss"}
+    assert len(h) == 2 * 3
+    assert h[h.epoch == 1].calib_accuracy.max() > 0.5  # 4 classes: chance is 0.25
+    m, meta = load_checkpoint(tmp_path / "a" / "model.pt")
+    assert meta["train_config"]["epochs"] == 2 and meta["dataset_info"]["name"] == "toy"
+    x = toy_splits.test.batch(torch.arange(5))[0]
+    for a, b in zip(m.forward_exits(x), r1.model.forward_exits(x)):
+        assert torch.equal(a, b)
+
+
+def test_exit_weights_change_training(toy_splits):
+    a = train(_cfg(epochs=1), splits=toy_splits, progress=False).model
+    b = train(_cfg(epochs=1, exit_weights=(0.0, 0.0, 1.0)), splits=toy_splits, progress=False).model
+    # zero weight: the first branch head keeps its initial weights
+    init = build_model("b-lenet", exits=(0, 1), num_classes=4)
+    torch.manual_seed(0)
+    init = build_model("b-lenet", exits=(0, 1), num_classes=4)
+    for p0, pb in zip(init.exits[0].parameters(), b.exits[0].parameters()):
+        assert torch.equal(p0, pb)
+    assert a.fingerprint() != b.fingerprint()
+
+
+def test_trunk_first_scheme_runs(toy_splits):
+    r = train(_cfg(scheme="trunk-first", trunk_epochs=1, epochs=1), splits=toy_splits, progress=False)
+    assert list(r.history.phase.unique()) == ["trunk", "joint"]
+
+
+@pytest.mark.parametrize("kw,msg", [(dict(epochs=0), "epochs"), (dict(optimizer="lion"), "optimizer"),
+                                    (dict(scheme="boost"), "scheme"), (dict(exit_weights=(1, -1, 1)), ">= 0")])
+def test_bad_config(kw, msg):
+    with pytest.raises(ValueError, match=msg):
+        _cfg(**kw)
+
+
+def test_wrong_number_of_weights(toy_splits):
+    with pytest.raises(ValueError, match="2 values but b-lenet .* has 3 exits"):
+        train(_cfg(exit_weights=(1.0, 1.0)), splits=toy_splits, progress=False)
+
+
+def test_checkpoint_of_another_model_is_refused(tmp_path):
+    p = save_checkpoint(build_model("b-lenet"), tmp_path / "m.pt")
+    with pytest.raises(ValueError, match="holds a b-lenet .* not the expected b-resnet"):
+        load_checkpoint(p, expect="b-resnet")
+    other = build_model("b-lenet", exits=(0, 1)).config
+    with pytest.raises(ValueError, match="holds a b-lenet"):
+        load_checkpoint(p, expect=other)
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="not a readable branchy checkpoint"):
+        load_checkpoint(tmp_path / "junk.pt")
+    with pytest.raises(FileNotFoundError, match="branchy train"):
+        load_checkpoint(tmp_path / "none.pt")
