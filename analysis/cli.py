@@ -122,6 +122,66 @@ def _train_run(a) -> int:
 command("train", "train a branchy net (BranchyNet joint loss) and write a checkpoint")((_train_args, _train_run))
 
 
+# ----------------------------------------------------------------------------- dump / cache-info
+def _dump_args(p):
+    p.add_argument("--checkpoint", required=True, help="model.pt written by `branchy train`")
+    p.add_argument("--out", required=True, help="cache directory to write")
+    p.add_argument("--dataset", default=None, help="dataset to dump (default: the one the model was trained on)")
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--data-path", default=None)
+    p.add_argument("--download", action="store_true")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--pooling", default="avg", help="'avg' (global average) or 'grid:S' (adaptive SxS)")
+    p.add_argument("--feature-dtype", default="float16", choices=["float16", "float32"])
+    p.add_argument("--profile-time", type=float, default=0.2, help="seconds of timing per segment and batch size")
+    p.add_argument("--no-latency", action="store_true", help="skip latency measurement (MACs and bytes only)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing cache")
+
+
+def _dump_run(a) -> int:
+    from branchy.dump import dump_checkpoint
+
+    kw = {k: v for k, v in {"root": a.data_root, "path": a.data_path}.items() if v is not None}
+    if a.download:
+        kw["download"] = True
+    cache = dump_checkpoint(a.checkpoint, a.out, dataset=a.dataset, dataset_kwargs=kw, batch_size=a.batch_size,
+                            device=a.device, pooling=a.pooling, feature_dtype=a.feature_dtype,
+                            overwrite=a.overwrite, profile=not a.no_latency, profile_time=a.profile_time)
+    print(f"cache written: {cache.path}")
+    print_cache_info(cache)
+    return 0
+
+
+command("dump", "run a trained net once over every split and write the feature cache")((_dump_args, _dump_run))
+
+
+def print_cache_info(cache) -> None:
+    m = cache.manifest
+    print(f"cache {cache.path}: {m['model']['name']} (weights {m['model']['fingerprint']}) on "
+          f"{m['dataset']['name']} (data {m['dataset']['fingerprint']})")
+    print("splits: " + ", ".join(f"{k}={v}" for k, v in m["splits"].items()) +
+          f"; exits: {m['num_exits']} (after blocks {m['exits']} + final); features: {m['feature_dims']} "
+          f"({m['pooling']}, {m['feature_dtype']})")
+    print(f"latency measured on {m['device']} with {m['threads']} threads; MACs per sample (FLOPs = 2 x MACs)")
+    print(cache.summary().to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+
+
+def _cache_info_args(p):
+    p.add_argument("path", help="cache directory")
+
+
+def _cache_info_run(a) -> int:
+    from branchy.cache import FeatureCache
+
+    print_cache_info(FeatureCache.open(a.path))
+    return 0
+
+
+command("cache-info", "splits, exits, per-exit accuracy, entropy and cumulative cost of a cache")(
+    (_cache_info_args, _cache_info_run))
+
+
 # ----------------------------------------------------------------------------- demo
 def _demo_args(p):
     p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")

@@ -25,4 +25,18 @@ def run_demo(out: str = "runs/demo", redo: bool = False, epochs: int = 30) -> di
     ev = evaluate(model, splits.test)
     print("[demo] B-LeNet on mnist5k, test accuracy per exit (%):")
     print(ev.assign(accuracy=100 * ev.accuracy).to_string(index=False, float_format="%.2f"))
-    return {"checkpoint": ckpt, "test_eval": ev}
+
+    from branchy.cache import CacheError, FeatureCache
+    from branchy.dump import dump
+    from .cli import print_cache_info
+
+    cache_dir = out_p / "cache"
+    try:
+        if redo:
+            raise CacheError("redo")
+        cache = FeatureCache.open(cache_dir, model=model, dataset=splits)
+        print(f"[demo] reusing cache {cache_dir}")
+    except CacheError:
+        cache = dump(model, splits, cache_dir, batch_size=256, pooling="grid:3", overwrite=True)
+    print_cache_info(cache)
+    return {"checkpoint": ckpt, "test_eval": ev, "cache": cache}

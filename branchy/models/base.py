@@ -45,6 +45,7 @@ class BranchyNet(nn.Module):
 
     def __init__(self, blocks: Sequence[nn.Module], final_head: nn.Module, exits: Sequence[int], *,
                  config: ModelConfig, max_head_convs: int = 2, head_norm: bool = True, head_pool: int = 2,
+                 head_separable: bool = True,
                  head_factory: Callable[..., nn.Module] | None = None) -> None:
         super().__init__()
         n = len(blocks)
@@ -78,7 +79,7 @@ class BranchyNet(nn.Module):
             c, hh, ww = shapes[k]
             heads.append(factory(c, (hh, ww), config.num_classes,
                                  n_conv=head_convs((e + 1) / n, max_head_convs), norm=head_norm,
-                                 pool=head_pool))
+                                 pool=head_pool, separable=head_separable))
         heads.append(final_head)
         self.exits = nn.ModuleList(heads)
 

@@ -63,7 +63,8 @@ def b_lenet(*, in_channels, image_size, num_classes, exits=None) -> BranchyNet:
     c, h, w = _out_shape(blocks, in_channels, image_size)
     final = nn.Sequential(nn.Flatten(), nn.Linear(c * h * w, 84), nn.ReLU(inplace=True), nn.Linear(84, num_classes))
     cfg = ModelConfig("b-lenet", in_channels, image_size, num_classes, tuple(exits or (0,)), {})
-    return BranchyNet(blocks, final, cfg.exits, config=cfg, max_head_convs=1, head_norm=False, head_pool=4)
+    return BranchyNet(blocks, final, cfg.exits, config=cfg, max_head_convs=1, head_norm=False, head_pool=4,
+                      head_separable=False)
 
 
 # ----------------------------------------------------------------------------- B-AlexNet

@@ -1,0 +1,176 @@
+"""Dump a frozen branchy net once: logits, pooled features and labels of every split, the cost
+table and, last, the manifest. The cache is built in ``PATH.partial`` and renamed into place, so
+an interrupted dump (Ctrl-C, kill, full disk) never leaves a directory that opens as a cache.
+A new dump *restarts cleanly*: a stale ``PATH.partial`` from an interrupted run is removed first.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .cache import MANIFEST, SCHEMA_VERSION, FeatureCache
+from .data import SPLITS, Splits, load_dataset
+from .models import BranchyNet
+from .profile import profile_segments
+from .train import load_checkpoint, resolve_device
+
+
+class NpyWriter:
+    """Append rows to a ``.npy`` file of known final shape, sequentially, without holding it in memory."""
+
+    def __init__(self, path: Path, shape: tuple[int, ...], dtype) -> None:
+        self.path, self.shape, self.dtype = path, tuple(shape), np.dtype(dtype)
+        self.rows = 0
+        self._f = open(path, "wb")
+        np.lib.format.write_array_header_1_0(
+            self._f, {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False, "shape": self.shape})
+
+    def write(self, block: np.ndarray) -> None:
+        block = np.ascontiguousarray(block, dtype=self.dtype)
+        if block.shape[1:] != self.shape[1:] or self.rows + len(block) > self.shape[0]:
+            raise ValueError(f"{self.path.name}: block {block.shape} does not fit {self.shape} at row {self.rows}")
+        self._f.write(block.tobytes())
+        self.rows += len(block)
+
+    def close(self) -> None:
+        self._f.flush()
+        os.fsync(self._f.fileno())
+        self._f.close()
+        if self.rows != self.shape[0]:
+            raise RuntimeError(f"{self.path.name}: wrote {self.rows} of {self.shape[0]} rows")
+
+
+def parse_pooling(pooling: str) -> int:
+    """``'avg'`` → 1 (global average), ``'grid:S'`` → S (adaptive S×S average)."""
+    if pooling == "avg":
+        return 1
+    if pooling.startswith("grid:") and pooling[5:].isdigit() and int(pooling[5:]) >= 1:
+        return int(pooling[5:])
+    raise ValueError(f"unknown pooling {pooling!r}; use 'avg' or 'grid:S' (e.g. grid:2)")
+
+
+def pool_features(h: torch.Tensor, s: int) -> torch.Tensor:
+    """``[B, C, H, W]`` → ``[B, C·s·s]`` by adaptive average pooling (``[B, D]`` passes through)."""
+    if h.ndim == 2:
+        return h
+    return F.adaptive_avg_pool2d(h, s).flatten(1)
+
+
+def _versions() -> dict:
+    import pandas
+    import torchvision
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
+            "numpy": np.__version__, "pandas": pandas.__version__}
+
+
+@torch.no_grad()
+def dump(model: BranchyNet, splits: Splits, path: str | os.PathLike, *, batch_size: int = 256,
+         device: str = "auto", pooling: str = "avg", feature_dtype: str = "float16", overwrite: bool = False,
+         profile: bool = True, profile_time: float = 0.2, progress: bool = True,
+         checkpoint: str | None = None) -> FeatureCache:
+    """Run every split through the frozen ``model`` once and write a feature cache at ``path``."""
+    out = Path(path)
+    s = parse_pooling(pooling)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} already exists; pass overwrite=True (CLI: --overwrite) to replace it")
+    if tuple(splits.info.input_shape) != (model.config.in_channels, *model.config.image_size):
+        raise ValueError(f"the model takes {model.config.in_channels}x{model.config.image_size[0]}x"
+                         f"{model.config.image_size[1]} inputs, the dataset {splits.info.name} has "
+                         f"{'x'.join(map(str, splits.info.input_shape))}")
+    dev = resolve_device(device)
+    partial = Path(str(out) + ".partial")
+    if partial.exists():
+        shutil.rmtree(partial)  # an interrupted earlier dump: restart cleanly
+    partial.mkdir(parents=True)
+    model = model.to(dev).eval()
+    k = model.num_exits
+    c = model.config.num_classes
+    dims = [pool_features(torch.zeros(1, *shp), s).shape[1] for shp in model.branch_shapes]
+    files: dict[str, int] = {}
+    total = sum(len(splits[sp]) for sp in SPLITS)
+    bar = tqdm(total=total, desc="dump", unit="img", disable=not progress)
+    t0 = time.perf_counter()
+    for sp in SPLITS:
+        ds = splits[sp]
+        n = len(ds)
+        d = partial / sp
+        d.mkdir()
+        w_logits = NpyWriter(d / "logits.npy", (n, k, c), np.float32)
+        w_feats = [NpyWriter(d / f"feat_{i}.npy", (n, dims[i]), feature_dtype) for i in range(k)]
+        for xb, _ in ds.iter_batches(batch_size):
+            logits, feats = model.forward_exits(xb.to(dev, non_blocking=True), return_features=True)
+            w_logits.write(torch.stack(logits, 1).float().cpu().numpy())
+            for i, h in enumerate(feats):
+                w_feats[i].write(pool_features(h, s).float().cpu().numpy())
+            bar.update(len(xb))
+        for w in [w_logits, *w_feats]:
+            w.close()
+        np.save(d / "labels.npy", ds.y.numpy().astype(np.int64))
+        for f in d.iterdir():
+            files[f"{sp}/{f.name}"] = f.stat().st_size
+    bar.close()
+    dump_seconds = time.perf_counter() - t0
+    costs = profile_segments(model, batch_size=batch_size, device=dev, min_run_time=profile_time,
+                             measure_latency=profile)
+    costs.to_csv(partial / "costs.csv", index=False)
+    files["costs.csv"] = (partial / "costs.csv").stat().st_size
+    manifest = {
+        "schema_version": SCHEMA_VERSION,
+        "model": {"name": model.config.name, "fingerprint": model.fingerprint(), "config": model.config.to_dict(),
+                  "checkpoint": str(checkpoint) if checkpoint else None},
+        "dataset": {"name": splits.info.name, "fingerprint": splits.fingerprint(), "info": splits.info.to_dict()},
+        "splits": {sp: len(splits[sp]) for sp in SPLITS},
+        "num_exits": k, "num_classes": c,
+        "exits": list(model.config.exits),
+        "branch_shapes": [list(b) for b in model.branch_shapes],
+        "feature_dims": dims, "feature_dtype": str(np.dtype(feature_dtype)), "pooling": pooling,
+        "batch_size": batch_size, "device": str(dev), "threads": torch.get_num_threads(),
+        "dump_seconds": dump_seconds,
+        "versions": _versions(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "files": files,
+    }
+    tmp = partial / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=2))
+    os.replace(tmp, partial / MANIFEST)
+    if out.exists():  # overwrite: move the old one aside, then swap
+        old = Path(str(out) + ".old")
+        if old.exists():
+            shutil.rmtree(old)
+        os.replace(out, old)
+        os.replace(partial, out)
+        shutil.rmtree(old)
+    else:
+        os.replace(partial, out)
+    return FeatureCache.open(out)
+
+
+def dump_checkpoint(checkpoint: str | os.PathLike, path: str | os.PathLike, *, splits: Splits | None = None,
+                    dataset: str | None = None, dataset_kwargs: dict | None = None, **kw) -> FeatureCache:
+    """Load ``checkpoint`` and dump it on ``splits`` (default: the dataset it was trained on)."""
+    model, meta = load_checkpoint(checkpoint)
+    if splits is None:
+        tc = meta.get("train_config") or {}
+        name = dataset or tc.get("dataset")
+        if not name:
+            raise ValueError(f"{checkpoint} does not record its dataset; name one (CLI: --dataset)")
+        args = {"root": tc.get("data_root", "data"), "download": tc.get("download", False),
+                "path": tc.get("data_path"), "seed": tc.get("seed", 0)}
+        args.update(dataset_kwargs or {})
+        splits = load_dataset(name, **args)
+        want = meta.get("dataset_fingerprint")
+        if want and dataset is None and splits.fingerprint() != want:
+            raise ValueError(f"the dataset {name} on disk differs from the one {checkpoint} was trained on "
+                             f"(fingerprint {splits.fingerprint()} vs {want})")
+    return dump(model, splits, path, checkpoint=str(checkpoint), **kw)
