@@ -182,6 +182,90 @@ command("cache-info", "splits, exits, per-exit accuracy, entropy and cumulative 
     (_cache_info_args, _cache_info_run))
 
 
+# ----------------------------------------------------------------------------- predictors
+def add_threshold_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--measure", default="entropy", choices=["entropy", "max_prob", "margin"],
+                   help="confidence measure of the exits (entropy in nats, as BranchyNet)")
+    p.add_argument("--thresholds", type=_float_list, default=None,
+                   help="exit thresholds T, one per side exit (default: calibrated on calib, see --target-acc)")
+    p.add_argument("--target-acc", type=float, default=None,
+                   help="calibrate T on calib so each side exit's accepted samples reach this accuracy "
+                        "(fraction; default: the final exit's calib accuracy)")
+
+
+def resolve_thresholds(cache, a) -> "object":
+    import numpy as np
+
+    from predictors.targets import check_thresholds
+
+    from .calibrate import thresholds_for_accuracy
+
+    if a.thresholds is not None:
+        return check_thresholds(a.thresholds, cache.num_exits)
+    return thresholds_for_accuracy(np.asarray(cache.logits("calib")), cache.labels("calib"), a.target_acc,
+                                   measure=a.measure)
+
+
+def _fit_args(p):
+    p.add_argument("--cache", required=True, help="feature cache directory (branchy dump)")
+    p.add_argument("--target", required=True, choices=["gate", "exit", "entropy", "oracle"])
+    p.add_argument("--at", type=_int_list, default=None, help="stage(s) after which the predictor sits "
+                   "(0-based; default: every valid one)")
+    p.add_argument("--for", dest="for_", type=_int_list, default=None,
+                   help="exit(s) a gate/entropy predictor is for (default: every side exit at or after --at)")
+    p.add_argument("--model", default="nn", help="predictor model (linear, hgb, mlp, nn, dummy)")
+    add_threshold_args(p)
+    p.add_argument("--with-confidences", action="store_true",
+                   help="also feed the confidences of the exits before --at")
+    p.add_argument("--class-weight", default=None, choices=[None, "balanced"], help="reweight imbalanced classes")
+    p.add_argument("--fit-split", default="calib", choices=["calib", "train", "test"],
+                   help="split to fit on (calib; train warns; test is refused)")
+    p.add_argument("--out", required=True, help="folder for the fitted predictors")
+
+
+def predictor_specs(cache, target: str, model: str, at, for_, thresholds, measure: str, with_conf: bool,
+                    class_weight) -> list:
+    from predictors.fit import PredictorSpec
+
+    k = cache.num_exits
+    ats = at if at is not None else list(range(k - 1))
+    specs = []
+    for j in ats:
+        if target in ("gate", "entropy"):
+            fors = for_ if for_ is not None else [i for i in range(j, k - 1)]
+            specs += [PredictorSpec(target, j, model, i, tuple(float(t) for t in thresholds), measure, with_conf,
+                                    class_weight) for i in fors]
+        else:
+            specs.append(PredictorSpec(target, j, model, None, tuple(float(t) for t in thresholds), measure,
+                                       with_conf, class_weight))
+    return specs
+
+
+def _fit_run(a) -> int:
+    from branchy.cache import FeatureCache
+    from predictors.fit import evaluation_table, fit_predictor, save_predictors
+
+    cache = FeatureCache.open(a.cache)
+    t = resolve_thresholds(cache, a)
+    print(f"thresholds T ({a.measure}, per exit): {' '.join(f'{v:.4g}' for v in t)}")
+    specs = predictor_specs(cache, a.target, a.model, a.at, a.for_, t, a.measure, a.with_confidences, a.class_weight)
+    fitted = [fit_predictor(cache, s, split=a.fit_split) for s in specs]
+    save_predictors(fitted, a.out)
+    print(f"saved {len(fitted)} predictor(s) to {a.out}")
+    print(format_eval(evaluation_table(fitted, cache)))
+    return 0
+
+
+def format_eval(df) -> str:
+    cols = [c for c in ["predictor", "split", "accuracy", "balanced_accuracy", "f1", "false_enter", "false_skip",
+                        "mae", "r2", "macs", "ms_b1"] if c in df.columns]
+    return df[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}")
+
+
+command("fit-predictors", "fit gate / exit / entropy predictors on a cache and print their evaluation")(
+    (_fit_args, _fit_run))
+
+
 # ----------------------------------------------------------------------------- demo
 def _demo_args(p):
     p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")

@@ -3,10 +3,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pandas as pd
+import numpy as np
 
 DEMO_TRAIN = dict(model="b-lenet", dataset="mnist5k", exits=(0, 1), epochs=30, batch_size=64, lr=3e-3,
                   augment_shift=2, seed=0)
+
+
+DEMO_POOLING = "grid:3"
+DEMO_TARGET_ACC = 0.99  # each side exit's accepted calib samples must be this accurate
 
 
 def run_demo(out: str = "runs/demo", redo: bool = False, epochs: int = 30) -> dict:
@@ -28,15 +32,51 @@ def run_demo(out: str = "runs/demo", redo: bool = False, epochs: int = 30) -> di
 
     from branchy.cache import CacheError, FeatureCache
     from branchy.dump import dump
-    from .cli import print_cache_info
+    from .cli import format_eval, print_cache_info
 
     cache_dir = out_p / "cache"
     try:
         if redo:
             raise CacheError("redo")
         cache = FeatureCache.open(cache_dir, model=model, dataset=splits)
+        if cache.manifest["pooling"] != DEMO_POOLING:
+            raise CacheError(f"pooling {cache.manifest['pooling']} is not {DEMO_POOLING}")
         print(f"[demo] reusing cache {cache_dir}")
     except CacheError:
-        cache = dump(model, splits, cache_dir, batch_size=256, pooling="grid:3", overwrite=True)
+        cache = dump(model, splits, cache_dir, batch_size=256, pooling=DEMO_POOLING, overwrite=True)
     print_cache_info(cache)
-    return {"checkpoint": ckpt, "test_eval": ev, "cache": cache}
+
+    preds, table, thresholds = demo_predictors(cache, out_p / "predictors", redo=redo)
+    print(f"[demo] exit thresholds T (entropy, nats; calibrated on calib): {np.round(thresholds, 4).tolist()}")
+    print("[demo] predictor quality (fit on calib; false_enter / false_skip are fractions of all samples):")
+    print(format_eval(table))
+    return {"checkpoint": ckpt, "test_eval": ev, "cache": cache, "predictors": preds, "thresholds": thresholds,
+            "predictor_table": table}
+
+
+def demo_predictors(cache, out: Path, *, redo: bool = False, model: str = "nn"):
+    """Gate, target-exit and entropy predictors at every position, thresholds calibrated on calib
+    (the samples each side exit accepts on calib are DEMO_TARGET_ACC accurate). Reused when already fitted on this cache."""
+    from predictors.fit import evaluation_table, fit_predictor, load_predictors, save_predictors
+
+    from .calibrate import thresholds_for_accuracy
+    from .cli import predictor_specs
+
+    t = thresholds_for_accuracy(np.asarray(cache.logits("calib")), cache.labels("calib"), DEMO_TARGET_ACC)
+    specs = []
+    for target in ("gate", "exit", "entropy"):
+        cw = None if target == "entropy" else "balanced"
+        specs += predictor_specs(cache, target, model, None, None, t, "entropy", target == "exit", cw)
+    fitted = None
+    if not redo and out.exists():
+        try:
+            have = load_predictors(out, cache)
+            if all(s.name in have and have[s.name].spec == s for s in specs):
+                fitted = [have[s.name] for s in specs]
+                print(f"[demo] reusing predictors in {out}")
+        except (ValueError, FileNotFoundError):
+            fitted = None
+    if fitted is None:
+        fitted = [fit_predictor(cache, s) for s in specs]
+        save_predictors(fitted, out)
+    return {p.spec.name: p for p in fitted}, evaluation_table(fitted, cache), t

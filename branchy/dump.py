@@ -90,10 +90,7 @@ def dump(model: BranchyNet, splits: Splits, path: str | os.PathLike, *, batch_si
                          f"{model.config.image_size[1]} inputs, the dataset {splits.info.name} has "
                          f"{'x'.join(map(str, splits.info.input_shape))}")
     dev = resolve_device(device)
-    partial = Path(str(out) + ".partial")
-    if partial.exists():
-        shutil.rmtree(partial)  # an interrupted earlier dump: restart cleanly
-    partial.mkdir(parents=True)
+    partial = _start(out, overwrite)
     model = model.to(dev).eval()
     k = model.num_exits
     c = model.config.num_classes
@@ -141,6 +138,21 @@ def dump(model: BranchyNet, splits: Splits, path: str | os.PathLike, *, batch_si
         "versions": _versions(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "files": files,
     }
+    return _finish(partial, out, manifest)
+
+
+def _start(out: Path, overwrite: bool) -> Path:
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} already exists; pass overwrite=True (CLI: --overwrite) to replace it")
+    partial = Path(str(out) + ".partial")
+    if partial.exists():
+        shutil.rmtree(partial)  # an interrupted earlier dump: restart cleanly
+    partial.mkdir(parents=True)
+    return partial
+
+
+def _finish(partial: Path, out: Path, manifest: dict) -> FeatureCache:
+    """Write the manifest last (temp + rename), then move the finished folder into place."""
     tmp = partial / (MANIFEST + ".tmp")
     tmp.write_text(json.dumps(manifest, indent=2))
     os.replace(tmp, partial / MANIFEST)
@@ -154,6 +166,76 @@ def dump(model: BranchyNet, splits: Splits, path: str | os.PathLike, *, batch_si
     else:
         os.replace(partial, out)
     return FeatureCache.open(out)
+
+
+def cache_from_arrays(path: str | os.PathLike, data: dict, *, costs=None, model_name: str = "arrays",
+                      dataset_name: str = "arrays", overwrite: bool = False) -> FeatureCache:
+    """Write a cache from arrays you already have (your own model's outputs, or synthetic data).
+
+    ``data[split] = (labels [N], logits [N, K, C], [features_k [N, D_k] for each exit])`` for train,
+    calib and test. ``costs`` is a cost table as :func:`branchy.profile.profile_segments` makes (default:
+    unit costs: every stage 1 ms / 1 MAC, exits 0.1, buffers 0.01).
+    """
+    import hashlib
+
+    import pandas as pd
+
+    from .profile import COST_COLUMNS
+
+    out = Path(path)
+    missing = set(SPLITS) - set(data)
+    if missing:
+        raise ValueError(f"cache_from_arrays needs every split {SPLITS}; missing {sorted(missing)}")
+    k = c = None
+    h = hashlib.sha256()
+    for sp in SPLITS:
+        y, z, feats = data[sp]
+        z = np.asarray(z)
+        if z.ndim != 3 or len(z) != len(y) or len(feats) != z.shape[1]:
+            raise ValueError(f"{sp}: want labels [N], logits [N, K, C] and K feature arrays; got {np.shape(y)}, "
+                             f"{z.shape}, {len(feats)} feature arrays")
+        if k is not None and z.shape[1:] != (k, c):
+            raise ValueError(f"{sp}: logits {z.shape} disagree with the other splits' K={k}, C={c}")
+        k, c = z.shape[1:]
+        h.update(np.ascontiguousarray(y).tobytes() + np.ascontiguousarray(z, dtype=np.float32).tobytes())
+    partial = _start(out, overwrite)
+    files = {}
+    for sp in SPLITS:
+        y, z, feats = data[sp]
+        d = partial / sp
+        d.mkdir()
+        np.save(d / "labels.npy", np.asarray(y, dtype=np.int64))
+        np.save(d / "logits.npy", np.asarray(z, dtype=np.float32))
+        for i, f in enumerate(feats):
+            f = np.asarray(f)
+            if f.ndim != 2 or len(f) != len(y):
+                raise ValueError(f"{sp}: features of exit {i} must be [N, D] with N={len(y)}, got {f.shape}")
+            np.save(d / f"feat_{i}.npy", f.astype(np.float32))
+        for f in d.iterdir():
+            files[f"{sp}/{f.name}"] = f.stat().st_size
+    if costs is None:
+        rows = []
+        for i in range(k):
+            for seg, ms in (("stage", 1.0), ("exit", 0.1), ("buffer", 0.01)):
+                rows.append({"segment": seg, "k": i, "macs": int(ms * 1000) if seg != "buffer" else 0, "params": 0,
+                             "act_bytes": 1024, "ms_b1": ms, "ms_b1_iqr": 0.0, "ms_batch": ms, "ms_batch_iqr": 0.0,
+                             "batch_size": 1, "threads": 1, "device": "none"})
+        costs = pd.DataFrame(rows, columns=COST_COLUMNS)
+    costs.to_csv(partial / "costs.csv", index=False)
+    files["costs.csv"] = (partial / "costs.csv").stat().st_size
+    fp = h.hexdigest()[:16]
+    manifest = {
+        "schema_version": SCHEMA_VERSION,
+        "model": {"name": model_name, "fingerprint": fp, "config": None, "checkpoint": None},
+        "dataset": {"name": dataset_name, "fingerprint": fp, "info": None},
+        "splits": {sp: int(len(data[sp][0])) for sp in SPLITS},
+        "num_exits": int(k), "num_classes": int(c), "exits": list(range(k - 1)),
+        "branch_shapes": None, "feature_dims": [int(np.shape(f)[1]) for f in data["train"][2]],
+        "feature_dtype": "float32", "pooling": "given", "batch_size": None, "device": None, "threads": None,
+        "dump_seconds": 0.0, "versions": _versions(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "files": files,
+    }
+    return _finish(partial, out, manifest)
 
 
 def dump_checkpoint(checkpoint: str | os.PathLike, path: str | os.PathLike, *, splits: Splits | None = None,

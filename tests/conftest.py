@@ -29,3 +29,31 @@ def make_splits(n=(96, 48, 48), channels=1, size=28, classes=4, seed=0) -> Split
 @pytest.fixture(scope="session")
 def toy_splits() -> Splits:
     return make_splits()
+
+
+def synthetic_arrays(n=(400, 400, 400), k=3, c=5, d=6, seed=0, bars=(0.8, 0.0, -0.8)):
+    """Cache arrays with a planted relation: a sample is easy (confident and right) at exit i when its
+    hidden hardness score ``x0`` (feature 0 at every branch point) exceeds ``bars[i]``."""
+    g = np.random.default_rng(seed)
+    data = {}
+    for split, m in zip(("train", "calib", "test"), n):
+        y = g.integers(0, c, m)
+        x0 = g.normal(size=m)
+        base = np.concatenate([x0[:, None], g.normal(size=(m, d - 1))], 1)
+        logits = g.normal(scale=0.3, size=(m, k, c))
+        feats = []
+        for i in range(k):
+            easy = x0 > bars[i] if i < k - 1 else np.ones(m, bool)
+            wrong = (y + 1 + g.integers(0, c - 1, m)) % c
+            target = np.where(easy | (g.random(m) < 0.5), y, wrong)
+            logits[np.arange(m), i, target] += np.where(easy, 5.0, 0.6)
+            feats.append(base + g.normal(scale=0.1, size=base.shape))
+        data[split] = (y, logits.astype(np.float32), feats)
+    return data
+
+
+@pytest.fixture(scope="session")
+def synth_cache(tmp_path_factory):
+    from branchy.dump import cache_from_arrays
+
+    return cache_from_arrays(tmp_path_factory.mktemp("synth") / "cache", synthetic_arrays(), model_name="synthetic")

@@ -1,0 +1,78 @@
+"""Threshold calibration on ``calib`` (never on ``test``): BranchyNet's grid screening, a per-exit
+target accuracy, and MSDNet's budgeted-batch rule (exit proportions q_k ∝ p^k)."""
+from __future__ import annotations
+
+import numpy as np
+
+from branchy.measures import LOWER_IS_CONFIDENT, confidence
+
+
+def _oriented(conf: np.ndarray, measure: str) -> np.ndarray:
+    """Confidence flipped so that smaller = more confident (entropy-like)."""
+    return conf if LOWER_IS_CONFIDENT[measure] else -conf
+
+
+def _unorient(t: np.ndarray, measure: str) -> np.ndarray:
+    return t if LOWER_IS_CONFIDENT[measure] else -t
+
+
+def thresholds_for_accuracy(logits: np.ndarray, labels: np.ndarray, target: float | None = None, *,
+                            measure: str = "entropy", min_count: int = 1) -> np.ndarray:
+    """Per side exit, the loosest threshold whose accepted samples (conf passes T) reach ``target``
+    accuracy on these data (default: the final exit's accuracy). Returns ``[K]`` with the last = inf
+    (−inf for max-prob/margin: always passes). An exit that never reaches the target gets a threshold
+    nothing passes."""
+    z = np.asarray(logits)
+    n, k, _ = z.shape
+    correct = z.argmax(-1) == labels[:, None]
+    if target is None:
+        target = float(correct[:, -1].mean())
+    o = _oriented(confidence(z, measure), measure)
+    t = np.full(k, -np.inf)
+    for i in range(k - 1):
+        order = np.argsort(o[:, i], kind="stable")
+        acc = np.cumsum(correct[order, i]) / np.arange(1, n + 1)
+        ok = np.nonzero((acc >= target) & (np.arange(1, n + 1) >= min_count))[0]
+        if len(ok):
+            j = ok[-1]
+            # halfway to the next value so that exactly the first j+1 samples pass (strict <)
+            nxt = o[order[j + 1], i] if j + 1 < n else o[order[j], i] + 1.0
+            t[i] = (o[order[j], i] + nxt) / 2 if nxt > o[order[j], i] else np.nextafter(o[order[j], i], np.inf)
+    t[-1] = np.inf
+    return _unorient(t, measure)
+
+
+def threshold_grid(logits: np.ndarray, n: int = 20, *, measure: str = "entropy") -> np.ndarray:
+    """BranchyNet's screening: ``n`` candidate thresholds per side exit at quantiles of its confidence,
+    shared across exits as settings ``[n, K]`` (setting i puts every exit at its own quantile i)."""
+    z = np.asarray(logits)
+    conf = _oriented(confidence(z, measure), measure)
+    qs = np.linspace(0, 1, n)
+    grid = np.quantile(conf, qs, axis=0)  # [n, K]
+    grid[0] = -np.inf  # nothing passes: the full network
+    grid[:, -1] = np.inf
+    return _unorient(grid, measure)
+
+
+def budgeted_thresholds(logits: np.ndarray, p: float, *, measure: str = "entropy") -> np.ndarray:
+    """MSDNet's budgeted-batch rule: thresholds so that the fractions of samples leaving at exits
+    0..K-1 follow q_k ∝ p^k (p < 1 favours early exits; larger p pushes samples later)."""
+    z = np.asarray(logits)
+    n, k, _ = z.shape
+    q = p ** np.arange(k, dtype=np.float64)
+    q /= q.sum()
+    conf = _oriented(confidence(z, measure), measure)
+    t = np.full(k, -np.inf)
+    left = np.ones(n, bool)
+    for i in range(k - 1):
+        want = int(round(q[i] * n))
+        rem = np.nonzero(left)[0]
+        if want <= 0 or len(rem) == 0:
+            continue
+        c = np.sort(conf[rem, i])
+        want = min(want, len(c))
+        hi = c[want] if want < len(c) else c[-1] + 1.0
+        t[i] = (c[want - 1] + hi) / 2 if hi > c[want - 1] else np.nextafter(c[want - 1], np.inf)
+        left &= ~(conf[:, i] < t[i])
+    t[-1] = np.inf
+    return _unorient(t, measure)

@@ -1,0 +1,70 @@
+"""Predictor models by name. Each entry builds a classifier (gates, target exit) or a regressor
+(entropy) following scikit-learn's estimator contract."""
+from __future__ import annotations
+
+from typing import Callable
+
+from sklearn.dummy import DummyClassifier, DummyRegressor
+from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
+from sklearn.linear_model import LogisticRegression, Ridge
+from sklearn.neural_network import MLPClassifier, MLPRegressor
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from branchy.registry import Registry
+
+from .torch_mlp import TorchMLPClassifier, TorchMLPRegressor
+
+PREDICTOR_MODELS: Registry[Callable[..., object]] = Registry("predictor model")
+
+
+def list_predictor_models() -> list[str]:
+    return PREDICTOR_MODELS.names()
+
+
+def make_estimator(name: str, task: str, *, class_weight=None, random_state: int = 0, **params):
+    """A fresh estimator: ``task`` is ``'classification'`` or ``'regression'``."""
+    if task not in ("classification", "regression"):
+        raise ValueError(f"task must be 'classification' or 'regression', got {task!r}")
+    return PREDICTOR_MODELS.get(name)(task=task, class_weight=class_weight, random_state=random_state, **params)
+
+
+@PREDICTOR_MODELS.register("linear", doc="logistic regression / ridge regression on standardised inputs")
+def _linear(*, task, class_weight=None, random_state=0, C: float = 1.0, alpha: float = 1.0):
+    if task == "classification":
+        return make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=2000, class_weight=class_weight,
+                                                                  random_state=random_state))
+    return make_pipeline(StandardScaler(), Ridge(alpha=alpha))
+
+
+@PREDICTOR_MODELS.register("hgb", doc="histogram gradient-boosted trees (scikit-learn)")
+def _hgb(*, task, class_weight=None, random_state=0, max_iter: int = 100, max_depth: int | None = 4,
+         learning_rate: float = 0.1):
+    if task == "classification":
+        return HistGradientBoostingClassifier(max_iter=max_iter, max_depth=max_depth, learning_rate=learning_rate,
+                                              class_weight=class_weight, random_state=random_state)
+    return HistGradientBoostingRegressor(max_iter=max_iter, max_depth=max_depth, learning_rate=learning_rate,
+                                         random_state=random_state)
+
+
+@PREDICTOR_MODELS.register("mlp", doc="scikit-learn MLP (64 hidden, Adam, L2) on standardised inputs")
+def _mlp(*, task, class_weight=None, random_state=0, hidden: tuple[int, ...] = (64,), alpha: float = 1e-3,
+         max_iter: int = 300):
+    kw = dict(alpha=alpha, max_iter=max_iter, learning_rate_init=3e-3, random_state=random_state)
+    if task == "classification":  # scikit-learn's MLP has no class weights
+        return make_pipeline(StandardScaler(), MLPClassifier(hidden_layer_sizes=hidden, **kw))
+    return make_pipeline(StandardScaler(), MLPRegressor(hidden_layer_sizes=hidden, **kw))
+
+
+@PREDICTOR_MODELS.register("nn", doc="torch MLP: the thesis's NN-based exit / entropy predictor")
+def _nn(*, task, class_weight=None, random_state=0, hidden: tuple[int, ...] = (64,), max_epochs: int = 200,
+        lr: float = 3e-3):
+    if task == "classification":
+        return TorchMLPClassifier(hidden=hidden, max_epochs=max_epochs, lr=lr, class_weight=class_weight,
+                                  random_state=random_state)
+    return TorchMLPRegressor(hidden=hidden, max_epochs=max_epochs, lr=lr, random_state=random_state)
+
+
+@PREDICTOR_MODELS.register("dummy", doc="baseline: the majority class / the mean (no input used)")
+def _dummy(*, task, class_weight=None, random_state=0):
+    return DummyClassifier(strategy="prior") if task == "classification" else DummyRegressor()

@@ -1,0 +1,79 @@
+"""What a predictor learns, derived from a cache: an exit's entropy, the gate at exit k, the target
+exit under thresholds T, or the oracle exit. Exits are 0-based; ``thresholds`` has one value per exit
+(the last exit always answers, its value is ignored)."""
+from __future__ import annotations
+
+import numpy as np
+
+from branchy.cache import FeatureCache
+from branchy.measures import confidence, is_confident
+
+TARGETS = ("entropy", "gate", "exit", "oracle")
+
+
+def check_thresholds(thresholds, num_exits: int) -> np.ndarray:
+    t = np.asarray(thresholds, dtype=np.float64).ravel()
+    if len(t) == num_exits - 1:
+        t = np.append(t, np.inf)
+    if len(t) != num_exits:
+        raise ValueError(f"{len(t)} thresholds for {num_exits} exits: give one per exit (or per side exit, "
+                         f"{num_exits - 1})")
+    if np.isnan(t).any():
+        raise ValueError("thresholds hold NaN")
+    return t
+
+
+def passes(cache: FeatureCache, split: str, thresholds, measure: str = "entropy") -> np.ndarray:
+    """``[N, K]`` bool: exit k's confidence passes T_k (the last exit always passes)."""
+    z = np.asarray(cache.logits(split))
+    t = check_thresholds(thresholds, z.shape[1])
+    ok = is_confident(confidence(z, measure), t, measure)
+    ok[:, -1] = True
+    return ok
+
+
+def entropy_target(cache: FeatureCache, split: str, k: int) -> np.ndarray:
+    """Entropy (nats) of exit k: the regression target of the NN-based entropy predictor."""
+    return confidence(np.asarray(cache.logits(split)[:, k]), "entropy")
+
+
+def gate_target(cache: FeatureCache, split: str, k: int, thresholds, measure: str = "entropy") -> np.ndarray:
+    """1 where the sample would leave at exit k under T (so entering branch k is worth it)."""
+    return passes(cache, split, thresholds, measure)[:, k].astype(np.int64)
+
+
+def exit_target(cache: FeatureCache, split: str, thresholds, measure: str = "entropy") -> np.ndarray:
+    """The first exit at which the sample leaves under T (the last exit when none)."""
+    return passes(cache, split, thresholds, measure).argmax(1).astype(np.int64)
+
+
+def oracle_target(cache: FeatureCache, split: str) -> np.ndarray:
+    """The first exit whose answer is correct (the last exit when none is)."""
+    correct = np.asarray(cache.logits(split)).argmax(-1) == cache.labels(split)[:, None]
+    correct[:, -1] = True
+    return correct.argmax(1).astype(np.int64)
+
+
+def make_target(cache: FeatureCache, split: str, target: str, *, k: int | None = None, thresholds=None,
+                measure: str = "entropy") -> np.ndarray:
+    if target == "entropy":
+        return entropy_target(cache, split, _need_k(k, target))
+    if target == "gate":
+        return gate_target(cache, split, _need_k(k, target), _need_t(thresholds, target), measure)
+    if target == "exit":
+        return exit_target(cache, split, _need_t(thresholds, target), measure)
+    if target == "oracle":
+        return oracle_target(cache, split)
+    raise ValueError(f"unknown target {target!r}; known: {', '.join(TARGETS)}")
+
+
+def _need_k(k, target):
+    if k is None:
+        raise ValueError(f"target {target!r} needs the exit it predicts for (--for K)")
+    return k
+
+
+def _need_t(t, target):
+    if t is None:
+        raise ValueError(f"target {target!r} needs thresholds T (one per exit)")
+    return t

@@ -1,0 +1,105 @@
+import numpy as np
+import pytest
+from sklearn.base import clone
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+from branchy.dump import cache_from_arrays
+from predictors import (PredictorSpec, fit_predictor, list_predictor_models, load_predictors, make_estimator,
+                        make_target, save_predictors)
+from predictors.evaluate import exit_metrics, gate_metrics
+from predictors.targets import exit_target, oracle_target, passes
+from predictors.torch_mlp import TorchMLPClassifier, TorchMLPRegressor
+
+T = (0.5, 0.5, np.inf)
+
+
+@parametrize_with_checks([TorchMLPClassifier(max_epochs=30), TorchMLPRegressor(max_epochs=30)])
+def test_torch_predictors_follow_the_sklearn_contract(estimator, check):
+    check(estimator)
+
+
+def test_targets_against_a_naive_loop(synth_cache):
+    z = np.asarray(synth_cache.logits("calib"))
+    y = synth_cache.labels("calib")
+    ex, orc, ok = exit_target(synth_cache, "calib", T), oracle_target(synth_cache, "calib"), passes(synth_cache, "calib", T)
+    for i in range(len(y)):
+        ents = []
+        for k in range(z.shape[1]):
+            p = np.exp(z[i, k] - z[i, k].max())
+            p /= p.sum()
+            ents.append(-(p * np.log(p)).sum())
+        first = next((k for k in range(z.shape[1] - 1) if ents[k] < T[k]), z.shape[1] - 1)
+        assert ex[i] == first
+        assert ok[i, 0] == (ents[0] < T[0])
+        first_ok = next((k for k in range(z.shape[1]) if z[i, k].argmax() == y[i]), z.shape[1] - 1)
+        assert orc[i] == first_ok
+    np.testing.assert_array_equal(make_target(synth_cache, "calib", "gate", k=1, thresholds=T), ok[:, 1])
+    with pytest.raises(ValueError, match="2 thresholds for 3 exits|thresholds"):
+        exit_target(synth_cache, "calib", (0.1,))
+
+
+@pytest.mark.parametrize("model", [m for m in list_predictor_models() if m != "dummy"])
+def test_every_predictor_learns_a_planted_relation_and_not_shuffled_labels(synth_cache, model):
+    gate = fit_predictor(synth_cache, PredictorSpec("gate", 0, model, 0, T), timing=0.01)
+    ev = gate.evaluate(synth_cache, "test")
+    assert ev["balanced_accuracy"] > 0.85, ev
+    ext = fit_predictor(synth_cache, PredictorSpec("exit", 0, model, None, T), timing=0.01)
+    assert ext.evaluate(synth_cache, "test")["accuracy"] > 0.75
+    ent = fit_predictor(synth_cache, PredictorSpec("entropy", 0, model, 1), timing=0.01)
+    assert ent.evaluate(synth_cache, "test")["r2"] > 0.6
+    # control: the same model on shuffled targets learns nothing that transfers
+    x = gate.inputs(synth_cache, "calib")
+    y = make_target(synth_cache, "calib", "gate", k=0, thresholds=T)
+    est = make_estimator(model, "classification").fit(x, np.random.default_rng(0).permutation(y))
+    yt = make_target(synth_cache, "test", "gate", k=0, thresholds=T)
+    control = gate_metrics(yt, est.predict(gate.inputs(synth_cache, "test")))
+    assert control["balanced_accuracy"] < 0.62, control
+    assert gate.cost["macs"] > 0 and gate.cost["ms_b1"] > 0
+
+
+def test_error_rates_by_hand():
+    m = gate_metrics(np.array([1, 1, 0, 0]), np.array([1, 0, 1, 0]))
+    assert m["false_enter"] == 0.25 and m["false_skip"] == 0.25 and m["confusion"] == [[1, 1], [1, 1]]
+    e = exit_metrics(np.array([0, 1, 2, 2]), np.array([1, 1, 0, 2]), 3)
+    assert e["false_enter"] == 0.25 and e["false_skip"] == 0.25 and e["accuracy"] == 0.5
+
+
+def test_saved_predictor_reloads_identically_and_refuses_another_cache(synth_cache, tmp_path):
+    from conftest import synthetic_arrays
+
+    p = fit_predictor(synth_cache, PredictorSpec("gate", 0, "nn", 1, T), timing=0.01)
+    save_predictors([p], tmp_path / "pred")
+    q = load_predictors(tmp_path / "pred", synth_cache)[p.spec.name]
+    np.testing.assert_array_equal(p.predict(synth_cache, "test"), q.predict(synth_cache, "test"))
+    other = cache_from_arrays(tmp_path / "other", synthetic_arrays(seed=5))
+    with pytest.raises(ValueError, match="fitted on cache .* refit"):
+        load_predictors(tmp_path / "pred", other)
+    with pytest.raises(FileNotFoundError, match="fit-predictors"):
+        load_predictors(tmp_path / "none")
+
+
+def test_spec_and_split_rules(synth_cache):
+    with pytest.raises(ValueError, match="test split is refused"):
+        fit_predictor(synth_cache, PredictorSpec("oracle", 0, "linear"), split="test")
+    with pytest.warns(UserWarning, match="over-confident"):
+        fit_predictor(synth_cache, PredictorSpec("oracle", 0, "linear"), split="train", timing=0.01)
+    with pytest.raises(ValueError, match="at <= for"):
+        PredictorSpec("gate", 2, "nn", 1, T)
+    with pytest.raises(ValueError, match="needs thresholds"):
+        PredictorSpec("gate", 0, "nn", 1)
+    with pytest.raises(KeyError, match="unknown predictor model 'svm'; known: dummy, hgb, linear, mlp, nn"):
+        PredictorSpec("oracle", 0, "svm")
+    with pytest.raises(ValueError, match="position 7 out of range"):
+        fit_predictor(synth_cache, PredictorSpec("oracle", 7, "linear"))
+
+
+def test_confidence_inputs_use_only_earlier_exits(synth_cache):
+    from predictors.inputs import make_inputs
+
+    assert make_inputs(synth_cache, "calib", 0, with_confidences=True).shape[1] == 6
+    assert make_inputs(synth_cache, "calib", 2, with_confidences=True).shape[1] == 6 + 2 * 3
+
+
+def test_clone_and_get_params():
+    est = make_estimator("nn", "classification", class_weight="balanced")
+    assert clone(est).get_params()["class_weight"] == "balanced"
