@@ -1,0 +1,162 @@
+"""Cost model (DESIGN.md §3.3): per-segment latencies S_k, E_k, W_k, R_k (ms, batch 1) and MACs, from
+the cache's measurements (profile ``measured``) or from MACs and activation bytes through a device
+profile (throughput, memory bandwidth, per-segment overhead). Predictor costs G come separately."""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, fields
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from branchy.registry import Registry
+
+
+@dataclass(frozen=True)
+class DeviceProfile:
+    """A device for analytic costs. ``macs_per_s``: sustained compute; ``bytes_per_s``: memory bandwidth
+    for buffering; ``overhead_ms``: fixed cost per segment; activations above ``onchip_bytes`` (if set)
+    are buffered at ``spill_bytes_per_s``. ``measured`` means: use the cache's own timings."""
+
+    name: str
+    macs_per_s: float | None = None
+    bytes_per_s: float | None = None
+    overhead_ms: float = 0.0
+    onchip_bytes: float | None = None
+    spill_bytes_per_s: float | None = None
+    description: str = ""
+    source: str = ""
+
+    @property
+    def measured(self) -> bool:
+        return self.name == "measured"
+
+    def compute_ms(self, macs) -> np.ndarray:
+        return np.asarray(macs, dtype=float) / self.macs_per_s * 1e3 + self.overhead_ms
+
+    def buffer_ms(self, nbytes) -> np.ndarray:
+        b = np.asarray(nbytes, dtype=float)
+        ms = b / self.bytes_per_s * 1e3
+        if self.onchip_bytes is not None and self.spill_bytes_per_s:
+            spill = np.maximum(0.0, b - self.onchip_bytes)
+            ms = np.minimum(b, self.onchip_bytes) / self.bytes_per_s * 1e3 + spill / self.spill_bytes_per_s * 1e3
+        return ms
+
+
+PROFILES: Registry[DeviceProfile] = Registry("device profile")
+PROFILES.register("measured", DeviceProfile("measured", description="the cache's own measured latencies (ms, batch 1)",
+                                            source="torch.utils.benchmark at dump time"),
+                  doc="the cache's own measured latencies (ms, batch 1)")
+_REQUIRED = ("name", "macs_per_s", "bytes_per_s")
+
+
+def profile_from_dict(d: dict, origin: str = "profile") -> DeviceProfile:
+    missing = [k for k in _REQUIRED if d.get(k) is None]
+    if missing:
+        raise ValueError(f"{origin}: a device profile needs {', '.join(_REQUIRED)}; missing {', '.join(missing)}")
+    known = {f.name for f in fields(DeviceProfile)}
+    extra = set(d) - known
+    if extra:
+        raise ValueError(f"{origin}: unknown profile field(s) {sorted(extra)}; known: {sorted(known)}")
+    for k in ("macs_per_s", "bytes_per_s"):
+        if not float(d[k]) > 0:
+            raise ValueError(f"{origin}: {k} must be > 0, got {d[k]}")
+    return DeviceProfile(**d)
+
+
+def load_profile_file(path: str | os.PathLike) -> DeviceProfile:
+    """A profile from a JSON or YAML file (fields of :class:`DeviceProfile`)."""
+    p = Path(path)
+    text = p.read_text()
+    if p.suffix in (".yaml", ".yml"):
+        import yaml
+
+        d = yaml.safe_load(text)
+    else:
+        d = json.loads(text)
+    if not isinstance(d, dict):
+        raise ValueError(f"{p}: a device profile file holds one mapping of fields")
+    return profile_from_dict(d, str(p))
+
+
+for _f in sorted(resources.files("analysis").joinpath("profiles").iterdir(), key=lambda f: f.name):
+    if _f.name.endswith(".json"):
+        _p = profile_from_dict(json.loads(_f.read_text()), _f.name)
+        PROFILES.register(_p.name, _p, doc=_p.description)
+
+
+def get_profile(name_or_path: str | DeviceProfile) -> DeviceProfile:
+    """A registered profile by name, or a JSON/YAML file path."""
+    if isinstance(name_or_path, DeviceProfile):
+        return name_or_path
+    s = str(name_or_path)
+    if s.endswith((".json", ".yaml", ".yml")) or os.sep in s:
+        if not Path(s).is_file():
+            raise FileNotFoundError(f"no device profile file at {s!r}")
+        return load_profile_file(s)
+    return PROFILES.get(s)
+
+
+def list_profiles() -> list[str]:
+    return PROFILES.names()
+
+
+@dataclass(frozen=True)
+class CostModel:
+    """Per-segment costs of one network on one device (ms at batch 1; MACs and bytes per sample)."""
+
+    profile: str
+    stage_ms: np.ndarray
+    exit_ms: np.ndarray
+    write_ms: np.ndarray
+    read_ms: np.ndarray
+    stage_macs: np.ndarray
+    exit_macs: np.ndarray
+    act_bytes: np.ndarray
+
+    def __post_init__(self) -> None:
+        k = len(self.stage_ms)
+        for f in ("exit_ms", "write_ms", "read_ms", "stage_macs", "exit_macs", "act_bytes"):
+            v = getattr(self, f)
+            if np.shape(v) != (k,):
+                raise ValueError(f"cost model: {f} has shape {np.shape(v)}, want ({k},) like stage_ms")
+        for f in ("stage_ms", "exit_ms", "write_ms", "read_ms"):
+            v = np.asarray(getattr(self, f), dtype=float)
+            if not np.isfinite(v).all() or (v < 0).any():
+                raise ValueError(f"cost model: {f} must be finite and >= 0, got {v}")
+
+    @property
+    def num_exits(self) -> int:
+        return len(self.stage_ms)
+
+    @classmethod
+    def from_arrays(cls, stage_ms, exit_ms, write_ms=None, read_ms=None, *, stage_macs=None, exit_macs=None,
+                    act_bytes=None, profile: str = "given") -> "CostModel":
+        k = len(stage_ms)
+        z = np.zeros(k)
+        a = lambda v: z.copy() if v is None else np.asarray(v, dtype=float)  # noqa: E731
+        return cls(profile, a(stage_ms), a(exit_ms), a(write_ms), a(read_ms), a(stage_macs), a(exit_macs), a(act_bytes))
+
+    @classmethod
+    def from_cache(cls, cache, profile: str | DeviceProfile = "measured") -> "CostModel":
+        prof = get_profile(profile)
+        smacs, emacs = cache.cost_vector("stage", "macs"), cache.cost_vector("exit", "macs")
+        act = cache.cost_vector("buffer", "act_bytes")
+        if prof.measured:
+            s, e, b = (cache.cost_vector(seg, "ms_b1") for seg in ("stage", "exit", "buffer"))
+            if np.isnan(np.concatenate([s, e, b])).any():
+                raise ValueError(f"cache {cache.path} has no measured latency (dumped with --no-latency); "
+                                 f"use an analytic profile: {', '.join(n for n in list_profiles() if n != 'measured')}")
+            return cls("measured", s, e, b, b.copy(), smacs, emacs, act)
+        buf = prof.buffer_ms(act)
+        return cls(prof.name, prof.compute_ms(smacs), prof.compute_ms(emacs), buf, buf.copy(), smacs, emacs, act)
+
+    def predictor_ms(self, macs: float, measured_ms: float, profile: str | DeviceProfile | None = None) -> float:
+        """G for a predictor: its measured ms under ``measured``, else its MACs through the profile."""
+        prof = get_profile(profile or self.profile)
+        return float(measured_ms) if prof.measured else float(prof.compute_ms(macs))
+
+    def to_dict(self) -> dict:
+        return {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in asdict(self).items()}

@@ -1,0 +1,225 @@
+"""The simulator (DESIGN.md §3.3), vectorised over samples. Pure numpy: decisions (threshold passes,
+gate openings, jump targets) come in as arrays, so nothing here imports the predictors.
+
+Exits are 0-based, K of them; exit K-1 is the trunk's own classifier and always answers.
+Per sample, on the path it takes:
+  stage k:           S_k
+  entering exit k:   W_k + E_k   (buffer the activation, run the head, decide)
+  going on after it: R_k         (read the buffered activation back)
+  a predictor after stage j: G (charged when the sample reaches stage j)
+  the final exit:    E_{K-1}     (no buffering: the trunk ends there)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .costs import CostModel
+
+
+@dataclass
+class Outcome:
+    """Per-sample result of a policy: exit taken, correct, latency (ms), MACs, peak buffered bytes, and
+    the latency split into stages / exits / predictors / buffering (ms)."""
+
+    policy: str
+    exit: np.ndarray
+    correct: np.ndarray
+    latency_ms: np.ndarray
+    macs: np.ndarray
+    buffered_bytes: np.ndarray
+    breakdown: dict = field(default_factory=dict)
+    num_exits: int = 0
+
+    @property
+    def n(self) -> int:
+        return len(self.exit)
+
+    def subset(self, mask: np.ndarray) -> "Outcome":
+        return Outcome(self.policy, self.exit[mask], self.correct[mask], self.latency_ms[mask], self.macs[mask],
+                       self.buffered_bytes[mask], {k: v[mask] for k, v in self.breakdown.items()}, self.num_exits)
+
+
+# ----------------------------------------------------------------------------- validation
+def _check(costs: CostModel, name: str, arr, ndim: int = 2, dtype=None) -> np.ndarray:
+    a = np.asarray(arr) if dtype is None else np.asarray(arr, dtype=dtype)
+    k = costs.num_exits
+    if a.ndim != ndim or (ndim == 2 and a.shape[1] != k) or (ndim == 1 and a.shape[0] == 0):
+        want = "[N, K]" if ndim == 2 else "[N]"
+        raise ValueError(f"{name} must be {want} with K={k} exits (as the cost model), got shape {a.shape}")
+    if a.dtype.kind == "f" and np.isnan(a).any():
+        raise ValueError(f"{name} holds NaN")
+    return a
+
+
+def _kept(costs: CostModel, kept) -> np.ndarray:
+    k = costs.num_exits
+    if kept is None:
+        return np.ones(k, bool)
+    kept = np.asarray(kept, dtype=bool)
+    if kept.shape != (k,):
+        raise ValueError(f"kept must say for each of the K={k} exits whether it is kept, got shape {kept.shape}")
+    if not kept[-1]:
+        raise ValueError("the final exit (the trunk's classifier) cannot be removed")
+    return kept
+
+
+def _first(mask: np.ndarray) -> np.ndarray:
+    """Index of the first True per row (the last column must be all True)."""
+    return mask.argmax(1)
+
+
+# ----------------------------------------------------------------------------- the common path cost
+def path_outcome(policy: str, costs: CostModel, exit_: np.ndarray, entered: np.ndarray, correct: np.ndarray, *,
+                 gate_ms: np.ndarray | float = 0.0, gate_macs: np.ndarray | float = 0.0, buffered: bool = True,
+                 overlap: bool = False) -> Outcome:
+    """Cost of each sample's path: stages 0..exit, the side exits it ``entered`` (``[N, K]``; the last
+    column is ignored), the predictors (``gate_ms`` per sample), buffering unless ``buffered=False``.
+    With ``overlap`` a side branch runs concurrently with the next trunk stage: a branch the sample goes
+    on from adds only what exceeds S_{k+1}; MACs still count everything run (energy does not overlap)."""
+    k = costs.num_exits
+    n = len(exit_)
+    rows = np.arange(n)
+    side = entered[:, : k - 1].astype(bool)
+    leave = np.zeros_like(side)
+    is_side = exit_ < k - 1
+    leave[rows[is_side], exit_[is_side]] = True
+    side = side | leave
+    cont = side & ~leave
+    S, E, W, R = costs.stage_ms, costs.exit_ms, costs.write_ms, costs.read_ms
+    if not buffered:
+        W, R = np.zeros(k), np.zeros(k)
+    stage_ms = np.cumsum(S)[exit_]
+    final = (exit_ == k - 1)
+    if overlap:
+        extra = np.maximum(0.0, (W + E + R)[: k - 1] - S[1:])
+        exits_ms = cont.astype(float) @ extra + leave.astype(float) @ E[: k - 1] + final * E[-1]
+        buf_ms = leave.astype(float) @ W[: k - 1]
+    else:
+        exits_ms = side.astype(float) @ E[: k - 1] + final * E[-1]
+        buf_ms = side.astype(float) @ W[: k - 1] + cont.astype(float) @ R[: k - 1]
+    gate_ms = np.broadcast_to(np.asarray(gate_ms, dtype=float), (n,))
+    latency = stage_ms + exits_ms + buf_ms + gate_ms
+    macs = (np.cumsum(costs.stage_macs)[exit_] + side.astype(float) @ costs.exit_macs[: k - 1]
+            + final * costs.exit_macs[-1] + np.broadcast_to(np.asarray(gate_macs, dtype=float), (n,)))
+    if overlap:  # a sample that leaves at side exit k also ran stage k+1 concurrently
+        macs = macs + np.where(is_side, np.append(costs.stage_macs[1:], 0.0)[np.minimum(exit_, k - 1)], 0.0)
+    buf_bytes = (side * costs.act_bytes[: k - 1]).max(1) if (buffered and k > 1) else np.zeros(n)
+    ok = correct[rows, exit_].astype(bool)
+    return Outcome(policy, exit_.astype(np.int64), ok, latency, macs, buf_bytes.astype(float),
+                   {"stages": stage_ms, "exits": exits_ms, "predictors": np.array(gate_ms, dtype=float),
+                    "buffering": buf_ms}, k)
+
+
+# ----------------------------------------------------------------------------- policies
+def simulate_full(correct, costs: CostModel) -> Outcome:
+    """The plain network: every stage, the final exit."""
+    correct = _check(costs, "correct", correct)
+    n, k = correct.shape
+    return path_outcome("full", costs, np.full(n, k - 1), np.zeros((n, k), bool), correct)
+
+
+def simulate_cascade(passes, correct, costs: CostModel, *, kept=None, overlap: bool = False,
+                     name: str = "cascade") -> Outcome:
+    """BranchyNet: every kept side exit is entered in order; leave at the first whose confidence passes
+    its threshold (``passes`` ``[N, K]``)."""
+    passes, correct = _check(costs, "passes", passes), _check(costs, "correct", correct)
+    kept = _kept(costs, kept)
+    p = passes.astype(bool) & kept
+    p[:, -1] = True
+    ex = _first(p)
+    entered = kept[None, :] & (np.arange(costs.num_exits)[None, :] <= ex[:, None])
+    return path_outcome(name, costs, ex, entered, correct, overlap=overlap)
+
+
+def simulate_patience(preds, correct, costs: CostModel, patience: int, *, kept=None, name: str = "patience") -> Outcome:
+    """PABEE: leave at a kept exit once its prediction has been the same at ``patience`` consecutive
+    kept exits (itself included)."""
+    if patience < 1:
+        raise ValueError(f"patience must be >= 1, got {patience}")
+    preds, correct = _check(costs, "preds", preds), _check(costs, "correct", correct)
+    kept = _kept(costs, kept)
+    n, k = preds.shape
+    idx = np.nonzero(kept)[0]
+    run = np.zeros((n, k), np.int64)
+    prev, cnt = None, np.ones(n, np.int64)
+    for i in idx:
+        if prev is not None:
+            cnt = np.where(preds[:, i] == prev, cnt + 1, 1)
+        run[:, i] = cnt
+        prev = preds[:, i]
+    p = (run >= patience) & kept
+    p[:, -1] = True
+    ex = _first(p)
+    entered = kept[None, :] & (np.arange(k)[None, :] <= ex[:, None])
+    return path_outcome(name, costs, ex, entered, correct)
+
+
+def simulate_gated(passes, correct, costs: CostModel, *, enter, gate_at, gate_ms, gate_macs=None, kept=None,
+                   overlap: bool = False, name: str = "gated") -> Outcome:
+    """The thesis: a predictor in front of side exit k, placed after stage ``gate_at[k]`` (≤ k; −1 = no
+    gate), decides whether to enter it (``enter`` ``[N, K]``). Not entered: no E_k, no buffering.
+    ``gate_ms[k]`` is that predictor's cost G, charged when the sample reaches stage ``gate_at[k]``."""
+    passes, correct = _check(costs, "passes", passes), _check(costs, "correct", correct)
+    enter = _check(costs, "enter", enter).astype(bool)
+    kept = _kept(costs, kept)
+    n, k = passes.shape
+    gate_at = np.asarray(gate_at, dtype=np.int64)
+    gate_ms = np.asarray(gate_ms, dtype=float)
+    gate_macs = np.zeros(k) if gate_macs is None else np.asarray(gate_macs, dtype=float)
+    for nm, v in (("gate_at", gate_at), ("gate_ms", gate_ms), ("gate_macs", gate_macs)):
+        if v.shape != (k,):
+            raise ValueError(f"{nm} must have one value per exit (K={k}), got shape {v.shape}")
+    if ((gate_at > np.arange(k)) | (gate_at < -1)).any():
+        raise ValueError(f"gate_at[k] must be -1 (no gate) or a stage j <= k, got {gate_at.tolist()}")
+    gated = (gate_at >= 0) & kept
+    gated[-1] = False
+    open_ = kept[None, :] & (~gated[None, :] | enter)
+    p = open_ & passes.astype(bool)
+    p[:, -1] = True
+    ex = _first(p)
+    cols = np.arange(k)[None, :]
+    entered = open_ & (cols <= ex[:, None])
+    charged = gated[None, :] & (gate_at[None, :] <= ex[:, None])
+    return path_outcome(name, costs, ex, entered, correct, gate_ms=charged @ gate_ms, gate_macs=charged @ gate_macs,
+                        overlap=overlap)
+
+
+def simulate_jump(passes, correct, costs: CostModel, *, at: int, target, gate_ms: float, gate_macs: float = 0.0,
+                  kept=None, name: str = "jump") -> Outcome:
+    """Exit predictor after stage ``at``: it names a target exit t (``target`` ``[N]``); the sample skips
+    the side exits from ``at`` up to t, enters t, and if not confident there goes on as a cascade.
+    Exits before ``at`` behave as in the cascade."""
+    passes, correct = _check(costs, "passes", passes), _check(costs, "correct", correct)
+    kept = _kept(costs, kept)
+    n, k = passes.shape
+    if not 0 <= at < k:
+        raise ValueError(f"jump predictor position {at} out of range 0..{k - 1}")
+    t = np.asarray(target, dtype=np.int64)
+    if t.shape != (n,):
+        raise ValueError(f"target must be [N] with N={n}, got shape {t.shape}")
+    if ((t < 0) | (t >= k)).any():
+        raise ValueError(f"jump targets must be exits 0..{k - 1}")
+    t = np.maximum(t, at)
+    cols = np.arange(k)[None, :]
+    allowed = kept[None, :] & ((cols < at) | (cols >= t[:, None]))
+    p = allowed & passes.astype(bool)
+    p[:, -1] = True
+    ex = _first(p)
+    entered = allowed & (cols <= ex[:, None])
+    charged = (ex >= at).astype(float)
+    return path_outcome(name, costs, ex, entered, correct, gate_ms=charged * gate_ms, gate_macs=charged * gate_macs)
+
+
+def simulate_oracle(correct, costs: CostModel, *, kept=None, name: str = "oracle") -> Outcome:
+    """The cheapest kept exit whose answer is correct (stages to it + its head, nothing else); the full
+    network when none is. A lower bound on latency at the accuracy it reaches."""
+    correct = _check(costs, "correct", correct).astype(bool)
+    kept = _kept(costs, kept)
+    n, k = correct.shape
+    alone = np.cumsum(costs.stage_ms) + costs.exit_ms  # leaving at k knowing in advance
+    cand = np.where(correct & kept, alone[None, :], np.inf)
+    ex = np.where(np.isfinite(cand).any(1), cand.argmin(1), k - 1)
+    entered = np.zeros((n, k), bool)
+    return path_outcome(name, costs, ex, entered, correct, buffered=False)

@@ -1,0 +1,69 @@
+"""Threshold sweeps and Pareto fronts. The cascade's latency depends only on the exit a sample
+takes, so a sweep needs one pass over the confidences per setting, not a per-sample cost sum."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from .costs import CostModel
+
+
+def cascade_exit_latency(costs: CostModel, kept=None) -> np.ndarray:
+    """``[K]`` ms of leaving at each exit under the cascade (every kept side exit before it entered)."""
+    k = costs.num_exits
+    kept = np.ones(k, bool) if kept is None else np.asarray(kept, bool)
+    S, E, W, R = costs.stage_ms, costs.exit_ms, costs.write_ms, costs.read_ms
+    through = np.where(kept[: k - 1], W[: k - 1] + E[: k - 1] + R[: k - 1], 0.0)
+    before = np.concatenate([[0.0], np.cumsum(through)])  # cost of kept side exits passed before exit e
+    leave = np.append(W[: k - 1] + E[: k - 1], E[-1])
+    return np.cumsum(S) + before + leave
+
+
+def cascade_exit_macs(costs: CostModel, kept=None) -> np.ndarray:
+    k = costs.num_exits
+    kept = np.ones(k, bool) if kept is None else np.asarray(kept, bool)
+    em = np.where(kept, costs.exit_macs, 0.0)
+    return np.cumsum(costs.stage_macs) + np.concatenate([[0.0], np.cumsum(em[: k - 1])]) + costs.exit_macs
+
+
+def sweep_cascade(conf: np.ndarray, correct: np.ndarray, costs: CostModel, grid: np.ndarray, *,
+                  lower_is_confident: bool = True, kept=None) -> pd.DataFrame:
+    """Accuracy (%), mean and p95 latency (ms) and mean MACs of the cascade for every threshold setting
+    in ``grid`` ``[S, K]``. ``conf`` ``[N, K]``; ``correct`` ``[N, K]`` bool."""
+    conf = np.asarray(conf)
+    n, k = conf.shape
+    grid = np.atleast_2d(np.asarray(grid, dtype=conf.dtype if conf.dtype.kind == "f" else float))
+    if grid.shape[1] != k or correct.shape != conf.shape:
+        raise ValueError(f"grid must be [S, K={k}] and correct [N, K] like conf; got {grid.shape}, {correct.shape}")
+    kept = np.ones(k, bool) if kept is None else np.asarray(kept, bool)
+    lat, macs = cascade_exit_latency(costs, kept), cascade_exit_macs(costs, kept)
+    order = np.argsort(lat, kind="stable")
+    correct_by_exit = np.ascontiguousarray(correct.T)  # [K, N]
+    rows = []
+    side = np.nonzero(kept[: k - 1])[0]
+    for t in grid:
+        ex = np.full(n, k - 1, dtype=np.int64)
+        undecided = np.ones(n, bool)
+        for i in side:  # one comparison pass per kept side exit
+            ok = (conf[:, i] < t[i]) if lower_is_confident else (conf[:, i] > t[i])
+            hit = ok & undecided
+            ex[hit] = i
+            undecided &= ~ok
+        counts = np.bincount(ex, minlength=k)
+        acc = sum(int(correct_by_exit[i][ex == i].sum()) for i in range(k) if counts[i])
+        cum = np.cumsum(counts[order])
+        p95 = lat[order][np.searchsorted(cum, 0.95 * n)]  # inverted CDF
+        rows.append({"accuracy_%": 100 * acc / n, "mean_ms": float(counts @ lat) / n, "p95_ms": float(p95),
+                     "mean_MACs": float(counts @ macs) / n, **{f"exit{i}_%": 100 * counts[i] / n for i in range(k)}})
+    return pd.DataFrame(rows)
+
+
+def pareto_front(df: pd.DataFrame, x: str = "mean_ms", y: str = "accuracy_%") -> pd.DataFrame:
+    """Rows not dominated (lower ``x`` and higher ``y`` are better), sorted by ``x``."""
+    d = df.sort_values([x, y], ascending=[True, False])
+    best, keep = -np.inf, []
+    for i, v in zip(d.index, d[y].to_numpy()):
+        if v > best:
+            keep.append(i)
+            best = v
+    return d.loc[keep]
