@@ -266,6 +266,59 @@ command("fit-predictors", "fit gate / exit / entropy predictors on a cache and p
     (_fit_args, _fit_run))
 
 
+# ----------------------------------------------------------------------------- simulate
+def _simulate_args(p):
+    p.add_argument("--cache", required=True, help="feature cache directory")
+    p.add_argument("--predictors", default=None, help="folder of fitted predictors (enables gated and jump)")
+    p.add_argument("--profile", action="append", default=None,
+                   help="device profile name or JSON/YAML file (repeatable; default: measured). "
+                        "See `branchy profiles`")
+    p.add_argument("--measure", default="entropy", choices=["entropy", "max_prob", "margin"])
+    p.add_argument("--target-acc", type=float, default=None,
+                   help="accuracy (fraction) each side exit's accepted calib samples must reach "
+                        "(default: the final exit's calib accuracy)")
+    p.add_argument("--patience", type=int, default=2, help="P of the patience policy")
+    p.add_argument("--overlap", action="store_true", help="run each branch concurrently with the next stage")
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the CIs")
+    p.add_argument("--out", required=True, help="folder for summary.csv, pareto.csv and the plots")
+
+
+def _simulate_run(a) -> int:
+    from branchy.cache import FeatureCache
+
+    from .simulate_cli import simulate_to
+    from .study import PolicyConfig
+
+    cache = FeatureCache.open(a.cache)
+    preds = None
+    if a.predictors:
+        from predictors.fit import load_predictors
+
+        preds = load_predictors(a.predictors, cache)
+    cfg = PolicyConfig(a.measure, a.target_acc, a.patience, a.overlap, a.bootstrap)
+    simulate_to(cache, a.out, predictors=preds, profiles=a.profile or ["measured"], cfg=cfg)
+    print(f"\nwrote {a.out}/summary.csv, pareto.csv and plots")
+    return 0
+
+
+command("simulate", "simulate latency vs accuracy of every policy on a cache (tables + plots)")(
+    (_simulate_args, _simulate_run))
+
+
+def _profiles_run(a) -> int:
+    from .costs import PROFILES
+
+    for name in PROFILES.names():
+        p = PROFILES.get(name)
+        figs = "" if p.measured else (f"  [{p.macs_per_s:.3g} MAC/s, {p.bytes_per_s:.3g} B/s, "
+                                      f"{p.overhead_ms} ms/segment]")
+        print(f"{name:15s} {p.description}{figs}")
+    return 0
+
+
+command("profiles", "list the registered device profiles")((_models_args, _profiles_run))
+
+
 # ----------------------------------------------------------------------------- demo
 def _demo_args(p):
     p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")

@@ -60,9 +60,18 @@ def profile_from_dict(d: dict, origin: str = "profile") -> DeviceProfile:
     extra = set(d) - known
     if extra:
         raise ValueError(f"{origin}: unknown profile field(s) {sorted(extra)}; known: {sorted(known)}")
+    d = dict(d)
+    for k in ("macs_per_s", "bytes_per_s", "overhead_ms", "onchip_bytes", "spill_bytes_per_s"):
+        if d.get(k) is not None:
+            try:
+                d[k] = float(d[k])  # YAML 1.1 reads "1.0e9" as a string
+            except (TypeError, ValueError):
+                raise ValueError(f"{origin}: {k} must be a number, got {d[k]!r}") from None
     for k in ("macs_per_s", "bytes_per_s"):
-        if not float(d[k]) > 0:
+        if not d[k] > 0:
             raise ValueError(f"{origin}: {k} must be > 0, got {d[k]}")
+    if d.get("overhead_ms", 0) < 0:
+        raise ValueError(f"{origin}: overhead_ms must be >= 0, got {d['overhead_ms']}")
     return DeviceProfile(**d)
 
 

@@ -10,7 +10,8 @@ DEMO_TRAIN = dict(model="b-lenet", dataset="mnist5k", exits=(0, 1), epochs=30, b
 
 
 DEMO_POOLING = "grid:3"
-DEMO_TARGET_ACC = 0.99  # each side exit's accepted calib samples must be this accurate
+DEMO_TARGET_ACC = 0.99
+DEMO_PROFILES = ("measured", "raspberry-pi-4")  # each side exit's accepted calib samples must be this accurate
 
 
 def run_demo(out: str = "runs/demo", redo: bool = False, epochs: int = 30) -> dict:
@@ -50,8 +51,15 @@ def run_demo(out: str = "runs/demo", redo: bool = False, epochs: int = 30) -> di
     print(f"[demo] exit thresholds T (entropy, nats; calibrated on calib): {np.round(thresholds, 4).tolist()}")
     print("[demo] predictor quality (fit on calib; false_enter / false_skip are fractions of all samples):")
     print(format_eval(table))
+
+    from .simulate_cli import simulate_to
+    from .study import PolicyConfig
+
+    print("[demo] simulating every policy with buffering costs (thresholds from calib, reported on test)")
+    sim = simulate_to(cache, out_p / "simulate", predictors=preds, profiles=DEMO_PROFILES,
+                      cfg=PolicyConfig(target_acc=DEMO_TARGET_ACC))
     return {"checkpoint": ckpt, "test_eval": ev, "cache": cache, "predictors": preds, "thresholds": thresholds,
-            "predictor_table": table}
+            "predictor_table": table, "simulation": sim}
 
 
 def demo_predictors(cache, out: Path, *, redo: bool = False, model: str = "nn"):

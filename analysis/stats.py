@@ -54,8 +54,7 @@ def summary_table(outcomes: list[Outcome], *, reference: Outcome | None = None, 
 def format_headline(df: pd.DataFrame) -> str:
     """Accuracy, mean and p95 latency, speed-up, MACs and exits with 95 % intervals, for a terminal."""
     rows = []
-    for r in df.itertuples(index=False):
-        d = r._asdict()
+    for d in df.to_dict("records"):
 
         def ci(key, fmt):
             lo, hi = d.get(f"{key}_lo"), d.get(f"{key}_hi")

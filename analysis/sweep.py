@@ -38,22 +38,29 @@ def sweep_cascade(conf: np.ndarray, correct: np.ndarray, costs: CostModel, grid:
     kept = np.ones(k, bool) if kept is None else np.asarray(kept, bool)
     lat, macs = cascade_exit_latency(costs, kept), cascade_exit_macs(costs, kept)
     order = np.argsort(lat, kind="stable")
-    correct_by_exit = np.ascontiguousarray(correct.T)  # [K, N]
-    rows = []
+    conf_t = np.ascontiguousarray(conf.T)  # [K, N]: one contiguous row per exit
+    corr_t = np.ascontiguousarray(np.asarray(correct, bool).T)
     side = np.nonzero(kept[: k - 1])[0]
+    undecided, ok, hit = np.empty(n, bool), np.empty(n, bool), np.empty(n, bool)
+    rows = []
     for t in grid:
-        ex = np.full(n, k - 1, dtype=np.int64)
-        undecided = np.ones(n, bool)
-        for i in side:  # one comparison pass per kept side exit
-            ok = (conf[:, i] < t[i]) if lower_is_confident else (conf[:, i] > t[i])
-            hit = ok & undecided
-            ex[hit] = i
-            undecided &= ~ok
-        counts = np.bincount(ex, minlength=k)
-        acc = sum(int(correct_by_exit[i][ex == i].sum()) for i in range(k) if counts[i])
+        counts = np.zeros(k, np.int64)
+        right = 0
+        undecided.fill(True)
+        for i in side:  # who leaves at exit i: confident there and undecided so far
+            if lower_is_confident:
+                np.less(conf_t[i], t[i], out=ok)
+            else:
+                np.greater(conf_t[i], t[i], out=ok)
+            np.logical_and(ok, undecided, out=hit)
+            counts[i] = np.count_nonzero(hit)
+            right += np.count_nonzero(np.logical_and(hit, corr_t[i], out=hit))
+            np.logical_and(undecided, np.logical_not(ok, out=ok), out=undecided)
+        counts[k - 1] = np.count_nonzero(undecided)
+        right += np.count_nonzero(np.logical_and(undecided, corr_t[k - 1], out=hit))
         cum = np.cumsum(counts[order])
         p95 = lat[order][np.searchsorted(cum, 0.95 * n)]  # inverted CDF
-        rows.append({"accuracy_%": 100 * acc / n, "mean_ms": float(counts @ lat) / n, "p95_ms": float(p95),
+        rows.append({"accuracy_%": 100 * right / n, "mean_ms": float(counts @ lat) / n, "p95_ms": float(p95),
                      "mean_MACs": float(counts @ macs) / n, **{f"exit{i}_%": 100 * counts[i] / n for i in range(k)}})
     return pd.DataFrame(rows)
 

@@ -1,0 +1,124 @@
+"""Plots (seaborn on matplotlib). Every function draws on ``ax`` (or a new figure) and returns
+``(fig, ax)``; nothing here calls ``plt.show()``."""
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+
+from .sweep import pareto_front
+
+POLICY_ORDER = ["full", "cascade", "patience", "gated", "gated-entropy", "jump", "placement", "oracle"]
+
+
+def _ax(ax, figsize=(6, 4)):
+    if ax is None:
+        fig, ax = plt.subplots(figsize=figsize)
+        return fig, ax
+    return ax.figure, ax
+
+
+def _palette(policies) -> dict:
+    names = [p for p in POLICY_ORDER if p in set(policies)] + sorted(set(policies) - set(POLICY_ORDER))
+    return dict(zip(names, sns.color_palette("tab10", len(names))))
+
+
+def plot_pareto(points: pd.DataFrame, summary: pd.DataFrame | None = None, *, x: str = "mean_ms",
+                y: str = "accuracy_%", ax=None, title: str | None = None):
+    """Accuracy versus latency: each policy's Pareto front over threshold settings (lines), its
+    calibrated operating point (large markers, from ``summary``), full and the oracle bound (stars)."""
+    fig, ax = _ax(ax)
+    pal = _palette(list(points.policy.unique()) + ([] if summary is None else list(summary.policy)))
+    for pol, d in points.groupby("policy", sort=False):
+        if pol in ("full", "oracle"):
+            continue
+        ax.scatter(d[x], d[y], s=10, alpha=0.35, color=pal[pol])
+        f = pareto_front(d, x, y)
+        ax.plot(f[x], f[y], "-", color=pal[pol], label=f"{pol} (front)")
+    ref = summary if summary is not None else points
+    for pol in ("full", "oracle"):
+        d = ref[ref.policy == pol]
+        if len(d):
+            ax.scatter(d[x], d[y], marker="*", s=180, color=pal.get(pol, "k"), edgecolor="k", zorder=5, label=pol)
+    if summary is not None:
+        d = summary[~summary.policy.isin(["full", "oracle"])]
+        fronts = set(points.policy)
+        for r in d.to_dict("records"):
+            ax.scatter(r[x], r[y], s=70, marker="o", color=pal.get(r["policy"], "k"), edgecolor="k", zorder=4,
+                       label=None if r["policy"] in fronts else r["policy"])
+    ax.text(0.01, 0.01, "lines: fronts over thresholds; circles: calibrated operating points", fontsize=6,
+            transform=ax.transAxes, color="0.4")
+    ax.set_xlabel({"mean_ms": "mean latency (ms per sample, batch 1)", "p95_ms": "p95 latency (ms, batch 1)",
+                   "mean_MACs": "mean MACs per sample"}.get(x, x))
+    ax.set_ylabel("test accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    if title:
+        ax.set_title(title)
+    return fig, ax
+
+
+def plot_exit_distribution(summary: pd.DataFrame, *, ax=None, title: str | None = None):
+    """Share of test samples leaving at each exit, per policy (stacked bars, %)."""
+    fig, ax = _ax(ax)
+    cols = [c for c in summary.columns if c.startswith("exit") and c.endswith("_%")]
+    d = summary.set_index("policy")[cols]
+    d.columns = [c[:-2] for c in cols]
+    d.plot.barh(stacked=True, ax=ax, colormap="viridis", width=0.75)
+    ax.set_xlabel("samples leaving at each exit (%)")
+    ax.set_ylabel("")
+    ax.invert_yaxis()
+    ax.legend(fontsize=7, loc="lower right", ncol=len(cols))
+    if title:
+        ax.set_title(title)
+    return fig, ax
+
+
+def plot_latency_breakdown(summary: pd.DataFrame, *, ax=None, title: str | None = None):
+    """Mean latency per policy split into stages, exit heads, predictors and buffering (ms, stacked)."""
+    fig, ax = _ax(ax)
+    parts = [p for p in ("stages_ms", "exits_ms", "predictors_ms", "buffering_ms") if p in summary.columns]
+    d = summary.set_index("policy")[parts]
+    d.columns = [p[:-3] for p in parts]
+    d.plot.barh(stacked=True, ax=ax, color=sns.color_palette("Set2", len(parts)), width=0.75)
+    ax.set_xlabel("mean latency (ms per sample, batch 1)")
+    ax.set_ylabel("")
+    ax.invert_yaxis()
+    ax.legend(fontsize=7, loc="lower right")
+    if title:
+        ax.set_title(title)
+    return fig, ax
+
+
+def plot_entropy_hist(table: pd.DataFrame, *, ax=None, measure: str = "entropy", thresholds=None,
+                      title: str | None = None):
+    """Per-exit histograms of the confidence measure for correct versus wrong answers (one panel per
+    exit when ``ax`` is None; with ``ax`` given, all exits overlaid by hue). ``table`` is
+    ``FeatureCache.table(split)``."""
+    k = int(table.exit.max()) + 1
+    if ax is None:
+        fig, axes = plt.subplots(1, k, figsize=(3.2 * k, 3), sharey=False)
+        axes = np.atleast_1d(axes)
+        bins = np.linspace(0, float(table[measure].max()) or 1.0, 30)
+        for e, a in enumerate(axes):
+            d = table[table.exit == e]
+            sns.histplot(d, x=measure, hue="correct", bins=bins, stat="count", ax=a, element="step",
+                         hue_order=[True, False], palette={True: "tab:green", False: "tab:red"}, legend=(e == k - 1))
+            a.set_yscale("log")
+            a.set_title(f"exit {e}", fontsize=9)
+            a.set_xlabel(f"{measure} (nats)" if measure == "entropy" else measure)
+            if thresholds is not None and e < k - 1 and np.isfinite(thresholds[e]):
+                a.axvline(thresholds[e], color="k", ls="--", lw=1)
+        if title:
+            fig.suptitle(title)
+        fig.tight_layout()
+        return fig, axes
+    fig = ax.figure
+    sns.histplot(table, x=measure, hue="exit", ax=ax, element="step", bins=30)
+    return fig, ax
+
+
+def save(fig, path) -> None:
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
