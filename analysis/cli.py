@@ -319,6 +319,64 @@ def _profiles_run(a) -> int:
 command("profiles", "list the registered device profiles")((_models_args, _profiles_run))
 
 
+# ----------------------------------------------------------------------------- place
+def _place_args(p):
+    p.add_argument("--cache", required=True, help="feature cache directory")
+    p.add_argument("--predictors", required=True, help="folder of fitted predictors")
+    p.add_argument("--strategy", required=True, help="placement strategy (see `branchy strategies`)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--max-acc-drop", type=float, default=None,
+                   help="fastest placement within this many accuracy points of full on calib (default 0.5)")
+    g.add_argument("--latency-budget", type=float, default=None, help="most accurate placement under this mean ms")
+    p.add_argument("--profile", default="measured", help="device profile name or JSON/YAML file")
+    p.add_argument("--measure", default="entropy", choices=["entropy", "max_prob", "margin"])
+    p.add_argument("--n-jobs", type=int, default=1, help="parallel scoring through joblib (-1: all cores)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="folder for candidates.csv, placement.json and plots")
+
+
+def _place_run(a) -> int:
+    from branchy.cache import FeatureCache
+    from placement import Constraint
+    from predictors.fit import load_predictors
+
+    from .costs import get_profile
+    from .placement_study import run_placement, write_placement
+
+    prof = get_profile(a.profile)
+    cache = FeatureCache.open(a.cache)
+    preds = load_predictors(a.predictors, cache)
+    con = (Constraint(latency_budget=a.latency_budget) if a.latency_budget is not None
+           else Constraint(max_acc_drop=0.5 if a.max_acc_drop is None else a.max_acc_drop))
+    res, compare = run_placement(cache, preds, a.strategy, constraint=con, profile=prof, measure=a.measure,
+                                 n_jobs=a.n_jobs, seed=a.seed)
+    write_placement(res, compare, a.out, profile_name=prof.name)
+    print(f"strategy {a.strategy}: {len(res.table)} placements scored on calib ({prof.name}); {con.describe()}")
+    print(f"chosen: {res.chosen.describe()}")
+    print(format_compare(compare))
+    print(f"wrote {a.out}/placement.json, candidates.csv, comparison.csv, placement_map.png, placement_front.png")
+    return 0
+
+
+def format_compare(df) -> str:
+    return df.to_string(index=False, float_format=lambda v: f"{v:.4g}")
+
+
+command("place", "search where exits and predictor gates go (scored on calib, chosen re-evaluated on test)")(
+    (_place_args, _place_run))
+
+
+def _strategies_run(a) -> int:
+    from placement.search import STRATEGIES
+
+    for name, doc in STRATEGIES.describe().items():
+        print(f"{name:16s} {doc}")
+    return 0
+
+
+command("strategies", "list the placement strategies")((_models_args, _strategies_run))
+
+
 # ----------------------------------------------------------------------------- demo
 def _demo_args(p):
     p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")

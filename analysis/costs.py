@@ -124,6 +124,7 @@ class CostModel:
     stage_macs: np.ndarray
     exit_macs: np.ndarray
     act_bytes: np.ndarray
+    device: DeviceProfile | None = None
 
     def __post_init__(self) -> None:
         k = len(self.stage_ms)
@@ -158,14 +159,16 @@ class CostModel:
             if np.isnan(np.concatenate([s, e, b])).any():
                 raise ValueError(f"cache {cache.path} has no measured latency (dumped with --no-latency); "
                                  f"use an analytic profile: {', '.join(n for n in list_profiles() if n != 'measured')}")
-            return cls("measured", s, e, b, b.copy(), smacs, emacs, act)
+            return cls("measured", s, e, b, b.copy(), smacs, emacs, act, prof)
         buf = prof.buffer_ms(act)
-        return cls(prof.name, prof.compute_ms(smacs), prof.compute_ms(emacs), buf, buf.copy(), smacs, emacs, act)
+        return cls(prof.name, prof.compute_ms(smacs), prof.compute_ms(emacs), buf, buf.copy(), smacs, emacs, act, prof)
 
     def predictor_ms(self, macs: float, measured_ms: float, profile: str | DeviceProfile | None = None) -> float:
         """G for a predictor: its measured ms under ``measured``, else its MACs through the profile."""
-        prof = get_profile(profile or self.profile)
+        prof = get_profile(profile or self.device or self.profile)
         return float(measured_ms) if prof.measured else float(prof.compute_ms(macs))
 
     def to_dict(self) -> dict:
-        return {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in asdict(self).items()}
+        d = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in asdict(self).items()}
+        d.pop("device", None)
+        return d

@@ -11,7 +11,8 @@ DEMO_TRAIN = dict(model="b-lenet", dataset="mnist5k", exits=(0, 1), epochs=30, b
 
 DEMO_POOLING = "grid:3"
 DEMO_TARGET_ACC = 0.99
-DEMO_PROFILES = ("measured", "raspberry-pi-4")  # each side exit's accepted calib samples must be this accurate
+DEMO_PROFILES = ("measured", "raspberry-pi-4")
+DEMO_STRATEGY = "budget"  # each side exit's accepted calib samples must be this accurate
 
 
 def run_demo(out: str = "runs/demo", redo: bool = False, epochs: int = 30) -> dict:
@@ -58,8 +59,20 @@ def run_demo(out: str = "runs/demo", redo: bool = False, epochs: int = 30) -> di
     print("[demo] simulating every policy with buffering costs (thresholds from calib, reported on test)")
     sim = simulate_to(cache, out_p / "simulate", predictors=preds, profiles=DEMO_PROFILES,
                       cfg=PolicyConfig(target_acc=DEMO_TARGET_ACC))
+
+    from placement import Constraint
+
+    from .cli import format_compare
+    from .placement_study import run_placement, write_placement
+
+    print(f"[demo] placement search ({DEMO_STRATEGY}, {DEMO_PROFILES[1]}): fastest within 0.5 points of full on calib")
+    res, compare = run_placement(cache, preds, DEMO_STRATEGY, constraint=Constraint(max_acc_drop=0.5),
+                                 profile=DEMO_PROFILES[1])
+    write_placement(res, compare, out_p / "placement", profile_name=DEMO_PROFILES[1])
+    print(f"[demo] chosen placement: {res.chosen.describe()} ({len(res.table)} candidates scored)")
+    print(format_compare(compare))
     return {"checkpoint": ckpt, "test_eval": ev, "cache": cache, "predictors": preds, "thresholds": thresholds,
-            "predictor_table": table, "simulation": sim}
+            "predictor_table": table, "simulation": sim, "placement": res, "placement_compare": compare}
 
 
 def demo_predictors(cache, out: Path, *, redo: bool = False, model: str = "nn"):

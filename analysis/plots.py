@@ -122,3 +122,54 @@ def plot_entropy_hist(table: pd.DataFrame, *, ax=None, measure: str = "entropy",
 def save(fig, path) -> None:
     fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
+
+
+def plot_placement_map(placement, *, ax=None, title: str | None = None):
+    """Exits (columns) × positions after which a predictor sits (rows): open exits, removed exits,
+    gates (G) and the jump predictor (J)."""
+    k = placement.num_exits
+    fig, ax = _ax(ax, figsize=(1.2 * k + 2, 0.8 * k + 1.5))
+    grid = np.zeros((k, k))
+    for e in range(k):
+        grid[:, e] = 0.15 if placement.kept[e] else 0.0
+    ax.imshow(grid, cmap="Greys", vmin=0, vmax=1, aspect="auto")
+    for e in range(k):
+        status = "final" if e == k - 1 else ("open" if placement.kept[e] and placement.gates[e] is None
+                                             else ("removed" if not placement.kept[e] else "gated"))
+        ax.text(e, -0.75, status, ha="center", va="bottom", fontsize=8)
+        g = placement.gates[e]
+        if g is not None:
+            ax.scatter(e, g.at, s=400, marker="s", color="tab:orange", edgecolor="k", zorder=3)
+            ax.text(e, g.at, "G", ha="center", va="center", fontsize=9, zorder=4)
+    if placement.jump is not None:
+        ax.scatter(np.arange(k)[placement.jump.at:], [placement.jump.at] * (k - placement.jump.at), s=120, marker=">",
+                   color="tab:blue", zorder=3)
+        ax.text(placement.jump.at - 0.4, placement.jump.at, "J", color="tab:blue", fontsize=10, va="center")
+    ax.set_xticks(range(k), [f"exit {e}" for e in range(k)])
+    ax.set_yticks(range(k), [f"after stage {j}" for j in range(k)])
+    ax.set_xlim(-0.6, k - 0.4)
+    ax.set_ylim(k - 0.5, -1.2)
+    ax.set_title(title or placement.describe(), fontsize=9)
+    return fig, ax
+
+
+def plot_search_front(table: pd.DataFrame, *, x: str = "mean_ms", y: str = "accuracy_%", ax=None,
+                      title: str | None = None):
+    """Every scored candidate (calib), its Pareto front and the chosen placement."""
+    fig, ax = _ax(ax)
+    feas = table["feasible"] if "feasible" in table else np.ones(len(table), bool)
+    ax.scatter(table[x][~feas], table[y][~feas], s=12, color="0.7", label="infeasible")
+    ax.scatter(table[x][feas], table[y][feas], s=12, color="tab:blue", label="feasible")
+    f = pareto_front(table, x, y)
+    ax.plot(f[x], f[y], "-", color="tab:blue", lw=1, label="front")
+    if "chosen" in table:
+        c = table[table.chosen]
+        ax.scatter(c[x], c[y], s=200, marker="*", color="tab:red", edgecolor="k", zorder=5,
+                   label="chosen: " + str(c["describe"].iloc[0]))
+    ax.set_xlabel("mean latency (ms per sample, batch 1)")
+    ax.set_ylabel("calib accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    if title:
+        ax.set_title(title, fontsize=9)
+    return fig, ax

@@ -156,17 +156,20 @@ def simulate_patience(preds, correct, costs: CostModel, patience: int, *, kept=N
     return path_outcome(name, costs, ex, entered, correct)
 
 
-def simulate_gated(passes, correct, costs: CostModel, *, enter, gate_at, gate_ms, gate_macs=None, kept=None,
-                   overlap: bool = False, name: str = "gated") -> Outcome:
+def simulate_gated(passes, correct, costs: CostModel, *, enter=None, gate_at=None, gate_ms=None, gate_macs=None,
+                   kept=None, jump: tuple | None = None, overlap: bool = False, name: str = "gated") -> Outcome:
     """The thesis: a predictor in front of side exit k, placed after stage ``gate_at[k]`` (≤ k; −1 = no
     gate), decides whether to enter it (``enter`` ``[N, K]``). Not entered: no E_k, no buffering.
-    ``gate_ms[k]`` is that predictor's cost G, charged when the sample reaches stage ``gate_at[k]``."""
+    ``gate_ms[k]`` is that predictor's cost G, charged when the sample reaches stage ``gate_at[k]``.
+
+    ``jump = (at, target [N], G ms, G MACs)`` adds an exit predictor after stage ``at``: the side exits
+    from ``at`` up to the named target are skipped (see :func:`simulate_jump`)."""
     passes, correct = _check(costs, "passes", passes), _check(costs, "correct", correct)
-    enter = _check(costs, "enter", enter).astype(bool)
     kept = _kept(costs, kept)
     n, k = passes.shape
-    gate_at = np.asarray(gate_at, dtype=np.int64)
-    gate_ms = np.asarray(gate_ms, dtype=float)
+    enter = np.ones((n, k), bool) if enter is None else _check(costs, "enter", enter).astype(bool)
+    gate_at = np.full(k, -1, np.int64) if gate_at is None else np.asarray(gate_at, dtype=np.int64)
+    gate_ms = np.zeros(k) if gate_ms is None else np.asarray(gate_ms, dtype=float)
     gate_macs = np.zeros(k) if gate_macs is None else np.asarray(gate_macs, dtype=float)
     for nm, v in (("gate_at", gate_at), ("gate_ms", gate_ms), ("gate_macs", gate_macs)):
         if v.shape != (k,):
@@ -175,15 +178,32 @@ def simulate_gated(passes, correct, costs: CostModel, *, enter, gate_at, gate_ms
         raise ValueError(f"gate_at[k] must be -1 (no gate) or a stage j <= k, got {gate_at.tolist()}")
     gated = (gate_at >= 0) & kept
     gated[-1] = False
+    cols = np.arange(k)[None, :]
     open_ = kept[None, :] & (~gated[None, :] | enter)
+    if jump is not None:
+        at, target, jms, jmacs = jump
+        if not 0 <= at < k:
+            raise ValueError(f"jump predictor position {at} out of range 0..{k - 1}")
+        t = np.asarray(target, dtype=np.int64)
+        if t.shape != (n,):
+            raise ValueError(f"target must be [N] with N={n}, got shape {t.shape}")
+        if ((t < 0) | (t >= k)).any():
+            raise ValueError(f"jump targets must be exits 0..{k - 1}")
+        open_ &= (cols < at) | (cols >= np.maximum(t, at)[:, None])
     p = open_ & passes.astype(bool)
     p[:, -1] = True
     ex = _first(p)
-    cols = np.arange(k)[None, :]
     entered = open_ & (cols <= ex[:, None])
+    # a gate for exit k is evaluated when the sample reaches stage gate_at[k]; skipped exits need none
     charged = gated[None, :] & (gate_at[None, :] <= ex[:, None])
-    return path_outcome(name, costs, ex, entered, correct, gate_ms=charged @ gate_ms, gate_macs=charged @ gate_macs,
-                        overlap=overlap)
+    if jump is not None:  # gates after the jump predictor, for exits it skips, are not evaluated
+        skipped = (cols >= at) & (cols < np.maximum(t, at)[:, None])
+        charged &= ~(skipped & (gate_at[None, :] >= at))
+    g_ms, g_macs = charged @ gate_ms, charged @ gate_macs
+    if jump is not None:
+        reached = (ex >= at).astype(float)
+        g_ms, g_macs = g_ms + reached * jms, g_macs + reached * jmacs
+    return path_outcome(name, costs, ex, entered, correct, gate_ms=g_ms, gate_macs=g_macs, overlap=overlap)
 
 
 def simulate_jump(passes, correct, costs: CostModel, *, at: int, target, gate_ms: float, gate_macs: float = 0.0,
@@ -191,25 +211,7 @@ def simulate_jump(passes, correct, costs: CostModel, *, at: int, target, gate_ms
     """Exit predictor after stage ``at``: it names a target exit t (``target`` ``[N]``); the sample skips
     the side exits from ``at`` up to t, enters t, and if not confident there goes on as a cascade.
     Exits before ``at`` behave as in the cascade."""
-    passes, correct = _check(costs, "passes", passes), _check(costs, "correct", correct)
-    kept = _kept(costs, kept)
-    n, k = passes.shape
-    if not 0 <= at < k:
-        raise ValueError(f"jump predictor position {at} out of range 0..{k - 1}")
-    t = np.asarray(target, dtype=np.int64)
-    if t.shape != (n,):
-        raise ValueError(f"target must be [N] with N={n}, got shape {t.shape}")
-    if ((t < 0) | (t >= k)).any():
-        raise ValueError(f"jump targets must be exits 0..{k - 1}")
-    t = np.maximum(t, at)
-    cols = np.arange(k)[None, :]
-    allowed = kept[None, :] & ((cols < at) | (cols >= t[:, None]))
-    p = allowed & passes.astype(bool)
-    p[:, -1] = True
-    ex = _first(p)
-    entered = allowed & (cols <= ex[:, None])
-    charged = (ex >= at).astype(float)
-    return path_outcome(name, costs, ex, entered, correct, gate_ms=charged * gate_ms, gate_macs=charged * gate_macs)
+    return simulate_gated(passes, correct, costs, kept=kept, jump=(at, target, gate_ms, gate_macs), name=name)
 
 
 def simulate_oracle(correct, costs: CostModel, *, kept=None, name: str = "oracle") -> Outcome:

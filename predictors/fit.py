@@ -122,8 +122,15 @@ def fit_predictor(cache: FeatureCache, spec: PredictorSpec, *, split: str = "cal
         check_thresholds(spec.thresholds, cache.num_exits)
     x = make_inputs(cache, split, spec.at, with_confidences=spec.with_confidences)
     y = make_target(cache, split, spec.target, k=spec.for_exit, thresholds=spec.thresholds, measure=spec.measure)
-    est = make_estimator(spec.model, spec.task, class_weight=spec.class_weight, random_state=spec.random_state,
-                         **spec.params)
+    if spec.task == "classification" and len(np.unique(y)) < 2:
+        from sklearn.dummy import DummyClassifier
+
+        warnings.warn(f"{spec.name}: every {split} sample has the same target ({y[0]}): the predictor is the "
+                      f"constant answer (0 MACs)", stacklevel=2)
+        est = DummyClassifier(strategy="most_frequent")
+    else:
+        est = make_estimator(spec.model, spec.task, class_weight=spec.class_weight, random_state=spec.random_state,
+                             **spec.params)
     est.fit(x, y)
     return FittedPredictor(spec, est, cache.fingerprint, predictor_cost(est, x, min_run_time=timing), split)
 

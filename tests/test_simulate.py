@@ -29,13 +29,13 @@ def naive(policy, costs, correct, *, passes=None, preds=None, patience=None, kep
         t = None
         for i in range(k):
             lat += S[i]
-            if policy == "gated":  # predictors placed after stage i
-                for j in range(k - 1):
-                    if kept[j] and gate_at[j] == i:
-                        lat += gate_ms[j]
-            if policy == "jump" and i == jump_at:
+            if jump_at is not None and i == jump_at:  # the exit predictor runs first
                 lat += jump_ms
                 t = max(target[s], jump_at)
+            if gate_at is not None:  # gates placed after stage i, unless the jump skips their exit
+                for j in range(k - 1):
+                    if kept[j] and gate_at[j] == i and not (t is not None and jump_at <= j < t):
+                        lat += gate_ms[j]
             if i == k - 1:
                 lat += E[i]
                 e = i
@@ -44,9 +44,9 @@ def naive(policy, costs, correct, *, passes=None, preds=None, patience=None, kep
                 continue
             if policy == "full":
                 continue
-            if policy == "gated" and gate_at[i] >= 0 and not enter[s, i]:
+            if gate_at is not None and gate_at[i] >= 0 and not enter[s, i]:
                 continue
-            if policy == "jump" and t is not None and i < t:
+            if t is not None and i < t:
                 continue
             lat += W[i] + E[i]
             buf = max(buf, costs.act_bytes[i])
@@ -108,6 +108,10 @@ def test_every_policy_equals_the_naive_loop(p):
     at, target = int(g.integers(0, k)), g.integers(0, k, n)
     _same(simulate_jump(p["passes"], c, costs, at=at, target=target, gate_ms=0.05, kept=kept),
           naive("jump", costs, c, passes=p["passes"], kept=kept, jump_at=at, target=target, jump_ms=0.05))
+    _same(simulate_gated(p["passes"], c, costs, enter=enter, gate_at=gate_at, gate_ms=gate_ms, kept=kept,
+                         jump=(at, target, 0.05, 0.0)),
+          naive("gated", costs, c, passes=p["passes"], kept=kept, enter=enter, gate_at=gate_at, gate_ms=gate_ms,
+                jump_at=at, target=target, jump_ms=0.05))
     _same(simulate_oracle(c, costs, kept=kept), naive("oracle", costs, c, kept=kept))
 
 

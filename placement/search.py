@@ -1,0 +1,272 @@
+"""Placement search: strategies propose placements, an injected objective scores them (on calib),
+joblib runs the scoring in parallel, and a constraint picks the winner.
+
+The objective is any callable ``Placement -> {"accuracy_%", "mean_ms", "p95_ms", "mean_MACs"}``; the
+analysis layer supplies one built on the simulator (placement never imports analysis)."""
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+from joblib import Parallel, delayed
+from tqdm.auto import tqdm
+
+from branchy.registry import Registry
+
+from .placement import Gate, Placement
+from .space import SearchSpace
+
+Objective = Callable[[Placement], dict]
+EXHAUSTIVE_LIMIT = 4096
+STRATEGIES: Registry[Callable] = Registry("placement strategy")
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """Either the cheapest placement whose accuracy is within ``max_acc_drop`` percentage points of
+    ``full`` (default 0.5), or the most accurate one whose mean latency is within ``latency_budget`` ms."""
+
+    max_acc_drop: float | None = 0.5
+    latency_budget: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.latency_budget is not None and self.max_acc_drop is not None:
+            object.__setattr__(self, "max_acc_drop", None)
+        if self.latency_budget is None and self.max_acc_drop is None:
+            raise ValueError("give max_acc_drop or latency_budget")
+        if self.max_acc_drop is not None and self.max_acc_drop < 0:
+            raise ValueError(f"max_acc_drop must be >= 0 (percentage points), got {self.max_acc_drop}")
+        if self.latency_budget is not None and not self.latency_budget > 0:
+            raise ValueError(f"latency_budget must be > 0 ms, got {self.latency_budget}")
+
+    def feasible(self, row: dict, full_acc: float) -> bool:
+        if self.latency_budget is not None:
+            return row["mean_ms"] <= self.latency_budget
+        return row["accuracy_%"] >= full_acc - self.max_acc_drop - 1e-9
+
+    def key(self, row: dict, full_acc: float) -> tuple:
+        """Sort key, smaller is better: feasible first, then the objective, then the other metric."""
+        ok = self.feasible(row, full_acc)
+        if self.latency_budget is not None:
+            return (not ok, -row["accuracy_%"] if ok else row["mean_ms"], row["mean_ms"], row["_order"])
+        return (not ok, row["mean_ms"] if ok else -row["accuracy_%"], -row["accuracy_%"], row["_order"])
+
+    def describe(self) -> str:
+        if self.latency_budget is not None:
+            return f"most accurate with mean latency <= {self.latency_budget} ms"
+        return f"fastest within {self.max_acc_drop} points of full's accuracy"
+
+
+class Evaluator:
+    """Scores placements once each (memoised), in parallel through joblib, in a stable order."""
+
+    def __init__(self, objective: Objective, *, n_jobs: int = 1, progress: bool = True) -> None:
+        self.objective, self.n_jobs, self.progress = objective, n_jobs, progress
+        self.rows: dict[tuple, dict] = {}
+        self.proposing = True  # False while scoring references that are not the strategy's candidates
+        self._bar = tqdm(desc="placements", unit="cand", disable=not progress)
+
+    def __call__(self, placements: list[Placement]) -> list[dict]:
+        new, seen = [], set()
+        for p in placements:
+            if p.key() not in self.rows and p.key() not in seen:
+                new.append(p)
+                seen.add(p.key())
+        if new:
+            if self.n_jobs == 1:
+                results = []
+                for p in new:
+                    results.append(self.objective(p))
+                    self._bar.update(1)
+            else:
+                results = []
+                for r in Parallel(n_jobs=self.n_jobs, return_as="generator")(delayed(self.objective)(p) for p in new):
+                    results.append(r)
+                    self._bar.update(1)
+            for p, r in zip(new, results):
+                missing = {"accuracy_%", "mean_ms"} - set(r)
+                if missing:
+                    raise ValueError(f"the objective must return accuracy_% and mean_ms; missing {sorted(missing)}")
+                self.rows[p.key()] = {"placement": p, "describe": p.describe(), "_order": len(self.rows),
+                                      "candidate": False, **r}
+        if self.proposing:
+            for p in placements:
+                self.rows[p.key()]["candidate"] = True
+        return [self.rows[p.key()] for p in placements]
+
+    def close(self) -> None:
+        self._bar.close()
+
+
+@dataclass
+class SearchResult:
+    strategy: str
+    chosen: Placement
+    table: pd.DataFrame  # every candidate scored (calib)
+    full_accuracy: float
+    constraint: Constraint
+
+    @property
+    def chosen_row(self) -> pd.Series:
+        return self.table[self.table.chosen].iloc[0]
+
+    def front(self, x: str = "mean_ms", y: str = "accuracy_%") -> pd.DataFrame:
+        d = self.table.sort_values([x, y], ascending=[True, False])
+        best, keep = -np.inf, []
+        for i, v in zip(d.index, d[y].to_numpy()):
+            if v > best:
+                keep.append(i)
+                best = v
+        return d.loc[keep]
+
+
+def search(strategy: str, space: SearchSpace, objective: Objective, *, constraint: Constraint = Constraint(),
+           n_jobs: int = 1, seed: int = 0, progress: bool = True, **options) -> SearchResult:
+    """Run ``strategy`` over ``space``; every candidate is scored by ``objective`` (on calib) and the
+    ``constraint`` picks the winner. Deterministic for a ``seed`` whatever ``n_jobs``."""
+    fn = STRATEGIES.get(strategy)
+    ev = Evaluator(objective, n_jobs=n_jobs, progress=progress)
+    try:
+        ev.proposing = False  # the plain network, for the accuracy reference only
+        full = ev([Placement.plain(space.num_exits, [False] * (space.num_exits - 1) + [True])])[0]
+        ev.proposing = True
+        full_acc = full["accuracy_%"]
+        ctx = _Context(space, ev, constraint, full_acc, np.random.default_rng(seed))
+        fn(ctx, **options)
+    finally:
+        ev.close()
+    rows = list(ev.rows.values())
+    best = min((r for r in rows if r["candidate"]), key=lambda r: constraint.key(r, full_acc))
+    table = pd.DataFrame([{k: v for k, v in r.items() if k != "_order"} for r in rows])
+    table["feasible"] = [constraint.feasible(r, full_acc) for r in rows]
+    table["chosen"] = [r is best for r in rows]
+    return SearchResult(strategy, best["placement"], table, full_acc, constraint)
+
+
+@dataclass
+class _Context:
+    space: SearchSpace
+    score: Evaluator
+    constraint: Constraint
+    full_acc: float
+    rng: np.random.Generator
+
+    def best(self, rows: list[dict]) -> dict:
+        return min(rows, key=lambda r: self.constraint.key(r, self.full_acc))
+
+
+def _make(space: SearchSpace, choice: list, jump: Gate | None = None, thresholds=None) -> Placement:
+    kept = tuple(c is not False for c in choice) + (True,)
+    gates = tuple(c if isinstance(c, Gate) else None for c in choice) + (None,)
+    return Placement(kept, gates, jump, None if thresholds is None else tuple(thresholds))
+
+
+def _front_gate(space: SearchSpace, k: int) -> Gate | None:
+    """The gate right in front of branch k (the latest position), if any."""
+    opts = space.gate_options[k]
+    return max(opts, key=lambda g: (g.at, g.predictor)) if opts else None
+
+
+# ----------------------------------------------------------------------------- strategies
+@STRATEGIES.register("none", doc="every exit, no gate (BranchyNet)")
+def _none(ctx: _Context) -> None:
+    ctx.score([Placement.plain(ctx.space.num_exits)])
+
+
+@STRATEGIES.register("all", doc="a gate in front of every side exit (the one placed latest)")
+def _all(ctx: _Context) -> None:
+    k = ctx.space.num_exits
+    missing = [i for i in range(k - 1) if not ctx.space.gate_options[i]]
+    if missing:
+        raise ValueError(f"strategy 'all' needs a gate predictor for every side exit; none for {missing}: fit "
+                         f"them with `branchy fit-predictors --target gate`")
+    ctx.score([_make(ctx.space, [_front_gate(ctx.space, i) for i in range(k - 1)])])
+
+
+@STRATEGIES.register("first-n", doc="keep the first n side exits, no gates (every n unless n= is given)")
+def _first_n(ctx: _Context, n: int | None = None) -> None:
+    k = ctx.space.num_exits
+    ns = range(k) if n is None else [int(n)]
+    for m in ns:
+        if not 0 <= m <= k - 1:
+            raise ValueError(f"first-n: n must be in 0..{k - 1}, got {m}")
+    ctx.score([_make(ctx.space, [None if i < m else False for i in range(k - 1)]) for m in ns])
+
+
+@STRATEGIES.register("flops-fraction", doc="keep exits nearest to fixed fractions of the cost (Shallow-Deep Networks)")
+def _flops_fraction(ctx: _Context, fractions=(0.15, 0.3, 0.45, 0.6, 0.75, 0.9)) -> None:
+    keep = set(ctx.space.nearest_to_fractions(fractions))
+    ctx.score([_make(ctx.space, [None if i in keep else False for i in range(ctx.space.num_exits - 1)])])
+
+
+def _greedy(ctx: _Context, start: list, jump: Gate | None) -> None:
+    k = ctx.space.num_exits
+    cur = (list(start), jump)
+    cur_row = ctx.score([_make(ctx.space, cur[0], cur[1])])[0]
+    while True:
+        neigh = []
+        for i in range(k - 1):
+            for opt in ctx.space.side_options(i):
+                if opt != cur[0][i]:
+                    c = list(cur[0])
+                    c[i] = opt
+                    neigh.append((c, cur[1]))
+        for j in [None, *ctx.space.jump_options]:
+            if j != cur[1]:
+                neigh.append((list(cur[0]), j))
+        order = ctx.rng.permutation(len(neigh))  # seeded tie-breaking
+        neigh = [neigh[i] for i in order]
+        rows = ctx.score([_make(ctx.space, c, j) for c, j in neigh])
+        best_i = min(range(len(rows)), key=lambda i: ctx.constraint.key(rows[i], ctx.full_acc)[:3])
+        if ctx.constraint.key(rows[best_i], ctx.full_acc)[:3] < ctx.constraint.key(cur_row, ctx.full_acc)[:3]:
+            cur, cur_row = neigh[best_i], rows[best_i]
+        else:
+            return
+
+
+@STRATEGIES.register("greedy", doc="forward selection: from no side exit, change one exit at a time while it helps")
+def _greedy_forward(ctx: _Context) -> None:
+    _greedy(ctx, [False] * (ctx.space.num_exits - 1), None)
+
+
+@STRATEGIES.register("greedy-backward", doc="backward selection: from every exit open, change one at a time")
+def _greedy_backward(ctx: _Context) -> None:
+    _greedy(ctx, [None] * (ctx.space.num_exits - 1), None)
+
+
+def _all_structures(space: SearchSpace, limit: int) -> list[tuple[list, Gate | None]]:
+    size = space.size()
+    if size > limit:
+        raise ValueError(f"exhaustive search over {size} placements exceeds the limit of {limit} "
+                         f"(K={space.num_exits} exits, {[len(space.side_options(i)) for i in range(space.num_exits - 1)]}"
+                         f" choices per side exit); use 'greedy' or 'budget', or raise limit=")
+    opts = [space.side_options(i) for i in range(space.num_exits - 1)]
+    return [(list(c), j) for c in itertools.product(*opts) for j in [None, *space.jump_options]]
+
+
+@STRATEGIES.register("exhaustive", doc=f"every placement (refused above {EXHAUSTIVE_LIMIT} candidates)")
+def _exhaustive(ctx: _Context, limit: int = EXHAUSTIVE_LIMIT) -> None:
+    ctx.score([_make(ctx.space, c, j) for c, j in _all_structures(ctx.space, limit)])
+
+
+@STRATEGIES.register("budget", doc="structures (exhaustive when small, else greedy) x calibrated threshold settings")
+def _budget(ctx: _Context, threshold_options=(None,), limit: int = EXHAUSTIVE_LIMIT) -> None:
+    """The constrained optimiser: searches exits, gates and thresholds together. ``threshold_options``
+    are candidate threshold vectors (tuned on calib by the caller; ``None`` = the objective's default)."""
+    if ctx.space.size() <= limit:
+        structures = _all_structures(ctx.space, limit)
+    else:
+        _greedy_forward(ctx)
+        structures = []
+        for r in list(ctx.score.rows.values()):
+            p = r["placement"]
+            structures.append(([g if g is not None else (None if kp else False)
+                                for kp, g in zip(p.kept[:-1], p.gates[:-1])], p.jump))
+    ctx.score([_make(ctx.space, c, j, t) for t in threshold_options for c, j in structures])
+
+
+def list_strategies() -> list[str]:
+    return STRATEGIES.names()
