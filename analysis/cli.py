@@ -381,7 +381,7 @@ command("strategies", "list the placement strategies")((_models_args, _strategie
 def _demo_args(p):
     p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
     p.add_argument("--redo", action="store_true", help="recompute every step instead of reusing what is there")
-    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--epochs", type=int, default=None, help="training epochs (default 30)")
 
 
 def _demo_run(a) -> int:
@@ -393,6 +393,29 @@ def _demo_run(a) -> int:
 
 command("demo", "the main job on the embedded mnist5k: train, dump, predictors, placement, simulate, report")(
     (_demo_args, _demo_run))
+
+
+def _run_args(p):
+    p.add_argument("config", help="study config (YAML); see configs/")
+    p.add_argument("--redo", action="store_true", help="recompute every step instead of reusing what is there")
+    p.add_argument("--out", default=None, help="override the config's output folder")
+
+
+def _run_run(a) -> int:
+    from dataclasses import replace
+
+    from .pipeline import run_study
+    from .study_config import load_study
+
+    cfg = load_study(a.config)  # validated before any work starts
+    if a.out:
+        cfg = replace(cfg, out=a.out)
+    run_study(cfg, redo=a.redo)
+    return 0
+
+
+command("run", "run a whole study from a YAML config (train, dump, predictors, simulate, placement, report)")(
+    (_run_args, _run_run))
 
 
 # ----------------------------------------------------------------------------- entry

@@ -1,103 +1,178 @@
-"""The main job, end to end (the composition root)."""
+"""The main job, end to end (the composition root): train → dump → predictors → simulate → placement →
+report. Every step reuses what a previous run already wrote (checked by fingerprints and configs)
+unless ``redo`` is set."""
 from __future__ import annotations
 
+import json
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
 
-DEMO_TRAIN = dict(model="b-lenet", dataset="mnist5k", exits=(0, 1), epochs=30, batch_size=64, lr=3e-3,
-                  augment_shift=2, seed=0)
+from .study_config import DataSection, ModelSection, StudyConfig, TrainSection
+
+DEMO = StudyConfig(
+    name="demo: B-LeNet on the embedded MNIST-5k",
+    out="runs/demo",
+    data=DataSection("mnist5k"),
+    model=ModelSection("b-lenet", exits=(0, 1)),
+    train=TrainSection(epochs=30, batch_size=64, lr=3e-3, augment_shift=2),
+)
 
 
-DEMO_POOLING = "grid:3"
-DEMO_TARGET_ACC = 0.99
-DEMO_PROFILES = ("measured", "raspberry-pi-4")
-DEMO_STRATEGY = "budget"  # each side exit's accepted calib samples must be this accurate
+def log(msg: str) -> None:
+    print(f"[study] {msg}", flush=True)
 
 
-def run_demo(out: str = "runs/demo", redo: bool = False, epochs: int = 30) -> dict:
-    from branchy.train import TrainConfig, evaluate, load_checkpoint, train
-    from branchy.data import load_dataset
+def _train_config(cfg: StudyConfig):
+    from branchy.train import TrainConfig
 
-    out_p = Path(out)
-    ckpt = out_p / "model" / "model.pt"
-    cfg = TrainConfig(**{**DEMO_TRAIN, "epochs": epochs})
-    splits = load_dataset(cfg.dataset, **cfg.dataset_kwargs())
-    if redo or not ckpt.exists():
-        model = train(cfg, splits=splits, out_dir=ckpt.parent).model
-    else:
-        model, _ = load_checkpoint(ckpt)
-        print(f"[demo] reusing {ckpt} (--redo to retrain)")
-    ev = evaluate(model, splits.test)
-    print("[demo] B-LeNet on mnist5k, test accuracy per exit (%):")
-    print(ev.assign(accuracy=100 * ev.accuracy).to_string(index=False, float_format="%.2f"))
+    t = cfg.train
+    return TrainConfig(model=cfg.model.name, dataset=cfg.data.dataset, exits=cfg.model.exits,
+                       model_options=dict(cfg.model.options), epochs=t.epochs, batch_size=t.batch_size, lr=t.lr,
+                       optimizer=t.optimizer, weight_decay=t.weight_decay, exit_weights=t.exit_weights,
+                       scheme=t.scheme, trunk_epochs=t.trunk_epochs, augment_shift=t.augment_shift,
+                       seed=cfg.data.seed, device=t.device, data_root=cfg.data.root, download=cfg.data.download,
+                       data_path=cfg.data.path)
 
+
+def _jsonable(d):
+    return json.loads(json.dumps(d, default=list))
+
+
+def step_train(cfg: StudyConfig, splits, out: Path, redo: bool):
+    from branchy.train import evaluate, load_checkpoint, read_checkpoint, train
+
+    tc = _train_config(cfg)
+    ckpt = out / "model" / "model.pt"
+    if not redo and ckpt.exists():
+        meta = read_checkpoint(ckpt)
+        if (_jsonable(meta.get("train_config")) == _jsonable(asdict(tc))
+                and meta.get("dataset_fingerprint") == splits.fingerprint()):
+            model, _ = load_checkpoint(ckpt)
+            log(f"reusing {ckpt} (same config and data; --redo to retrain)")
+            return model, evaluate(model, splits.test)
+        log(f"{ckpt} was trained with another config or data: retraining")
+    log(f"training {tc.model} on {tc.dataset} for {tc.epochs} epochs")
+    res = train(tc, splits=splits, out_dir=ckpt.parent)
+    dev = next(res.model.parameters()).device
+    return res.model.cpu(), evaluate(res.model, splits.test, device=dev)
+
+
+def step_dump(cfg: StudyConfig, model, splits, out: Path, redo: bool):
     from branchy.cache import CacheError, FeatureCache
     from branchy.dump import dump
-    from .cli import format_eval, print_cache_info
 
-    cache_dir = out_p / "cache"
-    try:
-        if redo:
-            raise CacheError("redo")
-        cache = FeatureCache.open(cache_dir, model=model, dataset=splits)
-        if cache.manifest["pooling"] != DEMO_POOLING:
-            raise CacheError(f"pooling {cache.manifest['pooling']} is not {DEMO_POOLING}")
-        print(f"[demo] reusing cache {cache_dir}")
-    except CacheError:
-        cache = dump(model, splits, cache_dir, batch_size=256, pooling=DEMO_POOLING, overwrite=True)
-    print_cache_info(cache)
-
-    preds, table, thresholds = demo_predictors(cache, out_p / "predictors", redo=redo)
-    print(f"[demo] exit thresholds T (entropy, nats; calibrated on calib): {np.round(thresholds, 4).tolist()}")
-    print("[demo] predictor quality (fit on calib; false_enter / false_skip are fractions of all samples):")
-    print(format_eval(table))
-
-    from .simulate_cli import simulate_to
-    from .study import PolicyConfig
-
-    print("[demo] simulating every policy with buffering costs (thresholds from calib, reported on test)")
-    sim = simulate_to(cache, out_p / "simulate", predictors=preds, profiles=DEMO_PROFILES,
-                      cfg=PolicyConfig(target_acc=DEMO_TARGET_ACC))
-
-    from placement import Constraint
-
-    from .cli import format_compare
-    from .placement_study import run_placement, write_placement
-
-    print(f"[demo] placement search ({DEMO_STRATEGY}, {DEMO_PROFILES[1]}): fastest within 0.5 points of full on calib")
-    res, compare = run_placement(cache, preds, DEMO_STRATEGY, constraint=Constraint(max_acc_drop=0.5),
-                                 profile=DEMO_PROFILES[1])
-    write_placement(res, compare, out_p / "placement", profile_name=DEMO_PROFILES[1])
-    print(f"[demo] chosen placement: {res.chosen.describe()} ({len(res.table)} candidates scored)")
-    print(format_compare(compare))
-    return {"checkpoint": ckpt, "test_eval": ev, "cache": cache, "predictors": preds, "thresholds": thresholds,
-            "predictor_table": table, "simulation": sim, "placement": res, "placement_compare": compare}
+    d = out / "cache"
+    if not redo:
+        try:
+            cache = FeatureCache.open(d, model=model, dataset=splits)
+            if cache.manifest["pooling"] == cfg.dump.pooling:
+                log(f"reusing cache {d}")
+                return cache
+        except CacheError:
+            pass
+    log(f"dumping features, logits and costs to {d}")
+    return dump(model, splits, d, batch_size=cfg.dump.batch_size, device=cfg.dump.device, pooling=cfg.dump.pooling,
+                feature_dtype=cfg.dump.feature_dtype, profile_time=cfg.dump.profile_time, overwrite=True,
+                checkpoint=str(out / "model" / "model.pt"))
 
 
-def demo_predictors(cache, out: Path, *, redo: bool = False, model: str = "nn"):
-    """Gate, target-exit and entropy predictors at every position, thresholds calibrated on calib
-    (the samples each side exit accepts on calib are DEMO_TARGET_ACC accurate). Reused when already fitted on this cache."""
+def step_predictors(cfg: StudyConfig, cache, out: Path, redo: bool):
     from predictors.fit import evaluation_table, fit_predictor, load_predictors, save_predictors
 
     from .calibrate import thresholds_for_accuracy
     from .cli import predictor_specs
 
-    t = thresholds_for_accuracy(np.asarray(cache.logits("calib")), cache.labels("calib"), DEMO_TARGET_ACC)
+    pc = cfg.predictors
+    t = thresholds_for_accuracy(np.asarray(cache.logits("calib")), cache.labels("calib"), cfg.policies.target_acc,
+                                measure=cfg.policies.measure)
     specs = []
-    for target in ("gate", "exit", "entropy"):
-        cw = None if target == "entropy" else "balanced"
-        specs += predictor_specs(cache, target, model, None, None, t, "entropy", target == "exit", cw)
+    for target in pc.targets:
+        cw = None if target == "entropy" else pc.class_weight
+        specs += predictor_specs(cache, target, pc.model, pc.positions, None, t, cfg.policies.measure,
+                                 pc.with_confidences and target in ("exit", "oracle"), cw)
+    d = out / "predictors"
     fitted = None
-    if not redo and out.exists():
+    if not redo and d.exists():
         try:
-            have = load_predictors(out, cache)
+            have = load_predictors(d, cache)
             if all(s.name in have and have[s.name].spec == s for s in specs):
                 fitted = [have[s.name] for s in specs]
-                print(f"[demo] reusing predictors in {out}")
+                log(f"reusing predictors in {d}")
         except (ValueError, FileNotFoundError):
             fitted = None
     if fitted is None:
+        log(f"fitting {len(specs)} predictors ({pc.model}) on calib")
         fitted = [fit_predictor(cache, s) for s in specs]
-        save_predictors(fitted, out)
-    return {p.spec.name: p for p in fitted}, evaluation_table(fitted, cache), t
+        save_predictors(fitted, d)
+    table = evaluation_table(fitted, cache)
+    table.to_csv(d / "evaluation.csv", index=False)
+    return {p.spec.name: p for p in fitted}, table, t
+
+
+def run_study(cfg: StudyConfig, *, redo: bool = False) -> dict:
+    """Run the whole study; returns the tables and paths (and writes them under ``cfg.out``)."""
+    from branchy.data import load_dataset
+    from placement import Constraint
+
+    from .cli import format_compare, format_eval, print_cache_info
+    from .placement_study import run_placement, write_placement
+    from .simulate_cli import simulate_to
+    from .stats import format_headline
+    from .study import PolicyConfig
+
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg.save(out / "study.yaml")
+    splits = load_dataset(cfg.data.dataset, root=cfg.data.root, download=cfg.data.download, path=cfg.data.path,
+                          seed=cfg.data.seed)
+    model, test_eval = step_train(cfg, splits, out, redo)
+    log("test accuracy per exit (%):")
+    print(test_eval.assign(accuracy=100 * test_eval.accuracy).to_string(index=False, float_format="%.2f"))
+    cache = step_dump(cfg, model, splits, out, redo)
+    print_cache_info(cache)
+    preds, pred_table, thresholds = step_predictors(cfg, cache, out, redo)
+    log(f"exit thresholds T ({cfg.policies.measure}; tuned on calib): {np.round(thresholds, 4).tolist()}")
+    log("predictor quality (fit on calib; false_enter / false_skip are fractions of all samples):")
+    print(format_eval(pred_table))
+    pol = cfg.policies
+    pcfg = PolicyConfig(pol.measure, pol.target_acc, pol.patience, pol.overlap, pol.bootstrap)
+    log("simulating every policy with buffering costs (thresholds from calib, reported on test)")
+    sim = simulate_to(cache, out / "simulate", predictors=preds, profiles=cfg.profiles, cfg=pcfg, verbose=False)
+    pl = cfg.placement
+    con = (Constraint(latency_budget=pl.latency_budget) if pl.latency_budget is not None
+           else Constraint(max_acc_drop=pl.max_acc_drop))
+    placements = {}
+    for strategy in pl.strategies:
+        log(f"placement search '{strategy}' on calib ({pl.profile}): {con.describe()}")
+        res, compare = run_placement(cache, preds, strategy, constraint=con, profile=pl.profile,
+                                     measure=pol.measure, n_jobs=pl.n_jobs, seed=pl.seed,
+                                     thresholds=thresholds)
+        write_placement(res, compare, out / "placement" / strategy, profile_name=pl.profile)
+        placements[strategy] = (res, compare)
+        log(f"chosen: {res.chosen.describe()} ({len(res.table)} candidates)")
+        print(format_compare(compare))
+    headline = sim["summary"]
+    for prof in cfg.profiles:
+        log(f"headline ({prof}): test split; latency in ms per sample at batch 1; speed-up over full; 95% CIs")
+        print(format_headline(headline[headline.profile == prof]))
+    result = {"out": out, "cache": cache, "test_eval": test_eval, "predictors": preds, "predictor_table": pred_table,
+              "thresholds": thresholds, "simulation": sim, "placements": placements, "config": cfg}
+    if cfg.report:
+        from .report import write_report
+
+        path = write_report(result, out / "report.html")
+        log(f"report: {path}")
+        result["report"] = path
+    return result
+
+
+def run_demo(out: str = "runs/demo", redo: bool = False, epochs: int | None = None) -> dict:
+    cfg = replace(DEMO, out=out)
+    if epochs is not None:
+        cfg = replace(cfg, train=replace(cfg.train, epochs=epochs))
+    return run_study(cfg, redo=redo)
+
+
+__all__ = ["DEMO", "run_demo", "run_study"]

@@ -1,0 +1,96 @@
+"""A self-contained HTML report of a study (images embedded as base64 PNG)."""
+from __future__ import annotations
+
+import base64
+import html
+import io
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from . import plots
+from .stats import format_headline
+
+CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222;line-height:1.45}
+table{border-collapse:collapse;font-size:13px;margin:.5em 0}td,th{border:1px solid #ccc;padding:3px 7px;text-align:right}
+th{background:#f3f3f3}img{max-width:100%;border:1px solid #eee;margin:.4em 0}pre{background:#f7f7f7;padding:.7em;
+overflow-x:auto;font-size:12px}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}.note{color:#555;font-size:13px}"""
+
+
+def _img(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plots.plt.close(fig)
+    return f'<img src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}"/>'
+
+
+def _table(df: pd.DataFrame, fmt: str = "{:.4g}") -> str:
+    return df.to_html(index=False, float_format=lambda v: fmt.format(v), border=0, na_rep="")
+
+
+def write_report(result: dict, path: str | Path) -> Path:
+    """Per-exit accuracy and cost, headline table, Pareto fronts, exit distribution, latency breakdown,
+    predictor quality, chosen placements and entropy histograms, in one HTML file."""
+    cfg, cache, sim = result["config"], result["cache"], result["simulation"]
+    m = cache.manifest
+    s = []
+    s.append(f"<h1>{html.escape(cfg.name)}</h1>")
+    s.append(f"<p class=note>{m['model']['name']} (weights {m['model']['fingerprint']}) on {m['dataset']['name']} "
+             f"(data {m['dataset']['fingerprint']}); splits {m['splits']}; generated "
+             f"{time.strftime('%Y-%m-%d %H:%M')}. Thresholds and predictors are tuned on <b>calib</b>; every result "
+             f"below is on <b>test</b> unless marked calib. Latency is ms per sample at batch 1 (profile "
+             f"<i>measured</i>: torch.utils.benchmark medians on {m['device']} with {m['threads']} threads; other "
+             f"profiles: MACs and activation bytes through the device figures). MACs per sample; FLOPs = 2 x MACs. "
+             f"Intervals are 95% percentile-bootstrap intervals over test samples.</p>")
+    s.append("<h2>Headline</h2>")
+    summary = sim["summary"]
+    for prof in summary.profile.unique():
+        s.append(f"<h3>{html.escape(prof)}</h3><pre>{html.escape(format_headline(summary[summary.profile == prof]))}"
+                 f"</pre>")
+    s.append("<h2>Per-exit accuracy and cost</h2>")
+    s.append(_table(cache.summary()))
+    s.append("<p class=note>cum_MACs / cum_ms_b1: stages up to the exit plus the exit head (measured).</p>")
+    s.append(_table(cache.costs[["segment", "k", "macs", "params", "act_bytes", "ms_b1", "ms_b1_iqr", "ms_batch",
+                                 "batch_size", "threads", "device"]]))
+    s.append("<h2>Accuracy versus latency</h2>")
+    pts = sim["pareto"]
+    for prof in summary.profile.unique():
+        fig, ax = plots.plot_pareto(pts[pts.profile == prof], summary[summary.profile == prof],
+                                    title=f"test accuracy vs mean latency ({prof})")
+        s.append(_img(fig))
+    s.append("<h2>Exit distribution and latency breakdown</h2>")
+    first = summary[summary.profile == summary.profile.iloc[0]]
+    s.append(_img(plots.plot_exit_distribution(first, title="where test samples leave")[0]))
+    for prof in summary.profile.unique():
+        s.append(_img(plots.plot_latency_breakdown(summary[summary.profile == prof],
+                                                   title=f"mean latency by part ({prof})")[0]))
+    s.append("<h2>Predictor quality</h2>")
+    s.append("<p class=note>Fitted on calib. false_enter: share of samples sent into a branch they do not leave at "
+             "(branch and buffering wasted); false_skip: share kept away from an exit they would have left at. "
+             "macs / ms_b1: the predictor's own cost per sample.</p>")
+    pt = result["predictor_table"].drop(columns=["confusion"], errors="ignore")
+    s.append(_table(pt, "{:.3f}"))
+    s.append("<h2>Placement</h2>")
+    for strategy, (res, compare) in result["placements"].items():
+        s.append(f"<h3>{html.escape(strategy)}: {html.escape(res.chosen.describe())}</h3>")
+        s.append(f"<p class=note>{len(res.table)} candidates scored on calib; rule: "
+                 f"{html.escape(res.constraint.describe())}.</p>")
+        s.append(_table(compare))
+        s.append(_img(plots.plot_placement_map(res.chosen)[0]))
+        s.append(_img(plots.plot_search_front(res.table, title=f"{strategy}: candidates on calib")[0]))
+    s.append("<h2>Confidence at each exit</h2>")
+    fig, _ = plots.plot_entropy_hist(cache.table("test"), thresholds=result["thresholds"],
+                                     title="entropy (nats) of correct and wrong answers, test; dashed: T")
+    s.append(_img(fig))
+    s.append("<h2>Study config</h2>")
+    import yaml
+
+    s.append(f"<pre>{html.escape(yaml.safe_dump(cfg.to_dict(), sort_keys=False))}</pre>")
+    doc = f"<!doctype html><html><head><meta charset=utf-8><title>{html.escape(cfg.name)}</title>" \
+          f"<style>{CSS}</style></head><body>{''.join(s)}</body></html>"
+    p = Path(path)
+    tmp = p.with_name(p.name + ".tmp")
+    tmp.write_text(doc)
+    tmp.replace(p)
+    return p

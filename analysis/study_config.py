@@ -1,0 +1,220 @@
+"""Study configs (``branchy run STUDY.yaml``): frozen dataclasses, validated before any work starts."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import yaml
+
+
+@dataclass(frozen=True)
+class DataSection:
+    dataset: str
+    root: str = "data"
+    path: str | None = None
+    download: bool = False
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class ModelSection:
+    name: str
+    exits: tuple[int, ...] | None = None
+    options: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TrainSection:
+    epochs: int = 30
+    batch_size: int = 64
+    lr: float = 3e-3
+    optimizer: str = "adam"
+    weight_decay: float = 0.0
+    exit_weights: tuple[float, ...] | None = None
+    scheme: str = "joint"
+    trunk_epochs: int = 0
+    augment_shift: int = 2
+    device: str = "auto"
+
+
+@dataclass(frozen=True)
+class DumpSection:
+    batch_size: int = 256
+    pooling: str = "grid:3"
+    feature_dtype: str = "float16"
+    profile_time: float = 0.2
+    device: str = "auto"
+
+
+@dataclass(frozen=True)
+class PredictorSection:
+    model: str = "nn"
+    targets: tuple[str, ...] = ("gate", "exit", "entropy")
+    positions: tuple[int, ...] | None = None
+    class_weight: str | None = "balanced"
+    with_confidences: bool = False
+
+
+@dataclass(frozen=True)
+class PolicySection:
+    measure: str = "entropy"
+    target_acc: float | None = 0.99
+    patience: int = 2
+    overlap: bool = False
+    bootstrap: int = 1000
+
+
+@dataclass(frozen=True)
+class PlacementSection:
+    strategies: tuple[str, ...] = ("budget",)
+    max_acc_drop: float | None = 0.5
+    latency_budget: float | None = None
+    profile: str = "raspberry-pi-4"
+    n_jobs: int = 1
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """One study: data, backbone, training, dump, predictors, policies, device profiles, placement."""
+
+    data: DataSection
+    model: ModelSection
+    out: str = "runs/study"
+    name: str = "study"
+    train: TrainSection = TrainSection()
+    dump: DumpSection = DumpSection()
+    predictors: PredictorSection = PredictorSection()
+    policies: PolicySection = PolicySection()
+    profiles: tuple[str, ...] = ("measured", "raspberry-pi-4")
+    placement: PlacementSection = PlacementSection()
+    report: bool = True
+
+    def to_dict(self) -> dict:
+        return _plain(asdict(self))
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+def _plain(v):
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    return v
+
+
+class StudyConfigError(ValueError):
+    """A study config that cannot run; the message says what to fix."""
+
+
+_SECTIONS = {"data": DataSection, "model": ModelSection, "train": TrainSection, "dump": DumpSection,
+             "predictors": PredictorSection, "policies": PolicySection, "placement": PlacementSection}
+
+
+def _build(cls, raw, where: str):
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise StudyConfigError(f"{where}: expected a mapping of fields, got {type(raw).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise StudyConfigError(f"{where}: unknown field(s) {unknown}; known: {sorted(fields)}")
+    missing = [n for n, f in fields.items() if f.default is dataclasses.MISSING
+               and f.default_factory is dataclasses.MISSING and n not in raw]
+    if missing:
+        raise StudyConfigError(f"{where}: missing required field(s) {missing}")
+    kw = {}
+    for name, value in raw.items():
+        if name in _SECTIONS and cls is StudyConfig:
+            value = _build(_SECTIONS[name], value, f"{where}.{name}" if where != "study" else name)
+        elif isinstance(value, list):
+            value = tuple(value)
+        kw[name] = value
+    return cls(**kw)
+
+
+def parse_study(raw: dict, origin: str = "study") -> StudyConfig:
+    """Build and validate a :class:`StudyConfig` from a mapping (a parsed YAML file)."""
+    if not isinstance(raw, dict):
+        raise StudyConfigError(f"{origin}: a study config is a mapping with at least 'data' and 'model'")
+    cfg = _build(StudyConfig, raw, "study")
+    validate(cfg)
+    return cfg
+
+
+def load_study(path: str | Path) -> StudyConfig:
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"no study config at {str(p)!r}")
+    try:
+        raw = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise StudyConfigError(f"{p}: not valid YAML ({e})") from e
+    return parse_study(raw, str(p))
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise StudyConfigError(msg)
+
+
+def validate(cfg: StudyConfig) -> None:
+    """Every name known, every number in range: fail before any work starts."""
+    from branchy.data import DATASETS
+    from branchy.measures import LOWER_IS_CONFIDENT
+    from branchy.models import BACKBONES
+    from placement.search import STRATEGIES
+    from predictors.models import PREDICTOR_MODELS
+    from predictors.targets import TARGETS
+
+    from .costs import get_profile
+
+    def known(registry, name, where):
+        try:
+            registry.get(name)
+        except KeyError as e:
+            raise StudyConfigError(f"{where}: {e}") from None
+
+    known(DATASETS, cfg.data.dataset, "data.dataset")
+    _check(cfg.data.dataset != "npz" or cfg.data.path is not None, "data.path: the npz dataset needs the file's path")
+    known(BACKBONES, cfg.model.name, "model.name")
+    t = cfg.train
+    _check(isinstance(t.epochs, int) and t.epochs >= 1, f"train.epochs must be an integer >= 1, got {t.epochs!r}")
+    _check(isinstance(t.batch_size, int) and t.batch_size >= 1, f"train.batch_size must be >= 1, got {t.batch_size!r}")
+    _check(isinstance(t.lr, (int, float)) and t.lr > 0, f"train.lr must be > 0, got {t.lr!r}")
+    _check(t.optimizer in ("adam", "sgd"), f"train.optimizer must be adam or sgd, got {t.optimizer!r}")
+    _check(t.scheme in ("joint", "trunk-first"), f"train.scheme must be joint or trunk-first, got {t.scheme!r}")
+    _check(t.augment_shift >= 0, f"train.augment_shift must be >= 0, got {t.augment_shift}")
+    _check(cfg.dump.batch_size >= 1, f"dump.batch_size must be >= 1, got {cfg.dump.batch_size}")
+    from branchy.dump import parse_pooling
+
+    try:
+        parse_pooling(cfg.dump.pooling)
+    except ValueError as e:
+        raise StudyConfigError(f"dump.pooling: {e}") from None
+    known(PREDICTOR_MODELS, cfg.predictors.model, "predictors.model")
+    for tg in cfg.predictors.targets:
+        _check(tg in TARGETS, f"predictors.targets: unknown target {tg!r}; known: {', '.join(TARGETS)}")
+    _check(cfg.policies.measure in LOWER_IS_CONFIDENT,
+           f"policies.measure must be one of entropy, max_prob, margin; got {cfg.policies.measure!r}")
+    ta = cfg.policies.target_acc
+    _check(ta is None or 0 < ta <= 1, f"policies.target_acc is a fraction in (0, 1], got {ta}")
+    _check(cfg.policies.patience >= 1, f"policies.patience must be >= 1, got {cfg.policies.patience}")
+    _check(len(cfg.profiles) >= 1, "profiles: name at least one device profile (e.g. measured)")
+    for p in (*cfg.profiles, cfg.placement.profile):
+        try:
+            get_profile(p)
+        except (KeyError, FileNotFoundError, ValueError) as e:
+            raise StudyConfigError(f"profiles: {e}") from None
+    for s in cfg.placement.strategies:
+        known(STRATEGIES, s, "placement.strategies")
+    pl = cfg.placement
+    _check(pl.max_acc_drop is not None or pl.latency_budget is not None,
+           "placement: give max_acc_drop (points) or latency_budget (ms)")
+    _check(pl.max_acc_drop is None or pl.max_acc_drop >= 0, f"placement.max_acc_drop must be >= 0, got {pl.max_acc_drop}")
+    _check(pl.latency_budget is None or pl.latency_budget > 0,
+           f"placement.latency_budget must be > 0 ms, got {pl.latency_budget}")

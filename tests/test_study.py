@@ -1,0 +1,85 @@
+import numpy as np
+import pytest
+import yaml
+
+from analysis.cli import main
+from analysis.study_config import StudyConfigError, load_study, parse_study
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")))
+def test_shipped_configs_are_valid(path):
+    cfg = load_study(path)
+    assert cfg.data.dataset and cfg.model.name
+
+
+BASE = {"data": {"dataset": "mnist5k"}, "model": {"name": "b-lenet"}}
+
+
+@pytest.mark.parametrize("patch,msg", [
+    ({"model": {"name": "b-vgg"}}, r"model.name: unknown model 'b-vgg'; known: b-alexnet"),
+    ({"data": {"dataset": "imagenet"}}, r"data.dataset: unknown dataset 'imagenet'"),
+    ({"train": {"epochs": -3}}, r"train.epochs must be an integer >= 1, got -3"),
+    ({"train": {"epoch": 3}}, r"train: unknown field\(s\) \['epoch'\]"),
+    ({"model": {"exits": [0], "name": "__drop__"}}, r"model: missing required field\(s\) \['name'\]"),
+    ({"data": None}, r"data: missing required field\(s\) \['dataset'\]"),
+    ({"profiles": ["measured", "tpu"]}, r"profiles: unknown device profile 'tpu'"),
+    ({"placement": {"strategies": ["anneal"]}}, r"unknown placement strategy 'anneal'"),
+    ({"predictors": {"model": "svm"}}, r"predictors.model: unknown predictor model 'svm'"),
+    ({"policies": {"target_acc": 99}}, r"target_acc is a fraction"),
+    ({"dump": {"pooling": "max"}}, r"dump.pooling: unknown pooling 'max'"),
+    ({"data": {"dataset": "npz"}}, r"data.path: the npz dataset needs the file's path"),
+])
+def test_bad_configs_fail_before_any_work(patch, msg, tmp_path, capsys):
+    raw = {k: dict(v) for k, v in BASE.items()}
+    for k, v in patch.items():
+        raw[k] = {**raw.get(k, {}), **v} if isinstance(v, dict) and k in raw else v
+        if isinstance(raw[k], dict):
+            raw[k] = {kk: vv for kk, vv in raw[k].items() if vv != "__drop__"}
+    with pytest.raises(StudyConfigError, match=msg):
+        parse_study(raw)
+    f = tmp_path / "s.yaml"
+    raw["out"] = str(tmp_path / "out")
+    f.write_text(yaml.safe_dump(raw))
+    assert main(["run", str(f)]) == 2
+    assert "error" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()  # nothing was started
+
+
+@pytest.mark.slow
+def test_a_study_on_a_users_npz_runs_end_to_end(tmp_path, capsys):
+    """What the README tells a new user to do, on their own arrays."""
+    g = np.random.default_rng(0)
+    n = 600
+    y = g.integers(0, 3, n)
+    x = g.normal(0, 0.3, (n, 16, 16)).astype(np.float32)
+    for i, c in enumerate(y):
+        x[i, 4 * c : 4 * c + 4, 2:14] += 2.0
+    np.savez(tmp_path / "mine.npz", x=x, y=y)
+    cfg = {
+        "name": "my npz study", "out": str(tmp_path / "run"),
+        "data": {"dataset": "npz", "path": str(tmp_path / "mine.npz")},
+        "model": {"name": "b-lenet", "exits": [0, 1]},
+        "train": {"epochs": 2, "batch_size": 32},
+        "dump": {"profile_time": 0.01},
+        "predictors": {"model": "linear"},
+        "policies": {"bootstrap": 50, "target_acc": 0.9},
+        "profiles": ["measured", "mcu-npu"],
+        "placement": {"strategies": ["greedy"], "profile": "mcu-npu"},
+    }
+    f = tmp_path / "study.yaml"
+    f.write_text(yaml.safe_dump(cfg))
+    assert main(["run", str(f)]) == 0
+    out = capsys.readouterr().out
+    assert "headline (mcu-npu)" in out and "oracle" in out
+    run = tmp_path / "run"
+    for rel in ("study.yaml", "report.html", "model/model.pt", "cache/manifest.json", "predictors/predictors.json",
+                "simulate/summary.csv", "placement/greedy/placement.json"):
+        assert (run / rel).exists(), rel
+    html = (run / "report.html").read_text()
+    assert html.count("data:image/png;base64") >= 6 and "my npz study" in html
+    # a second run reuses every step
+    assert main(["run", str(f)]) == 0
+    again = capsys.readouterr().out
+    assert "reusing" in again and "training" not in again.split("reusing")[0]
