@@ -5,7 +5,13 @@ from branchy.models import build_model, list_models
 from branchy.train import joint_loss, load_checkpoint, save_checkpoint
 
 SMALL = {"b-resnet": {"depth": 8}, "b-densenet": {"depth": 10}, "b-resnext": {}, "b-alexnet": {"width": 0.25},
-         "b-lenet": {}}
+         "b-lenet": {}, "torchvision": {"arch": "resnet18", "nodes": ["layer1", "layer3"]}}
+
+
+def _build(name, c, s, classes):
+    if name == "torchvision" and c != 3:
+        pytest.skip("torchvision models take 3-channel input")
+    return build_model(name, in_channels=c, image_size=s, num_classes=classes, **SMALL[name])
 SHAPES = [(1, 28), (3, 32)]
 
 
@@ -17,7 +23,7 @@ def test_every_backbone_is_tested():
 @pytest.mark.parametrize("shape", SHAPES)
 def test_forward_exits_shapes_and_stages(name, shape):
     c, s = shape
-    m = build_model(name, in_channels=c, image_size=s, num_classes=7, **SMALL[name]).eval()
+    m = _build(name, c, s, 7).eval()
     x = torch.randn(3, c, s, s)
     logits, feats = m.forward_exits(x, return_features=True)
     assert len(logits) == len(feats) == m.num_exits >= 2
@@ -33,8 +39,8 @@ def test_forward_exits_shapes_and_stages(name, shape):
 
 @pytest.mark.parametrize("name", list_models())
 def test_gradients_reach_every_exit_and_stage(name):
-    m = build_model(name, in_channels=1, image_size=28, num_classes=5, **SMALL[name]).train()
-    x, y = torch.randn(4, 1, 28, 28), torch.randint(0, 5, (4,))
+    m = _build(name, 3, 32, 5).train()
+    x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 5, (4,))
     loss, _ = joint_loss(m.forward_exits(x), y, torch.ones(m.num_exits))
     loss.backward()
     for k in range(m.num_exits):
@@ -46,7 +52,7 @@ def test_gradients_reach_every_exit_and_stage(name):
 @pytest.mark.parametrize("shape", SHAPES)
 def test_checkpoint_round_trip_gives_identical_logits(name, shape, tmp_path):
     c, s = shape
-    m = build_model(name, in_channels=c, image_size=s, num_classes=10, **SMALL[name])
+    m = _build(name, c, s, 10)
     # move BN statistics away from their init so buffers matter
     m.train()
     with torch.no_grad():
@@ -63,8 +69,8 @@ def test_checkpoint_round_trip_gives_identical_logits(name, shape, tmp_path):
 @pytest.mark.parametrize("name", list_models())
 def test_loss_weights_are_applied(name):
     """A known flaw of the original BranchyNet code: the weights were ignored."""
-    m = build_model(name, in_channels=1, image_size=28, num_classes=5, **SMALL[name]).train()
-    x, y = torch.randn(4, 1, 28, 28), torch.randint(0, 5, (4,))
+    m = _build(name, 3, 32, 5).train()
+    x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 5, (4,))
     w = torch.ones(m.num_exits)
     w[0] = 0.0
     loss, ce = joint_loss(m.forward_exits(x), y, w)
@@ -95,3 +101,24 @@ def test_bad_exits_and_input_shape():
     m = build_model("b-lenet")
     with pytest.raises(ValueError, match=r"expects input \[B, 1, 28, 28\]"):
         m.forward_exits(torch.randn(2, 3, 32, 32))
+
+
+def test_exits_at_named_nodes_keep_the_network_intact():
+    import torchvision
+
+    from branchy.models import attach_exits
+    from branchy.registry import UnknownNameError
+
+    torch.manual_seed(0)
+    net = torchvision.models.resnet18(num_classes=10).eval()
+    m = attach_exits(net, ["layer1", "layer2"], in_channels=3, image_size=(32, 32), num_classes=10).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(m.forward_exits(x)[-1], net(x))
+    assert [tuple(s) for s in m.branch_shapes[:2]] == [(64, 8, 8), (128, 4, 4)]
+    with pytest.raises(UnknownNameError, match="unknown node 'layer9'"):
+        attach_exits(net, ["layer9"], in_channels=3, image_size=(32, 32), num_classes=10)
+    with pytest.raises(ValueError, match="skip connection crosses the cut"):
+        attach_exits(net, ["layer1.0.conv1"], in_channels=3, image_size=(32, 32), num_classes=10)
+    with pytest.raises(ValueError, match="3-channel"):
+        build_model("torchvision", in_channels=1, image_size=28)

@@ -198,3 +198,9 @@ def b_densenet(*, in_channels, image_size, num_classes, exits=None, depth: int =
     cfg = ModelConfig("b-densenet", in_channels, image_size, num_classes, tuple(exits or transition_idx),
                       {"depth": depth, "growth": growth, "compression": compression})
     return BranchyNet(blocks, final, cfg.exits, config=cfg, max_head_convs=2)
+
+
+from .attach import torchvision_branchy  # noqa: E402
+
+BACKBONES.register("torchvision", torchvision_branchy,
+                   doc="any torchvision classifier (option arch=resnet18, ...) with exits at named nodes (nodes=[...])")
