@@ -33,26 +33,38 @@ def _models_args(p):
     pass
 
 
-def _models_run(a) -> int:
+def _lister(get_registry):
+    """A ``run`` that prints ``name  description`` for every entry of a registry."""
+
+    def run(a) -> int:
+        for name, doc in get_registry().describe().items():
+            print(f"{name:16s} {doc}")
+        return 0
+
+    return run
+
+
+def _backbones():
     from branchy.models import BACKBONES
 
-    for name, doc in BACKBONES.describe().items():
-        print(f"{name:12s} {doc}")
-    return 0
+    return BACKBONES
 
 
-command("models", "list the registered backbones")((_models_args, _models_run))
-
-
-def _datasets_run(a) -> int:
+def _datasets():
     from branchy.data import DATASETS
 
-    for name, doc in DATASETS.describe().items():
-        print(f"{name:14s} {doc}")
-    return 0
+    return DATASETS
 
 
-command("datasets", "list the registered datasets")((_models_args, _datasets_run))
+def _strategies():
+    from placement.search import STRATEGIES
+
+    return STRATEGIES
+
+
+command("models", "list the registered backbones")((_models_args, _lister(_backbones)))
+command("datasets", "list the registered datasets")((_models_args, _lister(_datasets)))
+command("strategies", "list the placement strategies")((_models_args, _lister(_strategies)))
 
 
 # ----------------------------------------------------------------------------- train
@@ -364,17 +376,6 @@ def format_compare(df) -> str:
 
 command("place", "search where exits and predictor gates go (scored on calib, chosen re-evaluated on test)")(
     (_place_args, _place_run))
-
-
-def _strategies_run(a) -> int:
-    from placement.search import STRATEGIES
-
-    for name, doc in STRATEGIES.describe().items():
-        print(f"{name:16s} {doc}")
-    return 0
-
-
-command("strategies", "list the placement strategies")((_models_args, _strategies_run))
 
 
 # ----------------------------------------------------------------------------- demo

@@ -113,15 +113,6 @@ class SearchResult:
     def chosen_row(self) -> pd.Series:
         return self.table[self.table.chosen].iloc[0]
 
-    def front(self, x: str = "mean_ms", y: str = "accuracy_%") -> pd.DataFrame:
-        d = self.table.sort_values([x, y], ascending=[True, False])
-        best, keep = -np.inf, []
-        for i, v in zip(d.index, d[y].to_numpy()):
-            if v > best:
-                keep.append(i)
-                best = v
-        return d.loc[keep]
-
 
 def search(strategy: str, space: SearchSpace, objective: Objective, *, constraint: Constraint = Constraint(),
            n_jobs: int = 1, seed: int = 0, progress: bool = True, **options) -> SearchResult:
