@@ -191,3 +191,12 @@ def test_killed_dump_leaves_no_cache_and_rerun_equals_uninterrupted(tmp_path):
         np.testing.assert_array_equal(a.labels(sp), b.labels(sp))
         for k in range(a.num_exits):
             np.testing.assert_array_equal(a.features(sp, k), b.features(sp, k))
+
+
+def test_reading_a_cache_needs_numpy_and_pandas_only(toy_cache):
+    code = (f"import sys; from branchy.cache import FeatureCache; c = FeatureCache.open({str(toy_cache.path)!r}); "
+            f"c.table('test'); c.summary(); c.features('test', 0)[:2]; "
+            f"assert 'torch' not in sys.modules, 'torch was imported'; print('ok')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert out.returncode == 0, out.stderr

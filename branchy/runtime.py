@@ -1,0 +1,97 @@
+"""The real early-exit runtime: runs a branchy net with the simulator's policies (cascade, gated,
+removed exits) on actual inputs, at batch 1 or batched (rows that exit are dropped, the rest go on),
+so simulated latency can be checked against measured latency.
+
+Gates are plain callables (no predictors import): ``gate(h) -> bool [B]`` takes the activation at the
+stage it sits after and says, per row, whether to enter the exit it guards."""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+
+from .models import BranchyNet
+
+Gate = tuple[int, Callable[[torch.Tensor], torch.Tensor]]  # (stage it sits after, callable)
+
+
+def _confidence(logits: torch.Tensor, measure: str) -> torch.Tensor:
+    p = torch.softmax(logits.float(), dim=1)
+    if measure == "entropy":
+        return -(p * torch.log(p.clamp_min(1e-30))).sum(1)
+    top = torch.topk(p, 2, dim=1).values
+    if measure == "max_prob":
+        return top[:, 0]
+    if measure == "margin":
+        return top[:, 0] - top[:, 1]
+    raise ValueError(f"unknown confidence measure {measure!r}; known: entropy, max_prob, margin")
+
+
+class EarlyExitRuntime:
+    """Cascade with per-exit thresholds (entropy < T, or max_prob / margin > T), optional removed exits
+    (``kept``) and gates in front of side exits (``gates[k] = (at, callable)``, ``at <= k``)."""
+
+    def __init__(self, model: BranchyNet, thresholds: Sequence[float], *, measure: str = "entropy",
+                 kept: Sequence[bool] | None = None, gates: dict[int, Gate] | None = None,
+                 buffer: bool = True) -> None:
+        k = model.num_exits
+        if len(thresholds) not in (k, k - 1):
+            raise ValueError(f"{len(thresholds)} thresholds for {k} exits")
+        self.model = model.eval()
+        self.t = [float(v) for v in thresholds][: k - 1]
+        self.measure = measure
+        self.kept = list(kept) if kept is not None else [True] * k
+        if len(self.kept) != k or not self.kept[-1]:
+            raise ValueError(f"kept must have {k} entries and keep the final exit")
+        self.gates = dict(gates or {})
+        for e, (at, _) in self.gates.items():
+            if not (0 <= e < k - 1 and 0 <= at <= e):
+                raise ValueError(f"gate for exit {e} after stage {at}: need 0 <= at <= exit < {k - 1}")
+        self.buffer = buffer
+
+    def _confident(self, c: torch.Tensor, k: int) -> torch.Tensor:
+        return c < self.t[k] if self.measure == "entropy" else c > self.t[k]
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Predictions ``[B]`` and the exit each row left at ``[B]``."""
+        m, k = self.model, self.model.num_exits
+        b = x.shape[0]
+        pred = torch.empty(b, dtype=torch.long, device=x.device)
+        taken = torch.empty(b, dtype=torch.long, device=x.device)
+        rows = torch.arange(b, device=x.device)
+        h = x
+        decisions: dict[int, torch.Tensor] = {}
+        for s in range(k):
+            h = m.run_stage(s, h)
+            for e, (at, gate) in self.gates.items():  # predictors placed after this stage
+                if at == s and self.kept[e]:
+                    decisions[e] = gate(h).bool()
+            if s == k - 1:
+                pred[rows] = m.run_exit(s, h).argmax(1)
+                taken[rows] = s
+                break
+            if not self.kept[s]:
+                continue
+            enter = decisions.pop(s, None)
+            if enter is not None and not enter.all():
+                idx = enter.nonzero().flatten()
+                if len(idx) == 0:
+                    continue
+            else:
+                idx = None
+            hb = h.clone() if self.buffer else h  # the activation buffered while the branch runs
+            z = m.run_exit(s, hb if idx is None else hb[idx])
+            leave = self._confident(_confidence(z, self.measure), s)
+            if leave.any():
+                sel = leave.nonzero().flatten()
+                who = rows if idx is None else rows[idx]
+                pred[who[sel]] = z[sel].argmax(1)
+                taken[who[sel]] = s
+                keep = torch.ones(len(rows), dtype=torch.bool, device=x.device)
+                keep[(sel if idx is None else idx[sel])] = False
+                if not keep.any():
+                    return pred, taken
+                rows, h = rows[keep], (hb if self.buffer else h)[keep]
+                decisions = {e: d[keep] for e, d in decisions.items()}
+        return pred, taken

@@ -1,0 +1,36 @@
+import numpy as np
+import torch
+
+from analysis.costs import CostModel
+from analysis.simulate import simulate_cascade, simulate_gated
+from branchy.dump import dump
+from branchy.measures import confidence
+from branchy.models import build_model
+from branchy.runtime import EarlyExitRuntime
+
+
+def test_runtime_takes_the_exits_the_simulator_predicts(toy_splits, tmp_path):
+    torch.manual_seed(0)
+    m = build_model("b-lenet", exits=(0, 1), num_classes=4).eval()
+    cache = dump(m, toy_splits, tmp_path / "c", profile=False, progress=False)
+    z = np.asarray(cache.logits("test"))
+    ent = confidence(z, "entropy")
+    t = np.quantile(ent[:, :2], 0.5, axis=0)
+    correct = z.argmax(-1) == cache.labels("test")[:, None]
+    costs = CostModel.from_arrays(np.ones(3), np.ones(3))
+    x = toy_splits.test.batch(torch.arange(len(toy_splits.test)))[0]
+    sim = simulate_cascade(ent < np.append(t, np.inf), correct, costs)
+    rt = EarlyExitRuntime(m, t)
+    pred, taken = rt(x)
+    np.testing.assert_array_equal(taken.numpy(), sim.exit)
+    np.testing.assert_array_equal(pred.numpy() == cache.labels("test"), sim.correct)
+    # batch 1 gives the same decisions as the batched run
+    one = [rt(x[i : i + 1]) for i in range(10)]
+    assert [int(e) for _, e in one] == taken[:10].tolist()
+    # a gate that keeps every row out of exit 0, and exit 1 removed
+    gate = lambda h: torch.zeros(len(h), dtype=torch.bool)  # noqa: E731
+    rt2 = EarlyExitRuntime(m, t, kept=[True, False, True], gates={0: (0, gate)})
+    sim2 = simulate_gated(ent < np.append(t, np.inf), correct, costs, enter=np.zeros((len(x), 3), bool),
+                          gate_at=[0, -1, -1], gate_ms=np.zeros(3), kept=[True, False, True])
+    np.testing.assert_array_equal(rt2(x)[1].numpy(), sim2.exit)
+    assert (sim2.exit == 2).all()
