@@ -116,12 +116,15 @@ def _oracle_row(o: PlacementObjective) -> dict:
 
 
 def write_placement(res: SearchResult, compare: pd.DataFrame, out: str | Path, *, profile_name: str = "") -> None:
-    """candidates.csv, comparison.csv, placement.json and the two plots."""
+    """candidates.csv, front.csv (Pareto front on calib), comparison.csv, placement.json and two plots."""
     from . import plots
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    from .sweep import pareto_front
+
     res.table.drop(columns="placement").to_csv(out / "candidates.csv", index=False)
+    pareto_front(res.table).drop(columns="placement").to_csv(out / "front.csv", index=False)
     compare.to_csv(out / "comparison.csv", index=False)
     res.chosen.save(out / "placement.json")
     fig, ax = plots.plot_placement_map(res.chosen, title=f"chosen placement ({res.strategy})")

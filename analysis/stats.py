@@ -36,8 +36,12 @@ def summarize(o: Outcome, *, reference_ms: float | None = None, n_boot: int = 10
         idx = g.integers(0, n, (n_boot, n))
         a = (1 - ci) / 2 * 100
         lat = o.latency_ms[idx]
-        boots = {"accuracy_%": 100 * o.correct[idx].mean(1), "mean_ms": lat.mean(1), "p95_ms": _pct(lat, 95, axis=1),
-                 "mean_MACs": o.macs[idx].mean(1)}
+        boots = {"accuracy_%": 100 * o.correct[idx].mean(1), "mean_ms": lat.mean(1), "p50_ms": _pct(lat, 50, axis=1),
+                 "p95_ms": _pct(lat, 95, axis=1), "p99_ms": _pct(lat, 99, axis=1), "mean_MACs": o.macs[idx].mean(1),
+                 "peak_buffer_bytes": o.buffered_bytes[idx].max(1)}
+        ex = o.exit[idx]
+        for k in range(o.num_exits):
+            boots[f"exit{k}_%"] = 100 * (ex == k).mean(1)
         if reference_ms is not None:
             boots["speedup"] = reference_ms / boots["mean_ms"]
         for key, b in boots.items():

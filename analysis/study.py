@@ -10,7 +10,7 @@ import pandas as pd
 from branchy.cache import FeatureCache
 from branchy.measures import confidence, is_confident
 
-from .calibrate import budgeted_thresholds, thresholds_for_accuracy
+from .calibrate import budgeted_thresholds, threshold_grid, thresholds_for_accuracy
 from .costs import CostModel, DeviceProfile
 from .simulate import (Outcome, simulate_cascade, simulate_full, simulate_gated, simulate_jump, simulate_oracle,
                        simulate_patience)
@@ -31,10 +31,12 @@ class PolicyConfig:
 
 def split_arrays(cache: FeatureCache, split: str, thresholds, measure: str = "entropy"):
     """``passes`` ``[N, K]``, ``correct`` ``[N, K]``, ``preds`` ``[N, K]`` of one split."""
+    from predictors.targets import check_thresholds
+
     z = np.asarray(cache.logits(split))
     preds = z.argmax(-1)
     correct = preds == cache.labels(split)[:, None]
-    passes = is_confident(confidence(z, measure), np.asarray(thresholds), measure)
+    passes = is_confident(confidence(z, measure), check_thresholds(thresholds, z.shape[1]), measure)
     return passes, correct, preds
 
 
@@ -114,13 +116,16 @@ def run_policies(cache: FeatureCache, *, predictors: dict | None = None, profile
 def pareto_points(cache: FeatureCache, *, predictors: dict | None = None, profile: str | DeviceProfile = "measured",
                   cfg: PolicyConfig = PolicyConfig(), split: str = "test", n_settings: int = 15) -> pd.DataFrame:
     """Accuracy vs latency on ``split`` for threshold settings calibrated on calib: MSDNet's budgeted
-    rule (q_k ∝ p^k) over a range of p, and per-exit target accuracies; one row per policy and setting."""
+    rule (q_k ∝ p^k) over a range of p, per-exit target accuracies and BranchyNet's grid screening
+    (every exit at the same quantile of its calib confidence); one row per policy and setting."""
     zc = np.asarray(cache.logits("calib"))
     yc = cache.labels("calib")
     settings = [("budget p", p, budgeted_thresholds(zc, p, measure=cfg.measure))
                 for p in np.geomspace(0.05, 4.0, n_settings)]
     settings += [("target acc", a, thresholds_for_accuracy(zc, yc, a, measure=cfg.measure))
                  for a in np.linspace(0.9, 1.0, n_settings)]
+    settings += [("grid quantile", q, t) for q, t in zip(np.linspace(0, 1, n_settings),
+                                                          threshold_grid(zc, n_settings, measure=cfg.measure))]
     rows = []
     prepared = prepare_predictors(cache, predictors, CostModel.from_cache(cache, profile), split)
     for rule, value, t in settings:

@@ -91,54 +91,58 @@ def dump(model: BranchyNet, splits: Splits, path: str | os.PathLike, *, batch_si
                          f"{'x'.join(map(str, splits.info.input_shape))}")
     dev = resolve_device(device)
     partial = _start(out, overwrite)
-    model = model.to(dev).eval()
-    k = model.num_exits
-    c = model.config.num_classes
-    dims = [pool_features(torch.zeros(1, *shp), s).shape[1] for shp in model.branch_shapes]
-    files: dict[str, int] = {}
-    total = sum(len(splits[sp]) for sp in SPLITS)
-    bar = tqdm(total=total, desc="dump", unit="img", disable=not progress)
-    t0 = time.perf_counter()
-    for sp in SPLITS:
-        ds = splits[sp]
-        n = len(ds)
-        d = partial / sp
-        d.mkdir()
-        w_logits = NpyWriter(d / "logits.npy", (n, k, c), np.float32)
-        w_feats = [NpyWriter(d / f"feat_{i}.npy", (n, dims[i]), feature_dtype) for i in range(k)]
-        for xb, _ in ds.iter_batches(batch_size):
-            logits, feats = model.forward_exits(xb.to(dev, non_blocking=True), return_features=True)
-            w_logits.write(torch.stack(logits, 1).float().cpu().numpy())
-            for i, h in enumerate(feats):
-                w_feats[i].write(pool_features(h, s).float().cpu().numpy())
-            bar.update(len(xb))
-        for w in [w_logits, *w_feats]:
-            w.close()
-        np.save(d / "labels.npy", ds.y.numpy().astype(np.int64))
-        for f in d.iterdir():
-            files[f"{sp}/{f.name}"] = f.stat().st_size
-    bar.close()
-    dump_seconds = time.perf_counter() - t0
-    costs = profile_segments(model, batch_size=batch_size, device=dev, min_run_time=profile_time,
-                             measure_latency=profile)
-    costs.to_csv(partial / "costs.csv", index=False)
-    files["costs.csv"] = (partial / "costs.csv").stat().st_size
-    manifest = {
-        "schema_version": SCHEMA_VERSION,
-        "model": {"name": model.config.name, "fingerprint": model.fingerprint(), "config": model.config.to_dict(),
-                  "checkpoint": str(checkpoint) if checkpoint else None},
-        "dataset": {"name": splits.info.name, "fingerprint": splits.fingerprint(), "info": splits.info.to_dict()},
-        "splits": {sp: len(splits[sp]) for sp in SPLITS},
-        "num_exits": k, "num_classes": c,
-        "exits": list(model.config.exits),
-        "branch_shapes": [list(b) for b in model.branch_shapes],
-        "feature_dims": dims, "feature_dtype": str(np.dtype(feature_dtype)), "pooling": pooling,
-        "batch_size": batch_size, "device": str(dev), "threads": torch.get_num_threads(),
-        "dump_seconds": dump_seconds,
-        "versions": _versions(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "files": files,
-    }
-    return _finish(partial, out, manifest)
+    try:
+        model = model.to(dev).eval()
+        k = model.num_exits
+        c = model.config.num_classes
+        dims = [pool_features(torch.zeros(1, *shp), s).shape[1] for shp in model.branch_shapes]
+        files: dict[str, int] = {}
+        total = sum(len(splits[sp]) for sp in SPLITS)
+        bar = tqdm(total=total, desc="dump", unit="img", disable=not progress)
+        t0 = time.perf_counter()
+        for sp in SPLITS:
+            ds = splits[sp]
+            n = len(ds)
+            d = partial / sp
+            d.mkdir()
+            w_logits = NpyWriter(d / "logits.npy", (n, k, c), np.float32)
+            w_feats = [NpyWriter(d / f"feat_{i}.npy", (n, dims[i]), feature_dtype) for i in range(k)]
+            for xb, _ in ds.iter_batches(batch_size):
+                logits, feats = model.forward_exits(xb.to(dev, non_blocking=True), return_features=True)
+                w_logits.write(torch.stack(logits, 1).float().cpu().numpy())
+                for i, h in enumerate(feats):
+                    w_feats[i].write(pool_features(h, s).float().cpu().numpy())
+                bar.update(len(xb))
+            for w in [w_logits, *w_feats]:
+                w.close()
+            np.save(d / "labels.npy", ds.y.numpy().astype(np.int64))
+            for f in d.iterdir():
+                files[f"{sp}/{f.name}"] = f.stat().st_size
+        bar.close()
+        dump_seconds = time.perf_counter() - t0
+        costs = profile_segments(model, batch_size=batch_size, device=dev, min_run_time=profile_time,
+                                 measure_latency=profile)
+        costs.to_csv(partial / "costs.csv", index=False)
+        files["costs.csv"] = (partial / "costs.csv").stat().st_size
+        manifest = {
+            "schema_version": SCHEMA_VERSION,
+            "model": {"name": model.config.name, "fingerprint": model.fingerprint(), "config": model.config.to_dict(),
+                      "checkpoint": str(checkpoint) if checkpoint else None},
+            "dataset": {"name": splits.info.name, "fingerprint": splits.fingerprint(), "info": splits.info.to_dict()},
+            "splits": {sp: len(splits[sp]) for sp in SPLITS},
+            "num_exits": k, "num_classes": c,
+            "exits": list(model.config.exits),
+            "branch_shapes": [list(b) for b in model.branch_shapes],
+            "feature_dims": dims, "feature_dtype": str(np.dtype(feature_dtype)), "pooling": pooling,
+            "batch_size": batch_size, "device": str(dev), "threads": torch.get_num_threads(),
+            "dump_seconds": dump_seconds,
+            "versions": _versions(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "files": files,
+        }
+        return _finish(partial, out, manifest)
+    except BaseException:  # Ctrl-C, a full disk, a bad batch: leave nothing behind (a kill -9 leaves
+        shutil.rmtree(partial, ignore_errors=True)  # PATH.partial, which never opens as a cache)
+        raise
 
 
 def _start(out: Path, overwrite: bool) -> Path:

@@ -98,6 +98,10 @@ def test_policies_on_a_cache_with_predictors_and_plots(synth_cache, tmp_path):
     assert t.loc["gated", "exits_ms"] < t.loc["cascade", "exits_ms"]
     with pytest.raises(ValueError, match="report on test"):
         run_policies(synth_cache, split="calib")
+    with pytest.raises(ValueError, match="2 thresholds for 4 exits|4 thresholds for 3 exits"):
+        run_policies(synth_cache, thresholds=[0.1, 0.2, 0.3, 0.4])
+    for key in ("p50_ms", "p99_ms", "peak_buffer_bytes", "exit0_%"):
+        assert (t[f"{key}_lo"] <= t[key] + 1e-9).all() and (t[key] <= t[f"{key}_hi"] + 1e-9).all()
     pts = pareto_points(synth_cache, predictors=preds, profile="jetson-nano", n_settings=4)
     assert set(pts.policy) >= {"cascade", "gated", "jump", "full", "oracle"}
     for fn, args in ((plots.plot_pareto, (pts, table)), (plots.plot_exit_distribution, (table,)),

@@ -200,3 +200,20 @@ def test_reading_a_cache_needs_numpy_and_pandas_only(toy_cache):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert out.returncode == 0, out.stderr
+
+
+def test_a_failing_dump_leaves_nothing(toy_splits, tmp_path, monkeypatch):
+    m = build_model("b-lenet", exits=(0, 1), num_classes=4)
+    calls = {"n": 0}
+    real = m.forward_exits
+
+    def flaky(x, return_features=False):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt  # Ctrl-C in the middle of a split
+        return real(x, return_features)
+
+    monkeypatch.setattr(m, "forward_exits", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        dump(m, toy_splits, tmp_path / "c", batch_size=16, profile=False, progress=False)
+    assert not (tmp_path / "c").exists() and not (tmp_path / "c.partial").exists()
