@@ -88,8 +88,14 @@ def _train_args(p):
     p.add_argument("--optimizer", default="adam", choices=["adam", "sgd"])
     p.add_argument("--weight-decay", type=float, default=0.0)
     p.add_argument("--exit-weights", type=_float_list, default=None, help="BranchyNet loss weights w_n, one per exit")
-    p.add_argument("--scheme", default="joint", choices=["joint", "trunk-first"])
-    p.add_argument("--trunk-epochs", type=int, default=0, help="epochs of trunk-only training for --scheme trunk-first")
+    p.add_argument("--scheme", default="joint", choices=["joint", "trunk-first", "boostnet", "ic-only", "ztw"],
+                   help="joint (BranchyNet), trunk-first, boostnet (boosted exits), ic-only (frozen trunk, "
+                        "Shallow-Deep Networks), ztw (frozen trunk, cascade connections + geometric ensemble)")
+    p.add_argument("--trunk-epochs", type=int, default=0,
+                   help="epochs of trunk-only training first (trunk-first, ic-only, ztw)")
+    p.add_argument("--ensemble-epochs", type=int, default=2, help="epochs of ZTW ensemble weights (ztw)")
+    p.add_argument("--init-checkpoint", default=None,
+                   help="take the trained trunk from this checkpoint (ic-only, ztw) instead of training it")
     p.add_argument("--augment-shift", type=int, default=2, help="random translation in pixels during training (0: off)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto (cuda when present, else cpu), cpu, cuda, cuda:1")
@@ -115,7 +121,8 @@ def train_config_from_args(a) -> "object":
                        model_options=parse_options(a.option), epochs=a.epochs, batch_size=a.batch_size, lr=a.lr,
                        optimizer=a.optimizer, weight_decay=a.weight_decay,
                        exit_weights=tuple(a.exit_weights) if a.exit_weights else None, scheme=a.scheme,
-                       trunk_epochs=a.trunk_epochs, augment_shift=a.augment_shift, seed=a.seed, device=a.device,
+                       trunk_epochs=a.trunk_epochs, augment_shift=a.augment_shift, ensemble_epochs=a.ensemble_epochs,
+                       init_checkpoint=a.init_checkpoint, seed=a.seed, device=a.device,
                        data_root=a.data_root, download=a.download, data_path=a.data_path)
 
 

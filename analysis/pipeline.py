@@ -32,6 +32,7 @@ def _train_config(cfg: StudyConfig):
                        model_options=dict(cfg.model.options), epochs=t.epochs, batch_size=t.batch_size, lr=t.lr,
                        optimizer=t.optimizer, weight_decay=t.weight_decay, exit_weights=t.exit_weights,
                        scheme=t.scheme, trunk_epochs=t.trunk_epochs, augment_shift=t.augment_shift,
+                       ensemble_epochs=t.ensemble_epochs, init_checkpoint=t.init_checkpoint,
                        seed=cfg.data.seed, device=t.device, data_root=cfg.data.root, download=cfg.data.download,
                        data_path=cfg.data.path)
 

@@ -35,6 +35,8 @@ class TrainSection:
     scheme: str = "joint"
     trunk_epochs: int = 0
     augment_shift: int = 2
+    ensemble_epochs: int = 2
+    init_checkpoint: str | None = None
     device: str = "auto"
 
 
@@ -187,7 +189,11 @@ def validate(cfg: StudyConfig) -> None:
     _check(isinstance(t.batch_size, int) and t.batch_size >= 1, f"train.batch_size must be >= 1, got {t.batch_size!r}")
     _check(isinstance(t.lr, (int, float)) and t.lr > 0, f"train.lr must be > 0, got {t.lr!r}")
     _check(t.optimizer in ("adam", "sgd"), f"train.optimizer must be adam or sgd, got {t.optimizer!r}")
-    _check(t.scheme in ("joint", "trunk-first"), f"train.scheme must be joint or trunk-first, got {t.scheme!r}")
+    from branchy.train import SCHEMES
+
+    _check(t.scheme in SCHEMES, f"train.scheme must be one of {', '.join(SCHEMES)}; got {t.scheme!r}")
+    _check(t.scheme not in ("ic-only", "ztw") or t.trunk_epochs >= 1 or t.init_checkpoint is not None,
+           f"train.scheme {t.scheme} freezes a trained trunk: set train.trunk_epochs >= 1 or train.init_checkpoint")
     _check(t.augment_shift >= 0, f"train.augment_shift must be >= 0, got {t.augment_shift}")
     _check(cfg.dump.batch_size >= 1, f"dump.batch_size must be >= 1, got {cfg.dump.batch_size}")
     from branchy.dump import parse_pooling

@@ -62,13 +62,16 @@ class EarlyExitRuntime:
         rows = torch.arange(b, device=x.device)
         h = x
         decisions: dict[int, torch.Tensor] = {}
+        # chained exits (BoostNet, ZTW): what earlier exits computed, per remaining row; a row that
+        # skipped an exit contributes zeros for it
+        state: dict = {"prev": None, "logp": {}}
         for s in range(k):
             h = m.run_stage(s, h)
             for e, (at, gate) in self.gates.items():  # predictors placed after this stage
                 if at == s and self.kept[e]:
                     decisions[e] = gate(h).bool()
             if s == k - 1:
-                pred[rows] = m.run_exit(s, h).argmax(1)
+                pred[rows] = self._exit(s, h, None, state, len(rows)).argmax(1)
                 taken[rows] = s
                 break
             if not self.kept[s]:
@@ -81,7 +84,7 @@ class EarlyExitRuntime:
             else:
                 idx = None
             hb = h.clone() if self.buffer else h  # the activation buffered while the branch runs
-            z = m.run_exit(s, hb if idx is None else hb[idx])
+            z = self._exit(s, hb if idx is None else hb[idx], idx, state, len(rows))
             leave = self._confident(_confidence(z, self.measure), s)
             if leave.any():
                 sel = leave.nonzero().flatten()
@@ -94,4 +97,28 @@ class EarlyExitRuntime:
                     return pred, taken
                 rows, h = rows[keep], (hb if self.buffer else h)[keep]
                 decisions = {e: d[keep] for e, d in decisions.items()}
+                if state["prev"] is not None:
+                    state["prev"] = state["prev"][keep]
+                state["logp"] = {i: v[keep] for i, v in state["logp"].items()}
         return pred, taken
+
+    def _exit(self, k: int, h: torch.Tensor, idx: torch.Tensor | None, state: dict, n: int) -> torch.Tensor:
+        """Exit k on the rows ``idx`` of the ``n`` remaining ones (all when None), keeping the chain state."""
+        m = self.model
+        if not m.chained:
+            return m.run_exit(k, h)
+        if idx is None:
+            return m.run_exit(k, h, state)
+        sub = {"prev": None if state["prev"] is None else state["prev"][idx],
+               "logp": {i: v[idx] for i, v in state["logp"].items()}}
+        z = m.run_exit(k, h, sub)
+        prev = sub["prev"]
+        full = torch.zeros(n, prev.shape[1], dtype=prev.dtype, device=prev.device) if state["prev"] is None \
+            else state["prev"].clone()
+        full[idx] = prev
+        state["prev"] = full
+        if k in sub["logp"]:
+            full = torch.zeros(n, z.shape[1], dtype=z.dtype, device=z.device)
+            full[idx] = sub["logp"][k]
+            state["logp"][k] = full
+        return z

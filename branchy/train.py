@@ -18,14 +18,23 @@ from .models import BranchyNet, ModelConfig, build_from_config, build_model, wei
 
 CHECKPOINT_FORMAT = "branchy-checkpoint"
 CHECKPOINT_VERSION = 1
-SCHEMES = ("joint", "trunk-first")
+SCHEMES = ("joint", "trunk-first", "boostnet", "ic-only", "ztw")
+# the exit chain each scheme trains (see BranchyNet.set_chain)
+SCHEME_CHAIN = {"joint": ("none", False), "trunk-first": ("none", False), "boostnet": ("boost", False),
+                "ic-only": ("none", False), "ztw": ("cascade", True)}
 OPTIMIZERS = ("adam", "sgd")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """Training settings. ``exit_weights`` are BranchyNet's w_n (one per exit; ``None`` = all 1).
-    ``scheme='trunk-first'`` trains trunk + final exit for ``trunk_epochs``, then every exit jointly."""
+
+    Schemes: ``joint`` (BranchyNet: Σ w_n·CE_n, everything at once); ``trunk-first`` (trunk + final exit
+    for ``trunk_epochs``, then every exit jointly); ``boostnet`` (boosted exits F_k = t·F_{k-1} + f_k,
+    loss on stop_grad(F_{k-1}) + f_k, trunk stage k's gradients scaled by 1/(K-k)); ``ic-only``
+    (Shallow-Deep Networks: the trunk is trained first, or taken from ``init_checkpoint``, then frozen
+    while only the side exits learn); ``ztw`` (Zero Time Waste: as ic-only with cascade connections
+    between exits, then ``ensemble_epochs`` of geometric-ensemble weights with everything else frozen)."""
 
     model: str = "b-lenet"
     dataset: str = "mnist5k"
@@ -40,6 +49,8 @@ class TrainConfig:
     exit_weights: tuple[float, ...] | None = None
     scheme: str = "joint"
     augment_shift: int = 0
+    ensemble_epochs: int = 2
+    init_checkpoint: str | None = None
     trunk_epochs: int = 0
     seed: int = 0
     device: str = "auto"
@@ -134,9 +145,17 @@ def train(cfg: TrainConfig, *, splits: Splits | None = None, out_dir: str | os.P
     if splits is None:
         splits = load_dataset(cfg.dataset, **cfg.dataset_kwargs())
     info = splits.info
+    chain, ensemble = SCHEME_CHAIN[cfg.scheme]
     model = build_model(cfg.model, in_channels=info.channels, image_size=(info.height, info.width),
-                        num_classes=info.num_classes, exits=cfg.exits, **cfg.model_options).to(device)
+                        num_classes=info.num_classes, exits=cfg.exits, chain=chain, ensemble=ensemble,
+                        **cfg.model_options).to(device)
     k = model.num_exits
+    frozen_trunk = cfg.scheme in ("ic-only", "ztw")
+    if cfg.init_checkpoint:
+        _load_trunk(model, cfg.init_checkpoint)
+    elif frozen_trunk and cfg.trunk_epochs < 1:
+        raise ValueError(f"scheme {cfg.scheme!r} trains exits on a frozen trunk: give trunk_epochs >= 1 or an "
+                         f"init_checkpoint holding a trained trunk")
     w = torch.ones(k) if cfg.exit_weights is None else torch.tensor(cfg.exit_weights, dtype=torch.float32)
     if len(w) != k:
         raise ValueError(f"exit_weights has {len(w)} values but {cfg.model} with exits {list(model.config.exits)} "
@@ -150,17 +169,34 @@ def train(cfg: TrainConfig, *, splits: Splits | None = None, out_dir: str | os.P
             return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
-    phases = []
-    if cfg.scheme == "trunk-first" and cfg.trunk_epochs > 0:
-        phases.append(("trunk", cfg.trunk_epochs, trunk_only))
-    phases.append(("joint", cfg.epochs, w))
+    side_only = w.clone()
+    side_only[-1] = 0.0
+    trunk_params = model.trunk_parameters()
+    phases = []  # (name, epochs, loss weights, trainable parameters, frozen modules kept in eval mode)
+    if cfg.scheme in ("trunk-first", "ic-only", "ztw") and cfg.trunk_epochs > 0 and not cfg.init_checkpoint:
+        phases.append(("trunk", cfg.trunk_epochs, trunk_only, trunk_params, []))
+    if frozen_trunk:
+        phases.append(("exits", cfg.epochs, side_only, model.branch_parameters(), [model.stages, model.exits[-1]]))
+        if ensemble and cfg.ensemble_epochs > 0:
+            phases.append(("ensemble", cfg.ensemble_epochs, side_only, model.ensemble_parameters(),
+                           [model.stages, model.exits]))
+    else:
+        phases.append(("joint", cfg.epochs, w, list(model.parameters()), []))
+    # BoostNet: stage k (0-based) feeds exits k..K-1; its gradients are scaled by 1/(K-k)
+    grad_scale = {id(p): 1.0 / (k - i) for i, st in enumerate(model.stages) for p in st.parameters()} \
+        if cfg.scheme == "boostnet" else {}
     rows, epoch = [], 0
     bar = tqdm(total=sum(p[1] for p in phases), desc=f"train {cfg.model}", disable=not progress, unit="epoch")
-    for phase, n_epochs, weights in phases:
-        opt = make_opt(model.parameters())
+    for phase, n_epochs, weights, params, frozen in phases:
+        trainable = {id(p) for p in params}
+        for p in model.parameters():
+            p.requires_grad_(id(p) in trainable)
+        opt = make_opt(params)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=n_epochs)
         for _ in range(n_epochs):
             model.train()
+            for mod in frozen:  # a frozen backbone keeps its batch-norm statistics
+                mod.eval()
             t0, n = time.perf_counter(), 0
             corr, ce_sum = np.zeros(k), np.zeros(k)
             gen = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
@@ -171,6 +207,9 @@ def train(cfg: TrainConfig, *, splits: Splits | None = None, out_dir: str | os.P
                 loss, ce = joint_loss(logits, y, weights)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
+                for p in params if grad_scale else ():
+                    if p.grad is not None and id(p) in grad_scale:
+                        p.grad.mul_(grad_scale[id(p)])
                 opt.step()
                 corr += np.array([(z.argmax(1) == y).sum().item() for z in logits])
                 ce_sum += ce.cpu().numpy() * len(y)
@@ -185,6 +224,8 @@ def train(cfg: TrainConfig, *, splits: Splits | None = None, out_dir: str | os.P
             bar.update(1)
             epoch += 1
     bar.close()
+    for p in model.parameters():
+        p.requires_grad_(True)
     model.eval()
     history = pd.DataFrame(rows)
     ckpt = None
@@ -271,6 +312,21 @@ def load_weights(model: BranchyNet, state_dict: dict, *, source: str = "state di
         raise ValueError(f"{source} is from another model than {model.config.name} with exits "
                          f"{list(model.config.exits)}: {detail}")
     model.load_state_dict(state_dict)
+
+
+def _load_trunk(model: BranchyNet, path: str) -> None:
+    """Take the trunk (stages and final exit) from a checkpoint of the same backbone and exits."""
+    payload = read_checkpoint(path)
+    sd = payload["state_dict"]
+    k = model.num_exits
+    own = model.state_dict()
+    take = {n: v for n, v in sd.items() if n.startswith("stages.") or n.startswith(f"exits.{k - 1}.")}
+    missing = [n for n in own if (n.startswith("stages.") or n.startswith(f"exits.{k - 1}.")) and n not in take]
+    bad = [n for n, v in take.items() if n not in own or own[n].shape != v.shape]
+    if missing or bad:
+        raise ValueError(f"{path} does not hold the trunk of this {model.config.name} with exits "
+                         f"{list(model.config.exits)} ({len(missing)} trunk tensors missing, {len(bad)} mismatched)")
+    model.load_state_dict(take, strict=False)
 
 
 def with_updates(cfg: TrainConfig, **kw) -> TrainConfig:

@@ -34,3 +34,23 @@ def test_runtime_takes_the_exits_the_simulator_predicts(toy_splits, tmp_path):
                           gate_at=[0, -1, -1], gate_ms=np.zeros(3), kept=[True, False, True])
     np.testing.assert_array_equal(rt2(x)[1].numpy(), sim2.exit)
     assert (sim2.exit == 2).all()
+
+
+def test_runtime_on_chained_exits_matches_forward_exits(toy_splits):
+    torch.manual_seed(0)
+    for chain, ens in (("boost", False), ("cascade", True)):
+        m = build_model("b-lenet", exits=(0, 1), num_classes=4, chain=chain, ensemble=ens).eval()
+        if ens:
+            with torch.no_grad():
+                m.ens_w.add_(0.3 * torch.rand_like(m.ens_w).tril())
+                for lin in m.cascade:
+                    lin.weight.normal_(0, 0.5)
+        x = toy_splits.test.batch(torch.arange(40))[0]
+        with torch.no_grad():
+            z = torch.stack(m.forward_exits(x), 1).numpy()
+        ent = confidence(z, "entropy")
+        t = np.quantile(ent[:, :2], 0.4, axis=0)
+        first = np.where(ent[:, 0] < t[0], 0, np.where(ent[:, 1] < t[1], 1, 2))
+        pred, taken = EarlyExitRuntime(m, t)(x)
+        np.testing.assert_array_equal(taken.numpy(), first)
+        np.testing.assert_array_equal(pred.numpy(), z[np.arange(40), first].argmax(1))

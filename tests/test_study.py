@@ -30,6 +30,8 @@ BASE = {"data": {"dataset": "mnist5k"}, "model": {"name": "b-lenet"}}
     ({"policies": {"target_acc": 99}}, r"target_acc is a fraction"),
     ({"dump": {"pooling": "max"}}, r"dump.pooling: unknown pooling 'max'"),
     ({"data": {"dataset": "npz"}}, r"data.path: the npz dataset needs the file's path"),
+    ({"train": {"scheme": "distill"}}, r"train.scheme must be one of joint, trunk-first, boostnet"),
+    ({"train": {"scheme": "ztw"}}, r"freezes a trained trunk"),
 ])
 def test_bad_configs_fail_before_any_work(patch, msg, tmp_path, capsys):
     raw = {k: dict(v) for k, v in BASE.items()}

@@ -69,3 +69,48 @@ def test_checkpoint_of_another_model_is_refused(tmp_path):
         load_checkpoint(tmp_path / "junk.pt")
     with pytest.raises(FileNotFoundError, match="branchy train"):
         load_checkpoint(tmp_path / "none.pt")
+
+
+@pytest.mark.parametrize("scheme", ["boostnet", "ic-only", "ztw"])
+def test_other_schemes_train_round_trip_and_respect_frozen_trunk(scheme, toy_splits, tmp_path):
+    kw = dict(scheme=scheme, epochs=2)
+    if scheme != "boostnet":
+        kw["trunk_epochs"] = 1
+    r = train(_cfg(**kw), splits=toy_splits, out_dir=tmp_path, progress=False)
+    phases = list(r.history.phase.unique())
+    assert phases == {"boostnet": ["joint"], "ic-only": ["trunk", "exits"],
+                      "ztw": ["trunk", "exits", "ensemble"]}[scheme]
+    m, meta = load_checkpoint(tmp_path / "model.pt")
+    assert m.config.chain == {"boostnet": "boost", "ic-only": "none", "ztw": "cascade"}[scheme]
+    x = toy_splits.test.batch(torch.arange(6))[0]
+    for a, b in zip(m.forward_exits(x), r.model.forward_exits(x)):
+        assert torch.equal(a, b)
+    if scheme != "boostnet":  # the trunk after the trunk phase is the trunk at the end
+        h = r.history
+        trunk_acc = h[(h.phase == "trunk") & (h.exit == 2)].calib_accuracy.iloc[-1]
+        assert h[h.exit == 2].calib_accuracy.iloc[-1] == pytest.approx(trunk_acc)
+
+
+def test_boosted_exits_add_up():
+    from branchy.models.base import BOOST_T
+
+    m = build_model("b-lenet", exits=(0, 1), num_classes=4, chain="boost").eval()
+    x = torch.randn(3, 1, 28, 28)
+    with torch.no_grad():
+        z = m.forward_exits(x)
+        h, raw = x, []
+        for k in range(3):
+            h = m.run_stage(k, h)
+            raw.append(m.exits[k](h))
+    torch.testing.assert_close(z[1], raw[1] + BOOST_T * raw[0])
+    torch.testing.assert_close(z[2], raw[2] + BOOST_T * z[1])
+
+
+def test_frozen_schemes_need_a_trunk(toy_splits, tmp_path):
+    with pytest.raises(ValueError, match="trunk_epochs >= 1 or an init_checkpoint"):
+        train(_cfg(scheme="ic-only"), splits=toy_splits, progress=False)
+    base = train(_cfg(epochs=1), splits=toy_splits, out_dir=tmp_path / "b", progress=False)
+    r = train(_cfg(scheme="ic-only", epochs=1, init_checkpoint=str(tmp_path / "b" / "model.pt")), splits=toy_splits,
+              progress=False)
+    for a, b in zip(base.model.stages.parameters(), r.model.stages.parameters()):
+        assert torch.equal(a, b)  # the trunk was taken and left frozen

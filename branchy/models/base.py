@@ -21,6 +21,8 @@ class ModelConfig:
     num_classes: int
     exits: tuple[int, ...]
     options: dict = field(default_factory=dict)
+    chain: str = "none"
+    ensemble: bool = False
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -31,7 +33,12 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":
         return cls(d["name"], int(d["in_channels"]), tuple(d["image_size"]), int(d["num_classes"]),
-                   tuple(int(e) for e in d["exits"]), dict(d.get("options", {})))
+                   tuple(int(e) for e in d["exits"]), dict(d.get("options", {})), str(d.get("chain", "none")),
+                   bool(d.get("ensemble", False)))
+
+
+CHAINS = ("none", "boost", "cascade")
+BOOST_T = 0.5
 
 
 class BranchyNet(nn.Module):
@@ -82,6 +89,7 @@ class BranchyNet(nn.Module):
                                  pool=head_pool, separable=head_separable))
         heads.append(final_head)
         self.exits = nn.ModuleList(heads)
+        self.chain, self.cascade, self.ens_w, self.ens_b = "none", None, None, None
 
     @property
     def num_exits(self) -> int:
@@ -90,22 +98,78 @@ class BranchyNet(nn.Module):
     def run_stage(self, k: int, h: torch.Tensor) -> torch.Tensor:
         return self.stages[k](h)
 
-    def run_exit(self, k: int, h: torch.Tensor) -> torch.Tensor:
-        return self.exits[k](h)
+    # ------------------------------------------------------------------ chained exits
+    def set_chain(self, chain: str = "none", ensemble: bool = False) -> "BranchyNet":
+        """Connect the exits (the config records it, so checkpoints rebuild it):
+
+        * ``boost`` (BoostNet): exit k outputs F_k = t·F_{k-1} + f_k(h_k), t = 0.5; in training the
+          previous exit's F is detached (the loss sees stop_grad(F_{k-1}) + f_k).
+        * ``cascade`` (Zero Time Waste): exit k's last layer also reads exit k-1's logits (detached):
+          z_k = f_k(h_k) + W_k·stop_grad(z_{k-1}), W_k zero-initialised.
+        * ``ensemble`` (Zero Time Waste): exit k answers with the geometric ensemble of exits 0..k,
+          Σ_i w_ki·log softmax(z_i) + b_k, with learnable weights and per-class biases.
+        """
+        if chain not in CHAINS:
+            raise ValueError(f"unknown exit chain {chain!r}; known: {', '.join(CHAINS)}")
+        k, c = self.num_exits, self.config.num_classes
+        self.chain = chain
+        self.cascade = nn.ModuleList([nn.Linear(c, c, bias=False) for _ in range(k)]) if chain == "cascade" else None
+        if self.cascade is not None:
+            for lin in self.cascade:
+                nn.init.zeros_(lin.weight)
+        if ensemble:
+            self.ens_w = nn.Parameter(torch.eye(k))
+            self.ens_b = nn.Parameter(torch.zeros(k, c))
+        else:
+            self.ens_w = self.ens_b = None
+        from dataclasses import replace
+
+        self.config = replace(self.config, chain=chain, ensemble=bool(ensemble))
+        return self
+
+    @property
+    def chained(self) -> bool:
+        return getattr(self, "chain", "none") != "none" or getattr(self, "ens_w", None) is not None
+
+    def _link(self, k: int, raw: torch.Tensor, state: dict) -> torch.Tensor:
+        """Exit k's answer from its head's raw output and what earlier exits left in ``state``
+        (``prev``: exit k-1's logits or None; ``logp``: {i: log-probabilities of exit i})."""
+        chain = getattr(self, "chain", "none")
+        prev = state.get("prev")
+        z = raw
+        if prev is not None and k > 0:
+            if chain == "boost":
+                z = raw + BOOST_T * (prev.detach() if self.training else prev)
+            elif chain == "cascade":
+                z = raw + self.cascade[k](prev.detach())
+        state["prev"] = z
+        if getattr(self, "ens_w", None) is None:
+            return z
+        logp = state.setdefault("logp", {})
+        logp[k] = torch.log_softmax(z, dim=1)
+        return sum(self.ens_w[k, i] * lp for i, lp in logp.items() if i <= k) + self.ens_b[k]
+
+    def run_exit(self, k: int, h: torch.Tensor, state: dict | None = None) -> torch.Tensor:
+        """Exit k's logits from the activation ``h`` at branch point k. For chained exits, ``state``
+        carries what earlier exits computed (a fresh dict: exit k alone, no earlier contribution)."""
+        raw = self.exits[k](h)
+        return raw if not self.chained else self._link(k, raw, {} if state is None else state)
 
     def forward_exits(self, x: torch.Tensor, return_features: bool = False):
         """Logits of every exit, a list of K ``[B, C]`` tensors; with ``return_features`` also the
         K branch-point activations."""
         self._check_input(x)
-        logits, feats, h = [], [], x
-        for stage, head in zip(self.stages, self.exits):
+        logits, feats, h, state = [], [], x, {}
+        for k, stage in enumerate(self.stages):
             h = stage(h)
             feats.append(h)
-            logits.append(head(h))
+            logits.append(self.run_exit(k, h, state))
         return (logits, feats) if return_features else logits
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The final exit's logits (the plain network)."""
+        if self.chained:
+            return self.forward_exits(x)[-1]
         self._check_input(x)
         h = x
         for stage in self.stages:
@@ -122,7 +186,14 @@ class BranchyNet(nn.Module):
         return list(self.stages.parameters()) + list(self.exits[-1].parameters())
 
     def branch_parameters(self):
-        return [p for h in self.exits[:-1] for p in h.parameters()]
+        """Side-exit parameters, with the cascade connections (the ensemble is separate)."""
+        ps = [p for h in self.exits[:-1] for p in h.parameters()]
+        if getattr(self, "cascade", None) is not None:
+            ps += list(self.cascade.parameters())
+        return ps
+
+    def ensemble_parameters(self):
+        return [] if getattr(self, "ens_w", None) is None else [self.ens_w, self.ens_b]
 
     def fingerprint(self) -> str:
         """sha256 (16 hex) of the weights and buffers, in key order."""

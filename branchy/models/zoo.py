@@ -21,17 +21,23 @@ def list_models() -> list[str]:
 
 
 def build_model(name: str, *, in_channels: int = 1, image_size: int | Sequence[int] = 28,
-                num_classes: int = 10, exits: Sequence[int] | None = None, **options) -> BranchyNet:
-    """Build backbone ``name`` for ``in_channels × image_size`` inputs and ``num_classes`` classes."""
+                num_classes: int = 10, exits: Sequence[int] | None = None, chain: str = "none",
+                ensemble: bool = False, **options) -> BranchyNet:
+    """Build backbone ``name`` for ``in_channels × image_size`` inputs and ``num_classes`` classes;
+    ``chain``/``ensemble`` connect the exits (see :meth:`BranchyNet.set_chain`)."""
     factory = BACKBONES.get(name)
     size = (int(image_size), int(image_size)) if isinstance(image_size, int) else tuple(int(s) for s in image_size)
-    return factory(in_channels=int(in_channels), image_size=size, num_classes=int(num_classes),
-                   exits=None if exits is None else tuple(exits), **options)
+    model = factory(in_channels=int(in_channels), image_size=size, num_classes=int(num_classes),
+                    exits=None if exits is None else tuple(exits), **options)
+    if chain != "none" or ensemble:
+        model.set_chain(chain, ensemble)
+    return model
 
 
 def build_from_config(cfg: ModelConfig) -> BranchyNet:
     return build_model(cfg.name, in_channels=cfg.in_channels, image_size=cfg.image_size,
-                       num_classes=cfg.num_classes, exits=cfg.exits, **cfg.options)
+                       num_classes=cfg.num_classes, exits=cfg.exits, chain=cfg.chain, ensemble=cfg.ensemble,
+                       **cfg.options)
 
 
 def _out_shape(blocks: Sequence[nn.Module], in_channels: int, size: tuple[int, int]) -> tuple[int, ...]:
