@@ -5,18 +5,12 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import torch
 from torch import fx, nn
 from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
 
 from ..registry import UnknownNameError
 from .base import BranchyNet, ModelConfig
 from .heads import branch_head
-
-
-class _Identity(nn.Module):
-    def forward(self, x):
-        return x
 
 
 def _segment(root: fx.GraphModule, nodes: list[fx.Node], start: fx.Node | None, end: fx.Node) -> fx.GraphModule:
