@@ -38,9 +38,11 @@ def test_forward_exits_shapes_and_stages(name, shape):
 
 
 @pytest.mark.parametrize("name", list_models())
-def test_gradients_reach_every_exit_and_stage(name):
-    m = _build(name, 3, 32, 5).train()
-    x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 5, (4,))
+@pytest.mark.parametrize("shape", SHAPES)
+def test_gradients_reach_every_exit_and_stage(name, shape):
+    c, s = shape
+    m = _build(name, c, s, 5).train()
+    x, y = torch.randn(4, c, s, s), torch.randint(0, 5, (4,))
     loss, _ = joint_loss(m.forward_exits(x), y, torch.ones(m.num_exits))
     loss.backward()
     for k in range(m.num_exits):
@@ -67,10 +69,12 @@ def test_checkpoint_round_trip_gives_identical_logits(name, shape, tmp_path):
 
 
 @pytest.mark.parametrize("name", list_models())
-def test_loss_weights_are_applied(name):
+@pytest.mark.parametrize("shape", SHAPES)
+def test_loss_weights_are_applied(name, shape):
     """A known flaw of the original BranchyNet code: the weights were ignored."""
-    m = _build(name, 3, 32, 5).train()
-    x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 5, (4,))
+    c, s = shape
+    m = _build(name, c, s, 5).train()
+    x, y = torch.randn(4, c, s, s), torch.randint(0, 5, (4,))
     w = torch.ones(m.num_exits)
     w[0] = 0.0
     loss, ce = joint_loss(m.forward_exits(x), y, w)
