@@ -29,7 +29,7 @@ def _float_list(s: str) -> list[float]:
 
 
 # ----------------------------------------------------------------------------- listings
-def _models_args(p):
+def _no_args(p):
     pass
 
 
@@ -62,9 +62,9 @@ def _strategies():
     return STRATEGIES
 
 
-command("models", "list the registered backbones")((_models_args, _lister(_backbones)))
-command("datasets", "list the registered datasets")((_models_args, _lister(_datasets)))
-command("strategies", "list the placement strategies")((_models_args, _lister(_strategies)))
+command("models", "list the registered backbones")((_no_args, _lister(_backbones)))
+command("datasets", "list the registered datasets")((_no_args, _lister(_datasets)))
+command("strategies", "list the placement strategies")((_no_args, _lister(_strategies)))
 
 
 # ----------------------------------------------------------------------------- train
@@ -335,7 +335,7 @@ def _profiles_run(a) -> int:
     return 0
 
 
-command("profiles", "list the registered device profiles")((_models_args, _profiles_run))
+command("profiles", "list the registered device profiles")((_no_args, _profiles_run))
 
 
 # ----------------------------------------------------------------------------- place
