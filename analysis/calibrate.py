@@ -42,6 +42,12 @@ def thresholds_for_accuracy(logits: np.ndarray, labels: np.ndarray, target: floa
     return _unorient(t, measure)
 
 
+def calib_thresholds(cache, target: float | None = None, *, measure: str = "entropy") -> np.ndarray:
+    """:func:`thresholds_for_accuracy` on a feature cache's ``calib`` split (where thresholds are tuned)."""
+    return thresholds_for_accuracy(np.asarray(cache.logits("calib")), cache.labels("calib"), target,
+                                   measure=measure)
+
+
 def threshold_grid(logits: np.ndarray, n: int = 20, *, measure: str = "entropy") -> np.ndarray:
     """BranchyNet's screening: ``n`` candidate thresholds per side exit at quantiles of its confidence,
     shared across exits as settings ``[n, K]`` (setting i puts every exit at its own quantile i)."""

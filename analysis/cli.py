@@ -213,16 +213,13 @@ def add_threshold_args(p: argparse.ArgumentParser) -> None:
 
 
 def resolve_thresholds(cache, a) -> "object":
-    import numpy as np
-
     from predictors.targets import check_thresholds
 
-    from .calibrate import thresholds_for_accuracy
+    from .calibrate import calib_thresholds
 
     if a.thresholds is not None:
         return check_thresholds(a.thresholds, cache.num_exits)
-    return thresholds_for_accuracy(np.asarray(cache.logits("calib")), cache.labels("calib"), a.target_acc,
-                                   measure=a.measure)
+    return calib_thresholds(cache, a.target_acc, measure=a.measure)
 
 
 def _fit_args(p):

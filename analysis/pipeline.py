@@ -82,12 +82,11 @@ def step_dump(cfg: StudyConfig, model, splits, out: Path, redo: bool):
 def step_predictors(cfg: StudyConfig, cache, out: Path, redo: bool):
     from predictors.fit import evaluation_table, fit_predictor, load_predictors, save_predictors
 
-    from .calibrate import thresholds_for_accuracy
+    from .calibrate import calib_thresholds
     from .cli import predictor_specs
 
     pc = cfg.predictors
-    t = thresholds_for_accuracy(np.asarray(cache.logits("calib")), cache.labels("calib"), cfg.policies.target_acc,
-                                measure=cfg.policies.measure)
+    t = calib_thresholds(cache, cfg.policies.target_acc, measure=cfg.policies.measure)
     specs = []
     for target in pc.targets:
         cw = None if target == "entropy" else pc.class_weight

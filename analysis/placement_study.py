@@ -12,10 +12,12 @@ from branchy.measures import confidence, is_confident
 from placement import Constraint, Placement, SearchSpace, search
 from placement.search import SearchResult
 
-from .calibrate import budgeted_thresholds, thresholds_for_accuracy
+from .calibrate import budgeted_thresholds, calib_thresholds, thresholds_for_accuracy
 from .costs import CostModel, DeviceProfile
-from .simulate import simulate_gated
+from .simulate import simulate_gated, simulate_oracle
 from .stats import summarize
+
+METRICS = ("accuracy_%", "mean_ms", "p95_ms", "mean_MACs")  # what the objective returns per placement
 
 
 class PlacementObjective:
@@ -30,9 +32,8 @@ class PlacementObjective:
         self.correct = z.argmax(-1) == cache.labels(split)[:, None]
         self.measure = measure
         self.split = split
-        self.default_thresholds = (thresholds_for_accuracy(np.asarray(cache.logits("calib")), cache.labels("calib"),
-                                                           measure=measure)
-                                   if thresholds is None else np.asarray(thresholds, dtype=float))
+        self.default_thresholds = (calib_thresholds(cache, measure=measure) if thresholds is None
+                                   else np.asarray(thresholds, dtype=float))
         self.decisions, self.gate_cost = {}, {}
         for name, p in (predictors or {}).items():
             if p.spec.target in ("gate", "entropy"):
@@ -69,7 +70,7 @@ class PlacementObjective:
 
     def __call__(self, pl: Placement) -> dict:
         s = summarize(self.outcome(pl), n_boot=0)
-        return {k: s[k] for k in ("accuracy_%", "mean_ms", "p95_ms", "mean_MACs")}
+        return {k: s[k] for k in METRICS}
 
 
 def exit_macs(cache: FeatureCache) -> np.ndarray:
@@ -109,10 +110,8 @@ def run_placement(cache: FeatureCache, predictors: dict, strategy: str, *, const
 
 
 def _oracle_row(o: PlacementObjective) -> dict:
-    from .simulate import simulate_oracle
-
     s = summarize(simulate_oracle(o.correct, o.costs), n_boot=0)
-    return {k: s[k] for k in ("accuracy_%", "mean_ms", "p95_ms", "mean_MACs")}
+    return {k: s[k] for k in METRICS}
 
 
 def write_placement(res: SearchResult, compare: pd.DataFrame, out: str | Path, *, profile_name: str = "") -> None:

@@ -29,8 +29,7 @@ def simulate_to(cache: FeatureCache, out: str | Path, *, predictors: dict | None
     tables, points, outcomes = [], [], {}
     for prof in profs:
         outs, table = run_policies(cache, predictors=predictors, profile=prof, cfg=cfg, thresholds=t)
-        pts = pareto_points(cache, predictors=predictors, profile=prof, cfg=cfg).drop(columns="profile")
-        pts.insert(0, "profile", prof.name)
+        pts = pareto_points(cache, predictors=predictors, profile=prof, cfg=cfg)  # has a profile column
         tables.append(table)
         points.append(pts)
         outcomes[prof.name] = outs

@@ -10,7 +10,9 @@ import pandas as pd
 from branchy.cache import FeatureCache
 from branchy.measures import confidence, is_confident
 
-from .calibrate import budgeted_thresholds, threshold_grid, thresholds_for_accuracy
+from dataclasses import replace
+
+from .calibrate import budgeted_thresholds, calib_thresholds, threshold_grid, thresholds_for_accuracy
 from .costs import CostModel, DeviceProfile
 from .simulate import (Outcome, simulate_cascade, simulate_full, simulate_gated, simulate_jump, simulate_oracle,
                        simulate_patience)
@@ -41,8 +43,7 @@ def split_arrays(cache: FeatureCache, split: str, thresholds, measure: str = "en
 
 
 def calibrate(cache: FeatureCache, cfg: PolicyConfig) -> np.ndarray:
-    return thresholds_for_accuracy(np.asarray(cache.logits("calib")), cache.labels("calib"), cfg.target_acc,
-                                   measure=cfg.measure)
+    return calib_thresholds(cache, cfg.target_acc, measure=cfg.measure)
 
 
 def _gate_setup(cache, predictors, costs, split, k, kind: str):
@@ -130,12 +131,12 @@ def pareto_points(cache: FeatureCache, *, predictors: dict | None = None, profil
     prepared = prepare_predictors(cache, predictors, CostModel.from_cache(cache, profile), split)
     for rule, value, t in settings:
         _, table = run_policies(cache, profile=profile, prepared=prepared,
-                                cfg=PolicyConfig(cfg.measure, cfg.target_acc, cfg.patience, cfg.overlap, 0),
+                                cfg=replace(cfg, n_boot=0),
                                 split=split, thresholds=t)
         table = table[~table.policy.isin(["full", "oracle", "patience"])]
         for r in table.to_dict("records"):
             rows.append({"rule": rule, "setting": value, "thresholds": np.round(t, 5).tolist(), **r})
-    _, base = run_policies(cache, predictors=None, profile=profile, cfg=PolicyConfig(cfg.measure, n_boot=0),
+    _, base = run_policies(cache, predictors=None, profile=profile, cfg=replace(cfg, n_boot=0),
                            split=split, thresholds=settings[0][2])
     for r in base[base.policy.isin(["full", "oracle"])].to_dict("records"):
         rows.append({"rule": "-", "setting": np.nan, "thresholds": None, **r})
