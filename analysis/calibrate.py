@@ -1,10 +1,12 @@
 """Threshold calibration on ``calib`` (never on ``test``): BranchyNet's grid screening, a per-exit
-target accuracy, and MSDNet's budgeted-batch rule (exit proportions q_k ∝ p^k)."""
+target accuracy on the samples that reach each exit (sequential), and MSDNet's budgeted-batch rule (exit
+proportions q_k ∝ p^k, also sequential)."""
 from __future__ import annotations
 
 import numpy as np
 
 from branchy.measures import LOWER_IS_CONFIDENT, confidence
+from branchy.rule import ExitRule
 
 
 def _oriented(conf: np.ndarray, measure: str) -> np.ndarray:
@@ -17,35 +19,53 @@ def _unorient(t: np.ndarray, measure: str) -> np.ndarray:
 
 
 def thresholds_for_accuracy(logits: np.ndarray, labels: np.ndarray, target: float | None = None, *,
-                            measure: str = "entropy", min_count: int = 1) -> np.ndarray:
-    """Per side exit, the loosest threshold whose accepted samples (conf passes T) reach ``target``
-    accuracy on these data (default: the final exit's accuracy). Returns ``[K]`` with the last = inf
-    (−inf for max-prob/margin: always passes). An exit that never reaches the target gets a threshold
-    nothing passes."""
+                            measure: str = "entropy", min_count: int = 1, kept=None) -> np.ndarray:
+    """Sequential calibration: per kept side exit in order, the loosest threshold whose accepted samples,
+    among those that *reach* the exit (not accepted by an earlier kept exit), are at least ``target``
+    accurate on these data (default: the final exit's accuracy). Returns ``[K]`` with the last = inf
+    (−inf for max-prob/margin: always passes). An exit that never reaches the target, or is not kept, gets
+    a threshold nothing passes."""
     z = np.asarray(logits)
     n, k, _ = z.shape
     correct = z.argmax(-1) == labels[:, None]
     if target is None:
         target = float(correct[:, -1].mean())
+    kept = np.ones(k, bool) if kept is None else np.asarray(kept, bool)
     o = _oriented(confidence(z, measure), measure)
     t = np.full(k, -np.inf)
+    reach = np.ones(n, bool)
     for i in range(k - 1):
-        order = np.argsort(o[:, i], kind="stable")
-        acc = np.cumsum(correct[order, i]) / np.arange(1, n + 1)
-        ok = np.nonzero((acc >= target) & (np.arange(1, n + 1) >= min_count))[0]
+        if not kept[i]:
+            continue
+        rows = np.nonzero(reach)[0]
+        m = len(rows)
+        if m == 0:
+            break
+        oi = o[rows, i]
+        order = np.argsort(oi, kind="stable")
+        acc = np.cumsum(correct[rows[order], i]) / np.arange(1, m + 1)
+        ok = np.nonzero((acc >= target) & (np.arange(1, m + 1) >= min_count))[0]
         if len(ok):
             j = ok[-1]
             # halfway to the next value so that exactly the first j+1 samples pass (strict <)
-            nxt = o[order[j + 1], i] if j + 1 < n else o[order[j], i] + 1.0
-            t[i] = (o[order[j], i] + nxt) / 2 if nxt > o[order[j], i] else np.nextafter(o[order[j], i], np.inf)
+            nxt = oi[order[j + 1]] if j + 1 < m else oi[order[j]] + 1.0
+            t[i] = (oi[order[j]] + nxt) / 2 if nxt > oi[order[j]] else np.nextafter(oi[order[j]], np.inf)
+            reach &= ~(o[:, i] < t[i])
     t[-1] = np.inf
     return _unorient(t, measure)
 
 
-def calib_thresholds(cache, target: float | None = None, *, measure: str = "entropy") -> np.ndarray:
+def calib_thresholds(cache, target: float | None = None, *, measure: str = "entropy", kept=None) -> np.ndarray:
     """:func:`thresholds_for_accuracy` on a feature cache's ``calib`` split (where thresholds are tuned)."""
     return thresholds_for_accuracy(np.asarray(cache.logits("calib")), cache.labels("calib"), target,
-                                   measure=measure)
+                                   measure=measure, kept=kept)
+
+
+def calib_rule(cache, target: float | None = None, *, measure: str = "entropy", kept=None) -> ExitRule:
+    """The :class:`~branchy.rule.ExitRule` of the sequential target-accuracy calibration on ``calib``."""
+    t = calib_thresholds(cache, target, measure=measure, kept=kept)
+    how = "target-acc " + ("final exit's" if target is None else f"{target:g}") + " sequential"
+    return ExitRule(measure, tuple(t), how, "calib")
 
 
 def threshold_grid(logits: np.ndarray, n: int = 20, *, measure: str = "entropy") -> np.ndarray:

@@ -84,8 +84,11 @@ def _train_args(p):
                    help="backbone option, e.g. depth=56 (repeatable)")
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--optimizer", default="adam", choices=["adam", "sgd"])
+    p.add_argument("--lr", type=float, default=None,
+                   help="learning rate (default: 3e-3 for Adam, 0.05 for SGD)")
+    p.add_argument("--optimizer", default="auto", choices=["auto", "adam", "sgd"],
+                   help="auto (default): sgd with momentum 0.9 for --scheme boostnet (Adam ignores its gradient "
+                        "rescale), adam otherwise")
     p.add_argument("--weight-decay", type=float, default=0.0)
     p.add_argument("--exit-weights", type=_float_list, default=None, help="BranchyNet loss weights w_n, one per exit")
     p.add_argument("--scheme", default="joint", choices=["joint", "trunk-first", "boostnet", "ic-only", "ztw"],
@@ -212,14 +215,16 @@ def add_threshold_args(p: argparse.ArgumentParser) -> None:
                         "(fraction; default: the final exit's calib accuracy)")
 
 
-def resolve_thresholds(cache, a) -> "object":
+def resolve_rule(cache, a) -> "object":
+    """The exit rule: given thresholds, or calibrated on calib (sequential target accuracy)."""
+    from branchy.rule import ExitRule
     from predictors.targets import check_thresholds
 
-    from .calibrate import calib_thresholds
+    from .calibrate import calib_rule
 
     if a.thresholds is not None:
-        return check_thresholds(a.thresholds, cache.num_exits)
-    return calib_thresholds(cache, a.target_acc, measure=a.measure)
+        return ExitRule.given(check_thresholds(a.thresholds, cache.num_exits), cache.num_exits, a.measure)
+    return calib_rule(cache, a.target_acc, measure=a.measure)
 
 
 def _fit_args(p):
@@ -236,11 +241,14 @@ def _fit_args(p):
     p.add_argument("--class-weight", default=None, choices=[None, "balanced"], help="reweight imbalanced classes")
     p.add_argument("--fit-split", default="calib", choices=["calib", "train", "test"],
                    help="split to fit on (calib; train warns; test is refused)")
+    p.add_argument("--folds", type=int, default=5,
+                   help="cross-fitting folds: every fit-split sample gets an out-of-fold output, used for every "
+                        "selection (default 5)")
     p.add_argument("--out", required=True, help="folder for the fitted predictors")
 
 
-def predictor_specs(cache, target: str, model: str, at, for_, thresholds, measure: str, with_conf: bool,
-                    class_weight) -> list:
+def predictor_specs(cache, target: str, model: str, at, for_, rule, with_conf: bool, class_weight) -> list:
+    """Specs for every valid (position, exit) pair of ``target`` under the exit ``rule``."""
     from predictors.fit import PredictorSpec
 
     k = cache.num_exits
@@ -249,11 +257,9 @@ def predictor_specs(cache, target: str, model: str, at, for_, thresholds, measur
     for j in ats:
         if target in ("gate", "entropy"):
             fors = for_ if for_ is not None else [i for i in range(j, k - 1)]
-            specs += [PredictorSpec(target, j, model, i, tuple(float(t) for t in thresholds), measure, with_conf,
-                                    class_weight) for i in fors]
+            specs += [PredictorSpec(target, j, model, i, rule, with_conf, class_weight) for i in fors]
         else:
-            specs.append(PredictorSpec(target, j, model, None, tuple(float(t) for t in thresholds), measure,
-                                       with_conf, class_weight))
+            specs.append(PredictorSpec(target, j, model, None, rule, with_conf, class_weight))
     return specs
 
 
@@ -262,10 +268,10 @@ def _fit_run(a) -> int:
     from predictors.fit import evaluation_table, fit_predictor, save_predictors
 
     cache = FeatureCache.open(a.cache)
-    t = resolve_thresholds(cache, a)
-    print(f"thresholds T ({a.measure}, per exit): {' '.join(f'{v:.4g}' for v in t)}")
-    specs = predictor_specs(cache, a.target, a.model, a.at, a.for_, t, a.measure, a.with_confidences, a.class_weight)
-    fitted = [fit_predictor(cache, s, split=a.fit_split) for s in specs]
+    rule = resolve_rule(cache, a)
+    print(f"exit rule: {rule.describe()}")
+    specs = predictor_specs(cache, a.target, a.model, a.at, a.for_, rule, a.with_confidences, a.class_weight)
+    fitted = [fit_predictor(cache, s, split=a.fit_split, folds=a.folds) for s in specs]
     save_predictors(fitted, a.out)
     print(f"saved {len(fitted)} predictor(s) to {a.out}")
     print(format_eval(evaluation_table(fitted, cache)))
@@ -273,8 +279,8 @@ def _fit_run(a) -> int:
 
 
 def format_eval(df) -> str:
-    cols = [c for c in ["predictor", "split", "accuracy", "balanced_accuracy", "f1", "false_enter", "false_skip",
-                        "mae", "r2", "macs", "ms_b1"] if c in df.columns]
+    cols = [c for c in ["predictor", "split", "reached", "accuracy", "balanced_accuracy", "f1", "false_enter",
+                        "false_skip", "mae", "r2", "macs", "ms_b1"] if c in df.columns]
     return df[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}")
 
 
@@ -293,10 +299,22 @@ def _simulate_args(p):
     p.add_argument("--target-acc", type=float, default=None,
                    help="accuracy (fraction) each side exit's accepted calib samples must reach "
                         "(default: the final exit's calib accuracy)")
-    p.add_argument("--patience", type=int, default=2, help="P of the patience policy")
+    p.add_argument("--patience", type=int, default=1,
+                   help="PABEE's P: leave once this many consecutive later exits agree (default 1)")
     p.add_argument("--overlap", action="store_true", help="run each branch concurrently with the next stage")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the CIs")
-    p.add_argument("--out", required=True, help="folder for summary.csv, pareto.csv and the plots")
+    p.add_argument("--max-acc-drop", type=float, default=None, metavar="EPS",
+                   help="with --risk: accuracy points against full that may be lost (Learn-then-Test)")
+    add_risk_args(p)
+    p.add_argument("--out", required=True, help="folder for summary.csv, pareto.csv, gates.csv and the plots")
+
+
+def add_risk_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--gate-max-drop", type=float, default=0.0,
+                   help="calib accuracy points a gate's cut may give up against always entering (default 0)")
+    p.add_argument("--risk", type=float, default=None, metavar="DELTA",
+                   help="with --max-acc-drop EPS: choose the exit rule by Learn-then-Test so that the accuracy "
+                        "lost against full on new data exceeds EPS points with probability at most DELTA")
 
 
 def _simulate_run(a) -> int:
@@ -311,9 +329,10 @@ def _simulate_run(a) -> int:
         from predictors.fit import load_predictors
 
         preds = load_predictors(a.predictors, cache)
-    cfg = PolicyConfig(a.measure, a.target_acc, a.patience, a.overlap, a.bootstrap)
+    cfg = PolicyConfig(a.measure, a.target_acc, a.patience, a.overlap, a.bootstrap, a.gate_max_drop,
+                       a.max_acc_drop, a.risk)
     simulate_to(cache, a.out, predictors=preds, profiles=a.profile or ["measured"], cfg=cfg)
-    print(f"\nwrote {a.out}/summary.csv, pareto.csv and plots")
+    print(f"\nwrote {a.out}/summary.csv, pareto.csv, gates.csv, thresholds.json and plots")
     return 0
 
 
@@ -346,6 +365,10 @@ def _place_args(p):
     g.add_argument("--latency-budget", type=float, default=None, help="most accurate placement under this mean ms")
     p.add_argument("--profile", default="measured", help="device profile name or JSON/YAML file")
     p.add_argument("--measure", default="entropy", choices=["entropy", "max_prob", "margin"])
+    p.add_argument("--target-acc", type=float, default=None,
+                   help="default exit rule: calibrated on calib so the samples each side exit accepts, among "
+                        "those reaching it, reach this accuracy (fraction; default: the final exit's)")
+    add_risk_args(p)
     p.add_argument("--n-jobs", type=int, default=1, help="parallel scoring through joblib (-1: all cores)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="folder for candidates.csv, placement.json and plots")
@@ -358,14 +381,20 @@ def _place_run(a) -> int:
 
     from .costs import get_profile
     from .placement_study import run_placement, write_placement
+    from .study import PolicyConfig, calibrate
 
     prof = get_profile(a.profile)
     cache = FeatureCache.open(a.cache)
     preds = load_predictors(a.predictors, cache)
     con = (Constraint(latency_budget=a.latency_budget) if a.latency_budget is not None
            else Constraint(max_acc_drop=0.5 if a.max_acc_drop is None else a.max_acc_drop))
-    res, compare = run_placement(cache, preds, a.strategy, constraint=con, profile=prof, measure=a.measure,
-                                 n_jobs=a.n_jobs, seed=a.seed)
+    cfg = PolicyConfig(a.measure, a.target_acc, gate_max_drop=a.gate_max_drop,
+                       max_acc_drop=con.max_acc_drop if a.risk is not None else None, risk=a.risk)
+    rule = calibrate(cache, cfg)
+    print(f"exit rule: {rule.describe()}")
+    res, compare = run_placement(cache, preds, a.strategy, constraint=con, profile=prof, n_jobs=a.n_jobs,
+                                 seed=a.seed, rule=rule, cfg=cfg,
+                                 **({"threshold_options": [None]} if a.risk is not None else {}))
     write_placement(res, compare, a.out, profile_name=prof.name)
     print(f"strategy {a.strategy}: {len(res.table)} placements scored on calib ({prof.name}); {con.describe()}")
     print(f"chosen: {res.chosen.describe()}")

@@ -82,33 +82,41 @@ def step_dump(cfg: StudyConfig, model, splits, out: Path, redo: bool):
 def step_predictors(cfg: StudyConfig, cache, out: Path, redo: bool):
     from predictors.fit import evaluation_table, fit_predictor, load_predictors, save_predictors
 
-    from .calibrate import calib_thresholds
     from .cli import predictor_specs
+    from .study import calibrate
 
     pc = cfg.predictors
-    t = calib_thresholds(cache, cfg.policies.target_acc, measure=cfg.policies.measure)
+    rule = calibrate(cache, policy_config(cfg))
     specs = []
     for target in pc.targets:
         cw = None if target == "entropy" else pc.class_weight
-        specs += predictor_specs(cache, target, pc.model, pc.positions, None, t, cfg.policies.measure,
+        specs += predictor_specs(cache, target, pc.model, pc.positions, None, rule,
                                  pc.with_confidences and target in ("exit", "oracle"), cw)
     d = out / "predictors"
     fitted = None
     if not redo and d.exists():
         try:
             have = load_predictors(d, cache)
-            if all(s.name in have and have[s.name].spec == s for s in specs):
+            if all(s.name in have and have[s.name].spec == s and have[s.name].folds == pc.folds for s in specs):
                 fitted = [have[s.name] for s in specs]
                 log(f"reusing predictors in {d}")
         except (ValueError, FileNotFoundError):
             fitted = None
     if fitted is None:
-        log(f"fitting {len(specs)} predictors ({pc.model}) on calib")
-        fitted = [fit_predictor(cache, s) for s in specs]
+        log(f"cross-fitting {len(specs)} predictors ({pc.model}) on calib ({pc.folds} folds, then refit on all)")
+        fitted = [fit_predictor(cache, s, folds=pc.folds) for s in specs]
         save_predictors(fitted, d)
     table = evaluation_table(fitted, cache)
     table.to_csv(d / "evaluation.csv", index=False)
-    return {p.spec.name: p for p in fitted}, table, t
+    return {p.spec.name: p for p in fitted}, table, rule
+
+
+def policy_config(cfg: StudyConfig):
+    from .study import PolicyConfig
+
+    pol = cfg.policies
+    return PolicyConfig(pol.measure, pol.target_acc, pol.patience, pol.overlap, pol.bootstrap, pol.gate_max_drop,
+                        pol.max_acc_drop if pol.risk is not None else None, pol.risk)
 
 
 def run_study(cfg: StudyConfig, *, redo: bool = False) -> dict:
@@ -120,7 +128,6 @@ def run_study(cfg: StudyConfig, *, redo: bool = False) -> dict:
     from .placement_study import run_placement, write_placement
     from .simulate_cli import simulate_to
     from .stats import format_headline
-    from .study import PolicyConfig
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -132,23 +139,27 @@ def run_study(cfg: StudyConfig, *, redo: bool = False) -> dict:
     print(test_eval.assign(accuracy=100 * test_eval.accuracy).to_string(index=False, float_format="%.2f"))
     cache = step_dump(cfg, model, splits, out, redo)
     print_cache_info(cache)
-    preds, pred_table, thresholds = step_predictors(cfg, cache, out, redo)
-    log(f"exit thresholds T ({cfg.policies.measure}; tuned on calib): {np.round(thresholds, 4).tolist()}")
-    log("predictor quality (fit on calib; false_enter / false_skip are fractions of all samples):")
+    preds, pred_table, rule = step_predictors(cfg, cache, out, redo)
+    log(f"exit rule: {rule.describe()}")
+    log("predictor quality (cross-fitted on calib: calib rows are out of fold; rates are fractions of the samples "
+        "that reach the predictor's exit):")
     print(format_eval(pred_table))
     pol = cfg.policies
-    pcfg = PolicyConfig(pol.measure, pol.target_acc, pol.patience, pol.overlap, pol.bootstrap)
-    log("simulating every policy with buffering costs (thresholds from calib, reported on test)")
+    pcfg = policy_config(cfg)
+    log("simulating every policy with buffering costs (decided on calib, reported on test)")
     sim = simulate_to(cache, out / "simulate", predictors=preds, profiles=cfg.profiles, cfg=pcfg, verbose=False)
     pl = cfg.placement
     con = (Constraint(latency_budget=pl.latency_budget) if pl.latency_budget is not None
            else Constraint(max_acc_drop=pl.max_acc_drop))
     placements = {}
-    for strategy in pl.strategies:
+    if cache.chained:
+        log(f"placement search skipped: the cache's exits are chained ({cache.chain}), no exit can be removed or "
+            f"gated without changing the later exits' answers")
+    for strategy in (pl.strategies if not cache.chained else ()):
         log(f"placement search '{strategy}' on calib ({pl.profile}): {con.describe()}")
         res, compare = run_placement(cache, preds, strategy, constraint=con, profile=pl.profile,
-                                     measure=pol.measure, n_jobs=pl.n_jobs, seed=pl.seed,
-                                     thresholds=thresholds)
+                                     n_jobs=pl.n_jobs, seed=pl.seed, rule=rule, cfg=pcfg,
+                                     **({"threshold_options": [None]} if pcfg.risk is not None else {}))
         write_placement(res, compare, out / "placement" / strategy, profile_name=pl.profile)
         placements[strategy] = (res, compare)
         log(f"chosen: {res.chosen.describe()} ({len(res.table)} candidates)")
@@ -157,8 +168,12 @@ def run_study(cfg: StudyConfig, *, redo: bool = False) -> dict:
     for prof in cfg.profiles:
         log(f"headline ({prof}): test split; latency in ms per sample at batch 1; speed-up over full; 95% CIs")
         print(format_headline(headline[headline.profile == prof]))
+    if len(sim["gates"]):
+        from .simulate_cli import format_gates
+
+        print(format_gates(sim["gates"]))
     result = {"out": out, "cache": cache, "test_eval": test_eval, "predictors": preds, "predictor_table": pred_table,
-              "thresholds": thresholds, "simulation": sim, "placements": placements, "config": cfg}
+              "thresholds": np.asarray(rule.thresholds), "rule": rule, "simulation": sim, "placements": placements, "config": cfg}
     if cfg.report:
         from .report import write_report
 

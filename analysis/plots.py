@@ -26,15 +26,18 @@ def _palette(policies) -> dict:
 
 def plot_pareto(points: pd.DataFrame, summary: pd.DataFrame | None = None, *, x: str = "mean_ms",
                 y: str = "accuracy_%", ax=None, title: str | None = None):
-    """Accuracy versus latency: each policy's Pareto front over threshold settings (lines), its
-    calibrated operating point (large markers, from ``summary``), full and the oracle bound (stars)."""
+    """Accuracy versus latency: each policy's front over threshold settings (lines: the settings that
+    are non-dominated *on calib*, column ``on_front``, drawn at their test values; without that column
+    the front of the points themselves), its calibrated operating point (large markers, from ``summary``),
+    full and the oracle bound (stars)."""
     fig, ax = _ax(ax)
     pal = _palette(list(points.policy.unique()) + ([] if summary is None else list(summary.policy)))
     for pol, d in points.groupby("policy", sort=False):
         if pol in ("full", "oracle"):
             continue
         ax.scatter(d[x], d[y], s=10, alpha=0.35, color=pal[pol])
-        f = pareto_front(d, x, y)
+        f = d[d.on_front.astype(bool)].sort_values(f"calib_{x}" if f"calib_{x}" in d else x) \
+            if "on_front" in d else pareto_front(d, x, y)
         ax.plot(f[x], f[y], "-", color=pal[pol], label=f"{pol} (front)")
     ref = summary if summary is not None else points
     for pol in ("full", "oracle"):
@@ -47,7 +50,8 @@ def plot_pareto(points: pd.DataFrame, summary: pd.DataFrame | None = None, *, x:
         for r in d.to_dict("records"):
             ax.scatter(r[x], r[y], s=70, marker="o", color=pal.get(r["policy"], "k"), edgecolor="k", zorder=4,
                        label=None if r["policy"] in fronts else r["policy"])
-    ax.text(0.01, 0.01, "lines: fronts over thresholds; circles: calibrated operating points", fontsize=6,
+    ax.text(0.01, 0.01, "lines: fronts chosen on calib, at test values; circles: calibrated operating points",
+            fontsize=6,
             transform=ax.transAxes, color="0.4")
     ax.set_xlabel({"mean_ms": "mean latency (ms per sample, batch 1)", "p95_ms": "p95 latency (ms, batch 1)",
                    "mean_MACs": "mean MACs per sample"}.get(x, x))

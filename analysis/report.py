@@ -38,8 +38,9 @@ def write_report(result: dict, path: str | Path) -> Path:
     s.append(f"<h1>{html.escape(cfg.name)}</h1>")
     s.append(f"<p class=note>{m['model']['name']} (weights {m['model']['fingerprint']}) on {m['dataset']['name']} "
              f"(data {m['dataset']['fingerprint']}); splits {m['splits']}; generated "
-             f"{time.strftime('%Y-%m-%d %H:%M')}. Thresholds and predictors are tuned on <b>calib</b>; every result "
-             f"below is on <b>test</b> unless marked calib. Latency is ms per sample at batch 1 (profile "
+             f"{time.strftime('%Y-%m-%d %H:%M')}. Every decision (exit rule, gates, gate cuts, placement) is made on "
+             f"<b>calib</b>, with predictors' out-of-fold scores; every result below is on <b>test</b> unless marked "
+             f"calib. Exit rule: {html.escape(result['rule'].describe()) if 'rule' in result else ''}. Latency is ms per sample at batch 1 (profile "
              f"<i>measured</i>: torch.utils.benchmark medians on {m['device']} with {m['threads']} threads; other "
              f"profiles: MACs and activation bytes through the device figures). MACs per sample; FLOPs = 2 x MACs. "
              f"Intervals are 95% percentile-bootstrap intervals over test samples.</p>")
@@ -65,10 +66,20 @@ def write_report(result: dict, path: str | Path) -> Path:
     for prof in summary.profile.unique():
         s.append(_img(plots.plot_latency_breakdown(summary[summary.profile == prof],
                                                    title=f"mean latency by part ({prof})")[0]))
+    gates = sim.get("gates")
+    if gates is not None and len(gates):
+        s.append("<h2>Where gates pay</h2>")
+        s.append("<p class=note>Each gate alone in front of its exit, its cut tuned on calib (out-of-fold scores) to "
+                 "minimise mean latency without losing calib accuracy. enter_%: share of the samples reaching the "
+                 "exit that it lets in; true_skip_% / false_skip_%: of the samples that would not / would leave "
+                 "there, the share it keeps out; G_ms: its cost (pooling included); saving_ms: mean latency saved "
+                 "against always entering; break_even_G_ms: the largest predictor cost at which it still pays.</p>")
+        s.append(_table(gates.drop(columns=["cut"], errors="ignore")))
     s.append("<h2>Predictor quality</h2>")
-    s.append("<p class=note>Fitted on calib. false_enter: share of samples sent into a branch they do not leave at "
-             "(branch and buffering wasted); false_skip: share kept away from an exit they would have left at. "
-             "macs / ms_b1: the predictor's own cost per sample.</p>")
+    s.append("<p class=note>Cross-fitted on calib: calib rows are out of fold. Rates are shares of the samples that "
+             "reach the predictor's exit (<i>reached</i>). false_enter: sent into a branch they do not leave at "
+             "(branch and buffering wasted); false_skip: kept away from an exit they would have left at. "
+             "macs / ms_b1: the predictor's own cost per sample, pooling of its input included.</p>")
     pt = result["predictor_table"].drop(columns=["confusion"], errors="ignore")
     s.append(_table(pt, "{:.3f}"))
     s.append("<h2>Placement</h2>")

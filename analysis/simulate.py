@@ -73,11 +73,13 @@ def _first(mask: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------- the common path cost
 def path_outcome(policy: str, costs: CostModel, exit_: np.ndarray, entered: np.ndarray, correct: np.ndarray, *,
                  gate_ms: np.ndarray | float = 0.0, gate_macs: np.ndarray | float = 0.0, buffered: bool = True,
-                 overlap: bool = False) -> Outcome:
+                 overlap: bool = False, leave_buffered: bool = True) -> Outcome:
     """Cost of each sample's path: stages 0..exit, the side exits it ``entered`` (``[N, K]``; the last
     column is ignored), the predictors (``gate_ms`` per sample), buffering unless ``buffered=False``.
     With ``overlap`` a side branch runs concurrently with the next trunk stage: a branch the sample goes
-    on from adds only what exceeds S_{k+1}; MACs still count everything run (energy does not overlap)."""
+    on from adds only what exceeds S_{k+1}; MACs still count everything run (energy does not overlap).
+    ``leave_buffered=False``: the exit a sample leaves at needs no buffer (it is known in advance there
+    that the trunk stops: the oracle)."""
     k = costs.num_exits
     n = len(exit_)
     rows = np.arange(n)
@@ -90,22 +92,23 @@ def path_outcome(policy: str, costs: CostModel, exit_: np.ndarray, entered: np.n
     S, E, W, R = costs.stage_ms, costs.exit_ms, costs.write_ms, costs.read_ms
     if not buffered:
         W, R = np.zeros(k), np.zeros(k)
+    held = side if leave_buffered else cont  # branch points whose activation is buffered
     stage_ms = np.cumsum(S)[exit_]
     final = (exit_ == k - 1)
     if overlap:
         extra = np.maximum(0.0, (W + E + R)[: k - 1] - S[1:])
         exits_ms = cont.astype(float) @ extra + leave.astype(float) @ E[: k - 1] + final * E[-1]
-        buf_ms = leave.astype(float) @ W[: k - 1]
+        buf_ms = (leave if leave_buffered else np.zeros_like(leave)).astype(float) @ W[: k - 1]
     else:
         exits_ms = side.astype(float) @ E[: k - 1] + final * E[-1]
-        buf_ms = side.astype(float) @ W[: k - 1] + cont.astype(float) @ R[: k - 1]
+        buf_ms = held.astype(float) @ W[: k - 1] + cont.astype(float) @ R[: k - 1]
     gate_ms = np.broadcast_to(np.asarray(gate_ms, dtype=float), (n,))
     latency = stage_ms + exits_ms + buf_ms + gate_ms
     macs = (np.cumsum(costs.stage_macs)[exit_] + side.astype(float) @ costs.exit_macs[: k - 1]
             + final * costs.exit_macs[-1] + np.broadcast_to(np.asarray(gate_macs, dtype=float), (n,)))
     if overlap:  # a sample that leaves at side exit k also ran stage k+1 concurrently
         macs = macs + np.where(is_side, np.append(costs.stage_macs[1:], 0.0)[np.minimum(exit_, k - 1)], 0.0)
-    buf_bytes = (side * costs.act_bytes[: k - 1]).max(1) if (buffered and k > 1) else np.zeros(n)
+    buf_bytes = (held * costs.act_bytes[: k - 1]).max(1) if (buffered and k > 1) else np.zeros(n)
     ok = correct[rows, exit_].astype(bool)
     return Outcome(policy, exit_.astype(np.int64), ok, latency, macs, buf_bytes.astype(float),
                    {"stages": stage_ms, "exits": exits_ms, "predictors": np.array(gate_ms, dtype=float),
@@ -113,11 +116,12 @@ def path_outcome(policy: str, costs: CostModel, exit_: np.ndarray, entered: np.n
 
 
 # ----------------------------------------------------------------------------- policies
-def simulate_full(correct, costs: CostModel) -> Outcome:
-    """The plain network: every stage, the final exit."""
+def simulate_full(correct, costs: CostModel, *, chained: bool = False) -> Outcome:
+    """The plain network: every stage, the final exit. With ``chained`` exits (BoostNet, ZTW) the final
+    answer needs every side head too (each run on its buffered activation)."""
     correct = _check(costs, "correct", correct)
     n, k = correct.shape
-    return path_outcome("full", costs, np.full(n, k - 1), np.zeros((n, k), bool), correct)
+    return path_outcome("full", costs, np.full(n, k - 1), np.full((n, k), bool(chained)), correct)
 
 
 def simulate_cascade(passes, correct, costs: CostModel, *, kept=None, overlap: bool = False,
@@ -133,9 +137,11 @@ def simulate_cascade(passes, correct, costs: CostModel, *, kept=None, overlap: b
     return path_outcome(name, costs, ex, entered, correct, overlap=overlap)
 
 
-def simulate_patience(preds, correct, costs: CostModel, patience: int, *, kept=None, name: str = "patience") -> Outcome:
-    """PABEE: leave at a kept exit once its prediction has been the same at ``patience`` consecutive
-    kept exits (itself included)."""
+def simulate_patience(preds, correct, costs: CostModel, patience: int, *, kept=None, overlap: bool = False,
+                      name: str = "patience") -> Outcome:
+    """PABEE (Zhou et al. 2020): a counter of consecutive kept exits whose prediction equals the previous
+    kept exit's; leave at the first kept exit where it reaches ``patience`` (P >= 1: P = 1 leaves at the
+    second kept exit when it agrees with the first)."""
     if patience < 1:
         raise ValueError(f"patience must be >= 1, got {patience}")
     preds, correct = _check(costs, "preds", preds), _check(costs, "correct", correct)
@@ -143,27 +149,31 @@ def simulate_patience(preds, correct, costs: CostModel, patience: int, *, kept=N
     n, k = preds.shape
     idx = np.nonzero(kept)[0]
     run = np.zeros((n, k), np.int64)
-    prev, cnt = None, np.ones(n, np.int64)
+    prev, cnt = None, np.zeros(n, np.int64)
     for i in idx:
         if prev is not None:
-            cnt = np.where(preds[:, i] == prev, cnt + 1, 1)
+            cnt = np.where(preds[:, i] == prev, cnt + 1, 0)
         run[:, i] = cnt
         prev = preds[:, i]
     p = (run >= patience) & kept
     p[:, -1] = True
     ex = _first(p)
     entered = kept[None, :] & (np.arange(k)[None, :] <= ex[:, None])
-    return path_outcome(name, costs, ex, entered, correct)
+    return path_outcome(name, costs, ex, entered, correct, overlap=overlap)
 
 
 def simulate_gated(passes, correct, costs: CostModel, *, enter=None, gate_at=None, gate_ms=None, gate_macs=None,
-                   kept=None, jump: tuple | None = None, overlap: bool = False, name: str = "gated") -> Outcome:
+                   kept=None, jump: tuple | None = None, overlap: bool = False, reads=None, jump_reads: int = 0,
+                   name: str = "gated") -> Outcome:
     """The thesis: a predictor in front of side exit k, placed after stage ``gate_at[k]`` (≤ k; −1 = no
     gate), decides whether to enter it (``enter`` ``[N, K]``). Not entered: no E_k, no buffering.
     ``gate_ms[k]`` is that predictor's cost G, charged when the sample reaches stage ``gate_at[k]``.
 
     ``jump = (at, target [N], G ms, G MACs)`` adds an exit predictor after stage ``at``: the side exits
-    from ``at`` up to the named target are skipped (see :func:`simulate_jump`)."""
+    from ``at`` up to the named target are skipped (see :func:`simulate_jump`).
+
+    ``reads[k]`` (and ``jump_reads``): the gate of exit k reads the confidences of exits ``0..reads[k]-1``;
+    a sample it is evaluated for runs those heads (charged as entered) where the policy had not."""
     passes, correct = _check(costs, "passes", passes), _check(costs, "correct", correct)
     kept = _kept(costs, kept)
     n, k = passes.shape
@@ -203,25 +213,46 @@ def simulate_gated(passes, correct, costs: CostModel, *, enter=None, gate_at=Non
     if jump is not None:
         reached = (ex >= at).astype(float)
         g_ms, g_macs = g_ms + reached * jms, g_macs + reached * jmacs
+    reads = np.zeros(k, np.int64) if reads is None else np.asarray(reads, dtype=np.int64)
+    side_cols = cols < k - 1
+    for e in np.nonzero(gated & (reads > 0))[0]:  # heads run only to feed a predictor their confidence
+        entered |= charged[:, e : e + 1] & (cols < reads[e]) & side_cols & (cols < ex[:, None])
+    if jump is not None and jump_reads > 0:
+        entered |= (ex >= at)[:, None] & (cols < jump_reads) & side_cols & (cols < ex[:, None])
     return path_outcome(name, costs, ex, entered, correct, gate_ms=g_ms, gate_macs=g_macs, overlap=overlap)
 
 
 def simulate_jump(passes, correct, costs: CostModel, *, at: int, target, gate_ms: float, gate_macs: float = 0.0,
-                  kept=None, name: str = "jump") -> Outcome:
+                  kept=None, overlap: bool = False, name: str = "jump") -> Outcome:
     """Exit predictor after stage ``at``: it names a target exit t (``target`` ``[N]``); the sample skips
     the side exits from ``at`` up to t, enters t, and if not confident there goes on as a cascade.
     Exits before ``at`` behave as in the cascade."""
-    return simulate_gated(passes, correct, costs, kept=kept, jump=(at, target, gate_ms, gate_macs), name=name)
+    return simulate_gated(passes, correct, costs, kept=kept, jump=(at, target, gate_ms, gate_macs), overlap=overlap,
+                          name=name)
 
 
-def simulate_oracle(correct, costs: CostModel, *, kept=None, name: str = "oracle") -> Outcome:
-    """The cheapest kept exit whose answer is correct (stages to it + its head, nothing else); the full
-    network when none is. A lower bound on latency at the accuracy it reaches."""
+def oracle_exit_cost(costs: CostModel, *, kept=None, chained: bool = False) -> np.ndarray:
+    """``[K]`` ms of leaving at each exit knowing in advance that it is the one: the stages to it and its
+    head, no buffer; with ``chained`` exits also every earlier kept head (buffered while it runs)."""
+    k = costs.num_exits
+    kept = _kept(costs, kept)
+    alone = np.cumsum(costs.stage_ms) + costs.exit_ms
+    if chained:
+        through = np.where(kept[: k - 1], (costs.write_ms + costs.exit_ms + costs.read_ms)[: k - 1], 0.0)
+        alone = alone + np.concatenate([[0.0], np.cumsum(through)])
+    return alone
+
+
+def simulate_oracle(correct, costs: CostModel, *, kept=None, chained: bool = False, name: str = "oracle") -> Outcome:
+    """The cheapest kept exit whose answer is correct; when none is, the cheapest kept exit (its wrong
+    answer costs least). A per-sample lower bound on latency at the accuracy it reaches. With ``chained``
+    exits leaving at k also runs every earlier kept head."""
     correct = _check(costs, "correct", correct).astype(bool)
     kept = _kept(costs, kept)
     n, k = correct.shape
-    alone = np.cumsum(costs.stage_ms) + costs.exit_ms  # leaving at k knowing in advance
-    cand = np.where(correct & kept, alone[None, :], np.inf)
-    ex = np.where(np.isfinite(cand).any(1), cand.argmin(1), k - 1)
-    entered = np.zeros((n, k), bool)
-    return path_outcome(name, costs, ex, entered, correct, buffered=False)
+    alone = np.where(kept, oracle_exit_cost(costs, kept=kept, chained=chained), np.inf)
+    cand = np.where(correct, alone[None, :], np.inf)
+    ex = np.where(np.isfinite(cand).any(1), cand.argmin(1), int(alone.argmin()))
+    cols = np.arange(k)[None, :]
+    entered = (kept[None, :] & (cols < ex[:, None])) if chained else np.zeros((n, k), bool)
+    return path_outcome(name, costs, ex, entered, correct, leave_buffered=False)

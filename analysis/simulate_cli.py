@@ -1,7 +1,6 @@
 """``branchy simulate``: the standard policies on a cache, tables and plots written to a folder."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -12,41 +11,58 @@ from branchy.cache import FeatureCache
 from . import plots
 from .costs import get_profile
 from .stats import format_headline
-from .study import PolicyConfig, calibrate, pareto_points, run_policies
+from .study import PolicyConfig, calibrate, pareto_points, study_policies
 
 
 def simulate_to(cache: FeatureCache, out: str | Path, *, predictors: dict | None = None,
                 profiles=("measured",), cfg: PolicyConfig = PolicyConfig(), verbose: bool = True) -> dict:
-    """Run every policy under each profile on ``test`` (thresholds from ``calib``); write
-    ``summary.csv``, ``pareto.csv``, ``thresholds.json`` and PNG plots into ``out``."""
+    """Run every policy under each profile on ``test`` (everything decided on ``calib``); write
+    ``summary.csv``, ``pareto.csv``, ``gates.csv`` (per-gate operating point and break-even cost, calib),
+    ``thresholds.json`` (the exit rule) and PNG plots into ``out``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     profs = [get_profile(p) for p in profiles]  # unknown names fail before any work
-    t = calibrate(cache, cfg)
-    (out / "thresholds.json").write_text(json.dumps({"measure": cfg.measure, "target_acc": cfg.target_acc,
-                                                     "thresholds": [float(v) for v in t],
-                                                     "tuned_on": "calib"}, indent=2))
-    tables, points, outcomes = [], [], {}
+    rule = calibrate(cache, cfg)
+    rule.save(out / "thresholds.json")
+    tables, points, gates, outcomes, chosen = [], [], [], {}, {}
     for prof in profs:
-        outs, table = run_policies(cache, predictors=predictors, profile=prof, cfg=cfg, thresholds=t)
-        pts = pareto_points(cache, predictors=predictors, profile=prof, cfg=cfg)  # has a profile column
-        tables.append(table)
+        st = study_policies(cache, predictors=predictors, profile=prof, cfg=cfg, rule=rule)
+        pts = pareto_points(cache, predictors=predictors, profile=prof, cfg=cfg, chosen=st.chosen, rule=rule)
+        tables.append(st.table)
         points.append(pts)
-        outcomes[prof.name] = outs
+        gates.append(st.gates)
+        outcomes[prof.name] = st.outcomes
+        chosen[prof.name] = st.chosen
         if verbose:
-            print(f"\n== {prof.name}: test split, thresholds tuned on calib; latency ms per sample at batch 1; "
-                  f"speed-up over full; 95% bootstrap CIs")
-            print(format_headline(table))
-        fig, ax = plots.plot_pareto(pts, table, title=f"accuracy vs latency ({prof.name})")
+            print(f"\n== {prof.name}: test split, everything decided on calib ({rule.describe()}); latency ms per "
+                  f"sample at batch 1; speed-up over full; 95% bootstrap CIs")
+            print(format_headline(st.table))
+            if len(st.gates):
+                print(format_gates(st.gates))
+        fig, ax = plots.plot_pareto(pts, st.table, title=f"accuracy vs latency ({prof.name})")
         plots.save(fig, out / f"pareto_{prof.name}.png")
-        fig, ax = plots.plot_latency_breakdown(table, title=f"latency breakdown ({prof.name})")
+        fig, ax = plots.plot_latency_breakdown(st.table, title=f"latency breakdown ({prof.name})")
         plots.save(fig, out / f"breakdown_{prof.name}.png")
     summary = pd.concat(tables, ignore_index=True)
     pareto = pd.concat(points, ignore_index=True)
+    gate_df = pd.concat([g for g in gates if len(g)], ignore_index=True) if any(len(g) for g in gates) \
+        else pd.DataFrame()
     summary.to_csv(out / "summary.csv", index=False)
     pareto.to_csv(out / "pareto.csv", index=False)
+    gate_df.to_csv(out / "gates.csv", index=False)
     fig, ax = plots.plot_exit_distribution(tables[0], title="exit distribution (test)")
     plots.save(fig, out / "exit_distribution.png")
-    fig, ax = plots.plot_entropy_hist(cache.table("test"), thresholds=t, title="entropy at each exit (test)")
+    fig, ax = plots.plot_entropy_hist(cache.table("test"), thresholds=np.asarray(rule.thresholds)
+                                      if rule.measure == "entropy" else None, title="entropy at each exit (test)")
     plots.save(fig, out / "entropy_hist.png")
-    return {"summary": summary, "pareto": pareto, "thresholds": np.asarray(t), "outcomes": outcomes}
+    return {"summary": summary, "pareto": pareto, "gates": gate_df, "rule": rule,
+            "thresholds": np.asarray(rule.thresholds), "outcomes": outcomes, "chosen": chosen}
+
+
+def format_gates(df: pd.DataFrame) -> str:
+    """Per gate (calib, out of fold): cut, enter rate, skip rates, cost G, saving and break-even G (ms)."""
+    cols = ["profile", "exit", "predictor", "at", "enter_%", "true_skip_%", "false_skip_%", "G_ms", "saving_ms",
+            "break_even_G_ms", "pays"]
+    return ("gates alone in front of their exit, cut tuned on calib (out of fold); ms per sample at batch 1; "
+            "break-even G: the largest predictor cost at which the gate still saves latency\n"
+            + df[[c for c in cols if c in df.columns]].to_string(index=False, float_format=lambda v: f"{v:.4g}"))

@@ -28,8 +28,8 @@ class ModelSection:
 class TrainSection:
     epochs: int = 30
     batch_size: int = 64
-    lr: float = 3e-3
-    optimizer: str = "adam"
+    lr: float | None = None
+    optimizer: str = "auto"
     weight_decay: float = 0.0
     exit_weights: tuple[float, ...] | None = None
     scheme: str = "joint"
@@ -56,15 +56,19 @@ class PredictorSection:
     positions: tuple[int, ...] | None = None
     class_weight: str | None = "balanced"
     with_confidences: bool = False
+    folds: int = 5
 
 
 @dataclass(frozen=True)
 class PolicySection:
     measure: str = "entropy"
     target_acc: float | None = 0.99
-    patience: int = 2
+    patience: int = 1
     overlap: bool = False
     bootstrap: int = 1000
+    gate_max_drop: float = 0.0
+    max_acc_drop: float | None = None
+    risk: float | None = None
 
 
 @dataclass(frozen=True)
@@ -187,8 +191,9 @@ def validate(cfg: StudyConfig) -> None:
     t = cfg.train
     _check(isinstance(t.epochs, int) and t.epochs >= 1, f"train.epochs must be an integer >= 1, got {t.epochs!r}")
     _check(isinstance(t.batch_size, int) and t.batch_size >= 1, f"train.batch_size must be >= 1, got {t.batch_size!r}")
-    _check(isinstance(t.lr, (int, float)) and t.lr > 0, f"train.lr must be > 0, got {t.lr!r}")
-    _check(t.optimizer in ("adam", "sgd"), f"train.optimizer must be adam or sgd, got {t.optimizer!r}")
+    _check(t.lr is None or (isinstance(t.lr, (int, float)) and t.lr > 0),
+           f"train.lr must be > 0 (or null: the optimizer's default), got {t.lr!r}")
+    _check(t.optimizer in ("auto", "adam", "sgd"), f"train.optimizer must be auto, adam or sgd, got {t.optimizer!r}")
     from branchy.train import SCHEMES
 
     _check(t.scheme in SCHEMES, f"train.scheme must be one of {', '.join(SCHEMES)}; got {t.scheme!r}")
@@ -210,6 +215,13 @@ def validate(cfg: StudyConfig) -> None:
     ta = cfg.policies.target_acc
     _check(ta is None or 0 < ta <= 1, f"policies.target_acc is a fraction in (0, 1], got {ta}")
     _check(cfg.policies.patience >= 1, f"policies.patience must be >= 1, got {cfg.policies.patience}")
+    _check(cfg.predictors.folds >= 2, f"predictors.folds (cross-fitting on calib) must be >= 2, got "
+                                      f"{cfg.predictors.folds}")
+    pol = cfg.policies
+    _check(pol.gate_max_drop >= 0, f"policies.gate_max_drop must be >= 0 points, got {pol.gate_max_drop}")
+    _check(pol.risk is None or (0 < pol.risk < 1 and pol.max_acc_drop is not None and 0 < pol.max_acc_drop < 100),
+           f"policies.risk (delta in (0, 1)) needs policies.max_acc_drop in (0, 100) points; got risk={pol.risk}, "
+           f"max_acc_drop={pol.max_acc_drop}")
     _check(len(cfg.profiles) >= 1, "profiles: name at least one device profile (e.g. measured)")
     for p in (*cfg.profiles, cfg.placement.profile):
         try:

@@ -99,6 +99,21 @@ class FeatureCache:
         return int(self.manifest["num_classes"])
 
     @property
+    def chain(self) -> str:
+        """How the exits are chained: ``none`` (independent heads), or ``boost`` / ``cascade`` /
+        ``ensemble`` / ``cascade+ensemble`` (BoostNet, Zero Time Waste): exit k's logits were computed with
+        every earlier head run, so a policy must charge those heads and cannot skip them."""
+        if self.manifest.get("chain"):
+            return str(self.manifest["chain"])
+        cfg = (self.manifest.get("model") or {}).get("config") or {}
+        parts = [c for c in (cfg.get("chain", "none"),) if c != "none"] + (["ensemble"] if cfg.get("ensemble") else [])
+        return "+".join(parts) or "none"
+
+    @property
+    def chained(self) -> bool:
+        return self.chain != "none"
+
+    @property
     def fingerprint(self) -> str:
         """Identity of the cache: model weights, data and pooling."""
         m = self.manifest

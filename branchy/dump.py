@@ -173,12 +173,13 @@ def _finish(partial: Path, out: Path, manifest: dict) -> FeatureCache:
 
 
 def cache_from_arrays(path: str | os.PathLike, data: dict, *, costs=None, model_name: str = "arrays",
-                      dataset_name: str = "arrays", overwrite: bool = False) -> FeatureCache:
+                      dataset_name: str = "arrays", overwrite: bool = False, chain: str = "none") -> FeatureCache:
     """Write a cache from arrays you already have (your own model's outputs, or synthetic data).
 
     ``data[split] = (labels [N], logits [N, K, C], [features_k [N, D_k] for each exit])`` for train,
     calib and test. ``costs`` is a cost table as :func:`branchy.profile.profile_segments` makes (default:
-    unit costs: every stage 1 ms / 1 MAC, exits 0.1, buffers 0.01).
+    unit costs: every stage 1 ms / 1 MAC, exits 0.1, buffers 0.01). ``chain`` says whether exit k's logits
+    were computed with the earlier heads run (``boost``, ``cascade``, ``ensemble``; see FeatureCache.chain).
     """
     import hashlib
 
@@ -237,7 +238,7 @@ def cache_from_arrays(path: str | os.PathLike, data: dict, *, costs=None, model_
         "branch_shapes": None, "feature_dims": [int(np.shape(f)[1]) for f in data["train"][2]],
         "feature_dtype": "float32", "pooling": "given", "batch_size": None, "device": None, "threads": None,
         "dump_seconds": 0.0, "versions": _versions(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "files": files,
+        "files": files, "chain": str(chain),
     }
     return _finish(partial, out, manifest)
 

@@ -48,6 +48,11 @@ class EarlyExitRuntime:
             if not (0 <= e < k - 1 and 0 <= at <= e):
                 raise ValueError(f"gate for exit {e} after stage {at}: need 0 <= at <= exit < {k - 1}")
         self.buffer = buffer
+        if model.chained and (not all(self.kept) or self.gates):
+            raise ValueError(f"{model.config.name} has chained exits ({model.config.chain}"
+                             f"{', ensemble' if model.config.ensemble else ''}): exit k's answer needs every earlier "
+                             f"head, so removing or gating an exit changes later answers; refused. Run the cascade "
+                             f"(for the plain network: thresholds that never pass)")
 
     def _confident(self, c: torch.Tensor, k: int) -> torch.Tensor:
         return c < self.t[k] if self.measure == "entropy" else c > self.t[k]

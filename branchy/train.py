@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
@@ -22,7 +23,7 @@ SCHEMES = ("joint", "trunk-first", "boostnet", "ic-only", "ztw")
 # the exit chain each scheme trains (see BranchyNet.set_chain)
 SCHEME_CHAIN = {"joint": ("none", False), "trunk-first": ("none", False), "boostnet": ("boost", False),
                 "ic-only": ("none", False), "ztw": ("cascade", True)}
-OPTIMIZERS = ("adam", "sgd")
+OPTIMIZERS = ("auto", "adam", "sgd")
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,13 @@ class TrainConfig:
     loss on stop_grad(F_{k-1}) + f_k, trunk stage k's gradients scaled by 1/(K-k)); ``ic-only``
     (Shallow-Deep Networks: the trunk is trained first, or taken from ``init_checkpoint``, then frozen
     while only the side exits learn); ``ztw`` (Zero Time Waste: as ic-only with cascade connections
-    between exits, then ``ensemble_epochs`` of geometric-ensemble weights with everything else frozen)."""
+    between exits, then ``ensemble_epochs`` of geometric-ensemble weights with everything else frozen).
+
+    ``optimizer``: ``auto`` (the default) is SGD with ``momentum`` for ``boostnet`` (as BoostNet trains:
+    its 1/(K-k) gradient rescale is a no-op under Adam, which is invariant to a per-parameter gradient
+    scale) and Adam for every other scheme; see :func:`resolve_optimizer`. ``lr`` is used as given
+    whichever optimizer that resolves to: SGD usually wants a larger one than Adam (bench/bench_schemes.py
+    trains boostnet with SGD at lr 0.05, the other schemes with Adam at 3e-3)."""
 
     model: str = "b-lenet"
     dataset: str = "mnist5k"
@@ -42,8 +49,8 @@ class TrainConfig:
     model_options: dict = field(default_factory=dict)
     epochs: int = 10
     batch_size: int = 64
-    lr: float = 1e-3
-    optimizer: str = "adam"
+    lr: float | None = None
+    optimizer: str = "auto"
     momentum: float = 0.9
     weight_decay: float = 0.0
     exit_weights: tuple[float, ...] | None = None
@@ -63,7 +70,7 @@ class TrainConfig:
             raise ValueError(f"epochs must be >= 1, got {self.epochs}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-        if not self.lr > 0:
+        if self.lr is not None and not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {self.optimizer!r}; known: {', '.join(OPTIMIZERS)}")
@@ -74,6 +81,26 @@ class TrainConfig:
 
     def dataset_kwargs(self) -> dict:
         return {"root": self.data_root, "download": self.download, "path": self.data_path, "seed": self.seed}
+
+
+def resolve_optimizer(cfg: TrainConfig) -> str:
+    """The optimizer ``cfg`` trains with: ``auto`` is ``sgd`` for ``boostnet`` and ``adam`` otherwise.
+    Warns when ``boostnet`` is asked to train with Adam (its gradient rescale then does nothing)."""
+    if cfg.optimizer == "auto":
+        return "sgd" if cfg.scheme == "boostnet" else "adam"
+    if cfg.scheme == "boostnet" and cfg.optimizer == "adam":
+        warnings.warn("boostnet with optimizer 'adam': BoostNet's 1/(K-k) gradient rescale of trunk stage k has "
+                      "no effect under Adam (invariant to a per-parameter gradient scale); use 'sgd' (or 'auto') "
+                      "to train as BoostNet does", UserWarning, stacklevel=2)
+    return cfg.optimizer
+
+
+DEFAULT_LR = {"adam": 3e-3, "sgd": 0.05}
+
+
+def resolve_lr(cfg: TrainConfig) -> float:
+    """``cfg.lr``, or the default of the optimizer it resolves to (``DEFAULT_LR``)."""
+    return float(cfg.lr) if cfg.lr is not None else DEFAULT_LR[resolve_optimizer(cfg)]
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -163,11 +190,13 @@ def train(cfg: TrainConfig, *, splits: Splits | None = None, out_dir: str | os.P
     w = w.to(device)
     trunk_only = torch.zeros(k, device=device)
     trunk_only[-1] = 1.0
+    optimizer = resolve_optimizer(cfg)
+    lr = resolve_lr(replace(cfg, optimizer=optimizer))
 
     def make_opt(params):
-        if cfg.optimizer == "adam":
-            return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        if optimizer == "adam":
+            return torch.optim.Adam(params, lr=lr, weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
     side_only = w.clone()
     side_only[-1] = 0.0
@@ -203,7 +232,8 @@ def train(cfg: TrainConfig, *, splits: Splits | None = None, out_dir: str | os.P
             for x, y in splits.train.iter_batches(cfg.batch_size, shuffle=True, seed=cfg.seed * 1000 + epoch):
                 x = random_shift(x, cfg.augment_shift, gen)
                 x, y = x.to(device), y.to(device)
-                logits = model.forward_exits(x)
+                # ZTW trains its internal classifiers on their own outputs, the ensemble only in its phase
+                logits = model.forward_exits(x, ensemble=phase == "ensemble")
                 loss, ce = joint_loss(logits, y, weights)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()

@@ -1,5 +1,6 @@
 """A fitted predictor's own inference cost: MACs per sample (an analytic count of its multiply-adds;
-for tree ensembles the node comparisons) and measured latency of one sample (ms, batch 1)."""
+for tree ensembles the node comparisons) and measured latency of one sample (ms, batch 1), both
+including the pooling of the branch-point activation into the predictor's features."""
 from __future__ import annotations
 
 import numpy as np
@@ -36,7 +37,8 @@ def count_macs(est, n_features: int) -> int:
 
 def measure_ms(est, x1: np.ndarray, *, min_run_time: float = 0.1) -> tuple[float, float]:
     """Median and IQR (ms) of predicting one sample. Torch MLPs are timed as their bare torch module
-    (what a runtime would run); scikit-learn models through ``predict`` (their real Python path)."""
+    (what a runtime would run); scikit-learn models through ``predict`` (their real Python path) with one
+    OpenMP thread (a single row gains nothing from more)."""
     x1 = np.ascontiguousarray(x1.reshape(1, -1))
     if isinstance(est, _TorchMLPBase) and getattr(est, "net_", None) is not None:
         mod, xt = est.torch_module(), torch.from_numpy(x1.astype(np.float32))
@@ -48,13 +50,42 @@ def measure_ms(est, x1: np.ndarray, *, min_run_time: float = 0.1) -> tuple[float
         def fn():
             est.predict(x1)
 
-    for _ in range(3):
-        fn()
-    m = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads()).blocked_autorange(
-        min_run_time=min_run_time)
+    from .models import one_thread
+
+    with one_thread():
+        for _ in range(3):
+            fn()
+        m = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads()).blocked_autorange(
+            min_run_time=min_run_time)
     return 1e3 * m.median, 1e3 * m.iqr
 
 
-def predictor_cost(est, x: np.ndarray, *, min_run_time: float = 0.1) -> dict:
+def pooling_cost(cache, at: int, *, min_run_time: float = 0.1) -> dict:
+    """Cost of turning the activation at branch point ``at`` into the cached features (the cache's
+    pooling, adaptive average): one add per activation element (counted as MACs), and its measured
+    ms at batch 1. Zero when the cache does not record branch shapes (a cache written from arrays)."""
+    m = cache.manifest
+    shapes = m.get("branch_shapes")
+    if not shapes or shapes[at] is None or len(shapes[at]) != 3:
+        return {"macs": 0, "ms_b1": 0.0}
+    from branchy.dump import parse_pooling, pool_features
+
+    s = parse_pooling(m.get("pooling", "avg"))
+    h = torch.zeros(1, *shapes[at])
+
+    def fn():
+        pool_features(h, s)
+
+    for _ in range(3):
+        fn()
+    t = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads()).blocked_autorange(
+        min_run_time=min_run_time)
+    return {"macs": int(np.prod(shapes[at])), "ms_b1": 1e3 * t.median}
+
+
+def predictor_cost(est, x: np.ndarray, *, min_run_time: float = 0.1, pooling: dict | None = None) -> dict:
+    """MACs and ms (batch 1) of the predictor, pooling of its input included (``pool_*`` say how much)."""
     ms, iqr = measure_ms(est, x[:1], min_run_time=min_run_time)
-    return {"macs": count_macs(est, x.shape[1]), "ms_b1": ms, "ms_b1_iqr": iqr, "threads": torch.get_num_threads()}
+    pool = pooling or {"macs": 0, "ms_b1": 0.0}
+    return {"macs": count_macs(est, x.shape[1]) + pool["macs"], "ms_b1": ms + pool["ms_b1"], "ms_b1_iqr": iqr,
+            "pool_macs": pool["macs"], "pool_ms": pool["ms_b1"], "threads": torch.get_num_threads()}

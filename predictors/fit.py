@@ -12,28 +12,29 @@ import numpy as np
 import pandas as pd
 
 from branchy.cache import FeatureCache
+from branchy.rule import ExitRule
 
-from .cost import predictor_cost
+from .cost import pooling_cost, predictor_cost
 from .evaluate import exit_metrics, gate_metrics, regression_metrics
 from .inputs import make_inputs
-from .models import PREDICTOR_MODELS, make_estimator
-from .targets import TARGETS, check_thresholds, make_target
+from .models import PREDICTOR_MODELS, make_estimator, one_thread
+from .targets import TARGETS, make_target, passes
 
 INDEX = "predictors.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: cross-fitted predictors (out-of-fold outputs), exit rules in specs
 
 
 @dataclass(frozen=True)
 class PredictorSpec:
     """One predictor: what it forecasts (``target``), where it sits (after stage ``at``), for which exit
-    (``for_exit``; gates and entropy), with which model, thresholds and confidence measure."""
+    (``for_exit``; gates and entropy), with which model, and under which exit ``rule`` (measure and
+    thresholds: gate and exit targets are defined by it; a sequence of thresholds is read as entropy)."""
 
     target: str
     at: int
     model: str = "nn"
     for_exit: int | None = None
-    thresholds: tuple[float, ...] | None = None
-    measure: str = "entropy"
+    rule: ExitRule | None = None
     with_confidences: bool = False
     class_weight: str | None = None
     params: dict = field(default_factory=dict)
@@ -43,18 +44,27 @@ class PredictorSpec:
         if self.target not in TARGETS:
             raise ValueError(f"unknown target {self.target!r}; known: {', '.join(TARGETS)}")
         PREDICTOR_MODELS.get(self.model)
+        if self.rule is not None and not isinstance(self.rule, ExitRule):
+            r = self.rule
+            r = ExitRule.from_dict(r) if isinstance(r, dict) else ExitRule("entropy", tuple(np.ravel(r)))
+            object.__setattr__(self, "rule", r)
         if self.target in ("gate", "entropy"):
             if self.for_exit is None:
                 raise ValueError(f"a {self.target} predictor needs the exit it is for (--for K)")
             if self.at > self.for_exit:
                 raise ValueError(f"a predictor after stage {self.at} cannot gate exit {self.for_exit}: it must sit "
                                  f"at or before the exit (at <= for)")
-        if self.target in ("gate", "exit") and self.thresholds is None:
-            raise ValueError(f"a {self.target} predictor needs thresholds T (one per exit)")
+        if self.target in ("gate", "exit") and self.rule is None:
+            raise ValueError(f"a {self.target} predictor needs the exit rule (thresholds T, one per exit) that "
+                             f"defines its target")
 
     @property
     def task(self) -> str:
         return "regression" if self.target == "entropy" else "classification"
+
+    @property
+    def measure(self) -> str:
+        return self.rule.measure if self.rule is not None else "entropy"
 
     @property
     def name(self) -> str:
@@ -64,28 +74,64 @@ class PredictorSpec:
 
 @dataclass
 class FittedPredictor:
+    """A predictor refitted on all of ``fit_split``, with its out-of-fold outputs there (``oof``: class
+    probabilities ``[N, len(classes)]`` or forecasts ``[N]``, from ``folds``-fold cross-fitting). Every
+    output asked for on the fit split is the out-of-fold one, so nothing selected or scored on it has
+    seen its own fit data."""
+
     spec: PredictorSpec
     estimator: object
     cache_fingerprint: str
     cost: dict
     fit_split: str
+    oof: np.ndarray | None = None
+    classes: np.ndarray | None = None
+    folds: int = 0
 
     def inputs(self, cache: FeatureCache, split: str) -> np.ndarray:
         self.check(cache)
         return make_inputs(cache, split, self.spec.at, with_confidences=self.spec.with_confidences)
 
+    def _raw(self, cache: FeatureCache, split: str) -> np.ndarray:
+        """Class probabilities (aligned to ``classes``) or forecasts; out of fold on the fit split."""
+        if split == self.fit_split and self.oof is not None:
+            self.check(cache)
+            if len(self.oof) != cache.size(split):
+                raise ValueError(f"predictor {self.spec.name}: {len(self.oof)} out-of-fold outputs, but {split} "
+                                 f"has {cache.size(split)} samples: refit it")
+            return self.oof
+        x = self.inputs(cache, split)
+        with one_thread():
+            if self.spec.task == "regression":
+                return np.asarray(self.estimator.predict(x), dtype=np.float64)
+            return _aligned_proba(self.estimator, x, self.classes)
+
     def predict(self, cache: FeatureCache, split: str) -> np.ndarray:
-        """Gate: 1 = enter; exit/oracle: the exit index; entropy: nats."""
-        return self.estimator.predict(self.inputs(cache, split))
+        """Gate: 1 = enter; exit/oracle: the exit index; entropy: nats (out of fold on the fit split)."""
+        r = self._raw(cache, split)
+        return r if self.spec.task == "regression" else np.asarray(self.classes)[r.argmax(1)]
+
+    def score(self, cache: FeatureCache, split: str) -> np.ndarray:
+        """``[N]`` how strongly the predictor says *enter the exit*: a gate's probability that the sample
+        leaves there, or minus an entropy forecast (nats). A policy enters when ``score >= tau``, with the
+        cut tau tuned on calib per exit rule (cost-aware gates)."""
+        r = self._raw(cache, split)
+        if self.spec.target == "entropy":
+            return -r
+        if self.spec.target == "gate":
+            cls = list(np.asarray(self.classes))
+            return r[:, cls.index(1)] if 1 in cls else np.zeros(len(r))
+        raise ValueError(f"{self.spec.name} predicts an exit, not a gate decision")
 
     def enter(self, cache: FeatureCache, split: str) -> np.ndarray:
-        """The gate decision (bool ``[N]``) for gates and entropy predictors (entropy < T_k)."""
-        p = self.predict(cache, split)
+        """The fit-time operating point (bool ``[N]``): gate probability >= 0.5, or forecast entropy below
+        T_k of the spec's rule. For reporting predictor quality; policies tune their own cut."""
         if self.spec.target == "gate":
-            return p.astype(bool)
+            return self.score(cache, split) >= 0.5
         if self.spec.target == "entropy":
-            t = check_thresholds(self.spec.thresholds, cache.num_exits)[self.spec.for_exit]
-            return p < t
+            if self.spec.rule is None:
+                raise ValueError(f"{self.spec.name} has no exit rule: its forecast has no threshold to meet")
+            return self.predict(cache, split) < self.spec.rule.thresholds[self.spec.for_exit]
         raise ValueError(f"{self.spec.name} predicts an exit, not a gate decision")
 
     def check(self, cache: FeatureCache) -> None:
@@ -93,24 +139,84 @@ class FittedPredictor:
             raise ValueError(f"predictor {self.spec.name} was fitted on cache {self.cache_fingerprint}, not on "
                              f"{cache.path} ({cache.fingerprint}): refit it with `branchy fit-predictors`")
 
+    def reached(self, cache: FeatureCache, split: str) -> np.ndarray:
+        """``[N]`` bool: the samples whose decision matters under the spec's rule with every exit open,
+        those that reach exit ``for_exit`` (gates, entropy) or stage ``at`` (exit predictors)."""
+        k = self.spec.for_exit if self.spec.for_exit is not None else self.spec.at
+        n = cache.size(split)
+        if self.spec.rule is None or k == 0:
+            return np.ones(n, bool)
+        ok = passes(cache, split, self.spec.rule)
+        return ~ok[:, :k].any(1)
+
     def evaluate(self, cache: FeatureCache, split: str) -> dict:
+        """Quality on the samples that reach the predictor's exit (rates are fractions of them); on the
+        fit split from out-of-fold outputs."""
         s = self.spec
-        y = make_target(cache, split, s.target, k=s.for_exit, thresholds=s.thresholds, measure=s.measure)
+        y = make_target(cache, split, s.target, k=s.for_exit, rule=s.rule)
         p = self.predict(cache, split)
-        if s.target == "gate":
+        r = self.reached(cache, split)
+        y, p = y[r], p[r]
+        if not r.any():  # no sample reaches it: nothing to score
+            m = {k: np.nan for k in ("accuracy", "balanced_accuracy", "f1", "false_enter", "false_skip")}
+        elif s.target == "gate":
             m = gate_metrics(y, p)
         elif s.target in ("exit", "oracle"):
             m = exit_metrics(y, p, cache.num_exits)
         else:
-            t = check_thresholds(s.thresholds, cache.num_exits)[s.for_exit] if s.thresholds is not None else None
+            t = s.rule.thresholds[s.for_exit] if s.rule is not None and s.rule.measure == "entropy" else None
             m = regression_metrics(y, p, t)
+        oof = split == self.fit_split and self.oof is not None
         return {"predictor": s.name, "target": s.target, "at": s.at, "for": s.for_exit, "model": s.model,
-                "split": split, **m, "macs": self.cost["macs"], "ms_b1": self.cost["ms_b1"]}
+                "split": split + (" (out of fold)" if oof else ""), "reached": int(r.sum()), **m,
+                "macs": self.cost["macs"], "ms_b1": self.cost["ms_b1"]}
 
 
-def fit_predictor(cache: FeatureCache, spec: PredictorSpec, *, split: str = "calib",
+def _aligned_proba(est, x: np.ndarray, classes) -> np.ndarray:
+    """``predict_proba`` with columns in the order of ``classes`` (a class the model never saw: 0)."""
+    p = np.asarray(est.predict_proba(x), dtype=np.float64)
+    own = list(np.asarray(est.classes_))
+    out = np.zeros((len(x), len(classes)))
+    for j, c in enumerate(classes):
+        if c in own:
+            out[:, j] = p[:, own.index(c)]
+    return out
+
+
+def _estimator(spec: PredictorSpec, y: np.ndarray):
+    if spec.task == "classification" and len(np.unique(y)) < 2:
+        from sklearn.dummy import DummyClassifier
+
+        return DummyClassifier(strategy="most_frequent")
+    return make_estimator(spec.model, spec.task, class_weight=spec.class_weight, random_state=spec.random_state,
+                          **spec.params)
+
+
+def cross_fit(spec: PredictorSpec, x: np.ndarray, y: np.ndarray, folds: int = 5) -> tuple[np.ndarray, np.ndarray]:
+    """Out-of-fold outputs of ``spec``'s model: each sample's output comes from a model fitted on the other
+    folds (stratified for classification). Returns ``(outputs, classes)``: probabilities ``[N, C]`` over
+    ``classes`` or forecasts ``[N]`` (``classes`` empty)."""
+    from sklearn.model_selection import KFold, StratifiedKFold
+
+    n = len(y)
+    if folds < 2 or folds > n:
+        raise ValueError(f"cross-fitting needs 2 <= folds <= N ({n} samples), got folds={folds}")
+    regression = spec.task == "regression"
+    classes = np.array([]) if regression else np.unique(y)
+    strat = not regression and np.bincount(np.searchsorted(classes, y)).min() >= folds
+    split = (StratifiedKFold if strat else KFold)(folds, shuffle=True, random_state=spec.random_state)
+    out = np.zeros(n) if regression else np.zeros((n, len(classes)))
+    with one_thread():
+        for tr, te in split.split(x, y if strat else None):
+            est = _estimator(spec, y[tr]).fit(x[tr], y[tr])
+            out[te] = est.predict(x[te]) if regression else _aligned_proba(est, x[te], classes)
+    return out, classes
+
+
+def fit_predictor(cache: FeatureCache, spec: PredictorSpec, *, split: str = "calib", folds: int = 5,
                   timing: float = 0.1) -> FittedPredictor:
-    """Fit ``spec`` on ``split`` of ``cache`` (``calib`` by default; ``test`` is refused)."""
+    """Cross-fit ``spec`` on ``split`` of ``cache`` (``calib`` by default; ``test`` is refused): ``folds``
+    out-of-fold outputs for every sample of the split, then the final model refitted on all of it."""
     if split == "test":
         raise ValueError("fitting predictors on the test split is refused: fit on calib (or train), report on test")
     if split == "train":
@@ -118,21 +224,21 @@ def fit_predictor(cache: FeatureCache, spec: PredictorSpec, *, split: str = "cal
                       "are over-confident and the targets will not match calib/test", stacklevel=2)
     if spec.for_exit is not None and not 0 <= spec.for_exit < cache.num_exits:
         raise ValueError(f"exit {spec.for_exit} out of range: the cache has exits 0..{cache.num_exits - 1}")
-    if spec.thresholds is not None:
-        check_thresholds(spec.thresholds, cache.num_exits)
+    if spec.rule is not None and spec.rule.num_exits != cache.num_exits:
+        raise ValueError(f"{spec.name}: its exit rule has {spec.rule.num_exits} thresholds, the cache "
+                         f"{cache.num_exits} exits")
     x = make_inputs(cache, split, spec.at, with_confidences=spec.with_confidences)
-    y = make_target(cache, split, spec.target, k=spec.for_exit, thresholds=spec.thresholds, measure=spec.measure)
+    y = make_target(cache, split, spec.target, k=spec.for_exit, rule=spec.rule)
     if spec.task == "classification" and len(np.unique(y)) < 2:
-        from sklearn.dummy import DummyClassifier
-
         warnings.warn(f"{spec.name}: every {split} sample has the same target ({y[0]}): the predictor is the "
                       f"constant answer (0 MACs)", stacklevel=2)
-        est = DummyClassifier(strategy="most_frequent")
-    else:
-        est = make_estimator(spec.model, spec.task, class_weight=spec.class_weight, random_state=spec.random_state,
-                             **spec.params)
-    est.fit(x, y)
-    return FittedPredictor(spec, est, cache.fingerprint, predictor_cost(est, x, min_run_time=timing), split)
+    with one_thread():
+        oof, classes = cross_fit(spec, x, y, folds) if folds else (None, np.unique(y))
+        est = _estimator(spec, y).fit(x, y)
+    if spec.task == "classification":
+        classes = np.unique(y)
+    cost = predictor_cost(est, x, min_run_time=timing, pooling=pooling_cost(cache, spec.at, min_run_time=timing))
+    return FittedPredictor(spec, est, cache.fingerprint, cost, split, oof, classes, folds)
 
 
 def evaluation_table(predictors: list[FittedPredictor], cache: FeatureCache,
@@ -153,7 +259,7 @@ def save_predictors(predictors: list[FittedPredictor], out: str | os.PathLike) -
         tmp = d / f"{p.spec.name}.joblib.tmp"
         joblib.dump(p, tmp)
         os.replace(tmp, d / f"{p.spec.name}.joblib")
-        index["predictors"][p.spec.name] = {"spec": asdict(p.spec), "cache_fingerprint": p.cache_fingerprint,
+        index["predictors"][p.spec.name] = {"spec": asdict(p.spec), "folds": p.folds, "cache_fingerprint": p.cache_fingerprint,
                                             "cost": p.cost, "fit_split": p.fit_split}
     tmp = d / (INDEX + ".tmp")
     tmp.write_text(json.dumps(index, indent=2, default=str))
@@ -168,6 +274,9 @@ def load_predictors(path: str | os.PathLike, cache: FeatureCache | None = None) 
         raise FileNotFoundError(f"no predictors at {str(d)!r} ({INDEX} missing); fit some with "
                                 f"`branchy fit-predictors --out {d}`")
     index = json.loads((d / INDEX).read_text())
+    if index.get("version") != FORMAT_VERSION:
+        raise ValueError(f"{d}: predictors of format {index.get('version')} (this toolkit reads {FORMAT_VERSION}: "
+                         f"cross-fitted, with exit rules); refit them with `branchy fit-predictors`")
     out = {}
     for name in index["predictors"]:
         f = d / f"{name}.joblib"

@@ -9,7 +9,7 @@ import pytest
 
 from analysis.calibrate import budgeted_thresholds, threshold_grid, thresholds_for_accuracy
 from analysis.cli import main
-from analysis.costs import CostModel, get_profile, list_profiles, load_profile_file
+from analysis.costs import CostModel, DeviceProfile, get_profile, list_profiles, load_profile_file
 from analysis import plots
 from analysis.study import PolicyConfig, pareto_points, run_policies
 from branchy.measures import confidence
@@ -88,22 +88,35 @@ def test_policies_on_a_cache_with_predictors_and_plots(synth_cache, tmp_path):
                  PredictorSpec("exit", 0, "linear", None, tuple(T)), PredictorSpec("entropy", 0, "linear", 1, tuple(T))):
         p = fit_predictor(synth_cache, spec, timing=0.01)
         preds[spec.name] = p
-    outs, table = run_policies(synth_cache, predictors=preds, profile="jetson-nano", cfg=PolicyConfig(n_boot=50))
+    # no per-segment overhead: a gate of a few MACs costs far less than the exit head it can skip
+    dev = DeviceProfile("no-overhead", macs_per_s=1e6, bytes_per_s=1e7)
+    outs, table = run_policies(synth_cache, predictors=preds, profile=dev, cfg=PolicyConfig(n_boot=50))
     assert list(table.policy) == ["full", "cascade", "patience", "gated", "gated-entropy", "jump", "oracle"]
     t = table.set_index("policy")
     assert t.loc["full", "speedup"] == pytest.approx(1.0)
     assert t.loc["cascade", "mean_MACs"] < t.loc["full", "mean_MACs"]
     assert t.loc["oracle", "mean_ms"] == t["mean_ms"].min()
-    # gated skips branches it predicts in vain: fewer exit heads run than in the cascade
+    # gated skips branches it predicts in vain: fewer exit heads run than in the cascade, and it pays
     assert t.loc["gated", "exits_ms"] < t.loc["cascade", "exits_ms"]
+    assert t.loc["gated", "mean_ms"] < t.loc["cascade", "mean_ms"]
+    # under a profile where a gate costs what an exit head costs, no gate pays on calib: gated is the cascade
+    _, nano = run_policies(synth_cache, predictors=preds, profile="jetson-nano", cfg=PolicyConfig(n_boot=0))
+    nano = nano.set_index("policy")
+    assert nano.loc["gated", "mean_ms"] <= nano.loc["cascade", "mean_ms"] * 1.02
     with pytest.raises(ValueError, match="report on test"):
         run_policies(synth_cache, split="calib")
     with pytest.raises(ValueError, match="2 thresholds for 4 exits|4 thresholds for 3 exits"):
         run_policies(synth_cache, thresholds=[0.1, 0.2, 0.3, 0.4])
     for key in ("p50_ms", "p99_ms", "peak_buffer_bytes", "exit0_%"):
         assert (t[f"{key}_lo"] <= t[key] + 1e-9).all() and (t[key] <= t[f"{key}_hi"] + 1e-9).all()
-    pts = pareto_points(synth_cache, predictors=preds, profile="jetson-nano", n_settings=4)
+    pts = pareto_points(synth_cache, predictors=preds, profile=dev, n_settings=4)
     assert set(pts.policy) >= {"cascade", "gated", "jump", "full", "oracle"}
+    # fronts are chosen on calib: every front point is non-dominated among its policy's calib figures
+    for pol, d in pts[pts.on_front].groupby("policy"):
+        allp = pts[pts.policy == pol]
+        for _, r in d.iterrows():
+            assert not ((allp["calib_mean_ms"] < r["calib_mean_ms"])
+                        & (allp["calib_accuracy_%"] > r["calib_accuracy_%"])).any()
     for fn, args in ((plots.plot_pareto, (pts, table)), (plots.plot_exit_distribution, (table,)),
                      (plots.plot_latency_breakdown, (table,)), (plots.plot_entropy_hist, (synth_cache.table("test"),))):
         fig, ax = fn(*args)

@@ -126,3 +126,92 @@ def test_exits_at_named_nodes_keep_the_network_intact():
         attach_exits(net, ["layer1.0.conv1"], in_channels=3, image_size=(32, 32), num_classes=10)
     with pytest.raises(ValueError, match="3-channel"):
         build_model("torchvision", in_channels=1, image_size=28)
+
+
+# ----------------------------------------------------------------------------- ZTW chained exits
+def _ztw(classes=4):
+    torch.manual_seed(0)
+    return build_model("b-resnet", depth=8, exits=(0, 1, 2), num_classes=classes, chain="cascade",
+                       ensemble=True).eval()
+
+
+def _input(m, n=5):
+    return torch.randn(n, m.config.in_channels, *m.config.image_size)
+
+
+def _raw_heads(m, x):
+    h, raw = x, []
+    for k in range(m.num_exits):
+        h = m.run_stage(k, h)
+        raw.append(m.exits[k](h))
+    return raw
+
+
+def _layer_norm(v):  # LayerNorm without affine part, by hand
+    return (v - v.mean(1, keepdim=True)) / torch.sqrt(v.var(1, unbiased=False, keepdim=True) + 1e-5)
+
+
+def test_fresh_ztw_ensemble_is_the_plain_geometric_mean():
+    m = _ztw()
+    assert m.ens_w.shape == (4, 4) and torch.equal(m.ens_w, torch.zeros(4, 4))
+    x = _input(m)
+    with torch.no_grad():
+        z = m.forward_exits(x)
+        own = m.forward_exits(x, ensemble=False)
+        raw = _raw_heads(m, x)
+    for k in range(4):  # a fresh cascade (W_k = 0) changes nothing
+        torch.testing.assert_close(own[k], raw[k])
+    for k in range(3):  # p̂_k ∝ (Π_{i<=k} p_i)^(1/(k+1))
+        p = [torch.softmax(r, 1) for r in raw[: k + 1]]
+        geo = torch.ones_like(p[0])
+        for q in p:
+            geo = geo * q ** (1 / (k + 1))
+        torch.testing.assert_close(torch.softmax(z[k], 1), geo / geo.sum(1, keepdim=True))
+    torch.testing.assert_close(z[0], torch.log_softmax(raw[0], 1))
+    torch.testing.assert_close(z[3], raw[3])  # the trunk's own classifier is not ensembled (as in ZTW)
+
+
+def test_ztw_weights_are_exp_w_and_cascade_reads_the_normalised_previous_logits():
+    m = _ztw()
+    with torch.no_grad():
+        m.ens_w.normal_(0, 0.7)
+        m.ens_b.normal_(0, 0.5)
+        for lin in m.cascade:
+            lin.weight.normal_(0, 0.5)
+    x = _input(m)
+    with torch.no_grad():
+        z = m.forward_exits(x)
+        raw = _raw_heads(m, x)
+    own = [raw[0]]
+    for k in range(1, 4):
+        own.append(raw[k] + _layer_norm(own[-1]) @ m.cascade[k].weight.T)
+    logp = [torch.log_softmax(o, 1) for o in own]
+    w, b = m.ens_w.detach(), m.ens_b.detach()
+    for k in range(3):
+        want = sum(torch.exp(w[k, i]) * logp[i] for i in range(k + 1)) / (k + 1) + b[k]
+        torch.testing.assert_close(z[k], want)
+    torch.testing.assert_close(z[3], own[3])
+    # the cascade input is detached: exit 1's loss sends nothing to exit 0's head
+    m.train()
+    out = m.forward_exits(x, ensemble=False)
+    out[1].sum().backward()
+    assert all(p.grad is None for p in m.exits[0].parameters())
+    assert m.cascade[1].weight.grad is not None
+
+
+def test_chained_forward_exits_match_exit_by_exit_with_state():
+    for chain, ens in (("boost", False), ("cascade", True)):
+        torch.manual_seed(0)
+        m = build_model("b-lenet", exits=(0, 1), num_classes=4, chain=chain, ensemble=ens).eval()
+        if ens:
+            with torch.no_grad():
+                m.ens_w.normal_(0, 0.5)
+                for lin in m.cascade:
+                    lin.weight.normal_(0, 0.5)
+        x = torch.randn(3, 1, 28, 28)
+        with torch.no_grad():
+            z = m.forward_exits(x)
+            h, state = x, {"prev": None, "logp": {}}
+            for k in range(m.num_exits):
+                h = m.run_stage(k, h)
+                torch.testing.assert_close(m.run_exit(k, h, state), z[k])

@@ -4,6 +4,7 @@ import pytest
 from analysis.costs import DeviceProfile
 from analysis.placement_study import PlacementObjective, exit_macs, run_placement
 from branchy.dump import cache_from_arrays
+from branchy.rule import ExitRule
 from placement import Constraint, Gate, Placement, SearchSpace, list_strategies, search
 from predictors import PredictorSpec, fit_predictor
 
@@ -39,7 +40,7 @@ def known(tmp_path_factory):
                  PredictorSpec("gate", 1, "linear", 1, T), PredictorSpec("exit", 0, "linear", None, T)):
         preds[spec.name] = fit_predictor(cache, spec, timing=0.01)
     space = SearchSpace.from_predictors(preds, 3, exit_macs(cache))
-    obj = PlacementObjective(cache, preds, profile=PROFILE, thresholds=T)
+    obj = PlacementObjective(cache, preds, profile=PROFILE, rule=ExitRule.given(T, 3))
     return cache, preds, space, obj
 
 
@@ -49,7 +50,8 @@ BEST = Placement((False, True, True), (None, Gate("gate_at1_for1_linear", 1), No
 def test_objective_matches_a_hand_computation(known):
     cache, preds, space, obj = known
     easy = np.asarray(cache.logits("calib"))[:, 1].max(1) > 4
-    enter = preds["gate_at1_for1_linear"].enter(cache, "calib")
+    cut = obj.cuts(BEST)[1]  # tuned on calib out-of-fold scores
+    enter = preds["gate_at1_for1_linear"].score(cache, "calib") >= cut
     assert (enter == easy).mean() > 0.97  # the gate after stage 1 sees the hardness clearly
     m = obj(BEST)
     # entered and easy: S0 + S1 + G + W1 + E1; entered in vain: ... + R1 + S2 + E2; skipped: S0..S2 + G + E2
@@ -116,7 +118,7 @@ def test_exhaustive_limit_and_bad_inputs(known, tmp_path):
         Placement((False, True), (Gate("g", 0), None))
     with pytest.raises(ValueError, match="give max_acc_drop or latency_budget"):
         Constraint(max_acc_drop=None)
-    with pytest.raises(ValueError, match="not among the fitted predictors"):
+    with pytest.raises(ValueError, match="not among the fitted gate"):
         obj(Placement((True, True, True), (Gate("nope", 0), None, None)))
     p = BEST.save(tmp_path / "p.json")
     assert Placement.load(p) == BEST
@@ -124,7 +126,7 @@ def test_exhaustive_limit_and_bad_inputs(known, tmp_path):
 
 def test_run_placement_reports_calib_and_test(known):
     cache, preds, space, obj = known
-    res, cmp = run_placement(cache, preds, "exhaustive", profile=PROFILE, thresholds=T, progress=False)
+    res, cmp = run_placement(cache, preds, "exhaustive", profile=PROFILE, rule=ExitRule.given(T, 3), progress=False)
     assert set(cmp.split) == {"calib", "test"}
     assert set(cmp.policy) == {"full", "cascade", "placement (exhaustive)", "oracle"}
     t = cmp[cmp.split == "test"].set_index("policy")

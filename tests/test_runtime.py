@@ -1,8 +1,9 @@
 import numpy as np
+import pytest
 import torch
 
 from analysis.costs import CostModel
-from analysis.simulate import simulate_cascade, simulate_gated
+from analysis.simulate import simulate_cascade, simulate_full, simulate_gated
 from branchy.dump import dump
 from branchy.measures import confidence
 from branchy.models import build_model
@@ -54,3 +55,15 @@ def test_runtime_on_chained_exits_matches_forward_exits(toy_splits):
         pred, taken = EarlyExitRuntime(m, t)(x)
         np.testing.assert_array_equal(taken.numpy(), first)
         np.testing.assert_array_equal(pred.numpy(), z[np.arange(40), first].argmax(1))
+        # the simulator agrees, and charges the heads a chained answer needs
+        correct = z.argmax(-1) == 0
+        costs = CostModel.from_arrays(np.ones(3), np.full(3, 0.5), np.full(3, 0.1), np.full(3, 0.1))
+        sim = simulate_cascade(ent < np.append(t, np.inf), correct, costs)
+        np.testing.assert_array_equal(sim.exit, taken.numpy())
+        full = simulate_full(correct, costs, chained=True)
+        np.testing.assert_allclose(full.latency_ms, 3 + 0.5 * 3 + 0.2 * 2)
+        # skipping a chained exit would change later answers: refused by the runtime
+        with pytest.raises(ValueError, match="chained exits"):
+            EarlyExitRuntime(m, t, kept=[False, True, True])
+        with pytest.raises(ValueError, match="chained exits"):
+            EarlyExitRuntime(m, t, gates={0: (0, lambda h: torch.ones(len(h), dtype=torch.bool))})

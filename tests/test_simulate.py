@@ -12,19 +12,24 @@ from analysis.sweep import pareto_front, sweep_cascade
 
 
 def naive(policy, costs, correct, *, passes=None, preds=None, patience=None, kept=None, enter=None, gate_at=None,
-          gate_ms=None, jump_at=None, target=None, jump_ms=0.0):
-    """Per sample: walk the network, add each cost as it is paid."""
+          gate_ms=None, jump_at=None, target=None, jump_ms=0.0, chained=False):
+    """Per sample: walk the network, add each cost as it is paid. ``chained``: an exit's answer needs every
+    earlier kept head (BoostNet, ZTW)."""
     n, k = correct.shape
     kept = np.ones(k, bool) if kept is None else kept
     S, E, W, R = costs.stage_ms, costs.exit_ms, costs.write_ms, costs.read_ms
     out_exit, out_lat, out_buf = [], [], []
     for s in range(n):
         lat, buf, run, prev = 0.0, 0.0, 0, None
-        if policy == "oracle":
-            alone = [sum(S[: i + 1]) + E[i] for i in range(k)]
+        if policy == "oracle":  # known in advance: no buffer at the exit it leaves at
+            before = [sum(W[j] + E[j] + R[j] for j in range(i) if kept[j]) if chained else 0.0 for i in range(k)]
+            alone = [sum(S[: i + 1]) + E[i] + before[i] for i in range(k)]
             cands = [i for i in range(k) if kept[i] and correct[s, i]]
-            e = min(cands, key=lambda i: (alone[i], i)) if cands else k - 1
-            out_exit.append(e), out_lat.append(alone[e]), out_buf.append(0.0)
+            if not cands:  # nothing right: the cheapest wrong answer
+                cands = [i for i in range(k) if kept[i]]
+            e = min(cands, key=lambda i: (alone[i], i))
+            held = [costs.act_bytes[j] for j in range(e) if kept[j]] if chained else []
+            out_exit.append(e), out_lat.append(alone[e]), out_buf.append(max(held, default=0.0))
             continue
         t = None
         for i in range(k):
@@ -42,7 +47,7 @@ def naive(policy, costs, correct, *, passes=None, preds=None, patience=None, kep
                 break
             if not kept[i]:
                 continue
-            if policy == "full":
+            if policy == "full" and not chained:
                 continue
             if gate_at is not None and gate_at[i] >= 0 and not enter[s, i]:
                 continue
@@ -50,8 +55,10 @@ def naive(policy, costs, correct, *, passes=None, preds=None, patience=None, kep
                 continue
             lat += W[i] + E[i]
             buf = max(buf, costs.act_bytes[i])
-            if policy == "patience":
-                run = run + 1 if prev is not None and preds[s, i] == prev else 1
+            if policy == "full":
+                leave = False
+            elif policy == "patience":  # PABEE: count agreements with the previous kept exit
+                run = run + 1 if prev is not None and preds[s, i] == prev else 0
                 prev = preds[s, i]
                 leave = run >= patience
             else:
@@ -113,6 +120,8 @@ def test_every_policy_equals_the_naive_loop(p):
           naive("gated", costs, c, passes=p["passes"], kept=kept, enter=enter, gate_at=gate_at, gate_ms=gate_ms,
                 jump_at=at, target=target, jump_ms=0.05))
     _same(simulate_oracle(c, costs, kept=kept), naive("oracle", costs, c, kept=kept))
+    _same(simulate_full(c, costs, chained=True), naive("full", costs, c, chained=True))
+    _same(simulate_oracle(c, costs, kept=kept, chained=True), naive("oracle", costs, c, kept=kept, chained=True))
 
 
 @settings(max_examples=40, deadline=None)

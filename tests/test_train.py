@@ -2,7 +2,7 @@ import pandas as pd
 import pytest
 import torch
 
-from branchy.train import TrainConfig, load_checkpoint, save_checkpoint, train
+from branchy.train import TrainConfig, load_checkpoint, resolve_optimizer, save_checkpoint, train
 from branchy.models import build_model
 
 
@@ -114,3 +114,23 @@ def test_frozen_schemes_need_a_trunk(toy_splits, tmp_path):
               progress=False)
     for a, b in zip(base.model.stages.parameters(), r.model.stages.parameters()):
         assert torch.equal(a, b)  # the trunk was taken and left frozen
+
+
+def test_boostnet_trains_with_sgd_unless_told_otherwise():
+    import warnings
+
+    assert TrainConfig().optimizer == "auto"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert resolve_optimizer(_cfg(scheme="boostnet")) == "sgd"
+        assert resolve_optimizer(_cfg(scheme="boostnet", optimizer="sgd")) == "sgd"
+        for scheme in ("joint", "trunk-first", "ic-only", "ztw"):
+            assert resolve_optimizer(_cfg(scheme=scheme)) == "adam"
+            assert resolve_optimizer(_cfg(scheme=scheme, optimizer="sgd")) == "sgd"
+        assert resolve_optimizer(_cfg(optimizer="adam")) == "adam"
+    with pytest.warns(UserWarning, match="gradient rescale .*no effect under Adam"):
+        assert resolve_optimizer(_cfg(scheme="boostnet", optimizer="adam")) == "adam"
+    from branchy.train import resolve_lr
+
+    assert resolve_lr(_cfg(scheme="boostnet", lr=None)) == 0.05  # SGD's default rate, not Adam's
+    assert resolve_lr(_cfg(lr=None)) == 3e-3 and resolve_lr(_cfg(scheme="boostnet", lr=0.2)) == 0.2

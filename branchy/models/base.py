@@ -89,7 +89,7 @@ class BranchyNet(nn.Module):
                                  pool=head_pool, separable=head_separable))
         heads.append(final_head)
         self.exits = nn.ModuleList(heads)
-        self.chain, self.cascade, self.ens_w, self.ens_b = "none", None, None, None
+        self.chain, self.cascade, self.cascade_norm, self.ens_w, self.ens_b = "none", None, None, None, None
 
     @property
     def num_exits(self) -> int:
@@ -104,21 +104,32 @@ class BranchyNet(nn.Module):
 
         * ``boost`` (BoostNet): exit k outputs F_k = t·F_{k-1} + f_k(h_k), t = 0.5; in training the
           previous exit's F is detached (the loss sees stop_grad(F_{k-1}) + f_k).
-        * ``cascade`` (Zero Time Waste): exit k's last layer also reads exit k-1's logits (detached):
-          z_k = f_k(h_k) + W_k·stop_grad(z_{k-1}), W_k zero-initialised.
-        * ``ensemble`` (Zero Time Waste): exit k answers with the geometric ensemble of exits 0..k,
-          Σ_i w_ki·log softmax(z_i) + b_k, with learnable weights and per-class biases.
+        * ``cascade`` (Zero Time Waste): exit k's last layer also reads exit k-1's logits, detached and
+          layer-normalised (ZTW's appendix; their code's ``_cascading_norm``), a parameter-free norm:
+          z_k = f_k(h_k) + W_k·LayerNorm(stop_grad(z_{k-1})), W_k zero-initialised (a fresh cascade
+          changes nothing). Concatenating into the last linear layer is this sum.
+        * ``ensemble`` (Zero Time Waste): exit k answers with the weighted geometric mean of the
+          probabilities of exits 0..k, p̂_k ∝ exp(b_k) · Π_i p_i^(exp(w_ki)/(k+1)), computed in log space:
+          log p̂_k = mean_{i<=k}(exp(w_ki)·log softmax(z_i)) + b_k (up to the normaliser; the logits
+          returned are this, softmax normalises). w (``ens_w``, [K, K], only i <= k used) starts at 0,
+          so a fresh ensemble is the plain geometric mean; b (``ens_b``, [K, C]) starts at 0. As in ZTW,
+          the trunk's own classifier (the last exit) is not ensembled (its row of w and b is unused), and
+          ``ensemble=False`` in :meth:`forward_exits` gives every exit's own (cascaded) logits, on which
+          ZTW trains the internal classifiers before it trains the ensemble.
         """
         if chain not in CHAINS:
             raise ValueError(f"unknown exit chain {chain!r}; known: {', '.join(CHAINS)}")
         k, c = self.num_exits, self.config.num_classes
         self.chain = chain
         self.cascade = nn.ModuleList([nn.Linear(c, c, bias=False) for _ in range(k)]) if chain == "cascade" else None
+        # no affine part: W_k's columns and the head's own bias already cover a scale and a shift
+        self.cascade_norm = nn.ModuleList([nn.LayerNorm(c, elementwise_affine=False) for _ in range(k)]) \
+            if chain == "cascade" else None
         if self.cascade is not None:
             for lin in self.cascade:
                 nn.init.zeros_(lin.weight)
         if ensemble:
-            self.ens_w = nn.Parameter(torch.eye(k))
+            self.ens_w = nn.Parameter(torch.zeros(k, k))
             self.ens_b = nn.Parameter(torch.zeros(k, c))
         else:
             self.ens_w = self.ens_b = None
@@ -131,7 +142,7 @@ class BranchyNet(nn.Module):
     def chained(self) -> bool:
         return getattr(self, "chain", "none") != "none" or getattr(self, "ens_w", None) is not None
 
-    def _link(self, k: int, raw: torch.Tensor, state: dict) -> torch.Tensor:
+    def _link(self, k: int, raw: torch.Tensor, state: dict, ensemble: bool = True) -> torch.Tensor:
         """Exit k's answer from its head's raw output and what earlier exits left in ``state``
         (``prev``: exit k-1's logits or None; ``logp``: {i: log-probabilities of exit i})."""
         chain = getattr(self, "chain", "none")
@@ -141,29 +152,30 @@ class BranchyNet(nn.Module):
             if chain == "boost":
                 z = raw + BOOST_T * (prev.detach() if self.training else prev)
             elif chain == "cascade":
-                z = raw + self.cascade[k](prev.detach())
+                z = raw + self.cascade[k](self.cascade_norm[k](prev.detach()))
         state["prev"] = z
-        if getattr(self, "ens_w", None) is None:
+        if getattr(self, "ens_w", None) is None or not ensemble or k == self.num_exits - 1:
             return z
         logp = state.setdefault("logp", {})
         logp[k] = torch.log_softmax(z, dim=1)
-        return sum(self.ens_w[k, i] * lp for i, lp in logp.items() if i <= k) + self.ens_b[k]
+        # mean over the k+1 exits 0..k (an exit missing from ``logp`` would count as log-probabilities 0)
+        return sum(self.ens_w[k, i].exp() * lp for i, lp in logp.items() if i <= k) / (k + 1) + self.ens_b[k]
 
-    def run_exit(self, k: int, h: torch.Tensor, state: dict | None = None) -> torch.Tensor:
+    def run_exit(self, k: int, h: torch.Tensor, state: dict | None = None, *, ensemble: bool = True) -> torch.Tensor:
         """Exit k's logits from the activation ``h`` at branch point k. For chained exits, ``state``
         carries what earlier exits computed (a fresh dict: exit k alone, no earlier contribution)."""
         raw = self.exits[k](h)
-        return raw if not self.chained else self._link(k, raw, {} if state is None else state)
+        return raw if not self.chained else self._link(k, raw, {} if state is None else state, ensemble)
 
-    def forward_exits(self, x: torch.Tensor, return_features: bool = False):
+    def forward_exits(self, x: torch.Tensor, return_features: bool = False, *, ensemble: bool = True):
         """Logits of every exit, a list of K ``[B, C]`` tensors; with ``return_features`` also the
-        K branch-point activations."""
+        K branch-point activations. ``ensemble=False`` skips the ZTW ensemble (each exit's own logits)."""
         self._check_input(x)
         logits, feats, h, state = [], [], x, {}
         for k, stage in enumerate(self.stages):
             h = stage(h)
             feats.append(h)
-            logits.append(self.run_exit(k, h, state))
+            logits.append(self.run_exit(k, h, state, ensemble=ensemble))
         return (logits, feats) if return_features else logits
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,253 @@
+"""One evaluator for every policy. Per split the evidence is built once (confidences, correctness,
+predictions, predictor scores and costs); :func:`outcome` scores any policy from it (full, cascade,
+patience, oracle, or a :class:`~placement.Placement`: removed exits, gates, a jump predictor), under one
+:class:`~branchy.rule.ExitRule`. Gate cuts are policy parameters, tuned on calib out-of-fold scores by
+:func:`tune_cuts` for every rule (cost-aware gates).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from branchy.cache import FeatureCache
+from branchy.rule import ExitRule
+from placement import Placement
+
+from .costs import CostModel, DeviceProfile
+from .simulate import (Outcome, simulate_cascade, simulate_full, simulate_gated, simulate_oracle,
+                       simulate_patience)
+
+STANDARD = ("full", "cascade", "patience", "oracle")
+
+
+@dataclass
+class Evidence:
+    """What every policy needs on one split. ``scores[name]``: a gate's enter score (higher = enter) or an
+    exit predictor's named exit, out of fold on the split the predictor was fitted on. ``conf`` is in
+    ``measure``; ``logits`` stays memory-mapped for rules in another measure."""
+
+    split: str
+    measure: str
+    conf: np.ndarray
+    correct: np.ndarray
+    preds: np.ndarray
+    costs: CostModel
+    chain: str = "none"
+    scores: dict = field(default_factory=dict)
+    pcost: dict = field(default_factory=dict)  # name -> (ms, MACs) per evaluation
+    specs: dict = field(default_factory=dict)
+
+    @property
+    def n(self) -> int:
+        return len(self.correct)
+
+    @property
+    def num_exits(self) -> int:
+        return self.correct.shape[1]
+
+    @property
+    def chained(self) -> bool:
+        return self.chain != "none"
+
+    @classmethod
+    def build(cls, cache: FeatureCache, split: str, *, measure: str = "entropy", predictors: dict | None = None,
+              profile: str | DeviceProfile = "measured", costs: CostModel | None = None) -> "Evidence":
+        z = np.asarray(cache.logits(split))
+        preds = z.argmax(-1)
+        correct = preds == cache.labels(split)[:, None]
+        costs = costs or CostModel.from_cache(cache, profile)
+        ev = cls(split, measure, ExitRule(measure, (np.inf,) * z.shape[1]).confidence(z), correct, preds, costs,
+                 cache.chain)
+        for name, p in (predictors or {}).items():
+            s = p.spec
+            if s.target in ("gate", "entropy"):
+                ev.scores[name] = np.asarray(p.score(cache, split), dtype=np.float64)
+            elif s.target in ("exit", "oracle"):
+                ev.scores[name] = np.asarray(p.predict(cache, split), dtype=np.int64)
+            else:
+                continue
+            ev.pcost[name] = (costs.predictor_ms(p.cost["macs"], p.cost["ms_b1"]), float(p.cost["macs"]))
+            ev.specs[name] = s
+        return ev
+
+    def subset(self, idx, split: str | None = None) -> "Evidence":
+        """The evidence of the samples ``idx`` (e.g. one side of a random re-split)."""
+        return Evidence(split or self.split, self.measure, self.conf[idx], self.correct[idx], self.preds[idx],
+                        self.costs, self.chain, {n: v[idx] for n, v in self.scores.items()}, dict(self.pcost),
+                        dict(self.specs))
+
+    @staticmethod
+    def concat(parts: list["Evidence"], split: str) -> "Evidence":
+        """Samples of several splits as one (same costs and predictors)."""
+        a = parts[0]
+        return Evidence(split, a.measure, np.concatenate([p.conf for p in parts]),
+                        np.concatenate([p.correct for p in parts]), np.concatenate([p.preds for p in parts]), a.costs,
+                        a.chain, {n: np.concatenate([p.scores[n] for p in parts]) for n in a.scores}, dict(a.pcost),
+                        dict(a.specs))
+
+    def passes(self, rule: ExitRule) -> np.ndarray:
+        if rule.measure != self.measure:
+            raise ValueError(f"the evidence holds {self.measure} confidences, the rule decides on {rule.measure}: "
+                             f"build the evidence with measure={rule.measure!r}")
+        if rule.num_exits != self.num_exits:
+            raise ValueError(f"exit rule with {rule.num_exits} thresholds for {self.num_exits} exits")
+        return rule.passes(self.conf)
+
+
+def _check_gate_rule(ev: Evidence, name: str, rule: ExitRule) -> None:
+    """A gate or exit predictor learnt leaving under some rule: refuse another measure (no exact
+    conversion); other thresholds of the same measure are fine (its cut is re-tuned per rule)."""
+    s = ev.specs[name]
+    if s.target in ("gate", "exit") and s.rule is not None:
+        rule.compatible(s.rule, what=f"predictor {name}")
+
+
+def outcome(ev: Evidence, policy: str | Placement, rule: ExitRule, *, cuts: dict | None = None,
+            overlap: bool = False, patience: int = 1, name: str | None = None) -> Outcome:
+    """Per-sample outcome of ``policy`` on the evidence: ``full``, ``cascade``, ``patience`` (PABEE),
+    ``oracle``, or a :class:`Placement` (its own thresholds, when set, replace the rule's). ``cuts[k]``:
+    gate k enters when its score >= cut (default: its fit-time operating point)."""
+    k = ev.num_exits
+    if isinstance(policy, str):
+        if policy == "full":
+            return simulate_full(ev.correct, ev.costs, chained=ev.chained)
+        if policy == "oracle":
+            return simulate_oracle(ev.correct, ev.costs, chained=ev.chained)
+        if policy == "cascade":
+            return simulate_cascade(ev.passes(rule), ev.correct, ev.costs, overlap=overlap, name=name or "cascade")
+        if policy == "patience":
+            return simulate_patience(ev.preds, ev.correct, ev.costs, patience, overlap=overlap,
+                                     name=name or "patience")
+        raise ValueError(f"unknown policy {policy!r}; known: {', '.join(STANDARD)} or a Placement")
+    pl = policy
+    if pl.num_exits != k:
+        raise ValueError(f"placement has {pl.num_exits} exits, the cache {k}")
+    if pl.thresholds is not None:
+        rule = rule.with_thresholds(pl.thresholds, tuned_by="placement")
+    kept = np.asarray(pl.kept, bool)
+    skips = [i for i in range(k - 1) if not kept[i] or pl.gates[i] is not None] + (["jump"] if pl.jump else [])
+    if ev.chained and skips:
+        raise ValueError(f"the cache's exits are chained ({ev.chain}): exit k's logits were dumped with every "
+                         f"earlier head run, so a policy that removes, gates or jumps over an exit "
+                         f"({pl.describe()}) would need logits for that skip pattern; refused. Use cascade or "
+                         f"patience on this cache, or dump a model trained without chained exits")
+    cuts = cuts or {}
+    n = ev.n
+    enter, gate_at, gms, gmacs = np.ones((n, k), bool), np.full(k, -1), np.zeros(k), np.zeros(k)
+    reads = np.zeros(k, np.int64)
+    for i, g in enumerate(pl.gates):
+        if g is None:
+            continue
+        if g.predictor not in ev.scores or ev.specs[g.predictor].target not in ("gate", "entropy"):
+            raise ValueError(f"placement gates exit {i} with predictor {g.predictor!r}, which is not among the "
+                             f"fitted gate/entropy predictors ({', '.join(sorted(gate_names(ev))) or 'none'})")
+        _check_gate_rule(ev, g.predictor, rule)
+        enter[:, i] = ev.scores[g.predictor] >= cuts.get(i, default_cut(ev, g.predictor))
+        gate_at[i] = g.at
+        gms[i], gmacs[i] = ev.pcost[g.predictor]
+        reads[i] = g.at if ev.specs[g.predictor].with_confidences else 0
+    jump, jump_reads = None, 0
+    if pl.jump is not None:
+        j = pl.jump.predictor
+        if j not in ev.scores or ev.specs[j].target not in ("exit", "oracle"):
+            raise ValueError(f"unknown jump predictor {j!r}; fitted exit predictors: "
+                             f"{', '.join(n_ for n_, s in ev.specs.items() if s.target in ('exit', 'oracle')) or 'none'}")
+        _check_gate_rule(ev, j, rule)
+        jump = (pl.jump.at, ev.scores[j], *ev.pcost[j])
+        jump_reads = pl.jump.at if ev.specs[j].with_confidences else 0
+    return simulate_gated(ev.passes(rule), ev.correct, ev.costs, enter=enter, gate_at=gate_at, gate_ms=gms,
+                          gate_macs=gmacs, kept=kept, jump=jump, overlap=overlap, reads=reads,
+                          jump_reads=jump_reads, name=name or pl.label or "placement")
+
+
+def gate_names(ev: Evidence) -> list[str]:
+    return [n for n, s in ev.specs.items() if s.target in ("gate", "entropy")]
+
+
+def default_cut(ev: Evidence, name: str) -> float:
+    """The fit-time operating point: gate probability 0.5; entropy forecast below the spec's T_k."""
+    s = ev.specs[name]
+    if s.target == "gate":
+        return 0.5
+    t = s.rule.thresholds[s.for_exit] if s.rule is not None and s.rule.measure == "entropy" else np.inf
+    return -t
+
+
+# ----------------------------------------------------------------------------- cost-aware gate cuts
+def cut_candidates(scores: np.ndarray, n: int = 16) -> np.ndarray:
+    """-inf (always enter), score quantiles, +inf (never enter)."""
+    q = np.unique(np.quantile(scores, np.linspace(0, 1, n)))
+    return np.concatenate([[-np.inf], q, [np.inf]])
+
+
+def _mean(o: Outcome) -> tuple[float, float]:
+    return float(o.correct.mean()), float(o.latency_ms.mean())
+
+
+def tune_cuts(ev: Evidence, pl: Placement, rule: ExitRule, *, max_drop: float = 0.0, overlap: bool = False,
+              n_cuts: int = 16, passes: int = 2) -> dict:
+    """Per gated exit the cut that minimises mean latency on ``ev`` (calib, out-of-fold scores) while its
+    accuracy stays within ``max_drop`` points of the same placement with every gate always entering
+    (the cascade on those exits). Coordinate descent in exit order, ``passes`` rounds."""
+    gated = [i for i, g in enumerate(pl.gates) if g is not None]
+    if not gated:
+        return {}
+    cuts = {i: -np.inf for i in gated}
+    acc0, lat0 = _mean(outcome(ev, pl, rule, cuts=cuts, overlap=overlap))
+    floor = acc0 - max_drop / 100 - 1e-12
+    best_lat = lat0
+    for _ in range(passes):
+        changed = False
+        for i in gated:
+            for c in cut_candidates(ev.scores[pl.gates[i].predictor], n_cuts):
+                if c == cuts[i]:
+                    continue
+                acc, lat = _mean(outcome(ev, pl, rule, cuts={**cuts, i: c}, overlap=overlap))
+                if acc >= floor and lat < best_lat - 1e-12:
+                    cuts[i], best_lat, changed = c, lat, True
+        if not changed:
+            break
+    return cuts
+
+
+def gate_report(ev: Evidence, pl: Placement, rule: ExitRule, cuts: dict, *, overlap: bool = False) -> pd.DataFrame:
+    """Per gate at its operating point (on ``ev``): the enter rate among the samples that reach the exit,
+    true-skip and false-skip rates, its cost G (ms), the mean latency saved against always entering, and
+    the break-even G: the largest predictor cost at which the gate still pays (saving >= 0)."""
+    rows = []
+    passes = ev.passes(rule)
+    base = outcome(ev, pl, rule, cuts=cuts, overlap=overlap)
+    for i, g in enumerate(pl.gates):
+        if g is None:
+            continue
+        open_ = _without_gate(pl, i)
+        o_open = outcome(ev, open_, rule, cuts=cuts, overlap=overlap)
+        ms, _ = ev.pcost[g.predictor]
+        free = dict(ev.pcost)
+        free[g.predictor] = (0.0, 0.0)
+        ev_free = Evidence(ev.split, ev.measure, ev.conf, ev.correct, ev.preds, ev.costs, ev.chain, ev.scores, free,
+                           ev.specs)
+        o_free = outcome(ev_free, pl, rule, cuts=cuts, overlap=overlap)
+        charged = float(((base.breakdown["predictors"] - o_free.breakdown["predictors"]) > 0).mean()) if ms > 0 \
+            else float((base.exit >= g.at).mean())
+        saving_free = o_open.latency_ms.mean() - o_free.latency_ms.mean()
+        reach = base.exit >= i
+        enter = ev.scores[g.predictor] >= cuts.get(i, default_cut(ev, g.predictor))
+        would = passes[:, i]
+        r = reach.sum()
+        rows.append({"exit": i, "predictor": g.predictor, "at": g.at, "cut": cuts.get(i, np.nan),
+                     "reached": int(r), "enter_%": 100 * enter[reach].mean() if r else np.nan,
+                     "true_skip_%": 100 * (~enter & ~would)[reach].sum() / max(1, (~would)[reach].sum()),
+                     "false_skip_%": 100 * (~enter & would)[reach].sum() / max(1, would[reach].sum()),
+                     "G_ms": ms, "saving_ms": saving_free - ms * charged,
+                     "break_even_G_ms": saving_free / charged if charged > 0 else np.inf,
+                     "pays": bool(saving_free - ms * charged > 0)})
+    return pd.DataFrame(rows)
+
+
+def _without_gate(pl: Placement, i: int) -> Placement:
+    gates = list(pl.gates)
+    gates[i] = None
+    return Placement(pl.kept, tuple(gates), pl.jump, pl.thresholds, pl.label)
