@@ -186,6 +186,15 @@ def print_cache_info(cache) -> None:
           f"; exits: {m['num_exits']} (after blocks {m['exits']} + final); features: {m['feature_dims']} "
           f"({m['pooling']}, {m['feature_dtype']})")
     print(f"latency measured on {m['device']} with {m['threads']} threads; MACs per sample (FLOPs = 2 x MACs)")
+    t = m.get("timing")
+    if t:
+        print(f"timing: {int(cache.costs['rounds'].max()) if 'rounds' in cache.costs else '?'} interleaved rounds on "
+              f"{t['cpu']}; load {t['load_1min']} on {t['cores']} cores ({t['idle_cores']} idle)"
+              + ("; OVERSUBSCRIBED: more threads than idle cores" if t.get("oversubscribed") else ""))
+    if "unstable" in cache.costs and cache.costs["unstable"].astype(bool).any():
+        bad = cache.costs[cache.costs["unstable"].astype(bool)]
+        print("UNSTABLE timings (IQR over 10 % of the median; re-measure with `branchy profile --cache "
+              f"{cache.path}`): " + ", ".join(f"{r.segment} {r.k}" for r in bad.itertuples()))
     print(cache.summary().to_string(index=False, float_format=lambda v: f"{v:.4g}"))
 
 
@@ -202,6 +211,43 @@ def _cache_info_run(a) -> int:
 
 command("cache-info", "splits, exits, per-exit accuracy, entropy and cumulative cost of a cache")(
     (_cache_info_args, _cache_info_run))
+
+
+def _profile_args(p):
+    p.add_argument("--cache", required=True, help="cache directory whose segment costs to measure again")
+    p.add_argument("--checkpoint", default=None, help="the model (default: the checkpoint the manifest names)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads to time with (default: torch's)")
+    p.add_argument("--rounds", type=int, default=15, help="interleaved timing rounds (default 15)")
+    p.add_argument("--batch-size", type=int, default=None, help="the larger batch (default: the dump's)")
+    p.add_argument("--profile-time", type=float, default=0.2,
+                   help="seconds of timing per segment and batch size, over all rounds (default 0.2)")
+    p.add_argument("--device", default="cpu")
+
+
+def _profile_run(a) -> int:
+    from branchy.cache import FeatureCache
+    from branchy.dump import reprofile
+
+    model = None
+    if a.checkpoint:
+        from branchy.train import load_checkpoint
+
+        model, _ = load_checkpoint(a.checkpoint)
+    old = FeatureCache.open(a.cache).costs.copy()
+    cache = reprofile(a.cache, model, threads=a.threads, rounds=a.rounds, batch_size=a.batch_size,
+                      min_run_time=a.profile_time, device=a.device)
+    new = cache.costs
+    show = new[["segment", "k", "ms_b1", "ms_b1_spread", "ms_batch", "ms_batch_spread", "unstable"]].copy()
+    show.insert(3, "old_ms_b1", old["ms_b1"].to_numpy())
+    print(f"re-measured {a.cache}: ms at batch 1 and per batch of {int(new['batch_size'].iloc[0])}, medians over "
+          f"{int(new['rounds'].iloc[0])} rounds; spread = IQR / median; the old table is in costs_history/")
+    print(show.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    print_cache_info(cache)
+    return 0
+
+
+command("profile", "measure a cache's segment costs again (interleaved rounds), keeping the old as history")(
+    (_profile_args, _profile_run))
 
 
 # ----------------------------------------------------------------------------- predictors

@@ -52,8 +52,19 @@ def write_report(result: dict, path: str | Path) -> Path:
     s.append("<h2>Per-exit accuracy and cost</h2>")
     s.append(_table(cache.summary()))
     s.append("<p class=note>cum_MACs / cum_ms_b1: stages up to the exit plus the exit head (measured).</p>")
-    s.append(_table(cache.costs[["segment", "k", "macs", "params", "act_bytes", "ms_b1", "ms_b1_iqr", "ms_batch",
-                                 "batch_size", "threads", "device"]]))
+    cols = [c for c in ["segment", "k", "macs", "params", "act_bytes", "ms_b1", "ms_b1_spread", "ms_batch",
+                        "ms_batch_spread", "rounds", "unstable", "batch_size", "threads", "device"] if c in cache.costs]
+    s.append(_table(cache.costs[cols]))
+    t = m.get("timing")
+    if t:
+        s.append(f"<p class=note>Timed in interleaved rounds (outlier rounds dropped; spread = IQR / median; "
+                 f"<b>unstable</b> when over 10 %) on {html.escape(str(t['cpu']))}, load {t['load_1min']} on "
+                 f"{t['cores']} cores ({t['idle_cores']} idle), {t['threads']} threads"
+                 + ("; <b>oversubscribed</b>: more threads than idle cores, latencies inflated" if t.get("oversubscribed")
+                    else "") + ".</p>")
+    if "unstable" in cache.costs and cache.costs["unstable"].astype(bool).any():
+        s.append("<p class=note><b>Some segment timings are unstable</b>: the measured profile's numbers rest on "
+                 "them; re-measure with <code>branchy profile --cache DIR</code> on a quieter machine.</p>")
     s.append("<h2>Accuracy versus latency</h2>")
     pts = sim["pareto"]
     for prof in summary.profile.unique():

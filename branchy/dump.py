@@ -21,6 +21,7 @@ from .cache import MANIFEST, SCHEMA_VERSION, FeatureCache
 from .data import SPLITS, Splits, load_dataset
 from .models import BranchyNet
 from .profile import profile_segments
+from .timing import machine_state
 from .train import load_checkpoint, resolve_device
 
 
@@ -120,6 +121,7 @@ def dump(model: BranchyNet, splits: Splits, path: str | os.PathLike, *, batch_si
                 files[f"{sp}/{f.name}"] = f.stat().st_size
         bar.close()
         dump_seconds = time.perf_counter() - t0
+        timing = machine_state(torch.get_num_threads()) if profile else None
         costs = profile_segments(model, batch_size=batch_size, device=dev, min_run_time=profile_time,
                                  measure_latency=profile)
         costs.to_csv(partial / "costs.csv", index=False)
@@ -135,7 +137,7 @@ def dump(model: BranchyNet, splits: Splits, path: str | os.PathLike, *, batch_si
             "branch_shapes": [list(b) for b in model.branch_shapes],
             "feature_dims": dims, "feature_dtype": str(np.dtype(feature_dtype)), "pooling": pooling,
             "batch_size": batch_size, "device": str(dev), "threads": torch.get_num_threads(),
-            "dump_seconds": dump_seconds,
+            "dump_seconds": dump_seconds, "timing": timing,
             "versions": _versions(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "files": files,
         }
@@ -224,7 +226,8 @@ def cache_from_arrays(path: str | os.PathLike, data: dict, *, costs=None, model_
             for seg, ms in (("stage", 1.0), ("exit", 0.1), ("buffer", 0.01)):
                 rows.append({"segment": seg, "k": i, "macs": int(ms * 1000) if seg != "buffer" else 0, "params": 0,
                              "act_bytes": 1024, "ms_b1": ms, "ms_b1_iqr": 0.0, "ms_batch": ms, "ms_batch_iqr": 0.0,
-                             "batch_size": 1, "threads": 1, "device": "none"})
+                             "batch_size": 1, "threads": 1, "device": "none", "ms_b1_spread": 0.0,
+                             "ms_batch_spread": 0.0, "rounds": 0, "unstable": False})
         costs = pd.DataFrame(rows, columns=COST_COLUMNS)
     costs.to_csv(partial / "costs.csv", index=False)
     files["costs.csv"] = (partial / "costs.csv").stat().st_size
@@ -241,6 +244,48 @@ def cache_from_arrays(path: str | os.PathLike, data: dict, *, costs=None, model_
         "files": files, "chain": str(chain),
     }
     return _finish(partial, out, manifest)
+
+
+def reprofile(path: str | os.PathLike, model=None, *, threads: int | None = None, rounds: int = 15,
+              batch_size: int | None = None, min_run_time: float = 0.2, device: str = "cpu") -> FeatureCache:
+    """Measure an existing cache's segment costs again, without redumping: the model (default: the
+    checkpoint the manifest names) must have the cache's weights. The old ``costs.csv`` is kept in
+    ``costs_history/`` with the manifest's old timing record; the new one and the manifest are written
+    atomically (temp + rename, manifest last)."""
+    p = Path(path)
+    cache = FeatureCache.open(p)
+    m = dict(cache.manifest)
+    if model is None:
+        ckpt = (m.get("model") or {}).get("checkpoint")
+        if not ckpt or not Path(ckpt).is_file():
+            raise FileNotFoundError(f"{p}: the manifest names no readable checkpoint ({ckpt!r}); pass the model's "
+                                    f"checkpoint (CLI: --checkpoint)")
+        model, _ = load_checkpoint(ckpt)
+    cache.check(model=model)
+    if threads is not None:
+        if threads < 1:
+            raise ValueError(f"threads must be >= 1, got {threads}")
+        torch.set_num_threads(int(threads))
+    bs = int(batch_size or m.get("batch_size") or 64)
+    timing = machine_state(torch.get_num_threads())
+    costs = profile_segments(model, batch_size=bs, device=resolve_device(device), min_run_time=min_run_time,
+                             rounds=rounds)
+    hist = p / "costs_history"
+    hist.mkdir(exist_ok=True)
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    shutil.copy2(p / "costs.csv", hist / f"costs_{stamp}.csv")
+    (hist / f"timing_{stamp}.json").write_text(json.dumps({"timing": m.get("timing"), "threads": m.get("threads"),
+                                                           "device": m.get("device")}, indent=2))
+    tmp = p / "costs.csv.tmp"
+    costs.to_csv(tmp, index=False)
+    os.replace(tmp, p / "costs.csv")
+    m["files"] = dict(m.get("files", {}), **{"costs.csv": (p / "costs.csv").stat().st_size})
+    m.update(threads=torch.get_num_threads(), device=str(resolve_device(device)), timing=timing,
+             profiled=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    tmp = p / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(m, indent=2))
+    os.replace(tmp, p / MANIFEST)
+    return FeatureCache.open(p)
 
 
 def dump_checkpoint(checkpoint: str | os.PathLike, path: str | os.PathLike, *, splits: Splits | None = None,

@@ -1,18 +1,18 @@
 """Per-segment costs of a branchy net: MACs (torch.utils.flop_counter; FLOPs = 2 × MACs), parameters,
-branch-point activation bytes and measured latency (torch.utils.benchmark: warm-up, median, IQR)."""
+branch-point activation bytes and measured latency (every segment timed in interleaved rounds, outlier
+rounds dropped, median and spread reported, unstable segments flagged: :mod:`branchy.timing`)."""
 from __future__ import annotations
 
 from typing import Callable
 
 import pandas as pd
 import torch
-from torch.utils import benchmark
 from torch.utils.flop_counter import FlopCounterMode
 
 from .models import BranchyNet
 
 COST_COLUMNS = ["segment", "k", "macs", "params", "act_bytes", "ms_b1", "ms_b1_iqr", "ms_batch", "ms_batch_iqr",
-                "batch_size", "threads", "device"]
+                "batch_size", "threads", "device", "ms_b1_spread", "ms_batch_spread", "rounds", "unstable"]
 
 
 def count_macs(fn: Callable[[], object]) -> int:
@@ -21,15 +21,6 @@ def count_macs(fn: Callable[[], object]) -> int:
     with FlopCounterMode(display=False) as fc:
         fn()
     return int(fc.get_total_flops()) // 2
-
-
-def time_ms(fn: Callable[[], object], *, min_run_time: float = 0.2, warmup: int = 3) -> tuple[float, float]:
-    """Median and IQR of one call in milliseconds (``torch.utils.benchmark``, which syncs CUDA)."""
-    for _ in range(warmup):
-        fn()
-    m = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads()).blocked_autorange(
-        min_run_time=min_run_time)
-    return 1e3 * m.median, 1e3 * m.iqr
 
 
 def _exit_with_confidence(model: BranchyNet, k: int):
@@ -44,15 +35,20 @@ def _exit_with_confidence(model: BranchyNet, k: int):
 
 @torch.no_grad()
 def profile_segments(model: BranchyNet, *, batch_size: int = 64, device: str | torch.device = "cpu",
-                     min_run_time: float = 0.2, measure_latency: bool = True) -> pd.DataFrame:
+                     min_run_time: float = 0.2, measure_latency: bool = True, rounds: int = 15,
+                     seed: int = 0) -> pd.DataFrame:
     """One row per segment: ``stage`` k, ``exit`` k (head + softmax + entropy) and ``buffer`` k (a
     copy of the branch-point activation: the write or read of buffering). MACs and bytes are per
-    sample (batch 1); ``ms_b1`` is ms at batch 1, ``ms_batch`` ms per whole batch of ``batch_size``."""
+    sample (batch 1); ``ms_b1`` is ms at batch 1, ``ms_batch`` ms per whole batch of ``batch_size``:
+    medians over ``rounds`` interleaved rounds (about ``min_run_time`` s per segment and batch size in
+    all), ``*_spread`` = IQR / median, ``unstable`` when a spread exceeds 10 %."""
+    from .timing import interleaved_times, robust_summary
+
     device = torch.device(device)
     model = model.to(device).eval()
     c = model.config
     threads = torch.get_num_threads()
-    rows = []
+    rows, fns = [], {}
 
     def inputs(b):
         xs, h = [], torch.randn(b, c.in_channels, *c.image_size, device=device)
@@ -73,13 +69,26 @@ def profile_segments(model: BranchyNet, *, batch_size: int = 64, device: str | t
         for name, fn, which, params in segs:
             a1, ab = x1[k + which], xb[k + which]
             macs = count_macs(lambda: fn(a1)) if name != "buffer" else 0
-            row = {"segment": name, "k": k, "macs": macs, "params": params,
-                   "act_bytes": x1[k + 1].numel() * x1[k + 1].element_size(),
-                   "batch_size": batch_size, "threads": threads, "device": str(device)}
-            if measure_latency:
-                row["ms_b1"], row["ms_b1_iqr"] = time_ms(lambda: fn(a1), min_run_time=min_run_time)
-                row["ms_batch"], row["ms_batch_iqr"] = time_ms(lambda: fn(ab), min_run_time=min_run_time)
-            else:
-                row.update(ms_b1=float("nan"), ms_b1_iqr=float("nan"), ms_batch=float("nan"), ms_batch_iqr=float("nan"))
-            rows.append(row)
-    return pd.DataFrame(rows, columns=COST_COLUMNS)
+            rows.append({"segment": name, "k": k, "macs": macs, "params": params,
+                         "act_bytes": x1[k + 1].numel() * x1[k + 1].element_size(),
+                         "batch_size": batch_size, "threads": threads, "device": str(device)})
+            fns[f"{name}{k}@1"] = lambda fn=fn, a=a1: fn(a)
+            fns[f"{name}{k}@b"] = lambda fn=fn, a=ab: fn(a)
+    df = pd.DataFrame(rows)
+    if measure_latency:
+        sync = torch.cuda.synchronize if device.type == "cuda" else None
+        times = interleaved_times(fns, rounds=rounds, target_ms=1e3 * min_run_time / rounds, seed=seed, sync=sync)
+        summ = robust_summary(times).set_index("name")
+        for col, tag in (("ms_b1", "1"), ("ms_batch", "b")):
+            keys = [f"{r.segment}{r.k}@{tag}" for r in df.itertuples()]
+            df[col] = summ.loc[keys, "ms"].to_numpy()
+            df[f"{col}_iqr"] = summ.loc[keys, "iqr_ms"].to_numpy()
+            df[f"{col}_spread"] = summ.loc[keys, "spread"].to_numpy()
+        df["rounds"] = int(summ["rounds"].iloc[0])
+        df["unstable"] = (df["ms_b1_spread"] > 0.10) | (df["ms_batch_spread"] > 0.10)
+    else:
+        for col in ("ms_b1", "ms_b1_iqr", "ms_batch", "ms_batch_iqr", "ms_b1_spread", "ms_batch_spread"):
+            df[col] = float("nan")
+        df["rounds"] = 0
+        df["unstable"] = False
+    return df[COST_COLUMNS]

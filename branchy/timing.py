@@ -1,0 +1,101 @@
+"""Robust latency measurement: every segment timed in interleaved rounds (so that a noisy moment hits
+all segments alike), per-round times kept, outlier rounds dropped, the median of the remaining rounds
+reported with its spread, and a segment marked *unstable* when that spread is too wide. Also what the
+machine was doing: threads, CPU model, load, idle cores."""
+from __future__ import annotations
+
+import os
+import platform
+import time
+import warnings
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+UNSTABLE_SPREAD = 0.10  # IQR / median of the kept rounds above which a segment is marked unstable
+OUTLIER_MADS = 5.0      # a round whose slowdown exceeds the median by this many MADs is dropped
+
+
+def interleaved_times(fns: dict[str, Callable[[], object]], *, rounds: int = 15, target_ms: float = 2.0,
+                      warmup: int = 3, seed: int = 0, sync: Callable[[], None] | None = None,
+                      clock: Callable[[], float] = time.perf_counter,
+                      on_round: Callable[[int], None] | None = None) -> pd.DataFrame:
+    """ms per call of every ``fns`` entry, ``rounds`` rows × one column per entry. Each round runs every
+    entry once, in a shuffled order, for a number of calls fixed up front so that one timing lasts about
+    ``target_ms``. ``sync`` (e.g. ``torch.cuda.synchronize``) runs before each clock read; ``on_round(r)``
+    at the start of round r (the sizing pass is round -1)."""
+    if rounds < 3:
+        raise ValueError(f"rounds must be >= 3 to tell an outlier round, got {rounds}")
+    names = list(fns)
+    sync = sync or (lambda: None)
+    on_round = on_round or (lambda r: None)
+    on_round(-1)
+    reps = {}
+    for name in names:  # warm up, then size each timing
+        for _ in range(warmup):
+            fns[name]()
+        sync()
+        t0 = clock()
+        fns[name]()
+        sync()
+        one = max(clock() - t0, 1e-7)
+        reps[name] = int(np.clip(target_ms / 1e3 / one, 1, 10_000))
+    rng = np.random.default_rng(seed)
+    out = np.zeros((rounds, len(names)))
+    for r in range(rounds):
+        on_round(r)
+        for j in rng.permutation(len(names)):
+            fn, n = fns[names[j]], reps[names[j]]
+            sync()
+            t0 = clock()
+            for _ in range(n):
+                fn()
+            sync()
+            out[r, j] = (clock() - t0) / n * 1e3
+    return pd.DataFrame(out, columns=names)
+
+
+def robust_summary(times: pd.DataFrame, *, unstable_spread: float = UNSTABLE_SPREAD,
+                   outlier_mads: float = OUTLIER_MADS) -> pd.DataFrame:
+    """Per entry: ``ms`` (median over kept rounds), ``iqr_ms``, ``spread`` (IQR / median), ``rounds``
+    kept, ``unstable``. A round is dropped when its slowdown (the median over entries of its time over
+    that entry's median) is an outlier: above the rounds' median slowdown by ``outlier_mads`` MADs."""
+    t = np.asarray(times, dtype=float)
+    med = np.median(t, 0)
+    slow = np.median(t / np.where(med > 0, med, 1.0), 1)
+    mad = np.median(np.abs(slow - np.median(slow))) * 1.4826
+    keep = slow <= np.median(slow) + outlier_mads * max(mad, 0.01)
+    k = t[keep]
+    ms = np.median(k, 0)
+    q1, q3 = np.percentile(k, [25, 75], axis=0)
+    spread = (q3 - q1) / np.where(ms > 0, ms, 1.0)
+    return pd.DataFrame({"name": list(times.columns), "ms": ms, "iqr_ms": q3 - q1, "spread": spread,
+                         "rounds": int(keep.sum()), "rounds_dropped": int((~keep).sum()),
+                         "unstable": spread > unstable_spread})
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_state(threads: int) -> dict:
+    """Threads asked for, cores, 1-minute load, idle cores (cores − load), CPU model; warns when the threads
+    exceed the idle cores (oversubscribed threads can make batch-1 latency many times worse)."""
+    cores = os.cpu_count() or 1
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    idle = max(0.0, cores - load) if np.isfinite(load) else float(cores)
+    state = {"threads": int(threads), "cores": cores, "load_1min": round(float(load), 2),
+             "idle_cores": round(idle, 2), "cpu": cpu_model(), "oversubscribed": bool(threads > idle + 0.5)}
+    if state["oversubscribed"]:
+        warnings.warn(f"timing with {threads} threads while only {idle:.1f} of {cores} cores are idle (load "
+                      f"{load:.2f}): latencies will be inflated and noisy; use --threads 1 or a quieter moment",
+                      RuntimeWarning, stacklevel=2)
+    return state

@@ -1,0 +1,99 @@
+"""Robust timing: interleaved rounds, outlier rounds dropped, unstable segments flagged (on a fake clock,
+so nothing here depends on how busy the machine is); re-measuring a cache keeps the old as history."""
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from branchy.timing import interleaved_times, machine_state, robust_summary
+
+
+class FakeClock:
+    """Time advances only when a segment runs, by what its schedule says for the current round."""
+
+    def __init__(self, cost):
+        self.t, self.round, self.cost = 0.0, -1, cost
+
+    def __call__(self):
+        return self.t
+
+    def set_round(self, r):
+        self.round = r
+
+    def fns(self):
+        def make(name):
+            def fn():
+                self.t += self.cost(name, self.round)
+            return fn
+
+        return {n: make(n) for n in BASE}
+
+
+def _run(cost, rounds=11):
+    clock = FakeClock(cost)
+    return interleaved_times(clock.fns(), rounds=rounds, target_ms=1.0, warmup=0, clock=clock,
+                             on_round=clock.set_round)
+
+
+BASE = {"stage0": 1e-3, "exit0": 2e-4, "stage1": 5e-4}
+
+
+def test_a_slow_round_for_everyone_is_dropped_and_changes_nothing():
+    slow_round = 4
+    times = _run(lambda n, r: BASE[n] * (8.0 if r == slow_round else 1.0))
+    s = robust_summary(times).set_index("name")
+    assert s["rounds_dropped"].iloc[0] == 1
+    for n, v in BASE.items():
+        assert s.loc[n, "ms"] == pytest.approx(v * 1e3)
+    assert not s["unstable"].any()
+
+
+def test_a_segment_that_keeps_jumping_is_flagged_unstable():
+    times = _run(lambda n, r: BASE[n] * (3.0 if (n == "exit0" and r % 2) else 1.0))
+    s = robust_summary(times).set_index("name")
+    assert s.loc["exit0", "unstable"] and not s.loc["stage0", "unstable"] and not s.loc["stage1", "unstable"]
+    assert s.loc["exit0", "spread"] > 0.5
+
+
+def test_interleaved_rounds_against_a_naive_per_round_loop():
+    clock = FakeClock(lambda n, r: BASE[n])
+    fns = clock.fns()
+    t = interleaved_times(fns, rounds=5, target_ms=3.0, warmup=1, clock=clock)
+    assert t.shape == (5, 3)
+    np.testing.assert_allclose(t.to_numpy(), np.tile([BASE[n] * 1e3 for n in t.columns], (5, 1)))
+    with pytest.raises(ValueError, match="rounds must be >= 3"):
+        interleaved_times(fns, rounds=2, clock=clock)
+
+
+def test_machine_state_warns_when_threads_exceed_idle_cores():
+    import os
+
+    cores = os.cpu_count() or 1
+    with pytest.warns(RuntimeWarning, match="idle"):
+        st = machine_state(cores + 8)
+    assert st["oversubscribed"] and st["cores"] == cores and st["cpu"]
+
+
+def test_reprofile_writes_a_new_measurement_and_keeps_the_old(toy_splits, tmp_path):
+    from branchy.cache import FeatureCache
+    from branchy.dump import dump, reprofile
+    from branchy.models import build_model
+
+    torch.manual_seed(0)
+    m = build_model("b-lenet", exits=(0, 1), num_classes=4).eval()
+    c = dump(m, toy_splits, tmp_path / "c", progress=False, profile_time=0.03)
+    old = c.costs.copy()
+    assert {"ms_b1_spread", "rounds", "unstable"} <= set(old.columns) and (old["rounds"] >= 3).all()
+    new = reprofile(tmp_path / "c", m, rounds=5, batch_size=8, min_run_time=0.03)
+    assert (new.costs["batch_size"] == 8).all() and (new.costs["rounds"] >= 3).all()
+    assert np.isfinite(new.costs["ms_b1"]).all() and (new.costs["ms_b1"] > 0).all()
+    hist = sorted((tmp_path / "c" / "costs_history").glob("costs_*.csv"))
+    assert len(hist) == 1
+    np.testing.assert_allclose(pd.read_csv(hist[0])["ms_b1"], old["ms_b1"])
+    assert json.loads((tmp_path / "c" / "manifest.json").read_text())["timing"]["threads"] >= 1
+    assert FeatureCache.open(tmp_path / "c").fingerprint == c.fingerprint  # the data did not change
+    other = build_model("b-lenet", exits=(0, 1), num_classes=4)
+    with pytest.raises(ValueError, match="stale cache"):
+        reprofile(tmp_path / "c", other, rounds=3, min_run_time=0.01)
