@@ -18,6 +18,14 @@ def _unorient(t: np.ndarray, measure: str) -> np.ndarray:
     return t if LOWER_IS_CONFIDENT[measure] else -t
 
 
+def _between(a: float, b: float) -> float:
+    """A threshold t with a < t <= b, so that ``conf < t`` takes a and not b (b > a)."""
+    if not np.isfinite(b):
+        return float(np.nextafter(a, np.inf))
+    t = (a + b) / 2
+    return float(b if t <= a else t)
+
+
 def thresholds_for_accuracy(logits: np.ndarray, labels: np.ndarray, target: float | None = None, *,
                             measure: str = "entropy", min_count: int = 1, kept=None) -> np.ndarray:
     """Sequential calibration: per kept side exit in order, the loosest threshold whose accepted samples,
@@ -44,12 +52,14 @@ def thresholds_for_accuracy(logits: np.ndarray, labels: np.ndarray, target: floa
         oi = o[rows, i]
         order = np.argsort(oi, kind="stable")
         acc = np.cumsum(correct[rows[order], i]) / np.arange(1, m + 1)
-        ok = np.nonzero((acc >= target) & (np.arange(1, m + 1) >= min_count))[0]
+        srt = oi[order]
+        ends = np.append(srt[1:] > srt[:-1], True)  # a cut can only fall after the last of equal values
+        ok = np.nonzero((acc >= target) & (np.arange(1, m + 1) >= min_count) & ends)[0]
         if len(ok):
             j = ok[-1]
             # halfway to the next value so that exactly the first j+1 samples pass (strict <)
-            nxt = oi[order[j + 1]] if j + 1 < m else oi[order[j]] + 1.0
-            t[i] = (oi[order[j]] + nxt) / 2 if nxt > oi[order[j]] else np.nextafter(oi[order[j]], np.inf)
+            nxt = srt[j + 1] if j + 1 < m else srt[j] + 1.0
+            t[i] = _between(srt[j], nxt)
             reach &= ~(o[:, i] < t[i])
     t[-1] = np.inf
     return _unorient(t, measure)
@@ -97,8 +107,14 @@ def budgeted_thresholds(logits: np.ndarray, p: float, *, measure: str = "entropy
             continue
         c = np.sort(conf[rem, i])
         want = min(want, len(c))
+        while want < len(c) and c[want] == c[want - 1]:  # ties go together: never split equal values
+            want -= 1
+            if want == 0:
+                break
+        if want == 0:
+            continue
         hi = c[want] if want < len(c) else c[-1] + 1.0
-        t[i] = (c[want - 1] + hi) / 2 if hi > c[want - 1] else np.nextafter(c[want - 1], np.inf)
+        t[i] = _between(c[want - 1], hi)
         left &= ~(conf[:, i] < t[i])
     t[-1] = np.inf
     return _unorient(t, measure)

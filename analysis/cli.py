@@ -375,6 +375,9 @@ def _simulate_run(a) -> int:
         from predictors.fit import load_predictors
 
         preds = load_predictors(a.predictors, cache)
+    if (a.max_acc_drop is None) != (a.risk is None):
+        raise ValueError("--max-acc-drop EPS and --risk DELTA go together: the rule is chosen so that losing more "
+                         "than EPS points against full has probability at most DELTA")
     cfg = PolicyConfig(a.measure, a.target_acc, a.patience, a.overlap, a.bootstrap, a.gate_max_drop,
                        a.max_acc_drop, a.risk)
     simulate_to(cache, a.out, predictors=preds, profiles=a.profile or ["measured"], cfg=cfg)
@@ -432,6 +435,8 @@ def _place_run(a) -> int:
     prof = get_profile(a.profile)
     cache = FeatureCache.open(a.cache)
     preds = load_predictors(a.predictors, cache)
+    if a.risk is not None and a.latency_budget is not None:
+        raise ValueError("--risk guarantees an accuracy drop: give it with --max-acc-drop EPS, not --latency-budget")
     con = (Constraint(latency_budget=a.latency_budget) if a.latency_budget is not None
            else Constraint(max_acc_drop=0.5 if a.max_acc_drop is None else a.max_acc_drop))
     cfg = PolicyConfig(a.measure, a.target_acc, gate_max_drop=a.gate_max_drop,

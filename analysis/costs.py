@@ -114,7 +114,9 @@ def list_profiles() -> list[str]:
 
 @dataclass(frozen=True)
 class CostModel:
-    """Per-segment costs of one network on one device (ms at batch 1; MACs and bytes per sample)."""
+    """Per-segment costs of one network on one device (ms at batch 1; MACs and bytes per sample), plus
+    what a real runtime spends outside the segments: ``sample_ms`` per sample and ``decision_ms`` per side
+    exit entered (measured with the runtime for the ``measured`` profile; 0 for analytic profiles)."""
 
     profile: str
     stage_ms: np.ndarray
@@ -125,6 +127,8 @@ class CostModel:
     exit_macs: np.ndarray
     act_bytes: np.ndarray
     device: DeviceProfile | None = None
+    sample_ms: float = 0.0
+    decision_ms: float = 0.0
 
     def __post_init__(self) -> None:
         k = len(self.stage_ms)
@@ -136,6 +140,10 @@ class CostModel:
             v = np.asarray(getattr(self, f), dtype=float)
             if not np.isfinite(v).all() or (v < 0).any():
                 raise ValueError(f"cost model: {f} must be finite and >= 0, got {v}")
+        for f in ("sample_ms", "decision_ms"):
+            v = getattr(self, f)
+            if not (np.isfinite(v) and v >= 0):
+                raise ValueError(f"cost model: {f} must be finite and >= 0, got {v}")
 
     @property
     def num_exits(self) -> int:
@@ -143,11 +151,13 @@ class CostModel:
 
     @classmethod
     def from_arrays(cls, stage_ms, exit_ms, write_ms=None, read_ms=None, *, stage_macs=None, exit_macs=None,
-                    act_bytes=None, profile: str = "given") -> "CostModel":
+                    act_bytes=None, profile: str = "given", sample_ms: float = 0.0,
+                    decision_ms: float = 0.0) -> "CostModel":
         k = len(stage_ms)
         z = np.zeros(k)
         a = lambda v: z.copy() if v is None else np.asarray(v, dtype=float)  # noqa: E731
-        return cls(profile, a(stage_ms), a(exit_ms), a(write_ms), a(read_ms), a(stage_macs), a(exit_macs), a(act_bytes))
+        return cls(profile, a(stage_ms), a(exit_ms), a(write_ms), a(read_ms), a(stage_macs), a(exit_macs), a(act_bytes),
+                   None, float(sample_ms), float(decision_ms))
 
     @classmethod
     def from_cache(cls, cache, profile: str | DeviceProfile = "measured") -> "CostModel":
@@ -159,7 +169,9 @@ class CostModel:
             if np.isnan(np.concatenate([s, e, b])).any():
                 raise ValueError(f"cache {cache.path} has no measured latency (dumped with --no-latency); "
                                  f"use an analytic profile: {', '.join(n for n in list_profiles() if n != 'measured')}")
-            return cls("measured", s, e, b, b.copy(), smacs, emacs, act, prof)
+            ov = cache.manifest.get("overhead") or {}
+            return cls("measured", s, e, b, b.copy(), smacs, emacs, act, prof, float(ov.get("sample_ms", 0.0)),
+                       float(ov.get("decision_ms", 0.0)))
         buf = prof.buffer_ms(act)
         return cls(prof.name, prof.compute_ms(smacs), prof.compute_ms(emacs), buf, buf.copy(), smacs, emacs, act, prof)
 

@@ -61,6 +61,9 @@ class Evidence:
         ev = cls(split, measure, ExitRule(measure, (np.inf,) * z.shape[1]).confidence(z), correct, preds, costs,
                  cache.chain)
         for name, p in (predictors or {}).items():
+            if split == getattr(p, "fit_split", None) and getattr(p, "oof", None) is None:
+                raise ValueError(f"predictor {name} was fitted on {split} without cross-fitting: its {split} scores "
+                                 f"are in-sample, so nothing can be selected on them; refit with folds >= 2")
             s = p.spec
             if s.target in ("gate", "entropy"):
                 ev.scores[name] = np.asarray(p.score(cache, split), dtype=np.float64)
@@ -110,13 +113,17 @@ def outcome(ev: Evidence, policy: str | Placement, rule: ExitRule, *, cuts: dict
     ``oracle``, or a :class:`Placement` (its own thresholds, when set, replace the rule's). ``cuts[k]``:
     gate k enters when its score >= cut (default: its fit-time operating point)."""
     k = ev.num_exits
+    if overlap and ev.chained:
+        raise ValueError(f"--overlap on chained exits ({ev.chain}) is refused: every head runs in line with the "
+                         f"trunk there, and full and the oracle would not be comparable")
     if isinstance(policy, str):
         if policy == "full":
             return simulate_full(ev.correct, ev.costs, chained=ev.chained)
         if policy == "oracle":
             return simulate_oracle(ev.correct, ev.costs, chained=ev.chained)
         if policy == "cascade":
-            return simulate_cascade(ev.passes(rule), ev.correct, ev.costs, overlap=overlap, name=name or "cascade")
+            return simulate_cascade(ev.passes(rule), ev.correct, ev.costs, overlap=overlap, name=name or "cascade",
+                                    kept=None if ev.chained else can_pass(rule))
         if policy == "patience":
             return simulate_patience(ev.preds, ev.correct, ev.costs, patience, overlap=overlap,
                                      name=name or "patience")
@@ -135,6 +142,10 @@ def outcome(ev: Evidence, policy: str | Placement, rule: ExitRule, *, cuts: dict
                          f"patience on this cache, or dump a model trained without chained exits")
     cuts = cuts or {}
     n = ev.n
+    if not ev.chained:  # an exit whose threshold nothing can pass is never entered: a runtime would skip it
+        kept = kept & can_pass(rule)
+        pl = Placement(tuple(bool(v) for v in kept), tuple(g if kept[i] else None for i, g in enumerate(pl.gates)),
+                       pl.jump, pl.thresholds, pl.label)
     enter, gate_at, gms, gmacs = np.ones((n, k), bool), np.full(k, -1), np.zeros(k), np.zeros(k)
     reads = np.zeros(k, np.int64)
     for i, g in enumerate(pl.gates):
@@ -162,6 +173,15 @@ def outcome(ev: Evidence, policy: str | Placement, rule: ExitRule, *, cuts: dict
                           jump_reads=jump_reads, name=name or pl.label or "placement")
 
 
+def can_pass(rule: ExitRule) -> np.ndarray:
+    """``[K]`` bool: exits whose threshold some confidence can pass (entropy below -inf, max-prob above +inf
+    cannot); the final exit always answers."""
+    t = np.asarray(rule.thresholds)
+    ok = t > -np.inf if rule.lower_is_confident else t < np.inf
+    ok[-1] = True
+    return ok
+
+
 def gate_names(ev: Evidence) -> list[str]:
     return [n for n, s in ev.specs.items() if s.target in ("gate", "entropy")]
 
@@ -177,9 +197,10 @@ def default_cut(ev: Evidence, name: str) -> float:
 
 # ----------------------------------------------------------------------------- cost-aware gate cuts
 def cut_candidates(scores: np.ndarray, n: int = 16) -> np.ndarray:
-    """-inf (always enter), score quantiles, +inf (never enter)."""
+    """-inf (always enter) and score quantiles. Never entering is not a gate's cut: that is removing the exit
+    (at no predictor cost), which placements search."""
     q = np.unique(np.quantile(scores, np.linspace(0, 1, n)))
-    return np.concatenate([[-np.inf], q, [np.inf]])
+    return np.concatenate([[-np.inf], q[q > q.min()] if len(q) > 1 else q])
 
 
 def _mean(o: Outcome) -> tuple[float, float]:

@@ -14,6 +14,7 @@ same calib, a shift between calib and deployment, the latency figures.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,7 +23,7 @@ import pandas as pd
 from branchy.rule import ExitRule
 
 from .evidence import Evidence, outcome
-from .risk import LTTResult, ltt_select, paired_loss
+from .risk import LTTResult, ltt_select, min_calib_size, paired_loss
 
 
 def lambda_family(measure: str, num_classes: int, num_exits: int, n: int = 100) -> tuple[np.ndarray, np.ndarray]:
@@ -70,6 +71,10 @@ def risk_controlled_rule(ev: Evidence, eps_pts: float, delta: float, *, num_clas
     res = ltt_select(losses, np.asarray(lat), eps_pts / 100, delta, method)
     how = f"learn-then-test eps={eps_pts:g} pt delta={delta:g} ({method}, fixed sequence over λ)"
     if res.index is None:
+        need = min_calib_size(eps_pts / 100, delta)
+        warnings.warn(f"learn-then-test certified no setting: the rule is full (no early exit)"
+                      + (f"; calib has {ev.n} samples, at least {need} are needed before anything can be certified "
+                         f"at eps={eps_pts:g} pt, delta={delta:g}" if ev.n < need else ""), stacklevel=2)
         t = np.full(k, -np.inf if ev.measure in ("entropy", "norm_entropy") else np.inf)
         how += ": none certified, full"
     else:

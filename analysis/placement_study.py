@@ -36,13 +36,30 @@ class PlacementObjective:
         self.ev = Evidence.build(cache, "calib", measure=self.cfg.measure, predictors=predictors, costs=self.costs)
         self.rule = rule if rule is not None else calib_rule(cache, self.cfg.target_acc, measure=self.cfg.measure)
         self.split = "calib"
+        # a sequentially calibrated rule is recalibrated for every set of kept exits (the samples that reach
+        # an exit depend on which exits come before it)
+        self._z, self._y = (np.asarray(cache.logits("calib")), cache.labels("calib")) \
+            if self.rule.tuned_by.startswith("target-acc") else (None, None)
+        self._rules: dict = {}
+
+    def rule_for(self, pl: Placement) -> ExitRule:
+        """The rule a placement is scored under: its own thresholds, else the default one (recalibrated on
+        calib for its kept exits when the default is the sequential target-accuracy rule)."""
+        if pl.thresholds is not None or self._z is None or all(pl.kept):
+            return self.rule
+        if pl.kept not in self._rules:
+            t = thresholds_for_accuracy(self._z, self._y, self.cfg.target_acc, measure=self.rule.measure,
+                                        kept=pl.kept)
+            self._rules[pl.kept] = ExitRule(self.rule.measure, tuple(t), self.rule.tuned_by + " (kept exits)",
+                                            "calib")
+        return self._rules[pl.kept]
 
     def cuts(self, pl: Placement) -> dict:
-        return tune_cuts(self.ev, pl, self.rule, max_drop=self.cfg.gate_max_drop, overlap=self.cfg.overlap)
+        return tune_cuts(self.ev, pl, self.rule_for(pl), max_drop=self.cfg.gate_max_drop, overlap=self.cfg.overlap)
 
     def outcome(self, pl: Placement, ev: Evidence | None = None, cuts: dict | None = None):
         cuts = self.cuts(pl) if cuts is None else cuts
-        return outcome(ev or self.ev, pl, self.rule, cuts=cuts, overlap=self.cfg.overlap, name="placement")
+        return outcome(ev or self.ev, pl, self.rule_for(pl), cuts=cuts, overlap=self.cfg.overlap, name="placement")
 
     def __call__(self, pl: Placement) -> dict:
         s = summarize(self.outcome(pl), n_boot=0)

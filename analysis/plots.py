@@ -82,7 +82,8 @@ def plot_exit_distribution(summary: pd.DataFrame, *, ax=None, title: str | None 
 def plot_latency_breakdown(summary: pd.DataFrame, *, ax=None, title: str | None = None):
     """Mean latency per policy split into stages, exit heads, predictors and buffering (ms, stacked)."""
     fig, ax = _ax(ax)
-    parts = [p for p in ("stages_ms", "exits_ms", "predictors_ms", "buffering_ms") if p in summary.columns]
+    parts = [p for p in ("stages_ms", "exits_ms", "predictors_ms", "buffering_ms", "runtime_ms")
+             if p in summary.columns]
     d = summary.set_index("policy")[parts]
     d.columns = [p[:-3] for p in parts]
     d.plot.barh(stacked=True, ax=ax, color=sns.color_palette("Set2", len(parts)), width=0.75)

@@ -3,6 +3,7 @@ gate openings, jump targets) come in as arrays, so nothing here imports the pred
 
 Exits are 0-based, K of them; exit K-1 is the trunk's own classifier and always answers.
 Per sample, on the path it takes:
+  the runtime:       sample_ms, plus decision_ms per side exit entered (its own control flow)
   stage k:           S_k
   entering exit k:   W_k + E_k   (buffer the activation, run the head, decide)
   going on after it: R_k         (read the buffered activation back)
@@ -103,7 +104,8 @@ def path_outcome(policy: str, costs: CostModel, exit_: np.ndarray, entered: np.n
         exits_ms = side.astype(float) @ E[: k - 1] + final * E[-1]
         buf_ms = held.astype(float) @ W[: k - 1] + cont.astype(float) @ R[: k - 1]
     gate_ms = np.broadcast_to(np.asarray(gate_ms, dtype=float), (n,))
-    latency = stage_ms + exits_ms + buf_ms + gate_ms
+    runtime_ms = costs.sample_ms + costs.decision_ms * held.sum(1)  # the runtime's own control flow
+    latency = stage_ms + exits_ms + buf_ms + gate_ms + runtime_ms
     macs = (np.cumsum(costs.stage_macs)[exit_] + side.astype(float) @ costs.exit_macs[: k - 1]
             + final * costs.exit_macs[-1] + np.broadcast_to(np.asarray(gate_macs, dtype=float), (n,)))
     if overlap:  # a sample that leaves at side exit k also ran stage k+1 concurrently
@@ -112,7 +114,7 @@ def path_outcome(policy: str, costs: CostModel, exit_: np.ndarray, entered: np.n
     ok = correct[rows, exit_].astype(bool)
     return Outcome(policy, exit_.astype(np.int64), ok, latency, macs, buf_bytes.astype(float),
                    {"stages": stage_ms, "exits": exits_ms, "predictors": np.array(gate_ms, dtype=float),
-                    "buffering": buf_ms}, k)
+                    "buffering": buf_ms, "runtime": np.broadcast_to(runtime_ms, (n,)).astype(float)}, k)
 
 
 # ----------------------------------------------------------------------------- policies

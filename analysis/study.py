@@ -3,6 +3,7 @@ decided on ``calib`` (the exit rule, which gate goes in front of which exit, the
 predictors' out-of-fold scores) and reported on ``test`` by the one evaluator (:mod:`analysis.evidence`)."""
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -85,6 +86,9 @@ def choose_policies(ev: Evidence, rule: ExitRule, cfg: PolicyConfig = PolicyConf
     k = ev.num_exits
     out: dict[str, Chosen] = {}
     if ev.chained:
+        if ev.specs:
+            warnings.warn(f"the cache's exits are chained ({ev.chain}): gated and jump policies would skip heads a "
+                          f"later answer needs, so they are left out", stacklevel=2)
         return out
     cascade = Placement.plain(k)
     floor = outcome(ev, cascade, rule, overlap=cfg.overlap).correct.mean() - cfg.gate_max_drop / 100
@@ -105,10 +109,9 @@ def choose_policies(ev: Evidence, rule: ExitRule, cfg: PolicyConfig = PolicyConf
         out[name] = Chosen(pl, tune_cuts(ev, pl, rule, max_drop=cfg.gate_max_drop, overlap=cfg.overlap))
     jumps = sorted(n for n, s in ev.specs.items() if s.target == "exit"
                    and not (s.rule is not None and s.rule.measure != rule.measure))
-    if jumps:
+    if jumps:  # the exit predictor that is fastest on calib, if any beats the cascade at its accuracy
         opts = [Placement(cascade.kept, cascade.gates, Gate(n, ev.specs[n].at), label="jump") for n in jumps]
-        best = _best(ev, rule, opts, cfg, -np.inf) or Chosen(opts[0], {})
-        out["jump"] = best
+        out["jump"] = _best(ev, rule, [cascade, *opts], cfg, floor)
     return out
 
 

@@ -13,10 +13,11 @@ def cascade_exit_latency(costs: CostModel, kept=None) -> np.ndarray:
     k = costs.num_exits
     kept = np.ones(k, bool) if kept is None else np.asarray(kept, bool)
     S, E, W, R = costs.stage_ms, costs.exit_ms, costs.write_ms, costs.read_ms
-    through = np.where(kept[: k - 1], W[: k - 1] + E[: k - 1] + R[: k - 1], 0.0)
+    d = costs.decision_ms
+    through = np.where(kept[: k - 1], W[: k - 1] + E[: k - 1] + R[: k - 1] + d, 0.0)
     before = np.concatenate([[0.0], np.cumsum(through)])  # cost of kept side exits passed before exit e
-    leave = np.append(W[: k - 1] + E[: k - 1], E[-1])
-    return np.cumsum(S) + before + leave
+    leave = np.append(W[: k - 1] + E[: k - 1] + d, E[-1])
+    return np.cumsum(S) + before + leave + costs.sample_ms
 
 
 def cascade_exit_macs(costs: CostModel, kept=None) -> np.ndarray:

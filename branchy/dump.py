@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from .cache import MANIFEST, SCHEMA_VERSION, FeatureCache
 from .data import SPLITS, Splits, load_dataset
 from .models import BranchyNet
-from .profile import profile_segments
+from .profile import profile_segments, runtime_overhead
 from .timing import machine_state
 from .train import load_checkpoint, resolve_device
 
@@ -124,6 +124,8 @@ def dump(model: BranchyNet, splits: Splits, path: str | os.PathLike, *, batch_si
         timing = machine_state(torch.get_num_threads()) if profile else None
         costs = profile_segments(model, batch_size=batch_size, device=dev, min_run_time=profile_time,
                                  measure_latency=profile)
+        overhead = runtime_overhead(model, min_run_time=2 * profile_time) if profile and dev.type == "cpu" else None
+        model.to(dev)
         costs.to_csv(partial / "costs.csv", index=False)
         files["costs.csv"] = (partial / "costs.csv").stat().st_size
         manifest = {
@@ -137,7 +139,7 @@ def dump(model: BranchyNet, splits: Splits, path: str | os.PathLike, *, batch_si
             "branch_shapes": [list(b) for b in model.branch_shapes],
             "feature_dims": dims, "feature_dtype": str(np.dtype(feature_dtype)), "pooling": pooling,
             "batch_size": batch_size, "device": str(dev), "threads": torch.get_num_threads(),
-            "dump_seconds": dump_seconds, "timing": timing,
+            "dump_seconds": dump_seconds, "timing": timing, "overhead": overhead,
             "versions": _versions(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "files": files,
         }
@@ -268,19 +270,21 @@ def reprofile(path: str | os.PathLike, model=None, *, threads: int | None = None
         torch.set_num_threads(int(threads))
     bs = int(batch_size or m.get("batch_size") or 64)
     timing = machine_state(torch.get_num_threads())
-    costs = profile_segments(model, batch_size=bs, device=resolve_device(device), min_run_time=min_run_time,
-                             rounds=rounds)
+    dev = resolve_device(device)
+    costs = profile_segments(model, batch_size=bs, device=dev, min_run_time=min_run_time, rounds=rounds)
+    overhead = runtime_overhead(model, rounds=rounds, min_run_time=2 * min_run_time) if dev.type == "cpu" else None
     hist = p / "costs_history"
     hist.mkdir(exist_ok=True)
     stamp = time.strftime("%Y%m%dT%H%M%S")
     shutil.copy2(p / "costs.csv", hist / f"costs_{stamp}.csv")
     (hist / f"timing_{stamp}.json").write_text(json.dumps({"timing": m.get("timing"), "threads": m.get("threads"),
-                                                           "device": m.get("device")}, indent=2))
+                                                           "device": m.get("device"), "overhead": m.get("overhead")},
+                                                          indent=2))
     tmp = p / "costs.csv.tmp"
     costs.to_csv(tmp, index=False)
     os.replace(tmp, p / "costs.csv")
     m["files"] = dict(m.get("files", {}), **{"costs.csv": (p / "costs.csv").stat().st_size})
-    m.update(threads=torch.get_num_threads(), device=str(resolve_device(device)), timing=timing,
+    m.update(threads=torch.get_num_threads(), device=str(dev), timing=timing, overhead=overhead,
              profiled=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     tmp = p / (MANIFEST + ".tmp")
     tmp.write_text(json.dumps(m, indent=2))

@@ -92,3 +92,43 @@ def profile_segments(model: BranchyNet, *, batch_size: int = 64, device: str | t
         df["rounds"] = 0
         df["unstable"] = False
     return df[COST_COLUMNS]
+
+
+@torch.no_grad()
+def runtime_overhead(model: BranchyNet, *, rounds: int = 15, min_run_time: float = 0.5, seed: int = 0) -> dict:
+    """What the real runtime (:class:`branchy.runtime.EarlyExitRuntime`, eager) spends outside the
+    segments at batch 1, measured in the same interleaved rounds as the segments it is compared with:
+    ``sample_ms``, the fixed cost per sample (the plain network through the runtime minus its stages and
+    final head), and ``decision_ms``, the cost per side exit entered beyond its head, softmax, confidence
+    and buffer copies (softmax/compare bookkeeping, selecting the rows that go on). Clipped at 0."""
+    from .runtime import EarlyExitRuntime
+    from .timing import interleaved_times, robust_summary
+
+    model = model.cpu().eval()
+    c, k = model.config, model.num_exits
+    x = torch.randn(1, c.in_channels, *c.image_size)
+    xs, h = [], x
+    for i in range(k):
+        xs.append(h)
+        h = model.run_stage(i, h)
+    xs.append(h)
+    never = [float("-inf")] * k  # entropy below -inf: no side exit ever accepts
+    vain = EarlyExitRuntime(model, never)
+    plain = vain if model.chained else EarlyExitRuntime(model, never, kept=[False] * (k - 1) + [True])
+    fns = {"rt_full": lambda: plain(x), "rt_vain": lambda: vain(x)}
+    for i in range(k):
+        fns[f"stage{i}"] = lambda i=i: model.run_stage(i, xs[i])
+        fns[f"exit{i}"] = lambda i=i, f=_exit_with_confidence(model, i): f(xs[i + 1])
+        fns[f"buffer{i}"] = lambda i=i: xs[i + 1].clone()
+    t = robust_summary(interleaved_times(fns, rounds=rounds, target_ms=1e3 * min_run_time / rounds / 2,
+                                         seed=seed)).set_index("name")["ms"]
+    stages = sum(t[f"stage{i}"] for i in range(k))
+    side = sum(t[f"exit{i}"] + 2 * t[f"buffer{i}"] for i in range(k - 1))
+    if model.chained:  # every head runs in the plain network too: only the fixed cost is separable
+        sample = t["rt_full"] - stages - side - t[f"exit{k - 1}"]
+        decision = 0.0
+    else:
+        sample = t["rt_full"] - stages - t[f"exit{k - 1}"]
+        decision = (t["rt_vain"] - t["rt_full"] - side) / max(1, k - 1)
+    return {"sample_ms": float(max(0.0, sample)), "decision_ms": float(max(0.0, decision)),
+            "runtime_full_ms": float(t["rt_full"]), "backend": "eager", "rounds": rounds}

@@ -31,12 +31,15 @@ class ExitRule:
     def __post_init__(self) -> None:
         if self.measure not in RULE_MEASURES:
             raise ValueError(f"unknown confidence measure {self.measure!r}; known: {', '.join(RULE_MEASURES)}")
-        t = np.asarray(self.thresholds, dtype=np.float64).ravel()
-        if len(t) < 1:
-            raise ValueError("an exit rule needs one threshold per exit")
+        try:
+            t = np.array(self.thresholds, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise ValueError(f"exit rule thresholds must be numbers, one per exit; got {self.thresholds!r}") from None
+        if t.ndim != 1 or len(t) < 1:
+            raise ValueError(f"an exit rule needs a flat list of thresholds, one per exit; got shape {t.shape}")
         if np.isnan(t).any():
             raise ValueError(f"exit rule thresholds hold NaN: {t.tolist()}")
-        if self.tuned_on == "test":
+        if str(self.tuned_on).strip().lower() == "test":
             raise ValueError("thresholds tuned on the test split are refused: tune on calib, report on test")
         t[-1] = np.inf if LOWER_IS_CONFIDENT[self.measure] else -np.inf
         object.__setattr__(self, "thresholds", tuple(float(v) for v in t))
@@ -118,8 +121,10 @@ class ExitRule:
         if not isinstance(d, dict) or "measure" not in d or "thresholds" not in d:
             raise ValueError("not an exit rule: want a mapping with measure and thresholds (and tuned_by, "
                              "tuned_on)")
-        return cls(str(d["measure"]), tuple(float(v) for v in d["thresholds"]), str(d.get("tuned_by", "given")),
-                   str(d.get("tuned_on", "given")))
+        th = d["thresholds"]
+        if not isinstance(th, (list, tuple)):
+            raise ValueError(f"exit rule thresholds must be a list, one per exit; got {th!r}")
+        return cls(str(d["measure"]), tuple(th), str(d.get("tuned_by", "given")), str(d.get("tuned_on", "given")))
 
     def save(self, path: str | os.PathLike) -> Path:
         p = Path(path)

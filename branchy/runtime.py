@@ -6,6 +6,7 @@ Gates are plain callables (no predictors import): ``gate(h) -> bool [B]`` takes 
 stage it sits after and says, per row, whether to enter the exit it guards."""
 from __future__ import annotations
 
+import math
 from typing import Callable, Sequence
 
 import torch
@@ -17,24 +18,30 @@ Gate = tuple[int, Callable[[torch.Tensor], torch.Tensor]]  # (stage it sits afte
 
 def _confidence(logits: torch.Tensor, measure: str) -> torch.Tensor:
     p = torch.softmax(logits.float(), dim=1)
-    if measure == "entropy":
-        return -(p * torch.log(p.clamp_min(1e-30))).sum(1)
+    if measure in ("entropy", "norm_entropy"):
+        h = -(p * torch.log(p.clamp_min(1e-30))).sum(1)
+        return h / math.log(p.shape[1]) if measure == "norm_entropy" else h
     top = torch.topk(p, 2, dim=1).values
     if measure == "max_prob":
         return top[:, 0]
     if measure == "margin":
         return top[:, 0] - top[:, 1]
-    raise ValueError(f"unknown confidence measure {measure!r}; known: entropy, max_prob, margin")
+    raise ValueError(f"unknown confidence measure {measure!r}; known: entropy, norm_entropy, max_prob, margin")
 
 
 class EarlyExitRuntime:
     """Cascade with per-exit thresholds (entropy < T, or max_prob / margin > T), optional removed exits
-    (``kept``) and gates in front of side exits (``gates[k] = (at, callable)``, ``at <= k``)."""
+    (``kept``) and gates in front of side exits (``gates[k] = (at, callable)``, ``at <= k``).
+    ``thresholds`` may be an :class:`~branchy.rule.ExitRule` (its measure is then used)."""
 
-    def __init__(self, model: BranchyNet, thresholds: Sequence[float], *, measure: str = "entropy",
+    def __init__(self, model: BranchyNet, thresholds, *, measure: str = "entropy",
                  kept: Sequence[bool] | None = None, gates: dict[int, Gate] | None = None,
                  buffer: bool = True) -> None:
         k = model.num_exits
+        from .rule import ExitRule
+
+        if isinstance(thresholds, ExitRule):
+            measure, thresholds = thresholds.measure, thresholds.thresholds
         if len(thresholds) not in (k, k - 1):
             raise ValueError(f"{len(thresholds)} thresholds for {k} exits")
         self.model = model.eval()
@@ -55,7 +62,7 @@ class EarlyExitRuntime:
                              f"(for the plain network: thresholds that never pass)")
 
     def _confident(self, c: torch.Tensor, k: int) -> torch.Tensor:
-        return c < self.t[k] if self.measure == "entropy" else c > self.t[k]
+        return c < self.t[k] if self.measure in ("entropy", "norm_entropy") else c > self.t[k]
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

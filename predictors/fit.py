@@ -129,8 +129,9 @@ class FittedPredictor:
         if self.spec.target == "gate":
             return self.score(cache, split) >= 0.5
         if self.spec.target == "entropy":
-            if self.spec.rule is None:
-                raise ValueError(f"{self.spec.name} has no exit rule: its forecast has no threshold to meet")
+            if self.spec.rule is None or self.spec.rule.measure != "entropy":
+                raise ValueError(f"{self.spec.name}: an entropy forecast meets only an entropy threshold (its rule: "
+                                 f"{None if self.spec.rule is None else self.spec.rule.measure})")
             return self.predict(cache, split) < self.spec.rule.thresholds[self.spec.for_exit]
         raise ValueError(f"{self.spec.name} predicts an exit, not a gate decision")
 
@@ -224,6 +225,9 @@ def fit_predictor(cache: FeatureCache, spec: PredictorSpec, *, split: str = "cal
                       "are over-confident and the targets will not match calib/test", stacklevel=2)
     if spec.for_exit is not None and not 0 <= spec.for_exit < cache.num_exits:
         raise ValueError(f"exit {spec.for_exit} out of range: the cache has exits 0..{cache.num_exits - 1}")
+    if split == "calib" and folds < 2:
+        raise ValueError(f"folds={folds}: predictors fitted on calib must be cross-fitted (folds >= 2), since every "
+                         f"selection on calib uses their out-of-fold scores")
     if spec.rule is not None and spec.rule.num_exits != cache.num_exits:
         raise ValueError(f"{spec.name}: its exit rule has {spec.rule.num_exits} thresholds, the cache "
                          f"{cache.num_exits} exits")
@@ -233,7 +237,7 @@ def fit_predictor(cache: FeatureCache, spec: PredictorSpec, *, split: str = "cal
         warnings.warn(f"{spec.name}: every {split} sample has the same target ({y[0]}): the predictor is the "
                       f"constant answer (0 MACs)", stacklevel=2)
     with one_thread():
-        oof, classes = cross_fit(spec, x, y, folds) if folds else (None, np.unique(y))
+        oof, classes = cross_fit(spec, x, y, folds) if folds >= 2 else (None, np.unique(y))
         est = _estimator(spec, y).fit(x, y)
     if spec.task == "classification":
         classes = np.unique(y)
@@ -253,8 +257,11 @@ def save_predictors(predictors: list[FittedPredictor], out: str | os.PathLike) -
     d = Path(out)
     d.mkdir(parents=True, exist_ok=True)
     index_path = d / INDEX
-    index = json.loads(index_path.read_text()) if index_path.exists() else {"version": FORMAT_VERSION,
-                                                                            "predictors": {}}
+    index = json.loads(index_path.read_text()) if index_path.exists() else {}
+    if index.get("version") != FORMAT_VERSION:  # an older format's predictors cannot be loaded: start anew
+        for f in d.glob("*.joblib"):
+            f.unlink()
+        index = {"version": FORMAT_VERSION, "predictors": {}}
     for p in predictors:
         tmp = d / f"{p.spec.name}.joblib.tmp"
         joblib.dump(p, tmp)

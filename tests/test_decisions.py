@@ -243,3 +243,48 @@ def test_risk_controlled_rule_is_certified_and_safer_than_the_point_estimate(syn
         risk_controlled_rule(Evidence.build(synth_cache, "test"), 2.0, 0.1, num_classes=5)
     with pytest.raises(ValueError, match="max_acc_drop"):
         PolicyConfig(risk=0.1)
+
+
+def test_ties_are_never_split_by_a_threshold():
+    """200 samples with the same (saturated) confidence at exit 0, 150 right: a 0.99 target cannot accept
+    them all; the budgeted rule cannot send a fraction of a tie out."""
+    from analysis.calibrate import budgeted_thresholds
+
+    n = 300
+    z = np.zeros((n, 2, 4), np.float32)
+    y = np.zeros(n, int)
+    z[:200, 0, 0] = 50.0  # entropy ~0 for all 200
+    z[150:200, 0, 0], z[150:200, 0, 1] = 0.0, 50.0  # 50 of them wrong, same entropy
+    z[200:, 0, :] = np.random.default_rng(0).normal(size=(100, 4))
+    z[:, 1, 0] = 5.0
+    t = thresholds_for_accuracy(z, y, 0.99)
+    acc = entropy(z)[:, 0] < t[0]
+    assert not acc[:200].any() or (z[acc, 0].argmax(-1) == y[acc]).mean() >= 0.99
+    b = budgeted_thresholds(z, 0.5)
+    share = (entropy(z)[:, 0] < b[0]).mean()
+    assert share in (0.0, 200 / n) or share <= 2 / 3 + 1e-9
+
+
+def test_runtime_overhead_is_charged_per_sample_and_per_decision():
+    from analysis.simulate import simulate_cascade, simulate_full
+
+    base = CostModel.from_arrays([1.0, 1.0, 1.0], [0.2, 0.2, 0.2], [0.1] * 3, [0.1] * 3)
+    ov = CostModel.from_arrays([1.0, 1.0, 1.0], [0.2, 0.2, 0.2], [0.1] * 3, [0.1] * 3, sample_ms=0.05,
+                               decision_ms=0.01)
+    g = np.random.default_rng(0)
+    passes, correct = g.random((50, 3)) < 0.4, g.random((50, 3)) < 0.8
+    a, b = simulate_cascade(passes, correct, base), simulate_cascade(passes, correct, ov)
+    entered = np.where(a.exit < 2, a.exit + 1, 2)  # side exits entered: every one up to the exit taken
+    np.testing.assert_allclose(b.latency_ms - a.latency_ms, 0.05 + 0.01 * entered)
+    np.testing.assert_allclose(simulate_full(correct, ov).latency_ms, 3.2 + 0.05)
+    assert "runtime" in b.breakdown
+
+
+def test_an_exit_nothing_can_pass_is_not_entered_and_uncrossfitted_predictors_are_refused(synth_cache):
+    ev = Evidence.build(synth_cache, "test", profile="jetson-nano")
+    never0 = ExitRule.given((-np.inf, 0.5), 3)
+    o = outcome(ev, "cascade", never0)
+    removed = outcome(ev, Placement((False, True, True), (None, None, None)), never0)
+    np.testing.assert_allclose(o.latency_ms, removed.latency_ms)
+    with pytest.raises(ValueError, match="cross-fitted"):
+        fit_predictor(synth_cache, PredictorSpec("gate", 0, "linear", 0, (0.5, 0.5, np.inf)), folds=0)
