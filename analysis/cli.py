@@ -462,6 +462,30 @@ command("place", "search where exits and predictor gates go (scored on calib, ch
     (_place_args, _place_run))
 
 
+# ----------------------------------------------------------------------------- validate
+def _validate_args(p):
+    p.add_argument("--run", required=True, help="study folder (branchy run / branchy demo output)")
+    p.add_argument("--n", type=int, default=300, help="test samples, run one at a time (default 300)")
+    p.add_argument("--reps", type=int, default=3, help="timed repetitions per sample and policy (median)")
+    p.add_argument("--batch-size", type=int, default=64, help="batch for the batched run")
+
+
+def _validate_run(a) -> int:
+    from .validate import format_validate, validate_line, validate_run
+
+    df, out = validate_run(a.run, n=a.n, reps=a.reps, batch_size=a.batch_size)
+    print(f"real runtime vs simulator on {int(df.n.iloc[0])} test samples; ms per sample at batch 1, "
+          f"{int(df.threads.iloc[0])} threads; simulated from the cache's measured costs and runtime overhead")
+    print(format_validate(df))
+    print(f"wrote {out}/validate.csv and validate.png")
+    print(validate_line(df))
+    return 0
+
+
+command("validate", "run the real runtime on test samples and compare measured with simulated latency")(
+    (_validate_args, _validate_run))
+
+
 # ----------------------------------------------------------------------------- demo
 def _demo_args(p):
     p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")

@@ -172,8 +172,10 @@ def run_study(cfg: StudyConfig, *, redo: bool = False) -> dict:
         from .simulate_cli import format_gates
 
         print(format_gates(sim["gates"]))
+    val = step_validate(cfg, cache, model, splits, preds, pcfg, rule, placements, out)
     result = {"out": out, "cache": cache, "test_eval": test_eval, "predictors": preds, "predictor_table": pred_table,
-              "thresholds": np.asarray(rule.thresholds), "rule": rule, "simulation": sim, "placements": placements, "config": cfg}
+              "thresholds": np.asarray(rule.thresholds), "rule": rule, "simulation": sim, "placements": placements,
+              "config": cfg, "validate": val}
     if cfg.report:
         from .report import write_report
 
@@ -181,6 +183,34 @@ def run_study(cfg: StudyConfig, *, redo: bool = False) -> dict:
         log(f"report: {path}")
         result["report"] = path
     return result
+
+
+def step_validate(cfg: StudyConfig, cache, model, splits, preds, pcfg, rule, placements: dict, out: Path):
+    """The real runtime against the simulator on ``cfg.validate`` test samples (0: skipped)."""
+    import torch
+
+    from .validate import format_validate, plot_validate, validate, validate_line
+
+    if not cfg.validate:
+        return None
+    if np.isnan(cache.cost_vector("stage", "ms_b1")).any() or not str(cache.manifest.get("device")).startswith("cpu"):
+        log("validate skipped: the cache has no CPU latency measurement")
+        return None
+    n = min(cfg.validate, cache.size("test"))
+    log(f"validate: the real runtime (eager) on {n} test samples at batch 1 against the simulator (measured costs)")
+    x = splits.test.batch(torch.arange(n))[0]
+    pls = {f"placement ({s})": res.chosen for s, (res, _) in placements.items()}
+    df = validate(cache, model, x, predictors=preds, cfg=pcfg, rule=rule, placements=pls)
+    d = out / "validate"
+    d.mkdir(exist_ok=True)
+    df.to_csv(d / "validate.csv", index=False)
+    from . import plots
+
+    fig, _ = plot_validate(df, title=f"simulated vs measured (eager, batch 1, {n} test samples)")
+    plots.save(fig, d / "validate.png")
+    print(format_validate(df))
+    print(validate_line(df))
+    return df
 
 
 def run_demo(out: str = "runs/demo", redo: bool = False, epochs: int | None = None) -> dict:

@@ -96,6 +96,7 @@ class StudyConfig:
     profiles: tuple[str, ...] = ("measured", "raspberry-pi-4")
     placement: PlacementSection = PlacementSection()
     report: bool = True
+    validate: int = 300  # test samples the real runtime runs to check the simulator (0: skip)
 
     def to_dict(self) -> dict:
         return _plain(asdict(self))
@@ -222,6 +223,8 @@ def validate(cfg: StudyConfig) -> None:
     _check(pol.risk is None or (0 < pol.risk < 1 and pol.max_acc_drop is not None and 0 < pol.max_acc_drop < 100),
            f"policies.risk (delta in (0, 1)) needs policies.max_acc_drop in (0, 100) points; got risk={pol.risk}, "
            f"max_acc_drop={pol.max_acc_drop}")
+    _check(isinstance(cfg.validate, int) and cfg.validate >= 0,
+           f"validate: the number of test samples to run for real (0: skip), got {cfg.validate!r}")
     _check(len(cfg.profiles) >= 1, "profiles: name at least one device profile (e.g. measured)")
     for p in (*cfg.profiles, cfg.placement.profile):
         try:

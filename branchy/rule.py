@@ -15,6 +15,28 @@ from .measures import LOWER_IS_CONFIDENT, confidence
 RULE_MEASURES = ("entropy", "norm_entropy", "max_prob", "margin")
 
 
+def per_exit(thresholds, num_exits: int) -> np.ndarray:
+    """``[K]`` thresholds from one per exit, or one per side exit (``K - 1``: the final exit's is added)."""
+    t = np.asarray(thresholds, dtype=np.float64).ravel()
+    if len(t) == num_exits - 1:
+        t = np.append(t, np.inf)
+    if len(t) != num_exits:
+        raise ValueError(f"{len(t)} thresholds for {num_exits} exits: give one per exit (or per side exit, "
+                         f"{num_exits - 1})")
+    if np.isnan(t).any():
+        raise ValueError("thresholds hold NaN")
+    return t
+
+
+def write_json(path: str | os.PathLike, obj) -> Path:
+    """Write JSON to a temporary file and rename it into place (never a half-written file)."""
+    p = Path(path)
+    tmp = p.with_name(p.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2))
+    os.replace(tmp, p)
+    return p
+
+
 @dataclass(frozen=True)
 class ExitRule:
     """Leave at side exit k when its confidence passes ``thresholds[k]``: entropy (nats) or normalised
@@ -49,13 +71,7 @@ class ExitRule:
     def given(cls, thresholds, num_exits: int, measure: str = "entropy", *, tuned_by: str = "given",
               tuned_on: str = "given") -> "ExitRule":
         """From one threshold per exit, or per side exit (``num_exits - 1``; the final exit is added)."""
-        t = np.asarray(thresholds, dtype=np.float64).ravel()
-        if len(t) == num_exits - 1:
-            t = np.append(t, np.inf)
-        if len(t) != num_exits:
-            raise ValueError(f"{len(t)} thresholds for {num_exits} exits: give one per exit (or per side exit, "
-                             f"{num_exits - 1})")
-        return cls(measure, tuple(t), tuned_by, tuned_on)
+        return cls(measure, tuple(per_exit(thresholds, num_exits)), tuned_by, tuned_on)
 
     @property
     def num_exits(self) -> int:
@@ -127,11 +143,7 @@ class ExitRule:
         return cls(str(d["measure"]), tuple(th), str(d.get("tuned_by", "given")), str(d.get("tuned_on", "given")))
 
     def save(self, path: str | os.PathLike) -> Path:
-        p = Path(path)
-        tmp = p.with_name(p.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2))
-        os.replace(tmp, p)
-        return p
+        return write_json(path, self.to_dict())
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "ExitRule":

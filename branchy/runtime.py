@@ -64,9 +64,44 @@ class EarlyExitRuntime:
     def _confident(self, c: torch.Tensor, k: int) -> torch.Tensor:
         return c < self.t[k] if self.measure in ("entropy", "norm_entropy") else c > self.t[k]
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Predictions ``[B]`` and the exit each row left at ``[B]``."""
+        if x.shape[0] == 1 and not self.model.chained:
+            return self._one(x)
+        return self._batched(x)
+
+    def _one(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Batch 1, lean: no row bookkeeping, one Python decision per exit entered."""
+        plan, last = self._plan, len(self._plan) - 1
+        h = x
+        enter: dict[int, bool] = {}
+        for s, (stage, head, gates_here, keep, t, lower) in enumerate(plan):
+            h = stage(h)
+            for e, gate in gates_here:
+                enter[e] = bool(gate(h)[0])
+            if s == last:
+                return head(h).argmax(1), torch.tensor([s])
+            if not keep or not enter.get(s, True):
+                continue
+            z = head(h.clone() if self.buffer else h)
+            c = float(_confidence(z, self.measure)[0])
+            if (c < t) if lower else (c > t):
+                return z.argmax(1), torch.tensor([s])
+        raise AssertionError("unreachable: the final exit always answers")
+
+    @property
+    def _plan(self):
+        """Per stage, prepared once: the stage, its exit head, the gates placed after it, kept, T, direction."""
+        if getattr(self, "_plan_cache", None) is None:
+            m, k = self.model, self.model.num_exits
+            lower = self.measure in ("entropy", "norm_entropy")
+            self._plan_cache = [(m.stages[s], m.exits[s],
+                                 [(e, g) for e, (at, g) in self.gates.items() if at == s and self.kept[e]],
+                                 self.kept[s], self.t[s] if s < k - 1 else 0.0, lower) for s in range(k)]
+        return self._plan_cache
+
+    def _batched(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         m, k = self.model, self.model.num_exits
         b = x.shape[0]
         pred = torch.empty(b, dtype=torch.long, device=x.device)

@@ -20,11 +20,13 @@ OUTLIER_MADS = 5.0      # a round whose slowdown exceeds the median by this many
 def interleaved_times(fns: dict[str, Callable[[], object]], *, rounds: int = 15, target_ms: float = 2.0,
                       warmup: int = 3, seed: int = 0, sync: Callable[[], None] | None = None,
                       clock: Callable[[], float] = time.perf_counter,
-                      on_round: Callable[[int], None] | None = None) -> pd.DataFrame:
+                      on_round: Callable[[int], None] | None = None,
+                      fixed_reps: dict[str, int] | None = None) -> pd.DataFrame:
     """ms per call of every ``fns`` entry, ``rounds`` rows × one column per entry. Each round runs every
     entry once, in a shuffled order, for a number of calls fixed up front so that one timing lasts about
     ``target_ms``. ``sync`` (e.g. ``torch.cuda.synchronize``) runs before each clock read; ``on_round(r)``
-    at the start of round r (the sizing pass is round -1)."""
+    at the start of round r (the sizing pass is round -1). ``fixed_reps[name]`` calls per timing instead
+    (1: every call timed alone, as a real run makes it, cold caches included)."""
     if rounds < 3:
         raise ValueError(f"rounds must be >= 3 to tell an outlier round, got {rounds}")
     names = list(fns)
@@ -41,6 +43,7 @@ def interleaved_times(fns: dict[str, Callable[[], object]], *, rounds: int = 15,
         sync()
         one = max(clock() - t0, 1e-7)
         reps[name] = int(np.clip(target_ms / 1e3 / one, 1, 10_000))
+    reps.update(fixed_reps or {})
     rng = np.random.default_rng(seed)
     out = np.zeros((rounds, len(names)))
     for r in range(rounds):
@@ -86,16 +89,38 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def busy_cores(seconds: float = 0.25) -> float | None:
+    """Cores busy right now with other work (this process is idle while it samples ``/proc/stat``);
+    None where there is no ``/proc/stat``. Unlike the load average it does not remember this process's
+    own training a minute ago."""
+    def read():
+        with open("/proc/stat") as f:
+            v = [float(x) for x in f.readline().split()[1:]]
+        return sum(v), v[3] + (v[4] if len(v) > 4 else 0.0)  # total, idle + iowait
+
+    try:
+        t0, i0 = read()
+        time.sleep(seconds)
+        t1, i1 = read()
+    except (OSError, ValueError, IndexError):
+        return None
+    cores = os.cpu_count() or 1
+    return max(0.0, cores * (1 - (i1 - i0) / max(t1 - t0, 1e-9)))
+
+
 def machine_state(threads: int) -> dict:
-    """Threads asked for, cores, 1-minute load, idle cores (cores − load), CPU model; warns when the threads
-    exceed the idle cores (oversubscribed threads can make batch-1 latency many times worse)."""
+    """Threads asked for, cores, 1-minute load, idle cores (cores not busy with other work, sampled for a
+    quarter second; the load average where that is not possible), CPU model; warns when the threads exceed
+    the idle cores (oversubscribed threads can make batch-1 latency many times worse)."""
     cores = os.cpu_count() or 1
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    idle = max(0.0, cores - load) if np.isfinite(load) else float(cores)
+    busy = busy_cores()
+    idle = max(0.0, cores - busy) if busy is not None else (max(0.0, cores - load) if np.isfinite(load)
+                                                            else float(cores))
     state = {"threads": int(threads), "cores": cores, "load_1min": round(float(load), 2),
              "idle_cores": round(idle, 2), "cpu": cpu_model(), "oversubscribed": bool(threads > idle + 0.5)}
     if state["oversubscribed"]:
-        warnings.warn(f"timing with {threads} threads while only {idle:.1f} of {cores} cores are idle (load "
-                      f"{load:.2f}): latencies will be inflated and noisy; use --threads 1 or a quieter moment",
+        warnings.warn(f"timing with {threads} threads while only {idle:.1f} of {cores} cores are idle: latencies "
+                      f"will be inflated and noisy; use --threads 1 or a quieter moment",
                       RuntimeWarning, stacklevel=2)
     return state

@@ -103,11 +103,9 @@ class Placement:
             raise ValueError(f"not a placement description: {e!r}; want keys kept, gates, jump, thresholds") from e
 
     def save(self, path: str | os.PathLike) -> Path:
-        p = Path(path)
-        tmp = p.with_name(p.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2))
-        os.replace(tmp, p)
-        return p
+        from branchy.rule import write_json
+
+        return write_json(path, self.to_dict())
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Placement":

@@ -7,21 +7,12 @@ import numpy as np
 
 from branchy.cache import FeatureCache
 from branchy.measures import confidence
-from branchy.rule import ExitRule
+from branchy.rule import ExitRule, per_exit
 
 TARGETS = ("entropy", "gate", "exit", "oracle")
 
 
-def check_thresholds(thresholds, num_exits: int) -> np.ndarray:
-    t = np.asarray(thresholds, dtype=np.float64).ravel()
-    if len(t) == num_exits - 1:
-        t = np.append(t, np.inf)
-    if len(t) != num_exits:
-        raise ValueError(f"{len(t)} thresholds for {num_exits} exits: give one per exit (or per side exit, "
-                         f"{num_exits - 1})")
-    if np.isnan(t).any():
-        raise ValueError("thresholds hold NaN")
-    return t
+check_thresholds = per_exit  # one per exit, or per side exit
 
 
 def as_rule(rule, num_exits: int) -> ExitRule:

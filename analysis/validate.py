@@ -1,0 +1,257 @@
+"""``branchy validate``: how far is the simulator from a real run? The real early-exit runtime
+(:class:`branchy.runtime.EarlyExitRuntime`, eager PyTorch) runs every policy it can on test samples at
+batch 1 (and batched), with the exit rule, gates and cuts decided on calib; the simulator predicts the
+same samples from the cache's measured costs (segments plus the runtime's own measured overhead). Per
+policy: measured and simulated mean and p95 ms with bootstrap CIs, their ratio, and the share of samples
+whose exit matches."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from branchy.cache import FeatureCache
+from branchy.rule import ExitRule
+from branchy.runtime import EarlyExitRuntime
+from placement import Placement
+
+from .evidence import Evidence, can_pass, outcome
+from .study import PolicyConfig, study_policies
+
+BACKEND = "eager"
+
+
+def gate_callable(pred, cut: float, pooling: str):
+    """``h -> bool [B]``: pool the activation as the cache did, score with the predictor, enter when the
+    score reaches the cut (torch MLPs run as their torch module, scikit-learn models through numpy)."""
+    from branchy.dump import parse_pooling, pool_features
+    from predictors.fit import _aligned_proba
+    from predictors.torch_mlp import TorchMLPClassifier, TorchMLPRegressor
+
+    s, est, target = parse_pooling(pooling), pred.estimator, pred.spec.target
+    if pred.spec.with_confidences:
+        raise ValueError(f"{pred.spec.name} reads earlier exits' confidences: the runtime's gates see the "
+                         f"activation only")
+    if isinstance(est, (TorchMLPClassifier, TorchMLPRegressor)) and getattr(est, "net_", None) is not None:
+        mod = est.torch_module()
+        if target == "gate":
+            j = list(est.classes_).index(1) if 1 in list(est.classes_) else None
+
+            def fn(h):
+                if j is None:
+                    return torch.zeros(len(h), dtype=torch.bool)
+                return torch.softmax(mod(pool_features(h, s).float()), 1)[:, j] >= cut
+        else:
+            def fn(h):
+                return -(mod(pool_features(h, s).float())[:, 0] * est.y_scale_ + est.y_mean_) >= cut
+        return fn
+
+    classes = pred.classes
+
+    def fn(h):
+        x = pool_features(h, s).float().numpy()
+        if target == "entropy":
+            score = -np.asarray(est.predict(x), dtype=np.float64)
+        else:
+            p = _aligned_proba(est, x, classes)
+            score = p[:, list(classes).index(1)] if 1 in list(classes) else np.zeros(len(x))
+        return torch.from_numpy(score >= cut)
+    return fn
+
+
+def build_runtime(model, pl: Placement, rule: ExitRule, cuts: dict, predictors: dict, pooling: str) -> EarlyExitRuntime:
+    """The runtime of a placement, as the evaluator scores it (exits nothing can pass are not entered)."""
+    if pl.jump is not None:
+        raise ValueError("the runtime has no jump predictor yet")
+    if pl.thresholds is not None:
+        rule = rule.with_thresholds(pl.thresholds, tuned_by="placement")
+    kept = [bool(a and b) for a, b in zip(pl.kept, can_pass(rule))] if not model.chained else list(pl.kept)
+    gates = {}
+    for e, g in enumerate(pl.gates):
+        if g is not None and kept[e]:
+            gates[e] = (g.at, gate_callable(predictors[g.predictor], cuts.get(e, -np.inf), pooling))
+    return EarlyExitRuntime(model, rule, kept=kept, gates=gates)
+
+
+def _boot(a: np.ndarray, b: np.ndarray | None, n_boot: int, seed: int):
+    """Percentile-bootstrap 95 % intervals of mean(a), p95(a) and mean(b)/mean(a) (paired samples)."""
+    g = np.random.default_rng(seed)
+    idx = g.integers(0, len(a), (n_boot, len(a)))
+    ra = a[idx]
+    out = {"mean": np.percentile(ra.mean(1), [2.5, 97.5]),
+           "p95": np.percentile(np.percentile(ra, 95, axis=1, method="inverted_cdf"), [2.5, 97.5])}
+    if b is not None:
+        out["ratio"] = np.percentile(b[idx].mean(1) / ra.mean(1), [2.5, 97.5])
+    return out
+
+
+@torch.no_grad()
+def validate(cache: FeatureCache, model, test_x: torch.Tensor, *, predictors: dict | None = None,
+             cfg: PolicyConfig = PolicyConfig(), rule: ExitRule | None = None,
+             placements: dict[str, Placement] | None = None, reps: int = 3, batch_size: int = 64,
+             n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """Measured versus simulated latency per policy on the first ``len(test_x)`` test samples (ms per
+    sample at batch 1, the cache's thread count). ``placements``: extra placements to run (e.g. the one a
+    search chose)."""
+    from branchy.timing import machine_state
+
+    model = model.cpu().eval()
+    n = len(test_x)
+    torch.set_num_threads(int(cache.manifest.get("threads") or torch.get_num_threads()))
+    machine_state(torch.get_num_threads())  # warns when the threads exceed the idle cores
+    st = study_policies(cache, predictors=predictors, profile="measured", cfg=cfg, rule=rule)
+    rule = st.rule
+    ev = Evidence.build(cache, "test", measure=cfg.measure, predictors=predictors, profile="measured").subset(
+        np.arange(n))
+    k = cache.num_exits
+    pols: dict[str, tuple | str] = {"full": "full", "cascade": "cascade"}
+    for name, c in st.chosen.items():
+        if c.placement.jump is None:
+            pols[name] = (c.placement, c.cuts, rule)
+    if placements:
+        from .placement_study import PlacementObjective
+
+        obj = PlacementObjective(cache, predictors or {}, profile="measured", rule=rule, cfg=cfg)
+        for name, pl in placements.items():
+            if pl.jump is None:
+                pols[name] = (pl, obj.cuts(pl), obj.rule_for(pl))
+    pooling = cache.manifest.get("pooling", "avg")
+    runtimes, sims = {}, {}
+    for name, pol in pols.items():
+        if pol == "full":
+            plain = Placement.plain(k) if model.chained else Placement.plain(k, [False] * (k - 1) + [True])
+            runtimes[name] = build_runtime(model, plain, ExitRule(rule.measure, (-np.inf,) * k
+                                           if rule.lower_is_confident else (np.inf,) * k), {}, {}, pooling)
+            sims[name] = outcome(ev, "full", rule)
+        elif pol == "cascade":
+            runtimes[name] = build_runtime(model, Placement.plain(k), rule, {}, {}, pooling)
+            sims[name] = outcome(ev, "cascade", rule)
+        else:
+            pl, cuts, r = pol
+            runtimes[name] = build_runtime(model, pl, r, cuts, predictors or {}, pooling)
+            sims[name] = outcome(ev, pl, r, cuts=cuts, name=name)
+    names = list(runtimes)
+    g = np.random.default_rng(seed)
+    meas = np.zeros((reps, len(names), n))
+    taken = np.zeros((len(names), n), np.int64)
+    samples = [test_x[i : i + 1] for i in range(n)]
+    for rt in runtimes.values():  # warm up
+        for s in samples[:10]:
+            rt(s)
+    for r in range(reps):
+        for i, s in enumerate(samples):
+            for j in g.permutation(len(names)):  # interleaved: noise hits every policy alike
+                t0 = time.perf_counter()
+                _, ex = runtimes[names[j]](s)
+                meas[r, j, i] = (time.perf_counter() - t0) * 1e3
+                taken[j, i] = int(ex[0])
+    meas = np.median(meas, 0)
+    batched = {}
+    for name, rt in runtimes.items():
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            for b in range(0, n, batch_size):
+                rt(test_x[b : b + batch_size])
+        batched[name] = (time.perf_counter() - t0) * 1e3 / (reps * n)
+    rows = []
+    full_meas, full_sim = meas[names.index("full")].mean(), sims["full"].latency_ms.mean()
+    for j, name in enumerate(names):
+        m, sl = meas[j], sims[name].latency_ms
+        ci = _boot(m, sl, n_boot, seed)
+        sci = _boot(sl, None, n_boot, seed)
+        rows.append({"policy": name, "backend": BACKEND, "n": n,
+                     "meas_mean_ms": m.mean(), "meas_mean_lo": ci["mean"][0], "meas_mean_hi": ci["mean"][1],
+                     "sim_mean_ms": sl.mean(), "sim_mean_lo": sci["mean"][0], "sim_mean_hi": sci["mean"][1],
+                     "ratio": sl.mean() / m.mean(), "ratio_lo": ci["ratio"][0], "ratio_hi": ci["ratio"][1],
+                     "meas_p95_ms": np.percentile(m, 95, method="inverted_cdf"),
+                     "sim_p95_ms": np.percentile(sl, 95, method="inverted_cdf"),
+                     "exit_match_%": 100 * (taken[j] == sims[name].exit).mean(),
+                     "meas_speedup": full_meas / m.mean(), "sim_speedup": full_sim / sl.mean(),
+                     "batched_ms_per_sample": batched[name], "batched_speedup": batched["full"] / batched[name],
+                     "batch_size": batch_size, "threads": torch.get_num_threads()})
+    return pd.DataFrame(rows)
+
+
+def validate_line(df: pd.DataFrame) -> str:
+    worst = float(np.max(np.abs(df["ratio"] - 1)))
+    return f"validate: worst |sim/meas - 1| = {worst:.3f} over {len(df)} policies (batch 1, {BACKEND})"
+
+
+def format_validate(df: pd.DataFrame) -> str:
+    d = pd.DataFrame({
+        "policy": df.policy,
+        "measured ms [CI]": [f"{r.meas_mean_ms:.4f} [{r.meas_mean_lo:.4f}, {r.meas_mean_hi:.4f}]" for r in df.itertuples()],
+        "simulated ms [CI]": [f"{r.sim_mean_ms:.4f} [{r.sim_mean_lo:.4f}, {r.sim_mean_hi:.4f}]" for r in df.itertuples()],
+        "sim/meas [CI]": [f"{r.ratio:.3f} [{r.ratio_lo:.3f}, {r.ratio_hi:.3f}]" for r in df.itertuples()],
+        "p95 meas/sim": [f"{r.meas_p95_ms:.4f} / {r.sim_p95_ms:.4f}" for r in df.itertuples()],
+        "exits match %": df["exit_match_%"].round(1),
+        "speed-up meas/sim": [f"{r.meas_speedup:.2f} / {r.sim_speedup:.2f}" for r in df.itertuples()],
+        f"batched ms/sample (speed-up)": [f"{r.batched_ms_per_sample:.4f} ({r.batched_speedup:.2f})"
+                                          for r in df.itertuples()]})
+    return d.to_string(index=False)
+
+
+def plot_validate(df: pd.DataFrame, *, ax=None, title: str | None = None):
+    """Simulated against measured mean latency per policy (95 % CIs), with the line sim = meas."""
+    from .plots import _ax
+
+    fig, ax = _ax(ax)
+    for r in df.itertuples():
+        ax.errorbar(r.meas_mean_ms, r.sim_mean_ms, xerr=[[r.meas_mean_ms - r.meas_mean_lo], [r.meas_mean_hi - r.meas_mean_ms]],
+                    yerr=[[r.sim_mean_ms - r.sim_mean_lo], [r.sim_mean_hi - r.sim_mean_ms]], fmt="o", capsize=3,
+                    label=f"{r.policy} ({r.ratio:.2f})")
+    lo = min(df.meas_mean_lo.min(), df.sim_mean_lo.min()) * 0.9
+    hi = max(df.meas_mean_hi.max(), df.sim_mean_hi.max()) * 1.1
+    ax.plot([lo, hi], [lo, hi], "k--", lw=1, label="sim = meas")
+    ax.fill_between([lo, hi], [lo * 0.9, hi * 0.9], [lo * 1.1, hi * 1.1], color="0.85", alpha=0.5, label="±10 %")
+    ax.set_xlabel("measured mean latency (ms per sample, batch 1)")
+    ax.set_ylabel("simulated mean latency (ms)")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    if title:
+        ax.set_title(title)
+    return fig, ax
+
+
+def validate_run(run: str | Path, *, n: int = 300, reps: int = 3, batch_size: int = 64) -> tuple[pd.DataFrame, Path]:
+    """:func:`validate` on a study folder (model/, cache/, predictors/, simulate/thresholds.json,
+    placement/*/placement.json); writes ``validate/validate.csv`` and ``validate/validate.png``."""
+    from branchy.data import load_dataset
+    from branchy.train import load_checkpoint
+
+    from . import plots
+    from .pipeline import policy_config
+    from .study_config import load_study
+
+    run = Path(run)
+    ckpt = run / "model" / "model.pt"
+    if not ckpt.is_file():
+        raise FileNotFoundError(f"no {ckpt}: validate needs a study folder written by `branchy run` or `branchy demo`")
+    model, meta = load_checkpoint(ckpt)
+    cache = FeatureCache.open(run / "cache", model=model)
+    tc = meta.get("train_config") or {}
+    splits = load_dataset(tc["dataset"], root=tc.get("data_root", "data"), path=tc.get("data_path"),
+                          seed=tc.get("seed", 0))
+    cache.check(dataset=splits)
+    cfg = policy_config(load_study(run / "study.yaml")) if (run / "study.yaml").is_file() else PolicyConfig()
+    preds = None
+    if (run / "predictors").is_dir():
+        from predictors.fit import load_predictors
+
+        preds = load_predictors(run / "predictors", cache)
+    rule = ExitRule.load(run / "simulate" / "thresholds.json") if (run / "simulate" / "thresholds.json").is_file() \
+        else None
+    pls = {f"placement ({p.parent.name})": Placement.load(p) for p in sorted(run.glob("placement/*/placement.json"))}
+    n = min(n, cache.size("test"))
+    x = splits.test.batch(torch.arange(n))[0]
+    df = validate(cache, model, x, predictors=preds, cfg=cfg, rule=rule, placements=pls, reps=reps,
+                  batch_size=batch_size)
+    out = run / "validate"
+    out.mkdir(exist_ok=True)
+    df.to_csv(out / "validate.csv", index=False)
+    fig, _ = plot_validate(df, title=f"simulated vs measured ({BACKEND}, batch 1, {n} test samples)")
+    plots.save(fig, out / "validate.png")
+    return df, out
