@@ -222,6 +222,9 @@ def _profile_args(p):
     p.add_argument("--profile-time", type=float, default=0.2,
                    help="seconds of timing per segment and batch size, over all rounds (default 0.2)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--backend", default="eager",
+                   help="what runs the segments: eager (profile 'measured'), compiled or onnxruntime (profile "
+                        "'measured-BACKEND'); see branchy.backends")
 
 
 def _profile_run(a) -> int:
@@ -233,15 +236,21 @@ def _profile_run(a) -> int:
         from branchy.train import load_checkpoint
 
         model, _ = load_checkpoint(a.checkpoint)
-    old = FeatureCache.open(a.cache).costs.copy()
+    before = FeatureCache.open(a.cache)
+    old = before.costs_for(a.backend).copy() if a.backend in before.backends else None
     cache = reprofile(a.cache, model, threads=a.threads, rounds=a.rounds, batch_size=a.batch_size,
-                      min_run_time=a.profile_time, device=a.device)
-    new = cache.costs
+                      min_run_time=a.profile_time, device=a.device, backend=a.backend)
+    new = cache.costs_for(a.backend)
     show = new[["segment", "k", "ms_b1", "ms_b1_spread", "ms_batch", "ms_batch_spread", "unstable"]].copy()
-    show.insert(3, "old_ms_b1", old["ms_b1"].to_numpy())
-    print(f"re-measured {a.cache}: ms at batch 1 and per batch of {int(new['batch_size'].iloc[0])}, medians over "
+    if old is not None:
+        show.insert(3, "old_ms_b1", old["ms_b1"].to_numpy())
+    ov = cache.overhead(a.backend)
+    print(f"re-measured {a.cache} on {a.backend}: ms at batch 1 and per batch of {int(new['batch_size'].iloc[0])}, medians over "
           f"{int(new['rounds'].iloc[0])} rounds; spread = IQR / median; the old table is in costs_history/")
     print(show.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    if ov:
+        print(f"runtime overhead ({a.backend}): {ov['sample_ms']:.4f} ms per sample + {ov['decision_ms']:.4f} ms per "
+              f"side exit entered")
     print_cache_info(cache)
     return 0
 
@@ -468,16 +477,18 @@ def _validate_args(p):
     p.add_argument("--n", type=int, default=300, help="test samples, run one at a time (default 300)")
     p.add_argument("--reps", type=int, default=3, help="timed repetitions per sample and policy (median)")
     p.add_argument("--batch-size", type=int, default=64, help="batch for the batched run")
+    p.add_argument("--backend", default="eager", help="eager, compiled or onnxruntime (its costs must have been "
+                   "measured: branchy profile --backend)")
 
 
 def _validate_run(a) -> int:
     from .validate import format_validate, validate_line, validate_run
 
-    df, out = validate_run(a.run, n=a.n, reps=a.reps, batch_size=a.batch_size)
+    df, out = validate_run(a.run, n=a.n, reps=a.reps, batch_size=a.batch_size, backend=a.backend)
     print(f"real runtime vs simulator on {int(df.n.iloc[0])} test samples; ms per sample at batch 1, "
           f"{int(df.threads.iloc[0])} threads; simulated from the cache's measured costs and runtime overhead")
     print(format_validate(df))
-    print(f"wrote {out}/validate.csv and validate.png")
+    print(f"wrote {out}/validate*.csv and validate*.png")
     print(validate_line(df))
     return 0
 

@@ -31,7 +31,12 @@ class DeviceProfile:
 
     @property
     def measured(self) -> bool:
-        return self.name == "measured"
+        return self.name == "measured" or self.name.startswith("measured-")
+
+    @property
+    def backend(self) -> str:
+        """The runtime backend a measured profile's costs come from (``measured``: eager)."""
+        return self.name.split("-", 1)[1] if self.name.startswith("measured-") else "eager"
 
     def compute_ms(self, macs) -> np.ndarray:
         return np.asarray(macs, dtype=float) / self.macs_per_s * 1e3 + self.overhead_ms
@@ -49,6 +54,11 @@ PROFILES: Registry[DeviceProfile] = Registry("device profile")
 PROFILES.register("measured", DeviceProfile("measured", description="the cache's own measured latencies (ms, batch 1)",
                                             source="torch.utils.benchmark at dump time"),
                   doc="the cache's own measured latencies (ms, batch 1)")
+for _b, _doc in (("compiled", "TorchScript-frozen segments"), ("onnxruntime", "ONNX Runtime (CPU)")):
+    PROFILES.register(f"measured-{_b}", DeviceProfile(f"measured-{_b}", description=f"the cache's latencies measured "
+                                                      f"on {_doc} (branchy profile --backend {_b})",
+                                                      source="branchy profile"),
+                      doc=f"the cache's latencies measured on {_doc} (ms, batch 1)")
 _REQUIRED = ("name", "macs_per_s", "bytes_per_s")
 
 
@@ -165,12 +175,12 @@ class CostModel:
         smacs, emacs = cache.cost_vector("stage", "macs"), cache.cost_vector("exit", "macs")
         act = cache.cost_vector("buffer", "act_bytes")
         if prof.measured:
-            s, e, b = (cache.cost_vector(seg, "ms_b1") for seg in ("stage", "exit", "buffer"))
+            s, e, b = (cache.cost_vector(seg, "ms_b1", prof.backend) for seg in ("stage", "exit", "buffer"))
             if np.isnan(np.concatenate([s, e, b])).any():
                 raise ValueError(f"cache {cache.path} has no measured latency (dumped with --no-latency); "
                                  f"use an analytic profile: {', '.join(n for n in list_profiles() if n != 'measured')}")
-            ov = cache.manifest.get("overhead") or {}
-            return cls("measured", s, e, b, b.copy(), smacs, emacs, act, prof, float(ov.get("sample_ms", 0.0)),
+            ov = cache.overhead(prof.backend)
+            return cls(prof.name, s, e, b, b.copy(), smacs, emacs, act, prof, float(ov.get("sample_ms", 0.0)),
                        float(ov.get("decision_ms", 0.0)))
         buf = prof.buffer_ms(act)
         return cls(prof.name, prof.compute_ms(smacs), prof.compute_ms(emacs), buf, buf.copy(), smacs, emacs, act, prof)

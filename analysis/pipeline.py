@@ -17,6 +17,7 @@ DEMO = StudyConfig(
     data=DataSection("mnist5k"),
     model=ModelSection("b-lenet", exits=(0, 1)),
     train=TrainSection(epochs=30, batch_size=64, lr=3e-3, augment_shift=2),
+    backends=("eager", "onnxruntime"),
 )
 
 
@@ -138,6 +139,7 @@ def run_study(cfg: StudyConfig, *, redo: bool = False) -> dict:
     log("test accuracy per exit (%):")
     print(test_eval.assign(accuracy=100 * test_eval.accuracy).to_string(index=False, float_format="%.2f"))
     cache = step_dump(cfg, model, splits, out, redo)
+    cache = step_backends(cfg, cache, model, redo)
     print_cache_info(cache)
     preds, pred_table, rule = step_predictors(cfg, cache, out, redo)
     log(f"exit rule: {rule.describe()}")
@@ -147,7 +149,9 @@ def run_study(cfg: StudyConfig, *, redo: bool = False) -> dict:
     pol = cfg.policies
     pcfg = policy_config(cfg)
     log("simulating every policy with buffering costs (decided on calib, reported on test)")
-    sim = simulate_to(cache, out / "simulate", predictors=preds, profiles=cfg.profiles, cfg=pcfg, verbose=False)
+    profiles = list(cfg.profiles) + ([f"measured-{b}" for b in cfg.backends if b != "eager"]
+                                     if "measured" in cfg.profiles and cache.manifest.get("device") == "cpu" else [])
+    sim = simulate_to(cache, out / "simulate", predictors=preds, profiles=profiles, cfg=pcfg, verbose=False)
     pl = cfg.placement
     con = (Constraint(latency_budget=pl.latency_budget) if pl.latency_budget is not None
            else Constraint(max_acc_drop=pl.max_acc_drop))
@@ -165,7 +169,7 @@ def run_study(cfg: StudyConfig, *, redo: bool = False) -> dict:
         log(f"chosen: {res.chosen.describe()} ({len(res.table)} candidates)")
         print(format_compare(compare))
     headline = sim["summary"]
-    for prof in cfg.profiles:
+    for prof in profiles:
         log(f"headline ({prof}): test split; latency in ms per sample at batch 1; speed-up over full; 95% CIs")
         print(format_headline(headline[headline.profile == prof]))
     if len(sim["gates"]):
@@ -185,32 +189,53 @@ def run_study(cfg: StudyConfig, *, redo: bool = False) -> dict:
     return result
 
 
+def step_backends(cfg: StudyConfig, cache, model, redo: bool):
+    """Measure the segment costs on every extra runtime backend (profile ``measured-BACKEND``)."""
+    from branchy.dump import reprofile
+
+    if cache.manifest.get("device") != "cpu" or np.isnan(cache.cost_vector("stage", "ms_b1")).any():
+        return cache
+    for b in cfg.backends:
+        if b == "eager" or (b in cache.backends and not redo):
+            continue
+        log(f"measuring segment costs on the {b} backend (profile measured-{b})")
+        cache = reprofile(cache.path, model, backend=b, min_run_time=cfg.dump.profile_time)
+    return cache
+
+
 def step_validate(cfg: StudyConfig, cache, model, splits, preds, pcfg, rule, placements: dict, out: Path):
-    """The real runtime against the simulator on ``cfg.validate`` test samples (0: skipped)."""
+    """The real runtime against the simulator on ``cfg.validate`` test samples, on every backend (0: skip)."""
+    import pandas as pd
     import torch
 
+    from . import plots
     from .validate import format_validate, plot_validate, validate, validate_line
 
     if not cfg.validate:
         return None
-    if np.isnan(cache.cost_vector("stage", "ms_b1")).any() or not str(cache.manifest.get("device")).startswith("cpu"):
+    if np.isnan(cache.cost_vector("stage", "ms_b1")).any() or cache.manifest.get("device") != "cpu":
         log("validate skipped: the cache has no CPU latency measurement")
         return None
     n = min(cfg.validate, cache.size("test"))
-    log(f"validate: the real runtime (eager) on {n} test samples at batch 1 against the simulator (measured costs)")
     x = splits.test.batch(torch.arange(n))[0]
     pls = {f"placement ({s})": res.chosen for s, (res, _) in placements.items()}
-    df = validate(cache, model, x, predictors=preds, cfg=pcfg, rule=rule, placements=pls)
     d = out / "validate"
     d.mkdir(exist_ok=True)
-    df.to_csv(d / "validate.csv", index=False)
-    from . import plots
-
-    fig, _ = plot_validate(df, title=f"simulated vs measured (eager, batch 1, {n} test samples)")
-    plots.save(fig, d / "validate.png")
-    print(format_validate(df))
-    print(validate_line(df))
-    return df
+    frames = []
+    for b in cfg.backends:
+        if b not in cache.backends:
+            continue
+        log(f"validate: the real runtime ({b}) on {n} test samples at batch 1 against the simulator "
+            f"(measured{'' if b == 'eager' else '-' + b} costs)")
+        df = validate(cache, model, x, predictors=preds, cfg=pcfg, rule=rule, placements=pls, backend=b)
+        tag = "" if b == "eager" else f"_{b}"
+        df.to_csv(d / f"validate{tag}.csv", index=False)
+        fig, _ = plot_validate(df, title=f"simulated vs measured ({b}, batch 1, {n} test samples)")
+        plots.save(fig, d / f"validate{tag}.png")
+        print(format_validate(df))
+        print(validate_line(df))
+        frames.append(df)
+    return pd.concat(frames, ignore_index=True) if frames else None
 
 
 def run_demo(out: str = "runs/demo", redo: bool = False, epochs: int | None = None) -> dict:

@@ -49,6 +49,19 @@ def write_report(result: dict, path: str | Path) -> Path:
     for prof in summary.profile.unique():
         s.append(f"<h3>{html.escape(prof)}</h3><pre>{html.escape(format_headline(summary[summary.profile == prof]))}"
                  f"</pre>")
+    measured = [p for p in summary.profile.unique() if str(p).startswith("measured")]
+    if len(measured) > 1:
+        verdict = {}
+        for p in measured:
+            d = summary[(summary.profile == p) & (summary.policy != "oracle")]
+            verdict[p] = (d.sort_values("mean_ms").policy.iloc[0],
+                          float(d.set_index("policy").loc["cascade", "speedup"]))
+        fastest = {v[0] for v in verdict.values()}
+        pays = {v[1] > 1 for v in verdict.values()}
+        if len(fastest) > 1 or len(pays) > 1:
+            s.append("<p><b>The backend changes the conclusion.</b> " + "; ".join(
+                f"on {html.escape(p)} the fastest policy is {html.escape(f)} and the cascade runs at "
+                f"{sp:.2f}x full" for p, (f, sp) in verdict.items()) + ".</p>")
     s.append("<h2>Per-exit accuracy and cost</h2>")
     s.append(_table(cache.summary()))
     s.append("<p class=note>cum_MACs / cum_ms_b1: stages up to the exit plus the exit head (measured).</p>")
@@ -76,8 +89,10 @@ def write_report(result: dict, path: str | Path) -> Path:
                  f"sim/meas: ratio of mean latencies with a paired bootstrap 95 % CI; exits match: share of samples "
                  f"leaving at the exit the simulator says. Batched: ms per sample at batch "
                  f"{int(val.batch_size.iloc[0])}.</p>")
-        s.append(f"<pre>{html.escape(format_validate(val))}\n{html.escape(validate_line(val))}</pre>")
-        s.append(_img(plot_validate(val, title="simulated vs measured mean latency")[0]))
+        for b, v in val.groupby("backend", sort=False):
+            s.append(f"<h3>{html.escape(str(b))}</h3><pre>{html.escape(format_validate(v))}\n"
+                     f"{html.escape(validate_line(v))}</pre>")
+            s.append(_img(plot_validate(v, title=f"simulated vs measured mean latency ({b})")[0]))
     s.append("<h2>Accuracy versus latency</h2>")
     pts = sim["pareto"]
     for prof in summary.profile.unique():

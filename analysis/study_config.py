@@ -97,6 +97,7 @@ class StudyConfig:
     placement: PlacementSection = PlacementSection()
     report: bool = True
     validate: int = 300  # test samples the real runtime runs to check the simulator (0: skip)
+    backends: tuple[str, ...] = ("eager",)  # runtime backends measured (profile measured-BACKEND) and validated
 
     def to_dict(self) -> dict:
         return _plain(asdict(self))
@@ -225,6 +226,11 @@ def validate(cfg: StudyConfig) -> None:
            f"max_acc_drop={pol.max_acc_drop}")
     _check(isinstance(cfg.validate, int) and cfg.validate >= 0,
            f"validate: the number of test samples to run for real (0: skip), got {cfg.validate!r}")
+    from branchy.backends import BACKENDS
+
+    for b in cfg.backends:
+        known(BACKENDS, b, "backends")
+    _check("eager" in cfg.backends, "backends: eager is always measured (it is the cache's own 'measured' profile)")
     _check(len(cfg.profiles) >= 1, "profiles: name at least one device profile (e.g. measured)")
     for p in (*cfg.profiles, cfg.placement.profile):
         try:

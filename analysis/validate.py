@@ -1,5 +1,5 @@
 """``branchy validate``: how far is the simulator from a real run? The real early-exit runtime
-(:class:`branchy.runtime.EarlyExitRuntime`, eager PyTorch) runs every policy it can on test samples at
+(:class:`branchy.runtime.EarlyExitRuntime`, on a backend: eager, compiled, onnxruntime) runs every policy it can on test samples at
 batch 1 (and batched), with the exit rule, gates and cuts decided on calib; the simulator predicts the
 same samples from the cache's measured costs (segments plus the runtime's own measured overhead). Per
 policy: measured and simulated mean and p95 ms with bootstrap CIs, their ratio, and the share of samples
@@ -20,9 +20,6 @@ from placement import Placement
 
 from .evidence import Evidence, can_pass, outcome
 from .study import PolicyConfig, study_policies
-
-BACKEND = "eager"
-
 
 def gate_callable(pred, cut: float, pooling: str):
     """``h -> bool [B]``: pool the activation as the cache did, score with the predictor, enter when the
@@ -62,7 +59,8 @@ def gate_callable(pred, cut: float, pooling: str):
     return fn
 
 
-def build_runtime(model, pl: Placement, rule: ExitRule, cuts: dict, predictors: dict, pooling: str) -> EarlyExitRuntime:
+def build_runtime(model, pl: Placement, rule: ExitRule, cuts: dict, predictors: dict, pooling: str,
+                  segments: tuple | None = None) -> EarlyExitRuntime:
     """The runtime of a placement, as the evaluator scores it (exits nothing can pass are not entered)."""
     if pl.jump is not None:
         raise ValueError("the runtime has no jump predictor yet")
@@ -73,7 +71,7 @@ def build_runtime(model, pl: Placement, rule: ExitRule, cuts: dict, predictors: 
     for e, g in enumerate(pl.gates):
         if g is not None and kept[e]:
             gates[e] = (g.at, gate_callable(predictors[g.predictor], cuts.get(e, -np.inf), pooling))
-    return EarlyExitRuntime(model, rule, kept=kept, gates=gates)
+    return EarlyExitRuntime(model, rule, kept=kept, gates=gates, segments=segments)
 
 
 def _boot(a: np.ndarray, b: np.ndarray | None, n_boot: int, seed: int):
@@ -92,20 +90,25 @@ def _boot(a: np.ndarray, b: np.ndarray | None, n_boot: int, seed: int):
 def validate(cache: FeatureCache, model, test_x: torch.Tensor, *, predictors: dict | None = None,
              cfg: PolicyConfig = PolicyConfig(), rule: ExitRule | None = None,
              placements: dict[str, Placement] | None = None, reps: int = 3, batch_size: int = 64,
-             n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+             n_boot: int = 1000, seed: int = 0, backend: str = "eager") -> pd.DataFrame:
     """Measured versus simulated latency per policy on the first ``len(test_x)`` test samples (ms per
     sample at batch 1, the cache's thread count). ``placements``: extra placements to run (e.g. the one a
-    search chose)."""
+    search chose). ``backend`` runs the stages and heads (gates stay in torch); the simulator uses the
+    costs measured on it (profile ``measured`` or ``measured-BACKEND``)."""
+    from branchy.backends import prepare
     from branchy.timing import machine_state
 
     model = model.cpu().eval()
     n = len(test_x)
     torch.set_num_threads(int(cache.manifest.get("threads") or torch.get_num_threads()))
     machine_state(torch.get_num_threads())  # warns when the threads exceed the idle cores
-    st = study_policies(cache, predictors=predictors, profile="measured", cfg=cfg, rule=rule)
+    profile = "measured" if backend == "eager" else f"measured-{backend}"
+    cache.costs_for(backend)  # the costs measured on that backend must exist: a clear error otherwise
+    st = study_policies(cache, predictors=predictors, profile=profile, cfg=cfg, rule=rule)
     rule = st.rule
-    ev = Evidence.build(cache, "test", measure=cfg.measure, predictors=predictors, profile="measured").subset(
+    ev = Evidence.build(cache, "test", measure=cfg.measure, predictors=predictors, profile=profile).subset(
         np.arange(n))
+    segs = prepare(model, backend)
     k = cache.num_exits
     pols: dict[str, tuple | str] = {"full": "full", "cascade": "cascade"}
     for name, c in st.chosen.items():
@@ -114,7 +117,7 @@ def validate(cache: FeatureCache, model, test_x: torch.Tensor, *, predictors: di
     if placements:
         from .placement_study import PlacementObjective
 
-        obj = PlacementObjective(cache, predictors or {}, profile="measured", rule=rule, cfg=cfg)
+        obj = PlacementObjective(cache, predictors or {}, profile=profile, rule=rule, cfg=cfg)
         for name, pl in placements.items():
             if pl.jump is None:
                 pols[name] = (pl, obj.cuts(pl), obj.rule_for(pl))
@@ -124,14 +127,14 @@ def validate(cache: FeatureCache, model, test_x: torch.Tensor, *, predictors: di
         if pol == "full":
             plain = Placement.plain(k) if model.chained else Placement.plain(k, [False] * (k - 1) + [True])
             runtimes[name] = build_runtime(model, plain, ExitRule(rule.measure, (-np.inf,) * k
-                                           if rule.lower_is_confident else (np.inf,) * k), {}, {}, pooling)
+                                           if rule.lower_is_confident else (np.inf,) * k), {}, {}, pooling, segs)
             sims[name] = outcome(ev, "full", rule)
         elif pol == "cascade":
-            runtimes[name] = build_runtime(model, Placement.plain(k), rule, {}, {}, pooling)
+            runtimes[name] = build_runtime(model, Placement.plain(k), rule, {}, {}, pooling, segs)
             sims[name] = outcome(ev, "cascade", rule)
         else:
             pl, cuts, r = pol
-            runtimes[name] = build_runtime(model, pl, r, cuts, predictors or {}, pooling)
+            runtimes[name] = build_runtime(model, pl, r, cuts, predictors or {}, pooling, segs)
             sims[name] = outcome(ev, pl, r, cuts=cuts, name=name)
     names = list(runtimes)
     g = np.random.default_rng(seed)
@@ -162,7 +165,7 @@ def validate(cache: FeatureCache, model, test_x: torch.Tensor, *, predictors: di
         m, sl = meas[j], sims[name].latency_ms
         ci = _boot(m, sl, n_boot, seed)
         sci = _boot(sl, None, n_boot, seed)
-        rows.append({"policy": name, "backend": BACKEND, "n": n,
+        rows.append({"policy": name, "backend": backend, "n": n,
                      "meas_mean_ms": m.mean(), "meas_mean_lo": ci["mean"][0], "meas_mean_hi": ci["mean"][1],
                      "sim_mean_ms": sl.mean(), "sim_mean_lo": sci["mean"][0], "sim_mean_hi": sci["mean"][1],
                      "ratio": sl.mean() / m.mean(), "ratio_lo": ci["ratio"][0], "ratio_hi": ci["ratio"][1],
@@ -177,7 +180,7 @@ def validate(cache: FeatureCache, model, test_x: torch.Tensor, *, predictors: di
 
 def validate_line(df: pd.DataFrame) -> str:
     worst = float(np.max(np.abs(df["ratio"] - 1)))
-    return f"validate: worst |sim/meas - 1| = {worst:.3f} over {len(df)} policies (batch 1, {BACKEND})"
+    return f"validate: worst |sim/meas - 1| = {worst:.3f} over {len(df)} policies (batch 1, {df.backend.iloc[0]})"
 
 
 def format_validate(df: pd.DataFrame) -> str:
@@ -216,7 +219,8 @@ def plot_validate(df: pd.DataFrame, *, ax=None, title: str | None = None):
     return fig, ax
 
 
-def validate_run(run: str | Path, *, n: int = 300, reps: int = 3, batch_size: int = 64) -> tuple[pd.DataFrame, Path]:
+def validate_run(run: str | Path, *, n: int = 300, reps: int = 3, batch_size: int = 64,
+                 backend: str = "eager") -> tuple[pd.DataFrame, Path]:
     """:func:`validate` on a study folder (model/, cache/, predictors/, simulate/thresholds.json,
     placement/*/placement.json); writes ``validate/validate.csv`` and ``validate/validate.png``."""
     from branchy.data import load_dataset
@@ -248,10 +252,11 @@ def validate_run(run: str | Path, *, n: int = 300, reps: int = 3, batch_size: in
     n = min(n, cache.size("test"))
     x = splits.test.batch(torch.arange(n))[0]
     df = validate(cache, model, x, predictors=preds, cfg=cfg, rule=rule, placements=pls, reps=reps,
-                  batch_size=batch_size)
+                  batch_size=batch_size, backend=backend)
     out = run / "validate"
     out.mkdir(exist_ok=True)
-    df.to_csv(out / "validate.csv", index=False)
-    fig, _ = plot_validate(df, title=f"simulated vs measured ({BACKEND}, batch 1, {n} test samples)")
-    plots.save(fig, out / "validate.png")
+    tag = "" if backend == "eager" else f"_{backend}"
+    df.to_csv(out / f"validate{tag}.csv", index=False)
+    fig, _ = plot_validate(df, title=f"simulated vs measured ({backend}, batch 1, {n} test samples)")
+    plots.save(fig, out / f"validate{tag}.png")
     return df, out

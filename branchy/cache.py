@@ -146,10 +146,32 @@ class FeatureCache:
         """Per-segment cost table (units: MACs per sample, bytes, ms)."""
         return pd.read_csv(self.path / "costs.csv")
 
-    def cost_vector(self, segment: str, column: str) -> np.ndarray:
+    @property
+    def backends(self) -> list[str]:
+        """Backends whose measured costs the cache holds (``eager``: ``costs.csv``)."""
+        return ["eager"] + sorted((self.manifest.get("backends") or {}))
+
+    def costs_for(self, backend: str = "eager") -> pd.DataFrame:
+        """The cost table measured on ``backend`` (``branchy profile --backend``)."""
+        if backend == "eager":
+            return self.costs
+        entry = (self.manifest.get("backends") or {}).get(backend)
+        if entry is None:
+            raise CacheError(f"{self.path} holds no costs measured on {backend!r} (it has: "
+                             f"{', '.join(self.backends)}); measure them with `branchy profile --cache {self.path} "
+                             f"--backend {backend}`")
+        return pd.read_csv(self.path / entry["costs"])
+
+    def cost_vector(self, segment: str, column: str, backend: str = "eager") -> np.ndarray:
         """``[K]`` values of ``column`` for ``segment`` rows (stage / exit / buffer), ordered by k."""
-        c = self.costs
+        c = self.costs_for(backend)
         return c[c.segment == segment].sort_values("k")[column].to_numpy(dtype=float)
+
+    def overhead(self, backend: str = "eager") -> dict:
+        """The runtime's own measured overhead on ``backend`` (``sample_ms``, ``decision_ms``; {} if none)."""
+        if backend == "eager":
+            return self.manifest.get("overhead") or {}
+        return ((self.manifest.get("backends") or {}).get(backend) or {}).get("overhead") or {}
 
     def table(self, split: str) -> pd.DataFrame:
         """One row per sample and exit: label, prediction, correct, entropy (nats), norm_entropy

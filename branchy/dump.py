@@ -249,11 +249,16 @@ def cache_from_arrays(path: str | os.PathLike, data: dict, *, costs=None, model_
 
 
 def reprofile(path: str | os.PathLike, model=None, *, threads: int | None = None, rounds: int = 15,
-              batch_size: int | None = None, min_run_time: float = 0.2, device: str = "cpu") -> FeatureCache:
-    """Measure an existing cache's segment costs again, without redumping: the model (default: the
-    checkpoint the manifest names) must have the cache's weights. The old ``costs.csv`` is kept in
-    ``costs_history/`` with the manifest's old timing record; the new one and the manifest are written
-    atomically (temp + rename, manifest last)."""
+              batch_size: int | None = None, min_run_time: float = 0.2, device: str = "cpu",
+              backend: str = "eager") -> FeatureCache:
+    """Measure an existing cache's segment costs again, without redumping, on ``backend`` (``eager``:
+    ``costs.csv``, the ``measured`` profile; others: ``costs_BACKEND.csv``, profile ``measured-BACKEND``).
+    The model (default: the checkpoint the manifest names) must have the cache's weights. The old table is
+    kept in ``costs_history/`` with its timing record; the new one and the manifest are written atomically
+    (temp + rename, manifest last)."""
+    from .backends import BACKENDS
+
+    BACKENDS.get(backend)
     p = Path(path)
     cache = FeatureCache.open(p)
     m = dict(cache.manifest)
@@ -269,23 +274,31 @@ def reprofile(path: str | os.PathLike, model=None, *, threads: int | None = None
             raise ValueError(f"threads must be >= 1, got {threads}")
         torch.set_num_threads(int(threads))
     bs = int(batch_size or m.get("batch_size") or 64)
+    dev = resolve_device(device) if backend == "eager" else torch.device("cpu")
     timing = machine_state(torch.get_num_threads())
-    dev = resolve_device(device)
-    costs = profile_segments(model, batch_size=bs, device=dev, min_run_time=min_run_time, rounds=rounds)
-    overhead = runtime_overhead(model, rounds=rounds, min_run_time=2 * min_run_time) if dev.type == "cpu" else None
-    hist = p / "costs_history"
-    hist.mkdir(exist_ok=True)
+    costs = profile_segments(model, batch_size=bs, device=dev, min_run_time=min_run_time, rounds=rounds,
+                             backend=backend)
+    overhead = runtime_overhead(model, rounds=rounds, min_run_time=2 * min_run_time, backend=backend) \
+        if dev.type == "cpu" else None
+    name = "costs.csv" if backend == "eager" else f"costs_{backend}.csv"
     stamp = time.strftime("%Y%m%dT%H%M%S")
-    shutil.copy2(p / "costs.csv", hist / f"costs_{stamp}.csv")
-    (hist / f"timing_{stamp}.json").write_text(json.dumps({"timing": m.get("timing"), "threads": m.get("threads"),
-                                                           "device": m.get("device"), "overhead": m.get("overhead")},
-                                                          indent=2))
-    tmp = p / "costs.csv.tmp"
+    if (p / name).exists():
+        hist = p / "costs_history"
+        hist.mkdir(exist_ok=True)
+        shutil.copy2(p / name, hist / f"{name[:-4]}_{stamp}.csv")
+        old = m if backend == "eager" else (m.get("backends") or {}).get(backend, {})
+        (hist / f"timing_{backend}_{stamp}.json").write_text(json.dumps(
+            {k: old.get(k) for k in ("timing", "threads", "device", "overhead")}, indent=2, default=str))
+    tmp = p / (name + ".tmp")
     costs.to_csv(tmp, index=False)
-    os.replace(tmp, p / "costs.csv")
-    m["files"] = dict(m.get("files", {}), **{"costs.csv": (p / "costs.csv").stat().st_size})
-    m.update(threads=torch.get_num_threads(), device=str(dev), timing=timing, overhead=overhead,
-             profiled=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    os.replace(tmp, p / name)
+    m["files"] = dict(m.get("files", {}), **{name: (p / name).stat().st_size})
+    record = {"threads": torch.get_num_threads(), "device": str(dev), "timing": timing, "overhead": overhead,
+              "profiled": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    if backend == "eager":
+        m.update(record)
+    else:
+        m["backends"] = dict(m.get("backends") or {}, **{backend: {"costs": name, **record}})
     tmp = p / (MANIFEST + ".tmp")
     tmp.write_text(json.dumps(m, indent=2))
     os.replace(tmp, p / MANIFEST)

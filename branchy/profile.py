@@ -23,11 +23,12 @@ def count_macs(fn: Callable[[], object]) -> int:
     return int(fc.get_total_flops()) // 2
 
 
-def _exit_with_confidence(model: BranchyNet, k: int):
-    """Exit head k plus softmax and entropy: what deciding at exit k costs."""
+def _exit_with_confidence(model: BranchyNet, k: int, head=None):
+    """Exit head k plus softmax and entropy: what deciding at exit k costs (``head``: the backend's)."""
+    head = head or (lambda h: model.run_exit(k, h))
 
     def run(h):
-        p = torch.softmax(model.run_exit(k, h), dim=1)
+        p = torch.softmax(head(h), dim=1)
         return -(p * torch.log(p.clamp_min(1e-12))).sum(1)
 
     return run
@@ -36,16 +37,19 @@ def _exit_with_confidence(model: BranchyNet, k: int):
 @torch.no_grad()
 def profile_segments(model: BranchyNet, *, batch_size: int = 64, device: str | torch.device = "cpu",
                      min_run_time: float = 0.2, measure_latency: bool = True, rounds: int = 15,
-                     seed: int = 0) -> pd.DataFrame:
+                     seed: int = 0, backend: str = "eager") -> pd.DataFrame:
     """One row per segment: ``stage`` k, ``exit`` k (head + softmax + entropy) and ``buffer`` k (a
     copy of the branch-point activation: the write or read of buffering). MACs and bytes are per
     sample (batch 1); ``ms_b1`` is ms at batch 1, ``ms_batch`` ms per whole batch of ``batch_size``:
     medians over ``rounds`` interleaved rounds (about ``min_run_time`` s per segment and batch size in
-    all), ``*_spread`` = IQR / median, ``unstable`` when a spread exceeds 10 %."""
+    all), ``*_spread`` = IQR / median, ``unstable`` when a spread exceeds 10 %. ``backend``: what runs the
+    segments (:mod:`branchy.backends`; not eager: CPU)."""
+    from .backends import prepare
     from .timing import interleaved_times, robust_summary
 
-    device = torch.device(device)
+    device = torch.device(device if backend == "eager" else "cpu")
     model = model.to(device).eval()
+    run_stages, run_heads = prepare(model, backend) if measure_latency else (None, None)
     c = model.config
     threads = torch.get_num_threads()
     rows, fns = [], {}
@@ -66,9 +70,12 @@ def profile_segments(model: BranchyNet, *, batch_size: int = 64, device: str | t
             ("exit", _exit_with_confidence(model, k), 1, sum(p.numel() for p in model.exits[k].parameters())),
             ("buffer", lambda x: x.clone(), 1, 0),
         ]
+        timed = {"stage": run_stages[k] if run_stages else None,
+                 "exit": _exit_with_confidence(model, k, run_heads[k]) if run_heads else None}
         for name, fn, which, params in segs:
             a1, ab = x1[k + which], xb[k + which]
             macs = count_macs(lambda: fn(a1)) if name != "buffer" else 0
+            fn = timed.get(name) or fn
             rows.append({"segment": name, "k": k, "macs": macs, "params": params,
                          "act_bytes": x1[k + 1].numel() * x1[k + 1].element_size(),
                          "batch_size": batch_size, "threads": threads, "device": str(device)})
@@ -95,16 +102,19 @@ def profile_segments(model: BranchyNet, *, batch_size: int = 64, device: str | t
 
 
 @torch.no_grad()
-def runtime_overhead(model: BranchyNet, *, rounds: int = 15, min_run_time: float = 0.5, seed: int = 0) -> dict:
+def runtime_overhead(model: BranchyNet, *, rounds: int = 15, min_run_time: float = 0.5, seed: int = 0,
+                     backend: str = "eager") -> dict:
     """What the real runtime (:class:`branchy.runtime.EarlyExitRuntime`, eager) spends outside the
     segments at batch 1, measured in the same interleaved rounds as the segments it is compared with:
     ``sample_ms``, the fixed cost per sample (the plain network through the runtime minus its stages and
     final head), and ``decision_ms``, the cost per side exit entered beyond its head, softmax, confidence
     and buffer copies (softmax/compare bookkeeping, selecting the rows that go on). Clipped at 0."""
+    from .backends import prepare
     from .runtime import EarlyExitRuntime
     from .timing import interleaved_times, robust_summary
 
     model = model.cpu().eval()
+    segs = prepare(model, backend)
     c, k = model.config, model.num_exits
     x = torch.randn(1, c.in_channels, *c.image_size)
     xs, h = [], x
@@ -113,12 +123,12 @@ def runtime_overhead(model: BranchyNet, *, rounds: int = 15, min_run_time: float
         h = model.run_stage(i, h)
     xs.append(h)
     never = [float("-inf")] * k  # entropy below -inf: no side exit ever accepts
-    vain = EarlyExitRuntime(model, never)
-    plain = vain if model.chained else EarlyExitRuntime(model, never, kept=[False] * (k - 1) + [True])
+    vain = EarlyExitRuntime(model, never, segments=segs)
+    plain = vain if model.chained else EarlyExitRuntime(model, never, kept=[False] * (k - 1) + [True], segments=segs)
     fns = {"rt_full": lambda: plain(x), "rt_vain": lambda: vain(x)}
     for i in range(k):
-        fns[f"stage{i}"] = lambda i=i: model.run_stage(i, xs[i])
-        fns[f"exit{i}"] = lambda i=i, f=_exit_with_confidence(model, i): f(xs[i + 1])
+        fns[f"stage{i}"] = lambda i=i: segs[0][i](xs[i])
+        fns[f"exit{i}"] = lambda i=i, f=_exit_with_confidence(model, i, segs[1][i]): f(xs[i + 1])
         fns[f"buffer{i}"] = lambda i=i: xs[i + 1].clone()
     t = robust_summary(interleaved_times(fns, rounds=rounds, target_ms=1e3 * min_run_time / rounds / 2,
                                          seed=seed)).set_index("name")["ms"]
@@ -131,4 +141,4 @@ def runtime_overhead(model: BranchyNet, *, rounds: int = 15, min_run_time: float
         sample = t["rt_full"] - stages - t[f"exit{k - 1}"]
         decision = (t["rt_vain"] - t["rt_full"] - side) / max(1, k - 1)
     return {"sample_ms": float(max(0.0, sample)), "decision_ms": float(max(0.0, decision)),
-            "runtime_full_ms": float(t["rt_full"]), "backend": "eager", "rounds": rounds}
+            "runtime_full_ms": float(t["rt_full"]), "backend": backend, "rounds": rounds}

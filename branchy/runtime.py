@@ -32,11 +32,12 @@ def _confidence(logits: torch.Tensor, measure: str) -> torch.Tensor:
 class EarlyExitRuntime:
     """Cascade with per-exit thresholds (entropy < T, or max_prob / margin > T), optional removed exits
     (``kept``) and gates in front of side exits (``gates[k] = (at, callable)``, ``at <= k``).
-    ``thresholds`` may be an :class:`~branchy.rule.ExitRule` (its measure is then used)."""
+    ``thresholds`` may be an :class:`~branchy.rule.ExitRule` (its measure is then used). ``backend``:
+    ``eager``, ``compiled`` or ``onnxruntime`` (:mod:`branchy.backends`)."""
 
     def __init__(self, model: BranchyNet, thresholds, *, measure: str = "entropy",
                  kept: Sequence[bool] | None = None, gates: dict[int, Gate] | None = None,
-                 buffer: bool = True) -> None:
+                 buffer: bool = True, backend: str = "eager", segments: tuple | None = None) -> None:
         k = model.num_exits
         from .rule import ExitRule
 
@@ -55,6 +56,11 @@ class EarlyExitRuntime:
             if not (0 <= e < k - 1 and 0 <= at <= e):
                 raise ValueError(f"gate for exit {e} after stage {at}: need 0 <= at <= exit < {k - 1}")
         self.buffer = buffer
+        self.backend = backend
+        from .backends import prepare
+
+        # stages and heads prepared once on the backend (``segments`` shares them between runtimes)
+        self._stages, self._heads = segments if segments is not None else prepare(model, backend)
         if model.chained and (not all(self.kept) or self.gates):
             raise ValueError(f"{model.config.name} has chained exits ({model.config.chain}"
                              f"{', ensemble' if model.config.ensemble else ''}): exit k's answer needs every earlier "
@@ -96,7 +102,7 @@ class EarlyExitRuntime:
         if getattr(self, "_plan_cache", None) is None:
             m, k = self.model, self.model.num_exits
             lower = self.measure in ("entropy", "norm_entropy")
-            self._plan_cache = [(m.stages[s], m.exits[s],
+            self._plan_cache = [(self._stages[s], self._heads[s],
                                  [(e, g) for e, (at, g) in self.gates.items() if at == s and self.kept[e]],
                                  self.kept[s], self.t[s] if s < k - 1 else 0.0, lower) for s in range(k)]
         return self._plan_cache
@@ -113,7 +119,7 @@ class EarlyExitRuntime:
         # skipped an exit contributes zeros for it
         state: dict = {"prev": None, "logp": {}}
         for s in range(k):
-            h = m.run_stage(s, h)
+            h = self._stages[s](h)
             for e, (at, gate) in self.gates.items():  # predictors placed after this stage
                 if at == s and self.kept[e]:
                     decisions[e] = gate(h).bool()
@@ -153,7 +159,7 @@ class EarlyExitRuntime:
         """Exit k on the rows ``idx`` of the ``n`` remaining ones (all when None), keeping the chain state."""
         m = self.model
         if not m.chained:
-            return m.run_exit(k, h)
+            return self._heads[k](h)
         if idx is None:
             return m.run_exit(k, h, state)
         sub = {"prev": None if state["prev"] is None else state["prev"][idx],

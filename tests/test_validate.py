@@ -41,3 +41,36 @@ def test_runtime_exits_equal_the_simulator_for_every_policy(toy_splits, tmp_path
                         validate_line(df))
     fig, ax = plot_validate(df)
     assert len(ax.lines) >= 1
+
+
+@pytest.mark.slow
+def test_every_backend_takes_the_same_exits_and_its_costs_become_a_profile(toy_splits, tmp_path):
+    from analysis.costs import CostModel
+    from branchy.backends import list_backends, prepare
+    from branchy.dump import reprofile
+    from branchy.runtime import EarlyExitRuntime
+
+    torch.manual_seed(0)
+    m = build_model("b-lenet", exits=(0, 1), num_classes=4).eval()
+    x = toy_splits.test.batch(torch.arange(32))[0]
+    gate = lambda h: h.mean((1, 2, 3)) > h.mean()  # noqa: E731  a gate that lets some rows in
+    ref = EarlyExitRuntime(m, (0.9, 0.9), gates={1: (0, gate)})(x)
+    assert set(list_backends()) == {"eager", "compiled", "onnxruntime"}
+    for backend in ("compiled", "onnxruntime"):
+        rt = EarlyExitRuntime(m, (0.9, 0.9), gates={1: (0, gate)}, segments=prepare(m, backend))
+        pred, taken = rt(x)
+        np.testing.assert_array_equal(taken.numpy(), ref[1].numpy())
+        np.testing.assert_array_equal(pred.numpy(), ref[0].numpy())
+        one = torch.cat([rt(x[i : i + 1])[1] for i in range(8)])  # the lean batch-1 path agrees
+        np.testing.assert_array_equal(one.numpy(), ref[1][:8].numpy())
+    cache = dump(m, toy_splits, tmp_path / "c", progress=False, profile_time=0.02)
+    with pytest.raises(ValueError, match="branchy profile --cache .* --backend onnxruntime"):
+        CostModel.from_cache(cache, "measured-onnxruntime")
+    cache = reprofile(tmp_path / "c", m, rounds=3, min_run_time=0.02, backend="onnxruntime")
+    assert cache.backends == ["eager", "onnxruntime"] and "onnxruntime" in cache.manifest["backends"]
+    cm = CostModel.from_cache(cache, "measured-onnxruntime")
+    assert cm.profile == "measured-onnxruntime" and (cm.stage_ms > 0).all()
+    df = validate(cache, m, x[:12], cfg=PolicyConfig(n_boot=0), reps=1, n_boot=20, backend="onnxruntime")
+    assert (df["exit_match_%"] == 100).all() and validate_line(df).endswith("(batch 1, onnxruntime)")
+    with pytest.raises(ValueError, match="chained exits"):
+        prepare(build_model("b-lenet", exits=(0, 1), num_classes=4, chain="boost"), "onnxruntime")

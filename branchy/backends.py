@@ -1,0 +1,109 @@
+"""Execution backends for the runtime and the cost profiler: every stage and exit head of a branchy net
+prepared once as a callable ``torch.Tensor -> torch.Tensor`` (batch dimension dynamic).
+
+* ``eager``: the PyTorch modules as they are.
+* ``compiled``: each segment traced and frozen with TorchScript (``torch.jit.trace`` + ``torch.jit.freeze``;
+  ``optimize_for_inference`` is left out: its MKL-DNN pooling refuses adaptive pools of uneven sizes): a
+  compilation path that needs no C++ toolchain at run time.
+* ``onnxruntime``: each segment exported with torch's dynamo-based ONNX exporter (needs ``onnxscript``) and
+  run with ONNX Runtime's CPU provider, the engine edge deployments use.
+
+Chained exits (BoostNet, ZTW) read earlier heads' outputs: only ``eager`` runs them."""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from .registry import Registry
+
+Segment = Callable[[torch.Tensor], torch.Tensor]
+BACKENDS: Registry[Callable] = Registry("runtime backend")
+
+
+def list_backends() -> list[str]:
+    return BACKENDS.names()
+
+
+def example_inputs(model, batch: int = 1) -> list[torch.Tensor]:
+    """``xs[k]``: the input of stage k (``xs[K]``: the last stage's output), from a random image."""
+    c = model.config
+    h = torch.randn(batch, c.in_channels, *c.image_size)
+    xs = []
+    with torch.inference_mode():
+        for k in range(model.num_exits):
+            xs.append(h)
+            h = model.run_stage(k, h)
+    xs.append(h)
+    return [x.clone() for x in xs]
+
+
+_PREPARED: dict = {}
+
+
+def prepare(model, backend: str = "eager", *, threads: int | None = None) -> tuple[list[Segment], list[Segment]]:
+    """``(stages, heads)``: per exit k the stage and the exit head as callables on the named backend.
+    Compiled and exported segments are kept for the same weights, backend and threads (an export takes
+    seconds)."""
+    build = BACKENDS.get(backend)
+    model = model.cpu().eval() if backend != "eager" else model.eval()
+    if backend != "eager" and model.chained:
+        raise ValueError(f"{model.config.name} has chained exits ({model.config.chain}): its heads read earlier "
+                         f"heads' outputs, which only the eager backend runs; use --backend eager")
+    threads = threads or torch.get_num_threads()
+    if backend == "eager":
+        return build(model, threads=threads)
+    key = (model.fingerprint(), repr(model.config), backend, threads)
+    if key not in _PREPARED:
+        _PREPARED[key] = build(model, threads=threads)
+    return _PREPARED[key]
+
+
+@BACKENDS.register("eager", doc="PyTorch modules as they are")
+def _eager(model, *, threads: int):
+    return [model.stages[k] for k in range(model.num_exits)], [model.exits[k] for k in range(model.num_exits)]
+
+
+@BACKENDS.register("compiled", doc="each segment traced and frozen with TorchScript")
+def _compiled(model, *, threads: int):
+    xs = example_inputs(model, 2)
+    stages, heads = [], []
+    with torch.inference_mode(False), torch.no_grad():
+        for k in range(model.num_exits):
+            for mod, x, out in ((model.stages[k], xs[k], stages), (model.exits[k], xs[k + 1], heads)):
+                t = torch.jit.trace(mod, (x,), check_trace=False)
+                out.append(torch.jit.freeze(t.eval()))
+    return stages, heads
+
+
+@BACKENDS.register("onnxruntime", doc="each segment exported to ONNX and run with ONNX Runtime (CPU)")
+def _onnxruntime(model, *, threads: int):
+    try:
+        import onnxruntime as ort
+    except ImportError as e:  # pragma: no cover - installed with the project
+        raise RuntimeError("the onnxruntime backend needs the packages onnxruntime and onnxscript "
+                           "(pip install onnxruntime onnxscript)") from e
+    import warnings
+
+    xs = example_inputs(model, 2)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = int(threads)
+    opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    batch = torch.export.Dim("batch", min=1, max=65536)
+
+    def session(mod, x):
+        with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
+            warnings.simplefilter("ignore")
+            prog = torch.onnx.export(mod, (x,), dynamo=True, dynamic_shapes=({0: batch},), verbose=False)
+        sess = ort.InferenceSession(prog.model_proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        name = sess.get_inputs()[0].name
+
+        def run(h: torch.Tensor) -> torch.Tensor:
+            return torch.from_numpy(sess.run(None, {name: h.detach().contiguous().numpy()})[0])
+
+        return run
+
+    stages = [session(model.stages[k], xs[k]) for k in range(model.num_exits)]
+    heads = [session(model.exits[k], xs[k + 1]) for k in range(model.num_exits)]
+    return stages, heads
