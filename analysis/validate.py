@@ -21,9 +21,28 @@ from placement import Placement
 from .evidence import Evidence, can_pass, outcome
 from .study import PolicyConfig, study_policies
 
-def gate_callable(pred, cut: float, pooling: str):
+class _TorchGate(torch.nn.Module):
+    """Pooling + a torch MLP predictor + its enter score, as one module (exported with the backend)."""
+
+    def __init__(self, est, s: int, target: str) -> None:
+        super().__init__()
+        self.pool, self.mlp, self.target, self.s = torch.nn.AdaptiveAvgPool2d(s), est.torch_module(), target, s
+        self.j = list(est.classes_).index(1) if target == "gate" and 1 in list(est.classes_) else -1
+        self.scale, self.shift = float(getattr(est, "y_scale_", 1.0)), float(getattr(est, "y_mean_", 0.0))
+
+    def forward(self, h):
+        x = self.pool(h).flatten(1) if h.ndim == 4 else h
+        z = self.mlp(x.float())
+        if self.target == "gate":
+            return torch.softmax(z, 1)[:, self.j] if self.j >= 0 else torch.zeros_like(z[:, 0])
+        return -(z[:, 0] * self.scale + self.shift)
+
+
+def gate_callable(pred, cut: float, pooling: str, *, backend: str = "eager", example: torch.Tensor | None = None):
     """``h -> bool [B]``: pool the activation as the cache did, score with the predictor, enter when the
-    score reaches the cut (torch MLPs run as their torch module, scikit-learn models through numpy)."""
+    score reaches the cut. Torch MLPs run as one module on the runtime's backend (pooling included);
+    scikit-learn models through numpy."""
+    from branchy.backends import compile_module
     from branchy.dump import parse_pooling, pool_features
     from predictors.fit import _aligned_proba
     from predictors.torch_mlp import TorchMLPClassifier, TorchMLPRegressor
@@ -33,17 +52,12 @@ def gate_callable(pred, cut: float, pooling: str):
         raise ValueError(f"{pred.spec.name} reads earlier exits' confidences: the runtime's gates see the "
                          f"activation only")
     if isinstance(est, (TorchMLPClassifier, TorchMLPRegressor)) and getattr(est, "net_", None) is not None:
-        mod = est.torch_module()
-        if target == "gate":
-            j = list(est.classes_).index(1) if 1 in list(est.classes_) else None
+        mod = _TorchGate(est, s, target).eval()
+        if backend != "eager" and example is not None:
+            mod = compile_module(mod, example, backend)
 
-            def fn(h):
-                if j is None:
-                    return torch.zeros(len(h), dtype=torch.bool)
-                return torch.softmax(mod(pool_features(h, s).float()), 1)[:, j] >= cut
-        else:
-            def fn(h):
-                return -(mod(pool_features(h, s).float())[:, 0] * est.y_scale_ + est.y_mean_) >= cut
+        def fn(h):
+            return mod(h) >= cut
         return fn
 
     classes = pred.classes
@@ -60,7 +74,7 @@ def gate_callable(pred, cut: float, pooling: str):
 
 
 def build_runtime(model, pl: Placement, rule: ExitRule, cuts: dict, predictors: dict, pooling: str,
-                  segments: tuple | None = None) -> EarlyExitRuntime:
+                  segments: tuple | None = None, backend: str = "eager") -> EarlyExitRuntime:
     """The runtime of a placement, as the evaluator scores it (exits nothing can pass are not entered)."""
     if pl.jump is not None:
         raise ValueError("the runtime has no jump predictor yet")
@@ -70,7 +84,11 @@ def build_runtime(model, pl: Placement, rule: ExitRule, cuts: dict, predictors: 
     gates = {}
     for e, g in enumerate(pl.gates):
         if g is not None and kept[e]:
-            gates[e] = (g.at, gate_callable(predictors[g.predictor], cuts.get(e, -np.inf), pooling))
+            from branchy.backends import example_inputs
+
+            ex = example_inputs(model, 2)[g.at + 1] if backend != "eager" else None
+            gates[e] = (g.at, gate_callable(predictors[g.predictor], cuts.get(e, -np.inf), pooling, backend=backend,
+                                            example=ex))
     return EarlyExitRuntime(model, rule, kept=kept, gates=gates, segments=segments)
 
 
@@ -134,7 +152,7 @@ def validate(cache: FeatureCache, model, test_x: torch.Tensor, *, predictors: di
             sims[name] = outcome(ev, "cascade", rule)
         else:
             pl, cuts, r = pol
-            runtimes[name] = build_runtime(model, pl, r, cuts, predictors or {}, pooling, segs)
+            runtimes[name] = build_runtime(model, pl, r, cuts, predictors or {}, pooling, segs, backend)
             sims[name] = outcome(ev, pl, r, cuts=cuts, name=name)
     names = list(runtimes)
     g = np.random.default_rng(seed)

@@ -64,20 +64,30 @@ def _eager(model, *, threads: int):
     return [model.stages[k] for k in range(model.num_exits)], [model.exits[k] for k in range(model.num_exits)]
 
 
+def compile_module(mod, x: torch.Tensor, backend: str, *, threads: int | None = None) -> Segment:
+    """One module (input like ``x``, batch dimension dynamic) as a callable on ``backend``."""
+    threads = threads or torch.get_num_threads()
+    mod = mod.eval()
+    if backend == "eager":
+        return mod
+    if backend == "compiled":
+        with torch.inference_mode(False), torch.no_grad():
+            return torch.jit.freeze(torch.jit.trace(mod, (x,), check_trace=False).eval())
+    if backend == "onnxruntime":
+        return _onnx_session(mod, x, threads)
+    BACKENDS.get(backend)
+    raise ValueError(f"backend {backend!r} cannot compile a module")
+
+
 @BACKENDS.register("compiled", doc="each segment traced and frozen with TorchScript")
 def _compiled(model, *, threads: int):
     xs = example_inputs(model, 2)
-    stages, heads = [], []
-    with torch.inference_mode(False), torch.no_grad():
-        for k in range(model.num_exits):
-            for mod, x, out in ((model.stages[k], xs[k], stages), (model.exits[k], xs[k + 1], heads)):
-                t = torch.jit.trace(mod, (x,), check_trace=False)
-                out.append(torch.jit.freeze(t.eval()))
+    stages = [compile_module(model.stages[k], xs[k], "compiled") for k in range(model.num_exits)]
+    heads = [compile_module(model.exits[k], xs[k + 1], "compiled") for k in range(model.num_exits)]
     return stages, heads
 
 
-@BACKENDS.register("onnxruntime", doc="each segment exported to ONNX and run with ONNX Runtime (CPU)")
-def _onnxruntime(model, *, threads: int):
+def _onnx_session(mod, x: torch.Tensor, threads: int) -> Segment:
     try:
         import onnxruntime as ort
     except ImportError as e:  # pragma: no cover - installed with the project
@@ -85,25 +95,30 @@ def _onnxruntime(model, *, threads: int):
                            "(pip install onnxruntime onnxscript)") from e
     import warnings
 
-    xs = example_inputs(model, 2)
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = int(threads)
     opts.inter_op_num_threads = 1
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # no spin-waiting: ORT's idle threads would otherwise compete with torch's (confidence, buffers) for the
+    # same cores (a gated policy ran 15x slower on 2 cores with spinning on)
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
     batch = torch.export.Dim("batch", min=1, max=65536)
+    with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
+        warnings.simplefilter("ignore")
+        prog = torch.onnx.export(mod, (x,), dynamo=True, dynamic_shapes=({0: batch},), verbose=False)
+    sess = ort.InferenceSession(prog.model_proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
 
-    def session(mod, x):
-        with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
-            warnings.simplefilter("ignore")
-            prog = torch.onnx.export(mod, (x,), dynamo=True, dynamic_shapes=({0: batch},), verbose=False)
-        sess = ort.InferenceSession(prog.model_proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-        name = sess.get_inputs()[0].name
+    def run(h: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(sess.run(None, {name: h.detach().contiguous().numpy()})[0])
 
-        def run(h: torch.Tensor) -> torch.Tensor:
-            return torch.from_numpy(sess.run(None, {name: h.detach().contiguous().numpy()})[0])
+    return run
 
-        return run
 
-    stages = [session(model.stages[k], xs[k]) for k in range(model.num_exits)]
-    heads = [session(model.exits[k], xs[k + 1]) for k in range(model.num_exits)]
+@BACKENDS.register("onnxruntime", doc="each segment exported to ONNX and run with ONNX Runtime (CPU)")
+def _onnxruntime(model, *, threads: int):
+    xs = example_inputs(model, 2)
+    stages = [_onnx_session(model.stages[k], xs[k], threads) for k in range(model.num_exits)]
+    heads = [_onnx_session(model.exits[k], xs[k + 1], threads) for k in range(model.num_exits)]
     return stages, heads
