@@ -118,7 +118,8 @@ def validate(cache: FeatureCache, model, test_x: torch.Tensor, *, predictors: di
 
     model = model.cpu().eval()
     n = len(test_x)
-    torch.set_num_threads(int(cache.manifest.get("threads") or torch.get_num_threads()))
+    rec = cache.manifest if backend == "eager" else (cache.manifest.get("backends") or {}).get(backend, {})
+    torch.set_num_threads(int(rec.get("threads") or cache.manifest.get("threads") or torch.get_num_threads()))
     machine_state(torch.get_num_threads())  # warns when the threads exceed the idle cores
     profile = "measured" if backend == "eager" else f"measured-{backend}"
     cache.costs_for(backend)  # the costs measured on that backend must exist: a clear error otherwise
@@ -252,11 +253,17 @@ def validate_run(run: str | Path, *, n: int = 300, reps: int = 3, batch_size: in
     ckpt = run / "model" / "model.pt"
     if not ckpt.is_file():
         raise FileNotFoundError(f"no {ckpt}: validate needs a study folder written by `branchy run` or `branchy demo`")
+    from branchy.backends import BACKENDS
+
+    BACKENDS.get(backend)
     model, meta = load_checkpoint(ckpt)
     cache = FeatureCache.open(run / "cache", model=model)
+    cache.costs_for(backend)  # measured on that backend? (a clear error before any data is loaded)
     tc = meta.get("train_config") or {}
-    splits = load_dataset(tc["dataset"], root=tc.get("data_root", "data"), path=tc.get("data_path"),
-                          seed=tc.get("seed", 0))
+    name = tc.get("dataset") or (cache.manifest.get("dataset") or {}).get("name")
+    if not name:
+        raise ValueError(f"{ckpt} records no dataset: validate needs the test images the cache was dumped from")
+    splits = load_dataset(name, root=tc.get("data_root", "data"), path=tc.get("data_path"), seed=tc.get("seed", 0))
     cache.check(dataset=splits)
     cfg = policy_config(load_study(run / "study.yaml")) if (run / "study.yaml").is_file() else PolicyConfig()
     preds = None

@@ -259,6 +259,7 @@ def reprofile(path: str | os.PathLike, model=None, *, threads: int | None = None
     from .backends import BACKENDS
 
     BACKENDS.get(backend)
+    backend = backend.strip().lower()
     p = Path(path)
     cache = FeatureCache.open(p)
     m = dict(cache.manifest)
@@ -281,7 +282,7 @@ def reprofile(path: str | os.PathLike, model=None, *, threads: int | None = None
     overhead = runtime_overhead(model, rounds=rounds, min_run_time=2 * min_run_time, backend=backend) \
         if dev.type == "cpu" else None
     name = "costs.csv" if backend == "eager" else f"costs_{backend}.csv"
-    stamp = time.strftime("%Y%m%dT%H%M%S")
+    stamp = time.strftime("%Y%m%dT%H%M%S") + f"{time.time() % 1:.6f}"[1:].replace(".", "_")
     if (p / name).exists():
         hist = p / "costs_history"
         hist.mkdir(exist_ok=True)

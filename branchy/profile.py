@@ -28,8 +28,8 @@ def _exit_with_confidence(model: BranchyNet, k: int, head=None):
     head = head or (lambda h: model.run_exit(k, h))
 
     def run(h):
-        p = torch.softmax(head(h), dim=1)
-        return -(p * torch.log(p.clamp_min(1e-12))).sum(1)
+        lp = torch.log_softmax(head(h).double(), dim=1)  # as the runtime decides (float64)
+        return -(lp.exp() * lp).sum(1)
 
     return run
 
@@ -70,8 +70,8 @@ def profile_segments(model: BranchyNet, *, batch_size: int = 64, device: str | t
             ("exit", _exit_with_confidence(model, k), 1, sum(p.numel() for p in model.exits[k].parameters())),
             ("buffer", lambda x: x.clone(), 1, 0),
         ]
-        timed = {"stage": run_stages[k] if run_stages else None,
-                 "exit": _exit_with_confidence(model, k, run_heads[k]) if run_heads else None}
+        timed = {"stage": run_stages[k] if run_stages else None,  # chained heads: with their link (run_exit)
+                 "exit": _exit_with_confidence(model, k, run_heads[k]) if run_heads and not model.chained else None}
         for name, fn, which, params in segs:
             a1, ab = x1[k + which], xb[k + which]
             macs = count_macs(lambda: fn(a1)) if name != "buffer" else 0

@@ -17,11 +17,13 @@ Gate = tuple[int, Callable[[torch.Tensor], torch.Tensor]]  # (stage it sits afte
 
 
 def _confidence(logits: torch.Tensor, measure: str) -> torch.Tensor:
-    p = torch.softmax(logits.float(), dim=1)
+    """The confidence measure in float64, as the simulator computes it from the cache (a float32 softmax
+    saturates: max-prob 1.0 against 0.99999999, and exits would differ)."""
+    lp = torch.log_softmax(logits.double(), dim=1)
     if measure in ("entropy", "norm_entropy"):
-        h = -(p * torch.log(p.clamp_min(1e-30))).sum(1)
-        return h / math.log(p.shape[1]) if measure == "norm_entropy" else h
-    top = torch.topk(p, 2, dim=1).values
+        h = -(lp.exp() * lp).sum(1)
+        return h / math.log(lp.shape[1]) if measure == "norm_entropy" else h
+    top = torch.topk(lp.exp(), 2, dim=1).values
     if measure == "max_prob":
         return top[:, 0]
     if measure == "margin":

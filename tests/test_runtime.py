@@ -67,3 +67,25 @@ def test_runtime_on_chained_exits_matches_forward_exits(toy_splits):
             EarlyExitRuntime(m, t, kept=[False, True, True])
         with pytest.raises(ValueError, match="chained exits"):
             EarlyExitRuntime(m, t, gates={0: (0, lambda h: torch.ones(len(h), dtype=torch.bool))})
+
+
+@pytest.mark.parametrize("measure", ["entropy", "max_prob"])
+def test_saturated_confidences_decide_as_the_simulator(toy_splits, measure):
+    """Thresholds between near-equal float64 confidences (as calibration picks them) of a head whose softmax
+    saturates: the runtime decides in float64 like the cache's measures, on both paths."""
+    torch.manual_seed(0)
+    m = build_model("b-lenet", exits=(0, 1), num_classes=4).eval()
+    with torch.no_grad():
+        for p in m.exits[0].parameters():
+            p.mul_(16.0)
+    x = toy_splits.test.batch(torch.arange(32))[0]
+    with torch.no_grad():
+        z = torch.stack(m.forward_exits(x), 1).numpy()
+    c = confidence(z, measure)
+    vals = np.unique(c[:, 0])
+    for t0 in (vals[:-1] + vals[1:])[:: max(1, len(vals) // 8)] / 2:
+        t = np.array([t0, -np.inf if measure == "entropy" else np.inf, np.inf])
+        want = np.where((c[:, 0] < t0) if measure == "entropy" else (c[:, 0] > t0), 0, 2)
+        rt = EarlyExitRuntime(m, t, measure=measure, kept=[True, False, True])
+        np.testing.assert_array_equal(rt(x)[1].numpy(), want)
+        np.testing.assert_array_equal(torch.cat([rt(x[i : i + 1])[1] for i in range(len(x))]).numpy(), want)
