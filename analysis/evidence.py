@@ -235,8 +235,9 @@ def tune_cuts(ev: Evidence, pl: Placement, rule: ExitRule, *, max_drop: float = 
 
 def gate_report(ev: Evidence, pl: Placement, rule: ExitRule, cuts: dict, *, overlap: bool = False) -> pd.DataFrame:
     """Per gate at its operating point (on ``ev``): the enter rate among the samples that reach the exit,
-    true-skip and false-skip rates, its cost G (ms), the mean latency saved against always entering, and
-    the break-even G: the largest predictor cost at which the gate still pays (saving >= 0)."""
+    true-skip and false-skip rates, its cost G (ms), the mean latency saved against always entering, the
+    break-even G (the largest predictor cost at which it still saves against always entering), and the
+    latency saved against removing the exit outright. It *pays* when it beats both."""
     rows = []
     passes = ev.passes(rule)
     base = outcome(ev, pl, rule, cuts=cuts, overlap=overlap)
@@ -258,13 +259,17 @@ def gate_report(ev: Evidence, pl: Placement, rule: ExitRule, cuts: dict, *, over
         enter = ev.scores[g.predictor] >= cuts.get(i, default_cut(ev, g.predictor))
         would = passes[:, i]
         r = reach.sum()
+        removed = Placement(tuple(False if j == i else kp for j, kp in enumerate(pl.kept)),
+                            tuple(None if j == i else gg for j, gg in enumerate(pl.gates)), pl.jump, pl.thresholds)
+        vs_removed = outcome(ev, removed, rule, cuts=cuts, overlap=overlap).latency_ms.mean() - base.latency_ms.mean()
         rows.append({"exit": i, "predictor": g.predictor, "at": g.at, "cut": cuts.get(i, np.nan),
                      "reached": int(r), "enter_%": 100 * enter[reach].mean() if r else np.nan,
                      "true_skip_%": 100 * (~enter & ~would)[reach].sum() / max(1, (~would)[reach].sum()),
                      "false_skip_%": 100 * (~enter & would)[reach].sum() / max(1, would[reach].sum()),
                      "G_ms": ms, "saving_ms": saving_free - ms * charged,
                      "break_even_G_ms": saving_free / charged if charged > 0 else np.inf,
-                     "pays": bool(saving_free - ms * charged > 0)})
+                     "saving_vs_removed_ms": vs_removed,
+                     "pays": bool(saving_free - ms * charged > 0 and vs_removed > 0)})
     return pd.DataFrame(rows)
 
 

@@ -112,7 +112,8 @@ def write_report(result: dict, path: str | Path) -> Path:
                  "minimise mean latency without losing calib accuracy. enter_%: share of the samples reaching the "
                  "exit that it lets in; true_skip_% / false_skip_%: of the samples that would not / would leave "
                  "there, the share it keeps out; G_ms: its cost (pooling included); saving_ms: mean latency saved "
-                 "against always entering; break_even_G_ms: the largest predictor cost at which it still pays.</p>")
+                 "against always entering; break_even_G_ms: the largest predictor cost at which that saving stays positive; "
+                 "saving_vs_removed_ms: mean latency saved against removing the exit outright; pays: it beats both.</p>")
         s.append(_table(gates.drop(columns=["cut"], errors="ignore")))
     s.append("<h2>Predictor quality</h2>")
     s.append("<p class=note>Cross-fitted on calib: calib rows are out of fold. Rates are shares of the samples that "

@@ -62,7 +62,8 @@ def simulate_to(cache: FeatureCache, out: str | Path, *, predictors: dict | None
 def format_gates(df: pd.DataFrame) -> str:
     """Per gate (calib, out of fold): cut, enter rate, skip rates, cost G, saving and break-even G (ms)."""
     cols = ["profile", "exit", "predictor", "at", "enter_%", "true_skip_%", "false_skip_%", "G_ms", "saving_ms",
-            "break_even_G_ms", "pays"]
+            "break_even_G_ms", "saving_vs_removed_ms", "pays"]
     return ("gates alone in front of their exit, cut tuned on calib (out of fold); ms per sample at batch 1; "
-            "break-even G: the largest predictor cost at which the gate still saves latency\n"
+            "break-even G: the largest predictor cost at which the gate still saves latency against always entering; "
+            "pays: it also beats removing the exit\n"
             + df[[c for c in cols if c in df.columns]].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
