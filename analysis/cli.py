@@ -450,11 +450,15 @@ def _place_run(a) -> int:
            else Constraint(max_acc_drop=0.5 if a.max_acc_drop is None else a.max_acc_drop))
     cfg = PolicyConfig(a.measure, a.target_acc, gate_max_drop=a.gate_max_drop,
                        max_acc_drop=con.max_acc_drop if a.risk is not None else None, risk=a.risk)
-    rule = calibrate(cache, cfg)
-    print(f"exit rule: {rule.describe()}")
+    if a.risk is None:
+        rule = calibrate(cache, cfg)
+        print(f"exit rule: {rule.describe()}")
+    else:
+        rule = None
+        print(f"risk control: rule and placement searched on half of calib, the choice certified by "
+              f"Learn-then-Test on the other half (eps {a.max_acc_drop} pt, delta {a.risk})")
     res, compare = run_placement(cache, preds, a.strategy, constraint=con, profile=prof, n_jobs=a.n_jobs,
-                                 seed=a.seed, rule=rule, cfg=cfg,
-                                 **({"threshold_options": [None]} if a.risk is not None else {}))
+                                 seed=a.seed, rule=rule, cfg=cfg)
     write_placement(res, compare, a.out, profile_name=prof.name)
     print(f"strategy {a.strategy}: {len(res.table)} placements scored on calib ({prof.name}); {con.describe()}")
     print(f"chosen: {res.chosen.describe()}")

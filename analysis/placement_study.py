@@ -28,17 +28,19 @@ class PlacementObjective:
 
     def __init__(self, cache: FeatureCache, predictors: dict, *, profile: str | DeviceProfile = "measured",
                  measure: str = "entropy", rule: ExitRule | None = None, cfg: PolicyConfig | None = None,
-                 split: str = "calib") -> None:
+                 split: str = "calib", rows: np.ndarray | None = None) -> None:
         if split != "calib":
             raise ValueError("placements are searched on calib (out-of-fold predictor scores); test only reports")
         self.cfg = cfg or PolicyConfig(measure=measure)
         self.costs = CostModel.from_cache(cache, profile)
         self.ev = Evidence.build(cache, "calib", measure=self.cfg.measure, predictors=predictors, costs=self.costs)
+        rows = np.arange(self.ev.n) if rows is None else np.asarray(rows)
+        self.ev = self.ev.subset(rows)  # ``rows``: the part of calib the search may see
         self.rule = rule if rule is not None else calib_rule(cache, self.cfg.target_acc, measure=self.cfg.measure)
         self.split = "calib"
         # a sequentially calibrated rule is recalibrated for every set of kept exits (the samples that reach
         # an exit depend on which exits come before it)
-        self._z, self._y = (np.asarray(cache.logits("calib")), cache.labels("calib")) \
+        self._z, self._y = (np.asarray(cache.logits("calib"))[rows], cache.labels("calib")[rows]) \
             if self.rule.tuned_by.startswith("target-acc") else (None, None)
         self._rules: dict = {}
 
@@ -91,10 +93,22 @@ def run_placement(cache: FeatureCache, predictors: dict, strategy: str, *, const
                          f"change the later exits' answers, so there is no placement to search; use the cascade")
     cfg = cfg or PolicyConfig(measure=measure)
     space = SearchSpace.from_predictors(predictors, cache.num_exits, exit_macs(cache))
-    obj = PlacementObjective(cache, predictors, profile=profile, rule=rule, cfg=cfg)
+    search_rows = cert_rows = None
+    if cfg.risk is not None:  # search on one half of calib, certify on the other (Learn-then-Test)
+        from .guarantee import risk_controlled_rule
+
+        perm = np.random.default_rng(seed).permutation(cache.size("calib"))
+        search_rows, cert_rows = np.sort(perm[: len(perm) // 2]), np.sort(perm[len(perm) // 2:])
+        ev_a = Evidence.build(cache, "calib", measure=cfg.measure, profile=profile).subset(search_rows)
+        rule = risk_controlled_rule(ev_a, cfg.max_acc_drop, cfg.risk, num_classes=cache.num_classes).rule
+        if strategy == "budget":  # the thresholds stay the search half's certified rule
+            options["threshold_options"] = [None]
+    obj = PlacementObjective(cache, predictors, profile=profile, rule=rule, cfg=cfg, rows=search_rows)
     if strategy == "budget" and "threshold_options" not in options:
         options["threshold_options"] = [None] + threshold_options(cache, cfg.measure)
     res = search(strategy, space, obj, constraint=constraint, n_jobs=n_jobs, seed=seed, progress=progress, **options)
+    if cfg.risk is not None:
+        certify_placement(res, cache, predictors, obj, cert_rows, cfg)
     test = Evidence.build(cache, "test", measure=cfg.measure, predictors=predictors, costs=obj.costs)
     rows = []
     k = cache.num_exits
@@ -109,6 +123,32 @@ def run_placement(cache: FeatureCache, predictors: dict, strategy: str, *, const
         s = summarize(outcome(ev, "oracle", obj.rule), n_boot=0)
         rows.append({"policy": "oracle", "split": split, "placement": "-", **{m: s[m] for m in METRICS}})
     return res, pd.DataFrame(rows)
+
+
+def certify_placement(res: SearchResult, cache: FeatureCache, predictors: dict, obj: PlacementObjective,
+                      rows: np.ndarray, cfg: PolicyConfig) -> None:
+    """Learn-then-Test over the searched candidates on the calib rows the search never saw: candidates
+    ordered from the slowest to the fastest on the search half (full first), each with its paired loss
+    against full on the held-out half, fixed-sequence tested; the fastest certified one (on the search
+    half) replaces ``res.chosen`` (full when none is). ``res.table`` gets ``p_value`` and ``certified``."""
+    from .risk import ltt_select, paired_loss
+
+    k = cache.num_exits
+    full = Placement.plain(k, [False] * (k - 1) + [True])
+    ev_b = Evidence.build(cache, "calib", measure=cfg.measure, predictors=predictors, costs=obj.costs).subset(rows)
+    cands = [r for r in res.table.to_dict("records") if r["placement"].key() != full.key()]
+    cands.sort(key=lambda r: -r["mean_ms"])
+    order = [full] + [r["placement"] for r in cands]
+    lat = np.array([obj(full)["mean_ms"]] + [r["mean_ms"] for r in cands])
+    full_ok = outcome(ev_b, "full", obj.rule).correct
+    losses = np.array([paired_loss(obj.outcome(pl, ev_b).correct, full_ok) for pl in order])
+    lt = ltt_select(losses, lat, cfg.max_acc_drop / 100, cfg.risk)
+    chosen = order[lt.index] if lt.index is not None else full
+    keys = {pl.key(): (p, c) for pl, p, c in zip(order, lt.pvalues, lt.certified)}
+    res.table["p_value"] = [keys.get(pl.key(), (np.nan, False))[0] for pl in res.table.placement]
+    res.table["certified"] = [bool(keys.get(pl.key(), (np.nan, False))[1]) for pl in res.table.placement]
+    res.table["chosen"] = [pl.key() == chosen.key() for pl in res.table.placement]
+    res.chosen = chosen
 
 
 def write_placement(res: SearchResult, compare: pd.DataFrame, out: str | Path, *, profile_name: str = "") -> None:

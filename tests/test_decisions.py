@@ -288,3 +288,20 @@ def test_an_exit_nothing_can_pass_is_not_entered_and_uncrossfitted_predictors_ar
     np.testing.assert_allclose(o.latency_ms, removed.latency_ms)
     with pytest.raises(ValueError, match="cross-fitted"):
         fit_predictor(synth_cache, PredictorSpec("gate", 0, "linear", 0, (0.5, 0.5, np.inf)), folds=0)
+
+
+def test_placement_under_risk_is_certified_on_calib_rows_the_search_never_saw(synth_cache):
+    from analysis.placement_study import run_placement
+
+    T = ExitRule.given((0.5, 0.5), 3)
+    preds = {p.spec.name: p for p in [fit_predictor(synth_cache, PredictorSpec("gate", j, "linear", e, T),
+                                                    folds=3, timing=0.01) for j, e in ((0, 0), (1, 1))]}
+    cfg = PolicyConfig(max_acc_drop=2.0, risk=0.1, n_boot=0)
+    res, cmp = run_placement(synth_cache, preds, "exhaustive", profile="jetson-nano", cfg=cfg, progress=False)
+    assert {"p_value", "certified"} <= set(res.table.columns)
+    row = res.table[res.table.chosen].iloc[0]
+    full_key = Placement.plain(3, [False, False, True]).key()
+    assert row.certified or row.placement.key() == full_key
+    # certification is a prefix of the candidates ordered from slowest to fastest (fixed sequence)
+    cert = res.table[res.table.certified]
+    assert (cert.p_value <= 0.1).all()
