@@ -189,7 +189,9 @@ def validate(cache: FeatureCache, model, test_x: torch.Tensor, *, predictors: di
                      "sim_mean_ms": sl.mean(), "sim_mean_lo": sci["mean"][0], "sim_mean_hi": sci["mean"][1],
                      "ratio": sl.mean() / m.mean(), "ratio_lo": ci["ratio"][0], "ratio_hi": ci["ratio"][1],
                      "meas_p95_ms": np.percentile(m, 95, method="inverted_cdf"),
+                     "meas_p95_lo": ci["p95"][0], "meas_p95_hi": ci["p95"][1],
                      "sim_p95_ms": np.percentile(sl, 95, method="inverted_cdf"),
+                     "sim_p95_lo": sci["p95"][0], "sim_p95_hi": sci["p95"][1],
                      "exit_match_%": 100 * (taken[j] == sims[name].exit).mean(),
                      "meas_speedup": full_meas / m.mean(), "sim_speedup": full_sim / sl.mean(),
                      "batched_ms_per_sample": batched[name], "batched_speedup": batched["full"] / batched[name],
@@ -208,7 +210,8 @@ def format_validate(df: pd.DataFrame) -> str:
         "measured ms [CI]": [f"{r.meas_mean_ms:.4f} [{r.meas_mean_lo:.4f}, {r.meas_mean_hi:.4f}]" for r in df.itertuples()],
         "simulated ms [CI]": [f"{r.sim_mean_ms:.4f} [{r.sim_mean_lo:.4f}, {r.sim_mean_hi:.4f}]" for r in df.itertuples()],
         "sim/meas [CI]": [f"{r.ratio:.3f} [{r.ratio_lo:.3f}, {r.ratio_hi:.3f}]" for r in df.itertuples()],
-        "p95 meas/sim": [f"{r.meas_p95_ms:.4f} / {r.sim_p95_ms:.4f}" for r in df.itertuples()],
+        "p95 meas [CI] / sim": [f"{r.meas_p95_ms:.3f} [{r.meas_p95_lo:.3f}, {r.meas_p95_hi:.3f}] / {r.sim_p95_ms:.3f}"
+                                for r in df.itertuples()],
         "exits match %": df["exit_match_%"].round(1),
         "speed-up meas/sim": [f"{r.meas_speedup:.2f} / {r.sim_speedup:.2f}" for r in df.itertuples()],
         f"batched ms/sample (speed-up)": [f"{r.batched_ms_per_sample:.4f} ({r.batched_speedup:.2f})"
