@@ -6,7 +6,7 @@ patience, oracle, or a :class:`~placement.Placement`: removed exits, gates, a ju
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
@@ -77,18 +77,16 @@ class Evidence:
 
     def subset(self, idx, split: str | None = None) -> "Evidence":
         """The evidence of the samples ``idx`` (e.g. one side of a random re-split)."""
-        return Evidence(split or self.split, self.measure, self.conf[idx], self.correct[idx], self.preds[idx],
-                        self.costs, self.chain, {n: v[idx] for n, v in self.scores.items()}, dict(self.pcost),
-                        dict(self.specs))
+        return replace(self, split=split or self.split, conf=self.conf[idx], correct=self.correct[idx],
+                       preds=self.preds[idx], scores={n: v[idx] for n, v in self.scores.items()})
 
     @staticmethod
     def concat(parts: list["Evidence"], split: str) -> "Evidence":
         """Samples of several splits as one (same costs and predictors)."""
         a = parts[0]
-        return Evidence(split, a.measure, np.concatenate([p.conf for p in parts]),
-                        np.concatenate([p.correct for p in parts]), np.concatenate([p.preds for p in parts]), a.costs,
-                        a.chain, {n: np.concatenate([p.scores[n] for p in parts]) for n in a.scores}, dict(a.pcost),
-                        dict(a.specs))
+        cat = lambda f: np.concatenate([getattr(p, f) for p in parts])  # noqa: E731
+        return replace(a, split=split, conf=cat("conf"), correct=cat("correct"), preds=cat("preds"),
+                       scores={n: np.concatenate([p.scores[n] for p in parts]) for n in a.scores})
 
     def passes(self, rule: ExitRule) -> np.ndarray:
         if rule.measure != self.measure:
@@ -247,10 +245,7 @@ def gate_report(ev: Evidence, pl: Placement, rule: ExitRule, cuts: dict, *, over
         open_ = _without_gate(pl, i)
         o_open = outcome(ev, open_, rule, cuts=cuts, overlap=overlap)
         ms, _ = ev.pcost[g.predictor]
-        free = dict(ev.pcost)
-        free[g.predictor] = (0.0, 0.0)
-        ev_free = Evidence(ev.split, ev.measure, ev.conf, ev.correct, ev.preds, ev.costs, ev.chain, ev.scores, free,
-                           ev.specs)
+        ev_free = replace(ev, pcost={**ev.pcost, g.predictor: (0.0, 0.0)})  # the same gate, at no cost
         o_free = outcome(ev_free, pl, rule, cuts=cuts, overlap=overlap)
         charged = float(((base.breakdown["predictors"] - o_free.breakdown["predictors"]) > 0).mean()) if ms > 0 \
             else float((base.exit >= g.at).mean())
