@@ -38,6 +38,41 @@ class _TorchGate(torch.nn.Module):
         return -(z[:, 0] * self.scale + self.shift)
 
 
+class _TorchJump(torch.nn.Module):
+    """Pooling + a torch MLP exit predictor: the exit it names (its class with the largest logit)."""
+
+    def __init__(self, est, s: int) -> None:
+        super().__init__()
+        self.pool, self.mlp = torch.nn.AdaptiveAvgPool2d(s), est.torch_module()
+        self.register_buffer("classes", torch.as_tensor(np.asarray(est.classes_), dtype=torch.long))
+
+    def forward(self, h):
+        x = self.pool(h).flatten(1) if h.ndim == 4 else h
+        return self.classes[self.mlp(x.float()).argmax(1)]
+
+
+def jump_callable(pred, pooling: str, *, backend: str = "eager", example: torch.Tensor | None = None):
+    """``h -> target exit [B]`` of an exit predictor, as the runtime's jump."""
+    from branchy.backends import compile_module
+    from branchy.dump import parse_pooling, pool_features
+    from predictors.torch_mlp import TorchMLPClassifier
+
+    s, est = parse_pooling(pooling), pred.estimator
+    if pred.spec.with_confidences:
+        raise ValueError(f"{pred.spec.name} reads earlier exits' confidences: the runtime's jump sees the "
+                         f"activation only")
+    if isinstance(est, TorchMLPClassifier) and getattr(est, "net_", None) is not None:
+        mod = _TorchJump(est, s).eval()
+        return compile_module(mod, example, backend) if backend != "eager" and example is not None else mod
+    classes = np.asarray(pred.classes)
+
+    def fn(h):
+        from predictors.fit import _aligned_proba
+
+        return torch.from_numpy(classes[_aligned_proba(est, pool_features(h, s).float().numpy(), classes).argmax(1)])
+    return fn
+
+
 def gate_callable(pred, cut: float, pooling: str, *, backend: str = "eager", example: torch.Tensor | None = None):
     """``h -> bool [B]``: pool the activation as the cache did, score with the predictor, enter when the
     score reaches the cut. Torch MLPs run as one module on the runtime's backend (pooling included);
@@ -76,8 +111,6 @@ def gate_callable(pred, cut: float, pooling: str, *, backend: str = "eager", exa
 def build_runtime(model, pl: Placement, rule: ExitRule, cuts: dict, predictors: dict, pooling: str,
                   segments: tuple | None = None, backend: str = "eager") -> EarlyExitRuntime:
     """The runtime of a placement, as the evaluator scores it (exits nothing can pass are not entered)."""
-    if pl.jump is not None:
-        raise ValueError("the runtime has no jump predictor yet")
     if pl.thresholds is not None:
         rule = rule.with_thresholds(pl.thresholds, tuned_by="placement")
     kept = [bool(a and b) for a, b in zip(pl.kept, can_pass(rule))] if not model.chained else list(pl.kept)
@@ -89,7 +122,13 @@ def build_runtime(model, pl: Placement, rule: ExitRule, cuts: dict, predictors: 
             ex = example_inputs(model, 2)[g.at + 1] if backend != "eager" else None
             gates[e] = (g.at, gate_callable(predictors[g.predictor], cuts.get(e, -np.inf), pooling, backend=backend,
                                             example=ex))
-    return EarlyExitRuntime(model, rule, kept=kept, gates=gates, segments=segments)
+    jump = None
+    if pl.jump is not None:
+        from branchy.backends import example_inputs
+
+        ex = example_inputs(model, 2)[pl.jump.at + 1] if backend != "eager" else None
+        jump = (pl.jump.at, jump_callable(predictors[pl.jump.predictor], pooling, backend=backend, example=ex))
+    return EarlyExitRuntime(model, rule, kept=kept, gates=gates, segments=segments, jump=jump)
 
 
 def _boot(a: np.ndarray, b: np.ndarray | None, n_boot: int, seed: int):
@@ -131,15 +170,13 @@ def validate(cache: FeatureCache, model, test_x: torch.Tensor, *, predictors: di
     k = cache.num_exits
     pols: dict[str, tuple | str] = {"full": "full", "cascade": "cascade"}
     for name, c in st.chosen.items():
-        if c.placement.jump is None:
-            pols[name] = (c.placement, c.cuts, rule)
+        pols[name] = (c.placement, c.cuts, rule)
     if placements:
         from .placement_study import PlacementObjective
 
         obj = PlacementObjective(cache, predictors or {}, profile=profile, rule=rule, cfg=cfg)
         for name, pl in placements.items():
-            if pl.jump is None:
-                pols[name] = (pl, obj.cuts(pl), obj.rule_for(pl))
+            pols[name] = (pl, obj.cuts(pl), obj.rule_for(pl))
     pooling = cache.manifest.get("pooling", "avg")
     runtimes, sims = {}, {}
     for name, pol in pols.items():

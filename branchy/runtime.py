@@ -35,11 +35,14 @@ class EarlyExitRuntime:
     """Cascade with per-exit thresholds (entropy < T, or max_prob / margin > T), optional removed exits
     (``kept``) and gates in front of side exits (``gates[k] = (at, callable)``, ``at <= k``).
     ``thresholds`` may be an :class:`~branchy.rule.ExitRule` (its measure is then used). ``backend``:
-    ``eager``, ``compiled`` or ``onnxruntime`` (:mod:`branchy.backends`)."""
+    ``eager``, ``compiled`` or ``onnxruntime`` (:mod:`branchy.backends`). ``jump = (at, callable)``: an
+    exit predictor after stage ``at`` names a target exit per row; the side exits from ``at`` up to it are
+    skipped, the cascade goes on from the target."""
 
     def __init__(self, model: BranchyNet, thresholds, *, measure: str = "entropy",
                  kept: Sequence[bool] | None = None, gates: dict[int, Gate] | None = None,
-                 buffer: bool = True, backend: str = "eager", segments: tuple | None = None) -> None:
+                 buffer: bool = True, backend: str = "eager", segments: tuple | None = None,
+                 jump: Gate | None = None) -> None:
         k = model.num_exits
         from .rule import ExitRule
 
@@ -59,11 +62,14 @@ class EarlyExitRuntime:
                 raise ValueError(f"gate for exit {e} after stage {at}: need 0 <= at <= exit < {k - 1}")
         self.buffer = buffer
         self.backend = backend
+        self.jump = jump  # (stage, callable h -> target exit [B]): skip side exits at..target-1
+        if jump is not None and not 0 <= jump[0] < k:
+            raise ValueError(f"jump predictor after stage {jump[0]}: stages are 0..{k - 1}")
         from .backends import prepare
 
         # stages and heads prepared once on the backend (``segments`` shares them between runtimes)
         self._stages, self._heads = segments if segments is not None else prepare(model, backend)
-        if model.chained and (not all(self.kept) or self.gates):
+        if model.chained and (not all(self.kept) or self.gates or jump is not None):
             raise ValueError(f"{model.config.name} has chained exits ({model.config.chain}"
                              f"{', ensemble' if model.config.ensemble else ''}): exit k's answer needs every earlier "
                              f"head, so removing or gating an exit changes later answers; refused. Run the cascade "
@@ -84,10 +90,15 @@ class EarlyExitRuntime:
         plan, last = self._plan, len(self._plan) - 1
         h = x
         enter: dict[int, bool] = {}
+        jump_at = self.jump[0] if self.jump is not None else -1
         for s, (stage, head, gates_here, keep, t, lower) in enumerate(plan):
             h = stage(h)
+            if s == jump_at:  # the exit predictor: skip the side exits before its target
+                for e in range(s, int(self.jump[1](h)[0])):
+                    enter[e] = False
             for e, gate in gates_here:
-                enter[e] = bool(gate(h)[0])
+                if enter.get(e, True):
+                    enter[e] = bool(gate(h)[0])
             if s == last:
                 return head(h).argmax(1), torch.tensor([s])
             if not keep or not enter.get(s, True):
@@ -122,9 +133,14 @@ class EarlyExitRuntime:
         state: dict = {"prev": None, "logp": {}}
         for s in range(k):
             h = self._stages[s](h)
+            if self.jump is not None and self.jump[0] == s:  # the exit predictor: skip exits before its target
+                target = self.jump[1](h).long()
+                for e in range(s, k - 1):
+                    decisions[e] = (target <= e) if e not in decisions else decisions[e] & (target <= e)
             for e, (at, gate) in self.gates.items():  # predictors placed after this stage
                 if at == s and self.kept[e]:
-                    decisions[e] = gate(h).bool()
+                    g = gate(h).bool()
+                    decisions[e] = g if e not in decisions else decisions[e] & g
             if s == k - 1:
                 pred[rows] = self._exit(s, h, None, state, len(rows)).argmax(1)
                 taken[rows] = s

@@ -89,3 +89,32 @@ def test_saturated_confidences_decide_as_the_simulator(toy_splits, measure):
         rt = EarlyExitRuntime(m, t, measure=measure, kept=[True, False, True])
         np.testing.assert_array_equal(rt(x)[1].numpy(), want)
         np.testing.assert_array_equal(torch.cat([rt(x[i : i + 1])[1] for i in range(len(x))]).numpy(), want)
+
+
+def test_jump_predictor_takes_the_simulators_exits(toy_splits):
+    from analysis.simulate import simulate_jump
+
+    torch.manual_seed(0)
+    m = build_model("b-lenet", exits=(0, 1), num_classes=4).eval()
+    x = toy_splits.test.batch(torch.arange(40))[0]
+    with torch.no_grad():
+        z = torch.stack(m.forward_exits(x), 1).numpy()
+    ent = confidence(z, "entropy")
+    t = np.quantile(ent[:, :2], 0.6, axis=0)
+    target = np.arange(40) % 3  # names exit 0, 1 or the final exit
+    costs = CostModel.from_arrays(np.ones(3), np.ones(3))
+    sim = simulate_jump(ent < np.append(t, np.inf), z.argmax(-1) == 0, costs, at=0, target=target, gate_ms=0.0)
+    calls = {"i": 0}
+
+    def jump(h):  # the target of each row, in the order the rows arrive (batched: all at once)
+        n = len(h)
+        out = torch.as_tensor(target[calls["i"] : calls["i"] + n])
+        calls["i"] += n
+        return out
+
+    rt = EarlyExitRuntime(m, t, jump=(0, jump))
+    np.testing.assert_array_equal(rt(x)[1].numpy(), sim.exit)
+    calls["i"] = 0
+    np.testing.assert_array_equal(torch.cat([rt(x[i : i + 1])[1] for i in range(40)]).numpy(), sim.exit)
+    assert (sim.exit != simulate_jump(ent < np.append(t, np.inf), z.argmax(-1) == 0, costs, at=0,
+                                      target=np.zeros(40, int), gate_ms=0.0).exit).any()  # the jump matters

@@ -28,9 +28,15 @@ def test_runtime_exits_equal_the_simulator_for_every_policy(toy_splits, tmp_path
         preds = {p.spec.name: p for p in [
             fit_predictor(cache, PredictorSpec("gate", 0, "nn", 1, rule, params={"max_epochs": 20}), folds=3,
                           timing=0.01),
-            fit_predictor(cache, PredictorSpec("entropy", 1, "linear", 1, rule), folds=3, timing=0.01)]}
+            fit_predictor(cache, PredictorSpec("entropy", 1, "linear", 1, rule), folds=3, timing=0.01),
+            fit_predictor(cache, PredictorSpec("exit", 0, "nn", None, rule, params={"max_epochs": 20}), folds=3,
+                          timing=0.01),
+            fit_predictor(cache, PredictorSpec("exit", 0, "linear", None, rule), folds=3, timing=0.01)]}
         pls = {"gate0 for 1, exit 0 removed": Placement((False, True, True), (None, Gate("gate_at0_for1_nn", 0), None)),
-               "entropy gate": Placement((True, True, True), (None, Gate("entropy_at1_for1_linear", 1), None))}
+               "entropy gate": Placement((True, True, True), (None, Gate("entropy_at1_for1_linear", 1), None)),
+               "jump (nn)": Placement((True, True, True), (None, None, None), Gate("exit_at0_nn", 0)),
+               "jump (linear) + gate": Placement((True, True, True), (None, Gate("gate_at0_for1_nn", 0), None),
+                                                 Gate("exit_at0_linear", 0))}
     x = toy_splits.test.batch(torch.arange(24))[0]
     df = validate(cache, m, x, predictors=preds, cfg=PolicyConfig(n_boot=0), placements=pls, reps=1, n_boot=50)
     want = {"full", "cascade"} | (set(pls) if pls else set())
