@@ -27,7 +27,8 @@ def simulate_to(cache: FeatureCache, out: str | Path, *, predictors: dict | None
     tables, points, gates, outcomes, chosen = [], [], [], {}, {}
     for prof in profs:
         st = study_policies(cache, predictors=predictors, profile=prof, cfg=cfg, rule=rule)
-        pts = pareto_points(cache, predictors=predictors, profile=prof, cfg=cfg, chosen=st.chosen, rule=rule)
+        pts = pareto_points(cache, predictors=predictors, profile=prof, cfg=cfg, chosen=st.chosen, rule=rule,
+                            evidence=st.evidence)
         tables.append(st.table)
         points.append(pts)
         gates.append(st.gates)

@@ -125,6 +125,7 @@ class PolicyStudy:
     rule: ExitRule
     chosen: dict
     gates: pd.DataFrame
+    evidence: tuple = ()  # (calib, split) evidence it was decided and scored on, for pareto_points to reuse
 
 
 def study_policies(cache: FeatureCache, *, predictors: dict | None = None,
@@ -156,7 +157,7 @@ def study_policies(cache: FeatureCache, *, predictors: dict | None = None,
     gates = gate_table(ev_cal, rule, cfg)
     if len(gates):
         gates.insert(0, "profile", costs.profile)
-    return PolicyStudy(out, table, rule, chosen, gates)
+    return PolicyStudy(out, table, rule, chosen, gates, (ev_cal, ev))
 
 
 def gate_table(ev: Evidence, rule: ExitRule, cfg: PolicyConfig = PolicyConfig()) -> pd.DataFrame:
@@ -211,14 +212,20 @@ _POINT_COLS = ("accuracy_%", "mean_ms", "p95_ms", "mean_MACs")
 
 def pareto_points(cache: FeatureCache, *, predictors: dict | None = None, profile: str | DeviceProfile = "measured",
                   cfg: PolicyConfig = PolicyConfig(), split: str = "test", n_settings: int = 15,
-                  chosen: dict | None = None, rule: ExitRule | None = None) -> pd.DataFrame:
+                  chosen: dict | None = None, rule: ExitRule | None = None,
+                  evidence: tuple = ()) -> pd.DataFrame:
     """Accuracy vs latency for threshold settings calibrated on calib (:func:`rule_settings`): per policy
     and setting the calib figures (``calib_*``), the gates' cuts re-tuned on calib for that setting, and the
     ``split`` (test) figures. ``on_front``: non-dominated *on calib* within its policy; a front is drawn at
-    its test values. ``full`` and ``oracle`` rows are references."""
-    costs = CostModel.from_cache(cache, profile)
-    ev_cal = Evidence.build(cache, "calib", measure=cfg.measure, predictors=predictors, costs=costs)
-    ev = Evidence.build(cache, split, measure=cfg.measure, predictors=predictors, costs=costs)
+    its test values. ``full`` and ``oracle`` rows are references. ``evidence``: the ``(calib, split)``
+    evidence already built for this profile (:attr:`PolicyStudy.evidence`), instead of building it again."""
+    if evidence:
+        ev_cal, ev = evidence
+        costs = ev.costs
+    else:
+        costs = CostModel.from_cache(cache, profile)
+        ev_cal = Evidence.build(cache, "calib", measure=cfg.measure, predictors=predictors, costs=costs)
+        ev = Evidence.build(cache, split, measure=cfg.measure, predictors=predictors, costs=costs)
     if chosen is None:
         chosen = choose_policies(ev_cal, rule or calibrate(cache, cfg, ev_calib=ev_cal), cfg)
     rows = []
