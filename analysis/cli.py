@@ -199,13 +199,23 @@ def print_cache_info(cache) -> None:
 
 
 def _cache_info_args(p):
-    p.add_argument("path", help="cache directory")
+    p.add_argument("path", nargs="?", default=None, help="cache directory (or --cache)")
+    p.add_argument("--cache", default=None, help="cache directory")
+    p.add_argument("--verify", action="store_true",
+                   help="check every file against the SHA-256 in the manifest (reads the whole cache)")
 
 
 def _cache_info_run(a) -> int:
     from branchy.cache import FeatureCache
 
-    print_cache_info(FeatureCache.open(a.path))
+    given = {x for x in (a.path, a.cache) if x}
+    if len(given) != 1:
+        raise ValueError("name one cache: `branchy cache-info DIR` or `branchy cache-info --cache DIR`")
+    path = given.pop()
+    cache = FeatureCache.open(path, verify=a.verify)
+    if a.verify:
+        print(f"verified: all {len(cache.manifest['files'])} files of {path} match their SHA-256")
+    print_cache_info(cache)
     return 0
 
 
@@ -225,6 +235,35 @@ def _profile_args(p):
     p.add_argument("--backend", default="eager",
                    help="what runs the segments: eager (profile 'measured'), compiled or onnxruntime (profile "
                         "'measured-BACKEND'); see branchy.backends")
+    p.add_argument("--predictors", default=None,
+                   help="a predictors folder fitted on this cache: measure their latency (pooling included) on the "
+                        "same backend too, all in interleaved rounds; the old figures are kept as history")
+
+
+def _profile_predictors(a, cache) -> None:
+    import torch
+
+    from predictors.cost import remeasure
+    from predictors.fit import load_predictors, save_predictors
+
+    preds = load_predictors(a.predictors, cache)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(a.threads or threads)
+    try:
+        old = {n: (p.cost.get("backends") or {}).get(a.backend) for n, p in preds.items()}
+        new = remeasure(list(preds.values()), cache, backend=a.backend, rounds=a.rounds,
+                        min_run_time=a.profile_time * max(1, len(preds)) / 2)
+    finally:
+        torch.set_num_threads(threads)
+    save_predictors(list(preds.values()), a.predictors)
+    import pandas as pd
+
+    t = pd.DataFrame([{"predictor": n, "old_ms_b1": (old[n] or {}).get("ms_b1", float("nan")), "ms_b1": m["ms_b1"],
+                       "pool_ms": m["pool_ms"], "spread": m["ms_b1_spread"], "unstable": m["unstable"]}
+                      for n, m in new.items()])
+    print(f"re-measured {len(preds)} predictors in {a.predictors} on {a.backend} (ms at batch 1, pooling included; "
+          f"medians over interleaved rounds):")
+    print(t.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
 
 
 def _profile_run(a) -> int:
@@ -251,6 +290,8 @@ def _profile_run(a) -> int:
     if ov:
         print(f"runtime overhead ({a.backend}): {ov['sample_ms']:.4f} ms per sample + {ov['decision_ms']:.4f} ms per "
               f"side exit entered")
+    if a.predictors:
+        _profile_predictors(a, cache)
     print_cache_info(cache)
     return 0
 
@@ -486,13 +527,15 @@ def _validate_args(p):
 
 
 def _validate_run(a) -> int:
-    from .validate import format_validate, validate_line, validate_run
+    from .validate import format_validate, recheck_line, validate_line, validate_run
 
     df, out = validate_run(a.run, n=a.n, reps=a.reps, batch_size=a.batch_size, backend=a.backend)
     print(f"real runtime vs simulator on {int(df.n.iloc[0])} test samples; ms per sample at batch 1, "
           f"{int(df.threads.iloc[0])} threads; simulated from the cache's measured costs and runtime overhead")
     print(format_validate(df))
     print(f"wrote {out}/validate*.csv and validate*.png")
+    if recheck_line(df):
+        print(recheck_line(df))
     print(validate_line(df))
     return 0
 

@@ -159,6 +159,12 @@ class CostModel:
     def num_exits(self) -> int:
         return len(self.stage_ms)
 
+    @property
+    def backend(self) -> str:
+        """The runtime backend whose measured predictor latencies go with these costs (eager unless the
+        profile is ``measured-BACKEND``)."""
+        return self.device.backend if self.device is not None else "eager"
+
     @classmethod
     def from_arrays(cls, stage_ms, exit_ms, write_ms=None, read_ms=None, *, stage_macs=None, exit_macs=None,
                     act_bytes=None, profile: str = "given", sample_ms: float = 0.0,

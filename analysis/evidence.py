@@ -71,7 +71,8 @@ class Evidence:
                 ev.scores[name] = np.asarray(p.predict(cache, split), dtype=np.int64)
             else:
                 continue
-            ev.pcost[name] = (costs.predictor_ms(p.cost["macs"], p.cost["ms_b1"]), float(p.cost["macs"]))
+            measured = p.latency_ms(costs.backend) if hasattr(p, "latency_ms") else p.cost["ms_b1"]
+            ev.pcost[name] = (costs.predictor_ms(p.cost["macs"], measured), float(p.cost["macs"]))
             ev.specs[name] = s
         return ev
 

@@ -107,6 +107,15 @@ def step_predictors(cfg: StudyConfig, cache, out: Path, redo: bool):
         log(f"cross-fitting {len(specs)} predictors ({pc.model}) on calib ({pc.folds} folds, then refit on all)")
         fitted = [fit_predictor(cache, s, folds=pc.folds) for s in specs]
         save_predictors(fitted, d)
+    backends = [b for b in cfg.backends if b != "eager" and b in cache.backends]
+    for b in backends:  # the predictors' latency on every backend the segments were measured on
+        todo = [p for p in fitted if b not in (p.cost.get("backends") or {})]
+        if todo:
+            log(f"measuring {len(todo)} predictors' latency on the {b} backend")
+            from predictors.cost import remeasure
+
+            remeasure(todo, cache, backend=b, min_run_time=cfg.dump.profile_time * len(todo) / 2)
+            save_predictors(todo, d)
     table = evaluation_table(fitted, cache)
     table.to_csv(d / "evaluation.csv", index=False)
     return {p.spec.name: p for p in fitted}, table, rule
@@ -208,7 +217,7 @@ def step_validate(cfg: StudyConfig, cache, model, splits, preds, pcfg, rule, pla
     import torch
 
     from . import plots
-    from .validate import format_validate, plot_validate, validate, validate_line
+    from .validate import format_validate, plot_validate, recheck_line, validate, validate_line
 
     if not cfg.validate:
         return None
@@ -232,6 +241,8 @@ def step_validate(cfg: StudyConfig, cache, model, splits, preds, pcfg, rule, pla
         fig, _ = plot_validate(df, title=f"simulated vs measured ({b}, batch 1, {n} test samples)")
         plots.save(fig, d / f"validate{tag}.png")
         print(format_validate(df))
+        if recheck_line(df):
+            print(recheck_line(df))
         print(validate_line(df))
         frames.append(df)
     return pd.concat(frames, ignore_index=True) if frames else None

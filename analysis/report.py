@@ -25,29 +25,36 @@ def _img(fig) -> str:
     return f'<img src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}"/>'
 
 
+def _e(v) -> str:
+    """Any value from the user or the data (names, paths, config values), escaped for HTML text and attributes."""
+    return html.escape(str(v), quote=True)
+
+
 def _table(df: pd.DataFrame, fmt: str = "{:.4g}") -> str:
-    return df.to_html(index=False, float_format=lambda v: fmt.format(v), border=0, na_rep="")
+    """``df`` as an HTML table; cells and column names are escaped."""
+    return df.to_html(index=False, float_format=lambda v: fmt.format(v), border=0, na_rep="", escape=True)
 
 
 def write_report(result: dict, path: str | Path) -> Path:
     """Per-exit accuracy and cost, headline table, Pareto fronts, exit distribution, latency breakdown,
-    predictor quality, chosen placements and entropy histograms, in one HTML file."""
+    predictor quality, chosen placements and entropy histograms, in one HTML file. Every name, path, config
+    value and table cell is HTML-escaped (a dataset may be called ``<script>.npz``)."""
     cfg, cache, sim = result["config"], result["cache"], result["simulation"]
     m = cache.manifest
     s = []
-    s.append(f"<h1>{html.escape(cfg.name)}</h1>")
-    s.append(f"<p class=note>{m['model']['name']} (weights {m['model']['fingerprint']}) on {m['dataset']['name']} "
-             f"(data {m['dataset']['fingerprint']}); splits {m['splits']}; generated "
+    s.append(f"<h1>{_e(cfg.name)}</h1>")
+    s.append(f"<p class=note>{_e(m['model']['name'])} (weights {_e(m['model']['fingerprint'])}) on "
+             f"{_e(m['dataset']['name'])} (data {_e(m['dataset']['fingerprint'])}); splits {_e(m['splits'])}; generated "
              f"{time.strftime('%Y-%m-%d %H:%M')}. Every decision (exit rule, gates, gate cuts, placement) is made on "
              f"<b>calib</b>, with predictors' out-of-fold scores; every result below is on <b>test</b> unless marked "
-             f"calib. Exit rule: {html.escape(result['rule'].describe()) if 'rule' in result else ''}. Latency is ms per sample at batch 1 (profile "
-             f"<i>measured</i>: torch.utils.benchmark medians on {m['device']} with {m['threads']} threads; other "
+             f"calib. Exit rule: {_e(result['rule'].describe()) if 'rule' in result else ''}. Latency is ms per sample at batch 1 (profile "
+             f"<i>measured</i>: torch.utils.benchmark medians on {_e(m.get('device'))} with {_e(m.get('threads'))} threads; other "
              f"profiles: MACs and activation bytes through the device figures). MACs per sample; FLOPs = 2 x MACs. "
              f"Intervals are 95% percentile-bootstrap intervals over test samples.</p>")
     s.append("<h2>Headline</h2>")
     summary = sim["summary"]
     for prof in summary.profile.unique():
-        s.append(f"<h3>{html.escape(prof)}</h3><pre>{html.escape(format_headline(summary[summary.profile == prof]))}"
+        s.append(f"<h3>{_e(prof)}</h3><pre>{_e(format_headline(summary[summary.profile == prof]))}"
                  f"</pre>")
     measured = [p for p in summary.profile.unique() if str(p).startswith("measured")]
     if len(measured) > 1:
@@ -60,7 +67,7 @@ def write_report(result: dict, path: str | Path) -> Path:
         pays = {v[1] > 1 for v in verdict.values()}
         if len(fastest) > 1 or len(pays) > 1:
             s.append("<p><b>The backend changes the conclusion.</b> " + "; ".join(
-                f"on {html.escape(p)} the fastest policy is {html.escape(f)} and the cascade runs at "
+                f"on {_e(p)} the fastest policy is {_e(f)} and the cascade runs at "
                 f"{sp:.2f}x full" for p, (f, sp) in verdict.items()) + ".</p>")
     s.append("<h2>Per-exit accuracy and cost</h2>")
     s.append(_table(cache.summary()))
@@ -71,8 +78,8 @@ def write_report(result: dict, path: str | Path) -> Path:
     t = m.get("timing")
     if t:
         s.append(f"<p class=note>Timed in interleaved rounds (outlier rounds dropped; spread = IQR / median; "
-                 f"<b>unstable</b> when over 10 %) on {html.escape(str(t['cpu']))}, load {t['load_1min']} on "
-                 f"{t['cores']} cores ({t['idle_cores']} idle), {t['threads']} threads"
+                 f"<b>unstable</b> when over 10 %) on {_e(t.get('cpu'))}, load {_e(t.get('load_1min'))} on "
+                 f"{_e(t.get('cores'))} cores ({_e(t.get('idle_cores'))} idle), {_e(t.get('threads'))} threads"
                  + ("; <b>oversubscribed</b>: more threads than idle cores, latencies inflated" if t.get("oversubscribed")
                     else "") + ".</p>")
     if "unstable" in cache.costs and cache.costs["unstable"].astype(bool).any():
@@ -80,7 +87,7 @@ def write_report(result: dict, path: str | Path) -> Path:
                  "them; re-measure with <code>branchy profile --cache DIR</code> on a quieter machine.</p>")
     val = result.get("validate")
     if val is not None and len(val):
-        from .validate import format_validate, plot_validate, validate_line
+        from .validate import format_validate, plot_validate, recheck_line, validate_line
 
         s.append("<h2>Simulation against a real run</h2>")
         s.append(f"<p class=note>The real early-exit runtime (eager PyTorch, {int(val.threads.iloc[0])} threads) ran "
@@ -90,8 +97,8 @@ def write_report(result: dict, path: str | Path) -> Path:
                  f"leaving at the exit the simulator says. Batched: ms per sample at batch "
                  f"{int(val.batch_size.iloc[0])}.</p>")
         for b, v in val.groupby("backend", sort=False):
-            s.append(f"<h3>{html.escape(str(b))}</h3><pre>{html.escape(format_validate(v))}\n"
-                     f"{html.escape(validate_line(v))}</pre>")
+            s.append(f"<h3>{_e(b)}</h3><pre>{_e(format_validate(v))}\n"
+                     + (f"{_e(recheck_line(v))}\n" if recheck_line(v) else "") + f"{_e(validate_line(v))}</pre>")
             s.append(_img(plot_validate(v, title=f"simulated vs measured mean latency ({b})")[0]))
     s.append("<h2>Accuracy versus latency</h2>")
     pts = sim["pareto"]
@@ -124,9 +131,9 @@ def write_report(result: dict, path: str | Path) -> Path:
     s.append(_table(pt, "{:.3f}"))
     s.append("<h2>Placement</h2>")
     for strategy, (res, compare) in result["placements"].items():
-        s.append(f"<h3>{html.escape(strategy)}: {html.escape(res.chosen.describe())}</h3>")
+        s.append(f"<h3>{_e(strategy)}: {_e(res.chosen.describe())}</h3>")
         s.append(f"<p class=note>{len(res.table)} candidates scored on calib; rule: "
-                 f"{html.escape(res.constraint.describe())}.</p>")
+                 f"{_e(res.constraint.describe())}.</p>")
         s.append(_table(compare))
         s.append(_img(plots.plot_placement_map(res.chosen)[0]))
         s.append(_img(plots.plot_search_front(res.table, title=f"{strategy}: candidates on calib")[0]))
@@ -137,8 +144,8 @@ def write_report(result: dict, path: str | Path) -> Path:
     s.append("<h2>Study config</h2>")
     import yaml
 
-    s.append(f"<pre>{html.escape(yaml.safe_dump(cfg.to_dict(), sort_keys=False))}</pre>")
-    doc = f"<!doctype html><html><head><meta charset=utf-8><title>{html.escape(cfg.name)}</title>" \
+    s.append(f"<pre>{_e(yaml.safe_dump(cfg.to_dict(), sort_keys=False))}</pre>")
+    doc = f"<!doctype html><html><head><meta charset=utf-8><title>{_e(cfg.name)}</title>" \
           f"<style>{CSS}</style></head><body>{''.join(s)}</body></html>"
     p = Path(path)
     tmp = p.with_name(p.name + ".tmp")

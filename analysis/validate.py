@@ -7,6 +7,7 @@ whose exit matches."""
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -17,95 +18,10 @@ from branchy.cache import FeatureCache
 from branchy.rule import ExitRule
 from branchy.runtime import EarlyExitRuntime
 from placement import Placement
+from predictors.deploy import gate_callable, jump_callable
 
 from .evidence import Evidence, can_pass, outcome
 from .study import PolicyConfig, study_policies
-
-class _TorchGate(torch.nn.Module):
-    """Pooling + a torch MLP predictor + its enter score, as one module (exported with the backend)."""
-
-    def __init__(self, est, s: int, target: str) -> None:
-        super().__init__()
-        self.pool, self.mlp, self.target, self.s = torch.nn.AdaptiveAvgPool2d(s), est.torch_module(), target, s
-        self.j = list(est.classes_).index(1) if target == "gate" and 1 in list(est.classes_) else -1
-        self.scale, self.shift = float(getattr(est, "y_scale_", 1.0)), float(getattr(est, "y_mean_", 0.0))
-
-    def forward(self, h):
-        x = self.pool(h).flatten(1) if h.ndim == 4 else h
-        z = self.mlp(x.float())
-        if self.target == "gate":
-            return torch.softmax(z, 1)[:, self.j] if self.j >= 0 else torch.zeros_like(z[:, 0])
-        return -(z[:, 0] * self.scale + self.shift)
-
-
-class _TorchJump(torch.nn.Module):
-    """Pooling + a torch MLP exit predictor: the exit it names (its class with the largest logit)."""
-
-    def __init__(self, est, s: int) -> None:
-        super().__init__()
-        self.pool, self.mlp = torch.nn.AdaptiveAvgPool2d(s), est.torch_module()
-        self.register_buffer("classes", torch.as_tensor(np.asarray(est.classes_), dtype=torch.long))
-
-    def forward(self, h):
-        x = self.pool(h).flatten(1) if h.ndim == 4 else h
-        return self.classes[self.mlp(x.float()).argmax(1)]
-
-
-def jump_callable(pred, pooling: str, *, backend: str = "eager", example: torch.Tensor | None = None):
-    """``h -> target exit [B]`` of an exit predictor, as the runtime's jump."""
-    from branchy.backends import compile_module
-    from branchy.dump import parse_pooling, pool_features
-    from predictors.torch_mlp import TorchMLPClassifier
-
-    s, est = parse_pooling(pooling), pred.estimator
-    if pred.spec.with_confidences:
-        raise ValueError(f"{pred.spec.name} reads earlier exits' confidences: the runtime's jump sees the "
-                         f"activation only")
-    if isinstance(est, TorchMLPClassifier) and getattr(est, "net_", None) is not None:
-        mod = _TorchJump(est, s).eval()
-        return compile_module(mod, example, backend) if backend != "eager" and example is not None else mod
-    classes = np.asarray(pred.classes)
-
-    def fn(h):
-        from predictors.fit import _aligned_proba
-
-        return torch.from_numpy(classes[_aligned_proba(est, pool_features(h, s).float().numpy(), classes).argmax(1)])
-    return fn
-
-
-def gate_callable(pred, cut: float, pooling: str, *, backend: str = "eager", example: torch.Tensor | None = None):
-    """``h -> bool [B]``: pool the activation as the cache did, score with the predictor, enter when the
-    score reaches the cut. Torch MLPs run as one module on the runtime's backend (pooling included);
-    scikit-learn models through numpy."""
-    from branchy.backends import compile_module
-    from branchy.dump import parse_pooling, pool_features
-    from predictors.fit import _aligned_proba
-    from predictors.torch_mlp import TorchMLPClassifier, TorchMLPRegressor
-
-    s, est, target = parse_pooling(pooling), pred.estimator, pred.spec.target
-    if pred.spec.with_confidences:
-        raise ValueError(f"{pred.spec.name} reads earlier exits' confidences: the runtime's gates see the "
-                         f"activation only")
-    if isinstance(est, (TorchMLPClassifier, TorchMLPRegressor)) and getattr(est, "net_", None) is not None:
-        mod = _TorchGate(est, s, target).eval()
-        if backend != "eager" and example is not None:
-            mod = compile_module(mod, example, backend)
-
-        def fn(h):
-            return mod(h) >= cut
-        return fn
-
-    classes = pred.classes
-
-    def fn(h):
-        x = pool_features(h, s).float().numpy()
-        if target == "entropy":
-            score = -np.asarray(est.predict(x), dtype=np.float64)
-        else:
-            p = _aligned_proba(est, x, classes)
-            score = p[:, list(classes).index(1)] if 1 in list(classes) else np.zeros(len(x))
-        return torch.from_numpy(score >= cut)
-    return fn
 
 
 def build_runtime(model, pl: Placement, rule: ExitRule, cuts: dict, predictors: dict, pooling: str,
@@ -143,15 +59,44 @@ def _boot(a: np.ndarray, b: np.ndarray | None, n_boot: int, seed: int):
     return out
 
 
+def costs_now(cache: FeatureCache, model, *, backend: str = "eager", predictors: dict | None = None,
+              min_run_time: float = 0.1, rounds: int = 7):
+    """The cache's cost model measured again right now, on the same backend and threads: segments
+    (:func:`branchy.profile.profile_segments`), the runtime's overhead and the predictors' latency. Set
+    against a run made right after, it separates what the simulator gets wrong from how much the machine
+    has drifted since the cache was profiled. Returns ``(CostModel, predictor ms by name)``."""
+    from dataclasses import replace
+
+    from branchy.profile import profile_segments, runtime_overhead
+    from predictors.cost import measure_predictors
+
+    from .costs import CostModel, get_profile
+
+    name = "measured" if backend == "eager" else f"measured-{backend}"
+    df = profile_segments(model, batch_size=2, min_run_time=min_run_time, rounds=rounds, backend=backend)
+    vec = lambda seg: df[df.segment == seg].sort_values("k")["ms_b1"].to_numpy(dtype=float)  # noqa: E731
+    ov = runtime_overhead(model, rounds=rounds, min_run_time=min_run_time, backend=backend)
+    ref = CostModel.from_cache(cache, name)
+    cm = CostModel.from_arrays(vec("stage"), vec("exit"), vec("buffer"), vec("buffer"), stage_macs=ref.stage_macs,
+                               exit_macs=ref.exit_macs, act_bytes=ref.act_bytes, profile=name,
+                               sample_ms=ov["sample_ms"], decision_ms=ov["decision_ms"])
+    pms = {n: m["ms_b1"] for n, m in measure_predictors(list((predictors or {}).values()), cache, backend=backend,
+                                                        rounds=rounds, min_run_time=min_run_time).items()}
+    return replace(cm, device=get_profile(name)), pms
+
+
 @torch.no_grad()
 def validate(cache: FeatureCache, model, test_x: torch.Tensor, *, predictors: dict | None = None,
              cfg: PolicyConfig = PolicyConfig(), rule: ExitRule | None = None,
              placements: dict[str, Placement] | None = None, reps: int = 3, batch_size: int = 64,
-             n_boot: int = 1000, seed: int = 0, backend: str = "eager") -> pd.DataFrame:
+             n_boot: int = 1000, seed: int = 0, backend: str = "eager", recheck: bool = True) -> pd.DataFrame:
     """Measured versus simulated latency per policy on the first ``len(test_x)`` test samples (ms per
     sample at batch 1, the cache's thread count). ``placements``: extra placements to run (e.g. the one a
     search chose). ``backend`` runs the stages and heads (gates stay in torch); the simulator uses the
-    costs measured on it (profile ``measured`` or ``measured-BACKEND``)."""
+    costs measured on it (profile ``measured`` or ``measured-BACKEND``). ``recheck``: also measure the costs
+    again just before the run (:func:`costs_now`) and simulate with them (``sim_now_*``, ``ratio_now``), so
+    that the simulator's own error shows apart from the machine's drift since profiling (``drift``: the
+    full path's simulated ms now over the cache's)."""
     from branchy.backends import prepare
     from branchy.timing import machine_state
 
@@ -168,6 +113,11 @@ def validate(cache: FeatureCache, model, test_x: torch.Tensor, *, predictors: di
         np.arange(n))
     segs = prepare(model, backend)
     k = cache.num_exits
+    ev_now = None
+    if recheck:
+        cm_now, pms = costs_now(cache, model, backend=backend, predictors=predictors)
+        ev_now = replace(ev, costs=cm_now, pcost={n: (cm_now.predictor_ms(macs, pms.get(n, ms)), macs)
+                                                  for n, (ms, macs) in ev.pcost.items()})
     pols: dict[str, tuple | str] = {"full": "full", "cascade": "cascade"}
     for name, c in st.chosen.items():
         pols[name] = (c.placement, c.cuts, rule)
@@ -178,20 +128,23 @@ def validate(cache: FeatureCache, model, test_x: torch.Tensor, *, predictors: di
         for name, pl in placements.items():
             pols[name] = (pl, obj.cuts(pl), obj.rule_for(pl))
     pooling = cache.manifest.get("pooling", "avg")
-    runtimes, sims = {}, {}
+    runtimes, sims, nows = {}, {}, {}
     for name, pol in pols.items():
         if pol == "full":
             plain = Placement.plain(k) if model.chained else Placement.plain(k, [False] * (k - 1) + [True])
             runtimes[name] = build_runtime(model, plain, ExitRule(rule.measure, (-np.inf,) * k
                                            if rule.lower_is_confident else (np.inf,) * k), {}, {}, pooling, segs)
             sims[name] = outcome(ev, "full", rule)
+            nows[name] = ev_now and outcome(ev_now, "full", rule)
         elif pol == "cascade":
             runtimes[name] = build_runtime(model, Placement.plain(k), rule, {}, {}, pooling, segs)
             sims[name] = outcome(ev, "cascade", rule)
+            nows[name] = ev_now and outcome(ev_now, "cascade", rule)
         else:
             pl, cuts, r = pol
             runtimes[name] = build_runtime(model, pl, r, cuts, predictors or {}, pooling, segs, backend)
             sims[name] = outcome(ev, pl, r, cuts=cuts, name=name)
+            nows[name] = ev_now and outcome(ev_now, pl, r, cuts=cuts, name=name)
     names = list(runtimes)
     g = np.random.default_rng(seed)
     meas = np.zeros((reps, len(names), n))
@@ -233,7 +186,20 @@ def validate(cache: FeatureCache, model, test_x: torch.Tensor, *, predictors: di
                      "meas_speedup": full_meas / m.mean(), "sim_speedup": full_sim / sl.mean(),
                      "batched_ms_per_sample": batched[name], "batched_speedup": batched["full"] / batched[name],
                      "batch_size": batch_size, "threads": torch.get_num_threads()})
+        if ev_now is not None:
+            now = nows[name].latency_ms
+            rows[-1].update({"sim_now_mean_ms": now.mean(), "ratio_now": now.mean() / m.mean(),
+                             "drift": nows["full"].latency_ms.mean() / full_sim})
     return pd.DataFrame(rows)
+
+
+def recheck_line(df: pd.DataFrame) -> str | None:
+    """The same comparison with the costs measured again just before the run (None without them)."""
+    if "ratio_now" not in df:
+        return None
+    worst = float(np.max(np.abs(df["ratio_now"] - 1)))
+    return (f"with costs re-measured just before the run: worst |sim/meas - 1| = {worst:.3f}; the machine ran "
+            f"the full path {df['drift'].iloc[0]:.2f}x as slow as when the cache was profiled")
 
 
 def validate_line(df: pd.DataFrame) -> str:
@@ -247,6 +213,7 @@ def format_validate(df: pd.DataFrame) -> str:
         "measured ms [CI]": [f"{r.meas_mean_ms:.4f} [{r.meas_mean_lo:.4f}, {r.meas_mean_hi:.4f}]" for r in df.itertuples()],
         "simulated ms [CI]": [f"{r.sim_mean_ms:.4f} [{r.sim_mean_lo:.4f}, {r.sim_mean_hi:.4f}]" for r in df.itertuples()],
         "sim/meas [CI]": [f"{r.ratio:.3f} [{r.ratio_lo:.3f}, {r.ratio_hi:.3f}]" for r in df.itertuples()],
+        **({"sim/meas (costs now)": df["ratio_now"].map("{:.3f}".format)} if "ratio_now" in df else {}),
         "p95 meas [CI] / sim": [f"{r.meas_p95_ms:.3f} [{r.meas_p95_lo:.3f}, {r.meas_p95_hi:.3f}] / {r.sim_p95_ms:.3f}"
                                 for r in df.itertuples()],
         "exits match %": df["exit_match_%"].round(1),

@@ -7,6 +7,9 @@ Layout of a cache directory::
     {split}/labels.npy     [N] int64
     {split}/logits.npy     [N, K, C] float32
     {split}/feat_{k}.npy   [N, D_k] pooled branch-point features (float16 by default)
+
+The manifest's ``files`` maps every data and costs file to ``{"size": bytes, "sha256": hex}`` (schema 2;
+schema-1 caches hold sizes only). :meth:`FeatureCache.open` checks sizes; ``verify=True`` checks hashes.
 """
 from __future__ import annotations
 
@@ -21,12 +24,82 @@ import pandas as pd
 
 from .measures import entropy, margin, softmax
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: ``files`` entries carry a sha256 (1: sizes only; still read)
 MANIFEST = "manifest.json"
+REQUIRED = ("schema_version", "model", "dataset", "splits", "num_exits", "num_classes", "pooling", "files")
+_CHUNK = 1 << 20
 
 
 class CacheError(ValueError):
     """A directory that is not a (complete, current, matching) feature cache."""
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 of a file, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def file_entry(path: Path) -> dict:
+    """A manifest ``files`` entry: size and SHA-256."""
+    return {"size": path.stat().st_size, "sha256": file_sha256(path)}
+
+
+def _size(entry) -> int | None:
+    """The size a ``files`` entry records (schema 1: the int itself)."""
+    return entry.get("size") if isinstance(entry, dict) else entry
+
+
+def _fix(p: Path, manifest: dict | None = None) -> str:
+    """How to rebuild the cache at ``p``."""
+    model = manifest.get("model") if isinstance(manifest, dict) else None
+    ckpt = model.get("checkpoint") if isinstance(model, dict) else None
+    return f"redump it: `branchy dump --checkpoint {ckpt or 'CKPT'} --out {p} --overwrite`"
+
+
+def _interrupted_hint(p: Path) -> str:
+    """What an interrupted dump left next to the missing cache ``p``, if anything."""
+    if Path(str(p) + ".old").is_dir():
+        return (f" (an interrupted --overwrite left {p}.old: run the dump again, which completes or rolls back the "
+                f"swap, or rename {p}.old back)")
+    if any(p.parent.glob(p.name + ".partial*")):
+        return " (a .partial folder is there: a dump is running, or an interrupted dump left it: run the dump again)"
+    return ""
+
+
+def _read_manifest(p: Path) -> dict:
+    """Parse and shape-check ``p/manifest.json``; :class:`CacheError` naming the file and the fix."""
+    mf = p / MANIFEST
+    if not mf.is_file():
+        raise CacheError(f"{p} is not a feature cache: it has no {MANIFEST} (incomplete or interrupted "
+                         f"dump?); run `branchy dump ... --out {p} --overwrite`")
+    try:
+        manifest = json.loads(mf.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CacheError(f"{mf} is not valid JSON ({e}); {_fix(p)}") from e
+    if not isinstance(manifest, dict):
+        raise CacheError(f"{mf} is not a cache manifest (a JSON object expected, found a {type(manifest).__name__}); "
+                         f"{_fix(p)}")
+    version = manifest.get("schema_version")
+    if not isinstance(version, int):
+        raise CacheError(f"{mf} has no schema_version: not a branchy feature cache")
+    if version > SCHEMA_VERSION:
+        raise CacheError(f"{p} was written with cache schema {version}, newer than this toolkit's "
+                         f"{SCHEMA_VERSION}: upgrade branchy-study to read it")
+    missing = [k for k in REQUIRED if k not in manifest]
+    if missing:
+        raise CacheError(f"{mf} is missing keys {', '.join(missing)}: not a complete cache manifest; "
+                         f"{_fix(p, manifest)}")
+    bad = [k for k in ("model", "dataset", "splits", "files") if not isinstance(manifest[k], dict)]
+    bad += [f"{k}.{f}" for k in ("model", "dataset") if k not in bad for f in ("name", "fingerprint")
+            if f not in manifest[k]]
+    if bad:
+        raise CacheError(f"{mf} has malformed entries {', '.join(bad)}: not a complete cache manifest; "
+                         f"{_fix(p, manifest)}")
+    return manifest
 
 
 class FeatureCache:
@@ -38,36 +111,40 @@ class FeatureCache:
 
     # ------------------------------------------------------------------ opening
     @classmethod
-    def open(cls, path: str | os.PathLike, *, model=None, dataset=None) -> "FeatureCache":
-        """Open and validate a cache; with ``model`` (a BranchyNet) or ``dataset`` (Splits) also check
-        that the cache was made from them (fingerprints) and refuse a stale one."""
+    def open(cls, path: str | os.PathLike, *, model=None, dataset=None, verify: bool = False) -> "FeatureCache":
+        """Open and validate a cache (manifest shape, every file's size); with ``model`` (a BranchyNet) or
+        ``dataset`` (Splits) also check that the cache was made from them (fingerprints) and refuse a stale
+        one. ``verify=True`` also checks every file's SHA-256 (reads the whole cache; see :meth:`verify`)."""
         p = Path(path)
         if not p.is_dir():
-            hint = " (an interrupted dump leaves only a .partial folder: run the dump again)" \
-                if Path(str(p) + ".partial").exists() else ""
-            raise CacheError(f"no feature cache at {str(p)!r}{hint}; make one with `branchy dump`")
-        mf = p / MANIFEST
-        if not mf.is_file():
-            raise CacheError(f"{p} is not a feature cache: it has no {MANIFEST} (incomplete or interrupted "
-                             f"dump?); run `branchy dump ... --out {p} --overwrite`")
-        try:
-            manifest = json.loads(mf.read_text())
-        except json.JSONDecodeError as e:
-            raise CacheError(f"{mf} is not valid JSON ({e}); re-run the dump with --overwrite") from e
-        version = manifest.get("schema_version")
-        if not isinstance(version, int):
-            raise CacheError(f"{mf} has no schema_version: not a branchy feature cache")
-        if version > SCHEMA_VERSION:
-            raise CacheError(f"{p} was written with cache schema {version}, newer than this toolkit's "
-                             f"{SCHEMA_VERSION}: upgrade branchy-study to read it")
-        for rel, size in manifest.get("files", {}).items():
+            raise CacheError(f"no feature cache at {str(p)!r}{_interrupted_hint(p)}; make one with `branchy dump`")
+        manifest = _read_manifest(p)
+        for rel, entry in manifest["files"].items():
             f = p / rel
-            if not f.is_file() or f.stat().st_size != size:
-                raise CacheError(f"{p} is incomplete: {rel} is missing or has the wrong size; re-run the dump "
-                                 f"with --overwrite")
+            if not f.is_file() or f.stat().st_size != _size(entry):
+                raise CacheError(f"{p} is incomplete: {rel} is missing or has the wrong size; {_fix(p, manifest)}")
         cache = cls(p, manifest)
+        if verify:
+            cache.verify()
         cache.check(model=model, dataset=dataset)
         return cache
+
+    def verify(self) -> int:
+        """Check every file against the SHA-256 the manifest records; return how many were checked.
+        Raises :class:`CacheError` naming the corrupt files, or saying the cache records no hashes."""
+        files = self.manifest["files"]
+        unhashed = [rel for rel, e in files.items() if not (isinstance(e, dict) and e.get("sha256"))]
+        if unhashed:
+            which = "hashes" if len(unhashed) == len(files) else f"for {', '.join(unhashed)}"
+            raise CacheError(f"{self.path} records no SHA-256 {which} (written before caches carried them): it "
+                             f"cannot be verified; {_fix(self.path, self.manifest)}")
+        bad = [rel for rel, e in files.items()
+               if not (self.path / rel).is_file() or file_sha256(self.path / rel) != e["sha256"]]
+        if bad:
+            raise CacheError(f"{self.path} is corrupt: {', '.join(bad)} "
+                             f"{'does' if len(bad) == 1 else 'do'} not match the SHA-256 in its manifest "
+                             f"(disk error or modified file); {_fix(self.path, self.manifest)}")
+        return len(files)
 
     def check(self, *, model=None, dataset=None) -> None:
         """Raise :class:`CacheError` naming what differs when ``model`` / ``dataset`` is not the one dumped."""
@@ -128,18 +205,31 @@ class FeatureCache:
             raise KeyError(f"cache {self.path} has no split {split!r}; it has {', '.join(self.splits)}")
         return split
 
+    def _npy(self, split: str, name: str, mmap: bool) -> np.ndarray:
+        """Load ``split/name`` (never as pickle); a damaged file is a :class:`CacheError` naming it."""
+        f = self.path / self._split(split) / name
+        try:
+            a = np.load(f, mmap_mode="r" if mmap else None, allow_pickle=False)
+        except Exception as e:  # numpy raises ValueError, EOFError, OSError, tokenize errors on garbage
+            raise CacheError(f"{f} is not a readable .npy array ({type(e).__name__}): the cache is corrupt; "
+                             f"{_fix(self.path, self.manifest)}") from None
+        if a.ndim < 1 or len(a) != self.size(split):
+            raise CacheError(f"{f} holds {a.shape[0] if a.ndim else 0} rows, the manifest says {self.size(split)}: "
+                             f"the cache is corrupt; {_fix(self.path, self.manifest)}")
+        return a
+
     def labels(self, split: str) -> np.ndarray:
-        return np.load(self.path / self._split(split) / "labels.npy")
+        return self._npy(split, "labels.npy", mmap=False)
 
     def logits(self, split: str, *, mmap: bool = True) -> np.ndarray:
         """``[N, K, C]`` float32 (memory-mapped unless ``mmap=False``)."""
-        return np.load(self.path / self._split(split) / "logits.npy", mmap_mode="r" if mmap else None)
+        return self._npy(split, "logits.npy", mmap)
 
     def features(self, split: str, k: int, *, mmap: bool = True) -> np.ndarray:
         """Pooled features at branch point ``k`` (0-based), ``[N, D_k]``, memory-mapped."""
         if not 0 <= k < self.num_exits:
             raise IndexError(f"exit {k} out of range: the cache has exits 0..{self.num_exits - 1}")
-        return np.load(self.path / self._split(split) / f"feat_{k}.npy", mmap_mode="r" if mmap else None)
+        return self._npy(split, f"feat_{k}.npy", mmap)
 
     @cached_property
     def costs(self) -> pd.DataFrame:
@@ -214,4 +304,4 @@ class FeatureCache:
                 f"exits={self.num_exits}, splits={m['splits']})")
 
 
-__all__ = ["FeatureCache", "CacheError", "SCHEMA_VERSION", "margin"]
+__all__ = ["FeatureCache", "CacheError", "SCHEMA_VERSION", "file_entry", "file_sha256", "margin"]

@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import math
 import os
+import warnings
+import zipfile
+import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -229,37 +233,137 @@ register_dataset("cifar100")(_torchvision("cifar100", "CIFAR100", 100, (0.5071, 
 
 
 # ----------------------------------------------------------------------------- user data
+LAYOUTS = ("NCHW", "NHWC")
+_SAVE = "np.savez(path, x=images, y=labels)"
+
+
+def min_per_class(fractions: tuple[float, float, float]) -> int:
+    """Samples each class needs for the stratified train/calib/test split by ``fractions``: two left after
+    train is taken (so calib/test can be stratified) and one expected in each of calib and test."""
+    _, f_calib, f_test = fractions
+    eps = 1e-9
+    return max(2, math.ceil(2 / (f_calib + f_test) - eps), math.ceil(1 / f_calib - eps), math.ceil(1 / f_test - eps))
+
+
+def _read_npz(p: Path) -> tuple[np.ndarray, np.ndarray, str | None]:
+    """``x``, ``y`` and the optional ``layout`` of an .npz file, never unpickling anything."""
+    how = f"an npz dataset is a zip of arrays written by {_SAVE}"
+    try:
+        f = np.load(p, allow_pickle=False)
+    except ValueError:  # numpy's message here advises unpickling the file: never pass that on
+        raise ValueError(f"{p}: not an .npz archive (not a zip of numpy arrays; pickled data is never "
+                         f"loaded); {how}") from None
+    except (OSError, EOFError, zipfile.BadZipFile) as e:
+        raise ValueError(f"{p}: not a readable .npz archive ({type(e).__name__}: {e}); {how}") from None
+    if not isinstance(f, np.lib.npyio.NpzFile):
+        raise ValueError(f"{p}: holds a single array {getattr(f, 'shape', '')} (.npy), not an .npz archive "
+                         f"with x and y; {how}")
+    with f:
+        missing = {"x", "y"} - set(f.files)
+        if missing:
+            raise ValueError(f"{p}: an npz dataset needs arrays 'x' [N,H,W] or [N,C,H,W] and 'y' [N]; missing "
+                             f"{sorted(missing)}, found {sorted(f.files)}; save with {_SAVE}")
+        out = []
+        for key in ("x", "y", "layout"):
+            if key not in f.files:
+                out.append(None)
+                continue
+            try:
+                out.append(f[key])
+            except ValueError:  # object arrays need pickle, which is refused
+                raise ValueError(f"{p}: array {key!r} holds Python objects (it would need unpickling, which is "
+                                 f"refused); store plain numbers, e.g. np.asarray({key}, dtype=np.float32)") from None
+            except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+                raise ValueError(f"{p}: array {key!r} cannot be read, the file is damaged ({type(e).__name__}: "
+                                 f"{e}); write it again with {_SAVE}") from None
+    x, y, layout = out
+    return x, y, None if layout is None else str(layout)
+
+
+def _channels_first(x: np.ndarray, where: str, layout: str | None) -> np.ndarray:
+    """``x`` as [N, C, H, W] (or [N, H, W]). Channels-last [N, H, W, C] with C = 1 or 3 is transposed with a
+    warning when the second dimension cannot be the channels; refused when both could be, unless ``layout``
+    (``NCHW`` or ``NHWC``) says which."""
+    if x.ndim == 3:
+        return x
+    if layout is not None:
+        lay = layout.strip().upper()
+        if lay not in LAYOUTS:
+            raise ValueError(f"{where}: layout must be 'NCHW' or 'NHWC', got {layout!r}")
+        return x.transpose(0, 3, 1, 2) if lay == "NHWC" else x
+    first, last = x.shape[1] in (1, 3), x.shape[3] in (1, 3)
+    if last and not first:
+        t = x.transpose(0, 3, 1, 2)
+        warnings.warn(f"{where}: x of shape {x.shape} is channels-last [N, H, W, C]; transposed to [N, C, H, W] "
+                      f"{t.shape}. Save x as [N, C, H, W] (or add layout='NHWC' to the file) to silence this",
+                      UserWarning, stacklevel=3)
+        return t
+    if last and first:
+        raise ValueError(f"{where}: x of shape {x.shape} could be [N, C, H, W] or channels-last [N, H, W, C]; say "
+                         f"which: np.savez(path, x=x, y=y, layout='NCHW') (or 'NHWC'), or pass layout= to the npz "
+                         f"dataset")
+    return x
+
+
 @register_dataset("npz", doc="your own arrays: an .npz with x [N,H,W] or [N,C,H,W] and y [N]; stratified 60/20/20")
 def npz(*, path: str | os.PathLike | None = None, seed: int = 0,
-        fractions: tuple[float, float, float] = (0.6, 0.2, 0.2), **_ignored) -> Splits:
+        fractions: tuple[float, float, float] = (0.6, 0.2, 0.2), layout: str | None = None,
+        **_ignored) -> Splits:
+    """x [N,H,W] or [N,C,H,W] (uint8 0..255 or floats; channels-last [N,H,W,C] is transposed, or set by an
+    optional ``layout`` array or argument, ``NCHW``/``NHWC``) and integer labels y [N] in 0..C-1. Every
+    problem with the file is a one-line ValueError raised here, before any training."""
     if path is None:
         raise ValueError("npz dataset needs path=FILE.npz (CLI: --data-path)")
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"npz dataset: no file at {str(p)!r}")
-    with np.load(p, allow_pickle=False) as f:
-        missing = {"x", "y"} - set(f.files)
-        if missing:
-            raise ValueError(f"{p}: an npz dataset needs arrays 'x' [N,H,W] or [N,C,H,W] and 'y' [N]; "
-                             f"missing {sorted(missing)}, found {f.files}")
-        x, y = f["x"], f["y"]
+    fr = tuple(float(v) for v in fractions)
+    if len(fr) != 3 or min(fr) <= 0 or abs(sum(fr) - 1) > 1e-6:
+        raise ValueError(f"{p}: fractions must be three positive shares of train/calib/test summing to 1, "
+                         f"got {tuple(fractions)}")
+    x, y, file_layout = _read_npz(p)
     if x.ndim not in (3, 4):
-        raise ValueError(f"{p}: x must be [N,H,W] or [N,C,H,W], got shape {x.shape}")
-    if y.ndim != 1 or len(y) != len(x):
-        raise ValueError(f"{p}: y must be [N] with N={len(x)} (as x), got shape {y.shape}")
+        raise ValueError(f"{p}: x must be [N,H,W] or [N,C,H,W], got shape {x.shape}; reshape it before saving")
+    if y.ndim != 1:
+        raise ValueError(f"{p}: y must be [N] with N={len(x)} (one class index per image, not one-hot), got shape "
+                         f"{y.shape}")
+    if len(y) != len(x):
+        raise ValueError(f"{p}: y must be [N] with N={len(x)} (one label per image): x holds {len(x)} samples but "
+                         f"y holds {len(y)} labels")
+    n = len(y)
+    if n == 0:
+        raise ValueError(f"{p}: holds 0 samples (x and y are empty); save at least {min_per_class(fr)} images "
+                         f"of each of 2 or more classes")
+    if not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating) or x.dtype == np.bool_):
+        raise ValueError(f"{p}: x must hold numbers (uint8 0..255 or floats in [0, 1]), got dtype {x.dtype}")
     if not np.issubdtype(y.dtype, np.integer):
-        raise ValueError(f"{p}: y must hold integer class labels, got dtype {y.dtype}")
+        raise ValueError(f"{p}: y must hold integer class labels 0..C-1, got dtype {y.dtype}; save "
+                         f"y.astype(np.int64) if they are whole numbers")
     if x.dtype != np.uint8:
         x = x.astype(np.float32)
         if not np.isfinite(x).all():
-            raise ValueError(f"{p}: x holds NaN or infinite values")
-    classes = np.unique(y)
+            bad = int((~np.isfinite(x)).reshape(n, -1).any(1).sum())
+            raise ValueError(f"{p}: x holds NaN or infinite values in {bad} of {n} samples; fix or drop them")
+    classes, counts = np.unique(y, return_counts=True)
     if classes.min() < 0:
-        raise ValueError(f"{p}: labels must be 0..C-1, found {classes.min()}")
-    n = len(y)
-    sizes = (int(n * fractions[0]), int(n * fractions[1]))
+        raise ValueError(f"{p}: labels must be 0..C-1, found {int(classes.min())}; shift or remap them")
+    if len(classes) < 2:
+        raise ValueError(f"{p}: y holds a single class ({int(classes[0])}) in all {n} samples: any model scores "
+                         f"100 %; an early-exit study needs at least 2 classes")
+    need = min_per_class(fr)
+    few = counts < need
+    if few.any():
+        shown = ", ".join(f"{int(c)} ({int(k)})" for c, k in list(zip(classes[few], counts[few]))[:8])
+        raise ValueError(f"{p}: the stratified train/calib/test split {fr} needs at least {need} samples per class; "
+                         f"{int(few.sum())} class(es) have fewer: {shown}; add samples or drop those classes")
+    x = _channels_first(x, str(p), layout if layout is not None else file_layout)
+    sizes = (int(n * fr[0]), int(n * fr[1]))
     sizes = sizes + (n - sum(sizes),)
-    idx = _stratified_split(y, sizes, seed)
+    try:
+        idx = _stratified_split(y, sizes, seed)
+    except ValueError as e:
+        raise ValueError(f"{p}: cannot split {n} samples of {len(classes)} classes into train/calib/test {sizes} "
+                         f"by class ({e}); add samples") from None
     xt, yt = _as_nchw(x), torch.from_numpy(y.astype(np.int64))
     parts = {s: (xt[i], yt[i]) for s, i in zip(SPLITS, idx)}
     return _make_splits(f"npz:{p.name}", int(classes.max()) + 1, parts)

@@ -1,23 +1,36 @@
 """Dump a frozen branchy net once: logits, pooled features and labels of every split, the cost
-table and, last, the manifest. The cache is built in ``PATH.partial`` and renamed into place, so
-an interrupted dump (Ctrl-C, kill, full disk) never leaves a directory that opens as a cache.
-A new dump *restarts cleanly*: a stale ``PATH.partial`` from an interrupted run is removed first.
+table and, last, the manifest (with every file's size and SHA-256). The cache is built in a folder of
+its own, ``PATH.partial-PID-RANDOM``, and renamed into place, so an interrupted dump (Ctrl-C, kill, full
+disk) never leaves a directory that opens as a cache; a failing dump removes its folder.
+
+Writers of ``PATH`` (:func:`dump`, :func:`cache_from_arrays`, :func:`reprofile`) hold an exclusive
+``flock`` on ``PATH.lock`` for their whole run; a second writer is refused at once, naming the first
+(pid, host, start time, as written in the lock file). The OS drops the lock when its holder dies, and
+the lock file itself stays (removing it would let two writers lock different files). Under the lock a
+writer first repairs what a killed one left (:func:`_recover`): stale ``PATH.partial*`` folders are
+removed (a new dump *restarts cleanly*, it does not resume), an interrupted ``--overwrite`` swap is
+completed or rolled back, and an interrupted :func:`reprofile` is completed.
 """
 from __future__ import annotations
 
 import json
 import os
 import platform
+import secrets
 import shutil
+import socket
 import time
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .cache import MANIFEST, SCHEMA_VERSION, FeatureCache
+from .cache import MANIFEST, SCHEMA_VERSION, CacheError, FeatureCache, file_entry
 from .data import SPLITS, Splits, load_dataset
 from .models import BranchyNet
 from .profile import profile_segments, runtime_overhead
@@ -48,6 +61,126 @@ class NpyWriter:
         self._f.close()
         if self.rows != self.shape[0]:
             raise RuntimeError(f"{self.path.name}: wrote {self.rows} of {self.shape[0]} rows")
+
+
+class CacheLockedError(RuntimeError):
+    """Another live process is writing the same cache."""
+
+
+def _sibling(out: Path, suffix: str) -> Path:
+    return out.parent / (out.name + suffix)
+
+
+def _holder(lock: Path) -> str:
+    """Who the lock file says holds it, in words."""
+    try:
+        info = json.loads(lock.read_text())
+        return f"{info['what']} by pid {info['pid']} on {info['host']}, started {info['started']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "a process that left no details"
+
+
+@contextmanager
+def target_lock(out: str | os.PathLike, what: str = "dump") -> Iterator[Path]:
+    """Hold an exclusive, non-blocking ``flock`` on ``OUT.lock`` while writing ``OUT``; raise
+    :class:`CacheLockedError` naming the holder (pid, host, start time) if another process holds it."""
+    import fcntl
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    lock = _sibling(out, ".lock")
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise CacheLockedError(f"{out} is being written by another process ({_holder(lock)}); refusing to "
+                                   f"write it at the same time: wait for it to finish or use another --out "
+                                   f"(the lock {lock.name} is released when that process ends)") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, json.dumps({"what": what, "pid": os.getpid(), "host": socket.gethostname(),
+                                 "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}).encode())
+        try:
+            yield lock
+        finally:
+            os.ftruncate(fd, 0)
+    finally:
+        os.close(fd)  # releases the flock
+
+
+def _recover(out: Path) -> None:
+    """Under the lock: finish what a killed writer of ``out`` left.
+
+    * ``out`` missing and ``out.old`` present (killed between the two renames of an ``--overwrite``):
+      **complete** the swap when a finished new cache (a ``.partial*`` folder with a manifest whose
+      hashes verify) is there, else **roll back** (``out.old`` becomes ``out`` again).
+    * ``out`` and ``out.old`` both present (killed while deleting the old one): remove ``out.old``.
+    * ``FILE.new`` inside ``out`` (killed inside :func:`reprofile`): rename it into place if the manifest
+      already records it, else delete it.
+    * then every ``out.partial*`` folder (no live writer can own one: we hold the lock) is removed.
+    """
+    old = _sibling(out, ".old")
+    if old.exists() and not out.exists():
+        done = _finished_partial(out)
+        os.replace(done or old, out)
+        warnings.warn(f"{out}: an interrupted --overwrite left {old.name}; "
+                      + ("completed the swap to the new cache" if done else "restored the old cache"), RuntimeWarning)
+    if old.exists():
+        shutil.rmtree(old)
+    if out.is_dir():
+        _recover_reprofile(out)
+    for stale in list(out.parent.glob(out.name + ".partial*")):
+        if stale.name == out.name + ".partial" or stale.name.startswith(out.name + ".partial-"):
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+def _finished_partial(out: Path) -> Path | None:
+    """The newest ``out.partial*`` folder holding a complete cache whose hashes verify, if any."""
+    found = []
+    for d in out.parent.glob(out.name + ".partial*"):
+        try:
+            FeatureCache.open(d, verify=True)
+            found.append(((d / MANIFEST).stat().st_mtime, d))
+        except (CacheError, OSError):
+            pass
+    return max(found)[1] if found else None
+
+
+def _recover_reprofile(out: Path) -> None:
+    try:
+        files = json.loads((out / MANIFEST).read_text())["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    for new in out.glob("*.new"):
+        entry = files.get(new.name[:-4]) if isinstance(files, dict) else None
+        if isinstance(entry, dict) and file_entry(new) == entry or isinstance(entry, int) and \
+                new.stat().st_size == entry:  # schema 1: by size only
+            os.replace(new, out / new.name[:-4])
+        else:
+            new.unlink()
+
+
+@contextmanager
+def _writing(out: Path, overwrite: bool) -> Iterator[Path]:
+    """Lock ``out``, repair what killed writers left, and yield a fresh folder of this dump's own to build
+    the cache in; on any failure (Ctrl-C included) the folder is removed."""
+    with target_lock(out, "dump"):
+        _recover(out)
+        if out.exists() and not overwrite:
+            raise FileExistsError(f"{out} already exists; pass overwrite=True (CLI: --overwrite) to replace it")
+        partial = _sibling(out, f".partial-{os.getpid()}-{secrets.token_hex(4)}")
+        partial.mkdir()
+        try:
+            yield partial
+        except BaseException:  # a kill -9 leaves the folder; the next writer under the lock removes it
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
+
+
+def _add_files(files: dict, folder: Path, root: Path) -> None:
+    """Record size and SHA-256 of every file in ``folder`` under its path relative to ``root``."""
+    for f in sorted(folder.iterdir()):
+        files[f.relative_to(root).as_posix()] = file_entry(f)
 
 
 def parse_pooling(pooling: str) -> int:
@@ -91,13 +224,12 @@ def dump(model: BranchyNet, splits: Splits, path: str | os.PathLike, *, batch_si
                          f"{model.config.image_size[1]} inputs, the dataset {splits.info.name} has "
                          f"{'x'.join(map(str, splits.info.input_shape))}")
     dev = resolve_device(device)
-    partial = _start(out, overwrite)
-    try:
+    with _writing(out, overwrite) as partial:
         model = model.to(dev).eval()
         k = model.num_exits
         c = model.config.num_classes
         dims = [pool_features(torch.zeros(1, *shp), s).shape[1] for shp in model.branch_shapes]
-        files: dict[str, int] = {}
+        files: dict[str, dict] = {}
         total = sum(len(splits[sp]) for sp in SPLITS)
         bar = tqdm(total=total, desc="dump", unit="img", disable=not progress)
         t0 = time.perf_counter()
@@ -117,8 +249,7 @@ def dump(model: BranchyNet, splits: Splits, path: str | os.PathLike, *, batch_si
             for w in [w_logits, *w_feats]:
                 w.close()
             np.save(d / "labels.npy", ds.y.numpy().astype(np.int64))
-            for f in d.iterdir():
-                files[f"{sp}/{f.name}"] = f.stat().st_size
+            _add_files(files, d, partial)
         bar.close()
         dump_seconds = time.perf_counter() - t0
         timing = machine_state(torch.get_num_threads()) if profile else None
@@ -127,7 +258,7 @@ def dump(model: BranchyNet, splits: Splits, path: str | os.PathLike, *, batch_si
         overhead = runtime_overhead(model, min_run_time=2 * profile_time) if profile and dev.type == "cpu" else None
         model.to(dev)
         costs.to_csv(partial / "costs.csv", index=False)
-        files["costs.csv"] = (partial / "costs.csv").stat().st_size
+        files["costs.csv"] = file_entry(partial / "costs.csv")
         manifest = {
             "schema_version": SCHEMA_VERSION,
             "model": {"name": model.config.name, "fingerprint": model.fingerprint(), "config": model.config.to_dict(),
@@ -144,28 +275,16 @@ def dump(model: BranchyNet, splits: Splits, path: str | os.PathLike, *, batch_si
             "files": files,
         }
         return _finish(partial, out, manifest)
-    except BaseException:  # Ctrl-C, a full disk, a bad batch: leave nothing behind (a kill -9 leaves
-        shutil.rmtree(partial, ignore_errors=True)  # PATH.partial, which never opens as a cache)
-        raise
-
-
-def _start(out: Path, overwrite: bool) -> Path:
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} already exists; pass overwrite=True (CLI: --overwrite) to replace it")
-    partial = Path(str(out) + ".partial")
-    if partial.exists():
-        shutil.rmtree(partial)  # an interrupted earlier dump: restart cleanly
-    partial.mkdir(parents=True)
-    return partial
 
 
 def _finish(partial: Path, out: Path, manifest: dict) -> FeatureCache:
-    """Write the manifest last (temp + rename), then move the finished folder into place."""
+    """Write the manifest last (temp + rename), then move the finished folder into place (under the lock;
+    a kill between the two renames of an overwrite is repaired by :func:`_recover`)."""
     tmp = partial / (MANIFEST + ".tmp")
     tmp.write_text(json.dumps(manifest, indent=2))
     os.replace(tmp, partial / MANIFEST)
     if out.exists():  # overwrite: move the old one aside, then swap
-        old = Path(str(out) + ".old")
+        old = _sibling(out, ".old")
         if old.exists():
             shutil.rmtree(old)
         os.replace(out, old)
@@ -187,10 +306,6 @@ def cache_from_arrays(path: str | os.PathLike, data: dict, *, costs=None, model_
     """
     import hashlib
 
-    import pandas as pd
-
-    from .profile import COST_COLUMNS
-
     out = Path(path)
     missing = set(SPLITS) - set(data)
     if missing:
@@ -207,8 +322,15 @@ def cache_from_arrays(path: str | os.PathLike, data: dict, *, costs=None, model_
             raise ValueError(f"{sp}: logits {z.shape} disagree with the other splits' K={k}, C={c}")
         k, c = z.shape[1:]
         h.update(np.ascontiguousarray(y).tobytes() + np.ascontiguousarray(z, dtype=np.float32).tobytes())
-    partial = _start(out, overwrite)
-    files = {}
+    with _writing(out, overwrite) as partial:
+        files = _write_arrays(partial, data)
+        return _finish(partial, out, _arrays_manifest(partial, files, data, costs, fp=h.hexdigest()[:16], k=k, c=c,
+                                                      model_name=model_name, dataset_name=dataset_name, chain=chain))
+
+
+def _write_arrays(partial: Path, data: dict) -> dict:
+    """Each split's labels, logits and features into ``partial``; return their ``files`` entries."""
+    files: dict[str, dict] = {}
     for sp in SPLITS:
         y, z, feats = data[sp]
         d = partial / sp
@@ -220,8 +342,17 @@ def cache_from_arrays(path: str | os.PathLike, data: dict, *, costs=None, model_
             if f.ndim != 2 or len(f) != len(y):
                 raise ValueError(f"{sp}: features of exit {i} must be [N, D] with N={len(y)}, got {f.shape}")
             np.save(d / f"feat_{i}.npy", f.astype(np.float32))
-        for f in d.iterdir():
-            files[f"{sp}/{f.name}"] = f.stat().st_size
+        _add_files(files, d, partial)
+    return files
+
+
+def _arrays_manifest(partial: Path, files: dict, data: dict, costs, *, fp: str, k: int, c: int, model_name: str,
+                     dataset_name: str, chain: str) -> dict:
+    """Write ``costs`` (default: unit costs) into ``partial``; return the manifest of a cache_from_arrays cache."""
+    import pandas as pd
+
+    from .profile import COST_COLUMNS
+
     if costs is None:
         rows = []
         for i in range(k):
@@ -232,9 +363,8 @@ def cache_from_arrays(path: str | os.PathLike, data: dict, *, costs=None, model_
                              "ms_batch_spread": 0.0, "rounds": 0, "unstable": False})
         costs = pd.DataFrame(rows, columns=COST_COLUMNS)
     costs.to_csv(partial / "costs.csv", index=False)
-    files["costs.csv"] = (partial / "costs.csv").stat().st_size
-    fp = h.hexdigest()[:16]
-    manifest = {
+    files["costs.csv"] = file_entry(partial / "costs.csv")
+    return {
         "schema_version": SCHEMA_VERSION,
         "model": {"name": model_name, "fingerprint": fp, "config": None, "checkpoint": None},
         "dataset": {"name": dataset_name, "fingerprint": fp, "info": None},
@@ -245,7 +375,6 @@ def cache_from_arrays(path: str | os.PathLike, data: dict, *, costs=None, model_
         "dump_seconds": 0.0, "versions": _versions(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "files": files, "chain": str(chain),
     }
-    return _finish(partial, out, manifest)
 
 
 def reprofile(path: str | os.PathLike, model=None, *, threads: int | None = None, rounds: int = 15,
@@ -255,12 +384,28 @@ def reprofile(path: str | os.PathLike, model=None, *, threads: int | None = None
     ``costs.csv``, the ``measured`` profile; others: ``costs_BACKEND.csv``, profile ``measured-BACKEND``).
     The model (default: the checkpoint the manifest names) must have the cache's weights. The old table is
     kept in ``costs_history/`` with its timing record; the new one and the manifest are written atomically
-    (temp + rename, manifest last)."""
+    (temp + rename, manifest last).
+
+    It holds the cache's write lock (see :func:`target_lock`) for its whole run. Costs files are hashed like
+    the data files: the new table is written as ``NAME.new``, the manifest (with its size and SHA-256) is
+    replaced, then ``NAME.new`` is renamed over ``NAME``; a kill in between is completed by the next writer.
+    In a schema-1 cache (sizes only, no hashes) only the size is recorded, and the cache stays schema 1."""
     from .backends import BACKENDS
 
     BACKENDS.get(backend)
     backend = backend.strip().lower()
     p = Path(path)
+    if not p.is_dir() and not _sibling(p, ".old").is_dir():
+        FeatureCache.open(p)  # no cache there: say so without creating a lock file
+    with target_lock(p, "reprofile"):
+        _recover(p)
+        return _reprofile(p, model, threads=threads, rounds=rounds, batch_size=batch_size,
+                          min_run_time=min_run_time, device=device, backend=backend)
+
+
+def _reprofile(p: Path, model, *, threads: int | None, rounds: int, batch_size: int | None, min_run_time: float,
+               device: str, backend: str) -> FeatureCache:
+    """:func:`reprofile`'s work, under the lock."""
     cache = FeatureCache.open(p)
     m = dict(cache.manifest)
     if model is None:
@@ -290,10 +435,10 @@ def reprofile(path: str | os.PathLike, model=None, *, threads: int | None = None
         old = m if backend == "eager" else (m.get("backends") or {}).get(backend, {})
         (hist / f"timing_{backend}_{stamp}.json").write_text(json.dumps(
             {k: old.get(k) for k in ("timing", "threads", "device", "overhead")}, indent=2, default=str))
-    tmp = p / (name + ".tmp")
-    costs.to_csv(tmp, index=False)
-    os.replace(tmp, p / name)
-    m["files"] = dict(m.get("files", {}), **{name: (p / name).stat().st_size})
+    new = p / (name + ".new")
+    costs.to_csv(new, index=False)
+    entry = file_entry(new) if _hashed(m) else new.stat().st_size
+    m["files"] = dict(m["files"], **{name: entry})
     record = {"threads": torch.get_num_threads(), "device": str(dev), "timing": timing, "overhead": overhead,
               "profiled": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     if backend == "eager":
@@ -302,8 +447,14 @@ def reprofile(path: str | os.PathLike, model=None, *, threads: int | None = None
         m["backends"] = dict(m.get("backends") or {}, **{backend: {"costs": name, **record}})
     tmp = p / (MANIFEST + ".tmp")
     tmp.write_text(json.dumps(m, indent=2))
-    os.replace(tmp, p / MANIFEST)
+    os.replace(tmp, p / MANIFEST)  # the commit point: from here the manifest describes NAME.new
+    os.replace(new, p / name)
     return FeatureCache.open(p)
+
+
+def _hashed(manifest: dict) -> bool:
+    """Whether the cache records SHA-256 hashes (schema 2 and on)."""
+    return manifest.get("schema_version", 1) >= 2
 
 
 def dump_checkpoint(checkpoint: str | os.PathLike, path: str | os.PathLike, *, splits: Splits | None = None,

@@ -28,11 +28,41 @@ def per_exit(thresholds, num_exits: int) -> np.ndarray:
     return t
 
 
+#: How a non-finite float is written to JSON (which has no Infinity or NaN): as one of these strings.
+NONFINITE = {"inf": np.inf, "-inf": -np.inf, "nan": np.nan}
+_OLD_NONFINITE = {"infinity": np.inf, "+infinity": np.inf, "-infinity": -np.inf, "+inf": np.inf}
+
+
+def json_safe(obj):
+    """``obj`` with every non-finite float replaced by ``"inf"``, ``"-inf"`` or ``"nan"`` (standard JSON)."""
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, (float, np.floating)) and not np.isfinite(obj):
+        return "nan" if np.isnan(obj) else ("inf" if obj > 0 else "-inf")
+    return obj
+
+
+def json_float(v) -> float:
+    """A number read back from JSON: a number, or ``"inf"`` / ``"-inf"`` / ``"nan"`` (written by
+    :func:`write_json`); the old non-standard ``Infinity`` literal is parsed by ``json`` itself."""
+    if isinstance(v, str):
+        key = v.strip().lower()
+        if key in NONFINITE or key in _OLD_NONFINITE:
+            return float(NONFINITE.get(key, _OLD_NONFINITE.get(key)))
+        raise ValueError(f"not a number: {v!r} (want a number, or \"inf\" / \"-inf\")")
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise ValueError(f"not a number: {v!r}")
+    return float(v)
+
+
 def write_json(path: str | os.PathLike, obj) -> Path:
-    """Write JSON to a temporary file and rename it into place (never a half-written file)."""
+    """Write standard JSON (infinities as the strings ``"inf"`` / ``"-inf"``, see :func:`json_safe`) to a
+    temporary file and rename it into place (never a half-written file)."""
     p = Path(path)
     tmp = p.with_name(p.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
+    tmp.write_text(json.dumps(json_safe(obj), indent=2, allow_nan=False))
     os.replace(tmp, p)
     return p
 
@@ -140,13 +170,19 @@ class ExitRule:
         th = d["thresholds"]
         if not isinstance(th, (list, tuple)):
             raise ValueError(f"exit rule thresholds must be a list, one per exit; got {th!r}")
-        return cls(str(d["measure"]), tuple(th), str(d.get("tuned_by", "given")), str(d.get("tuned_on", "given")))
+        try:
+            th = tuple(json_float(v) for v in th)
+        except ValueError as e:
+            raise ValueError(f"exit rule thresholds must be numbers (or \"inf\" / \"-inf\"), one per exit: {e}") \
+                from None
+        return cls(str(d["measure"]), th, str(d.get("tuned_by", "given")), str(d.get("tuned_on", "given")))
 
     def save(self, path: str | os.PathLike) -> Path:
         return write_json(path, self.to_dict())
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "ExitRule":
+        """Read ``thresholds.json``: infinities as ``"inf"`` / ``"-inf"`` (or the old ``Infinity``)."""
         p = Path(path)
         try:
             return cls.from_dict(json.loads(p.read_text()))

@@ -3,10 +3,11 @@ for tree ensembles the node comparisons) and measured latency of one sample (ms,
 including the pooling of the branch-point activation into the predictor's features."""
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import torch
 from sklearn.pipeline import Pipeline
-from torch.utils import benchmark
 
 from .torch_mlp import _TorchMLPBase
 
@@ -35,57 +36,96 @@ def count_macs(est, n_features: int) -> int:
     raise TypeError(f"cannot count MACs of {name}")
 
 
-def measure_ms(est, x1: np.ndarray, *, min_run_time: float = 0.1) -> tuple[float, float]:
-    """Median and IQR (ms) of predicting one sample. Torch MLPs are timed as their bare torch module
-    (what a runtime would run); scikit-learn models through ``predict`` (their real Python path) with one
-    OpenMP thread (a single row gains nothing from more)."""
-    x1 = np.ascontiguousarray(x1.reshape(1, -1))
-    if isinstance(est, _TorchMLPBase) and getattr(est, "net_", None) is not None:
-        mod, xt = est.torch_module(), torch.from_numpy(x1.astype(np.float32))
+def _activation(cache, at: int) -> tuple[torch.Tensor, bool]:
+    """One sample as the runtime meets it at branch point ``at``: a random activation of the recorded
+    branch shape ``[1, C, H, W]`` (pooled by the predictor), or, for a cache that records no shapes (written
+    from arrays), a row of its cached features ``[1, D]``. The flag says whether it is an activation."""
+    shapes = cache.manifest.get("branch_shapes")
+    if shapes and at < len(shapes) and shapes[at] is not None and len(shapes[at]) == 3:
+        g = torch.Generator().manual_seed(at)
+        return torch.randn(1, *shapes[at], generator=g), True
+    from .inputs import make_inputs
 
-        def fn():
-            with torch.no_grad():
-                mod(xt)
-    else:
-        def fn():
-            est.predict(x1)
-
-    from .models import one_thread
-
-    with one_thread():
-        for _ in range(3):
-            fn()
-        m = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads()).blocked_autorange(
-            min_run_time=min_run_time)
-    return 1e3 * m.median, 1e3 * m.iqr
+    split = "calib" if cache.size("calib") else "test"
+    return torch.from_numpy(np.array(make_inputs(cache, split, at)[:1], dtype=np.float32)), False
 
 
-def pooling_cost(cache, at: int, *, min_run_time: float = 0.1) -> dict:
-    """Cost of turning the activation at branch point ``at`` into the cached features (the cache's
-    pooling, adaptive average): one add per activation element (counted as MACs), and its measured
-    ms at batch 1. Zero when the cache does not record branch shapes (a cache written from arrays)."""
-    m = cache.manifest
-    shapes = m.get("branch_shapes")
-    if not shapes or shapes[at] is None or len(shapes[at]) != 3:
-        return {"macs": 0, "ms_b1": 0.0}
+def measure_predictors(preds: list, cache, *, backend: str = "eager", rounds: int = 15, min_run_time: float = 0.3,
+                       seed: int = 0) -> dict[str, dict]:
+    """Latency at batch 1 of every predictor as the runtime runs it on ``backend``
+    (:func:`predictors.deploy.runtime_callable`: the pooling of the branch-point activation included),
+    timed with the pooling alone in interleaved rounds (:mod:`branchy.timing`; about ``min_run_time`` s in
+    all), so that a noisy moment hits every predictor alike. Per predictor name: ``ms_b1`` (median of the
+    kept rounds), ``ms_b1_iqr``, ``ms_b1_spread`` (IQR / median), ``unstable``, ``rounds``, ``pool_ms``,
+    ``threads``, ``backend``. Predictors reading earlier exits' confidences are timed on their features."""
     from branchy.dump import parse_pooling, pool_features
+    from branchy.timing import interleaved_times, robust_summary
 
-    s = parse_pooling(m.get("pooling", "avg"))
-    h = torch.zeros(1, *shapes[at])
+    from .deploy import runtime_callable
+    pooling = cache.manifest.get("pooling", "avg")
+    fns, pools = {}, {}
+    for p in preds:
+        at = p.spec.at
+        h, is_act = _activation(cache, at)
+        if is_act and not p.spec.with_confidences:
+            ex = torch.cat([h, h]) if backend != "eager" else None
+            fn = runtime_callable(p, pooling, backend=backend, example=ex)
+            pools[at] = h
+        else:
+            x1 = np.ascontiguousarray(p.inputs(cache, "calib" if cache.size("calib") else "test")[:1])
+            fn = (lambda x1=x1, p=p: p.raw_inputs(x1))
+            h = None
+        fns[p.spec.name] = (lambda fn=fn, h=h: fn(h)) if h is not None else fn
+    for at, h in pools.items():
+        fns[f"pool@{at}"] = lambda h=h, s=parse_pooling(pooling): pool_features(h, s)
+    if not fns:
+        return {}
+    with torch.no_grad():  # scikit-learn models run with one OpenMP thread inside, as in the runtime
+        times = interleaved_times(fns, rounds=rounds, target_ms=1e3 * min_run_time / rounds / len(fns), seed=seed)
+    summ = robust_summary(times).set_index("name")
+    out = {}
+    for p in preds:
+        r = summ.loc[p.spec.name]
+        pool_ms = float(summ.loc[f"pool@{p.spec.at}", "ms"]) if f"pool@{p.spec.at}" in summ.index and \
+            not p.spec.with_confidences else 0.0
+        out[p.spec.name] = {"ms_b1": float(r["ms"]), "ms_b1_iqr": float(r["iqr_ms"]), "ms_b1_spread": float(r["spread"]),
+                            "unstable": bool(r["unstable"]), "rounds": int(r["rounds"]), "pool_ms": pool_ms,
+                            "threads": torch.get_num_threads(), "backend": backend,
+                            "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    return out
 
-    def fn():
-        pool_features(h, s)
 
-    for _ in range(3):
-        fn()
-    t = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads()).blocked_autorange(
-        min_run_time=min_run_time)
-    return {"macs": int(np.prod(shapes[at])), "ms_b1": 1e3 * t.median}
+def pool_macs(cache, at: int) -> int:
+    """Adds of pooling the activation at branch point ``at`` into the cached features (one per element,
+    counted as MACs); 0 when the cache records no branch shapes (written from arrays)."""
+    shapes = cache.manifest.get("branch_shapes")
+    if not shapes or at >= len(shapes) or shapes[at] is None or len(shapes[at]) != 3:
+        return 0
+    return int(np.prod(shapes[at]))
 
 
-def predictor_cost(est, x: np.ndarray, *, min_run_time: float = 0.1, pooling: dict | None = None) -> dict:
-    """MACs and ms (batch 1) of the predictor, pooling of its input included (``pool_*`` say how much)."""
-    ms, iqr = measure_ms(est, x[:1], min_run_time=min_run_time)
-    pool = pooling or {"macs": 0, "ms_b1": 0.0}
-    return {"macs": count_macs(est, x.shape[1]) + pool["macs"], "ms_b1": ms + pool["ms_b1"], "ms_b1_iqr": iqr,
-            "pool_macs": pool["macs"], "pool_ms": pool["ms_b1"], "threads": torch.get_num_threads()}
+def predictor_cost(pred, cache, *, min_run_time: float = 0.1, rounds: int = 7) -> dict:
+    """MACs (the model's plus its input pooling's, ``pool_macs``) and eager latency at batch 1 (pooling
+    included, :func:`measure_predictors`) of one fitted predictor; ``backends`` holds the latencies
+    measured on each runtime backend (eager first)."""
+    x_dim = pred.inputs(cache, "calib" if cache.size("calib") else "test").shape[1]
+    pm = 0 if pred.spec.with_confidences else pool_macs(cache, pred.spec.at)
+    m = measure_predictors([pred], cache, rounds=rounds, min_run_time=min_run_time)[pred.spec.name]
+    return {"macs": count_macs(pred.estimator, x_dim) + pm, "pool_macs": pm, **m, "backends": {"eager": dict(m)}}
+
+
+def remeasure(preds: list, cache, *, backend: str = "eager", rounds: int = 15, min_run_time: float = 0.3,
+              seed: int = 0) -> dict[str, dict]:
+    """Measure every predictor's latency on ``backend`` together (:func:`measure_predictors`) and record it
+    in its cost: ``cost["backends"][backend]``, and for eager also the top-level ``ms_b1``. The measurement
+    it replaces is kept in ``cost["history"]``. Returns the new measurements by name."""
+    new = measure_predictors(preds, cache, backend=backend, rounds=rounds, min_run_time=min_run_time, seed=seed)
+    for p in preds:
+        m, c = new[p.spec.name], p.cost
+        old = (c.get("backends") or {}).get(backend)
+        if old is not None:
+            c.setdefault("history", []).append(dict(old))
+        c.setdefault("backends", {})[backend] = m
+        if backend == "eager":
+            c.update({k: v for k, v in m.items()})
+    return new

@@ -14,7 +14,7 @@ import pandas as pd
 from branchy.cache import FeatureCache
 from branchy.rule import ExitRule
 
-from .cost import pooling_cost, predictor_cost
+from .cost import predictor_cost
 from .evaluate import exit_metrics, gate_metrics, regression_metrics
 from .inputs import make_inputs
 from .models import PREDICTOR_MODELS, make_estimator, one_thread
@@ -100,11 +100,31 @@ class FittedPredictor:
                 raise ValueError(f"predictor {self.spec.name}: {len(self.oof)} out-of-fold outputs, but {split} "
                                  f"has {cache.size(split)} samples: refit it")
             return self.oof
-        x = self.inputs(cache, split)
+        return self.raw_inputs(self.inputs(cache, split))
+
+    def raw_inputs(self, x: np.ndarray) -> np.ndarray:
+        """Class probabilities (aligned to ``classes``) or forecasts of the refitted model on features ``x``."""
         with one_thread():
             if self.spec.task == "regression":
                 return np.asarray(self.estimator.predict(x), dtype=np.float64)
             return _aligned_proba(self.estimator, x, self.classes)
+
+    def _score(self, r: np.ndarray) -> np.ndarray:
+        if self.spec.target == "entropy":
+            return -r
+        if self.spec.target == "gate":
+            cls = list(np.asarray(self.classes))
+            return r[:, cls.index(1)] if 1 in cls else np.zeros(len(r))
+        raise ValueError(f"{self.spec.name} predicts an exit, not a gate decision")
+
+    def score_inputs(self, x: np.ndarray) -> np.ndarray:
+        """:meth:`score` of the refitted model on features ``x`` ``[B, D]`` (what a runtime gate computes)."""
+        return self._score(self.raw_inputs(x))
+
+    def predict_inputs(self, x: np.ndarray) -> np.ndarray:
+        """:meth:`predict` of the refitted model on features ``x`` ``[B, D]``."""
+        r = self.raw_inputs(x)
+        return r if self.spec.task == "regression" else np.asarray(self.classes)[r.argmax(1)]
 
     def predict(self, cache: FeatureCache, split: str) -> np.ndarray:
         """Gate: 1 = enter; exit/oracle: the exit index; entropy: nats (out of fold on the fit split)."""
@@ -115,13 +135,7 @@ class FittedPredictor:
         """``[N]`` how strongly the predictor says *enter the exit*: a gate's probability that the sample
         leaves there, or minus an entropy forecast (nats). A policy enters when ``score >= tau``, with the
         cut tau tuned on calib per exit rule (cost-aware gates)."""
-        r = self._raw(cache, split)
-        if self.spec.target == "entropy":
-            return -r
-        if self.spec.target == "gate":
-            cls = list(np.asarray(self.classes))
-            return r[:, cls.index(1)] if 1 in cls else np.zeros(len(r))
-        raise ValueError(f"{self.spec.name} predicts an exit, not a gate decision")
+        return self._score(self._raw(cache, split))
 
     def enter(self, cache: FeatureCache, split: str) -> np.ndarray:
         """The fit-time operating point (bool ``[N]``): gate probability >= 0.5, or forecast entropy below
@@ -134,6 +148,17 @@ class FittedPredictor:
                                  f"{None if self.spec.rule is None else self.spec.rule.measure})")
             return self.predict(cache, split) < self.spec.rule.thresholds[self.spec.for_exit]
         raise ValueError(f"{self.spec.name} predicts an exit, not a gate decision")
+
+    def latency_ms(self, backend: str = "eager") -> float:
+        """Measured ms at batch 1 (pooling included) on a runtime backend."""
+        if backend == "eager":
+            return float(self.cost["ms_b1"])
+        have = self.cost.get("backends") or {"eager": None}
+        if backend not in have:
+            raise ValueError(f"predictor {self.spec.name}: its latency was measured on {', '.join(have)}, not on "
+                             f"{backend}; measure it there: branchy profile --cache CACHE --predictors DIR "
+                             f"--backend {backend}")
+        return float(have[backend]["ms_b1"])
 
     def check(self, cache: FeatureCache) -> None:
         if cache.fingerprint != self.cache_fingerprint:
@@ -241,8 +266,9 @@ def fit_predictor(cache: FeatureCache, spec: PredictorSpec, *, split: str = "cal
         est = _estimator(spec, y).fit(x, y)
     if spec.task == "classification":
         classes = np.unique(y)
-    cost = predictor_cost(est, x, min_run_time=timing, pooling=pooling_cost(cache, spec.at, min_run_time=timing))
-    return FittedPredictor(spec, est, cache.fingerprint, cost, split, oof, classes, folds)
+    fitted = FittedPredictor(spec, est, cache.fingerprint, {}, split, oof, classes, folds)
+    fitted.cost = predictor_cost(fitted, cache, min_run_time=timing)
+    return fitted
 
 
 def evaluation_table(predictors: list[FittedPredictor], cache: FeatureCache,

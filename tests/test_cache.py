@@ -168,14 +168,15 @@ def test_killed_dump_leaves_no_cache_and_rerun_equals_uninterrupted(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     target = tmp_path / "cache"
     proc = subprocess.Popen([sys.executable, str(script), str(target)], env=env)
-    partial = Path(str(target) + ".partial")
+    partials = lambda: list(tmp_path.glob("cache.partial-*"))  # noqa: E731  (one folder per dump)
     deadline = time.time() + 60
-    while not (partial / "train" / "logits.npy").exists() and time.time() < deadline:
+    while not any((d / "train" / "logits.npy").exists() for d in partials()) and time.time() < deadline:
         time.sleep(0.05)
     time.sleep(0.3)
     assert proc.poll() is None, "the dump finished before it could be killed; make it bigger"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    (partial,) = partials()
     assert partial.exists() and not target.exists()
     with pytest.raises(CacheError, match="interrupted dump"):
         FeatureCache.open(target)
@@ -185,7 +186,7 @@ def test_killed_dump_leaves_no_cache_and_rerun_equals_uninterrupted(tmp_path):
     ref = tmp_path / "ref"
     subprocess.run([sys.executable, str(script), str(ref)], env=env, check=True)
     a, b = FeatureCache.open(target), FeatureCache.open(ref)
-    assert not partial.exists()
+    assert not partial.exists() and not partials()
     for sp in a.splits:
         np.testing.assert_array_equal(a.logits(sp), b.logits(sp))
         np.testing.assert_array_equal(a.labels(sp), b.labels(sp))

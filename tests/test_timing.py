@@ -97,3 +97,35 @@ def test_reprofile_writes_a_new_measurement_and_keeps_the_old(toy_splits, tmp_pa
     other = build_model("b-lenet", exits=(0, 1), num_classes=4)
     with pytest.raises(ValueError, match="stale cache"):
         reprofile(tmp_path / "c", other, rounds=3, min_run_time=0.01)
+
+
+def test_predictor_latency_is_measured_in_rounds_and_remeasured_with_history(toy_splits, tmp_path, capsys):
+    from analysis.cli import main
+    from branchy.dump import dump
+    from branchy.models import build_model
+    from branchy.train import save_checkpoint
+    from predictors import PredictorSpec, fit_predictor, load_predictors, save_predictors
+
+    torch.manual_seed(0)
+    m = build_model("b-lenet", exits=(0, 1), num_classes=4).eval()
+    save_checkpoint(m, tmp_path / "m.pt")
+    c = dump(m, toy_splits, tmp_path / "c", progress=False, profile_time=0.02, checkpoint=str(tmp_path / "m.pt"))
+    rule = (0.9, 0.9, np.inf)
+    preds = [fit_predictor(c, PredictorSpec("gate", 0, "nn", 1, rule, params={"max_epochs": 5}), folds=2, timing=0.02),
+             fit_predictor(c, PredictorSpec("gate", 1, "linear", 1, rule), folds=2, timing=0.02)]
+    for p in preds:
+        cost = p.cost
+        assert cost["ms_b1"] > cost["pool_ms"] > 0 and cost["rounds"] >= 3 and "unstable" in cost
+        assert cost["macs"] >= cost["pool_macs"] > 0 and cost["backends"]["eager"]["ms_b1"] == cost["ms_b1"]
+    save_predictors(preds, tmp_path / "p")
+    before = {n: p.cost["ms_b1"] for n, p in load_predictors(tmp_path / "p", c).items()}
+    assert main(["profile", "--cache", str(tmp_path / "c"), "--predictors", str(tmp_path / "p"), "--rounds", "3",
+                 "--profile-time", "0.02"]) == 0
+    out = capsys.readouterr().out
+    assert "re-measured 2 predictors" in out and "gate_at0_for1_nn" in out
+    after = load_predictors(tmp_path / "p", c)
+    for n, p in after.items():
+        assert [h["ms_b1"] for h in p.cost["history"]] == [before[n]]  # the old figure is kept
+        assert p.cost["ms_b1"] == p.cost["backends"]["eager"]["ms_b1"] > 0
+    index = json.loads((tmp_path / "p" / "predictors.json").read_text())
+    assert index["predictors"]["gate_at1_for1_linear"]["cost"]["history"]

@@ -69,14 +69,36 @@ def test_every_backend_takes_the_same_exits_and_its_costs_become_a_profile(toy_s
         np.testing.assert_array_equal(pred.numpy(), ref[0].numpy())
         one = torch.cat([rt(x[i : i + 1])[1] for i in range(8)])  # the lean batch-1 path agrees
         np.testing.assert_array_equal(one.numpy(), ref[1][:8].numpy())
-    cache = dump(m, toy_splits, tmp_path / "c", progress=False, profile_time=0.02)
+    cache = dump(m, toy_splits, tmp_path / "c", progress=False, profile_time=0.02, pooling="grid:2")
     with pytest.raises(ValueError, match="branchy profile --cache .* --backend onnxruntime"):
         CostModel.from_cache(cache, "measured-onnxruntime")
-    cache = reprofile(tmp_path / "c", m, rounds=3, min_run_time=0.02, backend="onnxruntime")
-    assert cache.backends == ["eager", "onnxruntime"] and "onnxruntime" in cache.manifest["backends"]
-    cm = CostModel.from_cache(cache, "measured-onnxruntime")
-    assert cm.profile == "measured-onnxruntime" and (cm.stage_ms > 0).all()
-    df = validate(cache, m, x[:12], cfg=PolicyConfig(n_boot=0), reps=1, n_boot=20, backend="onnxruntime")
-    assert (df["exit_match_%"] == 100).all() and validate_line(df).endswith("(batch 1, onnxruntime)")
+    rule = (0.9, 0.9, np.inf)
+    fit = lambda spec: fit_predictor(cache, spec, folds=3, timing=0.01)  # noqa: E731
+    preds = {p.spec.name: p for p in [fit(PredictorSpec("gate", 0, "nn", 1, rule, params={"max_epochs": 20})),
+                                      fit(PredictorSpec("gate", 1, "linear", 1, rule)),
+                                      fit(PredictorSpec("exit", 0, "nn", None, rule, params={"max_epochs": 20}))]}
+    pls = {"gate nn": Placement((True, True, True), (None, Gate("gate_at0_for1_nn", 0), None)),
+           "gate linear, exit 0 removed": Placement((False, True, True), (None, Gate("gate_at1_for1_linear", 1), None)),
+           "jump + gate": Placement((True, True, True), (None, Gate("gate_at0_for1_nn", 0), None),
+                                    Gate("exit_at0_nn", 0))}
+    from predictors.cost import remeasure
+
+    for backend in ("compiled", "onnxruntime"):
+        cache = reprofile(tmp_path / "c", m, rounds=3, min_run_time=0.02, backend=backend)
+        assert backend in cache.backends and backend in cache.manifest["backends"]
+        cm = CostModel.from_cache(cache, f"measured-{backend}")
+        assert cm.profile == f"measured-{backend}" and (cm.stage_ms > 0).all()
+        with pytest.raises(ValueError, match=f"branchy profile .*--predictors .*--backend {backend}"):
+            validate(cache, m, x[:12], predictors=preds, cfg=PolicyConfig(n_boot=0), placements=pls, reps=1,
+                     n_boot=20, backend=backend)
+        eager_ms = {n: p.cost["ms_b1"] for n, p in preds.items()}
+        new = remeasure(list(preds.values()), cache, backend=backend, rounds=3, min_run_time=0.02)
+        assert set(new) == set(preds) and all(v["ms_b1"] > 0 and v["backend"] == backend for v in new.values())
+        assert {n: p.cost["ms_b1"] for n, p in preds.items()} == eager_ms  # eager figures untouched
+        df = validate(cache, m, x[:12], predictors=preds, cfg=PolicyConfig(n_boot=0), placements=pls, reps=1,
+                      n_boot=20, backend=backend)
+        assert set(pls) <= set(df.policy)
+        assert (df["exit_match_%"] == 100).all(), (backend, df[["policy", "exit_match_%"]])
+        assert validate_line(df).endswith(f"(batch 1, {backend})")
     with pytest.raises(ValueError, match="chained exits"):
         prepare(build_model("b-lenet", exits=(0, 1), num_classes=4, chain="boost"), "onnxruntime")
