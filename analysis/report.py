@@ -90,9 +90,11 @@ def write_report(result: dict, path: str | Path) -> Path:
         from .validate import format_validate, plot_validate, recheck_line, validate_line
 
         s.append("<h2>Simulation against a real run</h2>")
-        s.append(f"<p class=note>The real early-exit runtime (eager PyTorch, {int(val.threads.iloc[0])} threads) ran "
+        s.append(f"<p class=note>The real early-exit runtime (on each backend below, {int(val.threads.iloc[0])} threads) ran "
                  f"each policy on {int(val.n.iloc[0])} test samples one at a time, interleaved; the simulator predicted "
-                 f"the same samples from the cache's measured segment costs and the runtime's measured overhead. "
+                 f"the same samples from the cache's measured segment costs and the runtime's measured overhead, and "
+                 f"again with those costs timed during the run (round by round: the simulator's own error, apart "
+                 f"from the machine's drift since profiling). "
                  f"sim/meas: ratio of mean latencies with a paired bootstrap 95 % CI; exits match: share of samples "
                  f"leaving at the exit the simulator says. Batched: ms per sample at batch "
                  f"{int(val.batch_size.iloc[0])}.</p>")

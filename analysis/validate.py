@@ -59,30 +59,19 @@ def _boot(a: np.ndarray, b: np.ndarray | None, n_boot: int, seed: int):
     return out
 
 
-def costs_now(cache: FeatureCache, model, *, backend: str = "eager", predictors: dict | None = None,
-              min_run_time: float = 0.1, rounds: int = 7):
-    """The cache's cost model measured again right now, on the same backend and threads: segments
-    (:func:`branchy.profile.profile_segments`), the runtime's overhead and the predictors' latency. Set
-    against a run made right after, it separates what the simulator gets wrong from how much the machine
-    has drifted since the cache was profiled. Returns ``(CostModel, predictor ms by name)``."""
-    from dataclasses import replace
+def _round_costs(t: pd.Series, ref, k: int, chained: bool, pcost: dict) -> tuple:
+    """A cost model (and predictor costs) from one round's ms per call of the segments, the runtime and the
+    predictors, timed beside the policies' run."""
+    from branchy.profile import overhead_from_times
 
-    from branchy.profile import profile_segments, runtime_overhead
-    from predictors.cost import measure_predictors
+    from .costs import CostModel
 
-    from .costs import CostModel, get_profile
-
-    name = "measured" if backend == "eager" else f"measured-{backend}"
-    df = profile_segments(model, batch_size=2, min_run_time=min_run_time, rounds=rounds, backend=backend)
-    vec = lambda seg: df[df.segment == seg].sort_values("k")["ms_b1"].to_numpy(dtype=float)  # noqa: E731
-    ov = runtime_overhead(model, rounds=rounds, min_run_time=min_run_time, backend=backend)
-    ref = CostModel.from_cache(cache, name)
-    cm = CostModel.from_arrays(vec("stage"), vec("exit"), vec("buffer"), vec("buffer"), stage_macs=ref.stage_macs,
-                               exit_macs=ref.exit_macs, act_bytes=ref.act_bytes, profile=name,
-                               sample_ms=ov["sample_ms"], decision_ms=ov["decision_ms"])
-    pms = {n: m["ms_b1"] for n, m in measure_predictors(list((predictors or {}).values()), cache, backend=backend,
-                                                        rounds=rounds, min_run_time=min_run_time).items()}
-    return replace(cm, device=get_profile(name)), pms
+    v = lambda seg: np.array([t[f"{seg}{i}"] for i in range(k)])  # noqa: E731
+    ov = overhead_from_times(t, k, chained)
+    cm = CostModel.from_arrays(v("stage"), v("exit"), v("buffer"), v("buffer"), stage_macs=ref.stage_macs,
+                               exit_macs=ref.exit_macs, act_bytes=ref.act_bytes, profile=ref.profile, **ov)
+    cm = replace(cm, device=ref.device)
+    return cm, {n: (cm.predictor_ms(macs, t.get(f"pred:{n}", ms)), macs) for n, (ms, macs) in pcost.items()}
 
 
 @torch.no_grad()
@@ -93,10 +82,11 @@ def validate(cache: FeatureCache, model, test_x: torch.Tensor, *, predictors: di
     """Measured versus simulated latency per policy on the first ``len(test_x)`` test samples (ms per
     sample at batch 1, the cache's thread count). ``placements``: extra placements to run (e.g. the one a
     search chose). ``backend`` runs the stages and heads (gates stay in torch); the simulator uses the
-    costs measured on it (profile ``measured`` or ``measured-BACKEND``). ``recheck``: also measure the costs
-    again just before the run (:func:`costs_now`) and simulate with them (``sim_now_*``, ``ratio_now``), so
-    that the simulator's own error shows apart from the machine's drift since profiling (``drift``: the
-    full path's simulated ms now over the cache's)."""
+    costs measured on it (profile ``measured`` or ``measured-BACKEND``). ``recheck``: also time the segments,
+    the runtime's overhead and the predictors *during* the run, in the same rounds (each round: those
+    timings, then a chunk of samples through every policy), and simulate each chunk with its round's costs
+    (``sim_now_mean_ms``, ``ratio_now``): the simulator's own error, apart from how the machine drifted since
+    the cache was profiled (``drift``: the full path's simulated ms during the run over the cache's)."""
     from branchy.backends import prepare
     from branchy.timing import machine_state
 
@@ -113,11 +103,6 @@ def validate(cache: FeatureCache, model, test_x: torch.Tensor, *, predictors: di
         np.arange(n))
     segs = prepare(model, backend)
     k = cache.num_exits
-    ev_now = None
-    if recheck:
-        cm_now, pms = costs_now(cache, model, backend=backend, predictors=predictors)
-        ev_now = replace(ev, costs=cm_now, pcost={n: (cm_now.predictor_ms(macs, pms.get(n, ms)), macs)
-                                                  for n, (ms, macs) in ev.pcost.items()})
     pols: dict[str, tuple | str] = {"full": "full", "cascade": "cascade"}
     for name, c in st.chosen.items():
         pols[name] = (c.placement, c.cuts, rule)
@@ -128,23 +113,22 @@ def validate(cache: FeatureCache, model, test_x: torch.Tensor, *, predictors: di
         for name, pl in placements.items():
             pols[name] = (pl, obj.cuts(pl), obj.rule_for(pl))
     pooling = cache.manifest.get("pooling", "avg")
-    runtimes, sims, nows = {}, {}, {}
+    runtimes, sims, outs = {}, {}, {}
     for name, pol in pols.items():
         if pol == "full":
             plain = Placement.plain(k) if model.chained else Placement.plain(k, [False] * (k - 1) + [True])
             runtimes[name] = build_runtime(model, plain, ExitRule(rule.measure, (-np.inf,) * k
                                            if rule.lower_is_confident else (np.inf,) * k), {}, {}, pooling, segs)
-            sims[name] = outcome(ev, "full", rule)
-            nows[name] = ev_now and outcome(ev_now, "full", rule)
+            outs[name] = ("full", rule, None)
         elif pol == "cascade":
             runtimes[name] = build_runtime(model, Placement.plain(k), rule, {}, {}, pooling, segs)
-            sims[name] = outcome(ev, "cascade", rule)
-            nows[name] = ev_now and outcome(ev_now, "cascade", rule)
+            outs[name] = ("cascade", rule, None)
         else:
             pl, cuts, r = pol
             runtimes[name] = build_runtime(model, pl, r, cuts, predictors or {}, pooling, segs, backend)
-            sims[name] = outcome(ev, pl, r, cuts=cuts, name=name)
-            nows[name] = ev_now and outcome(ev_now, pl, r, cuts=cuts, name=name)
+            outs[name] = (pl, r, cuts)
+    for name, (pol, r, cuts) in outs.items():
+        sims[name] = outcome(ev, pol, r, cuts=cuts, name=name)
     names = list(runtimes)
     g = np.random.default_rng(seed)
     meas = np.zeros((reps, len(names), n))
@@ -153,13 +137,41 @@ def validate(cache: FeatureCache, model, test_x: torch.Tensor, *, predictors: di
     for rt in runtimes.values():  # warm up
         for s in samples[:10]:
             rt(s)
-    for r in range(reps):
-        for i, s in enumerate(samples):
-            for j in g.permutation(len(names)):  # interleaved: noise hits every policy alike
-                t0 = time.perf_counter()
-                _, ex = runtimes[names[j]](s)
-                meas[r, j, i] = (time.perf_counter() - t0) * 1e3
-                taken[j, i] = int(ex[0])
+    rounds = int(np.clip(n // 10, 3, 15))
+    chunks = np.array_split(np.arange(n), rounds)
+
+    def run_chunk(c: int) -> None:
+        if c < 0:
+            return
+        for r in range(reps):
+            for i in chunks[c]:
+                for j in g.permutation(len(names)):  # interleaved: noise hits every policy alike
+                    t0 = time.perf_counter()
+                    _, ex = runtimes[names[j]](samples[i])
+                    meas[r, j, i] = (time.perf_counter() - t0) * 1e3
+                    taken[j, i] = int(ex[0])
+
+    if recheck:  # each round: the segments, overhead and predictors timed, then one chunk of samples
+        from branchy.profile import overhead_fns
+        from branchy.timing import interleaved_times
+        from predictors.deploy import runtime_callable
+
+        fns = overhead_fns(model, backend, x=test_x[:1])
+        used = {g_.predictor for pol, _, _ in outs.values() if isinstance(pol, Placement)
+                for g_ in (*pol.gates, pol.jump) if g_ is not None}
+        for name in sorted(used):
+            p = predictors[name]
+            at = p.spec.at
+            from branchy.backends import example_inputs
+
+            ex = example_inputs(model, 2)[at + 1]
+            fn = runtime_callable(p, pooling, backend=backend, example=ex if backend != "eager" else None)
+            fns[f"pred:{name}"] = lambda fn=fn, h=ex[:1].clone(): fn(h)
+        times = interleaved_times(fns, rounds=rounds, seed=seed, on_round=run_chunk, per_call_median=True,
+                                  fixed_reps={name: max(3, reps) for name in fns})  # as the run: median of reps
+    else:
+        for c in range(rounds):
+            run_chunk(c)
     meas = np.median(meas, 0)
     batched = {}
     for name, rt in runtimes.items():
@@ -186,20 +198,26 @@ def validate(cache: FeatureCache, model, test_x: torch.Tensor, *, predictors: di
                      "meas_speedup": full_meas / m.mean(), "sim_speedup": full_sim / sl.mean(),
                      "batched_ms_per_sample": batched[name], "batched_speedup": batched["full"] / batched[name],
                      "batch_size": batch_size, "threads": torch.get_num_threads()})
-        if ev_now is not None:
-            now = nows[name].latency_ms
-            rows[-1].update({"sim_now_mean_ms": now.mean(), "ratio_now": now.mean() / m.mean(),
-                             "drift": nows["full"].latency_ms.mean() / full_sim})
+    if recheck:  # every chunk simulated with the costs timed in its round
+        now = {name: np.zeros(n) for name in names}
+        for c, idx in enumerate(chunks):
+            cm, pc = _round_costs(times.iloc[c], ev.costs, k, model.chained, ev.pcost)
+            sub = replace(ev.subset(idx), costs=cm, pcost=pc)
+            for name, (pol, r, cuts) in outs.items():
+                now[name][idx] = outcome(sub, pol, r, cuts=cuts, name=name).latency_ms
+        for j, name in enumerate(names):
+            rows[j].update({"sim_now_mean_ms": now[name].mean(), "ratio_now": now[name].mean() / meas[j].mean(),
+                            "drift": now["full"].mean() / full_sim})
     return pd.DataFrame(rows)
 
 
 def recheck_line(df: pd.DataFrame) -> str | None:
-    """The same comparison with the costs measured again just before the run (None without them)."""
+    """The same comparison with the costs timed during the run (None without them)."""
     if "ratio_now" not in df:
         return None
     worst = float(np.max(np.abs(df["ratio_now"] - 1)))
-    return (f"with costs re-measured just before the run: worst |sim/meas - 1| = {worst:.3f}; the machine ran "
-            f"the full path {df['drift'].iloc[0]:.2f}x as slow as when the cache was profiled")
+    return (f"with costs timed during the run: worst |sim/meas - 1| = {worst:.3f}; the machine ran "
+            f"the full path {df['drift'].iloc[0]:.2f}x as slow during the run as when the cache was profiled")
 
 
 def validate_line(df: pd.DataFrame) -> str:

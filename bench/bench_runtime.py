@@ -3,7 +3,8 @@ samples, against what the simulator predicts from the cache's own measured segme
 
 Run: .venv/bin/python bench/bench_runtime.py [--run runs/demo] [--n 300]
 Needs a study folder with model/model.pt and cache/ (``make demo`` writes runs/demo). Prints mean ms
-per sample at batch 1 for full and the calibrated cascade, measured and simulated, and their ratio.
+per sample at batch 1 for full and the calibrated cascade, measured and simulated (from the cache's costs,
+and from the costs timed in the same interleaved rounds as the run), and their ratios.
 """
 from __future__ import annotations
 
@@ -13,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils import benchmark
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -23,13 +23,16 @@ from analysis.simulate import simulate_cascade, simulate_full  # noqa: E402
 from branchy.cache import FeatureCache  # noqa: E402
 from branchy.data import load_dataset  # noqa: E402
 from branchy.measures import confidence  # noqa: E402
+from branchy.profile import overhead_fns, overhead_from_times  # noqa: E402
 from branchy.runtime import EarlyExitRuntime  # noqa: E402
+from branchy.timing import interleaved_times, robust_summary  # noqa: E402
 from branchy.train import load_checkpoint  # noqa: E402
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--run", default="runs/demo")
 ap.add_argument("--n", type=int, default=300, help="test samples, run one at a time")
 ap.add_argument("--target-acc", type=float, default=0.99)
+ap.add_argument("--rounds", type=int, default=9)
 a = ap.parse_args()
 run = Path(a.run)
 if not (run / "model" / "model.pt").exists():
@@ -54,14 +57,23 @@ samples = [x[i : i + 1] for i in range(n)]
 torch.set_num_threads(int(cache.manifest["threads"]))
 print(f"{cache.manifest['model']['name']} on {cache.manifest['dataset']['name']}: {n} test samples one at a time, "
       f"{torch.get_num_threads()} threads (as the cache's timings), cpu; ms per sample at batch 1")
-print(f"{'policy':8s} {'measured':>10s} {'simulated':>10s} {'sim/meas':>9s}")
-for name, rt in runtimes.items():
-    def loop(rt=rt):
-        for s in samples:
-            rt(s)
 
-    loop()
-    m = benchmark.Timer(stmt="loop()", globals={"loop": loop}, num_threads=torch.get_num_threads()).blocked_autorange(
-        min_run_time=2.0)
-    meas = 1e3 * m.median / n
-    print(f"{name:8s} {meas:10.4f} {sim[name]:10.4f} {sim[name] / meas:9.2f}")
+# one run, side by side: each round times every policy's loop over the samples and every segment, the
+# runtime's overhead included, in a shuffled order; medians over the rounds
+fns = overhead_fns(model, x=x[:1])
+for name, rt in runtimes.items():
+    fns[f"loop:{name}"] = lambda rt=rt: [rt(s) for s in samples]
+with torch.no_grad():
+    times = interleaved_times(fns, rounds=a.rounds, fixed_reps={f"loop:{p}": 1 for p in runtimes})
+med = robust_summary(times).set_index("name")["ms"]
+v = lambda seg: np.array([med[f"{seg}{i}"] for i in range(k)])  # noqa: E731
+now = CostModel.from_arrays(v("stage"), v("exit"), v("buffer"), v("buffer"), **overhead_from_times(med, k))
+sim_now = {"full": simulate_full(correct, now).latency_ms.mean(),
+           "cascade": simulate_cascade(confidence(z, "entropy") < t, correct, now).latency_ms.mean()}
+print(f"{'policy':8s} {'measured':>10s} {'sim(cache)':>10s} {'sim/meas':>9s} {'sim(now)':>10s} {'sim/meas':>9s}")
+for name in runtimes:
+    meas = med[f"loop:{name}"] / n
+    print(f"{name:8s} {meas:10.4f} {sim[name]:10.4f} {sim[name] / meas:9.2f} {sim_now[name]:10.4f} "
+          f"{sim_now[name] / meas:9.2f}")
+print("sim(cache): from the cache's stored costs; sim(now): from the segments and overhead timed in the same "
+      f"{a.rounds} interleaved rounds as the loops (the machine's drift since profiling removed)")

@@ -101,26 +101,24 @@ def profile_segments(model: BranchyNet, *, batch_size: int = 64, device: str | t
     return df[COST_COLUMNS]
 
 
-@torch.no_grad()
-def runtime_overhead(model: BranchyNet, *, rounds: int = 15, min_run_time: float = 0.5, seed: int = 0,
-                     backend: str = "eager") -> dict:
-    """What the real runtime (:class:`branchy.runtime.EarlyExitRuntime`, eager) spends outside the
-    segments at batch 1, measured in the same interleaved rounds as the segments it is compared with:
-    ``sample_ms``, the fixed cost per sample (the plain network through the runtime minus its stages and
-    final head), and ``decision_ms``, the cost per side exit entered beyond its head, softmax, confidence
-    and buffer copies (softmax/compare bookkeeping, selecting the rows that go on). Clipped at 0."""
+def overhead_fns(model: BranchyNet, backend: str = "eager",
+                 x: torch.Tensor | None = None) -> dict[str, Callable[[], object]]:
+    """Zero-argument callables at batch 1 whose times give the runtime's overhead: ``rt_full`` (the plain
+    network through :class:`branchy.runtime.EarlyExitRuntime`), ``rt_vain`` (every side exit entered, none
+    taken), and per exit k ``stage{k}``, ``exit{k}`` (head + softmax + entropy) and ``buffer{k}``, on the
+    image ``x`` ``[1, C, H, W]`` (default: random; a real one runs a few percent faster here)."""
     from .backends import prepare
     from .runtime import EarlyExitRuntime
-    from .timing import interleaved_times, robust_summary
 
     model = model.cpu().eval()
     segs = prepare(model, backend)
     c, k = model.config, model.num_exits
-    x = torch.randn(1, c.in_channels, *c.image_size)
+    x = torch.randn(1, c.in_channels, *c.image_size) if x is None else x[:1].cpu()
     xs, h = [], x
-    for i in range(k):
-        xs.append(h)
-        h = model.run_stage(i, h)
+    with torch.no_grad():
+        for i in range(k):
+            xs.append(h)
+            h = model.run_stage(i, h)
     xs.append(h)
     never = [float("-inf")] * k  # entropy below -inf: no side exit ever accepts
     vain = EarlyExitRuntime(model, never, segments=segs)
@@ -130,15 +128,34 @@ def runtime_overhead(model: BranchyNet, *, rounds: int = 15, min_run_time: float
         fns[f"stage{i}"] = lambda i=i: segs[0][i](xs[i])
         fns[f"exit{i}"] = lambda i=i, f=_exit_with_confidence(model, i, segs[1][i]): f(xs[i + 1])
         fns[f"buffer{i}"] = lambda i=i: xs[i + 1].clone()
-    t = robust_summary(interleaved_times(fns, rounds=rounds, target_ms=1e3 * min_run_time / rounds / 2,
-                                         seed=seed)).set_index("name")["ms"]
+    return fns
+
+
+def overhead_from_times(t, k: int, chained: bool = False) -> dict:
+    """``sample_ms`` and ``decision_ms`` (clipped at 0) from ms per call of :func:`overhead_fns`' entries."""
     stages = sum(t[f"stage{i}"] for i in range(k))
     side = sum(t[f"exit{i}"] + 2 * t[f"buffer{i}"] for i in range(k - 1))
-    if model.chained:  # every head runs in the plain network too: only the fixed cost is separable
+    if chained:  # every head runs in the plain network too: only the fixed cost is separable
         sample = t["rt_full"] - stages - side - t[f"exit{k - 1}"]
         decision = 0.0
     else:
         sample = t["rt_full"] - stages - t[f"exit{k - 1}"]
         decision = (t["rt_vain"] - t["rt_full"] - side) / max(1, k - 1)
-    return {"sample_ms": float(max(0.0, sample)), "decision_ms": float(max(0.0, decision)),
-            "runtime_full_ms": float(t["rt_full"]), "backend": backend, "rounds": rounds}
+    return {"sample_ms": float(max(0.0, sample)), "decision_ms": float(max(0.0, decision))}
+
+
+@torch.no_grad()
+def runtime_overhead(model: BranchyNet, *, rounds: int = 15, min_run_time: float = 0.5, seed: int = 0,
+                     backend: str = "eager") -> dict:
+    """What the real runtime (:class:`branchy.runtime.EarlyExitRuntime`) spends outside the segments at
+    batch 1, measured in the same interleaved rounds as the segments it is compared with: ``sample_ms``,
+    the fixed cost per sample (the plain network through the runtime minus its stages and final head), and
+    ``decision_ms``, the cost per side exit entered beyond its head, softmax, confidence and buffer copies
+    (softmax/compare bookkeeping, selecting the rows that go on). Clipped at 0."""
+    from .timing import interleaved_times, robust_summary
+
+    fns = overhead_fns(model, backend)
+    t = robust_summary(interleaved_times(fns, rounds=rounds, target_ms=1e3 * min_run_time / rounds / 2,
+                                         seed=seed)).set_index("name")["ms"]
+    return {**overhead_from_times(t, model.num_exits, model.chained), "runtime_full_ms": float(t["rt_full"]),
+            "backend": backend, "rounds": rounds}

@@ -21,12 +21,14 @@ def interleaved_times(fns: dict[str, Callable[[], object]], *, rounds: int = 15,
                       warmup: int = 3, seed: int = 0, sync: Callable[[], None] | None = None,
                       clock: Callable[[], float] = time.perf_counter,
                       on_round: Callable[[int], None] | None = None,
-                      fixed_reps: dict[str, int] | None = None) -> pd.DataFrame:
+                      fixed_reps: dict[str, int] | None = None, per_call_median: bool = False) -> pd.DataFrame:
     """ms per call of every ``fns`` entry, ``rounds`` rows × one column per entry. Each round runs every
     entry once, in a shuffled order, for a number of calls fixed up front so that one timing lasts about
     ``target_ms``. ``sync`` (e.g. ``torch.cuda.synchronize``) runs before each clock read; ``on_round(r)``
     at the start of round r (the sizing pass is round -1). ``fixed_reps[name]`` calls per timing instead
-    (1: every call timed alone, as a real run makes it, cold caches included)."""
+    (1: every call timed alone, as a real run makes it, cold caches included). ``per_call_median``: time
+    every call of a timing alone and keep their median (a spike inside the timing does not count), instead
+    of the mean of the calls."""
     if rounds < 3:
         raise ValueError(f"rounds must be >= 3 to tell an outlier round, got {rounds}")
     names = list(fns)
@@ -50,6 +52,16 @@ def interleaved_times(fns: dict[str, Callable[[], object]], *, rounds: int = 15,
         on_round(r)
         for j in rng.permutation(len(names)):
             fn, n = fns[names[j]], reps[names[j]]
+            if per_call_median:
+                one = np.empty(n)
+                for c in range(n):
+                    sync()
+                    t0 = clock()
+                    fn()
+                    sync()
+                    one[c] = clock() - t0
+                out[r, j] = float(np.median(one)) * 1e3
+                continue
             sync()
             t0 = clock()
             for _ in range(n):

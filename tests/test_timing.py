@@ -67,6 +67,24 @@ def test_interleaved_rounds_against_a_naive_per_round_loop():
         interleaved_times(fns, rounds=2, clock=clock)
 
 
+def test_per_call_median_ignores_a_spike_inside_a_timing_the_mean_does_not():
+    calls = {"n": 0}
+
+    def cost(name, r):  # every 3rd call of stage0 is 10x slower
+        if name != "stage0":
+            return BASE[name]
+        calls["n"] += 1
+        return BASE[name] * (10.0 if calls["n"] % 3 == 0 else 1.0)
+
+    for median, want in ((True, 1.0), (False, 4.0)):
+        calls["n"] = 0
+        clock = FakeClock(cost)
+        t = interleaved_times(clock.fns(), rounds=4, warmup=0, clock=clock, on_round=clock.set_round,
+                              fixed_reps={n: 3 for n in BASE}, per_call_median=median)
+        np.testing.assert_allclose(t["stage0"], want, rtol=1e-9)  # ms: (1 + 1 + 10) / 3 = 4 for the mean
+        np.testing.assert_allclose(t["exit0"], BASE["exit0"] * 1e3, rtol=1e-9)
+
+
 def test_machine_state_warns_when_threads_exceed_idle_cores():
     import os
 

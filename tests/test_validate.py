@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from analysis.study import PolicyConfig
-from analysis.validate import plot_validate, validate, validate_line
+from analysis.validate import plot_validate, recheck_line, validate, validate_line
 from branchy.dump import dump
 from branchy.models import build_model
 from placement import Gate, Placement
@@ -45,6 +45,11 @@ def test_runtime_exits_equal_the_simulator_for_every_policy(toy_splits, tmp_path
     assert (df.meas_mean_ms > 0).all() and (df.sim_mean_ms > 0).all()
     assert re.fullmatch(r"validate: worst \|sim/meas - 1\| = \d+\.\d{3} over \d+ policies \(batch 1, eager\)",
                         validate_line(df))
+    # the same run simulated with the costs timed during it, round by round
+    assert df["sim_now_mean_ms"].gt(0).all() and df["ratio_now"].gt(0).all() and (df["drift"] > 0).all()
+    assert re.fullmatch(r"with costs timed during the run: worst \|sim/meas - 1\| = \d+\.\d{3}; the machine ran the "
+                        r"full path \d+\.\d{2}x as slow during the run as when the cache was profiled", recheck_line(df))
+    assert recheck_line(validate(cache, m, x[:6], cfg=PolicyConfig(n_boot=0), reps=1, n_boot=10, recheck=False)) is None
     fig, ax = plot_validate(df)
     assert len(ax.lines) >= 1
 
