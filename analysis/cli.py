@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from typing import Callable, Sequence
 
@@ -20,12 +21,51 @@ def command(name: str, help: str):
     return deco
 
 
+def _number(kind=float, lo: float | None = None, hi: float | None = None, *, lo_open: bool = False,
+            what: str = ""):
+    """An argparse ``type``: a finite ``kind`` (int or float) in [lo, hi] (``lo_open``: lo excluded); a bad value
+    is a one-line usage error naming the range."""
+    def parse(s: str):
+        try:
+            v = kind(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{s!r} is not {'an integer' if kind is int else 'a number'}") from None
+        bad = not math.isfinite(v) or (lo is not None and (v < lo or (lo_open and v == lo))) or \
+            (hi is not None and v > hi)
+        if bad:
+            lo_s = "" if lo is None else f"{'>' if lo_open else '>='} {lo:g}"
+            hi_s = "" if hi is None else f"<= {hi:g}"
+            rng = " and ".join(x for x in (lo_s, hi_s) if x) or "finite"
+            raise argparse.ArgumentTypeError(f"{s} is out of range: must be {rng}{what}")
+        return v
+    parse.__name__ = "integer" if kind is int else "number"
+    return parse
+
+
+POS_INT = _number(int, 1)
+NONNEG_INT = _number(int, 0)
+POS = _number(float, 0, lo_open=True)
+NONNEG = _number(float, 0)
+FRACTION = _number(float, 0, 1, lo_open=True, what=" (an accuracy as a fraction, e.g. 0.99)")
+POINTS = _number(float, 0, 100, what=" (accuracy points)")
+DELTA = _number(float, 0, 1, lo_open=True, what=" (a probability)")
+
+
 def _int_list(s: str) -> list[int]:
-    return [int(v) for v in s.replace(",", " ").split()]
+    try:
+        return [int(v) for v in s.replace(",", " ").split()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r} is not a list of integers (e.g. 0,1)") from None
 
 
 def _float_list(s: str) -> list[float]:
-    return [float(v) for v in s.replace(",", " ").split()]
+    try:
+        v = [float(x) for x in s.replace(",", " ").split()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r} is not a list of numbers (e.g. 0.5,0.3)") from None
+    if any(math.isnan(x) for x in v):
+        raise argparse.ArgumentTypeError(f"{s!r} holds NaN")
+    return v
 
 
 # ----------------------------------------------------------------------------- listings
@@ -82,24 +122,24 @@ def _train_args(p):
                    help="block indices after which side exits sit, e.g. '0 1' (default: the model's own)")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="backbone option, e.g. depth=56 (repeatable)")
-    p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=None,
+    p.add_argument("--epochs", type=POS_INT, default=30)
+    p.add_argument("--batch-size", type=POS_INT, default=64)
+    p.add_argument("--lr", type=POS, default=None,
                    help="learning rate (default: 3e-3 for Adam, 0.05 for SGD)")
     p.add_argument("--optimizer", default="auto", choices=["auto", "adam", "sgd"],
                    help="auto (default): sgd with momentum 0.9 for --scheme boostnet (Adam ignores its gradient "
                         "rescale), adam otherwise")
-    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--weight-decay", type=NONNEG, default=0.0)
     p.add_argument("--exit-weights", type=_float_list, default=None, help="BranchyNet loss weights w_n, one per exit")
     p.add_argument("--scheme", default="joint", choices=["joint", "trunk-first", "boostnet", "ic-only", "ztw"],
                    help="joint (BranchyNet), trunk-first, boostnet (boosted exits), ic-only (frozen trunk, "
                         "Shallow-Deep Networks), ztw (frozen trunk, cascade connections + geometric ensemble)")
-    p.add_argument("--trunk-epochs", type=int, default=0,
+    p.add_argument("--trunk-epochs", type=NONNEG_INT, default=0,
                    help="epochs of trunk-only training first (trunk-first, ic-only, ztw)")
-    p.add_argument("--ensemble-epochs", type=int, default=2, help="epochs of ZTW ensemble weights (ztw)")
+    p.add_argument("--ensemble-epochs", type=NONNEG_INT, default=2, help="epochs of ZTW ensemble weights (ztw)")
     p.add_argument("--init-checkpoint", default=None,
                    help="take the trained trunk from this checkpoint (ic-only, ztw) instead of training it")
-    p.add_argument("--augment-shift", type=int, default=2, help="random translation in pixels during training (0: off)")
+    p.add_argument("--augment-shift", type=NONNEG_INT, default=2, help="random translation in pixels during training (0: off)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto (cuda when present, else cpu), cpu, cuda, cuda:1")
     p.add_argument("--out", required=True, help="output folder for model.pt and history.csv")
@@ -152,11 +192,11 @@ def _dump_args(p):
     p.add_argument("--data-root", default=None)
     p.add_argument("--data-path", default=None)
     p.add_argument("--download", action="store_true")
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--batch-size", type=POS_INT, default=256)
     p.add_argument("--device", default="auto")
     p.add_argument("--pooling", default="avg", help="'avg' (global average) or 'grid:S' (adaptive SxS)")
     p.add_argument("--feature-dtype", default="float16", choices=["float16", "float32"])
-    p.add_argument("--profile-time", type=float, default=0.2, help="seconds of timing per segment and batch size")
+    p.add_argument("--profile-time", type=POS, default=0.2, help="seconds of timing per segment and batch size")
     p.add_argument("--no-latency", action="store_true", help="skip latency measurement (MACs and bytes only)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing cache")
 
@@ -226,10 +266,10 @@ command("cache-info", "splits, exits, per-exit accuracy, entropy and cumulative 
 def _profile_args(p):
     p.add_argument("--cache", required=True, help="cache directory whose segment costs to measure again")
     p.add_argument("--checkpoint", default=None, help="the model (default: the checkpoint the manifest names)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads to time with (default: torch's)")
-    p.add_argument("--rounds", type=int, default=15, help="interleaved timing rounds (default 15)")
-    p.add_argument("--batch-size", type=int, default=None, help="the larger batch (default: the dump's)")
-    p.add_argument("--profile-time", type=float, default=0.2,
+    p.add_argument("--threads", type=POS_INT, default=None, help="torch threads to time with (default: torch's)")
+    p.add_argument("--rounds", type=_number(int, 3), default=15, help="interleaved timing rounds (default 15)")
+    p.add_argument("--batch-size", type=POS_INT, default=None, help="the larger batch (default: the dump's)")
+    p.add_argument("--profile-time", type=POS, default=0.2,
                    help="seconds of timing per segment and batch size, over all rounds (default 0.2)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--backend", default="eager",
@@ -306,7 +346,7 @@ def add_threshold_args(p: argparse.ArgumentParser) -> None:
                    help="confidence measure of the exits (entropy in nats, as BranchyNet)")
     p.add_argument("--thresholds", type=_float_list, default=None,
                    help="exit thresholds T, one per side exit (default: calibrated on calib, see --target-acc)")
-    p.add_argument("--target-acc", type=float, default=None,
+    p.add_argument("--target-acc", type=FRACTION, default=None,
                    help="calibrate T on calib so each side exit's accepted samples reach this accuracy "
                         "(fraction; default: the final exit's calib accuracy)")
 
@@ -337,7 +377,7 @@ def _fit_args(p):
     p.add_argument("--class-weight", default=None, choices=[None, "balanced"], help="reweight imbalanced classes")
     p.add_argument("--fit-split", default="calib", choices=["calib", "train", "test"],
                    help="split to fit on (calib; train warns; test is refused)")
-    p.add_argument("--folds", type=int, default=5,
+    p.add_argument("--folds", type=NONNEG_INT, default=5,
                    help="cross-fitting folds: every fit-split sample gets an out-of-fold output, used for every "
                         "selection (default 5)")
     p.add_argument("--out", required=True, help="folder for the fitted predictors")
@@ -349,6 +389,14 @@ def predictor_specs(cache, target: str, model: str, at, for_, rule, with_conf: b
 
     k = cache.num_exits
     ats = at if at is not None else list(range(k - 1))
+    bad = [j for j in ats if not 0 <= j < k - 1]
+    if bad:
+        raise ValueError(f"--at {','.join(map(str, bad))}: a predictor sits after a stage that has a side exit after "
+                         f"it, 0..{k - 2} for this cache's {k} exits")
+    bad = [i for i in (for_ or []) if not 0 <= i < k - 1]
+    if bad:
+        raise ValueError(f"--for {','.join(map(str, bad))}: gates and entropy predictors are for side exits, "
+                         f"0..{k - 2} for this cache's {k} exits")
     specs = []
     for j in ats:
         if target in ("gate", "entropy"):
@@ -356,6 +404,9 @@ def predictor_specs(cache, target: str, model: str, at, for_, rule, with_conf: b
             specs += [PredictorSpec(target, j, model, i, rule, with_conf, class_weight) for i in fors]
         else:
             specs.append(PredictorSpec(target, j, model, None, rule, with_conf, class_weight))
+    if not specs:
+        raise ValueError(f"no {target} predictor to fit: every --for exit lies before its --at stage (a gate sits at "
+                         f"or before the exit it is for)")
     return specs
 
 
@@ -392,23 +443,23 @@ def _simulate_args(p):
                    help="device profile name or JSON/YAML file (repeatable; default: measured). "
                         "See `branchy profiles`")
     p.add_argument("--measure", default="entropy", choices=["entropy", "max_prob", "margin"])
-    p.add_argument("--target-acc", type=float, default=None,
+    p.add_argument("--target-acc", type=FRACTION, default=None,
                    help="accuracy (fraction) each side exit's accepted calib samples must reach "
                         "(default: the final exit's calib accuracy)")
-    p.add_argument("--patience", type=int, default=1,
+    p.add_argument("--patience", type=POS_INT, default=1,
                    help="PABEE's P: leave once this many consecutive later exits agree (default 1)")
     p.add_argument("--overlap", action="store_true", help="run each branch concurrently with the next stage")
-    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the CIs")
-    p.add_argument("--max-acc-drop", type=float, default=None, metavar="EPS",
+    p.add_argument("--bootstrap", type=NONNEG_INT, default=1000, help="bootstrap resamples for the CIs")
+    p.add_argument("--max-acc-drop", type=POINTS, default=None, metavar="EPS",
                    help="with --risk: accuracy points against full that may be lost (Learn-then-Test)")
     add_risk_args(p)
     p.add_argument("--out", required=True, help="folder for summary.csv, pareto.csv, gates.csv and the plots")
 
 
 def add_risk_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--gate-max-drop", type=float, default=0.0,
+    p.add_argument("--gate-max-drop", type=POINTS, default=0.0,
                    help="calib accuracy points a gate's cut may give up against always entering (default 0)")
-    p.add_argument("--risk", type=float, default=None, metavar="DELTA",
+    p.add_argument("--risk", type=DELTA, default=None, metavar="DELTA",
                    help="with --max-acc-drop EPS: choose the exit rule by Learn-then-Test so that the accuracy "
                         "lost against full on new data exceeds EPS points with probability at most DELTA")
 
@@ -459,12 +510,12 @@ def _place_args(p):
     p.add_argument("--predictors", required=True, help="folder of fitted predictors")
     p.add_argument("--strategy", required=True, help="placement strategy (see `branchy strategies`)")
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--max-acc-drop", type=float, default=None,
+    g.add_argument("--max-acc-drop", type=POINTS, default=None,
                    help="fastest placement within this many accuracy points of full on calib (default 0.5)")
-    g.add_argument("--latency-budget", type=float, default=None, help="most accurate placement under this mean ms")
+    g.add_argument("--latency-budget", type=POS, default=None, help="most accurate placement under this mean ms")
     p.add_argument("--profile", default="measured", help="device profile name or JSON/YAML file")
     p.add_argument("--measure", default="entropy", choices=["entropy", "max_prob", "margin"])
-    p.add_argument("--target-acc", type=float, default=None,
+    p.add_argument("--target-acc", type=FRACTION, default=None,
                    help="default exit rule: calibrated on calib so the samples each side exit accepts, among "
                         "those reaching it, reach this accuracy (fraction; default: the final exit's)")
     add_risk_args(p)
@@ -519,9 +570,9 @@ command("place", "search where exits and predictor gates go (scored on calib, ch
 # ----------------------------------------------------------------------------- validate
 def _validate_args(p):
     p.add_argument("--run", required=True, help="study folder (branchy run / branchy demo output)")
-    p.add_argument("--n", type=int, default=300, help="test samples, run one at a time (default 300)")
-    p.add_argument("--reps", type=int, default=3, help="timed repetitions per sample and policy (median)")
-    p.add_argument("--batch-size", type=int, default=64, help="batch for the batched run")
+    p.add_argument("--n", type=POS_INT, default=300, help="test samples, run one at a time (default 300)")
+    p.add_argument("--reps", type=POS_INT, default=3, help="timed repetitions per sample and policy (median)")
+    p.add_argument("--batch-size", type=POS_INT, default=64, help="batch for the batched run")
     p.add_argument("--backend", default="eager", help="eager, compiled or onnxruntime (its costs must have been "
                    "measured: branchy profile --backend)")
 
@@ -548,7 +599,7 @@ command("validate", "run the real runtime on test samples and compare measured w
 def _demo_args(p):
     p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
     p.add_argument("--redo", action="store_true", help="recompute every step instead of reusing what is there")
-    p.add_argument("--epochs", type=int, default=None, help="training epochs (default 30)")
+    p.add_argument("--epochs", type=POS_INT, default=None, help="training epochs (default 30)")
 
 
 def _demo_run(a) -> int:
@@ -589,6 +640,8 @@ command("run", "run a whole study from a YAML config (train, dump, predictors, s
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="branchy", description="Early-exit networks, exit predictors and their "
                                      "placement: cache features once, fit predictors, search placements, simulate.")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error (anywhere on the "
+                        "command line)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (add, _run, help_) in COMMANDS.items():
         p = sub.add_parser(name, help=help_, description=help_)
@@ -596,17 +649,44 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+EXPECTED_ERRORS = (UnknownNameError, ValueError, OSError, RuntimeError)  # OSError: missing, unwritable, full
+
+
+def _one_line(e: BaseException) -> str:
+    msg = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+    return " ".join(msg.split()) or type(e).__name__
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """The ``branchy`` command. Expected errors (bad input, missing or stale files, unknown names) print one
+    line and exit 2; Ctrl-C prints one line and exits 130; anything else prints one line that says it is a
+    bug and exits 1. ``--debug`` shows the traceback instead."""
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [v for v in argv if v != "--debug"]
     a = parser.parse_args(argv)
     if not a.command:
         parser.print_help()
         return 2
     try:
         return int(COMMANDS[a.command][1](a) or 0)
-    except (UnknownNameError, ValueError, FileNotFoundError, FileExistsError, RuntimeError) as e:
-        print(f"branchy {a.command}: error: {e}", file=sys.stderr)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print(f"branchy {a.command}: interrupted (nothing half-written is left as complete)", file=sys.stderr)
+        return 130
+    except EXPECTED_ERRORS as e:
+        if debug:
+            raise
+        print(f"branchy {a.command}: error: {_one_line(e)}", file=sys.stderr)
         return 2
+    except Exception as e:  # noqa: BLE001 - a bug: one line, the traceback with --debug
+        if debug:
+            raise
+        print(f"branchy {a.command}: internal error ({type(e).__name__}: {_one_line(e)}); this is a bug: rerun with "
+              f"--debug for the traceback and report it", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

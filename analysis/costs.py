@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import asdict, dataclass, fields
 from importlib import resources
 from pathlib import Path
@@ -77,24 +78,44 @@ def profile_from_dict(d: dict, origin: str = "profile") -> DeviceProfile:
                 d[k] = float(d[k])  # YAML 1.1 reads "1.0e9" as a string
             except (TypeError, ValueError):
                 raise ValueError(f"{origin}: {k} must be a number, got {d[k]!r}") from None
-    for k in ("macs_per_s", "bytes_per_s"):
-        if not d[k] > 0:
-            raise ValueError(f"{origin}: {k} must be > 0, got {d[k]}")
-    if d.get("overhead_ms", 0) < 0:
-        raise ValueError(f"{origin}: overhead_ms must be >= 0, got {d['overhead_ms']}")
+    for k in ("macs_per_s", "bytes_per_s", "spill_bytes_per_s"):
+        if d.get(k) is not None and not (np.isfinite(d[k]) and d[k] > 0):
+            raise ValueError(f"{origin}: {k} must be a finite number > 0, got {d[k]}")
+    for k in ("overhead_ms", "onchip_bytes"):
+        if d.get(k) is not None and not (np.isfinite(d[k]) and d[k] >= 0):
+            raise ValueError(f"{origin}: {k} must be a finite number >= 0, got {d[k]}")
+    name = d["name"]
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.+-]*", name):
+        raise ValueError(f"{origin}: name {name!r} must be letters, digits, '_', '.', '+' or '-' (it names output "
+                         f"files), starting with a letter or digit")
+    if name == "measured" or name.startswith("measured-"):
+        raise ValueError(f"{origin}: the name {name!r} is reserved for the cache's own timings; name the device "
+                         f"profile something else")
+    for k in ("description", "source"):
+        if k in d and not isinstance(d[k], str):
+            raise ValueError(f"{origin}: {k} must be a string, got {d[k]!r}")
     return DeviceProfile(**d)
 
 
 def load_profile_file(path: str | os.PathLike) -> DeviceProfile:
     """A profile from a JSON or YAML file (fields of :class:`DeviceProfile`)."""
     p = Path(path)
-    text = p.read_text()
+    try:
+        text = p.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"{p}: cannot read the device profile ({e})") from None
     if p.suffix in (".yaml", ".yml"):
         import yaml
 
-        d = yaml.safe_load(text)
+        try:
+            d = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise ValueError(f"{p}: not valid YAML ({' '.join(str(e).split())})") from None
     else:
-        d = json.loads(text)
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{p}: not valid JSON ({e})") from None
     if not isinstance(d, dict):
         raise ValueError(f"{p}: a device profile file holds one mapping of fields")
     return profile_from_dict(d, str(p))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -136,13 +137,65 @@ def _build(cls, raw, where: str):
     if missing:
         raise StudyConfigError(f"{where}: missing required field(s) {missing}")
     kw = {}
+    hints = typing.get_type_hints(cls)
     for name, value in raw.items():
+        here = f"{where}.{name}" if where != "study" else name
         if name in _SECTIONS and cls is StudyConfig:
-            value = _build(_SECTIONS[name], value, f"{where}.{name}" if where != "study" else name)
-        elif isinstance(value, list):
-            value = tuple(value)
+            value = _build(_SECTIONS[name], value, here)
+        else:
+            value = _coerce(value, hints[name], here)
         kw[name] = value
     return cls(**kw)
+
+
+def _coerce(value, hint, where: str):
+    """``value`` read from YAML as the field's annotated type: numbers written as strings (YAML 1.1 reads
+    ``3e-3`` as one) converted, a scalar where a list goes taken as a one-element list, anything else that
+    does not fit refused with the field named."""
+    import math
+    import types
+
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], where) if len(inner) == 1 else value
+    if origin is tuple:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            raise StudyConfigError(f"{where}: expected a list, got {type(value).__name__} {value!r}")
+        item = args[0] if args else typing.Any
+        return tuple(_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value))
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise StudyConfigError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if hint in (int, float):
+        if isinstance(value, str):
+            try:
+                value = float(value) if hint is float else int(value)
+            except ValueError:
+                raise StudyConfigError(f"{where}: expected {'an integer' if hint is int else 'a number'}, got "
+                                       f"{value!r}") from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise StudyConfigError(f"{where}: expected {'an integer' if hint is int else 'a number'}, got "
+                                   f"{value!r}")
+        if hint is int and value != int(value):
+            raise StudyConfigError(f"{where}: expected an integer, got {value!r}")
+        if not math.isfinite(value):
+            raise StudyConfigError(f"{where}: expected a finite number, got {value!r}")
+        return int(value) if hint is int else float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise StudyConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    if hint is dict or origin is dict:
+        if not isinstance(value, dict):
+            raise StudyConfigError(f"{where}: expected a mapping, got {value!r}")
+        return value
+    return value
 
 
 def parse_study(raw: dict, origin: str = "study") -> StudyConfig:
@@ -202,7 +255,19 @@ def validate(cfg: StudyConfig) -> None:
     _check(t.scheme not in ("ic-only", "ztw") or t.trunk_epochs >= 1 or t.init_checkpoint is not None,
            f"train.scheme {t.scheme} freezes a trained trunk: set train.trunk_epochs >= 1 or train.init_checkpoint")
     _check(t.augment_shift >= 0, f"train.augment_shift must be >= 0, got {t.augment_shift}")
+    _check(t.trunk_epochs >= 0 and t.ensemble_epochs >= 0,
+           f"train.trunk_epochs and train.ensemble_epochs must be >= 0, got {t.trunk_epochs}, {t.ensemble_epochs}")
+    _check(t.weight_decay >= 0, f"train.weight_decay must be >= 0, got {t.weight_decay}")
+    _check(t.exit_weights is None or all(w >= 0 for w in t.exit_weights) and any(w > 0 for w in t.exit_weights),
+           f"train.exit_weights must be >= 0 with one > 0, got {t.exit_weights}")
     _check(cfg.dump.batch_size >= 1, f"dump.batch_size must be >= 1, got {cfg.dump.batch_size}")
+    _check(cfg.dump.profile_time > 0, f"dump.profile_time must be > 0 seconds, got {cfg.dump.profile_time}")
+    from branchy.dump import FEATURE_DTYPES
+
+    _check(cfg.dump.feature_dtype in FEATURE_DTYPES,
+           f"dump.feature_dtype must be one of {', '.join(FEATURE_DTYPES)} (integers would truncate features), got "
+           f"{cfg.dump.feature_dtype!r}")
+    _check(cfg.policies.bootstrap >= 0, f"policies.bootstrap must be >= 0 resamples, got {cfg.policies.bootstrap}")
     from branchy.dump import parse_pooling
 
     try:

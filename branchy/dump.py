@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 from .cache import MANIFEST, SCHEMA_VERSION, CacheError, FeatureCache, file_entry
 from .data import SPLITS, Splits, load_dataset
 from .models import BranchyNet
+from .paths import check_writable
 from .profile import profile_segments, runtime_overhead
 from .timing import machine_state
 from .train import load_checkpoint, resolve_device
@@ -213,10 +214,14 @@ def dump(model: BranchyNet, splits: Splits, path: str | os.PathLike, *, batch_si
          profile: bool = True, profile_time: float = 0.2, progress: bool = True,
          checkpoint: str | None = None) -> FeatureCache:
     """Run every split through the frozen ``model`` once and write a feature cache at ``path``."""
-    out = Path(path)
+    out = check_writable(path, what="cache")
     s = parse_pooling(pooling)
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
+    if isinstance(profile_time, bool) or not isinstance(profile_time, (int, float, np.integer, np.floating)) \
+            or not np.isfinite(profile_time) or profile_time < 0:
+        raise ValueError(f"profile_time must be a finite number of seconds >= 0, got {profile_time!r}; e.g. 0.2")
+    feature_dtype = _feature_dtype(feature_dtype)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} already exists; pass overwrite=True (CLI: --overwrite) to replace it")
     if tuple(splits.info.input_shape) != (model.config.in_channels, *model.config.image_size):
@@ -277,6 +282,75 @@ def dump(model: BranchyNet, splits: Splits, path: str | os.PathLike, *, batch_si
         return _finish(partial, out, manifest)
 
 
+FEATURE_DTYPES = ("float16", "float32", "float64")
+
+
+def _feature_dtype(dtype) -> str:
+    """``dtype`` as one of :data:`FEATURE_DTYPES`; an integer type (which would truncate) is refused."""
+    try:
+        name = np.dtype(dtype).name
+    except TypeError:
+        name = None
+    if name not in FEATURE_DTYPES:
+        raise ValueError(f"feature_dtype must be one of {', '.join(FEATURE_DTYPES)}, got {str(dtype)!r} "
+                         f"(other types would truncate or garble the features): use float16 or float32")
+    return name
+
+
+def _check_arrays(data: dict) -> tuple[int, int]:
+    """Refuse ``cache_from_arrays`` input that would make a wrong cache, naming the split; return ``(K, C)``."""
+    if not isinstance(data, dict):
+        raise ValueError(f"cache_from_arrays wants data[split] = (labels, logits, features) for {SPLITS}, "
+                         f"got {type(data).__name__}")
+    missing = set(SPLITS) - set(data)
+    if missing:
+        raise ValueError(f"cache_from_arrays needs every split {SPLITS}; missing {sorted(missing)}")
+    k = c = dims = None
+    for sp in SPLITS:
+        try:
+            y, z, feats = data[sp]
+        except (TypeError, ValueError):
+            raise ValueError(f"{sp}: want a tuple (labels [N], logits [N, K, C], [features_k [N, D_k]]), got "
+                             f"{type(data[sp]).__name__}") from None
+        y, z = np.asarray(y), np.asarray(z)
+        feats = list(feats)
+        if y.ndim != 1 or z.ndim != 3 or len(z) != len(y) or len(feats) != z.shape[1]:
+            raise ValueError(f"{sp}: want labels [N], logits [N, K, C] and K feature arrays; got {y.shape}, "
+                             f"{z.shape}, {len(feats)} feature arrays")
+        if len(y) == 0:
+            raise ValueError(f"{sp}: no samples; every split needs at least one")
+        if k is not None and z.shape[1:] != (k, c):
+            raise ValueError(f"{sp}: logits {z.shape} disagree with the other splits' K={k}, C={c}")
+        k, c = z.shape[1:]
+        if y.dtype.kind not in "iu":
+            raise ValueError(f"{sp}: labels must be integer class indices 0..{c - 1}, got dtype {y.dtype}; "
+                             f"convert them with labels.astype(int)")
+        bad = (y < 0) | (y >= c)
+        if bad.any():
+            raise ValueError(f"{sp}: {int(bad.sum())} labels are outside 0..{c - 1} (C={c} from the logits' last "
+                             f"dimension), e.g. {int(y[bad][0])}: labels must index the logits' classes")
+        if z.dtype.kind not in "fiu":
+            raise ValueError(f"{sp}: logits must be numbers, got dtype {z.dtype}")
+        if not np.isfinite(z).all():
+            raise ValueError(f"{sp}: {int((~np.isfinite(z)).sum())} logits are NaN or infinite; give finite logits "
+                             f"(replace -inf masks by a large negative number)")
+        for i, f in enumerate(feats):
+            f = np.asarray(f)
+            if f.ndim != 2 or len(f) != len(y):
+                raise ValueError(f"{sp}: features of exit {i} must be [N, D] with N={len(y)}, got {f.shape}")
+            if f.dtype.kind not in "fiu":
+                raise ValueError(f"{sp}: features of exit {i} must be numbers, got dtype {f.dtype}")
+            if not np.isfinite(f).all():
+                raise ValueError(f"{sp}: features of exit {i} hold {int((~np.isfinite(f)).sum())} NaN or infinite "
+                                 f"values; give finite features")
+            if dims is not None and f.shape[1] != dims[i]:
+                raise ValueError(f"{sp}: features of exit {i} have D={f.shape[1]}, the train split's D={dims[i]}; "
+                                 f"every split needs the same feature size per exit")
+        if dims is None:
+            dims = [np.shape(f)[1] for f in feats]
+    return int(k), int(c)
+
+
 def _finish(partial: Path, out: Path, manifest: dict) -> FeatureCache:
     """Write the manifest last (temp + rename), then move the finished folder into place (under the lock;
     a kill between the two renames of an overwrite is repaired by :func:`_recover`)."""
@@ -306,21 +380,12 @@ def cache_from_arrays(path: str | os.PathLike, data: dict, *, costs=None, model_
     """
     import hashlib
 
-    out = Path(path)
-    missing = set(SPLITS) - set(data)
-    if missing:
-        raise ValueError(f"cache_from_arrays needs every split {SPLITS}; missing {sorted(missing)}")
-    k = c = None
+    out = check_writable(path, what="cache")
+    k, c = _check_arrays(data)
     h = hashlib.sha256()
     for sp in SPLITS:
         y, z, feats = data[sp]
         z = np.asarray(z)
-        if z.ndim != 3 or len(z) != len(y) or len(feats) != z.shape[1]:
-            raise ValueError(f"{sp}: want labels [N], logits [N, K, C] and K feature arrays; got {np.shape(y)}, "
-                             f"{z.shape}, {len(feats)} feature arrays")
-        if k is not None and z.shape[1:] != (k, c):
-            raise ValueError(f"{sp}: logits {z.shape} disagree with the other splits' K={k}, C={c}")
-        k, c = z.shape[1:]
         h.update(np.ascontiguousarray(y).tobytes() + np.ascontiguousarray(z, dtype=np.float32).tobytes())
     with _writing(out, overwrite) as partial:
         files = _write_arrays(partial, data)

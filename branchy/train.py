@@ -15,7 +15,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .data import Splits, load_dataset
-from .models import BranchyNet, ModelConfig, build_from_config, build_model, weights_fingerprint
+from .models import BranchyNet, ModelConfig, build_from_config, build_model, check_options, weights_fingerprint
+from .paths import check_writable
 
 CHECKPOINT_FORMAT = "branchy-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -24,6 +25,27 @@ SCHEMES = ("joint", "trunk-first", "boostnet", "ic-only", "ztw")
 SCHEME_CHAIN = {"joint": ("none", False), "trunk-first": ("none", False), "boostnet": ("boost", False),
                 "ic-only": ("none", False), "ztw": ("cascade", True)}
 OPTIMIZERS = ("auto", "adam", "sgd")
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
+def _is_real(v) -> bool:
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
+
+
+def _check_int(name: str, v, low: int) -> None:
+    """Refuse a setting that is not a whole number >= ``low`` (``2.5``, ``True``, ``'3'``)."""
+    if not _is_int(v) or v < low:
+        kind = "" if _is_int(v) else f" ({type(v).__name__})"
+        raise ValueError(f"{name} must be a whole number >= {low}, got {v!r}{kind}")
+
+
+def _check_number(name: str, v, rule: str, ok, example: str) -> None:
+    """Refuse a setting that is not a finite real number satisfying ``ok`` (NaN is refused)."""
+    if not _is_real(v) or not np.isfinite(float(v)) or not ok(float(v)):
+        raise ValueError(f"{name} must be a finite number {rule}, got {v!r}; {example}")
 
 
 @dataclass(frozen=True)
@@ -66,18 +88,44 @@ class TrainConfig:
     data_path: str | None = None
 
     def __post_init__(self) -> None:
-        if self.epochs < 1:
-            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-        if self.lr is not None and not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
+        for name, low in (("epochs", 1), ("batch_size", 1), ("augment_shift", 0), ("ensemble_epochs", 0),
+                          ("trunk_epochs", 0), ("seed", 0)):
+            _check_int(name, getattr(self, name), low)
+        if self.lr is not None:
+            _check_number("lr", self.lr, "> 0", lambda v: v > 0, "e.g. lr=0.003 (or None for the optimizer's default)")
+        _check_number("momentum", self.momentum, "in [0, 1)", lambda v: 0 <= v < 1, "e.g. momentum=0.9")
+        _check_number("weight_decay", self.weight_decay, ">= 0", lambda v: v >= 0, "e.g. weight_decay=5e-4 or 0")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {self.optimizer!r}; known: {', '.join(OPTIMIZERS)}")
         if self.scheme not in SCHEMES:
             raise ValueError(f"unknown training scheme {self.scheme!r}; known: {', '.join(SCHEMES)}")
-        if self.exit_weights is not None and any(w < 0 for w in self.exit_weights):
-            raise ValueError(f"exit_weights must be >= 0, got {self.exit_weights}")
+        if not isinstance(self.model_options, dict):
+            raise ValueError(f"model_options must be a dict of backbone options (e.g. {{'depth': 56}}), got "
+                            f"{type(self.model_options).__name__} {self.model_options!r}")
+        if self.exits is not None:
+            if isinstance(self.exits, (str, bytes)) or not all(_is_int(e) and e >= 0 for e in self.exits):
+                raise ValueError(f"exits must be block indices (whole numbers >= 0, e.g. (0, 1)), got {self.exits!r}")
+        if self.exit_weights is not None:
+            self._check_exit_weights()
+
+    def _check_exit_weights(self) -> None:
+        w = self.exit_weights
+        if isinstance(w, (str, bytes)) or not all(_is_real(v) for v in w):
+            raise ValueError(f"exit_weights must be numbers, one per exit (e.g. (1.0, 0.5, 1.0)), got {w!r}")
+        vals = [float(v) for v in w]
+        if not vals:
+            raise ValueError("exit_weights is empty: give one weight per exit, or None for all 1")
+        if any(not np.isfinite(v) for v in vals):
+            raise ValueError(f"exit_weights must be finite numbers >= 0, got {tuple(w)}: a NaN or inf weight makes "
+                             f"the loss NaN; give numbers such as (1.0, 0.5, 1.0)")
+        if any(v < 0 for v in vals):
+            raise ValueError(f"exit_weights must be >= 0, got {tuple(w)}")
+        if not any(v > 0 for v in vals):
+            raise ValueError("exit_weights are all 0, so nothing would train: give at least one weight > 0")
+        if self.exits is not None and len(vals) != len(self.exits) + 1:
+            raise ValueError(f"exit_weights has {len(vals)} values but {self.model} with exits {list(self.exits)} "
+                             f"has {len(self.exits) + 1} exits (the side exits and the final one): give one weight "
+                             f"per exit")
 
     def dataset_kwargs(self) -> dict:
         return {"root": self.data_root, "download": self.download, "path": self.data_path, "seed": self.seed}
@@ -161,9 +209,10 @@ def train(cfg: TrainConfig, *, splits: Splits | None = None, out_dir: str | os.P
     """Train a branchy net per ``cfg``; writes ``model.pt`` and ``history.csv`` (one row per epoch and
     exit: train/calib accuracy and loss) into ``out_dir`` when given."""
     from .data import DATASETS
-    from .models import BACKBONES
 
-    BACKBONES.get(cfg.model)  # unknown names fail before any work
+    check_options(cfg.model, cfg.model_options)  # unknown names and ill-typed options fail before any work
+    if out_dir is not None:
+        check_writable(out_dir, folder=True, what="training output folder")
     if splits is None:
         DATASETS.get(cfg.dataset)
     torch.manual_seed(cfg.seed)
@@ -272,6 +321,10 @@ def save_checkpoint(model: BranchyNet, path: str | os.PathLike, *, train_config:
                     splits: Splits | None = None) -> Path:
     """Weights, full config and weights fingerprint; written to a temp file then renamed (atomic)."""
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"checkpoint path {str(path)!r} is a folder: give a file name such as "
+                                f"{str(path / 'model.pt')!r}")
+    check_writable(path, what="checkpoint")
     path.parent.mkdir(parents=True, exist_ok=True)
     sd = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     payload = {
@@ -288,20 +341,51 @@ def save_checkpoint(model: BranchyNet, path: str | os.PathLike, *, train_config:
     return path
 
 
+CHECKPOINT_KEYS = ("model_config", "state_dict", "fingerprint")
+
+
 def read_checkpoint(path: str | os.PathLike) -> dict:
+    """The checkpoint's payload, loaded with ``weights_only=True``; anything that is not a complete branchy
+    checkpoint (text, another pickle, a damaged file, missing keys) is refused in one line."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {str(path)!r}; train one with `branchy train --out DIR`")
+        hint = f" ({str(path)!r} is a folder: give the model.pt inside it)" if path.is_dir() else ""
+        raise FileNotFoundError(f"no checkpoint at {str(path)!r}{hint}; train one with `branchy train --out DIR`")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ValueError(f"{path} is not a readable branchy checkpoint ({type(e).__name__}: {e})") from e
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's pickle-protocol notes: the error below says it all
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch raises many kinds here; never pass on its weights_only advice
+        raise ValueError(f"{path} is not a readable branchy checkpoint (torch could not read it as weights: "
+                         f"{_load_failure(e)}): give a file written by `branchy train`") from None
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} is not a branchy checkpoint (no '{CHECKPOINT_FORMAT}' header)")
-    if payload.get("version", 0) > CHECKPOINT_VERSION:
+        raise ValueError(f"{path} is not a branchy checkpoint (no '{CHECKPOINT_FORMAT}' header): give a file "
+                         f"written by `branchy train`")
+    version = payload.get("version", 0)
+    if not isinstance(version, int):
+        raise ValueError(f"{path} has a damaged checkpoint version {version!r}: write it again with `branchy train`")
+    if version > CHECKPOINT_VERSION:
         raise ValueError(f"{path} has checkpoint version {payload['version']}, newer than this toolkit's "
                          f"{CHECKPOINT_VERSION}: upgrade branchy-study")
+    missing = [k for k in CHECKPOINT_KEYS if k not in payload]
+    if missing:
+        raise ValueError(f"{path} is an incomplete branchy checkpoint (no {', '.join(missing)}): write it again "
+                         f"with `branchy train`")
+    if not isinstance(payload["state_dict"], dict) or not isinstance(payload["model_config"], dict):
+        raise ValueError(f"{path} is a damaged branchy checkpoint (state_dict or model_config is not a mapping): "
+                         f"write it again with `branchy train`")
     return payload
+
+
+def _load_failure(e: BaseException) -> str:
+    """A short, safe reason for a failed ``torch.load`` (torch's own text advises ``weights_only=False``)."""
+    if isinstance(e, EOFError):
+        return "the file is empty or cut short"
+    if type(e).__name__ == "UnpicklingError":
+        return "it holds Python objects that are not tensors or plain data"
+    if isinstance(e, RuntimeError) and "zip" in str(e).lower():
+        return "a damaged archive"
+    return f"not a torch file ({type(e).__name__})"
 
 
 def load_checkpoint(path: str | os.PathLike, *, expect: ModelConfig | str | None = None,
@@ -309,7 +393,11 @@ def load_checkpoint(path: str | os.PathLike, *, expect: ModelConfig | str | None
     """Rebuild the model from the checkpoint alone; ``expect`` (a model name or config) refuses a
     checkpoint of another model. Returns ``(model in eval mode, checkpoint metadata)``."""
     payload = read_checkpoint(path)
-    cfg = ModelConfig.from_dict(payload["model_config"])
+    try:
+        cfg = ModelConfig.from_dict(payload["model_config"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"{path} is a damaged branchy checkpoint (its model_config lacks or garbles "
+                         f"{e}): write it again with `branchy train`") from None
     if expect is not None:
         want = expect if isinstance(expect, ModelConfig) else None
         name = expect.name if isinstance(expect, ModelConfig) else str(expect)

@@ -1,13 +1,9 @@
 """Fit predictors on a cache, evaluate them, save and load them (tied to the cache's fingerprint)."""
 from __future__ import annotations
 
-import json
-import os
 import warnings
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 
-import joblib
 import numpy as np
 import pandas as pd
 
@@ -18,10 +14,8 @@ from .cost import predictor_cost
 from .evaluate import exit_metrics, gate_metrics, regression_metrics
 from .inputs import make_inputs
 from .models import PREDICTOR_MODELS, make_estimator, one_thread
+from .store import FORMAT_VERSION, INDEX, load_predictors, save_predictors  # noqa: F401 - storage, re-exported
 from .targets import TARGETS, make_target, passes
-
-INDEX = "predictors.json"
-FORMAT_VERSION = 2  # 2: cross-fitted predictors (out-of-fold outputs), exit rules in specs
 
 
 @dataclass(frozen=True)
@@ -274,49 +268,3 @@ def fit_predictor(cache: FeatureCache, spec: PredictorSpec, *, split: str = "cal
 def evaluation_table(predictors: list[FittedPredictor], cache: FeatureCache,
                      splits: tuple[str, ...] = ("calib", "test")) -> pd.DataFrame:
     return pd.DataFrame([p.evaluate(cache, s) for p in predictors for s in splits])
-
-
-# ----------------------------------------------------------------------------- storage
-def save_predictors(predictors: list[FittedPredictor], out: str | os.PathLike) -> Path:
-    """One ``NAME.joblib`` per predictor plus ``predictors.json`` (specs, costs, cache fingerprint).
-    Adds to what the folder already holds (same name: replaced)."""
-    d = Path(out)
-    d.mkdir(parents=True, exist_ok=True)
-    index_path = d / INDEX
-    index = json.loads(index_path.read_text()) if index_path.exists() else {}
-    if index.get("version") != FORMAT_VERSION:  # an older format's predictors cannot be loaded: start anew
-        for f in d.glob("*.joblib"):
-            f.unlink()
-        index = {"version": FORMAT_VERSION, "predictors": {}}
-    for p in predictors:
-        tmp = d / f"{p.spec.name}.joblib.tmp"
-        joblib.dump(p, tmp)
-        os.replace(tmp, d / f"{p.spec.name}.joblib")
-        index["predictors"][p.spec.name] = {"spec": asdict(p.spec), "folds": p.folds, "cache_fingerprint": p.cache_fingerprint,
-                                            "cost": p.cost, "fit_split": p.fit_split}
-    tmp = d / (INDEX + ".tmp")
-    tmp.write_text(json.dumps(index, indent=2, default=str))
-    os.replace(tmp, index_path)
-    return d
-
-
-def load_predictors(path: str | os.PathLike, cache: FeatureCache | None = None) -> dict[str, FittedPredictor]:
-    """All predictors of a folder by name; with ``cache``, refuse those fitted on another cache."""
-    d = Path(path)
-    if not (d / INDEX).is_file():
-        raise FileNotFoundError(f"no predictors at {str(d)!r} ({INDEX} missing); fit some with "
-                                f"`branchy fit-predictors --out {d}`")
-    index = json.loads((d / INDEX).read_text())
-    if index.get("version") != FORMAT_VERSION:
-        raise ValueError(f"{d}: predictors of format {index.get('version')} (this toolkit reads {FORMAT_VERSION}: "
-                         f"cross-fitted, with exit rules); refit them with `branchy fit-predictors`")
-    out = {}
-    for name in index["predictors"]:
-        f = d / f"{name}.joblib"
-        if not f.is_file():
-            raise FileNotFoundError(f"{d}: {INDEX} lists {name} but {f.name} is missing; refit")
-        p = joblib.load(f)
-        if cache is not None:
-            p.check(cache)
-        out[name] = p
-    return out

@@ -1,6 +1,6 @@
 from .base import BranchyNet, ModelConfig, weights_fingerprint
 from .attach import attach_exits
-from .zoo import BACKBONES, build_from_config, build_model, list_models
+from .zoo import BACKBONES, build_from_config, build_model, check_options, list_models
 
 __all__ = ["BranchyNet", "ModelConfig", "weights_fingerprint", "BACKBONES", "build_model", "build_from_config",
-           "list_models", "attach_exits"]
+           "check_options", "list_models", "attach_exits"]

@@ -5,8 +5,10 @@ which a side branch sits; ``None`` for the default) and its own options.
 """
 from __future__ import annotations
 
+import inspect
 from typing import Callable, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -20,12 +22,112 @@ def list_models() -> list[str]:
     return BACKBONES.names()
 
 
+# builder arguments that come from the data or the training scheme, never from --option
+_SET_ELSEWHERE = {"in_channels": "the data", "image_size": "the data", "num_classes": "the data",
+                  "exits": "--exits", "chain": "the training scheme", "ensemble": "the training scheme"}
+_TYPE_WORDS = {int: "an integer", float: "a number", bool: "true or false", str: "a string",
+               list: "a list (e.g. [a, b] or a,b)", dict: "a mapping (e.g. {key: value})"}
+
+
+def _option_type(p: inspect.Parameter) -> tuple[type | None, bool]:
+    """``(type, None allowed)`` of a builder option, from its default, else its annotation (a string
+    under ``from __future__ import annotations``); ``(None, True)`` when neither says."""
+    d = p.default
+    if d is not inspect.Parameter.empty and d is not None:
+        for t in (bool, int, float, str, dict):
+            if isinstance(d, t):
+                return t, False
+        if isinstance(d, (list, tuple)):
+            return list, False
+    ann = p.annotation if isinstance(p.annotation, str) else getattr(p.annotation, "__name__", "")
+    if p.annotation is inspect.Parameter.empty or not ann:
+        return None, True
+    parts = [a.strip() for a in ann.replace("Optional[", "").rstrip("]").split("|")]
+    nullable = d is None or "None" in parts
+    for part in parts:
+        head = part.split("[")[0].split(".")[-1]
+        t = {"int": int, "float": float, "bool": bool, "str": str, "dict": dict, "Mapping": dict, "list": list,
+             "tuple": list, "Sequence": list}.get(head)
+        if t is not None:
+            return t, nullable
+    return None, True
+
+
+def _coerce(model: str, key: str, value, t: type | None, nullable: bool, default):
+    """``value`` as type ``t`` (strings from the command line are converted); a clear error otherwise."""
+    if value is None and nullable or t is None:
+        return value
+    example = f"{key}={default}" if default not in (inspect.Parameter.empty, None) and t in (int, float, str) \
+        else f"{key}=..."
+    bad = ValueError(f"{model} option {key} must be {_TYPE_WORDS[t]}{' or null' if nullable else ''}, "
+                     f"got {value!r}; e.g. --option {example}")
+    if t is bool:
+        words = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False,
+                 "0": False}
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in words:
+            return words[value.strip().lower()]
+        raise bad
+    if isinstance(value, (bool, np.bool_)) and t in (int, float):
+        raise bad
+    if t is int:
+        if isinstance(value, (int, np.integer)):
+            return int(value)
+        if isinstance(value, (float, np.floating)) and float(value).is_integer():
+            return int(value)
+        if isinstance(value, str) and value.strip().lstrip("+-").isdigit():
+            return int(value.strip())
+        raise bad
+    if t is float:
+        try:
+            v = float(value) if isinstance(value, (int, float, str, np.integer, np.floating)) else None
+        except ValueError:
+            v = None
+        if v is None or not np.isfinite(v):
+            raise ValueError(f"{model} option {key} must be a finite number, got {value!r}; e.g. --option {example}")
+        return v
+    if t is list and isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    ok = {str: str, list: (list, tuple), dict: dict}[t]
+    if not isinstance(value, ok):
+        raise bad
+    return value
+
+
+def check_options(name: str, options: dict) -> dict:
+    """Check backbone ``name``'s ``options`` against its builder's signature before anything is built:
+    an unknown option lists the known ones, a value of the wrong type (``depth=abc``) says what it must be.
+    Strings (as the CLI passes them) are converted to the option's type. Returns the converted options."""
+    factory = BACKBONES.get(name)
+    if not isinstance(options, dict):
+        raise ValueError(f"{name} options must be a mapping of option names to values, got {options!r}")
+    params = inspect.signature(factory).parameters
+    free = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    own = [n for n, p in params.items() if n not in _SET_ELSEWHERE and p.kind is not inspect.Parameter.VAR_KEYWORD]
+    known = f"its options: {', '.join(own)}" if own else "it takes no options"
+    out = {}
+    for key, value in options.items():
+        if key in _SET_ELSEWHERE:
+            raise ValueError(f"{key} is not a backbone option of {name}: it is set by {_SET_ELSEWHERE[key]} ({known})")
+        if key not in params:
+            if free:
+                out[key] = value
+                continue
+            raise ValueError(f"{name} has no option {key!r} ({known})")
+        t, nullable = _option_type(params[key])
+        out[key] = _coerce(name, key, value, t, nullable, params[key].default)
+    return out
+
+
 def build_model(name: str, *, in_channels: int = 1, image_size: int | Sequence[int] = 28,
                 num_classes: int = 10, exits: Sequence[int] | None = None, chain: str = "none",
                 ensemble: bool = False, **options) -> BranchyNet:
     """Build backbone ``name`` for ``in_channels × image_size`` inputs and ``num_classes`` classes;
-    ``chain``/``ensemble`` connect the exits (see :meth:`BranchyNet.set_chain`)."""
+    ``chain``/``ensemble`` connect the exits (see :meth:`BranchyNet.set_chain`). ``options`` are checked
+    and converted by :func:`check_options`."""
     factory = BACKBONES.get(name)
+    options = check_options(name, options)
     size = (int(image_size), int(image_size)) if isinstance(image_size, int) else tuple(int(s) for s in image_size)
     model = factory(in_channels=int(in_channels), image_size=size, num_classes=int(num_classes),
                     exits=None if exits is None else tuple(exits), **options)
@@ -76,6 +178,8 @@ def b_lenet(*, in_channels, image_size, num_classes, exits=None) -> BranchyNet:
 # ----------------------------------------------------------------------------- B-AlexNet
 @BACKBONES.register("b-alexnet", doc="B-AlexNet (CIFAR-size AlexNet, width multiplier); branches after conv1, conv2")
 def b_alexnet(*, in_channels, image_size, num_classes, exits=None, width: float = 0.5) -> BranchyNet:
+    if not width > 0:
+        raise ValueError(f"b-alexnet width must be > 0 (a channel multiplier, e.g. 0.5 or 1), got {width}")
     ch = [max(8, int(c * width)) for c in (64, 192, 384, 256, 256)]
     pool = lambda: nn.MaxPool2d(3, stride=2, padding=1)  # noqa: E731
     blocks = [
@@ -154,6 +258,8 @@ def b_resnext(*, in_channels, image_size, num_classes, exits=None, blocks_per_gr
               cardinality: int = 4, group_width: int = 4) -> BranchyNet:
     if blocks_per_group < 1:
         raise ValueError(f"b-resnext blocks_per_group must be >= 1, got {blocks_per_group}")
+    if cardinality < 1 or group_width < 1:
+        raise ValueError(f"b-resnext cardinality and group_width must be >= 1, got {cardinality} and {group_width}")
     blocks: list[nn.Module] = [_stem(in_channels, 32)]
     cin = 32
     for g, cout in enumerate((64, 128, 256)):
@@ -185,6 +291,9 @@ def b_densenet(*, in_channels, image_size, num_classes, exits=None, depth: int =
                compression: float = 0.5) -> BranchyNet:
     if depth < 10 or (depth - 4) % 6:
         raise ValueError(f"b-densenet depth must be 6n+4 (BC: 2 convs per layer), e.g. 22, 40, 100; got {depth}")
+    if growth < 1 or not 0 < compression <= 1:
+        raise ValueError(f"b-densenet needs growth >= 1 and compression in (0, 1], got growth={growth}, "
+                         f"compression={compression}")
     n = (depth - 4) // 6
     c = 2 * growth
     blocks: list[nn.Module] = [nn.Conv2d(in_channels, c, 3, padding=1, bias=False)]

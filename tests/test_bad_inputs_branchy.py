@@ -1,0 +1,279 @@
+"""Issue 12 (safety), the branchy side: every bad input is refused in one line that names the bad value and
+the fix, before any work (no data loaded, nothing written)."""
+import math
+import os
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import make_splits
+
+from branchy import paths
+from branchy.dump import cache_from_arrays, dump
+from branchy.models import build_model, check_options
+from branchy.paths import check_writable
+from branchy.train import TrainConfig, load_checkpoint, save_checkpoint, train
+
+
+def _refused(exc, phrase, fn, *args, **kw) -> str:
+    """Call ``fn``; it must raise ``exc`` with ``phrase`` in a one-line message; return the message."""
+    with pytest.raises(exc) as e:
+        fn(*args, **kw)
+    msg = str(e.value)
+    assert phrase in msg, msg
+    assert "\n" not in msg, msg
+    assert "weights_only" not in msg, msg
+    return msg
+
+
+# ----------------------------------------------------------------------------- 1. TrainConfig
+@pytest.mark.parametrize("kw,phrase", [
+    (dict(epochs=2.5), "epochs must be a whole number >= 1, got 2.5"),
+    (dict(epochs=0), "epochs must be a whole number >= 1, got 0"),
+    (dict(epochs=True), "epochs must be a whole number"),
+    (dict(batch_size=0), "batch_size must be a whole number >= 1"),
+    (dict(batch_size="64"), "batch_size must be a whole number >= 1, got '64'"),
+    (dict(lr=0.0), "lr must be a finite number > 0, got 0.0"),
+    (dict(lr=-1e-3), "lr must be a finite number > 0"),
+    (dict(lr=math.nan), "lr must be a finite number > 0, got nan"),
+    (dict(momentum=1.5), "momentum must be a finite number in [0, 1)"),
+    (dict(weight_decay=-1.0), "weight_decay must be a finite number >= 0"),
+    (dict(augment_shift=-1), "augment_shift must be a whole number >= 0, got -1"),
+    (dict(trunk_epochs=-1), "trunk_epochs must be a whole number >= 0"),
+    (dict(ensemble_epochs=1.5), "ensemble_epochs must be a whole number >= 0"),
+    (dict(seed=-3), "seed must be a whole number >= 0"),
+    (dict(exit_weights=(1.0, math.nan, 1.0)), "a NaN or inf weight makes the loss NaN"),
+    (dict(exit_weights=(1.0, math.inf, 1.0)), "exit_weights must be finite numbers >= 0"),
+    (dict(exit_weights=(1.0, -1.0, 1.0)), "exit_weights must be >= 0"),
+    (dict(exit_weights=(0.0, 0.0, 0.0)), "exit_weights are all 0, so nothing would train"),
+    (dict(exit_weights=()), "exit_weights is empty"),
+    (dict(exit_weights=(1.0, "a", 1.0)), "exit_weights must be numbers"),
+    (dict(exit_weights=(1.0, 1.0)), "exit_weights has 2 values but b-lenet with exits [0, 1] has 3 exits"),
+    (dict(exits=(0, -1)), "exits must be block indices"),
+    (dict(model_options=["depth=20"]), "model_options must be a dict"),
+])
+def test_train_config_refuses(kw, phrase):
+    base = dict(model="b-lenet", exits=(0, 1), epochs=1, batch_size=8, device="cpu")
+    _refused(ValueError, phrase, TrainConfig, **{**base, **kw})
+
+
+def test_train_config_accepts_numpy_ints_and_good_values():
+    cfg = TrainConfig(epochs=np.int64(3), batch_size=16, lr=1e-3, exit_weights=(1.0, 0.0, 0.5), exits=(0, 1))
+    assert cfg.epochs == 3
+
+
+# ----------------------------------------------------------------------------- 4. backbone options
+@pytest.mark.parametrize("name,options,phrase", [
+    ("b-resnet", {"depth": "abc"}, "b-resnet option depth must be an integer, got 'abc'; e.g. --option depth=20"),
+    ("b-resnet", {"depth": 20.5}, "depth must be an integer, got 20.5"),
+    ("b-resnet", {"depth": True}, "depth must be an integer, got True"),
+    ("b-resnet", {"dept": 20}, "b-resnet has no option 'dept' (its options: depth)"),
+    ("b-lenet", {"width": 2}, "b-lenet has no option 'width' (it takes no options)"),
+    ("b-resnet", {"num_classes": 3}, "num_classes is not a backbone option of b-resnet: it is set by the data"),
+    ("b-resnet", {"exits": [1]}, "it is set by --exits"),
+    ("b-alexnet", {"width": "wide"}, "b-alexnet option width must be a finite number, got 'wide'"),
+    ("b-alexnet", {"width": "nan"}, "width must be a finite number, got 'nan'"),
+    ("torchvision", {"arch": 18}, "torchvision option arch must be a string, got 18"),
+    ("torchvision", {"arch_kwargs": "x"}, "arch_kwargs must be a mapping"),
+    ("no-such-net", {}, "unknown model 'no-such-net'; known:"),
+])
+def test_backbone_options_are_checked_against_the_builder(name, options, phrase):
+    _refused(KeyError if name == "no-such-net" else ValueError, phrase, check_options, name, options)
+
+
+def test_backbone_option_ranges_are_checked_by_the_builder():
+    _refused(ValueError, "b-alexnet width must be > 0", build_model, "b-alexnet", width=-1.0)
+    _refused(ValueError, "compression in (0, 1]", build_model, "b-densenet", compression=2.0)
+
+
+def test_string_options_are_converted_to_the_parameters_type():
+    assert check_options("b-resnet", {"depth": "56"}) == {"depth": 56}
+    assert check_options("b-alexnet", {"width": "0.25"}) == {"width": 0.25}
+    assert check_options("torchvision", {"nodes": "layer1,layer2", "final_node": None}) == \
+        {"nodes": ["layer1", "layer2"], "final_node": None}
+    m = build_model("b-resnet", depth="8", num_classes=3)
+    assert m.config.options == {"depth": 8}
+
+
+def test_train_refuses_bad_options_before_loading_data(tmp_path):
+    out = tmp_path / "run"
+    cfg = TrainConfig(model="b-resnet", model_options={"depth": "abc"}, dataset="cifar10", download=False,
+                      data_root=str(tmp_path / "nodata"), device="cpu")
+    _refused(ValueError, "depth must be an integer, got 'abc'", train, cfg, out_dir=out, progress=False)
+    assert not out.exists() and not (tmp_path / "nodata").exists()
+
+
+# ----------------------------------------------------------------------------- 5. checkpoints
+def _pickle_of_other_objects(p: Path) -> Path:
+    torch.save({"where": Path("/x")}, p)  # a pickled Python object that is not a tensor
+    return p
+
+
+@pytest.mark.parametrize("make,exc,phrase", [
+    (lambda d: (d / "a.txt").write_text("hello, I am text\n") and d / "a.txt", ValueError,
+     "is not a readable branchy checkpoint (torch could not read it as weights"),
+    (lambda d: (d / "e.pt").write_bytes(b"") or d / "e.pt", ValueError, "the file is empty or cut short"),
+    (lambda d: (d / "g.pt").write_bytes(os.urandom(64)) and d / "g.pt", ValueError,
+     "give a file written by `branchy train`"),
+    (lambda d: _pickle_of_other_objects(d / "o.pt"), ValueError,
+     "it holds Python objects that are not tensors or plain data"),
+    (lambda d: (d / "p.pkl").write_bytes(pickle.dumps({"a": 1}, protocol=4)) and d / "p.pkl", ValueError,
+     "give a file written by `branchy train`"),
+    (lambda d: torch.save({"a": torch.zeros(2)}, d / "s.pt") or d / "s.pt", ValueError,
+     "is not a branchy checkpoint (no 'branchy-checkpoint' header)"),
+    (lambda d: torch.save({"format": "branchy-checkpoint", "version": 1}, d / "k.pt") or d / "k.pt", ValueError,
+     "is an incomplete branchy checkpoint (no model_config, state_dict, fingerprint)"),
+    (lambda d: torch.save({"format": "branchy-checkpoint", "version": 1, "model_config": {"name": "b-lenet"},
+                           "state_dict": {}, "fingerprint": "x"}, d / "c.pt") or d / "c.pt", ValueError,
+     "is a damaged branchy checkpoint (its model_config lacks or garbles"),
+    (lambda d: d / "missing.pt", FileNotFoundError, "no checkpoint at"),
+    (lambda d: d, FileNotFoundError, "is a folder: give the model.pt inside it"),
+])
+def test_not_a_checkpoint_is_refused_without_torch_advice(tmp_path, make, exc, phrase):
+    _refused(exc, phrase, load_checkpoint, make(tmp_path))
+
+
+def test_a_real_checkpoint_still_loads(tmp_path):
+    p = save_checkpoint(build_model("b-lenet", num_classes=3), tmp_path / "m.pt")
+    model, meta = load_checkpoint(p)
+    assert model.config.num_classes == 3 and meta["format"] == "branchy-checkpoint"
+
+
+# ----------------------------------------------------------------------------- 6. output locations
+@pytest.fixture
+def a_file(tmp_path) -> Path:
+    f = tmp_path / "notes.txt"
+    f.write_text("x")
+    return f
+
+
+def test_output_under_a_file_is_refused(tmp_path, a_file):
+    _refused(NotADirectoryError, f"is under the file '{a_file}', not a folder", check_writable, a_file / "run" / "x")
+    _refused(NotADirectoryError, "is a file, not a folder", check_writable, a_file, folder=True)
+    _refused(NotADirectoryError, "is under the file", save_checkpoint, build_model("b-lenet"), a_file / "m.pt")
+    _refused(IsADirectoryError, "is a folder: give a file name such as", save_checkpoint, build_model("b-lenet"),
+             tmp_path)
+    cfg = TrainConfig(epochs=1, device="cpu", dataset="cifar10", data_root=str(tmp_path / "nodata"))
+    _refused(NotADirectoryError, "is under the file", train, cfg, out_dir=a_file / "run", progress=False)
+    assert not (tmp_path / "nodata").exists()
+
+
+def test_writable_locations_pass_and_leave_nothing(tmp_path):
+    assert check_writable(tmp_path / "new" / "deeper", folder=True) == tmp_path / "new" / "deeper"
+    assert check_writable(tmp_path / "m.pt") == tmp_path / "m.pt"
+    assert list(tmp_path.iterdir()) == []  # the probe is removed, nothing is created
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores permissions; the monkeypatched test covers it")
+def test_read_only_folder_is_refused(tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        _refused(PermissionError, f"the folder '{ro}' is not writable", check_writable, ro / "cache")
+        _refused(PermissionError, "is not writable", save_checkpoint, build_model("b-lenet"), ro / "x" / "m.pt")
+    finally:
+        ro.chmod(0o755)
+
+
+def test_read_only_location_is_refused_monkeypatched(tmp_path, monkeypatch):
+    def refuse(*a, **kw):
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr(paths.tempfile, "mkstemp", refuse)
+    msg = _refused(PermissionError, f"the folder '{tmp_path}' is not writable (Read-only file system)",
+                   check_writable, tmp_path / "out" / "cache")
+    assert "choose another location" in msg
+    _refused(PermissionError, "is not writable", save_checkpoint, build_model("b-lenet"), tmp_path / "m.pt")
+    assert not (tmp_path / "m.pt").exists()
+
+
+# ----------------------------------------------------------------------------- 2. dump arguments
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    return build_model("b-lenet", num_classes=3), make_splits(n=(6, 3, 3), classes=3)
+
+
+@pytest.mark.parametrize("kw,phrase", [
+    (dict(feature_dtype="int8"), "feature_dtype must be one of float16, float32, float64, got 'int8'"),
+    (dict(feature_dtype="uint16"), "would truncate or garble the features"),
+    (dict(feature_dtype="garbage"), "got 'garbage'"),
+    (dict(profile_time=-1.0), "profile_time must be a finite number of seconds >= 0, got -1.0"),
+    (dict(profile_time=math.nan), "profile_time must be a finite number"),
+    (dict(batch_size=0), "batch_size must be a whole number >= 1, got 0"),
+    (dict(batch_size=2.5), "batch_size must be a whole number >= 1, got 2.5"),
+    (dict(pooling="max"), "unknown pooling 'max'"),
+])
+def test_dump_refuses_bad_arguments_before_any_work(tiny, tmp_path, kw, phrase):
+    model, splits = tiny
+    out = tmp_path / "sub" / "cache"
+    _refused(ValueError, phrase, dump, model, splits, out, device="cpu", progress=False, **kw)
+    assert not (tmp_path / "sub").exists()  # no lock file, no partial folder
+
+
+def test_dump_under_a_file_is_refused(tiny, a_file):
+    model, splits = tiny
+    _refused(NotADirectoryError, "is under the file", dump, model, splits, a_file / "cache", device="cpu",
+             progress=False)
+
+
+# ----------------------------------------------------------------------------- 3. cache_from_arrays
+def _arrays(n=6, k=2, c=3, d=2, seed=0) -> dict:
+    g = np.random.default_rng(seed)
+    return {sp: (g.integers(0, c, n), g.normal(size=(n, k, c)).astype(np.float32),
+                 [g.normal(size=(n, d)) for _ in range(k)]) for sp in ("train", "calib", "test")}
+
+
+def _spoil(split: str, what: str, change):
+    """``_arrays()`` with ``change(array)`` applied to one split's labels, logits or features (a list)."""
+    def make():
+        data = _arrays()
+        y, z, f = data[split]
+        parts = {"labels": y, "logits": z, "features": f}
+        parts[what] = change(parts[what])
+        data[split] = (parts["labels"], parts["logits"], parts["features"])
+        return data
+    return make
+
+
+def _set(idx, value):
+    def change(a):
+        a = np.array(a)
+        a[idx] = value
+        return a
+    return change
+
+
+@pytest.mark.parametrize("make,phrase", [
+    (_spoil("calib", "labels", _set(0, 3)),
+     "calib: 1 labels are outside 0..2 (C=3 from the logits' last dimension), e.g. 3"),
+    (_spoil("test", "labels", _set(1, -1)), "test: 1 labels are outside 0..2"),
+    (_spoil("train", "labels", lambda y: y.astype(float)),
+     "train: labels must be integer class indices 0..2, got dtype float64"),
+    (_spoil("train", "logits", _set((0, 0, 0), np.nan)), "train: 1 logits are NaN or infinite"),
+    (_spoil("test", "logits", _set((2, 1, 1), -np.inf)), "test: 1 logits are NaN or infinite"),
+    (_spoil("calib", "features", lambda f: [f[0], _set((0, 0), np.nan)(f[1])]),
+     "calib: features of exit 1 hold 1 NaN or infinite values"),
+    (_spoil("train", "labels", lambda y: y[:-1]),
+     "train: want labels [N], logits [N, K, C] and K feature arrays; got (5,), (6, 2, 3)"),
+    (_spoil("test", "features", lambda f: [f[0][:-1], f[1]]),
+     "test: features of exit 0 must be [N, D] with N=6, got (5, 2)"),
+    (_spoil("test", "features", lambda f: [f[0], np.zeros((6, 4))]),
+     "test: features of exit 1 have D=4, the train split's D=2"),
+    (_spoil("calib", "logits", lambda z: z[:, :, :2]),
+     "calib: logits (6, 2, 2) disagree with the other splits' K=2, C=3"),
+    (lambda: {"train": _arrays()["train"]}, "needs every split"),
+])
+def test_cache_from_arrays_refuses_bad_arrays(tmp_path, make, phrase):
+    out = tmp_path / "cache"
+    _refused(ValueError, phrase, cache_from_arrays, out, make())
+    assert list(tmp_path.iterdir()) == []  # refused before the lock and the partial folder
+
+
+def test_cache_from_arrays_still_writes_good_arrays(tmp_path):
+    cache = cache_from_arrays(tmp_path / "cache", _arrays())
+    assert cache.manifest["num_classes"] == 3

@@ -1,0 +1,159 @@
+"""Bad input on the command line, in a study YAML and in a device profile: one line that names what is wrong
+and how to fix it, before any work starts; never a traceback (except with --debug)."""
+import json
+
+import pytest
+
+from analysis.cli import main
+from analysis.costs import load_profile_file, profile_from_dict
+from analysis.study_config import StudyConfigError, parse_study
+
+GOOD_PROFILE = {"name": "dev", "macs_per_s": 1e9, "bytes_per_s": 1e9}
+
+
+def _run(argv, capsys):
+    try:
+        rc = main(argv)
+    except SystemExit as e:  # argparse's usage errors
+        rc = e.code
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return rc, err
+
+
+@pytest.mark.parametrize("args, phrase", [
+    (["simulate", "--target-acc", "1.5"], "--target-acc: 1.5 is out of range: must be > 0 and <= 1"),
+    (["simulate", "--target-acc", "-0.2"], "must be > 0 and <= 1"),
+    (["simulate", "--bootstrap", "-1"], "--bootstrap: -1 is out of range: must be >= 0"),
+    (["simulate", "--max-acc-drop", "nan", "--risk", "0.1"], "--max-acc-drop: nan is out of range"),
+    (["simulate", "--risk", "1.5", "--max-acc-drop", "1"], "--risk: 1.5 is out of range"),
+    (["simulate", "--patience", "0"], "--patience: 0 is out of range: must be >= 1"),
+    (["fit-predictors", "--cache", "c", "--target", "gate", "--out", "o", "--thresholds", "0.5,abc"],
+     "is not a list of numbers"),
+    (["dump", "--checkpoint", "m.pt", "--out", "x", "--profile-time", "-1"], "--profile-time: -1 is out of range"),
+    (["dump", "--checkpoint", "m.pt", "--out", "x", "--batch-size", "0"], "--batch-size: 0 is out of range"),
+    (["train", "--out", "x", "--augment-shift", "-3"], "--augment-shift: -3 is out of range: must be >= 0"),
+    (["train", "--out", "x", "--epochs", "2.5"], "--epochs: '2.5' is not an integer"),
+    (["train", "--out", "x", "--lr", "0"], "--lr: 0 is out of range: must be > 0"),
+    (["train", "--out", "x", "--exits", "a,b"], "is not a list of integers"),
+    (["profile", "--cache", "c", "--rounds", "2"], "--rounds: 2 is out of range: must be >= 3"),
+    (["profile", "--cache", "c", "--threads", "0"], "--threads: 0 is out of range"),
+    (["validate", "--run", "r", "--n", "0"], "--n: 0 is out of range"),
+    (["place", "--cache", "c", "--predictors", "p", "--strategy", "greedy", "--latency-budget", "-2"],
+     "--latency-budget: -2 is out of range"),
+])
+def test_bad_numbers_are_usage_errors(args, phrase, capsys):
+    if args[0] == "simulate":
+        args = args + ["--cache", "c", "--out", "o"]
+    rc, err = _run(args, capsys)
+    assert rc == 2 and phrase in err, err
+
+
+@pytest.mark.parametrize("at, fors, phrase", [
+    ("7", None, "--at 7: a predictor sits after a stage that has a side exit after it, 0..1"),
+    ("0", "5", "--for 5: gates and entropy predictors are for side exits, 0..1"),
+    ("1", "0", "a predictor after stage 1 cannot gate exit 0: it must sit at or before the exit"),
+])
+def test_fit_predictors_out_of_range_positions_fail_before_fitting(synth_cache, tmp_path, capsys, at, fors, phrase):
+    args = ["fit-predictors", "--cache", str(synth_cache.path), "--target", "gate", "--at", at,
+            "--out", str(tmp_path / "p")]
+    rc, err = _run(args + (["--for", fors] if fors else []), capsys)
+    assert rc == 2 and phrase in err, err
+    assert not (tmp_path / "p").exists()
+
+
+def test_errors_are_one_line_and_debug_shows_the_traceback(tmp_path, capsys):
+    rc, err = _run(["cache-info", "--cache", str(tmp_path / "missing")], capsys)
+    assert rc == 2 and err.count("\n") == 1 and "no feature cache" in err and "branchy dump" in err
+    with pytest.raises(Exception, match="no feature cache"):
+        main(["--debug", "cache-info", "--cache", str(tmp_path / "missing")])
+
+
+def test_ctrl_c_exits_130_with_one_line(monkeypatch, capsys):
+    from analysis import cli
+
+    def interrupted(a):
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(cli.COMMANDS, "models", (cli.COMMANDS["models"][0], interrupted, "x"))
+    rc, err = _run(["models"], capsys)
+    assert rc == 130 and "interrupted" in err and err.count("\n") == 1
+
+
+def test_an_unexpected_error_says_it_is_a_bug(monkeypatch, capsys):
+    from analysis import cli
+
+    def broken(a):
+        return {}["nope"]
+
+    monkeypatch.setitem(cli.COMMANDS, "models", (cli.COMMANDS["models"][0], broken, "x"))
+    rc, err = _run(["models"], capsys)
+    assert rc == 1 and "internal error (KeyError" in err and "--debug" in err
+
+
+# ----------------------------------------------------------------------------- study YAML
+BASE = {"data": {"dataset": "mnist5k"}, "model": {"name": "b-lenet"}}
+
+
+def _study(**sections):
+    raw = json.loads(json.dumps(BASE))
+    for k, v in sections.items():
+        if isinstance(v, dict):
+            raw.setdefault(k, {}).update(v)
+        else:
+            raw[k] = v
+    return raw
+
+
+def test_yaml_numbers_written_as_strings_and_scalars_for_lists_are_read_as_meant():
+    cfg = parse_study(_study(train={"lr": "3e-3", "epochs": "4"}, profiles="measured"))
+    assert cfg.train.lr == 0.003 and cfg.train.epochs == 4 and cfg.profiles == ("measured",)
+
+
+@pytest.mark.parametrize("sections, phrase", [
+    ({"train": {"lr": "fast"}}, "train.lr: expected a number, got 'fast'"),
+    ({"train": {"epochs": 2.5}}, "train.epochs: expected an integer, got 2.5"),
+    ({"train": {"epochs": True}}, "train.epochs: expected an integer, got True"),
+    ({"train": {"exit_weights": [1.0, float("nan")]}}, "train.exit_weights[1]: expected a finite number"),
+    ({"policies": {"bootstrap": -1}}, "policies.bootstrap must be >= 0"),
+    ({"policies": {"overlap": "yes please"}}, "policies.overlap: expected true or false"),
+    ({"dump": {"profile_time": -1}}, "dump.profile_time must be > 0"),
+    ({"dump": {"feature_dtype": "int8"}}, "dump.feature_dtype must be one of float16"),
+    ({"profiles": {"a": 1}}, "profiles: expected a list"),
+    ({"profiles": ["nope"]}, "profiles:"),
+    ({"model": {"name": 3}}, "model.name: expected a string, got 3"),
+])
+def test_bad_study_values_name_the_field(sections, phrase):
+    with pytest.raises(StudyConfigError) as e:
+        parse_study(_study(**sections))
+    assert phrase in str(e.value)
+
+
+# ----------------------------------------------------------------------------- device profiles
+@pytest.mark.parametrize("extra, phrase", [
+    ({"onchip_bytes": -1}, "onchip_bytes must be a finite number >= 0, got -1"),
+    ({"spill_bytes_per_s": -5}, "spill_bytes_per_s must be a finite number > 0, got -5"),
+    ({"overhead_ms": "nan"}, "overhead_ms must be a finite number >= 0"),
+    ({"macs_per_s": "lots"}, "macs_per_s must be a number, got 'lots'"),
+    ({"name": "measured"}, "reserved for the cache's own timings"),
+    ({"name": "measured-onnxruntime"}, "reserved"),
+    ({"name": "../../x"}, "must be letters, digits"),
+    ({"color": "red"}, "unknown profile field(s) ['color']"),
+])
+def test_bad_device_profiles_are_refused(extra, phrase):
+    with pytest.raises(ValueError) as e:
+        profile_from_dict({**GOOD_PROFILE, **extra}, "dev.json")
+    assert phrase in str(e.value) and str(e.value).startswith("dev.json")
+
+
+@pytest.mark.parametrize("name, text, phrase", [
+    ("p.yaml", "name: [unclosed", "not valid YAML"),
+    ("p.json", '{"name": "dev", "macs_per_s": 1e9,', "not valid JSON"),
+    ("p.json", "[1, 2]", "holds one mapping of fields"),
+])
+def test_malformed_profile_files_name_the_file(tmp_path, name, text, phrase):
+    f = tmp_path / name
+    f.write_text(text)
+    with pytest.raises(ValueError) as e:
+        load_profile_file(f)
+    assert phrase in str(e.value) and str(f) in str(e.value)
