@@ -35,6 +35,7 @@ from .data import SPLITS, Splits, load_dataset
 from .models import BranchyNet
 from .paths import check_writable
 from .profile import profile_segments, runtime_overhead
+from .rule import json_safe
 from .timing import machine_state
 from .train import load_checkpoint, resolve_device
 
@@ -355,7 +356,7 @@ def _finish(partial: Path, out: Path, manifest: dict) -> FeatureCache:
     """Write the manifest last (temp + rename), then move the finished folder into place (under the lock;
     a kill between the two renames of an overwrite is repaired by :func:`_recover`)."""
     tmp = partial / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2))
+    tmp.write_text(json.dumps(json_safe(manifest), indent=2, allow_nan=False))
     os.replace(tmp, partial / MANIFEST)
     if out.exists():  # overwrite: move the old one aside, then swap
         old = _sibling(out, ".old")
@@ -511,7 +512,7 @@ def _reprofile(p: Path, model, *, threads: int | None, rounds: int, batch_size: 
     else:
         m["backends"] = dict(m.get("backends") or {}, **{backend: {"costs": name, **record}})
     tmp = p / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(m, indent=2))
+    tmp.write_text(json.dumps(json_safe(m), indent=2, allow_nan=False))
     os.replace(tmp, p / MANIFEST)  # the commit point: from here the manifest describes NAME.new
     os.replace(new, p / name)
     return FeatureCache.open(p)
