@@ -118,3 +118,14 @@ def budgeted_thresholds(logits: np.ndarray, p: float, *, measure: str = "entropy
         left &= ~(conf[:, i] < t[i])
     t[-1] = np.inf
     return _unorient(t, measure)
+
+
+def resolve_rule(cache, thresholds=None, target_acc: float | None = None, measure: str = "entropy"):
+    """The exit rule of a command: the given side-exit ``thresholds``, or calibrated on calib so each side exit's
+    accepted samples reach ``target_acc`` (default: the final exit's calib accuracy)."""
+    from branchy.rule import ExitRule
+    from predictors.targets import check_thresholds
+
+    if thresholds is not None:
+        return ExitRule.given(check_thresholds(thresholds, cache.num_exits), cache.num_exits, measure)
+    return calib_rule(cache, target_acc, measure=measure)

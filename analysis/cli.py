@@ -8,6 +8,8 @@ from typing import Callable, Sequence
 
 from branchy.registry import UnknownNameError
 
+from .present import format_compare, format_eval, print_cache_info
+
 COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {}
 
 
@@ -218,26 +220,6 @@ def _dump_run(a) -> int:
 command("dump", "run a trained net once over every split and write the feature cache")((_dump_args, _dump_run))
 
 
-def print_cache_info(cache) -> None:
-    m = cache.manifest
-    print(f"cache {cache.path}: {m['model']['name']} (weights {m['model']['fingerprint']}) on "
-          f"{m['dataset']['name']} (data {m['dataset']['fingerprint']})")
-    print("splits: " + ", ".join(f"{k}={v}" for k, v in m["splits"].items()) +
-          f"; exits: {m['num_exits']} (after blocks {m['exits']} + final); features: {m['feature_dims']} "
-          f"({m['pooling']}, {m['feature_dtype']})")
-    print(f"latency measured on {m['device']} with {m['threads']} threads; MACs per sample (FLOPs = 2 x MACs)")
-    t = m.get("timing")
-    if t:
-        print(f"timing: {int(cache.costs['rounds'].max()) if 'rounds' in cache.costs else '?'} interleaved rounds on "
-              f"{t['cpu']}; load {t['load_1min']} on {t['cores']} cores ({t['idle_cores']} idle)"
-              + ("; OVERSUBSCRIBED: more threads than idle cores" if t.get("oversubscribed") else ""))
-    if "unstable" in cache.costs and cache.costs["unstable"].astype(bool).any():
-        bad = cache.costs[cache.costs["unstable"].astype(bool)]
-        print("UNSTABLE timings (IQR over 10 % of the median; re-measure with `branchy profile --cache "
-              f"{cache.path}`): " + ", ".join(f"{r.segment} {r.k}" for r in bad.itertuples()))
-    print(cache.summary().to_string(index=False, float_format=lambda v: f"{v:.4g}"))
-
-
 def _cache_info_args(p):
     p.add_argument("path", nargs="?", default=None, help="cache directory (or --cache)")
     p.add_argument("--cache", default=None, help="cache directory")
@@ -284,7 +266,7 @@ def _profile_predictors(a, cache) -> None:
     import torch
 
     from predictors.cost import remeasure
-    from predictors.fit import load_predictors, save_predictors
+    from predictors.store import load_predictors, save_predictors
 
     preds = load_predictors(a.predictors, cache)
     threads = torch.get_num_threads()
@@ -312,7 +294,7 @@ def _profile_run(a) -> int:
 
     model = None
     if a.checkpoint:
-        from branchy.train import load_checkpoint
+        from branchy.checkpoint import load_checkpoint
 
         model, _ = load_checkpoint(a.checkpoint)
     before = FeatureCache.open(a.cache)
@@ -351,18 +333,6 @@ def add_threshold_args(p: argparse.ArgumentParser) -> None:
                         "(fraction; default: the final exit's calib accuracy)")
 
 
-def resolve_rule(cache, a) -> "object":
-    """The exit rule: given thresholds, or calibrated on calib (sequential target accuracy)."""
-    from branchy.rule import ExitRule
-    from predictors.targets import check_thresholds
-
-    from .calibrate import calib_rule
-
-    if a.thresholds is not None:
-        return ExitRule.given(check_thresholds(a.thresholds, cache.num_exits), cache.num_exits, a.measure)
-    return calib_rule(cache, a.target_acc, measure=a.measure)
-
-
 def _fit_args(p):
     p.add_argument("--cache", required=True, help="feature cache directory (branchy dump)")
     p.add_argument("--target", required=True, choices=["gate", "exit", "entropy", "oracle"])
@@ -383,52 +353,23 @@ def _fit_args(p):
     p.add_argument("--out", required=True, help="folder for the fitted predictors")
 
 
-def predictor_specs(cache, target: str, model: str, at, for_, rule, with_conf: bool, class_weight) -> list:
-    """Specs for every valid (position, exit) pair of ``target`` under the exit ``rule``."""
-    from predictors.fit import PredictorSpec
-
-    k = cache.num_exits
-    ats = at if at is not None else list(range(k - 1))
-    bad = [j for j in ats if not 0 <= j < k - 1]
-    if bad:
-        raise ValueError(f"--at {','.join(map(str, bad))}: a predictor sits after a stage that has a side exit after "
-                         f"it, 0..{k - 2} for this cache's {k} exits")
-    bad = [i for i in (for_ or []) if not 0 <= i < k - 1]
-    if bad:
-        raise ValueError(f"--for {','.join(map(str, bad))}: gates and entropy predictors are for side exits, "
-                         f"0..{k - 2} for this cache's {k} exits")
-    specs = []
-    for j in ats:
-        if target in ("gate", "entropy"):
-            fors = for_ if for_ is not None else [i for i in range(j, k - 1)]
-            specs += [PredictorSpec(target, j, model, i, rule, with_conf, class_weight) for i in fors]
-        else:
-            specs.append(PredictorSpec(target, j, model, None, rule, with_conf, class_weight))
-    if not specs:
-        raise ValueError(f"no {target} predictor to fit: every --for exit lies before its --at stage (a gate sits at "
-                         f"or before the exit it is for)")
-    return specs
-
-
 def _fit_run(a) -> int:
     from branchy.cache import FeatureCache
-    from predictors.fit import evaluation_table, fit_predictor, save_predictors
+    from predictors.fit import evaluation_table, fit_predictor
+    from predictors.store import save_predictors
+    from predictors.grid import spec_grid
+
+    from .calibrate import resolve_rule
 
     cache = FeatureCache.open(a.cache)
-    rule = resolve_rule(cache, a)
+    rule = resolve_rule(cache, a.thresholds, a.target_acc, a.measure)
     print(f"exit rule: {rule.describe()}")
-    specs = predictor_specs(cache, a.target, a.model, a.at, a.for_, rule, a.with_confidences, a.class_weight)
+    specs = spec_grid(cache.num_exits, a.target, a.model, a.at, a.for_, rule, a.with_confidences, a.class_weight)
     fitted = [fit_predictor(cache, s, split=a.fit_split, folds=a.folds) for s in specs]
     save_predictors(fitted, a.out)
     print(f"saved {len(fitted)} predictor(s) to {a.out}")
     print(format_eval(evaluation_table(fitted, cache)))
     return 0
-
-
-def format_eval(df) -> str:
-    cols = [c for c in ["predictor", "split", "reached", "accuracy", "balanced_accuracy", "f1", "false_enter",
-                        "false_skip", "mae", "r2", "macs", "ms_b1"] if c in df.columns]
-    return df[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}")
 
 
 command("fit-predictors", "fit gate / exit / entropy predictors on a cache and print their evaluation")(
@@ -467,13 +408,13 @@ def add_risk_args(p: argparse.ArgumentParser) -> None:
 def _simulate_run(a) -> int:
     from branchy.cache import FeatureCache
 
-    from .simulate_cli import simulate_to
+    from .outputs import simulate_to
     from .study import PolicyConfig
 
     cache = FeatureCache.open(a.cache)
     preds = None
     if a.predictors:
-        from predictors.fit import load_predictors
+        from predictors.store import load_predictors
 
         preds = load_predictors(a.predictors, cache)
     if (a.max_acc_drop is None) != (a.risk is None):
@@ -527,7 +468,7 @@ def _place_args(p):
 def _place_run(a) -> int:
     from branchy.cache import FeatureCache
     from placement import Constraint
-    from predictors.fit import load_predictors
+    from predictors.store import load_predictors
 
     from .costs import get_profile
     from .placement_study import run_placement, write_placement
@@ -557,10 +498,6 @@ def _place_run(a) -> int:
     print(format_compare(compare))
     print(f"wrote {a.out}/placement.json, candidates.csv, comparison.csv, placement_map.png, placement_front.png")
     return 0
-
-
-def format_compare(df) -> str:
-    return df.to_string(index=False, float_format=lambda v: f"{v:.4g}")
 
 
 command("place", "search where exits and predictor gates go (scored on calib, chosen re-evaluated on test)")(

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .study_config import DataSection, ModelSection, StudyConfig, TrainSection
+from .study_config import DataSection, ModelSection, StudyConfig, TrainSection, policy_config
 
 DEMO = StudyConfig(
     name="demo: B-LeNet on the embedded MNIST-5k",
@@ -43,7 +43,8 @@ def _jsonable(d):
 
 
 def step_train(cfg: StudyConfig, splits, out: Path, redo: bool):
-    from branchy.train import evaluate, load_checkpoint, read_checkpoint, train
+    from branchy.checkpoint import load_checkpoint, read_checkpoint
+    from branchy.train import evaluate, train
 
     tc = _train_config(cfg)
     ckpt = out / "model" / "model.pt"
@@ -81,9 +82,10 @@ def step_dump(cfg: StudyConfig, model, splits, out: Path, redo: bool):
 
 
 def step_predictors(cfg: StudyConfig, cache, out: Path, redo: bool):
-    from predictors.fit import evaluation_table, fit_predictor, load_predictors, save_predictors
+    from predictors.fit import evaluation_table, fit_predictor
+    from predictors.store import load_predictors, save_predictors
 
-    from .cli import predictor_specs
+    from predictors.grid import spec_grid
     from .study import calibrate
 
     pc = cfg.predictors
@@ -91,8 +93,8 @@ def step_predictors(cfg: StudyConfig, cache, out: Path, redo: bool):
     specs = []
     for target in pc.targets:
         cw = None if target == "entropy" else pc.class_weight
-        specs += predictor_specs(cache, target, pc.model, pc.positions, None, rule,
-                                 pc.with_confidences and target in ("exit", "oracle"), cw)
+        specs += spec_grid(cache.num_exits, target, pc.model, pc.positions, None, rule,
+                           pc.with_confidences and target in ("exit", "oracle"), cw)
     d = out / "predictors"
     fitted = None
     if not redo and d.exists():
@@ -121,22 +123,14 @@ def step_predictors(cfg: StudyConfig, cache, out: Path, redo: bool):
     return {p.spec.name: p for p in fitted}, table, rule
 
 
-def policy_config(cfg: StudyConfig):
-    from .study import PolicyConfig
-
-    pol = cfg.policies
-    return PolicyConfig(pol.measure, pol.target_acc, pol.patience, pol.overlap, pol.bootstrap, pol.gate_max_drop,
-                        pol.max_acc_drop if pol.risk is not None else None, pol.risk)
-
-
 def run_study(cfg: StudyConfig, *, redo: bool = False) -> dict:
     """Run the whole study; returns the tables and paths (and writes them under ``cfg.out``)."""
     from branchy.data import load_dataset
     from placement import Constraint
 
-    from .cli import format_compare, format_eval, print_cache_info
+    from .present import format_compare, format_eval, print_cache_info
     from .placement_study import run_placement, write_placement
-    from .simulate_cli import simulate_to
+    from .outputs import simulate_to
     from .stats import format_headline
 
     out = Path(cfg.out)
@@ -181,7 +175,7 @@ def run_study(cfg: StudyConfig, *, redo: bool = False) -> dict:
         log(f"headline ({prof}): test split; latency in ms per sample at batch 1; speed-up over full; 95% CIs")
         print(format_headline(headline[headline.profile == prof]))
     if len(sim["gates"]):
-        from .simulate_cli import format_gates
+        from .present import format_gates
 
         print(format_gates(sim["gates"]))
     val = step_validate(cfg, cache, model, splits, preds, pcfg, rule, placements, out)

@@ -249,10 +249,10 @@ def validate(cfg: StudyConfig) -> None:
     _check(t.lr is None or (isinstance(t.lr, (int, float)) and t.lr > 0),
            f"train.lr must be > 0 (or null: the optimizer's default), got {t.lr!r}")
     _check(t.optimizer in ("auto", "adam", "sgd"), f"train.optimizer must be auto, adam or sgd, got {t.optimizer!r}")
-    from branchy.train import SCHEMES
+    from branchy.schemes import SCHEMES
 
-    _check(t.scheme in SCHEMES, f"train.scheme must be one of {', '.join(SCHEMES)}; got {t.scheme!r}")
-    _check(t.scheme not in ("ic-only", "ztw") or t.trunk_epochs >= 1 or t.init_checkpoint is not None,
+    _check(t.scheme in SCHEMES.names(), f"train.scheme must be one of {', '.join(SCHEMES.names())}; got {t.scheme!r}")
+    _check(not SCHEMES.get(t.scheme).needs_trained_trunk or t.trunk_epochs >= 1 or t.init_checkpoint is not None,
            f"train.scheme {t.scheme} freezes a trained trunk: set train.trunk_epochs >= 1 or train.init_checkpoint")
     _check(t.augment_shift >= 0, f"train.augment_shift must be >= 0, got {t.augment_shift}")
     _check(t.trunk_epochs >= 0 and t.ensemble_epochs >= 0,
@@ -310,3 +310,12 @@ def validate(cfg: StudyConfig) -> None:
     _check(pl.max_acc_drop is None or pl.max_acc_drop >= 0, f"placement.max_acc_drop must be >= 0, got {pl.max_acc_drop}")
     _check(pl.latency_budget is None or pl.latency_budget > 0,
            f"placement.latency_budget must be > 0 ms, got {pl.latency_budget}")
+
+
+def policy_config(cfg: StudyConfig):
+    """The study's policies section as the analysis's :class:`~analysis.study.PolicyConfig`."""
+    from .study import PolicyConfig
+
+    pol = cfg.policies
+    return PolicyConfig(pol.measure, pol.target_acc, pol.patience, pol.overlap, pol.bootstrap, pol.gate_max_drop,
+                        pol.max_acc_drop if pol.risk is not None else None, pol.risk)

@@ -268,11 +268,10 @@ def validate_run(run: str | Path, *, n: int = 300, reps: int = 3, batch_size: in
     """:func:`validate` on a study folder (model/, cache/, predictors/, simulate/thresholds.json,
     placement/*/placement.json); writes ``validate/validate.csv`` and ``validate/validate.png``."""
     from branchy.data import load_dataset
-    from branchy.train import load_checkpoint
+    from branchy.checkpoint import load_checkpoint
 
     from . import plots
-    from .pipeline import policy_config
-    from .study_config import load_study
+    from .study_config import load_study, policy_config
 
     run = Path(run)
     ckpt = run / "model" / "model.pt"
@@ -293,7 +292,7 @@ def validate_run(run: str | Path, *, n: int = 300, reps: int = 3, batch_size: in
     cfg = policy_config(load_study(run / "study.yaml")) if (run / "study.yaml").is_file() else PolicyConfig()
     preds = None
     if (run / "predictors").is_dir():
-        from predictors.fit import load_predictors
+        from predictors.store import load_predictors
 
         preds = load_predictors(run / "predictors", cache)
     rule = ExitRule.load(run / "simulate" / "thresholds.json") if (run / "simulate" / "thresholds.json").is_file() \

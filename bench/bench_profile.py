@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from branchy.profile import _exit_with_confidence, profile_segments  # noqa: E402
 from branchy.timing import machine_state  # noqa: E402
-from branchy.train import load_checkpoint  # noqa: E402
+from branchy.checkpoint import load_checkpoint  # noqa: E402
 
 
 def single_shot(model, seconds: float = 0.2) -> np.ndarray:

@@ -26,7 +26,7 @@ from branchy.measures import confidence  # noqa: E402
 from branchy.profile import overhead_fns, overhead_from_times  # noqa: E402
 from branchy.runtime import EarlyExitRuntime  # noqa: E402
 from branchy.timing import interleaved_times, robust_summary  # noqa: E402
-from branchy.train import load_checkpoint  # noqa: E402
+from branchy.checkpoint import load_checkpoint  # noqa: E402
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--run", default="runs/demo")

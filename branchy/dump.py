@@ -37,7 +37,8 @@ from .paths import check_writable
 from .profile import profile_segments, runtime_overhead
 from .rule import json_safe
 from .timing import machine_state
-from .train import load_checkpoint, resolve_device
+from .checkpoint import load_checkpoint
+from .train import resolve_device
 
 
 class NpyWriter:

@@ -1,10 +1,11 @@
-"""BranchyNet joint training (L = Σ_n w_n · CE_n) and checkpoints that rebuild the model alone."""
+"""Training a branchy net: :func:`train` validates its :class:`TrainConfig`, asks the scheme's registry entry
+(:mod:`branchy.schemes`) for a plan of phases, runs each with one generic runner (:func:`run_phase`) and
+reports per-epoch history and a checkpoint (:mod:`branchy.checkpoint`)."""
 from __future__ import annotations
 
 import os
 import time
-import warnings
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -14,16 +15,12 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from .checkpoint import load_checkpoint, load_trunk, read_checkpoint, save_checkpoint  # noqa: F401 - re-exported
 from .data import Splits, load_dataset
-from .models import BranchyNet, ModelConfig, build_from_config, build_model, check_options, weights_fingerprint
+from .models import BranchyNet, build_model, check_options
 from .paths import check_writable
+from .schemes import DEFAULT_LR, SCHEMES, Phase, resolve_lr, resolve_optimizer  # noqa: F401 - re-exported
 
-CHECKPOINT_FORMAT = "branchy-checkpoint"
-CHECKPOINT_VERSION = 1
-SCHEMES = ("joint", "trunk-first", "boostnet", "ic-only", "ztw")
-# the exit chain each scheme trains (see BranchyNet.set_chain)
-SCHEME_CHAIN = {"joint": ("none", False), "trunk-first": ("none", False), "boostnet": ("boost", False),
-                "ic-only": ("none", False), "ztw": ("cascade", True)}
 OPTIMIZERS = ("auto", "adam", "sgd")
 
 
@@ -97,8 +94,8 @@ class TrainConfig:
         _check_number("weight_decay", self.weight_decay, ">= 0", lambda v: v >= 0, "e.g. weight_decay=5e-4 or 0")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {self.optimizer!r}; known: {', '.join(OPTIMIZERS)}")
-        if self.scheme not in SCHEMES:
-            raise ValueError(f"unknown training scheme {self.scheme!r}; known: {', '.join(SCHEMES)}")
+        if self.scheme not in SCHEMES.names():
+            raise ValueError(f"unknown training scheme {self.scheme!r}; known: {', '.join(SCHEMES.names())}")
         if not isinstance(self.model_options, dict):
             raise ValueError(f"model_options must be a dict of backbone options (e.g. {{'depth': 56}}), got "
                             f"{type(self.model_options).__name__} {self.model_options!r}")
@@ -129,26 +126,6 @@ class TrainConfig:
 
     def dataset_kwargs(self) -> dict:
         return {"root": self.data_root, "download": self.download, "path": self.data_path, "seed": self.seed}
-
-
-def resolve_optimizer(cfg: TrainConfig) -> str:
-    """The optimizer ``cfg`` trains with: ``auto`` is ``sgd`` for ``boostnet`` and ``adam`` otherwise.
-    Warns when ``boostnet`` is asked to train with Adam (its gradient rescale then does nothing)."""
-    if cfg.optimizer == "auto":
-        return "sgd" if cfg.scheme == "boostnet" else "adam"
-    if cfg.scheme == "boostnet" and cfg.optimizer == "adam":
-        warnings.warn("boostnet with optimizer 'adam': BoostNet's 1/(K-k) gradient rescale of trunk stage k has "
-                      "no effect under Adam (invariant to a per-parameter gradient scale); use 'sgd' (or 'auto') "
-                      "to train as BoostNet does", UserWarning, stacklevel=2)
-    return cfg.optimizer
-
-
-DEFAULT_LR = {"adam": 3e-3, "sgd": 0.05}
-
-
-def resolve_lr(cfg: TrainConfig) -> float:
-    """``cfg.lr``, or the default of the optimizer it resolves to (``DEFAULT_LR``)."""
-    return float(cfg.lr) if cfg.lr is not None else DEFAULT_LR[resolve_optimizer(cfg)]
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -196,6 +173,8 @@ def evaluate(model: BranchyNet, ds, *, batch_size: int = 256, device: torch.devi
     return pd.DataFrame({"exit": np.arange(k), "accuracy": correct / n, "loss": loss / n})
 
 
+
+
 @dataclass
 class TrainResult:
     model: BranchyNet
@@ -207,10 +186,11 @@ class TrainResult:
 def train(cfg: TrainConfig, *, splits: Splits | None = None, out_dir: str | os.PathLike | None = None,
           progress: bool = True) -> TrainResult:
     """Train a branchy net per ``cfg``; writes ``model.pt`` and ``history.csv`` (one row per epoch and
-    exit: train/calib accuracy and loss) into ``out_dir`` when given."""
+    exit: train/calib accuracy (fraction) and loss (nats), seconds per epoch) into ``out_dir`` when given."""
     from .data import DATASETS
 
-    check_options(cfg.model, cfg.model_options)  # unknown names and ill-typed options fail before any work
+    # validate: unknown names and ill-typed options fail before any work
+    check_options(cfg.model, cfg.model_options)
     if out_dir is not None:
         check_writable(out_dir, folder=True, what="training output folder")
     if splits is None:
@@ -221,91 +201,32 @@ def train(cfg: TrainConfig, *, splits: Splits | None = None, out_dir: str | os.P
     if splits is None:
         splits = load_dataset(cfg.dataset, **cfg.dataset_kwargs())
     info = splits.info
-    chain, ensemble = SCHEME_CHAIN[cfg.scheme]
+    scheme = SCHEMES.get(cfg.scheme)
     model = build_model(cfg.model, in_channels=info.channels, image_size=(info.height, info.width),
-                        num_classes=info.num_classes, exits=cfg.exits, chain=chain, ensemble=ensemble,
+                        num_classes=info.num_classes, exits=cfg.exits, chain=scheme.chain, ensemble=scheme.ensemble,
                         **cfg.model_options).to(device)
     k = model.num_exits
-    frozen_trunk = cfg.scheme in ("ic-only", "ztw")
     if cfg.init_checkpoint:
-        _load_trunk(model, cfg.init_checkpoint)
-    elif frozen_trunk and cfg.trunk_epochs < 1:
+        load_trunk(model, cfg.init_checkpoint)
+    elif scheme.needs_trained_trunk and cfg.trunk_epochs < 1:
         raise ValueError(f"scheme {cfg.scheme!r} trains exits on a frozen trunk: give trunk_epochs >= 1 or an "
                          f"init_checkpoint holding a trained trunk")
-    w = torch.ones(k) if cfg.exit_weights is None else torch.tensor(cfg.exit_weights, dtype=torch.float32)
-    if len(w) != k:
-        raise ValueError(f"exit_weights has {len(w)} values but {cfg.model} with exits {list(model.config.exits)} "
-                         f"has {k} exits")
-    w = w.to(device)
-    trunk_only = torch.zeros(k, device=device)
-    trunk_only[-1] = 1.0
-    optimizer = resolve_optimizer(cfg)
-    lr = resolve_lr(replace(cfg, optimizer=optimizer))
-
-    def make_opt(params):
-        if optimizer == "adam":
-            return torch.optim.Adam(params, lr=lr, weight_decay=cfg.weight_decay)
-        return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-
-    side_only = w.clone()
-    side_only[-1] = 0.0
-    trunk_params = model.trunk_parameters()
-    phases = []  # (name, epochs, loss weights, trainable parameters, frozen modules kept in eval mode)
-    if cfg.scheme in ("trunk-first", "ic-only", "ztw") and cfg.trunk_epochs > 0 and not cfg.init_checkpoint:
-        phases.append(("trunk", cfg.trunk_epochs, trunk_only, trunk_params, []))
-    if frozen_trunk:
-        phases.append(("exits", cfg.epochs, side_only, model.branch_parameters(), [model.stages, model.exits[-1]]))
-        if ensemble and cfg.ensemble_epochs > 0:
-            phases.append(("ensemble", cfg.ensemble_epochs, side_only, model.ensemble_parameters(),
-                           [model.stages, model.exits]))
-    else:
-        phases.append(("joint", cfg.epochs, w, list(model.parameters()), []))
-    # BoostNet: stage k (0-based) feeds exits k..K-1; its gradients are scaled by 1/(K-k)
-    grad_scale = {id(p): 1.0 / (k - i) for i, st in enumerate(model.stages) for p in st.parameters()} \
-        if cfg.scheme == "boostnet" else {}
-    rows, epoch = [], 0
-    bar = tqdm(total=sum(p[1] for p in phases), desc=f"train {cfg.model}", disable=not progress, unit="epoch")
-    for phase, n_epochs, weights, params, frozen in phases:
-        trainable = {id(p) for p in params}
-        for p in model.parameters():
-            p.requires_grad_(id(p) in trainable)
-        opt = make_opt(params)
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=n_epochs)
-        for _ in range(n_epochs):
-            model.train()
-            for mod in frozen:  # a frozen backbone keeps its batch-norm statistics
-                mod.eval()
-            t0, n = time.perf_counter(), 0
-            corr, ce_sum = np.zeros(k), np.zeros(k)
-            gen = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
-            for x, y in splits.train.iter_batches(cfg.batch_size, shuffle=True, seed=cfg.seed * 1000 + epoch):
-                x = random_shift(x, cfg.augment_shift, gen)
-                x, y = x.to(device), y.to(device)
-                # ZTW trains its internal classifiers on their own outputs, the ensemble only in its phase
-                logits = model.forward_exits(x, ensemble=phase == "ensemble")
-                loss, ce = joint_loss(logits, y, weights)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                for p in params if grad_scale else ():
-                    if p.grad is not None and id(p) in grad_scale:
-                        p.grad.mul_(grad_scale[id(p)])
-                opt.step()
-                corr += np.array([(z.argmax(1) == y).sum().item() for z in logits])
-                ce_sum += ce.cpu().numpy() * len(y)
-                n += len(y)
-            sched.step()
-            ev = evaluate(model, splits.calib, device=device)
-            for i in range(k):
-                rows.append({"epoch": epoch, "phase": phase, "exit": i, "train_accuracy": corr[i] / n,
-                             "train_loss": ce_sum[i] / n, "calib_accuracy": ev.accuracy[i], "calib_loss": ev.loss[i],
-                             "seconds": time.perf_counter() - t0})
-            bar.set_postfix(calib_acc=" ".join(f"{a:.3f}" for a in ev.accuracy))
-            bar.update(1)
-            epoch += 1
+    if cfg.exit_weights is not None and len(cfg.exit_weights) != k:
+        raise ValueError(f"exit_weights has {len(cfg.exit_weights)} values but {cfg.model} with exits "
+                         f"{list(model.config.exits)} has {k} exits")
+    # plan, run
+    phases = scheme.plan(cfg, model)
+    rows: list[dict] = []
+    epoch = 0  # epochs are numbered across phases (they seed shuffling and shifts)
+    bar = tqdm(total=sum(p.epochs for p in phases), desc=f"train {cfg.model}", disable=not progress, unit="epoch")
+    for phase in phases:
+        rows += run_phase(model, phase, splits, cfg, first_epoch=epoch, device=device, bar=bar)
+        epoch += phase.epochs
     bar.close()
     for p in model.parameters():
         p.requires_grad_(True)
     model.eval()
+    # report
     history = pd.DataFrame(rows)
     ckpt = None
     if out_dir is not None:
@@ -316,136 +237,51 @@ def train(cfg: TrainConfig, *, splits: Splits | None = None, out_dir: str | os.P
     return TrainResult(model, history, ckpt, splits)
 
 
-# ----------------------------------------------------------------------------- checkpoints
-def save_checkpoint(model: BranchyNet, path: str | os.PathLike, *, train_config: TrainConfig | None = None,
-                    splits: Splits | None = None) -> Path:
-    """Weights, full config and weights fingerprint; written to a temp file then renamed (atomic)."""
-    path = Path(path)
-    if path.is_dir():
-        raise IsADirectoryError(f"checkpoint path {str(path)!r} is a folder: give a file name such as "
-                                f"{str(path / 'model.pt')!r}")
-    check_writable(path, what="checkpoint")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sd = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    payload = {
-        "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
-        "model_config": model.config.to_dict(), "state_dict": sd, "fingerprint": weights_fingerprint(sd),
-        "train_config": asdict(train_config) if train_config else None,
-        "dataset_info": splits.info.to_dict() if splits else None,
-        "dataset_fingerprint": splits.fingerprint() if splits else None,
-        "torch_version": str(torch.__version__),
-    }
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
-    return path
-
-
-CHECKPOINT_KEYS = ("model_config", "state_dict", "fingerprint")
-
-
-def read_checkpoint(path: str | os.PathLike) -> dict:
-    """The checkpoint's payload, loaded with ``weights_only=True``; anything that is not a complete branchy
-    checkpoint (text, another pickle, a damaged file, missing keys) is refused in one line."""
-    path = Path(path)
-    if not path.is_file():
-        hint = f" ({str(path)!r} is a folder: give the model.pt inside it)" if path.is_dir() else ""
-        raise FileNotFoundError(f"no checkpoint at {str(path)!r}{hint}; train one with `branchy train --out DIR`")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # torch's pickle-protocol notes: the error below says it all
-            payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - torch raises many kinds here; never pass on its weights_only advice
-        raise ValueError(f"{path} is not a readable branchy checkpoint (torch could not read it as weights: "
-                         f"{_load_failure(e)}): give a file written by `branchy train`") from None
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} is not a branchy checkpoint (no '{CHECKPOINT_FORMAT}' header): give a file "
-                         f"written by `branchy train`")
-    version = payload.get("version", 0)
-    if not isinstance(version, int):
-        raise ValueError(f"{path} has a damaged checkpoint version {version!r}: write it again with `branchy train`")
-    if version > CHECKPOINT_VERSION:
-        raise ValueError(f"{path} has checkpoint version {payload['version']}, newer than this toolkit's "
-                         f"{CHECKPOINT_VERSION}: upgrade branchy-study")
-    missing = [k for k in CHECKPOINT_KEYS if k not in payload]
-    if missing:
-        raise ValueError(f"{path} is an incomplete branchy checkpoint (no {', '.join(missing)}): write it again "
-                         f"with `branchy train`")
-    if not isinstance(payload["state_dict"], dict) or not isinstance(payload["model_config"], dict):
-        raise ValueError(f"{path} is a damaged branchy checkpoint (state_dict or model_config is not a mapping): "
-                         f"write it again with `branchy train`")
-    return payload
-
-
-def _load_failure(e: BaseException) -> str:
-    """A short, safe reason for a failed ``torch.load`` (torch's own text advises ``weights_only=False``)."""
-    if isinstance(e, EOFError):
-        return "the file is empty or cut short"
-    if type(e).__name__ == "UnpicklingError":
-        return "it holds Python objects that are not tensors or plain data"
-    if isinstance(e, RuntimeError) and "zip" in str(e).lower():
-        return "a damaged archive"
-    return f"not a torch file ({type(e).__name__})"
-
-
-def load_checkpoint(path: str | os.PathLike, *, expect: ModelConfig | str | None = None,
-                    device: str | torch.device = "cpu") -> tuple[BranchyNet, dict]:
-    """Rebuild the model from the checkpoint alone; ``expect`` (a model name or config) refuses a
-    checkpoint of another model. Returns ``(model in eval mode, checkpoint metadata)``."""
-    payload = read_checkpoint(path)
-    try:
-        cfg = ModelConfig.from_dict(payload["model_config"])
-    except (KeyError, TypeError, ValueError) as e:
-        raise ValueError(f"{path} is a damaged branchy checkpoint (its model_config lacks or garbles "
-                         f"{e}): write it again with `branchy train`") from None
-    if expect is not None:
-        want = expect if isinstance(expect, ModelConfig) else None
-        name = expect.name if isinstance(expect, ModelConfig) else str(expect)
-        if cfg.name != name or (want is not None and want != cfg):
-            raise ValueError(f"{path} holds a {cfg.name} (exits {list(cfg.exits)}, {cfg.in_channels}x"
-                             f"{cfg.image_size[0]}x{cfg.image_size[1]}, {cfg.num_classes} classes), not the "
-                             f"expected {want if want else name}: pass the checkpoint of the right model")
-    model = build_from_config(cfg)
-    sd = payload["state_dict"]
-    if weights_fingerprint(sd) != payload["fingerprint"]:
-        raise ValueError(f"{path}: the weights do not match the fingerprint stored with them (corrupt file?)")
-    load_weights(model, sd, source=str(path))
-    model.to(device).eval()
-    meta = {k: v for k, v in payload.items() if k != "state_dict"}
-    return model, meta
-
-
-def load_weights(model: BranchyNet, state_dict: dict, *, source: str = "state dict") -> None:
-    """``load_state_dict`` with a message that names the mismatch instead of a wall of keys."""
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state_dict))
-    extra = sorted(set(state_dict) - set(own))
-    shape = [k for k in own if k in state_dict and own[k].shape != state_dict[k].shape]
-    if missing or extra or shape:
-        detail = "; ".join(x for x in [
-            f"{len(missing)} missing (e.g. {missing[0]})" if missing else "",
-            f"{len(extra)} unexpected (e.g. {extra[0]})" if extra else "",
-            f"{len(shape)} of another shape (e.g. {shape[0]}: {tuple(state_dict[shape[0]].shape)} vs "
-            f"{tuple(own[shape[0]].shape)})" if shape else ""] if x)
-        raise ValueError(f"{source} is from another model than {model.config.name} with exits "
-                         f"{list(model.config.exits)}: {detail}")
-    model.load_state_dict(state_dict)
-
-
-def _load_trunk(model: BranchyNet, path: str) -> None:
-    """Take the trunk (stages and final exit) from a checkpoint of the same backbone and exits."""
-    payload = read_checkpoint(path)
-    sd = payload["state_dict"]
-    k = model.num_exits
-    own = model.state_dict()
-    take = {n: v for n, v in sd.items() if n.startswith("stages.") or n.startswith(f"exits.{k - 1}.")}
-    missing = [n for n in own if (n.startswith("stages.") or n.startswith(f"exits.{k - 1}.")) and n not in take]
-    bad = [n for n, v in take.items() if n not in own or own[n].shape != v.shape]
-    if missing or bad:
-        raise ValueError(f"{path} does not hold the trunk of this {model.config.name} with exits "
-                         f"{list(model.config.exits)} ({len(missing)} trunk tensors missing, {len(bad)} mismatched)")
-    model.load_state_dict(take, strict=False)
-
-
-def with_updates(cfg: TrainConfig, **kw) -> TrainConfig:
-    return replace(cfg, **kw)
+def run_phase(model: BranchyNet, phase: Phase, splits: Splits, cfg: TrainConfig, *, first_epoch: int = 0,
+              device: torch.device | str = "cpu", bar: tqdm | None = None) -> list[dict]:
+    """Train ``model`` for one :class:`~branchy.schemes.Phase`: only ``phase.trains`` learn, on
+    ``Σ_n w_n · CE_n`` with a cosine learning-rate schedule over its epochs; batches, shuffling and shifts
+    are seeded by ``cfg.seed`` and the run's epoch number (``first_epoch`` + epochs done in this phase).
+    Returns the history rows: one per epoch and exit."""
+    named = dict(model.named_parameters())
+    params = [named[n] for n in phase.trains]
+    trainable = set(phase.trains)
+    for n, p in named.items():
+        p.requires_grad_(n in trainable)
+    scale = [(named[n], s) for n, s in phase.grad_scale if n in trainable]
+    frozen = [model.get_submodule(m) for m in phase.eval_modules]
+    weights = torch.tensor(phase.exit_weights, dtype=torch.float32).to(device)
+    opt = phase.optim.build(params)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=phase.epochs)
+    k, rows = model.num_exits, []
+    for epoch in range(first_epoch, first_epoch + phase.epochs):
+        model.train()
+        for mod in frozen:  # a frozen backbone keeps its batch-norm statistics
+            mod.eval()
+        t0, n = time.perf_counter(), 0
+        corr, ce_sum = np.zeros(k), np.zeros(k)
+        gen = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
+        for x, y in splits.train.iter_batches(cfg.batch_size, shuffle=True, seed=cfg.seed * 1000 + epoch):
+            x = random_shift(x, cfg.augment_shift, gen)
+            x, y = x.to(device), y.to(device)
+            logits = model.forward_exits(x, ensemble=phase.ensemble)
+            loss, ce = joint_loss(logits, y, weights)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            for p, s in scale:
+                if p.grad is not None:
+                    p.grad.mul_(s)
+            opt.step()
+            corr += np.array([(z.argmax(1) == y).sum().item() for z in logits])
+            ce_sum += ce.cpu().numpy() * len(y)
+            n += len(y)
+        sched.step()
+        ev = evaluate(model, splits.calib, device=device)
+        for i in range(k):
+            rows.append({"epoch": epoch, "phase": phase.name, "exit": i, "train_accuracy": corr[i] / n,
+                         "train_loss": ce_sum[i] / n, "calib_accuracy": ev.accuracy[i], "calib_loss": ev.loss[i],
+                         "seconds": time.perf_counter() - t0})
+        if bar is not None:
+            bar.set_postfix(calib_acc=" ".join(f"{a:.3f}" for a in ev.accuracy))
+            bar.update(1)
+    return rows

@@ -1,8 +1,8 @@
 """predictors: targets from the cache, entropy forecasters, exit classifiers and gates, their cost."""
-from .fit import (FittedPredictor, PredictorSpec, evaluation_table, fit_predictor, load_predictors,
-                  save_predictors)
+from .fit import FittedPredictor, PredictorSpec, evaluation_table, fit_predictor
 from .inputs import make_inputs
 from .models import PREDICTOR_MODELS, list_predictor_models, make_estimator
+from .store import load_predictors, save_predictors
 from .targets import TARGETS, exit_target, gate_target, make_target, oracle_target, passes
 
 __all__ = ["FittedPredictor", "PredictorSpec", "evaluation_table", "fit_predictor", "load_predictors",

@@ -14,7 +14,6 @@ from .cost import predictor_cost
 from .evaluate import exit_metrics, gate_metrics, regression_metrics
 from .inputs import make_inputs
 from .models import PREDICTOR_MODELS, make_estimator, one_thread
-from .store import FORMAT_VERSION, INDEX, load_predictors, save_predictors  # noqa: F401 - storage, re-exported
 from .targets import TARGETS, make_target, passes
 
 

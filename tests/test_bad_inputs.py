@@ -199,7 +199,7 @@ def test_report_escapes_every_user_and_data_string(tmp_path):
 
     from analysis.placement_study import run_placement
     from analysis.report import write_report
-    from analysis.simulate_cli import simulate_to
+    from analysis.outputs import simulate_to
     from analysis.study import PolicyConfig
     from analysis.study_config import DataSection, ModelSection, StudyConfig
     from branchy.dump import cache_from_arrays

@@ -15,7 +15,8 @@ from branchy import paths
 from branchy.dump import cache_from_arrays, dump
 from branchy.models import build_model, check_options
 from branchy.paths import check_writable
-from branchy.train import TrainConfig, load_checkpoint, save_checkpoint, train
+from branchy.checkpoint import load_checkpoint, save_checkpoint
+from branchy.train import TrainConfig, train
 
 
 def _refused(exc, phrase, fn, *args, **kw) -> str:

@@ -20,3 +20,68 @@ def test_no_upward_imports(pkg):
                 names = [node.module]
             for n in names:
                 assert n.split(".")[0] not in above, f"{f.relative_to(ROOT)} imports {n}: upward in the layering"
+
+
+def _module_imports(pkg: str) -> dict[str, set[str]]:
+    """Per module of ``pkg`` (dotted name), the modules of the same package it imports, at any depth of the
+    file (imports inside functions count: a lazy import is still a dependency)."""
+    mods = {}
+    for f in (ROOT / pkg).rglob("*.py"):
+        rel = f.relative_to(ROOT).with_suffix("")
+        name = ".".join(rel.parts[:-1] if rel.name == "__init__" else rel.parts)
+        mods[name] = f
+    graph: dict[str, set[str]] = {m: set() for m in mods}
+    for name, f in mods.items():
+        base = name.split(".") if f.name == "__init__.py" else name.split(".")[:-1]
+        for node in ast.walk(ast.parse(f.read_text())):
+            targets = []
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                if node.level:
+                    stem = base[: len(base) - node.level + 1]
+                    mod = ".".join(stem + ([node.module] if node.module else []))
+                else:
+                    mod = node.module or ""
+                targets = [mod] + [f"{mod}.{a.name}" for a in node.names]
+            for t in targets:
+                if t in mods and t != name and t.split(".")[0] == pkg and t != pkg:
+                    graph[name].add(t)
+    return graph
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(n):
+        state[n] = 1
+        stack.append(n)
+        for m in sorted(graph[n]):
+            if state.get(m) == 1:
+                return stack[stack.index(m):] + [m]
+            if m not in state:
+                found = visit(m)
+                if found:
+                    return found
+        stack.pop()
+        state[n] = 2
+        return None
+
+    for n in sorted(graph):
+        if n not in state:
+            found = visit(n)
+            if found:
+                return found
+    return None
+
+
+@pytest.mark.parametrize("pkg", LAYERS)
+def test_no_import_cycle_inside_a_package(pkg):
+    cyc = _cycle(_module_imports(pkg))
+    assert cyc is None, f"import cycle in {pkg}: {' -> '.join(cyc)}"
+
+
+def test_the_cycle_finder_finds_a_cycle():
+    assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert _cycle({"a": {"b"}, "b": set(), "c": {"a"}}) is None

@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from branchy.models import build_model, list_models
-from branchy.train import joint_loss, load_checkpoint, save_checkpoint
+from branchy.checkpoint import load_checkpoint, save_checkpoint
+from branchy.train import joint_loss
 
 SMALL = {"b-resnet": {"depth": 8}, "b-densenet": {"depth": 10}, "b-resnext": {}, "b-alexnet": {"width": 0.25},
          "b-lenet": {}, "torchvision": {"arch": "resnet18", "nodes": ["layer1", "layer3"]}}

@@ -121,7 +121,7 @@ def test_predictor_latency_is_measured_in_rounds_and_remeasured_with_history(toy
     from analysis.cli import main
     from branchy.dump import dump
     from branchy.models import build_model
-    from branchy.train import save_checkpoint
+    from branchy.checkpoint import save_checkpoint
     from predictors import PredictorSpec, fit_predictor, load_predictors, save_predictors
 
     torch.manual_seed(0)

@@ -2,7 +2,8 @@ import pandas as pd
 import pytest
 import torch
 
-from branchy.train import TrainConfig, load_checkpoint, resolve_optimizer, save_checkpoint, train
+from branchy.checkpoint import load_checkpoint, save_checkpoint
+from branchy.train import TrainConfig, resolve_optimizer, train
 from branchy.models import build_model
 
 

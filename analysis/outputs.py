@@ -1,4 +1,5 @@
-"""``branchy simulate``: the standard policies on a cache, tables and plots written to a folder."""
+"""Every policy on a cache under each profile, decided on calib and reported on test, with its tables and
+plots written to a folder (what ``branchy simulate`` and a study's simulate step produce)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,6 +11,7 @@ from branchy.cache import FeatureCache
 
 from . import plots
 from .costs import get_profile
+from .present import format_gates
 from .stats import format_headline
 from .study import PolicyConfig, calibrate, pareto_points, study_policies
 
@@ -58,13 +60,3 @@ def simulate_to(cache: FeatureCache, out: str | Path, *, predictors: dict | None
     plots.save(fig, out / "entropy_hist.png")
     return {"summary": summary, "pareto": pareto, "gates": gate_df, "rule": rule,
             "thresholds": np.asarray(rule.thresholds), "outcomes": outcomes, "chosen": chosen}
-
-
-def format_gates(df: pd.DataFrame) -> str:
-    """Per gate (calib, out of fold): cut, enter rate, skip rates, cost G, saving and break-even G (ms)."""
-    cols = ["profile", "exit", "predictor", "at", "enter_%", "true_skip_%", "false_skip_%", "G_ms", "saving_ms",
-            "break_even_G_ms", "saving_vs_removed_ms", "pays"]
-    return ("gates alone in front of their exit, cut tuned on calib (out of fold); ms per sample at batch 1; "
-            "break-even G: the largest predictor cost at which the gate still saves latency against always entering; "
-            "pays: it also beats removing the exit\n"
-            + df[[c for c in cols if c in df.columns]].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
