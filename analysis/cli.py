@@ -133,9 +133,10 @@ def _train_args(p):
                         "rescale), adam otherwise")
     p.add_argument("--weight-decay", type=NONNEG, default=0.0)
     p.add_argument("--exit-weights", type=_float_list, default=None, help="BranchyNet loss weights w_n, one per exit")
-    p.add_argument("--scheme", default="joint", choices=["joint", "trunk-first", "boostnet", "ic-only", "ztw"],
-                   help="joint (BranchyNet), trunk-first, boostnet (boosted exits), ic-only (frozen trunk, "
-                        "Shallow-Deep Networks), ztw (frozen trunk, cascade connections + geometric ensemble)")
+    from branchy.schemes import SCHEMES
+
+    p.add_argument("--scheme", default="joint", choices=SCHEMES.names(),
+                   help="training scheme: " + "; ".join(f"{n}: {d}" for n, d in SCHEMES.describe().items()))
     p.add_argument("--trunk-epochs", type=NONNEG_INT, default=0,
                    help="epochs of trunk-only training first (trunk-first, ic-only, ztw)")
     p.add_argument("--ensemble-epochs", type=NONNEG_INT, default=2, help="epochs of ZTW ensemble weights (ztw)")
