@@ -216,8 +216,8 @@ def recheck_line(df: pd.DataFrame) -> str | None:
     if "ratio_now" not in df:
         return None
     worst = float(np.max(np.abs(df["ratio_now"] - 1)))
-    return (f"with costs timed during the run: worst |sim/meas - 1| = {worst:.3f}; the machine ran "
-            f"the full path {df['drift'].iloc[0]:.2f}x as slow during the run as when the cache was profiled")
+    return (f"with costs timed during the run: worst |sim/meas - 1| = {worst:.3f}; the full path took "
+            f"{df['drift'].iloc[0]:.2f}x its profiled time during the run (machine drift)")
 
 
 def validate_line(df: pd.DataFrame) -> str:
