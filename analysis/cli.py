@@ -6,6 +6,7 @@ import math
 import sys
 from typing import Callable, Sequence
 
+from branchy.paths import check_writable
 from branchy.registry import UnknownNameError
 
 from .present import format_compare, format_eval, print_cache_info
@@ -357,11 +358,12 @@ def _fit_args(p):
 def _fit_run(a) -> int:
     from branchy.cache import FeatureCache
     from predictors.fit import evaluation_table, fit_predictor
-    from predictors.store import save_predictors
     from predictors.grid import spec_grid
+    from predictors.store import save_predictors
 
     from .calibrate import resolve_rule
 
+    check_writable(a.out, folder=True, what="predictors folder")
     cache = FeatureCache.open(a.cache)
     rule = resolve_rule(cache, a.thresholds, a.target_acc, a.measure)
     print(f"exit rule: {rule.describe()}")
@@ -412,6 +414,7 @@ def _simulate_run(a) -> int:
     from .outputs import simulate_to
     from .study import PolicyConfig
 
+    check_writable(a.out, folder=True, what="simulation folder")
     cache = FeatureCache.open(a.cache)
     preds = None
     if a.predictors:
@@ -475,6 +478,7 @@ def _place_run(a) -> int:
     from .placement_study import run_placement, write_placement
     from .study import PolicyConfig, calibrate
 
+    check_writable(a.out, folder=True, what="placement folder")
     prof = get_profile(a.profile)
     cache = FeatureCache.open(a.cache)
     preds = load_predictors(a.predictors, cache)

@@ -157,3 +157,17 @@ def test_malformed_profile_files_name_the_file(tmp_path, name, text, phrase):
     with pytest.raises(ValueError) as e:
         load_profile_file(f)
     assert phrase in str(e.value) and str(f) in str(e.value)
+
+
+@pytest.mark.parametrize("cmd", ["fit-predictors", "simulate", "place"])
+def test_an_output_under_a_file_fails_before_any_work(synth_cache, tmp_path, capsys, monkeypatch, cmd):
+    from branchy.cache import FeatureCache
+
+    opened = []
+    monkeypatch.setattr(FeatureCache, "open", classmethod(lambda cls, *a, **k: opened.append(a) or 1 / 0))
+    (tmp_path / "notes.txt").write_text("x")
+    out = str(tmp_path / "notes.txt" / "out")
+    args = {"fit-predictors": ["--target", "gate"], "simulate": [],
+            "place": ["--predictors", "p", "--strategy", "greedy"]}[cmd]
+    rc, err = _run([cmd, "--cache", str(synth_cache.path), *args, "--out", out], capsys)
+    assert rc == 2 and "is under the file" in err and not opened, err
