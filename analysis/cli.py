@@ -342,7 +342,10 @@ def _fit_args(p):
                    "(0-based; default: every valid one)")
     p.add_argument("--for", dest="for_", type=_int_list, default=None,
                    help="exit(s) a gate/entropy predictor is for (default: every side exit at or after --at)")
-    p.add_argument("--model", default="nn", help="predictor model (linear, hgb, mlp, nn, dummy)")
+    from predictors.models import PREDICTOR_MODELS
+
+    p.add_argument("--model", default="nn", choices=PREDICTOR_MODELS.names(),
+                   help="predictor model: " + "; ".join(f"{n}: {d}" for n, d in PREDICTOR_MODELS.describe().items()))
     add_threshold_args(p)
     p.add_argument("--with-confidences", action="store_true",
                    help="also feed the confidences of the exits before --at")

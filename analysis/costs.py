@@ -53,7 +53,7 @@ class DeviceProfile:
 
 PROFILES: Registry[DeviceProfile] = Registry("device profile")
 PROFILES.register("measured", DeviceProfile("measured", description="the cache's own measured latencies (ms, batch 1)",
-                                            source="torch.utils.benchmark at dump time"),
+                                            source="branchy.timing: interleaved rounds at dump time (or branchy profile)"),
                   doc="the cache's own measured latencies (ms, batch 1)")
 for _b, _doc in (("compiled", "TorchScript-frozen segments"), ("onnxruntime", "ONNX Runtime (CPU)")):
     PROFILES.register(f"measured-{_b}", DeviceProfile(f"measured-{_b}", description=f"the cache's latencies measured "

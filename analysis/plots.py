@@ -98,29 +98,31 @@ def plot_latency_breakdown(summary: pd.DataFrame, *, ax=None, title: str | None 
 
 def plot_entropy_hist(table: pd.DataFrame, *, ax=None, measure: str = "entropy", thresholds=None,
                       title: str | None = None):
-    """Per-exit histograms of the confidence measure for correct versus wrong answers (one panel per
-    exit when ``ax`` is None; with ``ax`` given, all exits overlaid by hue). ``table`` is
-    ``FeatureCache.table(split)``."""
+    """Histograms of the confidence measure at every exit on one axes (counts, log scale): one colour per
+    exit, correct answers solid and wrong ones dashed, each exit's threshold (where finite) a dotted
+    vertical line in its colour. ``table`` is ``FeatureCache.table(split)``; ``thresholds`` one per exit
+    in ``measure``'s units. The same drawing whether ``ax`` is given or not."""
+    fig, ax = _ax(ax, figsize=(7, 4))
     k = int(table.exit.max()) + 1
-    if ax is None:
-        fig, axes = plt.subplots(1, k, figsize=(3.2 * k, 3), sharey=False)
-        axes = np.atleast_1d(axes)
-        bins = np.linspace(0, float(table[measure].max()) or 1.0, 30)
-        for e, a in enumerate(axes):
-            d = table[table.exit == e]
-            sns.histplot(d, x=measure, hue="correct", bins=bins, stat="count", ax=a, element="step",
-                         hue_order=[True, False], palette={True: "tab:green", False: "tab:red"}, legend=(e == k - 1))
-            a.set_yscale("log")
-            a.set_title(f"exit {e}", fontsize=9)
-            a.set_xlabel(f"{measure} (nats)" if measure == "entropy" else measure)
-            if thresholds is not None and e < k - 1 and np.isfinite(thresholds[e]):
-                a.axvline(thresholds[e], color="k", ls="--", lw=1)
-        if title:
-            fig.suptitle(title)
-        fig.tight_layout()
-        return fig, axes
-    fig = ax.figure
-    sns.histplot(table, x=measure, hue="exit", ax=ax, element="step", bins=30)
+    hi = float(table[measure].max())
+    bins = np.linspace(0, hi if np.isfinite(hi) and hi > 0 else 1.0, 30)
+    colours = sns.color_palette("viridis", k)
+    for e in range(k):
+        d = table[table.exit == e]
+        for correct, style in ((True, "-"), (False, "--")):
+            v = d.loc[d.correct == correct, measure]
+            if len(v):
+                counts, _ = np.histogram(v, bins=bins)
+                ax.stairs(counts, bins, color=colours[e], ls=style, lw=1.2,
+                          label=f"exit {e} {'correct' if correct else 'wrong'}")
+        if thresholds is not None and e < k - 1 and np.isfinite(thresholds[e]):
+            ax.axvline(thresholds[e], color=colours[e], ls=":", lw=1)
+    ax.set_yscale("log")
+    ax.set_xlabel(f"{measure} (nats)" if measure == "entropy" else measure)
+    ax.set_ylabel("samples")
+    ax.legend(fontsize=7, ncol=2)
+    if title:
+        ax.set_title(title)
     return fig, ax
 
 

@@ -48,7 +48,7 @@ def write_report(result: dict, path: str | Path) -> Path:
              f"{time.strftime('%Y-%m-%d %H:%M')}. Every decision (exit rule, gates, gate cuts, placement) is made on "
              f"<b>calib</b>, with predictors' out-of-fold scores; every result below is on <b>test</b> unless marked "
              f"calib. Exit rule: {_e(result['rule'].describe()) if 'rule' in result else ''}. Latency is ms per sample at batch 1 (profile "
-             f"<i>measured</i>: torch.utils.benchmark medians on {_e(m.get('device'))} with {_e(m.get('threads'))} threads; other "
+             f"<i>measured</i>: medians of interleaved timing rounds on {_e(m.get('device'))} with {_e(m.get('threads'))} threads; other "
              f"profiles: MACs and activation bytes through the device figures). MACs per sample; FLOPs = 2 x MACs. "
              f"Intervals are 95% percentile-bootstrap intervals over test samples.</p>")
     s.append("<h2>Headline</h2>")
@@ -141,7 +141,7 @@ def write_report(result: dict, path: str | Path) -> Path:
         s.append(_img(plots.plot_search_front(res.table, title=f"{strategy}: candidates on calib")[0]))
     s.append("<h2>Confidence at each exit</h2>")
     fig, _ = plots.plot_entropy_hist(cache.table("test"), thresholds=result["thresholds"],
-                                     title="entropy (nats) of correct and wrong answers, test; dashed: T")
+                                     title="entropy (nats) of correct (solid) and wrong (dashed) answers, test; dotted: T")
     s.append(_img(fig))
     s.append("<h2>Study config</h2>")
     import yaml

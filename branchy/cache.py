@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .measures import entropy, margin, softmax
+from .measures import all_confidences, entropy
 
 SCHEMA_VERSION = 2  # 2: ``files`` entries carry a sha256 (1: sizes only; still read)
 MANIFEST = "manifest.json"
@@ -268,21 +268,14 @@ class FeatureCache:
         (entropy / ln C), max_prob, margin."""
         z = np.asarray(self.logits(split))
         y = self.labels(split)
-        n, k, c = z.shape
-        p = softmax(z)
-        pred = p.argmax(-1)
-        ps = np.sort(p, axis=-1)
-        ent = entropy(z)
+        n, k, _ = z.shape
+        pred = z.argmax(-1)
+        conf = all_confidences(z)
         return pd.DataFrame({
             "sample": np.repeat(np.arange(n), k), "exit": np.tile(np.arange(k), n),
             "label": np.repeat(y, k), "prediction": pred.ravel(), "correct": (pred == y[:, None]).ravel(),
-            "entropy": ent.ravel(), "norm_entropy": (ent / np.log(c)).ravel(),
-            "max_prob": ps[..., -1].ravel(), "margin": (ps[..., -1] - ps[..., -2]).ravel(),
+            **{m: v.ravel() for m, v in conf.items()},
         })
-
-    def exit_accuracy(self, split: str) -> np.ndarray:
-        z = self.logits(split)
-        return (np.asarray(z).argmax(-1) == self.labels(split)[:, None]).mean(0)
 
     def summary(self) -> pd.DataFrame:
         """Per exit: accuracy (%) and mean entropy (nats) per split, and the cumulative cost of leaving
@@ -304,4 +297,4 @@ class FeatureCache:
                 f"exits={self.num_exits}, splits={m['splits']})")
 
 
-__all__ = ["FeatureCache", "CacheError", "SCHEMA_VERSION", "file_entry", "file_sha256", "margin"]
+__all__ = ["FeatureCache", "CacheError", "SCHEMA_VERSION", "file_entry", "file_sha256"]

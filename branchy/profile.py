@@ -9,6 +9,7 @@ import pandas as pd
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from .measures import confidence_torch
 from .models import BranchyNet
 
 COST_COLUMNS = ["segment", "k", "macs", "params", "act_bytes", "ms_b1", "ms_b1_iqr", "ms_batch", "ms_batch_iqr",
@@ -24,12 +25,12 @@ def count_macs(fn: Callable[[], object]) -> int:
 
 
 def _exit_with_confidence(model: BranchyNet, k: int, head=None):
-    """Exit head k plus softmax and entropy: what deciding at exit k costs (``head``: the backend's)."""
+    """Exit head k plus softmax and entropy: what deciding at exit k costs (``head``: the backend's), the
+    confidence computed as the runtime computes it (:func:`branchy.measures.confidence_torch`, float64)."""
     head = head or (lambda h: model.run_exit(k, h))
 
     def run(h):
-        lp = torch.log_softmax(head(h).double(), dim=1)  # as the runtime decides (float64)
-        return -(lp.exp() * lp).sum(1)
+        return confidence_torch(head(h), "entropy")
 
     return run
 

@@ -1,7 +1,7 @@
 """A tiny timm/torchvision-style registry: ``register`` / ``get`` / ``names``."""
 from __future__ import annotations
 
-from typing import Callable, Generic, Iterator, TypeVar
+from typing import Generic, Iterator, TypeVar
 
 T = TypeVar("T")
 
@@ -56,7 +56,3 @@ class Registry(Generic[T]):
 
     def __len__(self) -> int:
         return len(self._items)
-
-
-def build(registry: Registry[Callable[..., T]], name: str, **kwargs) -> T:
-    return registry.get(name)(**kwargs)

@@ -12,7 +12,7 @@ import numpy as np
 
 from .measures import LOWER_IS_CONFIDENT, confidence
 
-RULE_MEASURES = ("entropy", "norm_entropy", "max_prob", "margin")
+RULE_MEASURES = tuple(LOWER_IS_CONFIDENT)  # the measures a rule decides on (one list: branchy.measures)
 
 
 def per_exit(thresholds, num_exits: int) -> np.ndarray:

@@ -6,29 +6,14 @@ Gates are plain callables (no predictors import): ``gate(h) -> bool [B]`` takes 
 stage it sits after and says, per row, whether to enter the exit it guards."""
 from __future__ import annotations
 
-import math
 from typing import Callable, Sequence
 
 import torch
 
+from .measures import LOWER_IS_CONFIDENT, check_measure, confidence_torch
 from .models import BranchyNet
 
 Gate = tuple[int, Callable[[torch.Tensor], torch.Tensor]]  # (stage it sits after, callable)
-
-
-def _confidence(logits: torch.Tensor, measure: str) -> torch.Tensor:
-    """The confidence measure in float64, as the simulator computes it from the cache (a float32 softmax
-    saturates: max-prob 1.0 against 0.99999999, and exits would differ)."""
-    lp = torch.log_softmax(logits.double(), dim=1)
-    if measure in ("entropy", "norm_entropy"):
-        h = -(lp.exp() * lp).sum(1)
-        return h / math.log(lp.shape[1]) if measure == "norm_entropy" else h
-    top = torch.topk(lp.exp(), 2, dim=1).values
-    if measure == "max_prob":
-        return top[:, 0]
-    if measure == "margin":
-        return top[:, 0] - top[:, 1]
-    raise ValueError(f"unknown confidence measure {measure!r}; known: entropy, norm_entropy, max_prob, margin")
 
 
 class EarlyExitRuntime:
@@ -52,7 +37,7 @@ class EarlyExitRuntime:
             raise ValueError(f"{len(thresholds)} thresholds for {k} exits")
         self.model = model.eval()
         self.t = [float(v) for v in thresholds][: k - 1]
-        self.measure = measure
+        self.measure = check_measure(measure)
         self.kept = list(kept) if kept is not None else [True] * k
         if len(self.kept) != k or not self.kept[-1]:
             raise ValueError(f"kept must have {k} entries and keep the final exit")
@@ -76,7 +61,7 @@ class EarlyExitRuntime:
                              f"(for the plain network: thresholds that never pass)")
 
     def _confident(self, c: torch.Tensor, k: int) -> torch.Tensor:
-        return c < self.t[k] if self.measure in ("entropy", "norm_entropy") else c > self.t[k]
+        return c < self.t[k] if LOWER_IS_CONFIDENT[self.measure] else c > self.t[k]
 
     @torch.inference_mode()
     def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -104,7 +89,7 @@ class EarlyExitRuntime:
             if not keep or not enter.get(s, True):
                 continue
             z = head(h.clone() if self.buffer else h)
-            c = float(_confidence(z, self.measure)[0])
+            c = float(confidence_torch(z, self.measure)[0])
             if (c < t) if lower else (c > t):
                 return z.argmax(1), torch.tensor([s])
         raise AssertionError("unreachable: the final exit always answers")
@@ -114,7 +99,7 @@ class EarlyExitRuntime:
         """Per stage, prepared once: the stage, its exit head, the gates placed after it, kept, T, direction."""
         if getattr(self, "_plan_cache", None) is None:
             m, k = self.model, self.model.num_exits
-            lower = self.measure in ("entropy", "norm_entropy")
+            lower = LOWER_IS_CONFIDENT[self.measure]
             self._plan_cache = [(self._stages[s], self._heads[s],
                                  [(e, g) for e, (at, g) in self.gates.items() if at == s and self.kept[e]],
                                  self.kept[s], self.t[s] if s < k - 1 else 0.0, lower) for s in range(k)]
@@ -156,7 +141,7 @@ class EarlyExitRuntime:
                 idx = None
             hb = h.clone() if self.buffer else h  # the activation buffered while the branch runs
             z = self._exit(s, hb if idx is None else hb[idx], idx, state, len(rows))
-            leave = self._confident(_confidence(z, self.measure), s)
+            leave = self._confident(confidence_torch(z, self.measure), s)
             if leave.any():
                 sel = leave.nonzero().flatten()
                 who = rows if idx is None else rows[idx]

@@ -56,5 +56,5 @@ cache.summary()  # accuracy %, mean entropy (nats), cumulative MACs and measured
 cache.costs[["segment", "k", "macs", "act_bytes", "ms_b1", "ms_batch", "batch_size", "threads"]]
 
 # %%
-fig, axes = plot_entropy_hist(cache.table("test"), title="entropy at each exit (test)")
+fig, ax = plot_entropy_hist(cache.table("test"), title="entropy at each exit (test)")
 plt.show()

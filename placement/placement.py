@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 
@@ -59,9 +59,6 @@ class Placement:
         """Every (or the given) exit kept, none gated: BranchyNet."""
         kept = tuple(bool(v) for v in (kept if kept is not None else [True] * num_exits))
         return cls(kept, (None,) * num_exits)
-
-    def with_thresholds(self, thresholds) -> "Placement":
-        return replace(self, thresholds=None if thresholds is None else tuple(float(t) for t in thresholds))
 
     def key(self) -> tuple:
         return (self.kept, self.gates, self.jump, self.thresholds)

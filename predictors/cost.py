@@ -12,10 +12,12 @@ from sklearn.pipeline import Pipeline
 from .torch_mlp import _TorchMLPBase
 
 
-def count_macs(est, n_features: int) -> int:
-    """Multiply-accumulates per sample (scalers count one per feature)."""
+def estimator_macs(est, n_features: int) -> int:
+    """Multiply-accumulates per sample of a fitted estimator on ``n_features`` inputs (scalers count one
+    per feature; tree ensembles one comparison per level visited). For a torch callable's MACs see
+    :func:`branchy.profile.count_macs`."""
     if isinstance(est, Pipeline):
-        return sum(count_macs(step, n_features) for _, step in est.steps)
+        return sum(estimator_macs(step, n_features) for _, step in est.steps)
     name = type(est).__name__
     if name == "StandardScaler":
         return n_features
@@ -111,7 +113,7 @@ def predictor_cost(pred, cache, *, min_run_time: float = 0.1, rounds: int = 7) -
     x_dim = pred.inputs(cache, "calib" if cache.size("calib") else "test").shape[1]
     pm = 0 if pred.spec.with_confidences else pool_macs(cache, pred.spec.at)
     m = measure_predictors([pred], cache, rounds=rounds, min_run_time=min_run_time)[pred.spec.name]
-    return {"macs": count_macs(pred.estimator, x_dim) + pm, "pool_macs": pm, **m, "backends": {"eager": dict(m)}}
+    return {"macs": estimator_macs(pred.estimator, x_dim) + pm, "pool_macs": pm, **m, "backends": {"eager": dict(m)}}
 
 
 def remeasure(preds: list, cache, *, backend: str = "eager", rounds: int = 15, min_run_time: float = 0.3,

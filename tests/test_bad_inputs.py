@@ -174,7 +174,7 @@ def test_thresholds_json_old_infinity_form_still_reads(tmp_path):
 def test_placement_json_with_infinities_round_trips(tmp_path):
     from placement import Placement
 
-    pl = Placement.plain(3).with_thresholds([np.inf, -np.inf, np.inf])
+    pl = Placement((True,) * 3, (None,) * 3, thresholds=(np.inf, -np.inf, np.inf))
     text = pl.save(tmp_path / "placement.json").read_text()
     json.loads(text, parse_constant=_no_constants)
     assert Placement.load(tmp_path / "placement.json") == pl

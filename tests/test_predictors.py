@@ -97,12 +97,24 @@ def test_spec_and_split_rules(synth_cache):
 
 
 def test_confidence_inputs_use_only_earlier_exits(synth_cache):
-    from predictors.inputs import make_inputs
+    from predictors.inputs import CONFIDENCES, make_inputs
 
-    assert make_inputs(synth_cache, "calib", 0, with_confidences=True).shape[1] == 6
-    assert make_inputs(synth_cache, "calib", 2, with_confidences=True).shape[1] == 6 + 2 * 3
+    tab = synth_cache.table("calib").sort_values(["exit", "sample"])
+    feats = [np.asarray(synth_cache.features("calib", j), dtype=np.float32) for j in range(synth_cache.num_exits)]
+    # after stage 0 no exit has run yet: the features alone
+    np.testing.assert_array_equal(make_inputs(synth_cache, "calib", 0, with_confidences=True), feats[0])
+    x = make_inputs(synth_cache, "calib", 2, with_confidences=True)
+    d = feats[2].shape[1]
+    np.testing.assert_array_equal(x[:, :d], feats[2])
+    # then exits 0 and 1's confidences (per measure, per exit), as the cache's table holds them; not exit 2's
+    want = np.column_stack([tab.loc[tab.exit == e, m].to_numpy(np.float32) for m in CONFIDENCES for e in (0, 1)])
+    np.testing.assert_allclose(x[:, d:], want, rtol=1e-6)
+    last = tab.loc[tab.exit == 2, "entropy"].to_numpy(np.float32)
+    assert not any(np.allclose(col, last) for col in x[:, d:].T)
 
 
-def test_clone_and_get_params():
-    est = make_estimator("nn", "classification", class_weight="balanced")
-    assert clone(est).get_params()["class_weight"] == "balanced"
+@pytest.mark.parametrize("model", ["linear", "hgb", "nn"])
+def test_make_estimator_passes_the_class_weight_on(model):
+    est = clone(make_estimator(model, "classification", class_weight="balanced"))
+    weights = {k: v for k, v in est.get_params().items() if k.endswith("class_weight")}
+    assert list(weights.values()) == ["balanced"], weights

@@ -8,10 +8,28 @@ from analysis.study_config import StudyConfigError, load_study, parse_study
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
 
 
+def _plain(v):
+    """Tuples as lists, recursively (YAML has lists only)."""
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items()}
+    return v
+
+
 @pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")))
-def test_shipped_configs_are_valid(path):
+def test_shipped_configs_load_every_value_they_write(path):
+    raw = yaml.safe_load(path.read_text())
     cfg = load_study(path)
-    assert cfg.data.dataset and cfg.model.name
+    assert cfg.data.dataset == raw["data"]["dataset"] and cfg.model.name == raw["model"]["name"]
+    assert list(cfg.model.exits) == raw["model"]["exits"] and cfg.train.epochs == raw["train"]["epochs"]
+    saved = cfg.to_dict()  # what is written next to every result
+    for section, value in raw.items():
+        if isinstance(value, dict):
+            for key, v in value.items():
+                assert _plain(saved[section][key]) == v, f"{path.name}: {section}.{key}"
+        else:
+            assert _plain(saved[section]) == value, f"{path.name}: {section}"
 
 
 BASE = {"data": {"dataset": "mnist5k"}, "model": {"name": "b-lenet"}}
