@@ -57,7 +57,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
             payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch raises many kinds here; never pass on its weights_only advice
         raise ValueError(f"{path} is not a readable branchy checkpoint (torch could not read it as weights: "
-                         f"{_load_failure(e)}): give a file written by `branchy train`") from None
+                         f"{torch_load_failure(e)}): give a file written by `branchy train`") from None
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is not a branchy checkpoint (no '{CHECKPOINT_FORMAT}' header): give a file "
                          f"written by `branchy train`")
@@ -77,7 +77,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     return payload
 
 
-def _load_failure(e: BaseException) -> str:
+def torch_load_failure(e: BaseException) -> str:
     """A short, safe reason for a failed ``torch.load`` (torch's own text advises ``weights_only=False``)."""
     if isinstance(e, EOFError):
         return "the file is empty or cut short"

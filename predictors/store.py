@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from branchy.checkpoint import torch_load_failure
 from branchy.rule import ExitRule, json_float, json_safe
 
 if TYPE_CHECKING:  # imported lazily below: fit re-exports this module's functions
@@ -398,15 +399,6 @@ def _read_file(root: Path, name: str, fname: str, sha: str) -> bytes:
     return b
 
 
-def _load_failure(e: BaseException) -> str:
-    """A short, safe reason for a failed ``torch.load`` (torch's own text advises ``weights_only=False``)."""
-    if isinstance(e, EOFError):
-        return "the file is empty or cut short"
-    if type(e).__name__ == "UnpicklingError":
-        return "it holds Python objects that are not tensors or plain data"
-    return type(e).__name__
-
-
 def _load_npz(path: Path, b: bytes, root: Path) -> dict[str, np.ndarray]:
     try:
         z = np.load(io.BytesIO(b), allow_pickle=False)
@@ -490,7 +482,7 @@ def _load_torch(root: Path, name: str, meta: dict, arrays: dict, pt: tuple[Path,
         sd = torch.load(io.BytesIO(b), map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch raises many kinds; never pass on its weights_only advice
         raise ValueError(f"{path} is not a readable predictor network (torch could not read it as weights: "
-                         f"{_load_failure(e)}): {_refit(root)}") from None
+                         f"{torch_load_failure(e)}): {_refit(root)}") from None
     want = {k: tuple(v.shape) for k, v in shell.state_dict().items()}
     if not (isinstance(sd, dict) and all(isinstance(v, torch.Tensor) for v in sd.values())
             and {k: tuple(v.shape) for k, v in sd.items()} == want):
