@@ -87,6 +87,22 @@ def _lister(get_registry):
     return run
 
 
+def _measures() -> list[str]:
+    from branchy.measures import MEASURES
+
+    return MEASURES.names()
+
+
+def _targets() -> list[str]:
+    return list(_target_docs())
+
+
+def _target_docs() -> dict[str, str]:
+    from predictors.targets import TARGETS
+
+    return TARGETS.describe()
+
+
 def _backbones():
     from branchy.models import BACKBONES
 
@@ -326,7 +342,7 @@ command("profile", "measure a cache's segment costs again (interleaved rounds), 
 
 # ----------------------------------------------------------------------------- predictors
 def add_threshold_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--measure", default="entropy", choices=["entropy", "max_prob", "margin"],
+    p.add_argument("--measure", default="entropy", choices=_measures(),
                    help="confidence measure of the exits (entropy in nats, as BranchyNet)")
     p.add_argument("--thresholds", type=_float_list, default=None,
                    help="exit thresholds T, one per side exit (default: calibrated on calib, see --target-acc)")
@@ -337,7 +353,8 @@ def add_threshold_args(p: argparse.ArgumentParser) -> None:
 
 def _fit_args(p):
     p.add_argument("--cache", required=True, help="feature cache directory (branchy dump)")
-    p.add_argument("--target", required=True, choices=["gate", "exit", "entropy", "oracle"])
+    p.add_argument("--target", required=True, choices=_targets(),
+                   help="what the predictor learns: " + "; ".join(f"{n}: {d}" for n, d in _target_docs().items()))
     p.add_argument("--at", type=_int_list, default=None, help="stage(s) after which the predictor sits "
                    "(0-based; default: every valid one)")
     p.add_argument("--for", dest="for_", type=_int_list, default=None,
@@ -389,7 +406,7 @@ def _simulate_args(p):
     p.add_argument("--profile", action="append", default=None,
                    help="device profile name or JSON/YAML file (repeatable; default: measured). "
                         "See `branchy profiles`")
-    p.add_argument("--measure", default="entropy", choices=["entropy", "max_prob", "margin"])
+    p.add_argument("--measure", default="entropy", choices=_measures())
     p.add_argument("--target-acc", type=FRACTION, default=None,
                    help="accuracy (fraction) each side exit's accepted calib samples must reach "
                         "(default: the final exit's calib accuracy)")
@@ -462,7 +479,7 @@ def _place_args(p):
                    help="fastest placement within this many accuracy points of full on calib (default 0.5)")
     g.add_argument("--latency-budget", type=POS, default=None, help="most accurate placement under this mean ms")
     p.add_argument("--profile", default="measured", help="device profile name or JSON/YAML file")
-    p.add_argument("--measure", default="entropy", choices=["entropy", "max_prob", "margin"])
+    p.add_argument("--measure", default="entropy", choices=_measures())
     p.add_argument("--target-acc", type=FRACTION, default=None,
                    help="default exit rule: calibrated on calib so the samples each side exit accepts, among "
                         "those reaching it, reach this accuracy (fraction; default: the final exit's)")

@@ -276,7 +276,8 @@ def validate(cfg: StudyConfig) -> None:
         raise StudyConfigError(f"dump.pooling: {e}") from None
     known(PREDICTOR_MODELS, cfg.predictors.model, "predictors.model")
     for tg in cfg.predictors.targets:
-        _check(tg in TARGETS, f"predictors.targets: unknown target {tg!r}; known: {', '.join(TARGETS)}")
+        _check(tg in TARGETS.names(),
+               f"predictors.targets: unknown target {tg!r}; known: {', '.join(TARGETS.names())}")
     _check(cfg.policies.measure in LOWER_IS_CONFIDENT,
            f"policies.measure must be one of entropy, max_prob, margin; got {cfg.policies.measure!r}")
     ta = cfg.policies.target_acc

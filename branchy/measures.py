@@ -5,20 +5,34 @@ entropy in nats (natural log, as BranchyNet). No torch import here: the cache re
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
-#: for each measure: does a *smaller* value mean *more* confident?
-LOWER_IS_CONFIDENT = {"entropy": True, "norm_entropy": True, "max_prob": False, "margin": False}
+from .registry import Registry
+
+
+@dataclass(frozen=True)
+class Measure:
+    """A confidence measure: ``fn(logits [..., C]) -> [...]`` (float64) and its direction."""
+
+    name: str
+    fn: Callable[[np.ndarray], np.ndarray]
+    lower_is_confident: bool  # does a *smaller* value mean *more* confident?
+    unit: str
+
+
+MEASURES: Registry[Measure] = Registry("confidence measure")
 
 
 def _unknown(measure: str) -> ValueError:
-    return ValueError(f"unknown confidence measure {measure!r}; known: {', '.join(LOWER_IS_CONFIDENT)}")
+    return ValueError(f"unknown confidence measure {measure!r}; known: {', '.join(MEASURES.names())}")
 
 
 def check_measure(measure: str) -> str:
     """``measure`` itself when it is a known confidence measure; ValueError naming the known ones otherwise."""
-    if measure not in LOWER_IS_CONFIDENT:
+    if measure not in MEASURES.names():
         raise _unknown(measure)
     return measure
 
@@ -51,17 +65,25 @@ def margin(logits: np.ndarray, axis: int = -1) -> np.ndarray:
     return np.take(p, -1, axis=axis) - np.take(p, -2, axis=axis)
 
 
+def norm_entropy(logits: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Entropy / ln C: 0 (one-hot) to 1 (uniform), comparable across class counts."""
+    return entropy(logits, axis) / np.log(np.shape(logits)[axis])
+
+
+for _m, _doc in ((Measure("entropy", entropy, True, "nats"), "Shannon entropy of the softmax (nats; BranchyNet)"),
+                 (Measure("norm_entropy", norm_entropy, True, "fraction of ln C"), "entropy / ln C (0 to 1)"),
+                 (Measure("max_prob", max_prob, False, "probability"), "top-1 softmax probability"),
+                 (Measure("margin", margin, False, "probability"), "top-1 minus top-2 softmax probability")):
+    MEASURES.register(_m.name, _m, doc=_doc)
+
+#: for each measure: does a *smaller* value mean *more* confident?
+LOWER_IS_CONFIDENT = {n: MEASURES.get(n).lower_is_confident for n in MEASURES.names()}
+
+
 def confidence(logits: np.ndarray, measure: str) -> np.ndarray:
-    """The named measure over the last axis: ``entropy`` (nats), ``norm_entropy`` (/ln C), ``max_prob``, ``margin``."""
-    if measure == "entropy":
-        return entropy(logits)
-    if measure == "norm_entropy":
-        return entropy(logits) / np.log(np.shape(logits)[-1])
-    if measure == "max_prob":
-        return max_prob(logits)
-    if measure == "margin":
-        return margin(logits)
-    raise _unknown(measure)
+    """The named measure (:data:`MEASURES`) over the last axis: ``entropy`` (nats), ``norm_entropy`` (/ln C),
+    ``max_prob``, ``margin``."""
+    return MEASURES.get(check_measure(measure)).fn(logits)
 
 
 def all_confidences(logits: np.ndarray) -> dict[str, np.ndarray]:

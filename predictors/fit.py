@@ -34,8 +34,8 @@ class PredictorSpec:
     random_state: int = 0
 
     def __post_init__(self) -> None:
-        if self.target not in TARGETS:
-            raise ValueError(f"unknown target {self.target!r}; known: {', '.join(TARGETS)}")
+        if self.target not in TARGETS.names():
+            raise ValueError(f"unknown target {self.target!r}; known: {', '.join(TARGETS.names())}")
         PREDICTOR_MODELS.get(self.model)
         if self.rule is not None and not isinstance(self.rule, ExitRule):
             r = self.rule

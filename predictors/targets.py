@@ -7,9 +7,10 @@ import numpy as np
 
 from branchy.cache import FeatureCache
 from branchy.measures import confidence
+from branchy.registry import Registry
 from branchy.rule import ExitRule, per_exit
 
-TARGETS = ("entropy", "gate", "exit", "oracle")
+TARGETS: Registry = Registry("predictor target")
 
 
 check_thresholds = per_exit  # one per exit, or per side exit
@@ -52,16 +53,22 @@ def oracle_target(cache: FeatureCache, split: str) -> np.ndarray:
     return correct.argmax(1).astype(np.int64)
 
 
+TARGETS.register("entropy", lambda cache, split, k, rule: entropy_target(cache, split, _need_k(k, "entropy")),
+                 doc="exit k's entropy (nats): the NN-based entropy predictor's regression target")
+TARGETS.register("gate", lambda cache, split, k, rule: gate_target(cache, split, _need_k(k, "gate"),
+                                                                   _need_t(rule, "gate")),
+                 doc="1 where the sample leaves at exit k under the rule: enter the branch or skip it")
+TARGETS.register("exit", lambda cache, split, k, rule: exit_target(cache, split, _need_t(rule, "exit")),
+                 doc="the first exit the sample leaves at under the rule: the NN-based exit predictor's class")
+TARGETS.register("oracle", lambda cache, split, k, rule: oracle_target(cache, split),
+                 doc="the first exit whose answer is correct (the last when none is)")
+
+
 def make_target(cache: FeatureCache, split: str, target: str, *, k: int | None = None, rule=None) -> np.ndarray:
-    if target == "entropy":
-        return entropy_target(cache, split, _need_k(k, target))
-    if target == "gate":
-        return gate_target(cache, split, _need_k(k, target), _need_t(rule, target))
-    if target == "exit":
-        return exit_target(cache, split, _need_t(rule, target))
-    if target == "oracle":
-        return oracle_target(cache, split)
-    raise ValueError(f"unknown target {target!r}; known: {', '.join(TARGETS)}")
+    """The ``target`` (:data:`TARGETS`) of every sample of ``split``; ``k``: the exit it is for, ``rule``: the exit rule."""
+    if target not in TARGETS.names():
+        raise ValueError(f"unknown target {target!r}; known: {', '.join(TARGETS.names())}")
+    return TARGETS.get(target)(cache, split, k, rule)
 
 
 def _need_k(k, target):

@@ -1,0 +1,39 @@
+"""The HTML report escapes every user- or data-supplied string."""
+import pandas as pd
+
+from analysis.outputs import simulate_to
+from analysis.placement_study import run_placement
+from analysis.report import write_report
+from analysis.study import PolicyConfig
+from analysis.study_config import DataSection, ModelSection, StudyConfig
+from branchy.dump import cache_from_arrays
+from tests.helpers import synthetic_arrays
+
+EVIL = "<img src=x onerror=alert(1)>"
+
+
+def test_report_escapes_every_user_and_data_string(tmp_path):
+    cache = cache_from_arrays(tmp_path / "cache", synthetic_arrays(n=(60, 60, 60)), model_name=EVIL,
+                              dataset_name=f"npz:{EVIL}.npz")
+    cache.manifest["device"] = EVIL
+    cache.manifest["timing"] = {"cpu": EVIL, "load_1min": EVIL, "cores": 2, "idle_cores": 2, "threads": EVIL}
+    sim = simulate_to(cache, tmp_path / "sim", profiles=("measured",), cfg=PolicyConfig(n_boot=20), verbose=False)
+    res, compare = run_placement(cache, {}, "none", profile="measured", rule=sim["rule"])
+    summary, pareto = sim["summary"].copy(), sim["pareto"].copy()
+    summary["profile"] = pareto["profile"] = f"measured {EVIL}"
+    summary.loc[summary.policy == "patience", "policy"] = EVIL
+    compare = compare.copy()
+    compare.loc[0, "policy"] = EVIL
+    cfg = StudyConfig(data=DataSection(dataset="npz", path=f"/data/{EVIL}.npz"), model=ModelSection(name=EVIL),
+                      name=EVIL)
+    result = {"config": cfg, "cache": cache, "rule": sim["rule"], "thresholds": sim["thresholds"],
+              "simulation": {"summary": summary, "pareto": pareto,
+                             "gates": pd.DataFrame({"gate": [EVIL], "pays": [True]})},
+              "predictor_table": pd.DataFrame({"predictor": [EVIL], EVIL: [0.5]}),
+              "placements": {EVIL: (res, compare)}, "validate": None}
+    text = write_report(result, tmp_path / "report.html").read_text()
+    assert "<img src=x" not in text and "onerror=alert(1)>" not in text
+    esc = "&lt;img src=x onerror=alert(1)&gt;"
+    for where in (f"<h1>{esc}</h1>", f"<title>{esc}</title>", f"npz:{esc}.npz", f"on {esc} with",
+                  f"<td>{esc}</td>", f"<th>{esc}</th>", f"/data/{esc}.npz", f"<h3>{esc}: "):
+        assert where in text, where
