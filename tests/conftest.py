@@ -2,54 +2,18 @@ import os
 
 os.environ.setdefault("MPLBACKEND", "Agg")
 
-import numpy as np
 import pytest
 import torch
 
-from branchy.data import ArrayDataset, DatasetInfo, Splits
+from branchy.data import Splits
+from tests.helpers import make_splits, synthetic_arrays
 
 torch.set_num_threads(2)
-
-
-def make_splits(n=(96, 48, 48), channels=1, size=28, classes=4, seed=0) -> Splits:
-    """A tiny learnable dataset: class c has a bright square at a class-specific place."""
-    g = np.random.default_rng(seed)
-    parts = {}
-    for split, m in zip(("train", "calib", "test"), n):
-        y = g.integers(0, classes, m)
-        x = g.integers(0, 60, (m, channels, size, size)).astype(np.uint8)
-        for i, c in enumerate(y):
-            r = (c * size // classes)
-            x[i, :, r : r + size // classes, 2 : size - 2] = 220
-        parts[split] = ArrayDataset(torch.from_numpy(x), torch.from_numpy(y), (0.3,) * channels, (0.3,) * channels)
-    info = DatasetInfo("toy", channels, size, size, classes, (0.3,) * channels, (0.3,) * channels)
-    return Splits(info, parts["train"], parts["calib"], parts["test"])
 
 
 @pytest.fixture(scope="session")
 def toy_splits() -> Splits:
     return make_splits()
-
-
-def synthetic_arrays(n=(400, 400, 400), k=3, c=5, d=6, seed=0, bars=(0.8, 0.0, -0.8)):
-    """Cache arrays with a planted relation: a sample is easy (confident and right) at exit i when its
-    hidden hardness score ``x0`` (feature 0 at every branch point) exceeds ``bars[i]``."""
-    g = np.random.default_rng(seed)
-    data = {}
-    for split, m in zip(("train", "calib", "test"), n):
-        y = g.integers(0, c, m)
-        x0 = g.normal(size=m)
-        base = np.concatenate([x0[:, None], g.normal(size=(m, d - 1))], 1)
-        logits = g.normal(scale=0.3, size=(m, k, c))
-        feats = []
-        for i in range(k):
-            easy = x0 > bars[i] if i < k - 1 else np.ones(m, bool)
-            wrong = (y + 1 + g.integers(0, c - 1, m)) % c
-            target = np.where(easy | (g.random(m) < 0.5), y, wrong)
-            logits[np.arange(m), i, target] += np.where(easy, 5.0, 0.6)
-            feats.append(base + g.normal(scale=0.1, size=base.shape))
-        data[split] = (y, logits.astype(np.float32), feats)
-    return data
 
 
 @pytest.fixture(scope="session")

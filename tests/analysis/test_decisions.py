@@ -15,8 +15,7 @@ from branchy.measures import entropy
 from branchy.rule import ExitRule
 from placement import Gate, Placement
 from predictors import PredictorSpec, fit_predictor
-
-from conftest import synthetic_arrays
+from tests.helpers import synthetic_arrays
 
 
 # ----------------------------------------------------------------------------- the exit rule

@@ -5,7 +5,7 @@ import yaml
 from analysis.cli import main
 from analysis.study_config import StudyConfigError, load_study, parse_study
 
-ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[2]
 
 
 def _plain(v):

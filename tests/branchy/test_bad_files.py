@@ -1,17 +1,17 @@
-"""Hostile and broken inputs (issue 12): bad ``.npz`` datasets fail at load time with one-line messages,
-the HTML report escapes every user- or data-supplied string, and ``thresholds.json`` is standard JSON."""
+"""Hostile and broken input files (issue 12): bad ``.npz`` datasets fail at load time with one-line messages,
+and ``thresholds.json`` is standard JSON. (The report's escaping: tests/analysis/test_report.py;
+``placement.json``: tests/placement/test_placement.py.)"""
 import json
 import pickle
 import traceback
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from branchy.data import load_dataset, min_per_class
 from branchy.rule import ExitRule, json_float, write_json
+from tests.helpers import no_json_constants
 
-EVIL = "<img src=x onerror=alert(1)>"
 G = np.random.default_rng(0)
 
 
@@ -144,10 +144,6 @@ def test_npz_channels_first_is_left_alone(tmp_path, recwarn):
 
 
 # ----------------------------------------------------------------------------- thresholds.json
-def _no_constants(name):
-    raise AssertionError(f"non-standard JSON constant {name}")
-
-
 @pytest.mark.parametrize("rule", [
     ExitRule("entropy", (np.inf, -np.inf, 0.25, 0.0), "given", "calib"),
     ExitRule("max_prob", (-np.inf, np.inf, 0.7, 0.0), "target-acc 0.99 sequential", "calib"),
@@ -155,7 +151,7 @@ def _no_constants(name):
 def test_thresholds_json_is_standard_and_round_trips(tmp_path, rule):
     p = rule.save(tmp_path / "thresholds.json")
     text = p.read_text()
-    d = json.loads(text, parse_constant=_no_constants)  # no Infinity / NaN literals
+    d = json.loads(text, parse_constant=no_json_constants)  # no Infinity / NaN literals
     json.dumps(d, allow_nan=False)
     assert "Infinity" not in text and {"inf", "-inf"} <= set(map(str, d["thresholds"]))
     back = ExitRule.load(p)
@@ -171,15 +167,6 @@ def test_thresholds_json_old_infinity_form_still_reads(tmp_path):
     assert ExitRule.load(p) == rule
 
 
-def test_placement_json_with_infinities_round_trips(tmp_path):
-    from placement import Placement
-
-    pl = Placement((True,) * 3, (None,) * 3, thresholds=(np.inf, -np.inf, np.inf))
-    text = pl.save(tmp_path / "placement.json").read_text()
-    json.loads(text, parse_constant=_no_constants)
-    assert Placement.load(tmp_path / "placement.json") == pl
-
-
 @pytest.mark.parametrize("value,exc,phrase", [("nan", ValueError, "NaN"), ("big", ValueError, "not a number"),
                                               (True, ValueError, "not a number")])
 def test_thresholds_json_bad_values(tmp_path, value, exc, phrase):
@@ -191,40 +178,3 @@ def test_thresholds_json_bad_values(tmp_path, value, exc, phrase):
 
 def test_json_float():
     assert json_float("-inf") == -np.inf and json_float("Infinity") == np.inf and json_float(2) == 2.0
-
-
-# ----------------------------------------------------------------------------- report
-def test_report_escapes_every_user_and_data_string(tmp_path):
-    from conftest import synthetic_arrays
-
-    from analysis.placement_study import run_placement
-    from analysis.report import write_report
-    from analysis.outputs import simulate_to
-    from analysis.study import PolicyConfig
-    from analysis.study_config import DataSection, ModelSection, StudyConfig
-    from branchy.dump import cache_from_arrays
-
-    cache = cache_from_arrays(tmp_path / "cache", synthetic_arrays(n=(60, 60, 60)), model_name=EVIL,
-                              dataset_name=f"npz:{EVIL}.npz")
-    cache.manifest["device"] = EVIL
-    cache.manifest["timing"] = {"cpu": EVIL, "load_1min": EVIL, "cores": 2, "idle_cores": 2, "threads": EVIL}
-    sim = simulate_to(cache, tmp_path / "sim", profiles=("measured",), cfg=PolicyConfig(n_boot=20), verbose=False)
-    res, compare = run_placement(cache, {}, "none", profile="measured", rule=sim["rule"])
-    summary, pareto = sim["summary"].copy(), sim["pareto"].copy()
-    summary["profile"] = pareto["profile"] = f"measured {EVIL}"
-    summary.loc[summary.policy == "patience", "policy"] = EVIL
-    compare = compare.copy()
-    compare.loc[0, "policy"] = EVIL
-    cfg = StudyConfig(data=DataSection(dataset="npz", path=f"/data/{EVIL}.npz"), model=ModelSection(name=EVIL),
-                      name=EVIL)
-    result = {"config": cfg, "cache": cache, "rule": sim["rule"], "thresholds": sim["thresholds"],
-              "simulation": {"summary": summary, "pareto": pareto,
-                             "gates": pd.DataFrame({"gate": [EVIL], "pays": [True]})},
-              "predictor_table": pd.DataFrame({"predictor": [EVIL], EVIL: [0.5]}),
-              "placements": {EVIL: (res, compare)}, "validate": None}
-    text = write_report(result, tmp_path / "report.html").read_text()
-    assert "<img src=x" not in text and "onerror=alert(1)>" not in text
-    esc = "&lt;img src=x onerror=alert(1)&gt;"
-    for where in (f"<h1>{esc}</h1>", f"<title>{esc}</title>", f"npz:{esc}.npz", f"on {esc} with",
-                  f"<td>{esc}</td>", f"<th>{esc}</th>", f"/data/{esc}.npz", f"<h3>{esc}: "):
-        assert where in text, where

@@ -9,14 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import make_splits
-
 from branchy import paths
 from branchy.dump import cache_from_arrays, dump
 from branchy.models import build_model, check_options
 from branchy.paths import check_writable
 from branchy.checkpoint import load_checkpoint, save_checkpoint
 from branchy.train import TrainConfig, train
+from tests.helpers import make_splits
 
 
 def _refused(exc, phrase, fn, *args, **kw) -> str:

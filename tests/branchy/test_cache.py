@@ -18,8 +18,9 @@ from branchy.dump import dump, pool_features
 from branchy.measures import confidence
 from branchy.models import BranchyNet, ModelConfig, build_model
 from branchy.profile import count_macs, profile_segments
+from tests.helpers import make_splits
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -119,8 +120,6 @@ def test_fingerprint_mismatch_is_refused(toy_cache, toy_splits):
     other = build_model("b-lenet", exits=(0, 1), num_classes=4)
     with pytest.raises(CacheError, match="stale cache .* weights"):
         FeatureCache.open(toy_cache.path, model=other)
-    from conftest import make_splits
-
     with pytest.raises(CacheError, match="stale cache .* dataset toy"):
         FeatureCache.open(toy_cache.path, dataset=make_splits(seed=3))
     FeatureCache.open(toy_cache.path, dataset=toy_splits)  # the right one is fine
@@ -150,10 +149,10 @@ def test_not_a_cache_incomplete_and_newer_schema(tmp_path, toy_cache):
 
 KILL_SCRIPT = textwrap.dedent("""
     import sys, torch
-    sys.path.insert(0, {tests!r})
-    from conftest import make_splits
+    from tests.helpers import make_splits
     from branchy.models import build_model
     from branchy.dump import dump
+    torch.set_num_threads(2)
     torch.manual_seed(0)
     m = build_model("b-lenet", exits=(0, 1), num_classes=4)
     s = make_splits(n=({n}, 64, 64))
@@ -164,7 +163,7 @@ KILL_SCRIPT = textwrap.dedent("""
 @pytest.mark.slow
 def test_killed_dump_leaves_no_cache_and_rerun_equals_uninterrupted(tmp_path):
     script = tmp_path / "d.py"
-    script.write_text(KILL_SCRIPT.format(tests=str(ROOT / "tests"), n=12000))
+    script.write_text(KILL_SCRIPT.format(n=12000))
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     target = tmp_path / "cache"
     proc = subprocess.Popen([sys.executable, str(script), str(target)], env=env)

@@ -19,7 +19,7 @@ from analysis.cli import main as cli
 from branchy.cache import CacheError, FeatureCache, file_sha256
 from branchy.dump import CacheLockedError, cache_from_arrays, dump, reprofile, target_lock
 from branchy.models import build_model
-from conftest import synthetic_arrays
+from tests.helpers import synthetic_arrays
 
 
 def _model(seed: int = 0):

@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 
@@ -7,6 +9,7 @@ from branchy.dump import cache_from_arrays
 from branchy.rule import ExitRule
 from placement import Constraint, Gate, Placement, SearchSpace, list_strategies, search
 from predictors import PredictorSpec, fit_predictor
+from tests.helpers import no_json_constants
 
 pytestmark = pytest.mark.filterwarnings("ignore:gate_at0_for0_linear")
 T = (0.5, 0.5, np.inf)
@@ -132,3 +135,10 @@ def test_run_placement_reports_calib_and_test(known):
     t = cmp[cmp.split == "test"].set_index("policy")
     assert t.loc["placement (exhaustive)", "mean_ms"] < t.loc["cascade", "mean_ms"] < t.loc["full", "mean_ms"]
     assert t.loc["oracle", "mean_ms"] <= t.loc["placement (exhaustive)", "mean_ms"]
+
+
+def test_placement_json_with_infinities_round_trips(tmp_path):
+    pl = Placement((True,) * 3, (None,) * 3, thresholds=(np.inf, -np.inf, np.inf))
+    text = pl.save(tmp_path / "placement.json").read_text()
+    json.loads(text, parse_constant=no_json_constants)
+    assert Placement.load(tmp_path / "placement.json") == pl

@@ -16,6 +16,7 @@ import torch
 from branchy.dump import cache_from_arrays
 from predictors import PredictorSpec, fit_predictor, list_predictor_models, load_predictors, save_predictors
 from predictors.store import FORMAT_VERSION, INDEX, SKOPS_TRUSTED, check_name
+from tests.helpers import synthetic_arrays
 
 T = (0.5, 0.5, np.inf)
 #: tiny fits: a few epochs / iterations per model (a model registered later runs with its defaults)
@@ -36,15 +37,11 @@ class Boom:
 
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory):
-    from conftest import synthetic_arrays
-
     return cache_from_arrays(tmp_path_factory.mktemp("pf") / "cache", synthetic_arrays(n=(60, 80, 60)))
 
 
 @pytest.fixture(scope="module")
 def other_cache(tmp_path_factory):
-    from conftest import synthetic_arrays
-
     return cache_from_arrays(tmp_path_factory.mktemp("pf") / "other", synthetic_arrays(n=(60, 80, 60), seed=5))
 
 

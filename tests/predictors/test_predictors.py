@@ -9,6 +9,7 @@ from predictors import (PredictorSpec, fit_predictor, list_predictor_models, loa
 from predictors.evaluate import exit_metrics, gate_metrics
 from predictors.targets import exit_target, oracle_target, passes
 from predictors.torch_mlp import TorchMLPClassifier, TorchMLPRegressor
+from tests.helpers import synthetic_arrays
 
 T = (0.5, 0.5, np.inf)
 
@@ -68,8 +69,6 @@ def test_error_rates_by_hand():
 
 
 def test_saved_predictor_reloads_identically_and_refuses_another_cache(synth_cache, tmp_path):
-    from conftest import synthetic_arrays
-
     p = fit_predictor(synth_cache, PredictorSpec("gate", 0, "nn", 1, T), timing=0.01)
     save_predictors([p], tmp_path / "pred")
     q = load_predictors(tmp_path / "pred", synth_cache)[p.spec.name]
