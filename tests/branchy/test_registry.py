@@ -18,3 +18,26 @@ def test_register_get_names_and_duplicates():
         r.register("a", lambda: 3)
     with pytest.raises(UnknownNameError, match="unknown thing 'zzz'; known: a, b"):
         r.get("zzz")
+
+
+def test_measures_and_targets_are_registries_the_cli_lists():
+    import numpy as np
+
+    from analysis.cli import build_parser
+    from branchy.measures import LOWER_IS_CONFIDENT, MEASURES, confidence
+    from predictors.targets import TARGETS
+
+    assert MEASURES.names() == ["entropy", "margin", "max_prob", "norm_entropy"]
+    assert LOWER_IS_CONFIDENT == {"entropy": True, "margin": False, "max_prob": False, "norm_entropy": True}
+    z = np.array([[2.0, 0.0, -1.0]])
+    p = np.exp(z) / np.exp(z).sum()
+    np.testing.assert_allclose(confidence(z, "entropy"), -(p * np.log(p)).sum())
+    np.testing.assert_allclose(confidence(z, "norm_entropy"), -(p * np.log(p)).sum() / np.log(3))
+    np.testing.assert_allclose(confidence(z, "margin"), np.sort(p[0])[-1] - np.sort(p[0])[-2])
+    with pytest.raises(ValueError, match="unknown confidence measure 'ENTROPY'"):
+        confidence(z, "ENTROPY")
+    assert TARGETS.names() == ["entropy", "exit", "gate", "oracle"]
+    sub = build_parser()._subparsers._group_actions[0].choices
+    measure = {a.dest: a for a in sub["simulate"]._actions}["measure"]
+    target = {a.dest: a for a in sub["fit-predictors"]._actions}["target"]
+    assert list(measure.choices) == MEASURES.names() and list(target.choices) == TARGETS.names()
