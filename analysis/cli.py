@@ -6,7 +6,7 @@ import math
 import sys
 from typing import Callable, Sequence
 
-from branchy.paths import check_writable
+from branchy.paths import SetupError, check_writable
 from branchy.registry import UnknownNameError
 
 from .present import format_compare, format_eval, print_cache_info
@@ -101,6 +101,12 @@ def _target_docs() -> dict[str, str]:
     from predictors.targets import TARGETS
 
     return TARGETS.describe()
+
+
+def _backends() -> list[str]:
+    from branchy.backends import list_backends
+
+    return list_backends()
 
 
 def _backbones():
@@ -272,7 +278,7 @@ def _profile_args(p):
     p.add_argument("--profile-time", type=POS, default=0.2,
                    help="seconds of timing per segment and batch size, over all rounds (default 0.2)")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--backend", default="eager",
+    p.add_argument("--backend", default="eager", type=str.lower, choices=_backends(),
                    help="what runs the segments: eager (profile 'measured'), compiled or onnxruntime (profile "
                         "'measured-BACKEND'); see branchy.backends")
     p.add_argument("--predictors", default=None,
@@ -316,6 +322,11 @@ def _profile_run(a) -> int:
 
         model, _ = load_checkpoint(a.checkpoint)
     before = FeatureCache.open(a.cache)
+    if a.predictors:  # a bad predictors folder fails before any timing
+        from predictors.store import load_predictors
+
+        check_writable(a.predictors, folder=True, what="predictors folder")
+        load_predictors(a.predictors, before)
     old = before.costs_for(a.backend).copy() if a.backend in before.backends else None
     cache = reprofile(a.cache, model, threads=a.threads, rounds=a.rounds, batch_size=a.batch_size,
                       min_run_time=a.profile_time, device=a.device, backend=a.backend)
@@ -535,7 +546,8 @@ def _validate_args(p):
     p.add_argument("--n", type=POS_INT, default=300, help="test samples, run one at a time (default 300)")
     p.add_argument("--reps", type=POS_INT, default=3, help="timed repetitions per sample and policy (median)")
     p.add_argument("--batch-size", type=POS_INT, default=64, help="batch for the batched run")
-    p.add_argument("--backend", default="eager", help="eager, compiled or onnxruntime (its costs must have been "
+    p.add_argument("--backend", default="eager", type=str.lower, choices=_backends(),
+                   help="eager, compiled or onnxruntime (its costs must have been "
                    "measured: branchy profile --backend)")
 
 
@@ -611,7 +623,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-EXPECTED_ERRORS = (UnknownNameError, ValueError, OSError, RuntimeError)  # OSError: missing, unwritable, full
+EXPECTED_ERRORS = (UnknownNameError, ValueError, OSError, SetupError)  # OSError: missing, unwritable, full
 
 
 def _one_line(e: BaseException) -> str:

@@ -19,10 +19,13 @@ def format_cache_info(cache) -> str:
         lines.append(f"timing: {int(cache.costs['rounds'].max()) if 'rounds' in cache.costs else '?'} interleaved "
                      f"rounds on {t['cpu']}; load {t['load_1min']} on {t['cores']} cores ({t['idle_cores']} idle)"
                      + ("; OVERSUBSCRIBED: more threads than idle cores" if t.get("oversubscribed") else ""))
-    if "unstable" in cache.costs and cache.costs["unstable"].astype(bool).any():
-        bad = cache.costs[cache.costs["unstable"].astype(bool)]
-        lines.append("UNSTABLE timings (IQR over 10 % of the median; re-measure with `branchy profile --cache "
-                     f"{cache.path}`): " + ", ".join(f"{r.segment} {r.k}" for r in bad.itertuples()))
+    for b in cache.backends:
+        costs = cache.costs_for(b)
+        if "unstable" in costs and costs["unstable"].astype(bool).any():
+            bad = costs[costs["unstable"].astype(bool)]
+            flag = "" if b == "eager" else f" --backend {b}"
+            lines.append(f"UNSTABLE timings ({b}; IQR over 10 % of the median; re-measure with `branchy profile "
+                         f"--cache {cache.path}{flag}`): " + ", ".join(f"{r.segment} {r.k}" for r in bad.itertuples()))
     lines.append(cache.summary().to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     return "\n".join(lines)
 
@@ -34,7 +37,7 @@ def print_cache_info(cache) -> None:
 def format_eval(df: pd.DataFrame) -> str:
     """Predictor quality per split (rates are fractions of the samples reaching the predictor's exit)."""
     cols = [c for c in ["predictor", "split", "reached", "accuracy", "balanced_accuracy", "f1", "false_enter",
-                        "false_skip", "mae", "r2", "macs", "ms_b1"] if c in df.columns]
+                        "false_skip", "mae", "r2", "macs", "ms_b1", "ms_unstable"] if c in df.columns]
     return df[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}")
 
 

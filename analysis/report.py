@@ -82,7 +82,8 @@ def write_report(result: dict, path: str | Path) -> Path:
                  f"{_e(t.get('cores'))} cores ({_e(t.get('idle_cores'))} idle), {_e(t.get('threads'))} threads"
                  + ("; <b>oversubscribed</b>: more threads than idle cores, latencies inflated" if t.get("oversubscribed")
                     else "") + ".</p>")
-    if "unstable" in cache.costs and cache.costs["unstable"].astype(bool).any():
+    if any("unstable" in cache.costs_for(b) and cache.costs_for(b)["unstable"].astype(bool).any()
+           for b in cache.backends):
         s.append("<p class=note><b>Some segment timings are unstable</b>: the measured profile's numbers rest on "
                  "them; re-measure with <code>branchy profile --cache DIR</code> on a quieter machine.</p>")
     val = result.get("validate")

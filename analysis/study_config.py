@@ -182,10 +182,10 @@ def _coerce(value, hint, where: str):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise StudyConfigError(f"{where}: expected {'an integer' if hint is int else 'a number'}, got "
                                    f"{value!r}")
-        if hint is int and value != int(value):
-            raise StudyConfigError(f"{where}: expected an integer, got {value!r}")
         if not math.isfinite(value):
             raise StudyConfigError(f"{where}: expected a finite number, got {value!r}")
+        if hint is int and value != int(value):
+            raise StudyConfigError(f"{where}: expected an integer, got {value!r}")
         return int(value) if hint is int else float(value)
     if hint is str:
         if not isinstance(value, str):

@@ -137,7 +137,8 @@ def validate(cache: FeatureCache, model, test_x: torch.Tensor, *, predictors: di
     for rt in runtimes.values():  # warm up
         for s in samples[:10]:
             rt(s)
-    rounds = int(np.clip(n // 10, 3, 15))
+    recheck = recheck and n >= 3  # at least one sample per round
+    rounds = int(np.clip(n // 10, 3, 15)) if recheck else 1
     chunks = np.array_split(np.arange(n), rounds)
 
     def run_chunk(c: int) -> None:
@@ -273,7 +274,10 @@ def validate_run(run: str | Path, *, n: int = 300, reps: int = 3, batch_size: in
     from . import plots
     from .study_config import load_study, policy_config
 
+    from branchy.paths import check_writable
+
     run = Path(run)
+    check_writable(run / "validate", folder=True, what="validate folder")
     ckpt = run / "model" / "model.pt"
     if not ckpt.is_file():
         raise FileNotFoundError(f"no {ckpt}: validate needs a study folder written by `branchy run` or `branchy demo`")

@@ -15,6 +15,7 @@ from typing import Callable
 
 import torch
 
+from .paths import SetupError
 from .registry import Registry
 
 Segment = Callable[[torch.Tensor], torch.Tensor]
@@ -91,7 +92,7 @@ def _onnx_session(mod, x: torch.Tensor, threads: int) -> Segment:
     try:
         import onnxruntime as ort
     except ImportError as e:  # pragma: no cover - installed with the project
-        raise RuntimeError("the onnxruntime backend needs the packages onnxruntime and onnxscript "
+        raise SetupError("the onnxruntime backend needs the packages onnxruntime and onnxscript "
                            "(pip install onnxruntime onnxscript)") from e
     import warnings
 

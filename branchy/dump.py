@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from .cache import MANIFEST, SCHEMA_VERSION, CacheError, FeatureCache, file_entry
 from .data import SPLITS, Splits, load_dataset
 from .models import BranchyNet
-from .paths import check_writable
+from .paths import SetupError, check_writable
 from .profile import profile_segments, runtime_overhead
 from .rule import json_safe
 from .timing import machine_state
@@ -66,7 +66,7 @@ class NpyWriter:
             raise RuntimeError(f"{self.path.name}: wrote {self.rows} of {self.shape[0]} rows")
 
 
-class CacheLockedError(RuntimeError):
+class CacheLockedError(SetupError):
     """Another live process is writing the same cache."""
 
 

@@ -94,14 +94,27 @@ def all_confidences(logits: np.ndarray) -> dict[str, np.ndarray]:
             "max_prob": ps[..., -1], "margin": ps[..., -1] - ps[..., -2]}
 
 
+def _torch_entropy(lp):
+    return -(lp.exp() * lp).sum(1)
+
+
+def _torch_top(lp):
+    return lp.exp().topk(2, dim=1).values
+
+
+_TORCH = {"entropy": _torch_entropy,
+          "norm_entropy": lambda lp: _torch_entropy(lp) / math.log(lp.shape[1]),
+          "max_prob": lambda lp: _torch_top(lp)[:, 0],
+          "margin": lambda lp: (lambda t: t[:, 0] - t[:, 1])(_torch_top(lp))}
+
+
 def confidence_torch(logits, measure: str):
     """:func:`confidence` of a torch tensor ``[B, C]`` as a float64 tensor ``[B]``, as the runtime decides
     (a float32 softmax saturates: max-prob 1.0 against 0.99999999, and exits would differ from the
-    simulator's, which computes from the cache in float64)."""
-    lp = logits.double().log_softmax(dim=1)
-    if measure in ("entropy", "norm_entropy"):
-        h = -(lp.exp() * lp).sum(1)
-        return h / math.log(lp.shape[1]) if measure == "norm_entropy" else h
+    simulator's, which computes from the cache in float64). A measure registered without a torch form here
+    is refused rather than computed as another."""
     check_measure(measure)
-    top = lp.exp().topk(2, dim=1).values
-    return top[:, 0] if measure == "max_prob" else top[:, 0] - top[:, 1]
+    if measure not in _TORCH:
+        raise ValueError(f"confidence measure {measure!r} has no torch form for the runtime; add one to "
+                         f"branchy.measures._TORCH")
+    return _TORCH[measure](logits.double().log_softmax(dim=1))

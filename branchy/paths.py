@@ -43,3 +43,8 @@ def check_writable(path: str | os.PathLike, *, folder: bool = False, what: str =
     os.close(fd)
     os.unlink(probe)
     return p
+
+
+class SetupError(RuntimeError):
+    """The machine or its state cannot do what was asked (no CUDA, a missing optional package, a target another
+    process is writing): a one-line error for the user, not a bug."""

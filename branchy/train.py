@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from .checkpoint import load_checkpoint, load_trunk, read_checkpoint, save_checkpoint  # noqa: F401 - re-exported
 from .data import Splits, load_dataset
 from .models import BranchyNet, build_model, check_options
-from .paths import check_writable
+from .paths import SetupError, check_writable
 from .schemes import DEFAULT_LR, SCHEMES, Phase, resolve_lr, resolve_optimizer  # noqa: F401 - re-exported
 
 OPTIMIZERS = ("auto", "adam", "sgd")
@@ -132,7 +132,7 @@ def resolve_device(device: str = "auto") -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device {device!r} asked for, but CUDA is not available here; use --device cpu")
+        raise SetupError(f"device {device!r} asked for, but CUDA is not available here; use --device cpu")
     return torch.device(device)
 
 

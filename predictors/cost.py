@@ -82,8 +82,17 @@ def measure_predictors(preds: list, cache, *, backend: str = "eager", rounds: in
         fns[f"pool@{at}"] = lambda h=h, s=parse_pooling(pooling): pool_features(h, s)
     if not fns:
         return {}
-    with torch.no_grad():  # scikit-learn models run with one OpenMP thread inside, as in the runtime
-        times = interleaved_times(fns, rounds=rounds, target_ms=1e3 * min_run_time / rounds / len(fns), seed=seed)
+    m = cache.manifest
+    rec = m if backend == "eager" else (m.get("backends") or {}).get(backend) or m
+    threads = int(rec.get("threads") or m.get("threads") or torch.get_num_threads())  # as the segments were timed
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.no_grad():  # scikit-learn models run with one OpenMP thread inside, as in the runtime
+            times = interleaved_times(fns, rounds=rounds, target_ms=1e3 * min_run_time / rounds / len(fns),
+                                      seed=seed)
+    finally:
+        torch.set_num_threads(before)
     summ = robust_summary(times).set_index("name")
     out = {}
     for p in preds:

@@ -188,7 +188,7 @@ class FittedPredictor:
         oof = split == self.fit_split and self.oof is not None
         return {"predictor": s.name, "target": s.target, "at": s.at, "for": s.for_exit, "model": s.model,
                 "split": split + (" (out of fold)" if oof else ""), "reached": int(r.sum()), **m,
-                "macs": self.cost["macs"], "ms_b1": self.cost["ms_b1"]}
+                "macs": self.cost["macs"], "ms_b1": self.cost["ms_b1"], "ms_unstable": bool(self.cost.get("unstable"))}
 
 
 def _aligned_proba(est, x: np.ndarray, classes) -> np.ndarray:

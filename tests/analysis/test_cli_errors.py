@@ -114,6 +114,8 @@ def test_yaml_numbers_written_as_strings_and_scalars_for_lists_are_read_as_meant
     ({"train": {"lr": "fast"}}, "train.lr: expected a number, got 'fast'"),
     ({"train": {"epochs": 2.5}}, "train.epochs: expected an integer, got 2.5"),
     ({"train": {"epochs": True}}, "train.epochs: expected an integer, got True"),
+    ({"train": {"epochs": float("inf")}}, "train.epochs: expected a finite number, got inf"),
+    ({"train": {"epochs": float("nan")}}, "train.epochs: expected a finite number, got nan"),
     ({"train": {"exit_weights": [1.0, float("nan")]}}, "train.exit_weights[1]: expected a finite number"),
     ({"policies": {"bootstrap": -1}}, "policies.bootstrap must be >= 0"),
     ({"policies": {"overlap": "yes please"}}, "policies.overlap: expected true or false"),

@@ -41,3 +41,17 @@ def test_measures_and_targets_are_registries_the_cli_lists():
     measure = {a.dest: a for a in sub["simulate"]._actions}["measure"]
     target = {a.dest: a for a in sub["fit-predictors"]._actions}["target"]
     assert list(measure.choices) == MEASURES.names() and list(target.choices) == TARGETS.names()
+
+
+def test_a_measure_without_a_torch_form_is_refused_by_the_runtime_not_computed_as_another(monkeypatch):
+    import numpy as np
+    import torch
+
+    from branchy import measures
+
+    m = measures.Measure("top2", lambda z: np.sort(measures.softmax(z), -1)[..., -2], False, "probability")
+    monkeypatch.setitem(measures.MEASURES._items, "top2", m)
+    monkeypatch.setitem(measures.MEASURES._docs, "top2", "second probability")
+    assert measures.confidence(np.array([[3.0, 1.0, 0.0]]), "top2").shape == (1,)
+    with pytest.raises(ValueError, match="no torch form"):
+        measures.confidence_torch(torch.tensor([[3.0, 1.0, 0.0]]), "top2")
