@@ -17,7 +17,8 @@ import torch
 
 from analysis.cli import main as cli
 from branchy.cache import CacheError, FeatureCache, file_sha256
-from branchy.dump import CacheLockedError, cache_from_arrays, dump, reprofile, target_lock
+from branchy.cache_writer import CacheLockedError, target_lock
+from branchy.dump import cache_from_arrays, dump, reprofile
 from branchy.models import build_model
 from tests.helpers import synthetic_arrays
 
@@ -187,7 +188,7 @@ def test_reprofile_keeps_the_hashes_in_step(dumped, small_model, tmp_path):
 
 def test_a_reprofile_killed_after_its_manifest_is_completed_by_the_next_writer(dumped, small_model, tmp_path):
     from branchy.cache import file_entry
-    from branchy.dump import _recover
+    from branchy.cache_writer import _recover
 
     c = _copy(dumped, tmp_path / "c")
     new = c / "costs.csv.new"  # the state of a kill between the manifest and the last rename
