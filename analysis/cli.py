@@ -286,13 +286,12 @@ def _profile_args(p):
                         "same backend too, all in interleaved rounds; the old figures are kept as history")
 
 
-def _profile_predictors(a, cache) -> None:
+def _profile_predictors(a, cache, preds: dict) -> None:
     import torch
 
     from predictors.cost import remeasure
-    from predictors.store import load_predictors, save_predictors
+    from predictors.store import save_predictors
 
-    preds = load_predictors(a.predictors, cache)
     threads = torch.get_num_threads()
     torch.set_num_threads(a.threads or threads)
     try:
@@ -326,7 +325,7 @@ def _profile_run(a) -> int:
         from predictors.store import load_predictors
 
         check_writable(a.predictors, folder=True, what="predictors folder")
-        load_predictors(a.predictors, before)
+        preds = load_predictors(a.predictors, before)
     old = before.costs_for(a.backend).copy() if a.backend in before.backends else None
     cache = reprofile(a.cache, model, threads=a.threads, rounds=a.rounds, batch_size=a.batch_size,
                       min_run_time=a.profile_time, device=a.device, backend=a.backend)
@@ -342,7 +341,7 @@ def _profile_run(a) -> int:
         print(f"runtime overhead ({a.backend}): {ov['sample_ms']:.4f} ms per sample + {ov['decision_ms']:.4f} ms per "
               f"side exit entered")
     if a.predictors:
-        _profile_predictors(a, cache)
+        _profile_predictors(a, cache, preds)
     print_cache_info(cache)
     return 0
 

@@ -30,20 +30,20 @@ def build_runtime(model, pl: Placement, rule: ExitRule, cuts: dict, predictors: 
     if pl.thresholds is not None:
         rule = rule.with_thresholds(pl.thresholds, tuned_by="placement")
     kept = [bool(a and b) for a, b in zip(pl.kept, can_pass(rule))] if not model.chained else list(pl.kept)
+    xs = None
+    if backend != "eager" and (pl.jump is not None or any(g is not None for g in pl.gates)):
+        from branchy.backends import example_inputs
+
+        xs = example_inputs(model, 2)  # one forward gives every branch point's example (compilation needs one)
     gates = {}
     for e, g in enumerate(pl.gates):
         if g is not None and kept[e]:
-            from branchy.backends import example_inputs
-
-            ex = example_inputs(model, 2)[g.at + 1] if backend != "eager" else None
             gates[e] = (g.at, gate_callable(predictors[g.predictor], cuts.get(e, -np.inf), pooling, backend=backend,
-                                            example=ex))
+                                            example=xs and xs[g.at + 1]))
     jump = None
     if pl.jump is not None:
-        from branchy.backends import example_inputs
-
-        ex = example_inputs(model, 2)[pl.jump.at + 1] if backend != "eager" else None
-        jump = (pl.jump.at, jump_callable(predictors[pl.jump.predictor], pooling, backend=backend, example=ex))
+        jump = (pl.jump.at, jump_callable(predictors[pl.jump.predictor], pooling, backend=backend,
+                                          example=xs and xs[pl.jump.at + 1]))
     return EarlyExitRuntime(model, rule, kept=kept, gates=gates, segments=segments, jump=jump)
 
 
@@ -157,15 +157,15 @@ def validate(cache: FeatureCache, model, test_x: torch.Tensor, *, predictors: di
         from branchy.timing import interleaved_times
         from predictors.deploy import runtime_callable
 
+        from branchy.backends import example_inputs
+
         fns = overhead_fns(model, backend, x=test_x[:1])
         used = {g_.predictor for pol, _, _ in outs.values() if isinstance(pol, Placement)
                 for g_ in (*pol.gates, pol.jump) if g_ is not None}
+        xs = example_inputs(model, 2) if used else None
         for name in sorted(used):
             p = predictors[name]
-            at = p.spec.at
-            from branchy.backends import example_inputs
-
-            ex = example_inputs(model, 2)[at + 1]
+            ex = xs[p.spec.at + 1]
             fn = runtime_callable(p, pooling, backend=backend, example=ex if backend != "eager" else None)
             fns[f"pred:{name}"] = lambda fn=fn, h=ex[:1].clone(): fn(h)
         times = interleaved_times(fns, rounds=rounds, seed=seed, on_round=run_chunk, per_call_median=True,
