@@ -9,7 +9,16 @@ from typing import Callable, Sequence
 from branchy.paths import SetupError, check_writable
 from branchy.registry import UnknownNameError
 
+from branchy.config import add_arguments, from_arguments
+from branchy.data import DataConfig
+from branchy.dump import DumpConfig
+from branchy.models import BackboneConfig
+from branchy.train import TrainConfig
+from predictors.grid import PredictorsConfig
+
+from .placement_study import PlacementConfig
 from .present import format_compare, format_eval, print_cache_info
+from .study import PolicyConfig
 
 COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {}
 
@@ -46,19 +55,7 @@ def _number(kind=float, lo: float | None = None, hi: float | None = None, *, lo_
 
 
 POS_INT = _number(int, 1)
-NONNEG_INT = _number(int, 0)
 POS = _number(float, 0, lo_open=True)
-NONNEG = _number(float, 0)
-FRACTION = _number(float, 0, 1, lo_open=True, what=" (an accuracy as a fraction, e.g. 0.99)")
-POINTS = _number(float, 0, 100, what=" (accuracy points)")
-DELTA = _number(float, 0, 1, lo_open=True, what=" (a probability)")
-
-
-def _int_list(s: str) -> list[int]:
-    try:
-        return [int(v) for v in s.replace(",", " ").split()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{s!r} is not a list of integers (e.g. 0,1)") from None
 
 
 def _float_list(s: str) -> list[float]:
@@ -85,22 +82,6 @@ def _lister(get_registry):
         return 0
 
     return run
-
-
-def _measures() -> list[str]:
-    from branchy.measures import MEASURES
-
-    return MEASURES.names()
-
-
-def _targets() -> list[str]:
-    return list(_target_docs())
-
-
-def _target_docs() -> dict[str, str]:
-    from predictors.targets import TARGETS
-
-    return TARGETS.describe()
 
 
 def _backends() -> list[str]:
@@ -133,73 +114,18 @@ command("strategies", "list the placement strategies")((_no_args, _lister(_strat
 
 
 # ----------------------------------------------------------------------------- train
-def add_data_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset", default="mnist5k", help="dataset name (see `branchy datasets`); default mnist5k")
-    p.add_argument("--data-root", default="data", help="folder of torchvision datasets / imagefolder root")
-    p.add_argument("--data-path", default=None, help="the .npz file for --dataset npz")
-    p.add_argument("--download", action="store_true", help="let torchvision download the dataset")
-
-
 def _train_args(p):
-    add_data_args(p)
-    p.add_argument("--model", default="b-lenet", help="backbone (see `branchy models`)")
-    p.add_argument("--exits", type=_int_list, default=None,
-                   help="block indices after which side exits sit, e.g. '0 1' (default: the model's own)")
-    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
-                   help="backbone option, e.g. depth=56 (repeatable)")
-    p.add_argument("--epochs", type=POS_INT, default=30)
-    p.add_argument("--batch-size", type=POS_INT, default=64)
-    p.add_argument("--lr", type=POS, default=None,
-                   help="learning rate (default: 3e-3 for Adam, 0.05 for SGD)")
-    p.add_argument("--optimizer", default="auto", choices=["auto", "adam", "sgd"],
-                   help="auto (default): sgd with momentum 0.9 for --scheme boostnet (Adam ignores its gradient "
-                        "rescale), adam otherwise")
-    p.add_argument("--weight-decay", type=NONNEG, default=0.0)
-    p.add_argument("--exit-weights", type=_float_list, default=None, help="BranchyNet loss weights w_n, one per exit")
-    from branchy.schemes import SCHEMES
-
-    p.add_argument("--scheme", default="joint", choices=SCHEMES.names(),
-                   help="training scheme: " + "; ".join(f"{n}: {d}" for n, d in SCHEMES.describe().items()))
-    p.add_argument("--trunk-epochs", type=NONNEG_INT, default=0,
-                   help="epochs of trunk-only training first (trunk-first, ic-only, ztw)")
-    p.add_argument("--ensemble-epochs", type=NONNEG_INT, default=2, help="epochs of ZTW ensemble weights (ztw)")
-    p.add_argument("--init-checkpoint", default=None,
-                   help="take the trained trunk from this checkpoint (ic-only, ztw) instead of training it")
-    p.add_argument("--augment-shift", type=NONNEG_INT, default=2, help="random translation in pixels during training (0: off)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto", help="auto (cuda when present, else cpu), cpu, cuda, cuda:1")
+    add_arguments(p, DataConfig, title="data")
+    add_arguments(p, BackboneConfig, title="model")
+    add_arguments(p, TrainConfig, title="training")
     p.add_argument("--out", required=True, help="output folder for model.pt and history.csv")
-
-
-def parse_options(items: Sequence[str]) -> dict:
-    import yaml
-
-    out = {}
-    for it in items:
-        if "=" not in it:
-            raise ValueError(f"--option wants KEY=VALUE, got {it!r}")
-        k, v = it.split("=", 1)
-        out[k.strip()] = yaml.safe_load(v)
-    return out
-
-
-def train_config_from_args(a) -> "object":
-    from branchy.train import TrainConfig
-
-    return TrainConfig(model=a.model, dataset=a.dataset, exits=tuple(a.exits) if a.exits else None,
-                       model_options=parse_options(a.option), epochs=a.epochs, batch_size=a.batch_size, lr=a.lr,
-                       optimizer=a.optimizer, weight_decay=a.weight_decay,
-                       exit_weights=tuple(a.exit_weights) if a.exit_weights else None, scheme=a.scheme,
-                       trunk_epochs=a.trunk_epochs, augment_shift=a.augment_shift, ensemble_epochs=a.ensemble_epochs,
-                       init_checkpoint=a.init_checkpoint, seed=a.seed, device=a.device,
-                       data_root=a.data_root, download=a.download, data_path=a.data_path)
 
 
 def _train_run(a) -> int:
     from branchy.train import evaluate, train
 
-    cfg = train_config_from_args(a)
-    res = train(cfg, out_dir=a.out)
+    res = train(from_arguments(TrainConfig, a), from_arguments(BackboneConfig, a), from_arguments(DataConfig, a),
+                out_dir=a.out)
     ev = evaluate(res.model, res.splits.test, device=next(res.model.parameters()).device)
     print(f"checkpoint: {res.checkpoint}")
     print("test accuracy per exit (%):")
@@ -214,28 +140,21 @@ command("train", "train a branchy net (BranchyNet joint loss) and write a checkp
 def _dump_args(p):
     p.add_argument("--checkpoint", required=True, help="model.pt written by `branchy train`")
     p.add_argument("--out", required=True, help="cache directory to write")
-    p.add_argument("--dataset", default=None, help="dataset to dump (default: the one the model was trained on)")
-    p.add_argument("--data-root", default=None)
-    p.add_argument("--data-path", default=None)
-    p.add_argument("--download", action="store_true")
-    p.add_argument("--batch-size", type=POS_INT, default=256)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--pooling", default="avg", help="'avg' (global average) or 'grid:S' (adaptive SxS)")
-    p.add_argument("--feature-dtype", default="float16", choices=["float16", "float32"])
-    p.add_argument("--profile-time", type=POS, default=0.2, help="seconds of timing per segment and batch size")
+    add_arguments(p, DataConfig, title="data (default: what the checkpoint was trained on)")
+    add_arguments(p, DumpConfig, title="dump")
     p.add_argument("--no-latency", action="store_true", help="skip latency measurement (MACs and bytes only)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing cache")
 
 
 def _dump_run(a) -> int:
+    from branchy.checkpoint import data_config_of, read_checkpoint
     from branchy.dump import dump_checkpoint
 
-    kw = {k: v for k, v in {"root": a.data_root, "path": a.data_path}.items() if v is not None}
-    if a.download:
-        kw["download"] = True
-    cache = dump_checkpoint(a.checkpoint, a.out, dataset=a.dataset, dataset_kwargs=kw, batch_size=a.batch_size,
-                            device=a.device, pooling=a.pooling, feature_dtype=a.feature_dtype,
-                            overwrite=a.overwrite, profile=not a.no_latency, profile_time=a.profile_time)
+    config = from_arguments(DumpConfig, a)
+    trained_on = data_config_of(read_checkpoint(a.checkpoint))
+    data = from_arguments(DataConfig, a, base=trained_on) if trained_on else from_arguments(DataConfig, a)
+    cache = dump_checkpoint(a.checkpoint, a.out, data=data, config=config, overwrite=a.overwrite,
+                            profile=not a.no_latency)
     print(f"cache written: {cache.path}")
     print_cache_info(cache)
     return 0
@@ -351,54 +270,31 @@ command("profile", "measure a cache's segment costs again (interleaved rounds), 
 
 
 # ----------------------------------------------------------------------------- predictors
-def add_threshold_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--measure", default="entropy", choices=_measures(),
-                   help="confidence measure of the exits (entropy in nats, as BranchyNet)")
-    p.add_argument("--thresholds", type=_float_list, default=None,
-                   help="exit thresholds T, one per side exit (default: calibrated on calib, see --target-acc)")
-    p.add_argument("--target-acc", type=FRACTION, default=None,
-                   help="calibrate T on calib so each side exit's accepted samples reach this accuracy "
-                        "(fraction; default: the final exit's calib accuracy)")
-
-
 def _fit_args(p):
     p.add_argument("--cache", required=True, help="feature cache directory (branchy dump)")
-    p.add_argument("--target", required=True, choices=_targets(),
-                   help="what the predictor learns: " + "; ".join(f"{n}: {d}" for n, d in _target_docs().items()))
-    p.add_argument("--at", type=_int_list, default=None, help="stage(s) after which the predictor sits "
-                   "(0-based; default: every valid one)")
-    p.add_argument("--for", dest="for_", type=_int_list, default=None,
-                   help="exit(s) a gate/entropy predictor is for (default: every side exit at or after --at)")
-    from predictors.models import PREDICTOR_MODELS
-
-    p.add_argument("--model", default="nn", choices=PREDICTOR_MODELS.names(),
-                   help="predictor model: " + "; ".join(f"{n}: {d}" for n, d in PREDICTOR_MODELS.describe().items()))
-    add_threshold_args(p)
-    p.add_argument("--with-confidences", action="store_true",
-                   help="also feed the confidences of the exits before --at")
-    p.add_argument("--class-weight", default=None, choices=[None, "balanced"], help="reweight imbalanced classes")
+    add_arguments(p, PredictorsConfig, title="predictors")
+    g = p.add_argument_group("exit rule (defines the gate and exit targets)")
+    add_arguments(g, PolicyConfig, only=("measure", "target_acc"))
+    g.add_argument("--thresholds", type=_float_list, default=None,
+                   help="exit thresholds T, one per side exit (default: calibrated on calib, see --target-acc)")
     p.add_argument("--fit-split", default="calib", choices=["calib", "train", "test"],
                    help="split to fit on (calib; train warns; test is refused)")
-    p.add_argument("--folds", type=NONNEG_INT, default=5,
-                   help="cross-fitting folds: every fit-split sample gets an out-of-fold output, used for every "
-                        "selection (default 5)")
     p.add_argument("--out", required=True, help="folder for the fitted predictors")
 
 
 def _fit_run(a) -> int:
     from branchy.cache import FeatureCache
     from predictors.fit import evaluation_table, fit_predictor
-    from predictors.grid import spec_grid
     from predictors.store import save_predictors
 
     from .calibrate import resolve_rule
 
+    pc, pol = from_arguments(PredictorsConfig, a), from_arguments(PolicyConfig, a)
     check_writable(a.out, folder=True, what="predictors folder")
     cache = FeatureCache.open(a.cache)
-    rule = resolve_rule(cache, a.thresholds, a.target_acc, a.measure)
+    rule = resolve_rule(cache, a.thresholds, pol.target_acc, pol.measure)
     print(f"exit rule: {rule.describe()}")
-    specs = spec_grid(cache.num_exits, a.target, a.model, a.at, a.for_, rule, a.with_confidences, a.class_weight)
-    fitted = [fit_predictor(cache, s, split=a.fit_split, folds=a.folds) for s in specs]
+    fitted = [fit_predictor(cache, s, split=a.fit_split, folds=pc.folds) for s in pc.specs(cache.num_exits, rule)]
     save_predictors(fitted, a.out)
     print(f"saved {len(fitted)} predictor(s) to {a.out}")
     print(format_eval(evaluation_table(fitted, cache)))
@@ -416,34 +312,16 @@ def _simulate_args(p):
     p.add_argument("--profile", action="append", default=None,
                    help="device profile name or JSON/YAML file (repeatable; default: measured). "
                         "See `branchy profiles`")
-    p.add_argument("--measure", default="entropy", choices=_measures())
-    p.add_argument("--target-acc", type=FRACTION, default=None,
-                   help="accuracy (fraction) each side exit's accepted calib samples must reach "
-                        "(default: the final exit's calib accuracy)")
-    p.add_argument("--patience", type=POS_INT, default=1,
-                   help="PABEE's P: leave once this many consecutive later exits agree (default 1)")
-    p.add_argument("--overlap", action="store_true", help="run each branch concurrently with the next stage")
-    p.add_argument("--bootstrap", type=NONNEG_INT, default=1000, help="bootstrap resamples for the CIs")
-    p.add_argument("--max-acc-drop", type=POINTS, default=None, metavar="EPS",
-                   help="with --risk: accuracy points against full that may be lost (Learn-then-Test)")
-    add_risk_args(p)
+    add_arguments(p, PolicyConfig, title="policies")
     p.add_argument("--out", required=True, help="folder for summary.csv, pareto.csv, gates.csv and the plots")
-
-
-def add_risk_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--gate-max-drop", type=POINTS, default=0.0,
-                   help="calib accuracy points a gate's cut may give up against always entering (default 0)")
-    p.add_argument("--risk", type=DELTA, default=None, metavar="DELTA",
-                   help="with --max-acc-drop EPS: choose the exit rule by Learn-then-Test so that the accuracy "
-                        "lost against full on new data exceeds EPS points with probability at most DELTA")
 
 
 def _simulate_run(a) -> int:
     from branchy.cache import FeatureCache
 
     from .outputs import simulate_to
-    from .study import PolicyConfig
 
+    cfg = from_arguments(PolicyConfig, a)
     check_writable(a.out, folder=True, what="simulation folder")
     cache = FeatureCache.open(a.cache)
     preds = None
@@ -451,11 +329,6 @@ def _simulate_run(a) -> int:
         from predictors.store import load_predictors
 
         preds = load_predictors(a.predictors, cache)
-    if (a.max_acc_drop is None) != (a.risk is None):
-        raise ValueError("--max-acc-drop EPS and --risk DELTA go together: the rule is chosen so that losing more "
-                         "than EPS points against full has probability at most DELTA")
-    cfg = PolicyConfig(a.measure, a.target_acc, a.patience, a.overlap, a.bootstrap, a.gate_max_drop,
-                       a.max_acc_drop, a.risk)
     simulate_to(cache, a.out, predictors=preds, profiles=a.profile or ["measured"], cfg=cfg)
     print(f"\nwrote {a.out}/summary.csv, pareto.csv, gates.csv, thresholds.json and plots")
     return 0
@@ -483,55 +356,49 @@ command("profiles", "list the registered device profiles")((_no_args, _profiles_
 def _place_args(p):
     p.add_argument("--cache", required=True, help="feature cache directory")
     p.add_argument("--predictors", required=True, help="folder of fitted predictors")
-    p.add_argument("--strategy", required=True, help="placement strategy (see `branchy strategies`)")
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("--max-acc-drop", type=POINTS, default=None,
-                   help="fastest placement within this many accuracy points of full on calib (default 0.5)")
-    g.add_argument("--latency-budget", type=POS, default=None, help="most accurate placement under this mean ms")
-    p.add_argument("--profile", default="measured", help="device profile name or JSON/YAML file")
-    p.add_argument("--measure", default="entropy", choices=_measures())
-    p.add_argument("--target-acc", type=FRACTION, default=None,
-                   help="default exit rule: calibrated on calib so the samples each side exit accepts, among "
-                        "those reaching it, reach this accuracy (fraction; default: the final exit's)")
-    add_risk_args(p)
-    p.add_argument("--n-jobs", type=int, default=1, help="parallel scoring through joblib (-1: all cores)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", required=True, help="folder for candidates.csv, placement.json and plots")
+    add_arguments(p, PlacementConfig, title="placement")
+    add_arguments(p, PolicyConfig, only=("measure", "target_acc", "gate_max_drop", "risk"),
+                  title="exit rule and gates (with --risk, --max-acc-drop is also the guaranteed drop)")
+    p.add_argument("--out", required=True, help="folder for candidates.csv, placement.json and plots "
+                                                "(one subfolder per strategy when several are given)")
 
 
 def _place_run(a) -> int:
+    from pathlib import Path
+
     from branchy.cache import FeatureCache
-    from placement import Constraint
     from predictors.store import load_predictors
 
     from .costs import get_profile
     from .placement_study import run_placement, write_placement
-    from .study import PolicyConfig, calibrate
+    from .study import calibrate
 
+    pl = from_arguments(PlacementConfig, a)
+    risk = getattr(a, "PolicyConfig.risk", None)
+    if risk is not None and pl.latency_budget is not None:
+        raise ValueError("--risk guarantees an accuracy drop: give it with --max-acc-drop EPS, not --latency-budget")
+    cfg = from_arguments(PolicyConfig, a, max_acc_drop=pl.max_acc_drop if risk is not None else None)
     check_writable(a.out, folder=True, what="placement folder")
-    prof = get_profile(a.profile)
+    prof = get_profile(pl.profile)
     cache = FeatureCache.open(a.cache)
     preds = load_predictors(a.predictors, cache)
-    if a.risk is not None and a.latency_budget is not None:
-        raise ValueError("--risk guarantees an accuracy drop: give it with --max-acc-drop EPS, not --latency-budget")
-    con = (Constraint(latency_budget=a.latency_budget) if a.latency_budget is not None
-           else Constraint(max_acc_drop=0.5 if a.max_acc_drop is None else a.max_acc_drop))
-    cfg = PolicyConfig(a.measure, a.target_acc, gate_max_drop=a.gate_max_drop,
-                       max_acc_drop=con.max_acc_drop if a.risk is not None else None, risk=a.risk)
-    if a.risk is None:
+    con = pl.constraint
+    if cfg.risk is None:
         rule = calibrate(cache, cfg)
         print(f"exit rule: {rule.describe()}")
     else:
         rule = None
         print(f"risk control: rule and placement searched on half of calib, the choice certified by "
-              f"Learn-then-Test on the other half (eps {a.max_acc_drop} pt, delta {a.risk})")
-    res, compare = run_placement(cache, preds, a.strategy, constraint=con, profile=prof, n_jobs=a.n_jobs,
-                                 seed=a.seed, rule=rule, cfg=cfg)
-    write_placement(res, compare, a.out, profile_name=prof.name)
-    print(f"strategy {a.strategy}: {len(res.table)} placements scored on calib ({prof.name}); {con.describe()}")
-    print(f"chosen: {res.chosen.describe()}")
-    print(format_compare(compare))
-    print(f"wrote {a.out}/placement.json, candidates.csv, comparison.csv, placement_map.png, placement_front.png")
+              f"Learn-then-Test on the other half (eps {cfg.max_acc_drop} pt, delta {cfg.risk})")
+    for strategy in pl.strategies:
+        out = Path(a.out) if len(pl.strategies) == 1 else Path(a.out) / strategy
+        res, compare = run_placement(cache, preds, strategy, constraint=con, profile=prof, n_jobs=pl.n_jobs,
+                                     seed=pl.seed, rule=rule, cfg=cfg)
+        write_placement(res, compare, out, profile_name=prof.name)
+        print(f"strategy {strategy}: {len(res.table)} placements scored on calib ({prof.name}); {con.describe()}")
+        print(f"chosen: {res.chosen.describe()}")
+        print(format_compare(compare))
+        print(f"wrote {out}/placement.json, candidates.csv, comparison.csv, placement_map.png, placement_front.png")
     return 0
 
 

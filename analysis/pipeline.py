@@ -4,38 +4,30 @@ unless ``redo`` is set."""
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
-from .study_config import DataSection, ModelSection, StudyConfig, TrainSection, policy_config
+from branchy.config import to_plain
+from branchy.data import DataConfig
+from branchy.models import BackboneConfig
+from branchy.train import TrainConfig
+
+from .study_config import StudyConfig
 
 DEMO = StudyConfig(
     name="demo: B-LeNet on the embedded MNIST-5k",
     out="runs/demo",
-    data=DataSection("mnist5k"),
-    model=ModelSection("b-lenet", exits=(0, 1)),
-    train=TrainSection(epochs=30, batch_size=64, lr=3e-3, augment_shift=2),
+    data=DataConfig("mnist5k"),
+    model=BackboneConfig("b-lenet", exits=(0, 1)),
+    train=TrainConfig(epochs=30, batch_size=64, lr=3e-3, augment_shift=2),
     backends=("eager", "onnxruntime"),
 )
 
 
 def log(msg: str) -> None:
     print(f"[study] {msg}", flush=True)
-
-
-def _train_config(cfg: StudyConfig):
-    from branchy.train import TrainConfig
-
-    t = cfg.train
-    return TrainConfig(model=cfg.model.name, dataset=cfg.data.dataset, exits=cfg.model.exits,
-                       model_options=dict(cfg.model.options), epochs=t.epochs, batch_size=t.batch_size, lr=t.lr,
-                       optimizer=t.optimizer, weight_decay=t.weight_decay, exit_weights=t.exit_weights,
-                       scheme=t.scheme, trunk_epochs=t.trunk_epochs, augment_shift=t.augment_shift,
-                       ensemble_epochs=t.ensemble_epochs, init_checkpoint=t.init_checkpoint,
-                       seed=cfg.data.seed, device=t.device, data_root=cfg.data.root, download=cfg.data.download,
-                       data_path=cfg.data.path)
 
 
 def _jsonable(d):
@@ -46,18 +38,18 @@ def step_train(cfg: StudyConfig, splits, out: Path, redo: bool):
     from branchy.checkpoint import load_checkpoint, read_checkpoint
     from branchy.train import evaluate, train
 
-    tc = _train_config(cfg)
     ckpt = out / "model" / "model.pt"
     if not redo and ckpt.exists():
         meta = read_checkpoint(ckpt)
-        if (_jsonable(meta.get("train_config")) == _jsonable(asdict(tc))
-                and meta.get("dataset_fingerprint") == splits.fingerprint()):
+        same = all(_jsonable(meta.get(k)) == _jsonable(to_plain(v)) for k, v in
+                   (("train_config", cfg.train), ("backbone_config", cfg.model), ("data_config", cfg.data)))
+        if same and meta.get("dataset_fingerprint") == splits.fingerprint():
             model, _ = load_checkpoint(ckpt)
             log(f"reusing {ckpt} (same config and data; --redo to retrain)")
             return model, evaluate(model, splits.test)
         log(f"{ckpt} was trained with another config or data: retraining")
-    log(f"training {tc.model} on {tc.dataset} for {tc.epochs} epochs")
-    res = train(tc, splits=splits, out_dir=ckpt.parent)
+    log(f"training {cfg.model.name} on {cfg.data.dataset} for {cfg.train.epochs} epochs")
+    res = train(cfg.train, cfg.model, cfg.data, splits=splits, out_dir=ckpt.parent)
     dev = next(res.model.parameters()).device
     return res.model.cpu(), evaluate(res.model, splits.test, device=dev)
 
@@ -76,25 +68,18 @@ def step_dump(cfg: StudyConfig, model, splits, out: Path, redo: bool):
         except CacheError:
             pass
     log(f"dumping features, logits and costs to {d}")
-    return dump(model, splits, d, batch_size=cfg.dump.batch_size, device=cfg.dump.device, pooling=cfg.dump.pooling,
-                feature_dtype=cfg.dump.feature_dtype, profile_time=cfg.dump.profile_time, overwrite=True,
-                checkpoint=str(out / "model" / "model.pt"))
+    return dump(model, splits, d, cfg.dump, overwrite=True, checkpoint=str(out / "model" / "model.pt"))
 
 
 def step_predictors(cfg: StudyConfig, cache, out: Path, redo: bool):
     from predictors.fit import evaluation_table, fit_predictor
     from predictors.store import load_predictors, save_predictors
 
-    from predictors.grid import spec_grid
     from .study import calibrate
 
     pc = cfg.predictors
-    rule = calibrate(cache, policy_config(cfg))
-    specs = []
-    for target in pc.targets:
-        cw = None if target == "entropy" else pc.class_weight
-        specs += spec_grid(cache.num_exits, target, pc.model, pc.positions, None, rule,
-                           pc.with_confidences and target in ("exit", "oracle"), cw)
+    rule = calibrate(cache, cfg.policies)
+    specs = pc.specs(cache.num_exits, rule)
     d = out / "predictors"
     fitted = None
     if not redo and d.exists():
@@ -125,9 +110,6 @@ def step_predictors(cfg: StudyConfig, cache, out: Path, redo: bool):
 
 def run_study(cfg: StudyConfig, *, redo: bool = False) -> dict:
     """Run the whole study; returns the tables and paths (and writes them under ``cfg.out``)."""
-    from branchy.data import load_dataset
-    from placement import Constraint
-
     from .present import format_compare, format_eval, print_cache_info
     from .placement_study import run_placement, write_placement
     from .outputs import simulate_to
@@ -136,8 +118,7 @@ def run_study(cfg: StudyConfig, *, redo: bool = False) -> dict:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     cfg.save(out / "study.yaml")
-    splits = load_dataset(cfg.data.dataset, root=cfg.data.root, download=cfg.data.download, path=cfg.data.path,
-                          seed=cfg.data.seed)
+    splits = cfg.data.load()
     model, test_eval = step_train(cfg, splits, out, redo)
     log("test accuracy per exit (%):")
     print(test_eval.assign(accuracy=100 * test_eval.accuracy).to_string(index=False, float_format="%.2f"))
@@ -149,15 +130,13 @@ def run_study(cfg: StudyConfig, *, redo: bool = False) -> dict:
     log("predictor quality (cross-fitted on calib: calib rows are out of fold; rates are fractions of the samples "
         "that reach the predictor's exit):")
     print(format_eval(pred_table))
-    pol = cfg.policies
-    pcfg = policy_config(cfg)
+    pcfg = cfg.policies
     log("simulating every policy with buffering costs (decided on calib, reported on test)")
     profiles = list(cfg.profiles) + ([f"measured-{b}" for b in cfg.backends if b != "eager"]
                                      if "measured" in cfg.profiles and cache.manifest.get("device") == "cpu" else [])
     sim = simulate_to(cache, out / "simulate", predictors=preds, profiles=profiles, cfg=pcfg, verbose=False)
     pl = cfg.placement
-    con = (Constraint(latency_budget=pl.latency_budget) if pl.latency_budget is not None
-           else Constraint(max_acc_drop=pl.max_acc_drop))
+    con = pl.constraint
     placements = {}
     if cache.chained:
         log(f"placement search skipped: the cache's exits are chained ({cache.chain}), no exit can be removed or "

@@ -2,23 +2,59 @@
 search run end to end: candidates scored on calib, the chosen placement re-evaluated on test."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from branchy.cache import FeatureCache
+from branchy.config import check_int, check_name, setting
 from branchy.rule import ExitRule
 from placement import Constraint, Placement, SearchSpace, search
-from placement.search import SearchResult
+from placement.search import STRATEGIES, SearchResult
 
 from .calibrate import budgeted_thresholds, calib_rule, thresholds_for_accuracy
-from .costs import CostModel, DeviceProfile
+from .costs import CostModel, DeviceProfile, get_profile
 from .evidence import Evidence, outcome, tune_cuts
 from .stats import summarize
 from .study import PolicyConfig
 
 METRICS = ("accuracy_%", "mean_ms", "p95_ms", "mean_MACs")  # what the objective returns per placement
+
+
+@dataclass(frozen=True)
+class PlacementConfig:
+    """The placement search: ``strategies`` scored on calib under ``profile`` for the fastest placement within
+    ``max_acc_drop`` accuracy points of ``full``, or (when ``latency_budget`` ms is given, which replaces
+    ``max_acc_drop``) the most accurate one under the budget."""
+
+    strategies: tuple[str, ...] = setting(("budget",), "placement strategies (see `branchy strategies`)",
+                                          cli="--strategy", choices=STRATEGIES.names)
+    max_acc_drop: float | None = setting(0.5, "fastest placement within this many accuracy points of full on calib")
+    latency_budget: float | None = setting(None, "most accurate placement under this mean latency (ms per sample at "
+                                                 "batch 1); replaces max_acc_drop")
+    profile: str = setting("raspberry-pi-4", "device profile name or JSON/YAML file (see `branchy profiles`)")
+    n_jobs: int = setting(1, "parallel scoring through joblib (-1: all cores)")
+    seed: int = setting(0, "seed of randomised strategies")
+
+    def __post_init__(self) -> None:
+        if not self.strategies:
+            raise ValueError(f"strategies: name at least one of {', '.join(STRATEGIES.names())}")
+        for st in self.strategies:
+            check_name("strategies", STRATEGIES, st)
+        self.constraint  # noqa: B018 - its checks
+        get_profile(self.profile)
+        check_int("n_jobs", self.n_jobs)
+        if self.n_jobs == 0:
+            raise ValueError("n_jobs must be >= 1 or negative (-1: all cores), got 0")
+        check_int("seed", self.seed, 0)
+
+    @property
+    def constraint(self) -> Constraint:
+        if self.latency_budget is not None:
+            return Constraint(max_acc_drop=None, latency_budget=self.latency_budget)
+        return Constraint(max_acc_drop=self.max_acc_drop)
 
 
 class PlacementObjective:

@@ -10,6 +10,8 @@ import numpy as np
 import pandas as pd
 
 from branchy.cache import FeatureCache
+from branchy.config import check_int, check_name, check_number, setting
+from branchy.measures import MEASURES
 from branchy.rule import ExitRule
 from placement import Gate, Placement
 from predictors.targets import check_thresholds
@@ -29,25 +31,35 @@ class PolicyConfig:
     ``patience``: PABEE's P. ``gate_max_drop``: points of calib accuracy a gate's cut may give up against
     always entering (0: gates may only save latency). ``max_acc_drop`` + ``risk``: choose the exit rule by
     Learn-then-Test so that the accuracy lost against ``full`` on new data exceeds ``max_acc_drop`` points
-    with probability at most ``risk`` (see :mod:`analysis.guarantee`)."""
+    with probability at most ``risk`` (see :mod:`analysis.guarantee`). ``bootstrap``: resamples of the CIs."""
 
-    measure: str = "entropy"
-    target_acc: float | None = None
-    patience: int = 1
-    overlap: bool = False
-    n_boot: int = 1000
-    gate_max_drop: float = 0.0
-    max_acc_drop: float | None = None
-    risk: float | None = None
+    measure: str = setting("entropy", "confidence measure of the exit rule", choices=MEASURES.names)
+    target_acc: float | None = setting(0.99, "accuracy (fraction) each side exit's accepted calib samples must "
+                                             "reach (none: the final exit's calib accuracy)")
+    patience: int = setting(1, "PABEE's P: leave once this many consecutive later exits agree")
+    overlap: bool = setting(False, "run each branch concurrently with the next stage")
+    bootstrap: int = setting(1000, "bootstrap resamples for the CIs")
+    gate_max_drop: float = setting(0.0, "calib accuracy points a gate's cut may give up against always entering")
+    max_acc_drop: float | None = setting(None, "with risk: accuracy points against full that may be lost "
+                                               "(Learn-then-Test)")
+    risk: float | None = setting(None, "with max_acc_drop EPS: choose the exit rule so that losing more than EPS "
+                                       "points against full on new data has probability at most this")
 
     def __post_init__(self) -> None:
+        check_name("measure", MEASURES, self.measure)
+        if self.target_acc is not None:
+            check_number("target_acc", self.target_acc, "in (0, 1] (an accuracy as a fraction, e.g. 0.99)",
+                         lambda v: 0 < v <= 1)
+        check_int("patience", self.patience, 1)
+        check_int("bootstrap", self.bootstrap, 0)
+        check_number("gate_max_drop", self.gate_max_drop, "of accuracy points in [0, 100]", lambda v: 0 <= v <= 100)
+        if (self.max_acc_drop is None) != (self.risk is None):
+            raise ValueError("max_acc_drop EPS and risk DELTA go together: the rule is chosen so that losing more "
+                             "than EPS points against full has probability at most DELTA")
         if self.risk is not None:
-            if not 0 < self.risk < 1:
-                raise ValueError(f"risk (delta) must be in (0, 1), got {self.risk}")
-            if self.max_acc_drop is None or not 0 < self.max_acc_drop < 100:
-                raise ValueError(f"risk control needs max_acc_drop in (0, 100) points, got {self.max_acc_drop}")
-        if self.patience < 1:
-            raise ValueError(f"patience must be >= 1, got {self.patience}")
+            check_number("risk", self.risk, "in (0, 1) (a probability)", lambda v: 0 < v < 1)
+            check_number("max_acc_drop", self.max_acc_drop, "in (0, 100) points (risk control)",
+                         lambda v: 0 < v < 100)
 
 
 def calibrate(cache: FeatureCache, cfg: PolicyConfig, *, ev_calib: Evidence | None = None) -> ExitRule:
@@ -152,7 +164,7 @@ def study_policies(cache: FeatureCache, *, predictors: dict | None = None,
     for name, c in chosen.items():
         out[name] = outcome(ev, c.placement, rule, cuts=c.cuts, overlap=cfg.overlap, name=name)
     out["oracle"] = outcome(ev, "oracle", rule)
-    table = summary_table(list(out.values()), reference=out["full"], n_boot=cfg.n_boot)
+    table = summary_table(list(out.values()), reference=out["full"], n_boot=cfg.bootstrap)
     table.insert(1, "profile", costs.profile)
     gates = gate_table(ev_cal, rule, cfg)
     if len(gates):

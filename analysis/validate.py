@@ -268,11 +268,11 @@ def validate_run(run: str | Path, *, n: int = 300, reps: int = 3, batch_size: in
                  backend: str = "eager") -> tuple[pd.DataFrame, Path]:
     """:func:`validate` on a study folder (model/, cache/, predictors/, simulate/thresholds.json,
     placement/*/placement.json); writes ``validate/validate.csv`` and ``validate/validate.png``."""
-    from branchy.data import load_dataset
-    from branchy.checkpoint import load_checkpoint
+    from branchy.checkpoint import data_config_of, load_checkpoint
+    from branchy.data import DataConfig
 
     from . import plots
-    from .study_config import load_study, policy_config
+    from .study_config import load_study
 
     from branchy.paths import check_writable
 
@@ -287,13 +287,15 @@ def validate_run(run: str | Path, *, n: int = 300, reps: int = 3, batch_size: in
     model, meta = load_checkpoint(ckpt)
     cache = FeatureCache.open(run / "cache", model=model)
     cache.costs_for(backend)  # measured on that backend? (a clear error before any data is loaded)
-    tc = meta.get("train_config") or {}
-    name = tc.get("dataset") or (cache.manifest.get("dataset") or {}).get("name")
-    if not name:
-        raise ValueError(f"{ckpt} records no dataset: validate needs the test images the cache was dumped from")
-    splits = load_dataset(name, root=tc.get("data_root", "data"), path=tc.get("data_path"), seed=tc.get("seed", 0))
+    data = data_config_of(meta)
+    if data is None:
+        name = (cache.manifest.get("dataset") or {}).get("name")
+        if not name:
+            raise ValueError(f"{ckpt} records no dataset: validate needs the test images the cache was dumped from")
+        data = DataConfig(name)
+    splits = data.load()
     cache.check(dataset=splits)
-    cfg = policy_config(load_study(run / "study.yaml")) if (run / "study.yaml").is_file() else PolicyConfig()
+    cfg = load_study(run / "study.yaml").policies if (run / "study.yaml").is_file() else PolicyConfig()
     preds = None
     if (run / "predictors").is_dir():
         from predictors.store import load_predictors

@@ -43,12 +43,13 @@ def deep_cache(out: Path) -> FeatureCache:
         pass
     from branchy.data import load_dataset
     from branchy.dump import dump
+    from branchy.models import BackboneConfig
     from branchy.train import TrainConfig, train
 
     splits = load_dataset("mnist5k")
-    cfg = TrainConfig(model="b-alexnet", exits=(0, 1, 2, 3), model_options={"width": 0.25}, epochs=6,
-                      batch_size=64, lr=3e-3, augment_shift=2, optimizer="adam")
-    model = train(cfg, splits=splits, out_dir=out / "model", progress=False).model
+    net = BackboneConfig("b-alexnet", exits=(0, 1, 2, 3), options={"width": 0.25})
+    cfg = TrainConfig(epochs=6, batch_size=64, lr=3e-3, augment_shift=2, optimizer="adam")
+    model = train(cfg, net, splits, out_dir=out / "model", progress=False).model
     return dump(model, splits, out / "cache", pooling="avg", profile=False, overwrite=True, progress=False)
 
 

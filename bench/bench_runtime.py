@@ -21,7 +21,7 @@ from analysis.calibrate import thresholds_for_accuracy  # noqa: E402
 from analysis.costs import CostModel  # noqa: E402
 from analysis.simulate import simulate_cascade, simulate_full  # noqa: E402
 from branchy.cache import FeatureCache  # noqa: E402
-from branchy.data import load_dataset  # noqa: E402
+from branchy.checkpoint import data_config_of  # noqa: E402
 from branchy.measures import confidence  # noqa: E402
 from branchy.profile import overhead_fns, overhead_from_times  # noqa: E402
 from branchy.runtime import EarlyExitRuntime  # noqa: E402
@@ -39,8 +39,7 @@ if not (run / "model" / "model.pt").exists():
     sys.exit(f"no {run}/model/model.pt: run `make demo` first (or pass --run FOLDER of a study)")
 model, meta = load_checkpoint(run / "model" / "model.pt")
 cache = FeatureCache.open(run / "cache", model=model)
-tc = meta["train_config"]
-splits = load_dataset(tc["dataset"], root=tc["data_root"], path=tc["data_path"], seed=tc["seed"])
+splits = data_config_of(meta).load()
 cache.check(dataset=splits)
 
 n = min(a.n, cache.size("test"))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import secrets
 import shutil
 import socket
@@ -191,3 +192,12 @@ def _finish(partial: Path, out: Path, manifest: dict) -> FeatureCache:
     else:
         os.replace(partial, out)
     return FeatureCache.open(out)
+
+
+def versions() -> dict:
+    import pandas
+    import torch
+    import torchvision
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
+            "numpy": np.__version__, "pandas": pandas.__version__}

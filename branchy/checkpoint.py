@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import os
 import warnings
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .data import Splits
+from .config import to_plain
+from .data import DataConfig, Splits
 from .models import BranchyNet, ModelConfig, build_from_config, weights_fingerprint
 from .paths import check_writable
 
@@ -19,10 +19,11 @@ CHECKPOINT_VERSION = 1
 CHECKPOINT_KEYS = ("model_config", "state_dict", "fingerprint")
 
 
-def save_checkpoint(model: BranchyNet, path: str | os.PathLike, *, train_config: Any | None = None,
+def save_checkpoint(model: BranchyNet, path: str | os.PathLike, *, configs: dict[str, Any] | None = None,
                     splits: Splits | None = None) -> Path:
     """Weights, full config and weights fingerprint; written to a temp file then renamed (atomic).
-    ``train_config`` (a :class:`~branchy.train.TrainConfig`, any dataclass) is stored as a dict."""
+    ``configs`` (``{"train_config": TrainConfig, "backbone_config": ..., "data_config": ...}``, any dataclasses)
+    are stored as plain dicts."""
     path = Path(path)
     if path.is_dir():
         raise IsADirectoryError(f"checkpoint path {str(path)!r} is a folder: give a file name such as "
@@ -33,7 +34,7 @@ def save_checkpoint(model: BranchyNet, path: str | os.PathLike, *, train_config:
     payload = {
         "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
         "model_config": model.config.to_dict(), "state_dict": sd, "fingerprint": weights_fingerprint(sd),
-        "train_config": asdict(train_config) if train_config else None,
+        **{k: to_plain(v) for k, v in (configs or {}).items()},
         "dataset_info": splits.info.to_dict() if splits else None,
         "dataset_fingerprint": splits.fingerprint() if splits else None,
         "torch_version": str(torch.__version__),
@@ -145,3 +146,16 @@ def load_trunk(model: BranchyNet, path: str | os.PathLike) -> None:
         raise ValueError(f"{path} does not hold the trunk of this {model.config.name} with exits "
                          f"{list(model.config.exits)} ({len(missing)} trunk tensors missing, {len(bad)} mismatched)")
     model.load_state_dict(take, strict=False)
+
+
+def data_config_of(meta: dict) -> DataConfig | None:
+    """The :class:`DataConfig` a checkpoint was trained on (``None`` if it does not say); checkpoints written
+    before configs were split keep the data settings inside ``train_config``."""
+    if meta.get("data_config"):
+        d = dict(meta["data_config"])
+        return DataConfig(**{**d, "options": dict(d.get("options") or {})})
+    tc = meta.get("train_config") or {}
+    if not tc.get("dataset"):
+        return None
+    return DataConfig(tc["dataset"], root=tc.get("data_root") or "data", path=tc.get("data_path"),
+                      download=bool(tc.get("download", False)), seed=int(tc.get("seed", 0)))

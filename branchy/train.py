@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -16,38 +16,19 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .checkpoint import load_checkpoint, load_trunk, read_checkpoint, save_checkpoint  # noqa: F401 - re-exported
-from .data import Splits, load_dataset
-from .models import BranchyNet, build_model, check_options
+from .config import check_int, check_number, is_real, setting
+from .data import DataConfig, Splits
+from .models import BackboneConfig, BranchyNet
 from .paths import SetupError, check_writable
 from .schemes import DEFAULT_LR, SCHEMES, Phase, resolve_lr, resolve_optimizer  # noqa: F401 - re-exported
 
 OPTIMIZERS = ("auto", "adam", "sgd")
 
 
-def _is_int(v) -> bool:
-    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
-
-
-def _is_real(v) -> bool:
-    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
-
-
-def _check_int(name: str, v, low: int) -> None:
-    """Refuse a setting that is not a whole number >= ``low`` (``2.5``, ``True``, ``'3'``)."""
-    if not _is_int(v) or v < low:
-        kind = "" if _is_int(v) else f" ({type(v).__name__})"
-        raise ValueError(f"{name} must be a whole number >= {low}, got {v!r}{kind}")
-
-
-def _check_number(name: str, v, rule: str, ok, example: str) -> None:
-    """Refuse a setting that is not a finite real number satisfying ``ok`` (NaN is refused)."""
-    if not _is_real(v) or not np.isfinite(float(v)) or not ok(float(v)):
-        raise ValueError(f"{name} must be a finite number {rule}, got {v!r}; {example}")
-
-
 @dataclass(frozen=True)
 class TrainConfig:
-    """Training settings. ``exit_weights`` are BranchyNet's w_n (one per exit; ``None`` = all 1).
+    """How to train (the net is a :class:`~branchy.models.BackboneConfig`, the data a
+    :class:`~branchy.data.DataConfig`). ``exit_weights`` are BranchyNet's w_n (one per exit; ``None`` = all 1).
 
     Schemes: ``joint`` (BranchyNet: Σ w_n·CE_n, everything at once); ``trunk-first`` (trunk + final exit
     for ``trunk_epochs``, then every exit jointly); ``boostnet`` (boosted exits F_k = t·F_{k-1} + f_k,
@@ -62,52 +43,44 @@ class TrainConfig:
     whichever optimizer that resolves to: SGD usually wants a larger one than Adam (bench/bench_schemes.py
     trains boostnet with SGD at lr 0.05, the other schemes with Adam at 3e-3)."""
 
-    model: str = "b-lenet"
-    dataset: str = "mnist5k"
-    exits: tuple[int, ...] | None = None
-    model_options: dict = field(default_factory=dict)
-    epochs: int = 10
-    batch_size: int = 64
-    lr: float | None = None
-    optimizer: str = "auto"
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    exit_weights: tuple[float, ...] | None = None
-    scheme: str = "joint"
-    augment_shift: int = 0
-    ensemble_epochs: int = 2
-    init_checkpoint: str | None = None
-    trunk_epochs: int = 0
-    seed: int = 0
-    device: str = "auto"
-    data_root: str = "data"
-    download: bool = False
-    data_path: str | None = None
+    epochs: int = setting(30, "training epochs")
+    batch_size: int = setting(64, "training batch size")
+    lr: float | None = setting(None, "learning rate (none: 3e-3 for Adam, 0.05 for SGD)")
+    optimizer: str = setting("auto", "auto: sgd with momentum for boostnet (Adam ignores its gradient rescale), "
+                                     "adam otherwise", choices=lambda: list(OPTIMIZERS))
+    momentum: float = setting(0.9, "SGD momentum")
+    weight_decay: float = setting(0.0, "weight decay")
+    exit_weights: tuple[float, ...] | None = setting(None, "BranchyNet loss weights w_n, one per exit (none: all 1)")
+    scheme: str = setting("joint", "training scheme (see branchy.schemes)", choices=lambda: SCHEMES.names())
+    augment_shift: int = setting(2, "random translation in pixels during training (0: off)")
+    ensemble_epochs: int = setting(2, "epochs of ZTW ensemble weights (ztw)")
+    init_checkpoint: str | None = setting(None, "take the trained trunk from this checkpoint (ic-only, ztw) instead "
+                                                "of training it")
+    trunk_epochs: int = setting(0, "epochs of trunk-only training first (trunk-first, ic-only, ztw)")
+    seed: int = setting(0, "seed of initialisation, shuffling and shifts")
+    device: str = setting("auto", "auto (cuda when present, else cpu), cpu, cuda, cuda:1")
 
     def __post_init__(self) -> None:
         for name, low in (("epochs", 1), ("batch_size", 1), ("augment_shift", 0), ("ensemble_epochs", 0),
                           ("trunk_epochs", 0), ("seed", 0)):
-            _check_int(name, getattr(self, name), low)
+            check_int(name, getattr(self, name), low)
         if self.lr is not None:
-            _check_number("lr", self.lr, "> 0", lambda v: v > 0, "e.g. lr=0.003 (or None for the optimizer's default)")
-        _check_number("momentum", self.momentum, "in [0, 1)", lambda v: 0 <= v < 1, "e.g. momentum=0.9")
-        _check_number("weight_decay", self.weight_decay, ">= 0", lambda v: v >= 0, "e.g. weight_decay=5e-4 or 0")
+            check_number("lr", self.lr, "> 0", lambda v: v > 0, "e.g. lr=0.003 (or None for the optimizer's default)")
+        check_number("momentum", self.momentum, "in [0, 1)", lambda v: 0 <= v < 1, "e.g. momentum=0.9")
+        check_number("weight_decay", self.weight_decay, ">= 0", lambda v: v >= 0, "e.g. weight_decay=5e-4 or 0")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {self.optimizer!r}; known: {', '.join(OPTIMIZERS)}")
         if self.scheme not in SCHEMES.names():
             raise ValueError(f"unknown training scheme {self.scheme!r}; known: {', '.join(SCHEMES.names())}")
-        if not isinstance(self.model_options, dict):
-            raise ValueError(f"model_options must be a dict of backbone options (e.g. {{'depth': 56}}), got "
-                            f"{type(self.model_options).__name__} {self.model_options!r}")
-        if self.exits is not None:
-            if isinstance(self.exits, (str, bytes)) or not all(_is_int(e) and e >= 0 for e in self.exits):
-                raise ValueError(f"exits must be block indices (whole numbers >= 0, e.g. (0, 1)), got {self.exits!r}")
+        if SCHEMES.get(self.scheme).needs_trained_trunk and self.trunk_epochs < 1 and not self.init_checkpoint:
+            raise ValueError(f"scheme {self.scheme!r} trains exits on a frozen trunk: give trunk_epochs >= 1 or an "
+                             f"init_checkpoint holding a trained trunk")
         if self.exit_weights is not None:
             self._check_exit_weights()
 
     def _check_exit_weights(self) -> None:
         w = self.exit_weights
-        if isinstance(w, (str, bytes)) or not all(_is_real(v) for v in w):
+        if isinstance(w, (str, bytes)) or not all(is_real(v) for v in w):
             raise ValueError(f"exit_weights must be numbers, one per exit (e.g. (1.0, 0.5, 1.0)), got {w!r}")
         vals = [float(v) for v in w]
         if not vals:
@@ -119,13 +92,6 @@ class TrainConfig:
             raise ValueError(f"exit_weights must be >= 0, got {tuple(w)}")
         if not any(v > 0 for v in vals):
             raise ValueError("exit_weights are all 0, so nothing would train: give at least one weight > 0")
-        if self.exits is not None and len(vals) != len(self.exits) + 1:
-            raise ValueError(f"exit_weights has {len(vals)} values but {self.model} with exits {list(self.exits)} "
-                             f"has {len(self.exits) + 1} exits (the side exits and the final one): give one weight "
-                             f"per exit")
-
-    def dataset_kwargs(self) -> dict:
-        return {"root": self.data_root, "download": self.download, "path": self.data_path, "seed": self.seed}
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -183,42 +149,37 @@ class TrainResult:
     splits: Splits
 
 
-def train(cfg: TrainConfig, *, splits: Splits | None = None, out_dir: str | os.PathLike | None = None,
-          progress: bool = True) -> TrainResult:
-    """Train a branchy net per ``cfg``; writes ``model.pt`` and ``history.csv`` (one row per epoch and
-    exit: train/calib accuracy (fraction) and loss (nats), seconds per epoch) into ``out_dir`` when given."""
-    from .data import DATASETS
-
-    # validate: unknown names and ill-typed options fail before any work
-    check_options(cfg.model, cfg.model_options)
+def train(cfg: TrainConfig, backbone: BackboneConfig, data: DataConfig | Splits, *, splits: Splits | None = None,
+          out_dir: str | os.PathLike | None = None, progress: bool = True) -> TrainResult:
+    """Train ``backbone`` on ``data`` (a :class:`DataConfig`, or splits already loaded) per ``cfg``; ``splits``:
+    the data config's splits when the caller has loaded them already. Writes ``model.pt`` (with the configs) and
+    ``history.csv`` (one row per epoch and exit: train/calib accuracy (fraction) and loss (nats), seconds per
+    epoch) into ``out_dir`` when given."""
     if out_dir is not None:
         check_writable(out_dir, folder=True, what="training output folder")
-    if splits is None:
-        DATASETS.get(cfg.dataset)
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     device = resolve_device(cfg.device)
-    if splits is None:
-        splits = load_dataset(cfg.dataset, **cfg.dataset_kwargs())
+    if isinstance(data, Splits):
+        splits = data
+    elif splits is None:
+        splits = data.load()
     info = splits.info
     scheme = SCHEMES.get(cfg.scheme)
-    model = build_model(cfg.model, in_channels=info.channels, image_size=(info.height, info.width),
-                        num_classes=info.num_classes, exits=cfg.exits, chain=scheme.chain, ensemble=scheme.ensemble,
-                        **cfg.model_options).to(device)
+    model = backbone.build(in_channels=info.channels, image_size=(info.height, info.width),
+                           num_classes=info.num_classes, chain=scheme.chain, ensemble=scheme.ensemble).to(device)
     k = model.num_exits
     if cfg.init_checkpoint:
         load_trunk(model, cfg.init_checkpoint)
-    elif scheme.needs_trained_trunk and cfg.trunk_epochs < 1:
-        raise ValueError(f"scheme {cfg.scheme!r} trains exits on a frozen trunk: give trunk_epochs >= 1 or an "
-                         f"init_checkpoint holding a trained trunk")
     if cfg.exit_weights is not None and len(cfg.exit_weights) != k:
-        raise ValueError(f"exit_weights has {len(cfg.exit_weights)} values but {cfg.model} with exits "
-                         f"{list(model.config.exits)} has {k} exits")
+        raise ValueError(f"exit_weights has {len(cfg.exit_weights)} values but {backbone.name} with exits "
+                         f"{list(model.config.exits)} has {k} exits (the side exits and the final one): give one "
+                         f"weight per exit")
     # plan, run
     phases = scheme.plan(cfg, model)
     rows: list[dict] = []
     epoch = 0  # epochs are numbered across phases (they seed shuffling and shifts)
-    bar = tqdm(total=sum(p.epochs for p in phases), desc=f"train {cfg.model}", disable=not progress, unit="epoch")
+    bar = tqdm(total=sum(p.epochs for p in phases), desc=f"train {backbone.name}", disable=not progress, unit="epoch")
     for phase in phases:
         rows += run_phase(model, phase, splits, cfg, first_epoch=epoch, device=device, bar=bar)
         epoch += phase.epochs
@@ -233,7 +194,10 @@ def train(cfg: TrainConfig, *, splits: Splits | None = None, out_dir: str | os.P
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         history.to_csv(out / "history.csv", index=False)
-        ckpt = save_checkpoint(model, out / "model.pt", train_config=cfg, splits=splits)
+        configs = {"train_config": cfg, "backbone_config": backbone}
+        if not isinstance(data, Splits):
+            configs["data_config"] = data
+        ckpt = save_checkpoint(model, out / "model.pt", configs=configs, splits=splits)
     return TrainResult(model, history, ckpt, splits)
 
 

@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -27,7 +29,6 @@ import matplotlib.pyplot as plt
 
 from analysis.pipeline import DEMO, step_dump, step_train
 from analysis.plots import plot_entropy_hist
-from branchy.data import load_dataset
 from dataclasses import replace
 
 SMALL = os.environ.get("BRANCHY_NB_SMALL") == "1"
@@ -37,7 +38,7 @@ if SMALL:
     cfg = replace(cfg, train=replace(cfg.train, epochs=1), dump=replace(cfg.dump, profile_time=0.01))
 
 # %%
-splits = load_dataset(cfg.data.dataset, seed=cfg.data.seed)
+splits = cfg.data.load()
 print(splits.info, splits.sizes())
 model, test_eval = step_train(cfg, splits, OUT, redo=False)
 test_eval

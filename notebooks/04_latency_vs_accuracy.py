@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -33,7 +35,7 @@ SMALL = os.environ.get("BRANCHY_NB_SMALL") == "1"
 OUT = Path(os.environ.get("BRANCHY_NB_OUT", "runs/notebooks"))
 cache = FeatureCache.open(OUT / "cache")
 preds = load_predictors(OUT / "predictors", cache)
-cfg = PolicyConfig(target_acc=0.99, n_boot=100 if SMALL else 1000)
+cfg = PolicyConfig(target_acc=0.99, bootstrap=100 if SMALL else 1000)
 list_profiles()
 
 # %%

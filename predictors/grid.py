@@ -1,7 +1,58 @@
-"""The grid of predictor specs a study fits: every valid (position, exit) pair of a target."""
+"""The predictors a study fits (:class:`PredictorsConfig`, the study's ``predictors:`` section and the options of
+``branchy fit-predictors``) and the grid of specs they expand to: every valid (position, exit) pair of a target."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+from branchy.config import check_int, setting
+
 from .fit import PredictorSpec
+from .models import PREDICTOR_MODELS
+from .targets import TARGETS
+
+
+@dataclass(frozen=True)
+class PredictorsConfig:
+    """Which predictors to fit and how: a ``model`` for each of ``targets``, after each stage in ``positions``
+    (None: every stage with a side exit after it) and, for gates and entropy predictors, for each side exit in
+    ``for_exits`` (None: every side exit at or after the position); cross-fitted on calib in ``folds``."""
+
+    model: str = setting("nn", "predictor model", choices=PREDICTOR_MODELS.names)
+    targets: tuple[str, ...] = setting(("gate", "exit", "entropy"), "what the predictors learn", cli="--target",
+                                       choices=TARGETS.names)
+    positions: tuple[int, ...] | None = setting(None, "stage(s) after which a predictor sits (0-based; none: every "
+                                                      "valid one)", cli="--at")
+    for_exits: tuple[int, ...] | None = setting(None, "exit(s) a gate/entropy predictor is for (none: every side exit "
+                                                      "at or after its position)", cli="--for")
+    class_weight: str | None = setting("balanced", "reweight imbalanced classes of a classifier (balanced or none)",
+                                       choices=lambda: ["balanced"])
+    with_confidences: bool = setting(False, "also feed the confidences of the exits before the predictor")
+    folds: int = setting(5, "cross-fitting folds: every calib sample gets an out-of-fold output, used for every "
+                            "selection")
+
+    def __post_init__(self) -> None:
+        if self.model not in PREDICTOR_MODELS:
+            raise ValueError(f"unknown predictor model {self.model!r}; known: {', '.join(PREDICTOR_MODELS.names())}")
+        if not self.targets:
+            raise ValueError(f"targets: name at least one of {', '.join(TARGETS.names())}")
+        for t in self.targets:
+            if t not in TARGETS:
+                raise ValueError(f"unknown target {t!r}; known: {', '.join(TARGETS.names())}")
+        for name in ("positions", "for_exits"):
+            for v in getattr(self, name) or ():
+                check_int(name, v, 0)
+        if self.class_weight not in (None, "balanced"):
+            raise ValueError(f"class_weight must be 'balanced' or None, got {self.class_weight!r}")
+        check_int("folds", self.folds, 2)
+
+    def specs(self, num_exits: int, rule=None) -> list[PredictorSpec]:
+        """Every spec of every target (class weights only where a classifier learns)."""
+        out = []
+        for target in self.targets:
+            cw = None if target == "entropy" else self.class_weight  # the one regression target
+            out += spec_grid(num_exits, target, self.model, self.positions, self.for_exits, rule,
+                             self.with_confidences, cw)
+        return out
 
 
 def spec_grid(num_exits: int, target: str, model: str, at=None, for_=None, rule=None, with_confidences: bool = False,
@@ -22,7 +73,7 @@ def spec_grid(num_exits: int, target: str, model: str, at=None, for_=None, rule=
     specs = []
     for j in ats:
         if target in ("gate", "entropy"):
-            fors = for_ if for_ is not None else list(range(j, k - 1))
+            fors = [i for i in for_ if i >= j] if for_ is not None else list(range(j, k - 1))
             specs += [PredictorSpec(target, j, model, i, rule, with_confidences, class_weight) for i in fors]
         else:
             specs.append(PredictorSpec(target, j, model, None, rule, with_confidences, class_weight))

@@ -29,8 +29,9 @@ def test_every_subcommand_has_help(capsys):
         assert e.value.code == 0
         assert "usage: branchy " + name in capsys.readouterr().out
     assert main(["models"]) == 0 and "b-resnet" in capsys.readouterr().out
-    assert main(["train", "--model", "b-vgg", "--out", "x"]) == 2
-    assert "unknown model 'b-vgg'; known: b-alexnet" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:  # a usage error, before anything runs
+        main(["train", "--model", "b-vgg", "--out", "x"])
+    assert e.value.code == 2 and "--model: unknown value 'b-vgg'; known: b-alexnet" in capsys.readouterr().err
 
 
 def test_fit_predictors_and_place_cli(synth_cache, tmp_path, capsys):

@@ -22,25 +22,25 @@ def _run(argv, capsys):
 
 
 @pytest.mark.parametrize("args, phrase", [
-    (["simulate", "--target-acc", "1.5"], "--target-acc: 1.5 is out of range: must be > 0 and <= 1"),
-    (["simulate", "--target-acc", "-0.2"], "must be > 0 and <= 1"),
-    (["simulate", "--bootstrap", "-1"], "--bootstrap: -1 is out of range: must be >= 0"),
-    (["simulate", "--max-acc-drop", "nan", "--risk", "0.1"], "--max-acc-drop: nan is out of range"),
-    (["simulate", "--risk", "1.5", "--max-acc-drop", "1"], "--risk: 1.5 is out of range"),
-    (["simulate", "--patience", "0"], "--patience: 0 is out of range: must be >= 1"),
+    (["simulate", "--target-acc", "1.5"], "--target-acc: target_acc must be a finite number in (0, 1]"),
+    (["simulate", "--target-acc", "-0.2"], "in (0, 1] (an accuracy as a fraction, e.g. 0.99), got -0.2"),
+    (["simulate", "--bootstrap", "-1"], "--bootstrap: bootstrap must be a whole number >= 0, got -1"),
+    (["simulate", "--max-acc-drop", "nan", "--risk", "0.1"], "argument --max-acc-drop: nan is not a finite number"),
+    (["simulate", "--risk", "1.5", "--max-acc-drop", "1"], "--risk: risk must be a finite number in (0, 1) (a probability), got 1.5"),
+    (["simulate", "--patience", "0"], "--patience: patience must be a whole number >= 1, got 0"),
     (["fit-predictors", "--cache", "c", "--target", "gate", "--out", "o", "--thresholds", "0.5,abc"],
      "is not a list of numbers"),
-    (["dump", "--checkpoint", "m.pt", "--out", "x", "--profile-time", "-1"], "--profile-time: -1 is out of range"),
-    (["dump", "--checkpoint", "m.pt", "--out", "x", "--batch-size", "0"], "--batch-size: 0 is out of range"),
-    (["train", "--out", "x", "--augment-shift", "-3"], "--augment-shift: -3 is out of range: must be >= 0"),
+    (["dump", "--checkpoint", "m.pt", "--out", "x", "--profile-time", "-1"], "--profile-time: profile_time must be a finite number of seconds > 0"),
+    (["dump", "--checkpoint", "m.pt", "--out", "x", "--batch-size", "0"], "--batch-size: batch_size must be a whole number >= 1, got 0"),
+    (["train", "--out", "x", "--augment-shift", "-3"], "--augment-shift: augment_shift must be a whole number >= 0, got -3"),
     (["train", "--out", "x", "--epochs", "2.5"], "--epochs: '2.5' is not an integer"),
-    (["train", "--out", "x", "--lr", "0"], "--lr: 0 is out of range: must be > 0"),
-    (["train", "--out", "x", "--exits", "a,b"], "is not a list of integers"),
+    (["train", "--out", "x", "--lr", "0"], "--lr: lr must be a finite number > 0"),
+    (["train", "--out", "x", "--exits", "a,b"], "argument --exits: 'a' is not an integer"),
     (["profile", "--cache", "c", "--rounds", "2"], "--rounds: 2 is out of range: must be >= 3"),
     (["profile", "--cache", "c", "--threads", "0"], "--threads: 0 is out of range"),
     (["validate", "--run", "r", "--n", "0"], "--n: 0 is out of range"),
-    (["place", "--cache", "c", "--predictors", "p", "--strategy", "greedy", "--latency-budget", "-2"],
-     "--latency-budget: -2 is out of range"),
+    (["place", "--cache", "c", "--predictors", "p", "--strategy", "greedy", "--latency-budget", "-2",
+      "--out", "o"], "latency_budget must be > 0 ms, got -2.0"),
 ])
 def test_bad_numbers_are_usage_errors(args, phrase, capsys):
     if args[0] == "simulate":
@@ -52,7 +52,7 @@ def test_bad_numbers_are_usage_errors(args, phrase, capsys):
 @pytest.mark.parametrize("at, fors, phrase", [
     ("7", None, "--at 7: a predictor sits after a stage that has a side exit after it, 0..1"),
     ("0", "5", "--for 5: gates and entropy predictors are for side exits, 0..1"),
-    ("1", "0", "a predictor after stage 1 cannot gate exit 0: it must sit at or before the exit"),
+    ("1", "0", "no gate predictor to fit: every --for exit lies before its --at stage"),
 ])
 def test_fit_predictors_out_of_range_positions_fail_before_fitting(synth_cache, tmp_path, capsys, at, fors, phrase):
     args = ["fit-predictors", "--cache", str(synth_cache.path), "--target", "gate", "--at", at,
@@ -117,10 +117,10 @@ def test_yaml_numbers_written_as_strings_and_scalars_for_lists_are_read_as_meant
     ({"train": {"epochs": float("inf")}}, "train.epochs: expected a finite number, got inf"),
     ({"train": {"epochs": float("nan")}}, "train.epochs: expected a finite number, got nan"),
     ({"train": {"exit_weights": [1.0, float("nan")]}}, "train.exit_weights[1]: expected a finite number"),
-    ({"policies": {"bootstrap": -1}}, "policies.bootstrap must be >= 0"),
+    ({"policies": {"bootstrap": -1}}, "policies: bootstrap must be a whole number >= 0, got -1"),
     ({"policies": {"overlap": "yes please"}}, "policies.overlap: expected true or false"),
-    ({"dump": {"profile_time": -1}}, "dump.profile_time must be > 0"),
-    ({"dump": {"feature_dtype": "int8"}}, "dump.feature_dtype must be one of float16"),
+    ({"dump": {"profile_time": -1}}, "dump: profile_time must be a finite number of seconds > 0"),
+    ({"dump": {"feature_dtype": "int8"}}, "dump: feature_dtype must be one of float16"),
     ({"profiles": {"a": 1}}, "profiles: expected a list"),
     ({"profiles": ["nope"]}, "profiles:"),
     ({"model": {"name": 3}}, "model.name: expected a string, got 3"),

@@ -167,7 +167,7 @@ def test_policies_are_decided_on_calib_and_test_only_reports(synth_cache):
     T = ExitRule.given((0.5, 0.5), 3)
     preds = {p.spec.name: p for p in [fit_predictor(synth_cache, PredictorSpec("gate", j, "linear", e, T),
                                                     folds=3, timing=0.01) for j, e in ((0, 0), (0, 1), (1, 1))]}
-    st = study_policies(synth_cache, predictors=preds, profile="jetson-nano", cfg=PolicyConfig(n_boot=0))
+    st = study_policies(synth_cache, predictors=preds, profile="jetson-nano", cfg=PolicyConfig(bootstrap=0))
     # the same choice from calib evidence alone, whatever the test split holds
     ev_cal = Evidence.build(synth_cache, "calib", predictors=preds, profile="jetson-nano")
     again = choose_policies(ev_cal, st.rule)
@@ -192,7 +192,7 @@ def test_chained_exits_charge_their_heads_and_refuse_skips(tmp_path):
     np.testing.assert_allclose(full.latency_ms, want)
     with pytest.raises(ValueError, match="chained"):
         outcome(ev, Placement((False, True, True), (None, None, None)), ExitRule.given((0.5, 0.5), 3))
-    st = study_policies(cache, cfg=PolicyConfig(n_boot=0))
+    st = study_policies(cache, cfg=PolicyConfig(bootstrap=0))
     assert set(st.table.policy) == {"full", "cascade", "patience", "oracle"}
 
 
@@ -295,7 +295,7 @@ def test_placement_under_risk_is_certified_on_calib_rows_the_search_never_saw(sy
     T = ExitRule.given((0.5, 0.5), 3)
     preds = {p.spec.name: p for p in [fit_predictor(synth_cache, PredictorSpec("gate", j, "linear", e, T),
                                                     folds=3, timing=0.01) for j, e in ((0, 0), (1, 1))]}
-    cfg = PolicyConfig(max_acc_drop=2.0, risk=0.1, n_boot=0)
+    cfg = PolicyConfig(max_acc_drop=2.0, risk=0.1, bootstrap=0)
     res, cmp = run_placement(synth_cache, preds, "exhaustive", profile="jetson-nano", cfg=cfg, progress=False)
     assert {"p_value", "certified"} <= set(res.table.columns)
     row = res.table[res.table.chosen].iloc[0]

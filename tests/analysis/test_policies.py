@@ -21,7 +21,7 @@ def test_policies_on_a_cache_with_predictors_and_plots(synth_cache, tmp_path):
         preds[spec.name] = p
     # no per-segment overhead: a gate of a few MACs costs far less than the exit head it can skip
     dev = DeviceProfile("no-overhead", macs_per_s=1e6, bytes_per_s=1e7)
-    outs, table = run_policies(synth_cache, predictors=preds, profile=dev, cfg=PolicyConfig(n_boot=50))
+    outs, table = run_policies(synth_cache, predictors=preds, profile=dev, cfg=PolicyConfig(bootstrap=50))
     assert list(table.policy) == ["full", "cascade", "patience", "gated", "gated-entropy", "jump", "oracle"]
     t = table.set_index("policy")
     assert t.loc["full", "speedup"] == pytest.approx(1.0)
@@ -31,7 +31,7 @@ def test_policies_on_a_cache_with_predictors_and_plots(synth_cache, tmp_path):
     assert t.loc["gated", "exits_ms"] < t.loc["cascade", "exits_ms"]
     assert t.loc["gated", "mean_ms"] < t.loc["cascade", "mean_ms"]
     # under a profile where a gate costs what an exit head costs, no gate pays on calib: gated is the cascade
-    _, nano = run_policies(synth_cache, predictors=preds, profile="jetson-nano", cfg=PolicyConfig(n_boot=0))
+    _, nano = run_policies(synth_cache, predictors=preds, profile="jetson-nano", cfg=PolicyConfig(bootstrap=0))
     nano = nano.set_index("policy")
     assert nano.loc["gated", "mean_ms"] <= nano.loc["cascade", "mean_ms"] * 1.02
     with pytest.raises(ValueError, match="report on test"):

@@ -5,7 +5,9 @@ from analysis.outputs import simulate_to
 from analysis.placement_study import run_placement
 from analysis.report import write_report
 from analysis.study import PolicyConfig
-from analysis.study_config import DataSection, ModelSection, StudyConfig
+from analysis.study_config import StudyConfig
+from branchy.data import DataConfig
+from branchy.models import BackboneConfig
 from branchy.dump import cache_from_arrays
 from tests.helpers import synthetic_arrays
 
@@ -17,15 +19,15 @@ def test_report_escapes_every_user_and_data_string(tmp_path):
                               dataset_name=f"npz:{EVIL}.npz")
     cache.manifest["device"] = EVIL
     cache.manifest["timing"] = {"cpu": EVIL, "load_1min": EVIL, "cores": 2, "idle_cores": 2, "threads": EVIL}
-    sim = simulate_to(cache, tmp_path / "sim", profiles=("measured",), cfg=PolicyConfig(n_boot=20), verbose=False)
+    sim = simulate_to(cache, tmp_path / "sim", profiles=("measured",), cfg=PolicyConfig(bootstrap=20), verbose=False)
     res, compare = run_placement(cache, {}, "none", profile="measured", rule=sim["rule"])
     summary, pareto = sim["summary"].copy(), sim["pareto"].copy()
     summary["profile"] = pareto["profile"] = f"measured {EVIL}"
     summary.loc[summary.policy == "patience", "policy"] = EVIL
     compare = compare.copy()
     compare.loc[0, "policy"] = EVIL
-    cfg = StudyConfig(data=DataSection(dataset="npz", path=f"/data/{EVIL}.npz"), model=ModelSection(name=EVIL),
-                      name=EVIL)
+    cfg = StudyConfig(data=DataConfig(dataset="npz", path=f"/data/{EVIL}.npz"), model=BackboneConfig(), name=EVIL)
+    object.__setattr__(cfg.model, "name", EVIL)  # as a backbone registered under that name would be
     result = {"config": cfg, "cache": cache, "rule": sim["rule"], "thresholds": sim["thresholds"],
               "simulation": {"summary": summary, "pareto": pareto,
                              "gates": pd.DataFrame({"gate": [EVIL], "pays": [True]})},

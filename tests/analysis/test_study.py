@@ -36,24 +36,30 @@ BASE = {"data": {"dataset": "mnist5k"}, "model": {"name": "b-lenet"}}
 
 
 @pytest.mark.parametrize("patch,msg", [
-    ({"model": {"name": "b-vgg"}}, r"model.name: unknown model 'b-vgg'; known: b-alexnet"),
-    ({"data": {"dataset": "imagenet"}}, r"data.dataset: unknown dataset 'imagenet'"),
-    ({"train": {"epochs": -3}}, r"train.epochs must be an integer >= 1, got -3"),
+    ({"model": {"name": "b-vgg"}}, r"model: unknown model 'b-vgg'; known: b-alexnet"),
+    ({"data": {"dataset": "imagenet"}}, r"data: unknown dataset 'imagenet'"),
+    ({"train": {"epochs": -3}}, r"train: epochs must be a whole number >= 1, got -3"),
     ({"train": {"epoch": 3}}, r"train: unknown field\(s\) \['epoch'\]"),
-    ({"model": {"exits": [0], "name": "__drop__"}}, r"model: missing required field\(s\) \['name'\]"),
-    ({"data": None}, r"data: missing required field\(s\) \['dataset'\]"),
+    ({"model": {"options": {"depth": 3}}}, r"model: b-lenet has no option 'depth' \(it takes no options\)"),
+    ({"data": {"path": "x.npz"}}, r"data: dataset mnist5k takes no path \(its options: seed, sizes\)"),
+    ({"data": "__remove__"}, r"missing required field\(s\) \['data'\]"),
+    ({"policies": {"max_acc_drop": 1.0}}, r"policies: max_acc_drop EPS and risk DELTA go together"),
+    ({"model": {"exits": [0, 1]}, "train": {"exit_weights": [1, 1]}}, r"train.exit_weights has 2 values but model.exits"),
     ({"profiles": ["measured", "tpu"]}, r"profiles: unknown device profile 'tpu'"),
     ({"placement": {"strategies": ["anneal"]}}, r"unknown placement strategy 'anneal'"),
-    ({"predictors": {"model": "svm"}}, r"predictors.model: unknown predictor model 'svm'"),
-    ({"policies": {"target_acc": 99}}, r"target_acc is a fraction"),
-    ({"dump": {"pooling": "max"}}, r"dump.pooling: unknown pooling 'max'"),
-    ({"data": {"dataset": "npz"}}, r"data.path: the npz dataset needs the file's path"),
-    ({"train": {"scheme": "distill"}}, r"train.scheme must be one of joint, trunk-first, boostnet"),
-    ({"train": {"scheme": "ztw"}}, r"freezes a trained trunk"),
+    ({"predictors": {"model": "svm"}}, r"predictors: unknown predictor model 'svm'"),
+    ({"policies": {"target_acc": 99}}, r"policies: target_acc must be a finite number in \(0, 1\]"),
+    ({"dump": {"pooling": "max"}}, r"dump: unknown pooling 'max'"),
+    ({"data": {"dataset": "npz"}}, r"data: dataset npz needs path \(data.path, CLI --data-path\)"),
+    ({"train": {"scheme": "distill"}}, r"train: unknown training scheme 'distill'; known: joint, trunk-first, boostnet"),
+    ({"train": {"scheme": "ztw"}}, r"train: scheme 'ztw' trains exits on a frozen trunk"),
 ])
 def test_bad_configs_fail_before_any_work(patch, msg, tmp_path, capsys):
     raw = {k: dict(v) for k, v in BASE.items()}
     for k, v in patch.items():
+        if v == "__remove__":
+            del raw[k]
+            continue
         raw[k] = {**raw.get(k, {}), **v} if isinstance(v, dict) and k in raw else v
         if isinstance(raw[k], dict):
             raw[k] = {kk: vv for kk, vv in raw[k].items() if vv != "__drop__"}

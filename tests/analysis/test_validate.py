@@ -38,7 +38,7 @@ def test_runtime_exits_equal_the_simulator_for_every_policy(toy_splits, tmp_path
                "jump (linear) + gate": Placement((True, True, True), (None, Gate("gate_at0_for1_nn", 0), None),
                                                  Gate("exit_at0_linear", 0))}
     x = toy_splits.test.batch(torch.arange(24))[0]
-    df = validate(cache, m, x, predictors=preds, cfg=PolicyConfig(n_boot=0), placements=pls, reps=1, n_boot=50)
+    df = validate(cache, m, x, predictors=preds, cfg=PolicyConfig(bootstrap=0), placements=pls, reps=1, n_boot=50)
     want = {"full", "cascade"} | (set(pls) if pls else set())
     assert want <= set(df.policy)
     assert (df["exit_match_%"] == 100).all(), df[["policy", "exit_match_%"]]
@@ -49,7 +49,7 @@ def test_runtime_exits_equal_the_simulator_for_every_policy(toy_splits, tmp_path
     assert df["sim_now_mean_ms"].gt(0).all() and df["ratio_now"].gt(0).all() and (df["drift"] > 0).all()
     assert re.fullmatch(r"with costs timed during the run: worst \|sim/meas - 1\| = \d+\.\d{3}; the full path took "
                         r"\d+\.\d{2}x its profiled time during the run \(machine drift\)", recheck_line(df))
-    assert recheck_line(validate(cache, m, x[:6], cfg=PolicyConfig(n_boot=0), reps=1, n_boot=10, recheck=False)) is None
+    assert recheck_line(validate(cache, m, x[:6], cfg=PolicyConfig(bootstrap=0), reps=1, n_boot=10, recheck=False)) is None
     fig, ax = plot_validate(df)
     assert len(ax.lines) >= 1
 
@@ -94,13 +94,13 @@ def test_every_backend_takes_the_same_exits_and_its_costs_become_a_profile(toy_s
         cm = CostModel.from_cache(cache, f"measured-{backend}")
         assert cm.profile == f"measured-{backend}" and (cm.stage_ms > 0).all()
         with pytest.raises(ValueError, match=f"branchy profile .*--predictors .*--backend {backend}"):
-            validate(cache, m, x[:12], predictors=preds, cfg=PolicyConfig(n_boot=0), placements=pls, reps=1,
+            validate(cache, m, x[:12], predictors=preds, cfg=PolicyConfig(bootstrap=0), placements=pls, reps=1,
                      n_boot=20, backend=backend)
         eager_ms = {n: p.cost["ms_b1"] for n, p in preds.items()}
         new = remeasure(list(preds.values()), cache, backend=backend, rounds=3, min_run_time=0.02)
         assert set(new) == set(preds) and all(v["ms_b1"] > 0 and v["backend"] == backend for v in new.values())
         assert {n: p.cost["ms_b1"] for n, p in preds.items()} == eager_ms  # eager figures untouched
-        df = validate(cache, m, x[:12], predictors=preds, cfg=PolicyConfig(n_boot=0), placements=pls, reps=1,
+        df = validate(cache, m, x[:12], predictors=preds, cfg=PolicyConfig(bootstrap=0), placements=pls, reps=1,
                       n_boot=20, backend=backend)
         assert set(pls) <= set(df.policy)
         assert (df["exit_match_%"] == 100).all(), (backend, df[["policy", "exit_match_%"]])

@@ -11,7 +11,8 @@ import torch
 
 from branchy import paths
 from branchy.dump import cache_from_arrays, dump
-from branchy.models import build_model, check_options
+from branchy.data import DataConfig
+from branchy.models import BackboneConfig, build_model, check_options
 from branchy.paths import check_writable
 from branchy.checkpoint import load_checkpoint, save_checkpoint
 from branchy.train import TrainConfig, train
@@ -51,18 +52,29 @@ def _refused(exc, phrase, fn, *args, **kw) -> str:
     (dict(exit_weights=(0.0, 0.0, 0.0)), "exit_weights are all 0, so nothing would train"),
     (dict(exit_weights=()), "exit_weights is empty"),
     (dict(exit_weights=(1.0, "a", 1.0)), "exit_weights must be numbers"),
-    (dict(exit_weights=(1.0, 1.0)), "exit_weights has 2 values but b-lenet with exits [0, 1] has 3 exits"),
-    (dict(exits=(0, -1)), "exits must be block indices"),
-    (dict(model_options=["depth=20"]), "model_options must be a dict"),
+    (dict(scheme="ic-only"), "give trunk_epochs >= 1 or an init_checkpoint"),
 ])
 def test_train_config_refuses(kw, phrase):
-    base = dict(model="b-lenet", exits=(0, 1), epochs=1, batch_size=8, device="cpu")
+    base = dict(epochs=1, batch_size=8, device="cpu")
     _refused(ValueError, phrase, TrainConfig, **{**base, **kw})
 
 
+@pytest.mark.parametrize("kw,phrase", [
+    (dict(exits=(0, -1)), "exits must be block indices"),
+    (dict(exits="01"), "exits must be block indices"),
+    (dict(options=["depth=20"]), "model options must be a dict"),
+    (dict(name="no-such-net"), "unknown model 'no-such-net'; known:"),
+    (dict(name="b-resnet", options={"depth": "abc"}), "depth must be an integer, got 'abc'"),
+])
+def test_backbone_config_refuses(kw, phrase):
+    _refused(ValueError, phrase, BackboneConfig, **kw)
+
+
 def test_train_config_accepts_numpy_ints_and_good_values():
-    cfg = TrainConfig(epochs=np.int64(3), batch_size=16, lr=1e-3, exit_weights=(1.0, 0.0, 0.5), exits=(0, 1))
+    cfg = TrainConfig(epochs=np.int64(3), batch_size=16, lr=1e-3, exit_weights=(1.0, 0.0, 0.5))
     assert cfg.epochs == 3
+    assert BackboneConfig("b-resnet", exits=(np.int64(1),), options={"depth": "8"}) == \
+        BackboneConfig("b-resnet", exits=(1,), options={"depth": 8})
 
 
 # ----------------------------------------------------------------------------- 4. backbone options
@@ -98,12 +110,15 @@ def test_string_options_are_converted_to_the_parameters_type():
     assert m.config.options == {"depth": 8}
 
 
-def test_train_refuses_bad_options_before_loading_data(tmp_path):
-    out = tmp_path / "run"
-    cfg = TrainConfig(model="b-resnet", model_options={"depth": "abc"}, dataset="cifar10", download=False,
-                      data_root=str(tmp_path / "nodata"), device="cpu")
-    _refused(ValueError, "depth must be an integer, got 'abc'", train, cfg, out_dir=out, progress=False)
-    assert not out.exists() and not (tmp_path / "nodata").exists()
+def test_configs_are_refused_before_any_data_is_touched(tmp_path):
+    data = DataConfig("cifar10", root=str(tmp_path / "nodata"))  # naming a dataset loads nothing
+    _refused(ValueError, "dataset mnist5k takes no path", DataConfig, "mnist5k", path="x.npz")
+    _refused(ValueError, "dataset mnist5k has no option calib_size; its options: seed, sizes", DataConfig,
+             "mnist5k", options={"calib_size": 10})
+    _refused(ValueError, "dataset npz needs path", DataConfig, "npz")
+    _refused(ValueError, "unknown dataset 'mnist6k'", DataConfig, "mnist6k")
+    assert data.loader_options() == {"seed": 0, "root": str(tmp_path / "nodata"), "download": False}
+    assert not (tmp_path / "nodata").exists()
 
 
 # ----------------------------------------------------------------------------- 5. checkpoints
@@ -156,8 +171,9 @@ def test_output_under_a_file_is_refused(tmp_path, a_file):
     _refused(NotADirectoryError, "is under the file", save_checkpoint, build_model("b-lenet"), a_file / "m.pt")
     _refused(IsADirectoryError, "is a folder: give a file name such as", save_checkpoint, build_model("b-lenet"),
              tmp_path)
-    cfg = TrainConfig(epochs=1, device="cpu", dataset="cifar10", data_root=str(tmp_path / "nodata"))
-    _refused(NotADirectoryError, "is under the file", train, cfg, out_dir=a_file / "run", progress=False)
+    cfg, data = TrainConfig(epochs=1, device="cpu"), DataConfig("cifar10", root=str(tmp_path / "nodata"))
+    _refused(NotADirectoryError, "is under the file", train, cfg, BackboneConfig(), data, out_dir=a_file / "run",
+             progress=False)
     assert not (tmp_path / "nodata").exists()
 
 
@@ -202,7 +218,7 @@ def tiny():
     (dict(feature_dtype="int8"), "feature_dtype must be one of float16, float32, float64, got 'int8'"),
     (dict(feature_dtype="uint16"), "would truncate or garble the features"),
     (dict(feature_dtype="garbage"), "got 'garbage'"),
-    (dict(profile_time=-1.0), "profile_time must be a finite number of seconds >= 0, got -1.0"),
+    (dict(profile_time=-1.0), "profile_time must be a finite number of seconds > 0, got -1.0"),
     (dict(profile_time=math.nan), "profile_time must be a finite number"),
     (dict(batch_size=0), "batch_size must be a whole number >= 1, got 0"),
     (dict(batch_size=2.5), "batch_size must be a whole number >= 1, got 2.5"),

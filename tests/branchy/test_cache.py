@@ -32,7 +32,7 @@ def toy_model():
 @pytest.fixture(scope="module")
 def toy_cache(toy_model, toy_splits, tmp_path_factory):
     return dump(toy_model, toy_splits, tmp_path_factory.mktemp("c") / "cache", batch_size=40, profile_time=0.01,
-                progress=False)
+                pooling="avg", progress=False)
 
 
 def test_cached_logits_and_features_equal_the_model(toy_model, toy_splits, toy_cache):

@@ -10,7 +10,8 @@ from branchy.registry import UnknownNameError
 
 
 def test_registered_datasets():
-    assert {"mnist5k", "mnist", "fashion-mnist", "cifar10", "cifar100", "npz", "imagefolder"} <= set(list_datasets())
+    assert {"mnist5k", "mnist", "fashion-mnist", "cifar10", "cifar100", "npz", "imagefolder",
+            "mnist5k-c"} <= set(list_datasets())
     with pytest.raises(UnknownNameError, match="known: .*mnist5k"):
         load_dataset("imagenet-22k")
 

@@ -20,7 +20,7 @@ def test_register_get_names_and_duplicates():
         r.get("zzz")
 
 
-def test_measures_and_targets_are_registries_the_cli_lists():
+def test_measures_and_targets_are_registries_the_cli_lists(capsys):
     import numpy as np
 
     from analysis.cli import build_parser
@@ -37,10 +37,16 @@ def test_measures_and_targets_are_registries_the_cli_lists():
     with pytest.raises(ValueError, match="unknown confidence measure 'ENTROPY'"):
         confidence(z, "ENTROPY")
     assert TARGETS.names() == ["entropy", "exit", "gate", "oracle"]
-    sub = build_parser()._subparsers._group_actions[0].choices
-    measure = {a.dest: a for a in sub["simulate"]._actions}["measure"]
-    target = {a.dest: a for a in sub["fit-predictors"]._actions}["target"]
-    assert list(measure.choices) == MEASURES.names() and list(target.choices) == TARGETS.names()
+    parser = build_parser()
+    a = parser.parse_args(["simulate", "--cache", "c", "--out", "o", "--measure", "norm_entropy"])
+    assert getattr(a, "PolicyConfig.measure") == "norm_entropy"
+    a = parser.parse_args(["fit-predictors", "--cache", "c", "--out", "o", "--target", "oracle,gate"])
+    assert getattr(a, "PredictorsConfig.targets") == ("oracle", "gate")
+    for cmd, flag, known in (("simulate", "--measure", MEASURES.names()), ("fit-predictors", "--target",
+                                                                             TARGETS.names())):
+        with pytest.raises(SystemExit):
+            parser.parse_args([cmd, "--cache", "c", "--out", "o", flag, "bogus"])
+        assert f"unknown value 'bogus'; known: {', '.join(known)}" in capsys.readouterr().err
 
 
 def test_a_measure_without_a_torch_form_is_refused_by_the_runtime_not_computed_as_another(monkeypatch):

@@ -8,7 +8,7 @@ from branchy.train import TrainConfig, run_phase
 
 
 def _cfg(scheme: str, **kw) -> TrainConfig:
-    base = dict(model="b-resnet", model_options={"depth": 8}, scheme=scheme, epochs=1, trunk_epochs=1,
+    base = dict(scheme=scheme, epochs=1, trunk_epochs=1,
                 ensemble_epochs=1, batch_size=32, lr=1e-2, device="cpu")
     base.update(kw)
     return TrainConfig(**base)

@@ -4,19 +4,21 @@ import torch
 
 from branchy.checkpoint import load_checkpoint, save_checkpoint
 from branchy.train import TrainConfig, resolve_optimizer, train
-from branchy.models import build_model
+from branchy.models import BackboneConfig, build_model
+
+NET = BackboneConfig("b-lenet", exits=(0, 1))
 
 
 def _cfg(**kw):
-    base = dict(model="b-lenet", exits=(0, 1), epochs=2, batch_size=32, lr=3e-3, device="cpu")
+    base = dict(epochs=2, batch_size=32, lr=3e-3, device="cpu", augment_shift=0)
     base.update(kw)
     return TrainConfig(**base)
 
 
 def test_training_is_deterministic_learns_and_writes_history(toy_splits, tmp_path):
-    r1 = train(_cfg(), splits=toy_splits, out_dir=tmp_path / "a", progress=False)
-    r2 = train(_cfg(), splits=toy_splits, out_dir=tmp_path / "b", progress=False)
-    r3 = train(_cfg(seed=1), splits=toy_splits, progress=False)
+    r1 = train(_cfg(), NET, toy_splits, out_dir=tmp_path / "a", progress=False)
+    r2 = train(_cfg(), NET, toy_splits, out_dir=tmp_path / "b", progress=False)
+    r3 = train(_cfg(seed=1), NET, toy_splits, progress=False)
     assert r1.model.fingerprint() == r2.model.fingerprint() != r3.model.fingerprint()
     h = pd.read_csv(tmp_path / "a" / "history.csv")
     assert set(h.columns) >= {"epoch", "exit", "train_accuracy", "train_loss", "calib_accuracy", "calib_loss"}
@@ -30,8 +32,8 @@ def test_training_is_deterministic_learns_and_writes_history(toy_splits, tmp_pat
 
 
 def test_exit_weights_change_training(toy_splits):
-    a = train(_cfg(epochs=1), splits=toy_splits, progress=False).model
-    b = train(_cfg(epochs=1, exit_weights=(0.0, 0.0, 1.0)), splits=toy_splits, progress=False).model
+    a = train(_cfg(epochs=1), NET, toy_splits, progress=False).model
+    b = train(_cfg(epochs=1, exit_weights=(0.0, 0.0, 1.0)), NET, toy_splits, progress=False).model
     # zero weight: the first branch head keeps its initial weights
     init = build_model("b-lenet", exits=(0, 1), num_classes=4)
     torch.manual_seed(0)
@@ -42,7 +44,7 @@ def test_exit_weights_change_training(toy_splits):
 
 
 def test_trunk_first_scheme_runs(toy_splits):
-    r = train(_cfg(scheme="trunk-first", trunk_epochs=1, epochs=1), splits=toy_splits, progress=False)
+    r = train(_cfg(scheme="trunk-first", trunk_epochs=1, epochs=1), NET, toy_splits, progress=False)
     assert list(r.history.phase.unique()) == ["trunk", "joint"]
 
 
@@ -55,7 +57,7 @@ def test_bad_config(kw, msg):
 
 def test_wrong_number_of_weights(toy_splits):
     with pytest.raises(ValueError, match="2 values but b-lenet .* has 3 exits"):
-        train(_cfg(exit_weights=(1.0, 1.0)), splits=toy_splits, progress=False)
+        train(_cfg(exit_weights=(1.0, 1.0)), NET, toy_splits, progress=False)
 
 
 def test_checkpoint_of_another_model_is_refused(tmp_path):
@@ -77,7 +79,7 @@ def test_other_schemes_train_round_trip_and_respect_frozen_trunk(scheme, toy_spl
     kw = dict(scheme=scheme, epochs=2)
     if scheme != "boostnet":
         kw["trunk_epochs"] = 1
-    r = train(_cfg(**kw), splits=toy_splits, out_dir=tmp_path, progress=False)
+    r = train(_cfg(**kw), NET, toy_splits, out_dir=tmp_path, progress=False)
     phases = list(r.history.phase.unique())
     assert phases == {"boostnet": ["joint"], "ic-only": ["trunk", "exits"],
                       "ztw": ["trunk", "exits", "ensemble"]}[scheme]
@@ -109,9 +111,9 @@ def test_boosted_exits_add_up():
 
 def test_frozen_schemes_need_a_trunk(toy_splits, tmp_path):
     with pytest.raises(ValueError, match="trunk_epochs >= 1 or an init_checkpoint"):
-        train(_cfg(scheme="ic-only"), splits=toy_splits, progress=False)
-    base = train(_cfg(epochs=1), splits=toy_splits, out_dir=tmp_path / "b", progress=False)
-    r = train(_cfg(scheme="ic-only", epochs=1, init_checkpoint=str(tmp_path / "b" / "model.pt")), splits=toy_splits,
+        train(_cfg(scheme="ic-only"), NET, toy_splits, progress=False)
+    base = train(_cfg(epochs=1), NET, toy_splits, out_dir=tmp_path / "b", progress=False)
+    r = train(_cfg(scheme="ic-only", epochs=1, init_checkpoint=str(tmp_path / "b" / "model.pt")), NET, toy_splits,
               progress=False)
     for a, b in zip(base.model.stages.parameters(), r.model.stages.parameters()):
         assert torch.equal(a, b)  # the trunk was taken and left frozen
@@ -126,8 +128,8 @@ def test_boostnet_trains_with_sgd_unless_told_otherwise():
         assert resolve_optimizer(_cfg(scheme="boostnet")) == "sgd"
         assert resolve_optimizer(_cfg(scheme="boostnet", optimizer="sgd")) == "sgd"
         for scheme in ("joint", "trunk-first", "ic-only", "ztw"):
-            assert resolve_optimizer(_cfg(scheme=scheme)) == "adam"
-            assert resolve_optimizer(_cfg(scheme=scheme, optimizer="sgd")) == "sgd"
+            assert resolve_optimizer(_cfg(scheme=scheme, trunk_epochs=1)) == "adam"
+            assert resolve_optimizer(_cfg(scheme=scheme, trunk_epochs=1, optimizer="sgd")) == "sgd"
         assert resolve_optimizer(_cfg(optimizer="adam")) == "adam"
     with pytest.warns(UserWarning, match="gradient rescale .*no effect under Adam"):
         assert resolve_optimizer(_cfg(scheme="boostnet", optimizer="adam")) == "adam"

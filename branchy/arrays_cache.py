@@ -1,0 +1,141 @@
+"""A cache from arrays you already have (your own model's outputs, or synthetic data): checked, then written
+through :mod:`branchy.cache_writer` like a dump."""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .cache import SCHEMA_VERSION, FeatureCache, file_entry
+from .cache_writer import _add_files, _finish, _writing, versions
+from .paths import check_writable
+from .splits import SPLITS
+
+
+def _check_arrays(data: dict) -> tuple[int, int]:
+    """Refuse ``cache_from_arrays`` input that would make a wrong cache, naming the split; return ``(K, C)``."""
+    if not isinstance(data, dict):
+        raise ValueError(f"cache_from_arrays wants data[split] = (labels, logits, features) for {SPLITS}, "
+                         f"got {type(data).__name__}")
+    missing = set(SPLITS) - set(data)
+    if missing:
+        raise ValueError(f"cache_from_arrays needs every split {SPLITS}; missing {sorted(missing)}")
+    k = c = dims = None
+    for sp in SPLITS:
+        try:
+            y, z, feats = data[sp]
+        except (TypeError, ValueError):
+            raise ValueError(f"{sp}: want a tuple (labels [N], logits [N, K, C], [features_k [N, D_k]]), got "
+                             f"{type(data[sp]).__name__}") from None
+        y, z = np.asarray(y), np.asarray(z)
+        feats = list(feats)
+        if y.ndim != 1 or z.ndim != 3 or len(z) != len(y) or len(feats) != z.shape[1]:
+            raise ValueError(f"{sp}: want labels [N], logits [N, K, C] and K feature arrays; got {y.shape}, "
+                             f"{z.shape}, {len(feats)} feature arrays")
+        if len(y) == 0:
+            raise ValueError(f"{sp}: no samples; every split needs at least one")
+        if k is not None and z.shape[1:] != (k, c):
+            raise ValueError(f"{sp}: logits {z.shape} disagree with the other splits' K={k}, C={c}")
+        k, c = z.shape[1:]
+        if y.dtype.kind not in "iu":
+            raise ValueError(f"{sp}: labels must be integer class indices 0..{c - 1}, got dtype {y.dtype}; "
+                             f"convert them with labels.astype(int)")
+        bad = (y < 0) | (y >= c)
+        if bad.any():
+            raise ValueError(f"{sp}: {int(bad.sum())} labels are outside 0..{c - 1} (C={c} from the logits' last "
+                             f"dimension), e.g. {int(y[bad][0])}: labels must index the logits' classes")
+        if z.dtype.kind not in "fiu":
+            raise ValueError(f"{sp}: logits must be numbers, got dtype {z.dtype}")
+        if not np.isfinite(z).all():
+            raise ValueError(f"{sp}: {int((~np.isfinite(z)).sum())} logits are NaN or infinite; give finite logits "
+                             f"(replace -inf masks by a large negative number)")
+        for i, f in enumerate(feats):
+            f = np.asarray(f)
+            if f.ndim != 2 or len(f) != len(y):
+                raise ValueError(f"{sp}: features of exit {i} must be [N, D] with N={len(y)}, got {f.shape}")
+            if f.dtype.kind not in "fiu":
+                raise ValueError(f"{sp}: features of exit {i} must be numbers, got dtype {f.dtype}")
+            if not np.isfinite(f).all():
+                raise ValueError(f"{sp}: features of exit {i} hold {int((~np.isfinite(f)).sum())} NaN or infinite "
+                                 f"values; give finite features")
+            if dims is not None and f.shape[1] != dims[i]:
+                raise ValueError(f"{sp}: features of exit {i} have D={f.shape[1]}, the train split's D={dims[i]}; "
+                                 f"every split needs the same feature size per exit")
+        if dims is None:
+            dims = [np.shape(f)[1] for f in feats]
+    return int(k), int(c)
+
+
+def cache_from_arrays(path: str | os.PathLike, data: dict, *, costs=None, model_name: str = "arrays",
+                      dataset_name: str = "arrays", overwrite: bool = False, chain: str = "none") -> FeatureCache:
+    """Write a cache from arrays you already have (your own model's outputs, or synthetic data).
+
+    ``data[split] = (labels [N], logits [N, K, C], [features_k [N, D_k] for each exit])`` for train,
+    calib and test. ``costs`` is a cost table as :func:`branchy.profile.profile_segments` makes (default:
+    unit costs: every stage 1 ms / 1 MAC, exits 0.1, buffers 0.01). ``chain`` says whether exit k's logits
+    were computed with the earlier heads run (``boost``, ``cascade``, ``ensemble``; see FeatureCache.chain).
+    """
+    import hashlib
+
+    out = check_writable(path, what="cache")
+    k, c = _check_arrays(data)
+    h = hashlib.sha256()
+    for sp in SPLITS:
+        y, z, feats = data[sp]
+        z = np.asarray(z)
+        h.update(np.ascontiguousarray(y).tobytes() + np.ascontiguousarray(z, dtype=np.float32).tobytes())
+    with _writing(out, overwrite) as partial:
+        files = _write_arrays(partial, data)
+        return _finish(partial, out, _arrays_manifest(partial, files, data, costs, fp=h.hexdigest()[:16], k=k, c=c,
+                                                      model_name=model_name, dataset_name=dataset_name, chain=chain))
+
+
+def _write_arrays(partial: Path, data: dict) -> dict:
+    """Each split's labels, logits and features into ``partial``; return their ``files`` entries."""
+    files: dict[str, dict] = {}
+    for sp in SPLITS:
+        y, z, feats = data[sp]
+        d = partial / sp
+        d.mkdir()
+        np.save(d / "labels.npy", np.asarray(y, dtype=np.int64))
+        np.save(d / "logits.npy", np.asarray(z, dtype=np.float32))
+        for i, f in enumerate(feats):
+            f = np.asarray(f)
+            if f.ndim != 2 or len(f) != len(y):
+                raise ValueError(f"{sp}: features of exit {i} must be [N, D] with N={len(y)}, got {f.shape}")
+            np.save(d / f"feat_{i}.npy", f.astype(np.float32))
+        _add_files(files, d, partial)
+    return files
+
+
+def _arrays_manifest(partial: Path, files: dict, data: dict, costs, *, fp: str, k: int, c: int, model_name: str,
+                     dataset_name: str, chain: str) -> dict:
+    """Write ``costs`` (default: unit costs) into ``partial``; return the manifest of a cache_from_arrays cache."""
+    import pandas as pd
+
+    from .profile import COST_COLUMNS
+
+    if costs is None:
+        rows = []
+        for i in range(k):
+            for seg, ms in (("stage", 1.0), ("exit", 0.1), ("buffer", 0.01)):
+                rows.append({"segment": seg, "k": i, "macs": int(ms * 1000) if seg != "buffer" else 0, "params": 0,
+                             "act_bytes": 1024, "ms_b1": ms, "ms_b1_iqr": 0.0, "ms_batch": ms, "ms_batch_iqr": 0.0,
+                             "batch_size": 1, "threads": 1, "device": "none", "ms_b1_spread": 0.0,
+                             "ms_batch_spread": 0.0, "rounds": 0, "unstable": False})
+        costs = pd.DataFrame(rows, columns=COST_COLUMNS)
+    costs.to_csv(partial / "costs.csv", index=False)
+    files["costs.csv"] = file_entry(partial / "costs.csv")
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "model": {"name": model_name, "fingerprint": fp, "config": None, "checkpoint": None},
+        "dataset": {"name": dataset_name, "fingerprint": fp, "info": None},
+        "splits": {sp: int(len(data[sp][0])) for sp in SPLITS},
+        "num_exits": int(k), "num_classes": int(c), "exits": list(range(k - 1)),
+        "branch_shapes": None, "feature_dims": [int(np.shape(f)[1]) for f in data["train"][2]],
+        "feature_dtype": "float32", "pooling": "given", "batch_size": None, "device": None, "threads": None,
+        "dump_seconds": 0.0, "versions": versions(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "files": files, "chain": str(chain),
+    }
