@@ -16,9 +16,9 @@ from branchy.models import BackboneConfig
 from branchy.train import TrainConfig
 from predictors.grid import PredictorsConfig
 
-from .placement_study import PlacementConfig
-from .present import format_compare, format_eval, print_cache_info
-from .study import PolicyConfig
+from .study.placement_study import PlacementConfig
+from .present.tables import format_compare, format_eval, print_cache_info
+from .study.policies import PolicyConfig
 
 COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {}
 
@@ -287,7 +287,7 @@ def _fit_run(a) -> int:
     from predictors.fit import evaluation_table, fit_predictor
     from predictors.store import save_predictors
 
-    from .calibrate import resolve_rule
+    from .core.calibrate import resolve_rule
 
     pc, pol = from_arguments(PredictorsConfig, a), from_arguments(PolicyConfig, a)
     check_writable(a.out, folder=True, what="predictors folder")
@@ -319,7 +319,7 @@ def _simulate_args(p):
 def _simulate_run(a) -> int:
     from branchy.cache import FeatureCache
 
-    from .outputs import simulate_to
+    from .study.outputs import simulate_to
 
     cfg = from_arguments(PolicyConfig, a)
     check_writable(a.out, folder=True, what="simulation folder")
@@ -339,7 +339,7 @@ command("simulate", "simulate latency vs accuracy of every policy on a cache (ta
 
 
 def _profiles_run(a) -> int:
-    from .costs import PROFILES
+    from .core.costs import PROFILES
 
     for name in PROFILES.names():
         p = PROFILES.get(name)
@@ -369,9 +369,9 @@ def _place_run(a) -> int:
     from branchy.cache import FeatureCache
     from predictors.store import load_predictors
 
-    from .costs import get_profile
-    from .placement_study import run_placement, write_placement
-    from .study import calibrate
+    from .core.costs import get_profile
+    from .study.placement_study import run_placement, write_placement
+    from .study.policies import calibrate
 
     pl = from_arguments(PlacementConfig, a)
     risk = getattr(a, "PolicyConfig.risk", None)
@@ -418,7 +418,7 @@ def _validate_args(p):
 
 
 def _validate_run(a) -> int:
-    from .validate import format_validate, recheck_line, validate_line, validate_run
+    from .study.validate import format_validate, recheck_line, validate_line, validate_run
 
     df, out = validate_run(a.run, n=a.n, reps=a.reps, batch_size=a.batch_size, backend=a.backend)
     print(f"real runtime vs simulator on {int(df.n.iloc[0])} test samples; ms per sample at batch 1, "
@@ -443,7 +443,7 @@ def _demo_args(p):
 
 
 def _demo_run(a) -> int:
-    from .pipeline import run_demo
+    from .study.pipeline import run_demo
 
     run_demo(out=a.out, redo=a.redo, epochs=a.epochs)
     return 0
@@ -462,8 +462,8 @@ def _run_args(p):
 def _run_run(a) -> int:
     from dataclasses import replace
 
-    from .pipeline import run_study
-    from .study_config import load_study
+    from .study.pipeline import run_study
+    from .study.config import load_study
 
     cfg = load_study(a.config)  # validated before any work starts
     if a.out:

@@ -6,7 +6,7 @@ For each re-split the pooled calib+test samples of a cache are shuffled into two
 on one (calib) and scored on the other (test). The loss is the *paired* one: test samples ``full`` gets
 right and the cascade gets wrong (a share of test samples, in points). Speed-ups are mean latency of
 ``full`` over the cascade's on test, Raspberry-Pi-4 profile (ms per sample at batch 1, from MACs). Three
-rules: LTT (binomial p-values, fixed-sequence over the data-free λ family; :mod:`analysis.guarantee`),
+rules: LTT (binomial p-values, fixed-sequence over the data-free λ family; :mod:`analysis.core.guarantee`),
 the point estimate over the same family (cheapest λ whose calib loss is within EPS), and today's default
 (sequential target accuracy = the final exit's calib accuracy).
 
@@ -26,9 +26,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from analysis.calibrate import thresholds_for_accuracy  # noqa: E402
-from analysis.evidence import Evidence, outcome  # noqa: E402
-from analysis.guarantee import point_estimate_rule, risk_controlled_rule  # noqa: E402
+from analysis.core.calibrate import thresholds_for_accuracy  # noqa: E402
+from analysis.core.evidence import Evidence, outcome  # noqa: E402
+from analysis.core.guarantee import point_estimate_rule, risk_controlled_rule  # noqa: E402
 from branchy.cache import CacheError, FeatureCache  # noqa: E402
 from branchy.rule import ExitRule  # noqa: E402
 

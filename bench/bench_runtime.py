@@ -17,9 +17,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from analysis.calibrate import thresholds_for_accuracy  # noqa: E402
-from analysis.costs import CostModel  # noqa: E402
-from analysis.simulate import simulate_cascade, simulate_full  # noqa: E402
+from analysis.core.calibrate import thresholds_for_accuracy  # noqa: E402
+from analysis.core.costs import CostModel  # noqa: E402
+from analysis.core.simulate import simulate_cascade, simulate_full  # noqa: E402
 from branchy.cache import FeatureCache  # noqa: E402
 from branchy.checkpoint import data_config_of  # noqa: E402
 from branchy.measures import confidence  # noqa: E402

@@ -1,7 +1,7 @@
 """Threshold sweep speed: 100 settings over 1,000,000 samples x 8 exits (target: under 5 s on 2 cores).
 
 Run: .venv/bin/python bench/bench_sweep.py [--n 1000000] [--k 8] [--settings 100]
-Prints the wall time of ``analysis.sweep.sweep_cascade`` (float32 confidences) and, side by side in
+Prints the wall time of ``analysis.core.sweep.sweep_cascade`` (float32 confidences) and, side by side in
 the same run, the general per-sample simulator on 5 of the settings, scaled to the same count.
 """
 from __future__ import annotations
@@ -15,9 +15,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from analysis.costs import CostModel  # noqa: E402
-from analysis.simulate import simulate_cascade  # noqa: E402
-from analysis.sweep import sweep_cascade  # noqa: E402
+from analysis.core.costs import CostModel  # noqa: E402
+from analysis.core.simulate import simulate_cascade  # noqa: E402
+from analysis.core.sweep import sweep_cascade  # noqa: E402
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--n", type=int, default=1_000_000)

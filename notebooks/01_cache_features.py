@@ -27,8 +27,8 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 
-from analysis.pipeline import DEMO, step_dump, step_train
-from analysis.plots import plot_entropy_hist
+from analysis.study.pipeline import DEMO, step_dump, step_train
+from analysis.present.plots import plot_entropy_hist
 from dataclasses import replace
 
 SMALL = os.environ.get("BRANCHY_NB_SMALL") == "1"

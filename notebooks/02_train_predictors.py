@@ -24,7 +24,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import seaborn as sns
 
-from analysis.calibrate import thresholds_for_accuracy
+from analysis.core.calibrate import thresholds_for_accuracy
 from branchy.cache import FeatureCache
 from predictors import PredictorSpec, evaluation_table, fit_predictor, save_predictors
 

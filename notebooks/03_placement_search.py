@@ -24,8 +24,8 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from analysis.placement_study import run_placement
-from analysis.plots import plot_placement_map, plot_search_front
+from analysis.study.placement_study import run_placement
+from analysis.present.plots import plot_placement_map, plot_search_front
 from branchy.cache import FeatureCache
 from placement import Constraint, list_strategies
 from predictors import load_predictors

@@ -85,3 +85,22 @@ def test_no_import_cycle_inside_a_package(pkg):
 def test_the_cycle_finder_finds_a_cycle():
     assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert _cycle({"a": {"b"}, "b": set(), "c": {"a"}}) is None
+
+
+ANALYSIS_FLOORS = ["analysis.core", "analysis.present", "analysis.study", "analysis.cli"]
+
+
+def test_analysis_subpackages_keep_their_floors():
+    """Inside analysis: core < present < study < cli, no import runs upward (lazy imports included)."""
+    def floor(mod: str) -> int | None:
+        for i, f in enumerate(ANALYSIS_FLOORS):
+            if mod == f or mod.startswith(f + "."):
+                return i
+        return None
+
+    graph = _module_imports("analysis")
+    assert {floor(m) for m in graph if m != "analysis"} == {0, 1, 2, 3}, "a module of analysis sits on no floor"
+    for mod, deps in graph.items():
+        for d in deps:
+            if floor(mod) is not None and floor(d) is not None:
+                assert floor(d) <= floor(mod), f"{mod} imports {d}: upward inside analysis ({' < '.join(ANALYSIS_FLOORS)})"

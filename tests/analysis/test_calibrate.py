@@ -1,7 +1,7 @@
 """Threshold calibration: target accuracy, exit budgets and the threshold grid."""
 import numpy as np
 
-from analysis.calibrate import budgeted_thresholds, threshold_grid, thresholds_for_accuracy
+from analysis.core.calibrate import budgeted_thresholds, threshold_grid, thresholds_for_accuracy
 from branchy.measures import confidence
 
 

@@ -5,8 +5,8 @@ import json
 import pytest
 
 from analysis.cli import main
-from analysis.costs import load_profile_file, profile_from_dict
-from analysis.study_config import StudyConfigError, parse_study
+from analysis.core.costs import load_profile_file, profile_from_dict
+from analysis.study.config import StudyConfigError, parse_study
 
 GOOD_PROFILE = {"name": "dev", "macs_per_s": 1e9, "bytes_per_s": 1e9}
 

@@ -5,11 +5,11 @@ import json
 import numpy as np
 import pytest
 
-from analysis.calibrate import thresholds_for_accuracy
-from analysis.costs import CostModel
-from analysis.evidence import Evidence, cut_candidates, outcome, tune_cuts
-from analysis.guarantee import lambda_family, risk_controlled_rule
-from analysis.study import PolicyConfig, choose_policies, study_policies
+from analysis.core.calibrate import thresholds_for_accuracy
+from analysis.core.costs import CostModel
+from analysis.core.evidence import Evidence, cut_candidates, outcome, tune_cuts
+from analysis.core.guarantee import lambda_family, risk_controlled_rule
+from analysis.study.policies import PolicyConfig, choose_policies, study_policies
 from branchy.dump import cache_from_arrays
 from branchy.measures import entropy
 from branchy.rule import ExitRule
@@ -247,7 +247,7 @@ def test_risk_controlled_rule_is_certified_and_safer_than_the_point_estimate(syn
 def test_ties_are_never_split_by_a_threshold():
     """200 samples with the same (saturated) confidence at exit 0, 150 right: a 0.99 target cannot accept
     them all; the budgeted rule cannot send a fraction of a tie out."""
-    from analysis.calibrate import budgeted_thresholds
+    from analysis.core.calibrate import budgeted_thresholds
 
     n = 300
     z = np.zeros((n, 2, 4), np.float32)
@@ -265,7 +265,7 @@ def test_ties_are_never_split_by_a_threshold():
 
 
 def test_runtime_overhead_is_charged_per_sample_and_per_decision():
-    from analysis.simulate import simulate_cascade, simulate_full
+    from analysis.core.simulate import simulate_cascade, simulate_full
 
     base = CostModel.from_arrays([1.0, 1.0, 1.0], [0.2, 0.2, 0.2], [0.1] * 3, [0.1] * 3)
     ov = CostModel.from_arrays([1.0, 1.0, 1.0], [0.2, 0.2, 0.2], [0.1] * 3, [0.1] * 3, sample_ms=0.05,
@@ -290,7 +290,7 @@ def test_an_exit_nothing_can_pass_is_not_entered_and_uncrossfitted_predictors_ar
 
 
 def test_placement_under_risk_is_certified_on_calib_rows_the_search_never_saw(synth_cache):
-    from analysis.placement_study import run_placement
+    from analysis.study.placement_study import run_placement
 
     T = ExitRule.given((0.5, 0.5), 3)
     preds = {p.spec.name: p for p in [fit_predictor(synth_cache, PredictorSpec("gate", j, "linear", e, T),

@@ -1,4 +1,4 @@
-"""analysis.plots: every plot is ``plot(..., ax=None) -> (fig, ax)`` on one axes, draws the same whether ``ax``
+"""analysis.present.plots: every plot is ``plot(..., ax=None) -> (fig, ax)`` on one axes, draws the same whether ``ax``
 is given or not, and draws what its data says (the artists are counted, not the file size)."""
 import matplotlib
 
@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis import plots
+from analysis.present import plots
 from placement import Gate, Placement
 
 

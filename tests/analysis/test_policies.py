@@ -5,10 +5,10 @@ matplotlib.use("Agg")
 import numpy as np
 import pytest
 
-from analysis.calibrate import thresholds_for_accuracy
-from analysis.costs import DeviceProfile
-from analysis import plots
-from analysis.study import PolicyConfig, pareto_points, run_policies
+from analysis.core.calibrate import thresholds_for_accuracy
+from analysis.core.costs import DeviceProfile
+from analysis.present import plots
+from analysis.study.policies import PolicyConfig, pareto_points, run_policies
 from predictors import PredictorSpec, fit_predictor
 
 

@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from analysis.costs import CostModel, get_profile, list_profiles, load_profile_file
+from analysis.core.costs import CostModel, get_profile, list_profiles, load_profile_file
 
 
 def test_profiles_registry_and_files(tmp_path, synth_cache):

@@ -1,11 +1,11 @@
 """The HTML report escapes every user- or data-supplied string."""
 import pandas as pd
 
-from analysis.outputs import simulate_to
-from analysis.placement_study import run_placement
-from analysis.report import write_report
-from analysis.study import PolicyConfig
-from analysis.study_config import StudyConfig
+from analysis.study.outputs import simulate_to
+from analysis.study.placement_study import run_placement
+from analysis.study.report import write_report
+from analysis.study.policies import PolicyConfig
+from analysis.study.config import StudyConfig
 from branchy.data import DataConfig
 from branchy.models import BackboneConfig
 from branchy.dump import cache_from_arrays

@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from analysis.risk import (LTTResult, binomial_pvalue, fixed_sequence, hoeffding_bentkus_pvalue, ltt_select,
+from analysis.core.risk import (LTTResult, binomial_pvalue, fixed_sequence, hoeffding_bentkus_pvalue, ltt_select,
                            min_calib_size, paired_loss)
 
 

@@ -4,11 +4,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from analysis.costs import CostModel
-from analysis.simulate import (simulate_cascade, simulate_full, simulate_gated, simulate_jump, simulate_oracle,
+from analysis.core.costs import CostModel
+from analysis.core.simulate import (simulate_cascade, simulate_full, simulate_gated, simulate_jump, simulate_oracle,
                                simulate_patience)
-from analysis.stats import summarize
-from analysis.sweep import pareto_front, sweep_cascade
+from analysis.core.stats import summarize
+from analysis.core.sweep import pareto_front, sweep_cascade
 
 
 def naive(policy, costs, correct, *, passes=None, preds=None, patience=None, kept=None, enter=None, gate_at=None,

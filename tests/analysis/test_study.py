@@ -3,7 +3,7 @@ import pytest
 import yaml
 
 from analysis.cli import main
-from analysis.study_config import StudyConfigError, load_study, parse_study
+from analysis.study.config import StudyConfigError, load_study, parse_study
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[2]
 

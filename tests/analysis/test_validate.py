@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from analysis.study import PolicyConfig
-from analysis.validate import plot_validate, recheck_line, validate, validate_line
+from analysis.study.policies import PolicyConfig
+from analysis.study.validate import plot_validate, recheck_line, validate, validate_line
 from branchy.dump import dump
 from branchy.models import build_model
 from placement import Gate, Placement
@@ -56,7 +56,7 @@ def test_runtime_exits_equal_the_simulator_for_every_policy(toy_splits, tmp_path
 
 @pytest.mark.slow
 def test_every_backend_takes_the_same_exits_and_its_costs_become_a_profile(toy_splits, tmp_path):
-    from analysis.costs import CostModel
+    from analysis.core.costs import CostModel
     from branchy.backends import list_backends, prepare
     from branchy.dump import reprofile
     from branchy.runtime import EarlyExitRuntime

@@ -6,9 +6,9 @@ from dataclasses import MISSING, dataclass, fields
 import pytest
 
 from analysis.cli import build_parser
-from analysis.placement_study import PlacementConfig
-from analysis.study import PolicyConfig
-from analysis.study_config import StudyConfig
+from analysis.study.placement_study import PlacementConfig
+from analysis.study.policies import PolicyConfig
+from analysis.study.config import StudyConfig
 from branchy.config import ConfigError, add_arguments, from_arguments, from_mapping, setting, to_plain
 from branchy.data import DataConfig, load_dataset
 from branchy.dump import DumpConfig

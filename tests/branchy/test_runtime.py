@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from analysis.costs import CostModel
-from analysis.simulate import simulate_cascade, simulate_full, simulate_gated
+from analysis.core.costs import CostModel
+from analysis.core.simulate import simulate_cascade, simulate_full, simulate_gated
 from branchy.dump import dump
 from branchy.measures import confidence
 from branchy.models import build_model
@@ -92,7 +92,7 @@ def test_saturated_confidences_decide_as_the_simulator(toy_splits, measure):
 
 
 def test_jump_predictor_takes_the_simulators_exits(toy_splits):
-    from analysis.simulate import simulate_jump
+    from analysis.core.simulate import simulate_jump
 
     torch.manual_seed(0)
     m = build_model("b-lenet", exits=(0, 1), num_classes=4).eval()

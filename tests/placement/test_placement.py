@@ -3,8 +3,8 @@ import json
 import numpy as np
 import pytest
 
-from analysis.costs import DeviceProfile
-from analysis.placement_study import PlacementObjective, exit_macs, run_placement
+from analysis.core.costs import DeviceProfile
+from analysis.study.placement_study import PlacementObjective, exit_macs, run_placement
 from branchy.dump import cache_from_arrays
 from branchy.rule import ExitRule
 from placement import Constraint, Gate, Placement, SearchSpace, list_strategies, search

@@ -9,11 +9,11 @@ import pandas as pd
 
 from branchy.cache import FeatureCache
 
-from . import plots
-from .costs import get_profile
-from .present import format_gates
-from .stats import format_headline
-from .study import PolicyConfig, calibrate, pareto_points, study_policies
+from ..present import plots
+from ..core.costs import get_profile
+from ..present.tables import format_gates
+from ..core.stats import format_headline
+from .policies import PolicyConfig, calibrate, pareto_points, study_policies
 
 
 def simulate_to(cache: FeatureCache, out: str | Path, *, predictors: dict | None = None,

@@ -1,4 +1,4 @@
-"""A guaranteed accuracy drop: the exit rule chosen by Learn-then-Test (:mod:`analysis.risk`) so that the
+"""A guaranteed accuracy drop: the exit rule chosen by Learn-then-Test (:mod:`analysis.core.risk`) so that the
 share of new samples that ``full`` gets right and the cascade gets wrong exceeds ``eps`` points with
 probability at most ``delta`` (over the draw of calib).
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import plots
-from .stats import format_headline
+from ..present import plots
+from ..core.stats import format_headline
 
 CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222;line-height:1.45}
 table{border-collapse:collapse;font-size:13px;margin:.5em 0}td,th{border:1px solid #ccc;padding:3px 7px;text-align:right}

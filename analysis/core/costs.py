@@ -121,7 +121,7 @@ def load_profile_file(path: str | os.PathLike) -> DeviceProfile:
     return profile_from_dict(d, str(p))
 
 
-for _f in sorted(resources.files("analysis").joinpath("profiles").iterdir(), key=lambda f: f.name):
+for _f in sorted(resources.files("analysis.core").joinpath("profiles").iterdir(), key=lambda f: f.name):
     if _f.name.endswith(".json"):
         _p = profile_from_dict(json.loads(_f.read_text()), _f.name)
         PROFILES.register(_p.name, _p, doc=_p.description)

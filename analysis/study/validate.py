@@ -20,8 +20,8 @@ from branchy.runtime import EarlyExitRuntime
 from placement import Placement
 from predictors.deploy import gate_callable, jump_callable
 
-from .evidence import Evidence, can_pass, outcome
-from .study import PolicyConfig, study_policies
+from ..core.evidence import Evidence, can_pass, outcome
+from .policies import PolicyConfig, study_policies
 
 
 def build_runtime(model, pl: Placement, rule: ExitRule, cuts: dict, predictors: dict, pooling: str,
@@ -64,7 +64,7 @@ def _round_costs(t: pd.Series, ref, k: int, chained: bool, pcost: dict) -> tuple
     predictors, timed beside the policies' run."""
     from branchy.profile import overhead_from_times
 
-    from .costs import CostModel
+    from ..core.costs import CostModel
 
     v = lambda seg: np.array([t[f"{seg}{i}"] for i in range(k)])  # noqa: E731
     ov = overhead_from_times(t, k, chained)
@@ -244,7 +244,7 @@ def format_validate(df: pd.DataFrame) -> str:
 
 def plot_validate(df: pd.DataFrame, *, ax=None, title: str | None = None):
     """Simulated against measured mean latency per policy (95 % CIs), with the line sim = meas."""
-    from .plots import _ax
+    from ..present.plots import _ax
 
     fig, ax = _ax(ax)
     for r in df.itertuples():
@@ -271,8 +271,8 @@ def validate_run(run: str | Path, *, n: int = 300, reps: int = 3, batch_size: in
     from branchy.checkpoint import data_config_of, load_checkpoint
     from branchy.data import DataConfig
 
-    from . import plots
-    from .study_config import load_study
+    from ..present import plots
+    from .config import load_study
 
     from branchy.paths import check_writable
 

@@ -14,7 +14,7 @@ from branchy.data import DataConfig
 from branchy.models import BackboneConfig
 from branchy.train import TrainConfig
 
-from .study_config import StudyConfig
+from .config import StudyConfig
 
 DEMO = StudyConfig(
     name="demo: B-LeNet on the embedded MNIST-5k",
@@ -75,7 +75,7 @@ def step_predictors(cfg: StudyConfig, cache, out: Path, redo: bool):
     from predictors.fit import evaluation_table, fit_predictor
     from predictors.store import load_predictors, save_predictors
 
-    from .study import calibrate
+    from .policies import calibrate
 
     pc = cfg.predictors
     rule = calibrate(cache, cfg.policies)
@@ -110,10 +110,10 @@ def step_predictors(cfg: StudyConfig, cache, out: Path, redo: bool):
 
 def run_study(cfg: StudyConfig, *, redo: bool = False) -> dict:
     """Run the whole study; returns the tables and paths (and writes them under ``cfg.out``)."""
-    from .present import format_compare, format_eval, print_cache_info
+    from ..present.tables import format_compare, format_eval, print_cache_info
     from .placement_study import run_placement, write_placement
     from .outputs import simulate_to
-    from .stats import format_headline
+    from ..core.stats import format_headline
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -154,7 +154,7 @@ def run_study(cfg: StudyConfig, *, redo: bool = False) -> dict:
         log(f"headline ({prof}): test split; latency in ms per sample at batch 1; speed-up over full; 95% CIs")
         print(format_headline(headline[headline.profile == prof]))
     if len(sim["gates"]):
-        from .present import format_gates
+        from ..present.tables import format_gates
 
         print(format_gates(sim["gates"]))
     val = step_validate(cfg, cache, model, splits, preds, pcfg, rule, placements, out)
@@ -189,7 +189,7 @@ def step_validate(cfg: StudyConfig, cache, model, splits, preds, pcfg, rule, pla
     import pandas as pd
     import torch
 
-    from . import plots
+    from ..present import plots
     from .validate import format_validate, plot_validate, recheck_line, validate, validate_line
 
     if not cfg.validate:

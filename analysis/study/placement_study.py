@@ -1,4 +1,4 @@
-"""The objective that placement search is handed (the one evaluator, :mod:`analysis.evidence`), and the
+"""The objective that placement search is handed (the one evaluator, :mod:`analysis.core.evidence`), and the
 search run end to end: candidates scored on calib, the chosen placement re-evaluated on test."""
 from __future__ import annotations
 
@@ -14,11 +14,11 @@ from branchy.rule import ExitRule
 from placement import Constraint, Placement, SearchSpace, search
 from placement.search import STRATEGIES, SearchResult
 
-from .calibrate import budgeted_thresholds, calib_rule, thresholds_for_accuracy
-from .costs import CostModel, DeviceProfile, get_profile
-from .evidence import Evidence, outcome, tune_cuts
-from .stats import summarize
-from .study import PolicyConfig
+from ..core.calibrate import budgeted_thresholds, calib_rule, thresholds_for_accuracy
+from ..core.costs import CostModel, DeviceProfile, get_profile
+from ..core.evidence import Evidence, outcome, tune_cuts
+from ..core.stats import summarize
+from .policies import PolicyConfig
 
 METRICS = ("accuracy_%", "mean_ms", "p95_ms", "mean_MACs")  # what the objective returns per placement
 
@@ -131,7 +131,7 @@ def run_placement(cache: FeatureCache, predictors: dict, strategy: str, *, const
     space = SearchSpace.from_predictors(predictors, cache.num_exits, exit_macs(cache))
     search_rows = cert_rows = None
     if cfg.risk is not None:  # search on one half of calib, certify on the other (Learn-then-Test)
-        from .guarantee import risk_controlled_rule
+        from ..core.guarantee import risk_controlled_rule
 
         perm = np.random.default_rng(seed).permutation(cache.size("calib"))
         search_rows, cert_rows = np.sort(perm[: len(perm) // 2]), np.sort(perm[len(perm) // 2:])
@@ -167,7 +167,7 @@ def certify_placement(res: SearchResult, cache: FeatureCache, predictors: dict, 
     ordered from the slowest to the fastest on the search half (full first), each with its paired loss
     against full on the held-out half, fixed-sequence tested; the fastest certified one (on the search
     half) replaces ``res.chosen`` (full when none is). ``res.table`` gets ``p_value`` and ``certified``."""
-    from .risk import ltt_select, paired_loss
+    from ..core.risk import ltt_select, paired_loss
 
     k = cache.num_exits
     full = Placement.plain(k, [False] * (k - 1) + [True])
@@ -189,11 +189,11 @@ def certify_placement(res: SearchResult, cache: FeatureCache, predictors: dict, 
 
 def write_placement(res: SearchResult, compare: pd.DataFrame, out: str | Path, *, profile_name: str = "") -> None:
     """candidates.csv, front.csv (Pareto front on calib), comparison.csv, placement.json and two plots."""
-    from . import plots
+    from ..present import plots
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    from .sweep import pareto_front
+    from ..core.sweep import pareto_front
 
     res.table.drop(columns="placement").to_csv(out / "candidates.csv", index=False)
     pareto_front(res.table).drop(columns="placement").to_csv(out / "front.csv", index=False)

@@ -1,6 +1,6 @@
 """The standard comparison on a cache: full, cascade, patience, gated, jump and oracle. Everything is
 decided on ``calib`` (the exit rule, which gate goes in front of which exit, the gates' cuts, with the
-predictors' out-of-fold scores) and reported on ``test`` by the one evaluator (:mod:`analysis.evidence`)."""
+predictors' out-of-fold scores) and reported on ``test`` by the one evaluator (:mod:`analysis.core.evidence`)."""
 from __future__ import annotations
 
 import warnings
@@ -16,12 +16,12 @@ from branchy.rule import ExitRule
 from placement import Gate, Placement
 from predictors.targets import check_thresholds
 
-from .calibrate import budgeted_thresholds, calib_rule, threshold_grid, thresholds_for_accuracy
-from .costs import CostModel, DeviceProfile
-from .evidence import Evidence, gate_report, outcome, tune_cuts
-from .simulate import Outcome
-from .stats import summarize, summary_table
-from .sweep import pareto_front
+from ..core.calibrate import budgeted_thresholds, calib_rule, threshold_grid, thresholds_for_accuracy
+from ..core.costs import CostModel, DeviceProfile
+from ..core.evidence import Evidence, gate_report, outcome, tune_cuts
+from ..core.simulate import Outcome
+from ..core.stats import summarize, summary_table
+from ..core.sweep import pareto_front
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,7 @@ class PolicyConfig:
     ``patience``: PABEE's P. ``gate_max_drop``: points of calib accuracy a gate's cut may give up against
     always entering (0: gates may only save latency). ``max_acc_drop`` + ``risk``: choose the exit rule by
     Learn-then-Test so that the accuracy lost against ``full`` on new data exceeds ``max_acc_drop`` points
-    with probability at most ``risk`` (see :mod:`analysis.guarantee`). ``bootstrap``: resamples of the CIs."""
+    with probability at most ``risk`` (see :mod:`analysis.core.guarantee`). ``bootstrap``: resamples of the CIs."""
 
     measure: str = setting("entropy", "confidence measure of the exit rule", choices=MEASURES.names)
     target_acc: float | None = setting(0.99, "accuracy (fraction) each side exit's accepted calib samples must "
@@ -65,7 +65,7 @@ class PolicyConfig:
 def calibrate(cache: FeatureCache, cfg: PolicyConfig, *, ev_calib: Evidence | None = None) -> ExitRule:
     """The exit rule, tuned on calib: sequential target accuracy, or Learn-then-Test under ``risk``."""
     if cfg.risk is not None:
-        from .guarantee import risk_controlled_rule
+        from ..core.guarantee import risk_controlled_rule
 
         ev_calib = ev_calib or Evidence.build(cache, "calib", measure=cfg.measure)
         return risk_controlled_rule(ev_calib, cfg.max_acc_drop, cfg.risk, num_classes=cache.num_classes).rule
@@ -174,7 +174,7 @@ def study_policies(cache: FeatureCache, *, predictors: dict | None = None,
 
 def gate_table(ev: Evidence, rule: ExitRule, cfg: PolicyConfig = PolicyConfig()) -> pd.DataFrame:
     """Every gate/entropy predictor alone in front of its exit, cut tuned on calib: its operating point and
-    break-even cost (:func:`analysis.evidence.gate_report`), on calib out-of-fold scores."""
+    break-even cost (:func:`analysis.core.evidence.gate_report`), on calib out-of-fold scores."""
     k = ev.num_exits
     if ev.chained:
         return pd.DataFrame()

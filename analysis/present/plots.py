@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
-from .sweep import pareto_front
+from ..core.sweep import pareto_front
 
 POLICY_ORDER = ["full", "cascade", "patience", "gated", "gated-entropy", "jump", "placement", "oracle"]
 
