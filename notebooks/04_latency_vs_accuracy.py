@@ -27,7 +27,8 @@ import matplotlib.pyplot as plt
 from analysis.core.costs import list_profiles
 from analysis.present.plots import plot_exit_distribution, plot_latency_breakdown, plot_pareto
 from analysis.core.stats import format_headline
-from analysis.study.policies import PolicyConfig, pareto_points, run_policies
+from analysis.core.policies import PolicyConfig
+from analysis.study.compare import pareto_points, run_policies
 from branchy.cache import FeatureCache
 from predictors import load_predictors
 

@@ -19,7 +19,7 @@ from .costs import CostModel, DeviceProfile
 from .simulate import (Outcome, simulate_cascade, simulate_full, simulate_gated, simulate_oracle,
                        simulate_patience)
 
-STANDARD = ("full", "cascade", "patience", "oracle")
+FIXED = ("full", "cascade", "patience", "oracle")  # what outcome() runs by name; all policies: core.policies
 
 
 @dataclass
@@ -126,7 +126,7 @@ def outcome(ev: Evidence, policy: str | Placement, rule: ExitRule, *, cuts: dict
         if policy == "patience":
             return simulate_patience(ev.preds, ev.correct, ev.costs, patience, overlap=overlap,
                                      name=name or "patience")
-        raise ValueError(f"unknown policy {policy!r}; known: {', '.join(STANDARD)} or a Placement")
+        raise ValueError(f"unknown policy {policy!r}; known: {', '.join(FIXED)} or a Placement")
     pl = policy
     if pl.num_exits != k:
         raise ValueError(f"placement has {pl.num_exits} exits, the cache {k}")

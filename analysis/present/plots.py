@@ -7,9 +7,8 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
+from ..core.policies import is_reference, policy_order
 from ..core.sweep import pareto_front
-
-POLICY_ORDER = ["full", "cascade", "patience", "gated", "gated-entropy", "jump", "placement", "oracle"]
 
 
 def _ax(ax, figsize=(6, 4)):
@@ -20,7 +19,7 @@ def _ax(ax, figsize=(6, 4)):
 
 
 def _palette(policies) -> dict:
-    names = [p for p in POLICY_ORDER if p in set(policies)] + sorted(set(policies) - set(POLICY_ORDER))
+    names = policy_order(policies)
     return dict(zip(names, sns.color_palette("tab10", len(names))))
 
 
@@ -29,23 +28,23 @@ def plot_pareto(points: pd.DataFrame, summary: pd.DataFrame | None = None, *, x:
     """Accuracy versus latency: each policy's front over threshold settings (lines: the settings that
     are non-dominated *on calib*, column ``on_front``, drawn at their test values; without that column
     the front of the points themselves), its calibrated operating point (large markers, from ``summary``),
-    full and the oracle bound (stars)."""
+    the references: full and the oracle bound (stars)."""
     fig, ax = _ax(ax)
     pal = _palette(list(points.policy.unique()) + ([] if summary is None else list(summary.policy)))
     for pol, d in points.groupby("policy", sort=False):
-        if pol in ("full", "oracle"):
+        if is_reference(pol):
             continue
         ax.scatter(d[x], d[y], s=10, alpha=0.35, color=pal[pol])
         f = d[d.on_front.astype(bool)].sort_values(f"calib_{x}" if f"calib_{x}" in d else x) \
             if "on_front" in d else pareto_front(d, x, y)
         ax.plot(f[x], f[y], "-", color=pal[pol], label=f"{pol} (front)")
     ref = summary if summary is not None else points
-    for pol in ("full", "oracle"):
+    for pol in [p for p in policy_order(ref.policy.unique()) if is_reference(p)]:
         d = ref[ref.policy == pol]
         if len(d):
             ax.scatter(d[x], d[y], marker="*", s=180, color=pal.get(pol, "k"), edgecolor="k", zorder=5, label=pol)
     if summary is not None:
-        d = summary[~summary.policy.isin(["full", "oracle"])]
+        d = summary[~summary.policy.map(is_reference)]
         fronts = set(points.policy)
         for r in d.to_dict("records"):
             ax.scatter(r[x], r[y], s=70, marker="o", color=pal.get(r["policy"], "k"), edgecolor="k", zorder=4,
@@ -179,4 +178,24 @@ def plot_search_front(table: pd.DataFrame, *, x: str = "mean_ms", y: str = "accu
     ax.legend(fontsize=7, loc="lower right")
     if title:
         ax.set_title(title, fontsize=9)
+    return fig, ax
+
+
+def plot_validate(df: pd.DataFrame, *, ax=None, title: str | None = None):
+    """Simulated against measured mean latency per policy (95 % CIs), with the line sim = meas."""
+    fig, ax = _ax(ax)
+    for r in df.itertuples():
+        ax.errorbar(r.meas_mean_ms, r.sim_mean_ms, xerr=[[r.meas_mean_ms - r.meas_mean_lo], [r.meas_mean_hi - r.meas_mean_ms]],
+                    yerr=[[r.sim_mean_ms - r.sim_mean_lo], [r.sim_mean_hi - r.sim_mean_ms]], fmt="o", capsize=3,
+                    label=f"{r.policy} ({r.ratio:.2f})")
+    lo = min(df.meas_mean_lo.min(), df.sim_mean_lo.min()) * 0.9
+    hi = max(df.meas_mean_hi.max(), df.sim_mean_hi.max()) * 1.1
+    ax.plot([lo, hi], [lo, hi], "k--", lw=1, label="sim = meas")
+    ax.fill_between([lo, hi], [lo * 0.9, hi * 0.9], [lo * 1.1, hi * 1.1], color="0.85", alpha=0.5, label="±10 %")
+    ax.set_xlabel("measured mean latency (ms per sample, batch 1)")
+    ax.set_ylabel("simulated mean latency (ms)")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    if title:
+        ax.set_title(title)
     return fig, ax

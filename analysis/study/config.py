@@ -1,7 +1,7 @@
 """Study configs (``branchy run STUDY.yaml``). Each section **is** a library config: ``data`` a
 :class:`~branchy.data.DataConfig`, ``model`` a :class:`~branchy.models.BackboneConfig`, ``train`` a
 :class:`~branchy.train.TrainConfig`, ``dump`` a :class:`~branchy.dump.DumpConfig`, ``predictors`` a
-:class:`~predictors.grid.PredictorsConfig`, ``policies`` a :class:`~analysis.study.policies.PolicyConfig` and ``placement``
+:class:`~predictors.grid.PredictorsConfig`, ``policies`` a :class:`~analysis.core.policies.PolicyConfig` and ``placement``
 a :class:`~analysis.study.placement_study.PlacementConfig`; each default and check lives there once. Unknown keys are
 refused and every value is checked before any work starts."""
 from __future__ import annotations
@@ -21,7 +21,7 @@ from predictors.grid import PredictorsConfig
 
 from ..core.costs import get_profile
 from .placement_study import PlacementConfig
-from .policies import PolicyConfig
+from ..core.policies import PolicyConfig
 
 StudyConfigError = ConfigError  # the name earlier versions raised
 

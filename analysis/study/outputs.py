@@ -13,7 +13,8 @@ from ..present import plots
 from ..core.costs import get_profile
 from ..present.tables import format_gates
 from ..core.stats import format_headline
-from .policies import PolicyConfig, calibrate, pareto_points, study_policies
+from ..core.policies import PolicyConfig, calibrate
+from .compare import pareto_points, study_policies
 
 
 def simulate_to(cache: FeatureCache, out: str | Path, *, predictors: dict | None = None,

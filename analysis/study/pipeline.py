@@ -75,7 +75,7 @@ def step_predictors(cfg: StudyConfig, cache, out: Path, redo: bool):
     from predictors.fit import evaluation_table, fit_predictor
     from predictors.store import load_predictors, save_predictors
 
-    from .policies import calibrate
+    from ..core.policies import calibrate
 
     pc = cfg.predictors
     rule = calibrate(cache, cfg.policies)
@@ -190,7 +190,8 @@ def step_validate(cfg: StudyConfig, cache, model, splits, preds, pcfg, rule, pla
     import torch
 
     from ..present import plots
-    from .validate import format_validate, plot_validate, recheck_line, validate, validate_line
+    from ..present.plots import plot_validate
+    from .validate import format_validate, recheck_line, validate, validate_line
 
     if not cfg.validate:
         return None

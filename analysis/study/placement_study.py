@@ -18,7 +18,7 @@ from ..core.calibrate import budgeted_thresholds, calib_rule, thresholds_for_acc
 from ..core.costs import CostModel, DeviceProfile, get_profile
 from ..core.evidence import Evidence, outcome, tune_cuts
 from ..core.stats import summarize
-from .policies import PolicyConfig
+from ..core.policies import PolicyConfig
 
 METRICS = ("accuracy_%", "mean_ms", "p95_ms", "mean_MACs")  # what the objective returns per placement
 

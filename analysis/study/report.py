@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..present import plots
+from ..core.policies import is_operating_point
 from ..core.stats import format_headline
 
 CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222;line-height:1.45}
@@ -60,7 +61,7 @@ def write_report(result: dict, path: str | Path) -> Path:
     if len(measured) > 1:
         verdict = {}
         for p in measured:
-            d = summary[(summary.profile == p) & (summary.policy != "oracle")]
+            d = summary[(summary.profile == p) & summary.policy.map(is_operating_point)]
             verdict[p] = (d.sort_values("mean_ms").policy.iloc[0],
                           float(d.set_index("policy").loc["cascade", "speedup"]))
         fastest = {v[0] for v in verdict.values()}
@@ -88,7 +89,8 @@ def write_report(result: dict, path: str | Path) -> Path:
                  "them; re-measure with <code>branchy profile --cache DIR</code> on a quieter machine.</p>")
     val = result.get("validate")
     if val is not None and len(val):
-        from .validate import format_validate, plot_validate, recheck_line, validate_line
+        from ..present.plots import plot_validate
+        from .validate import format_validate, recheck_line, validate_line
 
         s.append("<h2>Simulation against a real run</h2>")
         s.append(f"<p class=note>The real early-exit runtime (on each backend below, {int(val.threads.iloc[0])} threads) ran "

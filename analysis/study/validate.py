@@ -21,7 +21,8 @@ from placement import Placement
 from predictors.deploy import gate_callable, jump_callable
 
 from ..core.evidence import Evidence, can_pass, outcome
-from .policies import PolicyConfig, study_policies
+from ..core.policies import POLICIES, PolicyConfig
+from .compare import study_policies
 
 
 def build_runtime(model, pl: Placement, rule: ExitRule, cuts: dict, predictors: dict, pooling: str,
@@ -103,9 +104,18 @@ def validate(cache: FeatureCache, model, test_x: torch.Tensor, *, predictors: di
         np.arange(n))
     segs = prepare(model, backend)
     k = cache.num_exits
-    pols: dict[str, tuple | str] = {"full": "full", "cascade": "cascade"}
-    for name, c in st.chosen.items():
-        pols[name] = (c.placement, c.cuts, rule)
+    pols: dict[str, tuple | str] = {}  # every registered policy the runtime can run, then the placements
+    for name in POLICIES.names():
+        p = POLICIES.get(name)
+        if not p.runtime:
+            continue
+        if p.run is not None:
+            if name not in ("full", "cascade"):
+                raise NotImplementedError(f"policy {name!r} is registered with runtime=True but the runtime has no "
+                                          f"form for it: add one here, or register it with runtime=False")
+            pols[name] = name
+        elif name in st.chosen:
+            pols[name] = (st.chosen[name].placement, st.chosen[name].cuts, rule)
     if placements:
         from .placement_study import PlacementObjective
 
@@ -242,28 +252,6 @@ def format_validate(df: pd.DataFrame) -> str:
     return d.to_string(index=False)
 
 
-def plot_validate(df: pd.DataFrame, *, ax=None, title: str | None = None):
-    """Simulated against measured mean latency per policy (95 % CIs), with the line sim = meas."""
-    from ..present.plots import _ax
-
-    fig, ax = _ax(ax)
-    for r in df.itertuples():
-        ax.errorbar(r.meas_mean_ms, r.sim_mean_ms, xerr=[[r.meas_mean_ms - r.meas_mean_lo], [r.meas_mean_hi - r.meas_mean_ms]],
-                    yerr=[[r.sim_mean_ms - r.sim_mean_lo], [r.sim_mean_hi - r.sim_mean_ms]], fmt="o", capsize=3,
-                    label=f"{r.policy} ({r.ratio:.2f})")
-    lo = min(df.meas_mean_lo.min(), df.sim_mean_lo.min()) * 0.9
-    hi = max(df.meas_mean_hi.max(), df.sim_mean_hi.max()) * 1.1
-    ax.plot([lo, hi], [lo, hi], "k--", lw=1, label="sim = meas")
-    ax.fill_between([lo, hi], [lo * 0.9, hi * 0.9], [lo * 1.1, hi * 1.1], color="0.85", alpha=0.5, label="±10 %")
-    ax.set_xlabel("measured mean latency (ms per sample, batch 1)")
-    ax.set_ylabel("simulated mean latency (ms)")
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
-    if title:
-        ax.set_title(title)
-    return fig, ax
-
-
 def validate_run(run: str | Path, *, n: int = 300, reps: int = 3, batch_size: int = 64,
                  backend: str = "eager") -> tuple[pd.DataFrame, Path]:
     """:func:`validate` on a study folder (model/, cache/, predictors/, simulate/thresholds.json,
@@ -312,6 +300,6 @@ def validate_run(run: str | Path, *, n: int = 300, reps: int = 3, batch_size: in
     out.mkdir(exist_ok=True)
     tag = "" if backend == "eager" else f"_{backend}"
     df.to_csv(out / f"validate{tag}.csv", index=False)
-    fig, _ = plot_validate(df, title=f"simulated vs measured ({backend}, batch 1, {n} test samples)")
+    fig, _ = plots.plot_validate(df, title=f"simulated vs measured ({backend}, batch 1, {n} test samples)")
     plots.save(fig, out / f"validate{tag}.png")
     return df, out

@@ -9,7 +9,8 @@ from analysis.core.calibrate import thresholds_for_accuracy
 from analysis.core.costs import CostModel
 from analysis.core.evidence import Evidence, cut_candidates, outcome, tune_cuts
 from analysis.core.guarantee import lambda_family, risk_controlled_rule
-from analysis.study.policies import PolicyConfig, choose_policies, study_policies
+from analysis.core.policies import PolicyConfig, choose_policies
+from analysis.study.compare import study_policies
 from branchy.dump import cache_from_arrays
 from branchy.measures import entropy
 from branchy.rule import ExitRule

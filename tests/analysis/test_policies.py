@@ -8,7 +8,8 @@ import pytest
 from analysis.core.calibrate import thresholds_for_accuracy
 from analysis.core.costs import DeviceProfile
 from analysis.present import plots
-from analysis.study.policies import PolicyConfig, pareto_points, run_policies
+from analysis.core.policies import PolicyConfig
+from analysis.study.compare import pareto_points, run_policies
 from predictors import PredictorSpec, fit_predictor
 
 
@@ -69,3 +70,30 @@ def test_policies_on_a_cache_with_predictors_and_plots(synth_cache, tmp_path):
     assert len(ax.lines) == int(np.isfinite(T[:-1]).sum())
     matplotlib.pyplot.close("all")
 
+
+
+def test_a_registered_policy_joins_every_comparison_table_front_and_plot(synth_cache, monkeypatch):
+    """A policy is registered in one place (analysis.core.policies) and appears everywhere: the summary table in
+    registration order, the accuracy-latency fronts when swept, the plots' order (bounds last)."""
+    from analysis.core import policies as P
+    from analysis.core.evidence import outcome
+
+    with pytest.raises(ValueError, match="exactly one of run"):
+        P.Policy("x", "neither run nor decide")
+    with pytest.raises(ValueError, match="role must be one of"):
+        P.Policy("x", "a bad role", role="star", run=lambda ev, rule, cfg: None)
+    pol = P.Policy("late-cascade", "the cascade under another name", swept=True, runtime=False,
+                   run=lambda ev, rule, cfg: outcome(ev, "cascade", rule, overlap=cfg.overlap, name="late-cascade"))
+    monkeypatch.setitem(P.POLICIES._items, "late-cascade", pol)
+    monkeypatch.setitem(P.POLICIES._docs, "late-cascade", pol.doc)
+    cfg = PolicyConfig(bootstrap=0)
+    _, table = run_policies(synth_cache, profile="jetson-nano", cfg=cfg)
+    assert list(table.policy) == ["full", "cascade", "patience", "oracle", "late-cascade"]  # no predictors
+    t = table.set_index("policy")
+    assert t.loc["late-cascade", "mean_ms"] == t.loc["cascade", "mean_ms"]
+    assert t.loc["late-cascade", "speedup"] == t.loc["cascade", "speedup"]
+    pts = pareto_points(synth_cache, profile="jetson-nano", cfg=cfg, n_settings=3)
+    a, b = pts[pts.policy == "late-cascade"], pts[pts.policy == "cascade"]
+    assert len(a) == len(b) == 9 and list(a.mean_ms) == list(b.mean_ms) and a.on_front.any()
+    assert P.policy_order(table.policy)[-1] == "oracle" and P.is_operating_point("late-cascade")
+    assert not P.is_operating_point("oracle") and P.is_reference("full") and not P.is_reference("late-cascade")

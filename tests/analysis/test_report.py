@@ -4,7 +4,7 @@ import pandas as pd
 from analysis.study.outputs import simulate_to
 from analysis.study.placement_study import run_placement
 from analysis.study.report import write_report
-from analysis.study.policies import PolicyConfig
+from analysis.core.policies import PolicyConfig
 from analysis.study.config import StudyConfig
 from branchy.data import DataConfig
 from branchy.models import BackboneConfig

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from analysis.study.policies import PolicyConfig
-from analysis.study.validate import plot_validate, recheck_line, validate, validate_line
+from analysis.core.policies import PolicyConfig
+from analysis.present.plots import plot_validate
+from analysis.study.validate import recheck_line, validate, validate_line
 from branchy.dump import dump
 from branchy.models import build_model
 from placement import Gate, Placement

@@ -7,7 +7,7 @@ import pytest
 
 from analysis.cli import build_parser
 from analysis.study.placement_study import PlacementConfig
-from analysis.study.policies import PolicyConfig
+from analysis.core.policies import PolicyConfig
 from analysis.study.config import StudyConfig
 from branchy.config import ConfigError, add_arguments, from_arguments, from_mapping, setting, to_plain
 from branchy.data import DataConfig, load_dataset

@@ -1,0 +1,175 @@
+"""The ``branchy`` console script's frame: the command registry, argument types, the registry listings, the
+parser and :func:`main` (one-line errors). Each step's commands live in their own module of this package."""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from typing import Callable, Sequence
+
+from branchy.paths import SetupError
+from branchy.registry import UnknownNameError
+
+COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {}
+
+
+
+def command(name: str, help: str):
+    """Register ``(add_arguments, run)`` for a subcommand."""
+
+    def deco(fn_pair):
+        COMMANDS[name] = fn_pair + (help,)
+        return fn_pair
+
+    return deco
+
+
+def _number(kind=float, lo: float | None = None, hi: float | None = None, *, lo_open: bool = False,
+            what: str = ""):
+    """An argparse ``type``: a finite ``kind`` (int or float) in [lo, hi] (``lo_open``: lo excluded); a bad value
+    is a one-line usage error naming the range."""
+    def parse(s: str):
+        try:
+            v = kind(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{s!r} is not {'an integer' if kind is int else 'a number'}") from None
+        bad = not math.isfinite(v) or (lo is not None and (v < lo or (lo_open and v == lo))) or \
+            (hi is not None and v > hi)
+        if bad:
+            lo_s = "" if lo is None else f"{'>' if lo_open else '>='} {lo:g}"
+            hi_s = "" if hi is None else f"<= {hi:g}"
+            rng = " and ".join(x for x in (lo_s, hi_s) if x) or "finite"
+            raise argparse.ArgumentTypeError(f"{s} is out of range: must be {rng}{what}")
+        return v
+    parse.__name__ = "integer" if kind is int else "number"
+    return parse
+
+
+POS_INT = _number(int, 1)
+POS = _number(float, 0, lo_open=True)
+
+
+def _float_list(s: str) -> list[float]:
+    try:
+        v = [float(x) for x in s.replace(",", " ").split()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r} is not a list of numbers (e.g. 0.5,0.3)") from None
+    if any(math.isnan(x) for x in v):
+        raise argparse.ArgumentTypeError(f"{s!r} holds NaN")
+    return v
+
+
+# ----------------------------------------------------------------------------- listings
+def _no_args(p):
+    pass
+
+
+def _lister(get_registry):
+    """A ``run`` that prints ``name  description`` for every entry of a registry."""
+
+    def run(a) -> int:
+        for name, doc in get_registry().describe().items():
+            print(f"{name:16s} {doc}")
+        return 0
+
+    return run
+
+
+def _backends() -> list[str]:
+    from branchy.backends import list_backends
+
+    return list_backends()
+
+
+def _backbones():
+    from branchy.models import BACKBONES
+
+    return BACKBONES
+
+
+def _datasets():
+    from branchy.data import DATASETS
+
+    return DATASETS
+
+
+def _strategies():
+    from placement.search import STRATEGIES
+
+    return STRATEGIES
+
+
+command("models", "list the registered backbones")((_no_args, _lister(_backbones)))
+command("datasets", "list the registered datasets")((_no_args, _lister(_datasets)))
+command("strategies", "list the placement strategies")((_no_args, _lister(_strategies)))
+
+
+def _profiles_run(a) -> int:
+    from ..core.costs import PROFILES
+
+    for name in PROFILES.names():
+        p = PROFILES.get(name)
+        figs = "" if p.measured else (f"  [{p.macs_per_s:.3g} MAC/s, {p.bytes_per_s:.3g} B/s, "
+                                      f"{p.overhead_ms} ms/segment]")
+        print(f"{name:15s} {p.description}{figs}")
+    return 0
+
+
+command("profiles", "list the registered device profiles")((_no_args, _profiles_run))
+
+
+# ----------------------------------------------------------------------------- entry
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="branchy", description="Early-exit networks, exit predictors and their "
+                                     "placement: cache features once, fit predictors, search placements, simulate.")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error (anywhere on the "
+                        "command line)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (add, _run, help_) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_, description=help_)
+        add(p)
+    return parser
+
+
+EXPECTED_ERRORS = (UnknownNameError, ValueError, OSError, SetupError)  # OSError: missing, unwritable, full
+
+
+def _one_line(e: BaseException) -> str:
+    msg = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+    return " ".join(msg.split()) or type(e).__name__
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The ``branchy`` command. Expected errors (bad input, missing or stale files, unknown names) print one
+    line and exit 2; Ctrl-C prints one line and exits 130; anything else prints one line that says it is a
+    bug and exits 1. ``--debug`` shows the traceback instead."""
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [v for v in argv if v != "--debug"]
+    a = parser.parse_args(argv)
+    if not a.command:
+        parser.print_help()
+        return 2
+    try:
+        return int(COMMANDS[a.command][1](a) or 0)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print(f"branchy {a.command}: interrupted (nothing half-written is left as complete)", file=sys.stderr)
+        return 130
+    except EXPECTED_ERRORS as e:
+        if debug:
+            raise
+        print(f"branchy {a.command}: error: {_one_line(e)}", file=sys.stderr)
+        return 2
+    except Exception as e:  # noqa: BLE001 - a bug: one line, the traceback with --debug
+        if debug:
+            raise
+        print(f"branchy {a.command}: internal error ({type(e).__name__}: {_one_line(e)}); this is a bug: rerun with "
+              f"--debug for the traceback and report it", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,136 @@
+"""Commands that decide on a cache: ``fit-predictors``, ``simulate``, ``place`` (tuned on calib, reported on
+test)."""
+from __future__ import annotations
+
+from branchy.config import add_arguments, from_arguments
+from branchy.paths import check_writable
+from predictors.grid import PredictorsConfig
+
+from ..core.policies import PolicyConfig
+from ..present.tables import format_compare, format_eval
+from ..study.placement_study import PlacementConfig
+from .base import _float_list, command
+
+
+# ----------------------------------------------------------------------------- predictors
+def _fit_args(p):
+    p.add_argument("--cache", required=True, help="feature cache directory (branchy dump)")
+    add_arguments(p, PredictorsConfig, title="predictors")
+    g = p.add_argument_group("exit rule (defines the gate and exit targets)")
+    add_arguments(g, PolicyConfig, only=("measure", "target_acc"))
+    g.add_argument("--thresholds", type=_float_list, default=None,
+                   help="exit thresholds T, one per side exit (default: calibrated on calib, see --target-acc)")
+    p.add_argument("--fit-split", default="calib", choices=["calib", "train", "test"],
+                   help="split to fit on (calib; train warns; test is refused)")
+    p.add_argument("--out", required=True, help="folder for the fitted predictors")
+
+
+def _fit_run(a) -> int:
+    from branchy.cache import FeatureCache
+    from predictors.fit import evaluation_table, fit_predictor
+    from predictors.store import save_predictors
+
+    from ..core.calibrate import resolve_rule
+
+    pc, pol = from_arguments(PredictorsConfig, a), from_arguments(PolicyConfig, a)
+    check_writable(a.out, folder=True, what="predictors folder")
+    cache = FeatureCache.open(a.cache)
+    rule = resolve_rule(cache, a.thresholds, pol.target_acc, pol.measure)
+    print(f"exit rule: {rule.describe()}")
+    fitted = [fit_predictor(cache, s, split=a.fit_split, folds=pc.folds) for s in pc.specs(cache.num_exits, rule)]
+    save_predictors(fitted, a.out)
+    print(f"saved {len(fitted)} predictor(s) to {a.out}")
+    print(format_eval(evaluation_table(fitted, cache)))
+    return 0
+
+
+command("fit-predictors", "fit gate / exit / entropy predictors on a cache and print their evaluation")(
+    (_fit_args, _fit_run))
+
+
+# ----------------------------------------------------------------------------- simulate
+def _simulate_args(p):
+    p.add_argument("--cache", required=True, help="feature cache directory")
+    p.add_argument("--predictors", default=None, help="folder of fitted predictors (enables gated and jump)")
+    p.add_argument("--profile", action="append", default=None,
+                   help="device profile name or JSON/YAML file (repeatable; default: measured). "
+                        "See `branchy profiles`")
+    add_arguments(p, PolicyConfig, title="policies")
+    p.add_argument("--out", required=True, help="folder for summary.csv, pareto.csv, gates.csv and the plots")
+
+
+def _simulate_run(a) -> int:
+    from branchy.cache import FeatureCache
+
+    from ..study.outputs import simulate_to
+
+    cfg = from_arguments(PolicyConfig, a)
+    check_writable(a.out, folder=True, what="simulation folder")
+    cache = FeatureCache.open(a.cache)
+    preds = None
+    if a.predictors:
+        from predictors.store import load_predictors
+
+        preds = load_predictors(a.predictors, cache)
+    simulate_to(cache, a.out, predictors=preds, profiles=a.profile or ["measured"], cfg=cfg)
+    print(f"\nwrote {a.out}/summary.csv, pareto.csv, gates.csv, thresholds.json and plots")
+    return 0
+
+
+command("simulate", "simulate latency vs accuracy of every policy on a cache (tables + plots)")(
+    (_simulate_args, _simulate_run))
+
+
+# ----------------------------------------------------------------------------- place
+def _place_args(p):
+    p.add_argument("--cache", required=True, help="feature cache directory")
+    p.add_argument("--predictors", required=True, help="folder of fitted predictors")
+    add_arguments(p, PlacementConfig, title="placement")
+    add_arguments(p, PolicyConfig, only=("measure", "target_acc", "gate_max_drop", "risk"),
+                  title="exit rule and gates (with --risk, --max-acc-drop is also the guaranteed drop)")
+    p.add_argument("--out", required=True, help="folder for candidates.csv, placement.json and plots "
+                                                "(one subfolder per strategy when several are given)")
+
+
+def _place_run(a) -> int:
+    from pathlib import Path
+
+    from branchy.cache import FeatureCache
+    from predictors.store import load_predictors
+
+    from ..core.costs import get_profile
+    from ..study.placement_study import run_placement, write_placement
+    from ..core.policies import calibrate
+
+    pl = from_arguments(PlacementConfig, a)
+    risk = getattr(a, "PolicyConfig.risk", None)
+    if risk is not None and pl.latency_budget is not None:
+        raise ValueError("--risk guarantees an accuracy drop: give it with --max-acc-drop EPS, not --latency-budget")
+    cfg = from_arguments(PolicyConfig, a, max_acc_drop=pl.max_acc_drop if risk is not None else None)
+    check_writable(a.out, folder=True, what="placement folder")
+    prof = get_profile(pl.profile)
+    cache = FeatureCache.open(a.cache)
+    preds = load_predictors(a.predictors, cache)
+    con = pl.constraint
+    if cfg.risk is None:
+        rule = calibrate(cache, cfg)
+        print(f"exit rule: {rule.describe()}")
+    else:
+        rule = None
+        print(f"risk control: rule and placement searched on half of calib, the choice certified by "
+              f"Learn-then-Test on the other half (eps {cfg.max_acc_drop} pt, delta {cfg.risk})")
+    for strategy in pl.strategies:
+        out = Path(a.out) if len(pl.strategies) == 1 else Path(a.out) / strategy
+        res, compare = run_placement(cache, preds, strategy, constraint=con, profile=prof, n_jobs=pl.n_jobs,
+                                     seed=pl.seed, rule=rule, cfg=cfg)
+        write_placement(res, compare, out, profile_name=prof.name)
+        print(f"strategy {strategy}: {len(res.table)} placements scored on calib ({prof.name}); {con.describe()}")
+        print(f"chosen: {res.chosen.describe()}")
+        print(format_compare(compare))
+        print(f"wrote {out}/placement.json, candidates.csv, comparison.csv, placement_map.png, placement_front.png")
+    return 0
+
+
+command("place", "search where exits and predictor gates go (scored on calib, chosen re-evaluated on test)")(
+    (_place_args, _place_run))
+

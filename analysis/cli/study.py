@@ -1,0 +1,75 @@
+"""Commands on a whole study: ``validate`` (the real runtime against the simulator), ``demo`` and ``run``."""
+from __future__ import annotations
+
+from .base import POS_INT, _backends, command
+
+
+# ----------------------------------------------------------------------------- validate
+def _validate_args(p):
+    p.add_argument("--run", required=True, help="study folder (branchy run / branchy demo output)")
+    p.add_argument("--n", type=POS_INT, default=300, help="test samples, run one at a time (default 300)")
+    p.add_argument("--reps", type=POS_INT, default=3, help="timed repetitions per sample and policy (median)")
+    p.add_argument("--batch-size", type=POS_INT, default=64, help="batch for the batched run")
+    p.add_argument("--backend", default="eager", type=str.lower, choices=_backends(),
+                   help="eager, compiled or onnxruntime (its costs must have been "
+                   "measured: branchy profile --backend)")
+
+
+def _validate_run(a) -> int:
+    from ..study.validate import format_validate, recheck_line, validate_line, validate_run
+
+    df, out = validate_run(a.run, n=a.n, reps=a.reps, batch_size=a.batch_size, backend=a.backend)
+    print(f"real runtime vs simulator on {int(df.n.iloc[0])} test samples; ms per sample at batch 1, "
+          f"{int(df.threads.iloc[0])} threads; simulated from the cache's measured costs and runtime overhead")
+    print(format_validate(df))
+    print(f"wrote {out}/validate*.csv and validate*.png")
+    if recheck_line(df):
+        print(recheck_line(df))
+    print(validate_line(df))
+    return 0
+
+
+command("validate", "run the real runtime on test samples and compare measured with simulated latency")(
+    (_validate_args, _validate_run))
+
+
+# ----------------------------------------------------------------------------- demo
+def _demo_args(p):
+    p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
+    p.add_argument("--redo", action="store_true", help="recompute every step instead of reusing what is there")
+    p.add_argument("--epochs", type=POS_INT, default=None, help="training epochs (default 30)")
+
+
+def _demo_run(a) -> int:
+    from ..study.pipeline import run_demo
+
+    run_demo(out=a.out, redo=a.redo, epochs=a.epochs)
+    return 0
+
+
+command("demo", "the main job on the embedded mnist5k: train, dump, predictors, placement, simulate, report")(
+    (_demo_args, _demo_run))
+
+
+def _run_args(p):
+    p.add_argument("config", help="study config (YAML); see configs/")
+    p.add_argument("--redo", action="store_true", help="recompute every step instead of reusing what is there")
+    p.add_argument("--out", default=None, help="override the config's output folder")
+
+
+def _run_run(a) -> int:
+    from dataclasses import replace
+
+    from ..study.pipeline import run_study
+    from ..study.config import load_study
+
+    cfg = load_study(a.config)  # validated before any work starts
+    if a.out:
+        cfg = replace(cfg, out=a.out)
+    run_study(cfg, redo=a.redo)
+    return 0
+
+
+command("run", "run a whole study from a YAML config (train, dump, predictors, simulate, placement, report)")(
+    (_run_args, _run_run))
+

@@ -1,0 +1,236 @@
+"""The policies of the comparison, as a registry (:data:`POLICIES`, in display order), with the config that
+decides them (:class:`PolicyConfig`), the exit rule tuned on calib (:func:`calibrate`) and the decisions made on
+calib out-of-fold scores (:func:`choose_policies`). A policy is either run as it is (``run``: full, cascade,
+patience, oracle) or decided on calib as a placement with its gates' cuts (``decide``: gated, gated-entropy,
+jump). Its ``role`` says how it is shown: ``reference`` (full: speed-ups are against it), ``bound`` (oracle: not
+an operating point, never drawn or named as one, the runtime cannot run it) or ``choice``."""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from branchy.cache import FeatureCache
+from branchy.config import check_int, check_name, check_number, setting
+from branchy.measures import MEASURES
+from branchy.registry import Registry
+from branchy.rule import ExitRule
+from placement import Gate, Placement
+
+from .calibrate import calib_rule
+from .evidence import Evidence, outcome, tune_cuts
+from .simulate import Outcome
+
+ROLES = ("reference", "choice", "bound")
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    """How the standard policies are set up. ``target_acc``: accuracy (fraction) the samples each side
+    exit accepts, among those that reach it, must reach on calib (None: the final exit's calib accuracy).
+    ``patience``: PABEE's P. ``gate_max_drop``: points of calib accuracy a gate's cut may give up against
+    always entering (0: gates may only save latency). ``max_acc_drop`` + ``risk``: choose the exit rule by
+    Learn-then-Test so that the accuracy lost against ``full`` on new data exceeds ``max_acc_drop`` points
+    with probability at most ``risk`` (see :mod:`analysis.core.guarantee`). ``bootstrap``: resamples of the CIs."""
+
+    measure: str = setting("entropy", "confidence measure of the exit rule", choices=MEASURES.names)
+    target_acc: float | None = setting(0.99, "accuracy (fraction) each side exit's accepted calib samples must "
+                                             "reach (none: the final exit's calib accuracy)")
+    patience: int = setting(1, "PABEE's P: leave once this many consecutive later exits agree")
+    overlap: bool = setting(False, "run each branch concurrently with the next stage")
+    bootstrap: int = setting(1000, "bootstrap resamples for the CIs")
+    gate_max_drop: float = setting(0.0, "calib accuracy points a gate's cut may give up against always entering")
+    max_acc_drop: float | None = setting(None, "with risk: accuracy points against full that may be lost "
+                                               "(Learn-then-Test)")
+    risk: float | None = setting(None, "with max_acc_drop EPS: choose the exit rule so that losing more than EPS "
+                                       "points against full on new data has probability at most this")
+
+    def __post_init__(self) -> None:
+        check_name("measure", MEASURES, self.measure)
+        if self.target_acc is not None:
+            check_number("target_acc", self.target_acc, "in (0, 1] (an accuracy as a fraction, e.g. 0.99)",
+                         lambda v: 0 < v <= 1)
+        check_int("patience", self.patience, 1)
+        check_int("bootstrap", self.bootstrap, 0)
+        check_number("gate_max_drop", self.gate_max_drop, "of accuracy points in [0, 100]", lambda v: 0 <= v <= 100)
+        if (self.max_acc_drop is None) != (self.risk is None):
+            raise ValueError("max_acc_drop EPS and risk DELTA go together: the rule is chosen so that losing more "
+                             "than EPS points against full has probability at most DELTA")
+        if self.risk is not None:
+            check_number("risk", self.risk, "in (0, 1) (a probability)", lambda v: 0 < v < 1)
+            check_number("max_acc_drop", self.max_acc_drop, "in (0, 100) points (risk control)",
+                         lambda v: 0 < v < 100)
+
+
+def calibrate(cache: FeatureCache, cfg: PolicyConfig, *, ev_calib: Evidence | None = None) -> ExitRule:
+    """The exit rule, tuned on calib: sequential target accuracy, or Learn-then-Test under ``risk``."""
+    if cfg.risk is not None:
+        from ..core.guarantee import risk_controlled_rule
+
+        ev_calib = ev_calib or Evidence.build(cache, "calib", measure=cfg.measure)
+        return risk_controlled_rule(ev_calib, cfg.max_acc_drop, cfg.risk, num_classes=cache.num_classes).rule
+    return calib_rule(cache, cfg.target_acc, measure=cfg.measure)
+
+
+@dataclass
+class Chosen:
+    """A policy decided on calib: its placement and its gates' cuts."""
+
+    placement: Placement
+    cuts: dict
+
+
+def _best(ev: Evidence, rule: ExitRule, options: list[Placement], cfg: PolicyConfig, floor: float) -> Chosen:
+    """Of ``options`` the fastest on calib (cuts tuned) whose accuracy stays at ``floor`` or above."""
+    best, best_lat = None, np.inf
+    for pl in options:
+        cuts = tune_cuts(ev, pl, rule, max_drop=cfg.gate_max_drop, overlap=cfg.overlap)
+        o = outcome(ev, pl, rule, cuts=cuts, overlap=cfg.overlap)
+        if o.correct.mean() >= floor - 1e-12 and o.latency_ms.mean() < best_lat - 1e-12:
+            best, best_lat = Chosen(pl, cuts), o.latency_ms.mean()
+    return best
+
+
+@dataclass(frozen=True)
+class Policy:
+    """One policy of the comparison. Exactly one of ``run(ev, rule, cfg) -> Outcome`` (run as it is) and
+    ``decide(ev_calib, rule, cfg, floor) -> Chosen | None`` (a placement decided on calib out-of-fold scores,
+    accuracy at least ``floor``, the cascade's calib accuracy less ``cfg.gate_max_drop``). ``swept``: re-run at
+    every threshold setting of the accuracy-latency fronts; ``runtime``: the real runtime can run it (validate)."""
+
+    name: str
+    doc: str
+    role: str = "choice"
+    run: Callable[[Evidence, ExitRule, "PolicyConfig"], Outcome] | None = None
+    decide: Callable[..., Chosen | None] | None = None
+    swept: bool = False
+    runtime: bool = True
+
+    def __post_init__(self) -> None:
+        if self.role not in ROLES:
+            raise ValueError(f"policy role must be one of {', '.join(ROLES)}, got {self.role!r}")
+        if (self.run is None) == (self.decide is None):
+            raise ValueError(f"policy {self.name!r}: give exactly one of run (run as it is) and decide (decided "
+                             f"on calib)")
+
+
+class _OrderedRegistry(Registry):
+    """Names in registration order: the order of every table and plot."""
+
+    def names(self) -> list[str]:
+        return list(self._items)
+
+
+POLICIES: Registry[Policy] = _OrderedRegistry("policy")
+
+
+def register_policy(name: str, doc: str, **kw) -> Policy:
+    """Register a :class:`Policy`; it joins every comparison, table and plot in registration order."""
+    return POLICIES.register(name, Policy(name, doc, **kw), doc=doc)
+
+
+def policy_order(names) -> list[str]:
+    """``names`` in display order: registered choices and references first, then unregistered names (placements
+    found by a search) sorted, bounds last."""
+    names = set(names)
+    known = [n for n in POLICIES.names() if n in names]
+    bounds = [n for n in known if POLICIES.get(n).role == "bound"]
+    return [n for n in known if n not in bounds] + sorted(names - set(known)) + bounds
+
+
+def is_operating_point(name: str) -> bool:
+    """Whether a row of a table is a policy one can deploy (not a bound such as the oracle)."""
+    return name not in POLICIES or POLICIES.get(name).role != "bound"
+
+
+def is_reference(name: str) -> bool:
+    """Full and bounds: drawn as stars, not swept."""
+    return name in POLICIES and POLICIES.get(name).role != "choice"
+
+
+def _gate_names(ev: Evidence, rule: ExitRule, target: str) -> list[str]:
+    k = ev.num_exits
+    return [n for n, s in ev.specs.items() if s.target == target and s.for_exit is not None and s.for_exit < k - 1
+            and not (target == "gate" and s.rule is not None and s.rule.measure != rule.measure)]
+
+
+def _gated(target: str, label: str):
+    def decide(ev: Evidence, rule: ExitRule, cfg: PolicyConfig, floor: float) -> Chosen | None:
+        """Per side exit the gate (or none) that gives the lowest calib mean latency, its cut tuned; then the
+        cuts of the chosen gates re-tuned together. A gate that does not pay on calib is left out."""
+        names, k = _gate_names(ev, rule, target), ev.num_exits
+        if not names:
+            return None
+        cascade, gates = Placement.plain(k), [None] * k
+        for e in range(k - 1):
+            opts = [Placement(cascade.kept, tuple(Gate(n, ev.specs[n].at) if i == e else None for i in range(k)))
+                    for n in sorted(names) if ev.specs[n].for_exit == e]
+            best = _best(ev, rule, [cascade, *opts], cfg, floor)
+            if best is not None and best.placement.gates[e] is not None:
+                gates[e] = best.placement.gates[e]
+        pl = Placement(cascade.kept, tuple(gates), label=label)
+        return Chosen(pl, tune_cuts(ev, pl, rule, max_drop=cfg.gate_max_drop, overlap=cfg.overlap))
+    return decide
+
+
+def _jump(ev: Evidence, rule: ExitRule, cfg: PolicyConfig, floor: float) -> Chosen | None:
+    """The exit predictor that is fastest on calib, if any beats the cascade at its accuracy (else the cascade)."""
+    jumps = sorted(n for n, s in ev.specs.items() if s.target == "exit"
+                   and not (s.rule is not None and s.rule.measure != rule.measure))
+    if not jumps:
+        return None
+    cascade = Placement.plain(ev.num_exits)
+    opts = [Placement(cascade.kept, cascade.gates, Gate(n, ev.specs[n].at), label="jump") for n in jumps]
+    return _best(ev, rule, [cascade, *opts], cfg, floor)
+
+
+register_policy("full", "every sample runs to the final exit", role="reference",
+                run=lambda ev, rule, cfg: outcome(ev, "full", rule))
+register_policy("cascade", "BranchyNet: leave at the first exit whose confidence passes the rule", swept=True,
+                run=lambda ev, rule, cfg: outcome(ev, "cascade", rule, overlap=cfg.overlap))
+register_policy("patience", "PABEE: leave once `patience` consecutive exits agree", runtime=False,
+                run=lambda ev, rule, cfg: outcome(ev, "patience", rule, patience=cfg.patience, overlap=cfg.overlap))
+register_policy("gated", "a gate predictor in front of each side exit where one pays on calib", swept=True,
+                decide=_gated("gate", "gated"))
+register_policy("gated-entropy", "an entropy predictor as the gate of each side exit where one pays on calib",
+                swept=True, decide=_gated("entropy", "gated-entropy"))
+register_policy("jump", "an exit predictor sends each sample straight to its predicted exit", swept=True,
+                decide=_jump)
+register_policy("oracle", "every sample leaves at its earliest correct exit: a bound, not a policy", role="bound",
+                runtime=False, run=lambda ev, rule, cfg: outcome(ev, "oracle", rule))
+
+
+def choose_policies(ev: Evidence, rule: ExitRule, cfg: PolicyConfig = PolicyConfig()) -> dict[str, Chosen]:
+    """Every policy that is decided on calib, decided on calib out-of-fold scores (``ev``); one whose predictors
+    are not fitted is left out."""
+    out: dict[str, Chosen] = {}
+    if ev.chained:
+        if ev.specs:
+            warnings.warn(f"the cache's exits are chained ({ev.chain}): gated and jump policies would skip heads a "
+                          f"later answer needs, so they are left out", stacklevel=2)
+        return out
+    floor = outcome(ev, Placement.plain(ev.num_exits), rule, overlap=cfg.overlap).correct.mean() \
+        - cfg.gate_max_drop / 100
+    for name in POLICIES.names():
+        p = POLICIES.get(name)
+        if p.decide is not None:
+            c = p.decide(ev, rule, cfg, floor)
+            if c is not None:
+                out[name] = c
+    return out
+
+
+def run_policy(name: str, ev: Evidence, rule: ExitRule, cfg: PolicyConfig, chosen: dict) -> Outcome | None:
+    """The outcome of policy ``name`` on ``ev`` (``chosen``: the decisions of :func:`choose_policies`); None for
+    a decided policy that was not chosen."""
+    p = POLICIES.get(name)
+    if p.run is not None:
+        return p.run(ev, rule, cfg)
+    c = chosen.get(name)
+    return None if c is None else outcome(ev, c.placement, rule, cuts=c.cuts, overlap=cfg.overlap, name=name)
+
+
+__all__ = ["POLICIES", "Chosen", "Policy", "PolicyConfig", "calibrate", "choose_policies", "is_operating_point",
+           "is_reference", "policy_order", "register_policy", "run_policy"]
