@@ -7,9 +7,9 @@ from branchy.paths import check_writable
 from predictors.grid import PredictorsConfig
 
 from ..core.policies import PolicyConfig
-from ..present.tables import format_compare, format_eval
+from ..present.tables import format_breakeven, format_compare, format_eval
 from ..study.placement_study import PlacementConfig
-from .base import _float_list, command
+from .base import _float_list, _number, command
 
 
 # ----------------------------------------------------------------------------- predictors
@@ -134,3 +134,57 @@ def _place_run(a) -> int:
 command("place", "search where exits and predictor gates go (scored on calib, chosen re-evaluated on test)")(
     (_place_args, _place_run))
 
+
+
+# ----------------------------------------------------------------------------- explain-gates
+def _explain_args(p):
+    p.add_argument("--cache", required=True, help="feature cache directory")
+    p.add_argument("--predictors", default=None, help="folder of fitted predictors (their cost and skip rates are "
+                                                      "set against the break-even figures)")
+    p.add_argument("--profile", default="measured", help="device profile name or JSON/YAML file (default: measured)")
+    p.add_argument("--false-skip", type=_number(float, 0, 1), default=0.02,
+                   help="share of the samples an exit would accept that a gate may wrongly skip (default 0.02)")
+    add_arguments(p, PolicyConfig, only=("measure", "target_acc", "gate_max_drop", "overlap"), title="exit rule")
+    p.add_argument("--out", default=None, help="folder for breakeven.csv and gate_map.png (optional)")
+
+
+def _explain_run(a) -> int:
+    from branchy.cache import FeatureCache
+
+    from ..core.evidence import Evidence
+    from ..core.policies import calibrate
+    from ..present import plots
+    from ..study.compare import gate_break_even
+
+    cfg = from_arguments(PolicyConfig, a)
+    if a.out:
+        check_writable(a.out, folder=True, what="output folder")
+    cache = FeatureCache.open(a.cache)
+    preds = None
+    if a.predictors:
+        from predictors.store import load_predictors
+
+        preds = load_predictors(a.predictors, cache)
+    rule = calibrate(cache, cfg)
+    ev = Evidence.build(cache, "calib", measure=cfg.measure, predictors=preds, profile=a.profile)
+    table, gates, lines = gate_break_even(ev, rule, cfg, false_skip=a.false_skip)
+    print(f"when a gate pays on {a.cache} ({ev.costs.profile}; exit rule {rule.describe()}; calib, predictors out of "
+          f"fold; ms per sample at batch 1):")
+    print("\n".join(f"- {line}" for line in lines))
+    if len(table):
+        print(format_breakeven(table))
+    if a.out and len(table):
+        from pathlib import Path
+
+        out = Path(a.out)
+        out.mkdir(parents=True, exist_ok=True)
+        table.to_csv(out / "breakeven.csv", index=False)
+        fig, _ = plots.plot_gate_map(table, gates, false_skip=a.false_skip,
+                                     title=f"where a gate pays ({ev.costs.profile}, calib)")
+        plots.save(fig, out / "gate_map.png")
+        print(f"wrote {out}/breakeven.csv and gate_map.png")
+    return 0
+
+
+command("explain-gates", "when does a gate pay: break-even predictor cost and skip rate per exit, in words")(
+    (_explain_args, _explain_run))

@@ -199,3 +199,41 @@ def plot_validate(df: pd.DataFrame, *, ax=None, title: str | None = None):
     if title:
         ax.set_title(title)
     return fig, ax
+
+
+def plot_gate_map(table: pd.DataFrame, gates: pd.DataFrame | None = None, *, false_skip: float = 0.02,
+                  max_cost_ms: float | None = None, ax=None, title: str | None = None):
+    """"Gate pays" map: per gate position (rows: side exit and the stage the gate runs after) and predictor cost
+    (x, ms per run), the true-skip rate a gate needs to beat the cascade while wrongly skipping ``false_skip``
+    (colour; grey: no gate of that cost pays). ``table``: :func:`analysis.core.breakeven.break_even_table`;
+    ``gates``: real predictors (gate table rows), marked at their cost with the true-skip rate they reach."""
+    from ..core.breakeven import BreakEven
+
+    fig, ax = _ax(ax, figsize=(7, 1.2 + 0.5 * len(table)))
+    models = [BreakEven.from_row(r) for _, r in table.iterrows()]
+    real = gates if gates is not None and len(gates) else pd.DataFrame(columns=["exit", "at", "G_ms"])
+    top = max_cost_ms or 1.5 * max([m.max_cost_ms(1.0, false_skip) for m in models] + list(real.G_ms) + [1e-6])
+    g = np.linspace(0, top, 200)
+    need = np.array([[m.min_true_skip(c, false_skip) for c in g] for m in models])
+    shown = np.ma.masked_where(~(need <= 1), need)
+    cmap = plt.get_cmap("viridis_r").copy()
+    cmap.set_bad("0.85")
+    im = ax.imshow(shown, aspect="auto", cmap=cmap, vmin=0, vmax=1, origin="lower",
+                   extent=(0, top, -0.5, len(models) - 0.5), interpolation="nearest")
+    fig.colorbar(im, ax=ax, label=f"true-skip rate needed (false skips {100 * false_skip:g} %)")
+    rows = {(m.exit, m.at): j for j, m in enumerate(models)}
+    for r in real.to_dict("records"):
+        j = rows.get((int(r["exit"]), int(r["at"])))
+        if j is None:
+            continue
+        m, ts = models[j], r.get("true_skip_%", np.nan) / 100
+        pays = m.delta_ms(ts, r.get("false_skip_%", 0.0) / 100, r["G_ms"]) < 0
+        ax.scatter([min(r["G_ms"], top)], [j], marker="o" if pays else "x", s=60, color="k", zorder=5)
+        ax.annotate(f"{100 * ts:.0f} %", (min(r["G_ms"], top), j), textcoords="offset points", xytext=(4, 4),
+                    fontsize=7)
+    ax.set_yticks(range(len(models)), [f"exit {m.exit} ← stage {m.at}" for m in models])
+    ax.set_xlabel("predictor cost G (ms per run, batch 1)")
+    ax.set_title(title or "where a gate pays (grey: never); o real predictor that pays, x one that does not",
+                 fontsize=9)
+    return fig, ax
+

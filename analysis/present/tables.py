@@ -54,3 +54,13 @@ def format_gates(df: pd.DataFrame) -> str:
             "break-even G: the largest predictor cost at which the gate still saves latency against always entering; "
             "pays: it also beats removing the exit\n"
             + df[[c for c in cols if c in df.columns]].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+
+
+def format_breakeven(df: pd.DataFrame) -> str:
+    """Per gate position (calib): reach and accept rates (%), what skipping saves (S) and costs (P) in ms per
+    sample, the share of samples the gate runs on (c), and the break-even cost of a perfect gate (ms)."""
+    cols = [c for c in df.columns if c != "profile"]
+    return ("per gate position: S saving_ms if every non-accepted sample skips the exit; P penalty_ms if the accepted "
+            "ones skip too; c runs_share; max_cost_ms: the break-even cost of a perfect gate (S / c)\n"
+            + df[cols].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+

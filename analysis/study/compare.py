@@ -14,6 +14,7 @@ from branchy.rule import ExitRule
 from placement import Gate, Placement
 from predictors.targets import check_thresholds
 
+from ..core.breakeven import break_even_table, explain_gates
 from ..core.calibrate import budgeted_thresholds, threshold_grid, thresholds_for_accuracy
 from ..core.costs import CostModel, DeviceProfile
 from ..core.evidence import Evidence, gate_report, outcome, tune_cuts
@@ -84,6 +85,19 @@ def gate_table(ev: Evidence, rule: ExitRule, cfg: PolicyConfig = PolicyConfig())
         cuts = tune_cuts(ev, pl, rule, max_drop=cfg.gate_max_drop, overlap=cfg.overlap)
         rows.append(gate_report(ev, pl, rule, cuts, overlap=cfg.overlap))
     return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
+
+
+def gate_break_even(ev_calib: Evidence, rule: ExitRule, cfg: PolicyConfig = PolicyConfig(), *,
+                    false_skip: float = 0.02) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+    """When gates pay, on calib (out-of-fold scores): the break-even table of every gate position
+    (:func:`analysis.core.breakeven.break_even_table`), the real gates alone in front of their exit
+    (:func:`gate_table`) and one sentence per side exit. Empty on chained caches (no exit can be skipped)."""
+    if ev_calib.chained:
+        return pd.DataFrame(), pd.DataFrame(), ["the cache's exits are chained: no exit can be skipped, so no gate "
+                                                "can pay"]
+    table = break_even_table(ev_calib, rule, false_skip=false_skip, overlap=cfg.overlap)
+    gates = gate_table(ev_calib, rule, cfg)
+    return table, gates, explain_gates(table, gates, false_skip=false_skip)
 
 
 def run_policies(cache: FeatureCache, *, predictors: dict | None = None, profile: str | DeviceProfile = "measured",

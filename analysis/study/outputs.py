@@ -14,20 +14,21 @@ from ..core.costs import get_profile
 from ..present.tables import format_gates
 from ..core.stats import format_headline
 from ..core.policies import PolicyConfig, calibrate
-from .compare import pareto_points, study_policies
+from .compare import gate_break_even, pareto_points, study_policies
 
 
 def simulate_to(cache: FeatureCache, out: str | Path, *, predictors: dict | None = None,
                 profiles=("measured",), cfg: PolicyConfig = PolicyConfig(), verbose: bool = True) -> dict:
     """Run every policy under each profile on ``test`` (everything decided on ``calib``); write
     ``summary.csv``, ``pareto.csv``, ``gates.csv`` (per-gate operating point and break-even cost, calib),
-    ``thresholds.json`` (the exit rule) and PNG plots into ``out``."""
+    ``breakeven.csv`` (when a gate pays, per gate position, calib), ``thresholds.json`` (the exit rule) and PNG
+    plots (``gate_map_PROFILE.png``: where a gate pays) into ``out``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     profs = [get_profile(p) for p in profiles]  # unknown names fail before any work
     rule = calibrate(cache, cfg)
     rule.save(out / "thresholds.json")
-    tables, points, gates, outcomes, chosen = [], [], [], {}, {}
+    tables, points, gates, outcomes, chosen, breakeven, explained = [], [], [], {}, {}, [], {}
     for prof in profs:
         st = study_policies(cache, predictors=predictors, profile=prof, cfg=cfg, rule=rule)
         pts = pareto_points(cache, predictors=predictors, profile=prof, cfg=cfg, chosen=st.chosen, rule=rule,
@@ -43,6 +44,15 @@ def simulate_to(cache: FeatureCache, out: str | Path, *, predictors: dict | None
             print(format_headline(st.table))
             if len(st.gates):
                 print(format_gates(st.gates))
+        be, real, lines = gate_break_even(st.evidence[0], rule, cfg)
+        explained[prof.name] = lines
+        if len(be):
+            breakeven.append(be.assign(profile=prof.name))
+            fig, ax = plots.plot_gate_map(be, real, title=f"where a gate pays ({prof.name}, calib)")
+            plots.save(fig, out / f"gate_map_{prof.name}.png")
+        if verbose:
+            print(f"when a gate pays ({prof.name}, calib; ms per sample at batch 1):")
+            print("\n".join(f"  {line}" for line in lines))
         fig, ax = plots.plot_pareto(pts, st.table, title=f"accuracy vs latency ({prof.name})")
         plots.save(fig, out / f"pareto_{prof.name}.png")
         fig, ax = plots.plot_latency_breakdown(st.table, title=f"latency breakdown ({prof.name})")
@@ -54,10 +64,13 @@ def simulate_to(cache: FeatureCache, out: str | Path, *, predictors: dict | None
     summary.to_csv(out / "summary.csv", index=False)
     pareto.to_csv(out / "pareto.csv", index=False)
     gate_df.to_csv(out / "gates.csv", index=False)
+    be_df = pd.concat(breakeven, ignore_index=True) if breakeven else pd.DataFrame()
+    be_df.to_csv(out / "breakeven.csv", index=False)
     fig, ax = plots.plot_exit_distribution(tables[0], title="exit distribution (test)")
     plots.save(fig, out / "exit_distribution.png")
     fig, ax = plots.plot_entropy_hist(cache.table("test"), thresholds=np.asarray(rule.thresholds)
                                       if rule.measure == "entropy" else None, title="entropy at each exit (test)")
     plots.save(fig, out / "entropy_hist.png")
-    return {"summary": summary, "pareto": pareto, "gates": gate_df, "rule": rule,
+    return {"summary": summary, "pareto": pareto, "gates": gate_df, "breakeven": be_df, "explained": explained,
+            "rule": rule,
             "thresholds": np.asarray(rule.thresholds), "outcomes": outcomes, "chosen": chosen}

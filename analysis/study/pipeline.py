@@ -157,6 +157,9 @@ def run_study(cfg: StudyConfig, *, redo: bool = False) -> dict:
         from ..present.tables import format_gates
 
         print(format_gates(sim["gates"]))
+    for prof, lines in sim.get("explained", {}).items():
+        log(f"when a gate pays ({prof}, calib; ms per sample at batch 1):")
+        print("\n".join(f"  {line}" for line in lines))
     val = step_validate(cfg, cache, model, splits, preds, pcfg, rule, placements, out)
     result = {"out": out, "cache": cache, "test_eval": test_eval, "predictors": preds, "predictor_table": pred_table,
               "thresholds": np.asarray(rule.thresholds), "rule": rule, "simulation": sim, "placements": placements,

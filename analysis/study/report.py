@@ -127,6 +127,14 @@ def write_report(result: dict, path: str | Path) -> Path:
                  "against always entering; break_even_G_ms: the largest predictor cost at which that saving stays positive; "
                  "saving_vs_removed_ms: mean latency saved against removing the exit outright; pays: it beats both.</p>")
         s.append(_table(gates.drop(columns=["cut"], errors="ignore")))
+    for prof, lines in (sim.get("explained") or {}).items():
+        be = sim.get("breakeven")
+        s.append(f"<h3>When a gate pays ({_e(prof)}, calib)</h3><ul>"
+                 + "".join(f"<li>{_e(line)}</li>" for line in lines) + "</ul>")
+        if be is not None and len(be) and (be.profile == prof).any():
+            d = be[be.profile == prof].drop(columns=["profile"])
+            real = gates[gates.profile == prof] if gates is not None and len(gates) else None
+            s.append(_img(plots.plot_gate_map(d, real, title=f"where a gate pays ({prof}, calib)")[0]))
     s.append("<h2>Predictor quality</h2>")
     s.append("<p class=note>Cross-fitted on calib: calib rows are out of fold. Rates are shares of the samples that "
              "reach the predictor's exit (<i>reached</i>). false_enter: sent into a branch they do not leave at "
