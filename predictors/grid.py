@@ -13,11 +13,13 @@ from .targets import TARGETS
 
 @dataclass(frozen=True)
 class PredictorsConfig:
-    """Which predictors to fit and how: a ``model`` for each of ``targets``, after each stage in ``positions``
+    """Which predictors to fit and how: a ``model`` (and each of ``baselines``) for each of ``targets``, after each stage in ``positions``
     (None: every stage with a side exit after it) and, for gates and entropy predictors, for each side exit in
     ``for_exits`` (None: every side exit at or after the position); cross-fitted on calib in ``folds``."""
 
     model: str = setting("nn", "predictor model", choices=PREDICTOR_MODELS.names)
+    baselines: tuple[str, ...] = setting((), "more predictor models fitted for the same targets and positions, to "
+                                             "compare with (e.g. linear,hgb)", choices=PREDICTOR_MODELS.names)
     targets: tuple[str, ...] = setting(("gate", "exit", "entropy"), "what the predictors learn", cli="--target",
                                        choices=TARGETS.names)
     positions: tuple[int, ...] | None = setting(None, "stage(s) after which a predictor sits (0-based; none: every "
@@ -31,8 +33,9 @@ class PredictorsConfig:
                             "selection")
 
     def __post_init__(self) -> None:
-        if self.model not in PREDICTOR_MODELS:
-            raise ValueError(f"unknown predictor model {self.model!r}; known: {', '.join(PREDICTOR_MODELS.names())}")
+        for m in (self.model, *self.baselines):
+            if m not in PREDICTOR_MODELS:
+                raise ValueError(f"unknown predictor model {m!r}; known: {', '.join(PREDICTOR_MODELS.names())}")
         if not self.targets:
             raise ValueError(f"targets: name at least one of {', '.join(TARGETS.names())}")
         for t in self.targets:
@@ -48,10 +51,11 @@ class PredictorsConfig:
     def specs(self, num_exits: int, rule=None) -> list[PredictorSpec]:
         """Every spec of every target (class weights only where a classifier learns)."""
         out = []
-        for target in self.targets:
-            cw = None if target == "entropy" else self.class_weight  # the one regression target
-            out += spec_grid(num_exits, target, self.model, self.positions, self.for_exits, rule,
-                             self.with_confidences, cw)
+        for model in dict.fromkeys((self.model, *self.baselines)):
+            for target in self.targets:
+                cw = None if target == "entropy" else self.class_weight  # the one regression target
+                out += spec_grid(num_exits, target, model, self.positions, self.for_exits, rule,
+                                 self.with_confidences, cw)
         return out
 
 

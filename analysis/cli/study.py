@@ -73,3 +73,22 @@ def _run_run(a) -> int:
 command("run", "run a whole study from a YAML config (train, dump, predictors, simulate, placement, report)")(
     (_run_args, _run_run))
 
+
+
+def _suite_args(p):
+    p.add_argument("config", help="suite config (YAML), e.g. configs/suites/backbones.yaml")
+    p.add_argument("--redo", action="store_true", help="recompute every study instead of reusing what is there")
+
+
+def _suite_run(a) -> int:
+    from ..study.suite import load_suite, run_suite, suite_line
+
+    suite = load_suite(a.config)  # every study config checked before any work
+    df = run_suite(suite, redo=a.redo)
+    print(f"wrote {suite.out}/comparison.csv ({len(df)} rows)")
+    print(suite_line(df))
+    return 0
+
+
+command("suite", "run a suite of studies (e.g. five backbones, clean and corrupted) and compare them in one table")(
+    (_suite_args, _suite_run))

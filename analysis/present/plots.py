@@ -237,3 +237,22 @@ def plot_gate_map(table: pd.DataFrame, gates: pd.DataFrame | None = None, *, fal
                  fontsize=9)
     return fig, ax
 
+
+
+def plot_suite(df: pd.DataFrame, *, ratio: str = "best_gated/cascade", ax=None, title: str | None = None):
+    """One bar per study and profile: a latency ratio of the suite's comparison table (e.g. best-gated/cascade,
+    best/oracle) with its bootstrap 95 % CI; the line at 1 is parity."""
+    fig, ax = _ax(ax, figsize=(8, 0.5 + 0.28 * len(df)))
+    d = df.dropna(subset=[ratio]).reset_index(drop=True)
+    profiles = list(dict.fromkeys(d.profile))
+    pal = dict(zip(profiles, sns.color_palette("tab10", len(profiles))))
+    y = np.arange(len(d))
+    ax.barh(y, d[ratio], color=[pal[p] for p in d.profile],
+            xerr=[d[ratio] - d[f"{ratio}_lo"], d[f"{ratio}_hi"] - d[ratio]], capsize=2)
+    ax.set_yticks(y, [f"{s} ({p})" for s, p in zip(d.study, d.profile)], fontsize=7)
+    ax.axvline(1.0, color="k", lw=1, ls="--")
+    ax.invert_yaxis()
+    ax.set_xlabel(f"{ratio} mean latency (test; 95 % CI; < 1: faster)")
+    if title:
+        ax.set_title(title, fontsize=9)
+    return fig, ax

@@ -91,7 +91,8 @@ def step_predictors(cfg: StudyConfig, cache, out: Path, redo: bool):
         except (ValueError, FileNotFoundError):
             fitted = None
     if fitted is None:
-        log(f"cross-fitting {len(specs)} predictors ({pc.model}) on calib ({pc.folds} folds, then refit on all)")
+        models = ", ".join(dict.fromkeys((pc.model, *pc.baselines)))
+        log(f"cross-fitting {len(specs)} predictors ({models}) on calib ({pc.folds} folds, then refit on all)")
         fitted = [fit_predictor(cache, s, folds=pc.folds) for s in specs]
         save_predictors(fitted, d)
     backends = [b for b in cfg.backends if b != "eager" and b in cache.backends]
