@@ -88,15 +88,17 @@ def gate_table(ev: Evidence, rule: ExitRule, cfg: PolicyConfig = PolicyConfig())
 
 
 def gate_break_even(ev_calib: Evidence, rule: ExitRule, cfg: PolicyConfig = PolicyConfig(), *,
-                    false_skip: float = 0.02) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+                    false_skip: float = 0.02, gates: pd.DataFrame | None = None
+                    ) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
     """When gates pay, on calib (out-of-fold scores): the break-even table of every gate position
     (:func:`analysis.core.breakeven.break_even_table`), the real gates alone in front of their exit
-    (:func:`gate_table`) and one sentence per side exit. Empty on chained caches (no exit can be skipped)."""
+    (:func:`gate_table`, or ``gates`` when the caller has it already) and one sentence per side exit. Empty on
+    chained caches (no exit can be skipped)."""
     if ev_calib.chained:
         return pd.DataFrame(), pd.DataFrame(), ["the cache's exits are chained: no exit can be skipped, so no gate "
                                                 "can pay"]
     table = break_even_table(ev_calib, rule, false_skip=false_skip, overlap=cfg.overlap)
-    gates = gate_table(ev_calib, rule, cfg)
+    gates = gate_table(ev_calib, rule, cfg) if gates is None else gates
     return table, gates, explain_gates(table, gates, false_skip=false_skip)
 
 

@@ -44,7 +44,7 @@ def simulate_to(cache: FeatureCache, out: str | Path, *, predictors: dict | None
             print(format_headline(st.table))
             if len(st.gates):
                 print(format_gates(st.gates))
-        be, real, lines = gate_break_even(st.evidence[0], rule, cfg)
+        be, real, lines = gate_break_even(st.evidence[0], rule, cfg, gates=st.gates)
         explained[prof.name] = lines
         if len(be):
             breakeven.append(be.assign(profile=prof.name))

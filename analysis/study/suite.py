@@ -134,8 +134,12 @@ def compare_study(key: str, result: dict, profiles, *, strategy: str = "greedy",
         if cache.chained:
             note = f"exits chained ({cache.chain}): no placement can remove or gate an exit"
         else:
-            res, _ = run_placement(cache, preds, strategy, constraint=cfg.placement.constraint, profile=prof,
-                                   rule=rule, cfg=pcfg, progress=False, seed=cfg.placement.seed)
+            done = result.get("placements", {}).get(strategy)
+            if done is not None and get_profile(prof).name == get_profile(cfg.placement.profile).name:
+                res = done[0]  # the study searched under this profile already
+            else:
+                res, _ = run_placement(cache, preds, strategy, constraint=cfg.placement.constraint, profile=prof,
+                                       rule=rule, cfg=pcfg, progress=False, seed=cfg.placement.seed)
             obj = PlacementObjective(cache, preds, profile=prof, rule=rule, cfg=pcfg)
             test = Evidence.build(cache, "test", measure=pcfg.measure, predictors=preds, costs=obj.costs)
             named["best"] = obj.outcome(res.chosen, test)
