@@ -99,7 +99,7 @@ def _dump_estimator(est, name: str) -> tuple[dict, dict[str, np.ndarray], dict[s
     bad = sorted(set(sio.get_untrusted_types(data=b)) - SKOPS_TRUSTED)
     if bad:
         raise TypeError(f"cannot save predictor {name}: its model holds types outside the predictor allow-list "
-                        f"(predictors.store.SKOPS_TRUSTED): {', '.join(bad)}")
+                        f"(SKOPS_TRUSTED in predictors/model_io.py): {', '.join(bad)}")
     return {"kind": "skops", "class": type(est).__name__}, {}, {f"{name}.skops": b}
 
 

@@ -72,7 +72,7 @@ def risk_controlled_rule(ev: Evidence, eps_pts: float, delta: float, *, num_clas
     how = f"learn-then-test eps={eps_pts:g} pt delta={delta:g} ({method}, fixed sequence over λ)"
     if res.index is None:
         need = min_calib_size(eps_pts / 100, delta)
-        warnings.warn(f"learn-then-test certified no setting: the rule is full (no early exit)"
+        warnings.warn("learn-then-test certified no setting: the rule is full (no early exit)"
                       + (f"; calib has {ev.n} samples, at least {need} are needed before anything can be certified "
                          f"at eps={eps_pts:g} pt, delta={delta:g}" if ev.n < need else ""), stacklevel=2)
         t = np.full(k, -np.inf if ev.measure in ("entropy", "norm_entropy") else np.inf)

@@ -95,18 +95,28 @@ def _best(ev: Evidence, rule: ExitRule, options: list[Placement], cfg: PolicyCon
 
 @dataclass(frozen=True)
 class Policy:
-    """One policy of the comparison. Exactly one of ``run(ev, rule, cfg) -> Outcome`` (run as it is) and
-    ``decide(ev_calib, rule, cfg, floor) -> Chosen | None`` (a placement decided on calib out-of-fold scores,
-    accuracy at least ``floor``, the cascade's calib accuracy less ``cfg.gate_max_drop``). ``swept``: re-run at
-    every threshold setting of the accuracy-latency fronts; ``runtime``: the real runtime can run it (validate)."""
+    """One policy of the comparison. Exactly one of
+
+    - ``run(ev, rule, cfg) -> Outcome | None``: run as it is (``None`` where it does not apply, e.g. a placement
+      that removes exits on a chained cache: it is then left out of the table, the fronts and validate); the
+      outcome must be named after the policy (``outcome(..., name=NAME)``);
+    - ``decide(ev_calib, rule, cfg, floor) -> Chosen | None``: a placement decided on calib out-of-fold scores at
+      calib accuracy >= ``floor`` (the cascade's, less ``cfg.gate_max_drop``); ``None`` when its predictors are
+      not fitted.
+
+    ``swept``: re-run at every threshold setting of the accuracy-latency fronts (for policies whose outcome
+    depends on the exit thresholds). ``runtime``: whether the real runtime can run it (validate checks it against
+    the simulator); a ``run`` policy the runtime runs also gives ``runtime_form(k, chained, rule) -> (Placement,
+    ExitRule)``, what the runtime executes (a decided policy's form is its chosen placement)."""
 
     name: str
     doc: str
     role: str = "choice"
-    run: Callable[[Evidence, ExitRule, "PolicyConfig"], Outcome] | None = None
+    run: Callable[[Evidence, ExitRule, "PolicyConfig"], Outcome | None] | None = None
     decide: Callable[..., Chosen | None] | None = None
     swept: bool = False
     runtime: bool = True
+    runtime_form: Callable[[int, bool, ExitRule], tuple[Placement, ExitRule]] | None = None
 
     def __post_init__(self) -> None:
         if self.role not in ROLES:
@@ -114,6 +124,9 @@ class Policy:
         if (self.run is None) == (self.decide is None):
             raise ValueError(f"policy {self.name!r}: give exactly one of run (run as it is) and decide (decided "
                              f"on calib)")
+        if self.run is not None and self.runtime and self.runtime_form is None:
+            raise ValueError(f"policy {self.name!r} is run as it is and runtime=True: give runtime_form(k, chained, "
+                             f"rule) -> (Placement, ExitRule), what the real runtime executes, or runtime=False")
 
 
 class _OrderedRegistry(Registry):
@@ -186,10 +199,17 @@ def _jump(ev: Evidence, rule: ExitRule, cfg: PolicyConfig, floor: float) -> Chos
     return _best(ev, rule, [cascade, *opts], cfg, floor)
 
 
+def _full_form(k: int, chained: bool, rule: ExitRule) -> tuple[Placement, ExitRule]:
+    """Every sample to the final exit: side exits removed (run, but never left, where exits are chained)."""
+    never = ExitRule(rule.measure, (-np.inf if rule.lower_is_confident else np.inf,) * k)
+    return (Placement.plain(k) if chained else Placement.plain(k, [False] * (k - 1) + [True])), never
+
+
 register_policy("full", "every sample runs to the final exit", role="reference",
-                run=lambda ev, rule, cfg: outcome(ev, "full", rule))
+                run=lambda ev, rule, cfg: outcome(ev, "full", rule), runtime_form=_full_form)
 register_policy("cascade", "BranchyNet: leave at the first exit whose confidence passes the rule", swept=True,
-                run=lambda ev, rule, cfg: outcome(ev, "cascade", rule, overlap=cfg.overlap))
+                run=lambda ev, rule, cfg: outcome(ev, "cascade", rule, overlap=cfg.overlap),
+                runtime_form=lambda k, chained, rule: (Placement.plain(k), rule))
 register_policy("patience", "PABEE: leave once `patience` consecutive exits agree", runtime=False,
                 run=lambda ev, rule, cfg: outcome(ev, "patience", rule, patience=cfg.patience, overlap=cfg.overlap))
 register_policy("gated", "a gate predictor in front of each side exit where one pays on calib", swept=True,

@@ -158,6 +158,8 @@ def pareto_points(cache: FeatureCache, *, predictors: dict | None = None, profil
             p = POLICIES.get(name)
             if p.decide is None:  # run as it is, at this setting's rule
                 oc, ot = p.run(ev_cal, r, cfg), p.run(ev, r, cfg)
+                if oc is None or ot is None:  # does not apply to this cache
+                    continue
             elif name in chosen:  # the calib decision kept, its cuts re-tuned on calib for this setting
                 c = chosen[name]
                 cuts = tune_cuts(ev_cal, c.placement, r, max_drop=cfg.gate_max_drop, overlap=cfg.overlap)
@@ -170,7 +172,10 @@ def pareto_points(cache: FeatureCache, *, predictors: dict | None = None, profil
                          **st, "profile": costs.profile, **{f"calib_{c}": sc[c] for c in _POINT_COLS}})
     fixed_rule = rule or ExitRule("entropy", (np.inf,) * ev.num_exits)
     for name in [n for n in POLICIES.names() if is_reference(n)]:
-        st = summarize(POLICIES.get(name).run(ev, fixed_rule, cfg), n_boot=0)
+        o = POLICIES.get(name).run(ev, fixed_rule, cfg)
+        if o is None:
+            continue
+        st = summarize(o, n_boot=0)
         rows.append({"rule": "-", "setting": np.nan, "thresholds": None, **st, "profile": costs.profile})
     df = pd.DataFrame(rows)
     df["on_front"] = False

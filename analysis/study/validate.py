@@ -104,41 +104,35 @@ def validate(cache: FeatureCache, model, test_x: torch.Tensor, *, predictors: di
         np.arange(n))
     segs = prepare(model, backend)
     k = cache.num_exits
-    pols: dict[str, tuple | str] = {}  # every registered policy the runtime can run, then the placements
-    for name in POLICIES.names():
+    pooling = cache.manifest.get("pooling", "avg")
+    sim_cfg = replace(cfg, overlap=False)  # the runtime runs one segment after another
+    runtimes, sims, sim_fns, used_placements = {}, {}, {}, []
+    for name in POLICIES.names():  # every registered policy the runtime can run, then the placements
         p = POLICIES.get(name)
         if not p.runtime:
             continue
         if p.run is not None:
-            if name not in ("full", "cascade"):
-                raise NotImplementedError(f"policy {name!r} is registered with runtime=True but the runtime has no "
-                                          f"form for it: add one here, or register it with runtime=False")
-            pols[name] = name
+            if p.run(ev, rule, sim_cfg) is None:  # does not apply to this cache
+                continue
+            pl, r = p.runtime_form(k, model.chained, rule)
+            runtimes[name] = build_runtime(model, pl, r, {}, {}, pooling, segs)
+            sim_fns[name] = lambda e, p=p: p.run(e, rule, sim_cfg)
         elif name in st.chosen:
-            pols[name] = (st.chosen[name].placement, st.chosen[name].cuts, rule)
+            c = st.chosen[name]
+            runtimes[name] = build_runtime(model, c.placement, rule, c.cuts, predictors or {}, pooling, segs, backend)
+            sim_fns[name] = lambda e, c=c, name=name: outcome(e, c.placement, rule, cuts=c.cuts, name=name)
+            used_placements.append(c.placement)
     if placements:
         from .placement_study import PlacementObjective
 
         obj = PlacementObjective(cache, predictors or {}, profile=profile, rule=rule, cfg=cfg)
         for name, pl in placements.items():
-            pols[name] = (pl, obj.cuts(pl), obj.rule_for(pl))
-    pooling = cache.manifest.get("pooling", "avg")
-    runtimes, sims, outs = {}, {}, {}
-    for name, pol in pols.items():
-        if pol == "full":
-            plain = Placement.plain(k) if model.chained else Placement.plain(k, [False] * (k - 1) + [True])
-            runtimes[name] = build_runtime(model, plain, ExitRule(rule.measure, (-np.inf,) * k
-                                           if rule.lower_is_confident else (np.inf,) * k), {}, {}, pooling, segs)
-            outs[name] = ("full", rule, None)
-        elif pol == "cascade":
-            runtimes[name] = build_runtime(model, Placement.plain(k), rule, {}, {}, pooling, segs)
-            outs[name] = ("cascade", rule, None)
-        else:
-            pl, cuts, r = pol
+            cuts, r = obj.cuts(pl), obj.rule_for(pl)
             runtimes[name] = build_runtime(model, pl, r, cuts, predictors or {}, pooling, segs, backend)
-            outs[name] = (pl, r, cuts)
-    for name, (pol, r, cuts) in outs.items():
-        sims[name] = outcome(ev, pol, r, cuts=cuts, name=name)
+            sim_fns[name] = lambda e, pl=pl, r=r, cuts=cuts, name=name: outcome(e, pl, r, cuts=cuts, name=name)
+            used_placements.append(pl)
+    for name, fn in sim_fns.items():
+        sims[name] = fn(ev)
     names = list(runtimes)
     g = np.random.default_rng(seed)
     meas = np.zeros((reps, len(names), n))
@@ -170,8 +164,7 @@ def validate(cache: FeatureCache, model, test_x: torch.Tensor, *, predictors: di
         from branchy.backends import example_inputs
 
         fns = overhead_fns(model, backend, x=test_x[:1])
-        used = {g_.predictor for pol, _, _ in outs.values() if isinstance(pol, Placement)
-                for g_ in (*pol.gates, pol.jump) if g_ is not None}
+        used = {g_.predictor for pol in used_placements for g_ in (*pol.gates, pol.jump) if g_ is not None}
         xs = example_inputs(model, 2) if used else None
         for name in sorted(used):
             p = predictors[name]
@@ -214,8 +207,8 @@ def validate(cache: FeatureCache, model, test_x: torch.Tensor, *, predictors: di
         for c, idx in enumerate(chunks):
             cm, pc = _round_costs(times.iloc[c], ev.costs, k, model.chained, ev.pcost)
             sub = replace(ev.subset(idx), costs=cm, pcost=pc)
-            for name, (pol, r, cuts) in outs.items():
-                now[name][idx] = outcome(sub, pol, r, cuts=cuts, name=name).latency_ms
+            for name, fn in sim_fns.items():
+                now[name][idx] = fn(sub).latency_ms
         for j, name in enumerate(names):
             rows[j].update({"sim_now_mean_ms": now[name].mean(), "ratio_now": now[name].mean() / meas[j].mean(),
                             "drift": now["full"].mean() / full_sim})
@@ -247,7 +240,7 @@ def format_validate(df: pd.DataFrame) -> str:
                                 for r in df.itertuples()],
         "exits match %": df["exit_match_%"].round(1),
         "speed-up meas/sim": [f"{r.meas_speedup:.2f} / {r.sim_speedup:.2f}" for r in df.itertuples()],
-        f"batched ms/sample (speed-up)": [f"{r.batched_ms_per_sample:.4f} ({r.batched_speedup:.2f})"
+        "batched ms/sample (speed-up)": [f"{r.batched_ms_per_sample:.4f} ({r.batched_speedup:.2f})"
                                           for r in df.itertuples()]})
     return d.to_string(index=False)
 
