@@ -79,6 +79,12 @@ def step_predictors(cfg: StudyConfig, cache, out: Path, redo: bool):
 
     pc = cfg.predictors
     rule = calibrate(cache, cfg.policies)
+    if cache.chained:  # no policy can gate or jump over an exit here, so no predictor can be used
+        log(f"predictors skipped: the cache's exits are chained ({cache.chain}), so no exit can be gated or jumped "
+            f"over without changing the later exits' answers")
+        import pandas as pd
+
+        return {}, pd.DataFrame(), rule
     specs = pc.specs(cache.num_exits, rule)
     d = out / "predictors"
     fitted = None
@@ -128,9 +134,10 @@ def run_study(cfg: StudyConfig, *, redo: bool = False) -> dict:
     print_cache_info(cache)
     preds, pred_table, rule = step_predictors(cfg, cache, out, redo)
     log(f"exit rule: {rule.describe()}")
-    log("predictor quality (cross-fitted on calib: calib rows are out of fold; rates are fractions of the samples "
-        "that reach the predictor's exit):")
-    print(format_eval(pred_table))
+    if len(pred_table):
+        log("predictor quality (cross-fitted on calib: calib rows are out of fold; rates are fractions of the "
+            "samples that reach the predictor's exit):")
+        print(format_eval(pred_table))
     pcfg = cfg.policies
     log("simulating every policy with buffering costs (decided on calib, reported on test)")
     profiles = list(cfg.profiles) + ([f"measured-{b}" for b in cfg.backends if b != "eager"]

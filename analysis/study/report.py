@@ -141,7 +141,8 @@ def write_report(result: dict, path: str | Path) -> Path:
              "(branch and buffering wasted); false_skip: kept away from an exit they would have left at. "
              "macs / ms_b1: the predictor's own cost per sample, pooling of its input included.</p>")
     pt = result["predictor_table"].drop(columns=["confusion"], errors="ignore")
-    s.append(_table(pt, "{:.3f}"))
+    s.append(_table(pt, "{:.3f}") if len(pt) else "<p>None fitted: the cache's exits are chained, so no exit can be "
+             "gated or jumped over.</p>")
     s.append("<h2>Placement</h2>")
     for strategy, (res, compare) in result["placements"].items():
         s.append(f"<h3>{_e(strategy)}: {_e(res.chosen.describe())}</h3>")
