@@ -2,5 +2,6 @@
 from .placement import Gate, Placement
 from .search import STRATEGIES, Constraint, SearchResult, list_strategies, search
 from .space import SearchSpace
+from . import optuna_search  # noqa: F401  registers the 'nsga2' strategy (Optuna is imported when it runs)
 
 __all__ = ["Gate", "Placement", "STRATEGIES", "Constraint", "SearchResult", "list_strategies", "search", "SearchSpace"]

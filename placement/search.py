@@ -86,12 +86,28 @@ class Evaluator:
                 for r in Parallel(n_jobs=self.n_jobs, return_as="generator")(delayed(self.objective)(p) for p in new):
                     results.append(r)
                     self._bar.update(1)
-            for p, r in zip(new, results):
-                missing = {"accuracy_%", "mean_ms"} - set(r)
-                if missing:
-                    raise ValueError(f"the objective must return accuracy_% and mean_ms; missing {sorted(missing)}")
-                self.rows[p.key()] = {"placement": p, "describe": p.describe(), "_order": len(self.rows),
-                                      "candidate": False, **r}
+            self._store(new, results)
+        return self._mark(placements)
+
+    def record(self, placements: list[Placement], results: list[dict]) -> list[dict]:
+        """Rows scored elsewhere (a resumed study's stored metrics), kept as if scored here; the objective is
+        not called. A placement already scored keeps its row."""
+        fresh = {}
+        for p, r in zip(placements, results):
+            if p.key() not in self.rows:
+                fresh.setdefault(p.key(), (p, r))
+        self._store([p for p, _ in fresh.values()], [r for _, r in fresh.values()])
+        return self._mark(placements)
+
+    def _store(self, placements: list[Placement], results: list[dict]) -> None:
+        for p, r in zip(placements, results):
+            missing = {"accuracy_%", "mean_ms"} - set(r)
+            if missing:
+                raise ValueError(f"the objective must return accuracy_% and mean_ms; missing {sorted(missing)}")
+            self.rows[p.key()] = {"placement": p, "describe": p.describe(), "_order": len(self.rows),
+                                  "candidate": False, **r}
+
+    def _mark(self, placements: list[Placement]) -> list[dict]:
         if self.proposing:
             for p in placements:
                 self.rows[p.key()]["candidate"] = True
@@ -101,17 +117,42 @@ class Evaluator:
         self._bar.close()
 
 
+def non_dominated(mean_ms, accuracy) -> np.ndarray:
+    """Per point, whether no other point is at least as fast and as accurate and strictly better in one
+    (lower ``mean_ms``, higher ``accuracy`` are better; equal points are all kept). O(n log n)."""
+    ms, acc = np.asarray(mean_ms, dtype=float), np.asarray(accuracy, dtype=float)
+    keep = np.zeros(len(ms), dtype=bool)
+    order = np.lexsort((-acc, ms))
+    best = -np.inf  # the best accuracy among strictly faster points
+    i = 0
+    while i < len(order):
+        j = i
+        while j < len(order) and ms[order[j]] == ms[order[i]]:
+            j += 1
+        group = order[i:j]  # equally fast, most accurate first
+        top = acc[group[0]]
+        keep[group] = (acc[group] == top) & (top > best)
+        best = max(best, top)
+        i = j
+    return keep
+
+
 @dataclass
 class SearchResult:
     strategy: str
     chosen: Placement
-    table: pd.DataFrame  # every candidate scored (calib)
+    table: pd.DataFrame  # every candidate scored (calib); ``pareto`` marks the non-dominated candidates
     full_accuracy: float
     constraint: Constraint
 
     @property
     def chosen_row(self) -> pd.Series:
         return self.table[self.table.chosen].iloc[0]
+
+    @property
+    def pareto(self) -> pd.DataFrame:
+        """The Pareto set: candidates no other candidate beats on both mean latency and accuracy, fastest first."""
+        return self.table[self.table.pareto].sort_values(["mean_ms", "accuracy_%"], ascending=[True, False])
 
 
 def search(strategy: str, space: SearchSpace, objective: Objective, *, constraint: Constraint = Constraint(),
@@ -134,6 +175,10 @@ def search(strategy: str, space: SearchSpace, objective: Objective, *, constrain
     table = pd.DataFrame([{k: v for k, v in r.items() if k != "_order"} for r in rows])
     table["feasible"] = [constraint.feasible(r, full_acc) for r in rows]
     table["chosen"] = [r is best for r in rows]
+    cand = np.array([r["candidate"] for r in rows], dtype=bool)
+    pareto = np.zeros(len(rows), dtype=bool)
+    pareto[cand] = non_dominated(table["mean_ms"].to_numpy()[cand], table["accuracy_%"].to_numpy()[cand])
+    table["pareto"] = pareto
     return SearchResult(strategy, best["placement"], table, full_acc, constraint)
 
 
@@ -233,7 +278,7 @@ def _all_structures(space: SearchSpace, limit: int) -> list[tuple[list, Gate | N
     if size > limit:
         raise ValueError(f"exhaustive search over {size} placements exceeds the limit of {limit} "
                          f"(K={space.num_exits} exits, {[len(space.side_options(i)) for i in range(space.num_exits - 1)]}"
-                         f" choices per side exit); use 'greedy' or 'budget', or raise limit=")
+                         f" choices per side exit); use 'greedy', 'budget' or 'nsga2', or raise limit=")
     opts = [space.side_options(i) for i in range(space.num_exits - 1)]
     return [(list(c), j) for c in itertools.product(*opts) for j in [None, *space.jump_options]]
 

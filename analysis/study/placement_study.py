@@ -137,10 +137,10 @@ def run_placement(cache: FeatureCache, predictors: dict, strategy: str, *, const
         search_rows, cert_rows = np.sort(perm[: len(perm) // 2]), np.sort(perm[len(perm) // 2:])
         ev_a = Evidence.build(cache, "calib", measure=cfg.measure, profile=profile).subset(search_rows)
         rule = risk_controlled_rule(ev_a, cfg.max_acc_drop, cfg.risk, num_classes=cache.num_classes).rule
-        if strategy == "budget":  # the thresholds stay the search half's certified rule
+        if strategy in ("budget", "nsga2"):  # the thresholds stay the search half's certified rule
             options["threshold_options"] = [None]
     obj = PlacementObjective(cache, predictors, profile=profile, rule=rule, cfg=cfg, rows=search_rows)
-    if strategy == "budget" and "threshold_options" not in options:
+    if strategy in ("budget", "nsga2") and "threshold_options" not in options:
         options["threshold_options"] = [None] + threshold_options(cache, cfg.measure)
     res = search(strategy, space, obj, constraint=constraint, n_jobs=n_jobs, seed=seed, progress=progress, **options)
     if cfg.risk is not None:
