@@ -142,6 +142,21 @@ def _coerce(value, hint, where: str):
     return value
 
 
+def read_yaml(path, what: str = "config"):
+    """The parsed YAML file at ``path``; a missing file or bad YAML is a one-line error naming it."""
+    from pathlib import Path
+
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"no {what} at {str(p)!r}")
+    try:
+        return yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: not valid YAML ({e})") from e
+
+
 def to_plain(v):
     """A config as plain YAML/JSON data (dicts, lists, scalars)."""
     if dataclasses.is_dataclass(v) and not isinstance(v, type):
@@ -262,5 +277,5 @@ def from_arguments(cls, ns: argparse.Namespace, base=None, **fixed):
         raise
 
 
-__all__ = ["ConfigError", "setting", "from_mapping", "to_plain", "add_arguments", "from_arguments", "check_int",
+__all__ = ["ConfigError", "setting", "from_mapping", "read_yaml", "to_plain", "add_arguments", "from_arguments", "check_int",
            "check_number", "check_choice", "check_name", "is_int", "is_real"]

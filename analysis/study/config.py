@@ -12,7 +12,7 @@ from pathlib import Path
 import yaml
 
 from branchy.backends import BACKENDS
-from branchy.config import ConfigError, check_int, check_name, from_mapping, to_plain
+from branchy.config import ConfigError, check_int, check_name, from_mapping, read_yaml, to_plain
 from branchy.data import DataConfig
 from branchy.dump import DumpConfig
 from branchy.models import BackboneConfig
@@ -77,11 +77,4 @@ def parse_study(raw: dict, origin: str = "study") -> StudyConfig:
 
 
 def load_study(path: str | Path) -> StudyConfig:
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"no study config at {str(p)!r}")
-    try:
-        raw = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        raise StudyConfigError(f"{p}: not valid YAML ({e})") from e
-    return parse_study(raw, str(p))
+    return parse_study(read_yaml(path, "study config"), str(path))

@@ -11,9 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import yaml
 
-from branchy.config import ConfigError, check_int, from_mapping, setting
+from branchy.config import check_int, from_mapping, read_yaml, setting
 from placement import Placement
 
 from ..core.costs import get_profile
@@ -89,14 +88,7 @@ class SuiteConfig:
 
 
 def load_suite(path: str | Path) -> SuiteConfig:
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"no suite config at {str(p)!r}")
-    try:
-        raw = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{p}: not valid YAML ({e})") from e
-    return from_mapping(SuiteConfig, raw, "")
+    return from_mapping(SuiteConfig, read_yaml(path, "suite config"), "")
 
 
 def ratio_ci(a: np.ndarray, b: np.ndarray, n_boot: int = 1000, seed: int = 0) -> tuple[float, float, float]:
