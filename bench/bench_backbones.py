@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import pandas as pd  # noqa: E402
 
 from analysis.present import plots  # noqa: E402
-from analysis.study.suite import load_suite, run_suite, suite_line  # noqa: E402
+from analysis.study.suite import equal_accuracy, load_suite, run_suite, suite_line  # noqa: E402
 
 ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
 ap.add_argument("--config", default="configs/suites/backbones.yaml")
@@ -63,6 +63,7 @@ for r in df.to_dict("records"):
                  f"{r['best_gated_acc_%']:.1f} / {r['best_gated_mean_ms']:.3g} / {r['best_gated_p95_ms']:.3g}",
                  "oracle": f"{r['oracle_acc_%']:.1f} / {r['oracle_mean_ms']:.3g} / {r['oracle_p95_ms']:.3g}",
                  "best/oracle": ci(r, "best/oracle"), "best-gated/cascade": ci(r, "best_gated/cascade"),
+                 "perfect gates/cascade": ci(r, "perfect_gates/cascade"),
                  "best-gated - cascade acc (pts)": "-" if pd.isna(r.get("best_gated_acc_vs_cascade_pts")) else
                  f"{r['best_gated_acc_vs_cascade_pts']:+.2f} [{r['best_gated_acc_vs_cascade_lo']:+.2f}, "
                  f"{r['best_gated_acc_vs_cascade_hi']:+.2f}]", "note": r.get("note", "")})
@@ -76,4 +77,18 @@ print(f"\n{suite.name}: test split, decided on calib; accuracy % / mean ms / p95
 with pd.option_context("display.width", 250, "display.max_colwidth", 60):
     print(table.to_string(index=False))
 print(f"wrote {out}/comparison.csv, comparison_table.csv, backbones.png")
+# the issue's targets, in words; P1 on placements that keep accuracy >= full - 0.5 pt, P2 at equal accuracy (CI)
+gated = df[df["best/oracle"].notna()] if "best/oracle" in df else df.iloc[:0]
+if len(gated):
+    p1 = gated.groupby(gated.study.str.split("/").str[0])["best/oracle"].max()
+    print("P1 (best <= 1.15 x oracle on every backbone): " + ("met" if (p1 <= 1.15).all() else "NOT met") + "; worst "
+          + ", ".join(f"{b} {v:.2f}" for b, v in p1.items()))
+    eq = gated[equal_accuracy(gated)]
+    won = eq[eq["best_gated/cascade"] <= 0.85] if len(eq) else eq
+    best = eq.loc[eq["best_gated/cascade"].idxmin()] if len(eq) else None
+    print("P2 (gated <= 0.85 x cascade at equal accuracy somewhere): "
+          + (f"met on {len(won)} rows" if len(won) else "NOT met")
+          + ("" if best is None else f"; best {best.study} {best.profile} {best['best_gated/cascade']:.3f} "
+             f"[{best['best_gated/cascade_lo']:.3f}, {best['best_gated/cascade_hi']:.3f}], free perfect gates there "
+             f"{best['perfect_gates/cascade']:.3f}"))
 print(suite_line(df))

@@ -86,6 +86,24 @@ def virtual_gate_outcome(ev: Evidence, rule: ExitRule, exit: int, at: int, enter
     return outcome(e, pl, rule, cuts={exit: 0.5}, overlap=overlap, name=f"gate@{at}->{exit}")
 
 
+def perfect_gates_outcome(ev: Evidence, rule: ExitRule, *, cost_ms: float = 0.0, overlap: bool = False):
+    """The cascade with a perfect gate right in front of every side exit (after the stage it follows): it enters
+    exactly the samples the exit accepts and costs ``cost_ms`` per run (0: free). With the same exit rule no gated
+    or jump placement is faster (a perfect gate skips every head that would not let the sample out and keeps every
+    exit that would), so ``perfect / cascade`` is the most any predictor can save over the cascade with these
+    thresholds."""
+    k = ev.num_exits
+    if ev.chained:
+        raise ValueError(f"the cache's exits are chained ({ev.chain}): no exit can be gated")
+    would = ev.passes(rule)
+    names = [f"{VIRTUAL}{i}" for i in range(k - 1)]
+    e = replace(ev, scores={**ev.scores, **{n: would[:, i].astype(np.float64) for i, n in enumerate(names)}},
+                specs={**ev.specs, **{n: PredictorSpec("gate", i, "linear", i, rule) for i, n in enumerate(names)}},
+                pcost={**ev.pcost, **{n: (float(cost_ms), 0.0) for n in names}})
+    pl = Placement(Placement.plain(k).kept, tuple(Gate(n, i) for i, n in enumerate(names)) + (None,))
+    return outcome(e, pl, rule, cuts={i: 0.5 for i in range(k - 1)}, overlap=overlap, name="perfect gates")
+
+
 def break_even(ev: Evidence, rule: ExitRule, exit: int, at: int, *, overlap: bool = False) -> BreakEven:
     """The break-even model of a gate after stage ``at`` in front of side exit ``exit`` on ``ev`` (calib)."""
     k = ev.num_exits
@@ -164,4 +182,5 @@ def explain_gates(table: pd.DataFrame, gates: pd.DataFrame | None = None, *, fal
     return lines
 
 
-__all__ = ["BreakEven", "break_even", "break_even_table", "explain_gates", "virtual_gate_outcome"]
+__all__ = ["BreakEven", "break_even", "break_even_table", "explain_gates", "perfect_gates_outcome",
+           "virtual_gate_outcome"]

@@ -4,6 +4,7 @@ unless ``redo`` is set."""
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -26,8 +27,12 @@ DEMO = StudyConfig(
 )
 
 
+_T0 = [time.perf_counter()]
+
+
 def log(msg: str) -> None:
-    print(f"[study] {msg}", flush=True)
+    """``[study +S s] msg``: S seconds since the study started, so each step's cost shows in the log."""
+    print(f"[study +{time.perf_counter() - _T0[0]:.0f} s] {msg}", flush=True)
 
 
 def _jsonable(d):
@@ -122,6 +127,7 @@ def run_study(cfg: StudyConfig, *, redo: bool = False) -> dict:
     from .outputs import simulate_to
     from ..core.stats import format_headline
 
+    _T0[0] = time.perf_counter()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     cfg.save(out / "study.yaml")

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from analysis.cli import main
-from analysis.core.breakeven import break_even, break_even_table, explain_gates, virtual_gate_outcome
+from analysis.core.breakeven import (break_even, break_even_table, explain_gates, perfect_gates_outcome,
+                                     virtual_gate_outcome)
 from analysis.core.costs import DeviceProfile
 from analysis.core.evidence import Evidence, outcome
 from analysis.core.policies import PolicyConfig, calibrate
@@ -65,6 +66,31 @@ def test_the_model_is_exact_for_any_share_of_true_skips(setup):
         o = virtual_gate_outcome(ev, rule, 1, 1, enter, 0.003)
         assert o.latency_ms.mean() - _cascade(ev, rule).latency_ms.mean() == \
             pytest.approx(b.delta_ms(ts, 0.0, 0.003), abs=1e-9)
+
+
+def test_perfect_gates_bound_every_gate_and_match_a_direct_sum(setup):
+    """Free perfect gates in front of every side exit: the cascade's answers, each sample paying only the trunk to
+    the exit that lets it out plus that one head (buffering included); no single gate does better."""
+    ev, rule = setup
+    cascade = _cascade(ev, rule)
+    perfect = perfect_gates_outcome(ev, rule)
+    assert (perfect.correct == cascade.correct).all() and (perfect.exit == cascade.exit).all()
+    assert (perfect.latency_ms <= cascade.latency_ms + 1e-12).all() and perfect.latency_ms.mean() < \
+        cascade.latency_ms.mean()
+    # naive: the cascade's path minus every head (and its buffer write and read) it entered and left again
+    c = ev.costs
+    naive = cascade.latency_ms.copy()
+    for i in range(ev.num_exits - 1):
+        entered_and_left = cascade.exit > i
+        naive[entered_and_left] -= c.exit_ms[i] + c.write_ms[i] + c.read_ms[i] + c.decision_ms
+    np.testing.assert_allclose(perfect.latency_ms, naive, atol=1e-9)
+    for exit, at in [(0, 0), (1, 0), (1, 1)]:
+        one = virtual_gate_outcome(ev, rule, exit, at, ev.passes(rule)[:, exit], 0.0)
+        assert perfect.latency_ms.mean() <= one.latency_ms.mean() + 1e-12
+    # a gate's cost is paid once per gate a sample runs
+    costly = perfect_gates_outcome(ev, rule, cost_ms=0.25)
+    np.testing.assert_allclose(costly.latency_ms - perfect.latency_ms,
+                               0.25 * np.minimum(cascade.exit + 1, ev.num_exits - 1), atol=1e-9)
 
 
 def test_break_even_refuses_what_cannot_be_gated(setup):

@@ -5,7 +5,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from analysis.study.suite import SuiteConfig, _best_gated, load_suite, ratio_ci, run_suite, suite_line
+from analysis.study.suite import (SuiteConfig, _best_gated, equal_accuracy, load_suite, ratio_ci, run_suite,
+                                 suite_line)
 from branchy.config import ConfigError, from_mapping
 
 RAW = {
@@ -59,9 +60,13 @@ def test_ratio_ci_is_the_paired_bootstrap_of_the_mean_ratio():
 
 
 def test_the_last_line():
-    df = pd.DataFrame({"study": ["a/x/joint", "a/y/joint", "b/x/joint"], "profile": ["p", "q", "p"],
-                       "best/oracle": [1.1, 1.3, np.nan], "best_gated/cascade": [0.9, np.nan, 0.8]})
+    df = pd.DataFrame({"study": ["a/x/joint", "a/y/joint", "b/x/joint", "b/y/joint"], "profile": ["p", "q", "p", "q"],
+                       "best/oracle": [1.1, 1.3, np.nan, 1.2], "best_gated/cascade": [0.9, np.nan, 0.8, 0.7],
+                       "best_gated_acc_vs_cascade_pts": [0.0, np.nan, -0.2, -1.0],
+                       "best_gated_acc_vs_cascade_hi": [0.3, np.nan, 0.1, -0.4]})
+    # 0.7 is faster but loses accuracy beyond its CI: P2 compares at equal accuracy
     assert suite_line(df) == "backbones: best/oracle max 1.300, best-gated/cascade min 0.800 (2 backbones, 2 profiles)"
+    assert list(equal_accuracy(df)) == [True, False, True, False]
 
 
 @pytest.mark.slow
@@ -76,6 +81,9 @@ def test_a_tiny_suite_end_to_end(tmp_path):
     joint = df[df.study.str.endswith("joint")]
     assert (joint["best/oracle"] >= 1 - 1e-9).all()  # nothing beats the oracle's latency at its accuracy... on test
     assert joint["best_mean_ms"].notna().all() and (joint["best_acc_%"] >= 0).all()
+    # free perfect gates bound what predictors can save: never slower than the cascade, never better accuracy
+    assert (joint["perfect_gates/cascade"] <= 1 + 1e-9).all()
+    assert (joint["perfect_gates_acc_%"] == joint["cascade_acc_%"]).all()
     ztw = df[df.study.str.endswith("ztw")]
     assert ztw["best/oracle"].isna().all() and ztw.note.str.contains("chained").all()
     assert (tmp_path / "suite" / "comparison.csv").exists()
