@@ -29,20 +29,38 @@ from .train import resolve_device
 FEATURE_DTYPES = ("float16", "float32", "float64")
 
 
-def parse_pooling(pooling: str) -> int:
-    """``'avg'`` → 1 (global average), ``'grid:S'`` → S (adaptive S×S average)."""
+def parse_pooling(pooling: str) -> tuple[int, ...]:
+    """The grid sizes of a pooling spec: ``'avg'`` → (1,) (global average), ``'grid:S'`` → (S,) (adaptive S×S
+    average), ``'grid:1,2'`` → (1, 2) (a spatial pyramid: every scale's pooled features, concatenated)."""
     if pooling == "avg":
-        return 1
-    if pooling.startswith("grid:") and pooling[5:].isdigit() and int(pooling[5:]) >= 1:
-        return int(pooling[5:])
-    raise ValueError(f"unknown pooling {pooling!r}; use 'avg' or 'grid:S' (e.g. grid:2)")
+        return (1,)
+    parts = pooling[5:].split(",") if pooling.startswith("grid:") else []
+    if parts and all(p.isdigit() and int(p) >= 1 for p in parts) and len(set(parts)) == len(parts):
+        return tuple(int(p) for p in parts)
+    raise ValueError(f"unknown pooling {pooling!r}; use 'avg', 'grid:S' (e.g. grid:2) or several distinct scales "
+                     f"'grid:S1,S2' (e.g. grid:1,2)")
 
 
-def pool_features(h: torch.Tensor, s: int) -> torch.Tensor:
-    """``[B, C, H, W]`` → ``[B, C·s·s]`` by adaptive average pooling (``[B, D]`` passes through)."""
+def pool_features(h: torch.Tensor, s: int | tuple[int, ...]) -> torch.Tensor:
+    """``[B, C, H, W]`` → ``[B, C·Σ s·s]`` by adaptive average pooling at each scale in ``s``, concatenated
+    (``[B, D]`` passes through)."""
     if h.ndim == 2:
         return h
-    return F.adaptive_avg_pool2d(h, s).flatten(1)
+    scales = (s,) if isinstance(s, int) else tuple(s)
+    if len(scales) == 1:
+        return F.adaptive_avg_pool2d(h, scales[0]).flatten(1)
+    return torch.cat([F.adaptive_avg_pool2d(h, k).flatten(1) for k in scales], 1)
+
+
+class Pool(torch.nn.Module):
+    """:func:`pool_features` as a module (one or several scales), for the runtime's predictor modules."""
+
+    def __init__(self, s: int | tuple[int, ...]) -> None:
+        super().__init__()
+        self.scales = (s,) if isinstance(s, int) else tuple(s)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return pool_features(h, self.scales)
 
 
 @dataclass(frozen=True)
@@ -52,7 +70,8 @@ class DumpConfig:
 
     batch_size: int = setting(256, "images per forward pass while dumping (also the batched-latency batch)")
     device: str = setting("auto", "auto (cuda when present, else cpu), cpu, cuda, cuda:1")
-    pooling: str = setting("grid:3", "features: 'avg' (global average) or 'grid:S' (adaptive SxS average)")
+    pooling: str = setting("grid:3", "features: 'avg' (global average), 'grid:S' (adaptive SxS average) or "
+                                      "'grid:S1,S2' (every scale, concatenated: a spatial pyramid)")
     feature_dtype: str = setting("float16", "dtype of the stored features", choices=lambda: list(FEATURE_DTYPES))
     profile_time: float = setting(0.2, "seconds of timing per segment and batch size")
 

@@ -107,12 +107,14 @@ def measure_predictors(preds: list, cache, *, backend: str = "eager", rounds: in
 
 
 def pool_macs(cache, at: int) -> int:
-    """Adds of pooling the activation at branch point ``at`` into the cached features (one per element,
-    counted as MACs); 0 when the cache records no branch shapes (written from arrays)."""
+    """Adds of pooling the activation at branch point ``at`` into the cached features (one per element and
+    pooling scale, counted as MACs); 0 when the cache records no branch shapes (written from arrays)."""
+    from branchy.dump import parse_pooling
+
     shapes = cache.manifest.get("branch_shapes")
     if not shapes or at >= len(shapes) or shapes[at] is None or len(shapes[at]) != 3:
         return 0
-    return int(np.prod(shapes[at]))
+    return int(np.prod(shapes[at])) * len(parse_pooling(cache.manifest.get("pooling", "avg")))
 
 
 def predictor_cost(pred, cache, *, min_run_time: float = 0.1, rounds: int = 7) -> dict:

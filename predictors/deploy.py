@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from branchy.backends import compile_module
-from branchy.dump import parse_pooling, pool_features
+from branchy.dump import Pool, parse_pooling, pool_features
 
 from .torch_mlp import TorchMLPClassifier, TorchMLPRegressor
 
@@ -19,14 +19,14 @@ class TorchGate(torch.nn.Module):
     """Pooling + a torch MLP predictor + its enter score (a gate's probability of leaving at the exit, or
     minus the forecast entropy), as one module."""
 
-    def __init__(self, est, s: int, target: str) -> None:
+    def __init__(self, est, s: int | tuple[int, ...], target: str) -> None:
         super().__init__()
-        self.pool, self.mlp, self.target, self.s = torch.nn.AdaptiveAvgPool2d(s), est.torch_module(), target, s
+        self.pool, self.mlp, self.target, self.s = Pool(s), est.torch_module(), target, s
         self.j = list(est.classes_).index(1) if target == "gate" and 1 in list(est.classes_) else -1
         self.scale, self.shift = float(getattr(est, "y_scale_", 1.0)), float(getattr(est, "y_mean_", 0.0))
 
     def forward(self, h):
-        x = self.pool(h).flatten(1) if h.ndim == 4 else h
+        x = self.pool(h)
         z = self.mlp(x.float())
         if self.target == "gate":
             return torch.softmax(z, 1)[:, self.j] if self.j >= 0 else torch.zeros_like(z[:, 0])
@@ -36,13 +36,13 @@ class TorchGate(torch.nn.Module):
 class TorchJump(torch.nn.Module):
     """Pooling + a torch MLP exit predictor: the exit it names (its class with the largest logit)."""
 
-    def __init__(self, est, s: int) -> None:
+    def __init__(self, est, s: int | tuple[int, ...]) -> None:
         super().__init__()
-        self.pool, self.mlp = torch.nn.AdaptiveAvgPool2d(s), est.torch_module()
+        self.pool, self.mlp = Pool(s), est.torch_module()
         self.register_buffer("classes", torch.as_tensor(np.asarray(est.classes_), dtype=torch.long))
 
     def forward(self, h):
-        x = self.pool(h).flatten(1) if h.ndim == 4 else h
+        x = self.pool(h)
         return self.classes[self.mlp(x.float()).argmax(1)]
 
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
-from sklearn.metrics import (accuracy_score, balanced_accuracy_score, confusion_matrix, f1_score,
-                             mean_absolute_error, r2_score)
+from sklearn.metrics import (accuracy_score, average_precision_score, balanced_accuracy_score, confusion_matrix,
+                             f1_score, mean_absolute_error, precision_recall_curve, r2_score, roc_auc_score, roc_curve)
 
 
 def gate_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict:
@@ -55,3 +55,25 @@ def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray, threshold: float 
         g = gate_metrics(np.asarray(y_true) < threshold, np.asarray(y_pred) < threshold)
         out.update({k: g[k] for k in ("accuracy", "balanced_accuracy", "f1", "false_enter", "false_skip")})
     return out
+
+
+def ranking_metrics(leaves: np.ndarray, score: np.ndarray) -> dict:
+    """How well a gate's score ranks the samples that leave at its exit (``leaves`` = 1) above those that do not,
+    independent of any cut: ROC AUC and average precision (NaN when only one class is present)."""
+    leaves, score = np.asarray(leaves).astype(int), np.asarray(score, dtype=np.float64)
+    if len(np.unique(leaves)) < 2:
+        return {"roc_auc": np.nan, "average_precision": np.nan}
+    return {"roc_auc": float(roc_auc_score(leaves, score)),
+            "average_precision": float(average_precision_score(leaves, score))}
+
+
+def gate_curves(leaves: np.ndarray, score: np.ndarray) -> dict:
+    """ROC (false / true positive rate) and precision-recall curves of a gate's score against whether the sample
+    leaves at the exit, plus :func:`ranking_metrics`; ``{}`` when only one class is present."""
+    leaves, score = np.asarray(leaves).astype(int), np.asarray(score, dtype=np.float64)
+    if len(np.unique(leaves)) < 2:
+        return {}
+    fpr, tpr, _ = roc_curve(leaves, score)
+    precision, recall, _ = precision_recall_curve(leaves, score)
+    return {"fpr": fpr, "tpr": tpr, "precision": precision, "recall": recall, "positive_rate": float(leaves.mean()),
+            **ranking_metrics(leaves, score)}

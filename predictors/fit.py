@@ -11,7 +11,7 @@ from branchy.cache import FeatureCache
 from branchy.rule import ExitRule
 
 from .cost import predictor_cost
-from .evaluate import exit_metrics, gate_metrics, regression_metrics
+from .evaluate import exit_metrics, gate_curves, gate_metrics, ranking_metrics, regression_metrics
 from .inputs import make_inputs
 from .models import PREDICTOR_MODELS, make_estimator, one_thread
 from .targets import TARGETS, make_target, passes
@@ -168,6 +168,23 @@ class FittedPredictor:
         ok = passes(cache, split, self.spec.rule)
         return ~ok[:, :k].any(1)
 
+    def leaves(self, cache: FeatureCache, split: str) -> np.ndarray | None:
+        """``[N]`` bool, for a gate or entropy predictor: the sample leaves at the exit it is for under the spec's
+        rule (what its score should rank first); None for other targets or without a rule."""
+        s = self.spec
+        if s.target not in ("gate", "entropy") or s.rule is None:
+            return None
+        return make_target(cache, split, "gate", k=s.for_exit, rule=s.rule).astype(bool)
+
+    def curves(self, cache: FeatureCache, split: str) -> dict:
+        """ROC and precision-recall of the score on the samples that reach the exit (out of fold on the fit
+        split; :func:`predictors.evaluate.gate_curves`); ``{}`` where there is nothing to rank."""
+        lv = self.leaves(cache, split)
+        if lv is None:
+            return {}
+        r = self.reached(cache, split)
+        return gate_curves(lv[r], self.score(cache, split)[r])
+
     def evaluate(self, cache: FeatureCache, split: str) -> dict:
         """Quality on the samples that reach the predictor's exit (rates are fractions of them); on the
         fit split from out-of-fold outputs."""
@@ -185,6 +202,9 @@ class FittedPredictor:
         else:
             t = s.rule.thresholds[s.for_exit] if s.rule is not None and s.rule.measure == "entropy" else None
             m = regression_metrics(y, p, t)
+        if s.target in ("gate", "entropy") and r.any():
+            lv = self.leaves(cache, split)
+            m.update(ranking_metrics(lv[r], self.score(cache, split)[r]) if lv is not None else {})
         oof = split == self.fit_split and self.oof is not None
         return {"predictor": s.name, "target": s.target, "at": s.at, "for": s.for_exit, "model": s.model,
                 "split": split + (" (out of fold)" if oof else ""), "reached": int(r.sum()), **m,

@@ -238,6 +238,37 @@ def plot_gate_map(table: pd.DataFrame, gates: pd.DataFrame | None = None, *, fal
     return fig, ax
 
 
+def plot_gate_curves(curves: dict, *, kind: str = "roc", ax=None, title: str | None = None):
+    """ROC (``kind="roc"``: false vs true positive rate) or precision-recall (``"pr"``) of gate scores: one line
+    per entry of ``curves`` (label -> :func:`predictors.evaluate.gate_curves` dict), its AUC / average precision
+    in the legend; the diagonal (ROC) or the share of leaving samples (PR) is chance. Positive: the sample leaves
+    at the exit (enter its branch)."""
+    if kind not in ("roc", "pr"):
+        raise ValueError(f"kind must be 'roc' or 'pr', got {kind!r}")
+    fig, ax = _ax(ax, figsize=(4.5, 4))
+    drawn = {k: c for k, c in curves.items() if c}
+    for (label, c), color in zip(drawn.items(), sns.color_palette("tab10", max(len(drawn), 1))):
+        if kind == "roc":
+            ax.plot(c["fpr"], c["tpr"], color=color, lw=1.2, label=f"{label} (AUC {c['roc_auc']:.2f})")
+        else:
+            ax.step(c["recall"], c["precision"], where="post", color=color, lw=1.2,
+                    label=f"{label} (AP {c['average_precision']:.2f})")
+            ax.axhline(c["positive_rate"], color=color, lw=0.6, ls=":")
+    if kind == "roc":
+        ax.plot([0, 1], [0, 1], color="0.6", lw=0.8, ls="--")
+        ax.set_xlabel("false enter rate (of samples that do not leave)")
+        ax.set_ylabel("true enter rate (of samples that leave)")
+    else:
+        ax.set_xlabel("recall (of samples that leave)")
+        ax.set_ylabel("precision")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    if drawn:
+        ax.legend(fontsize=6, loc="lower right" if kind == "roc" else "lower left")
+    if title:
+        ax.set_title(title, fontsize=9)
+    return fig, ax
+
 
 def plot_suite(df: pd.DataFrame, *, ratio: str = "best_gated/cascade", ax=None, title: str | None = None):
     """One bar per study and profile: a latency ratio of the suite's comparison table (e.g. best-gated/cascade,

@@ -36,6 +36,27 @@ def _table(df: pd.DataFrame, fmt: str = "{:.4g}") -> str:
     return df.to_html(index=False, float_format=lambda v: fmt.format(v), border=0, na_rep="", escape=True)
 
 
+def gate_curve_figure(predictors: dict, cache, split: str = "calib", top: int = 6):
+    """ROC (top) and precision-recall (bottom) per side exit of its gate / entropy predictors (the ``top`` by ROC
+    AUC, so the panels stay legible), or None when there are none."""
+    by_exit: dict[int, dict] = {}
+    for name, p in sorted(predictors.items()):
+        if p.spec.target in ("gate", "entropy"):
+            c = p.curves(cache, split)
+            if c:
+                by_exit.setdefault(p.spec.for_exit, {})[name] = c
+    if not by_exit:
+        return None
+    exits = sorted(by_exit)
+    by_exit = {e: dict(sorted(c.items(), key=lambda kv: -kv[1]["roc_auc"])[:top]) for e, c in by_exit.items()}
+    fig, axes = plots.plt.subplots(2, len(exits), figsize=(4.2 * len(exits), 7.5), squeeze=False)
+    for j, e in enumerate(exits):
+        plots.plot_gate_curves(by_exit[e], kind="roc", ax=axes[0, j], title=f"exit {e}: ROC ({split}, out of fold)")
+        plots.plot_gate_curves(by_exit[e], kind="pr", ax=axes[1, j], title=f"exit {e}: precision-recall")
+    fig.tight_layout()
+    return fig
+
+
 def write_report(result: dict, path: str | Path) -> Path:
     """Per-exit accuracy and cost, headline table, Pareto fronts, exit distribution, latency breakdown,
     predictor quality, chosen placements and entropy histograms, in one HTML file. Every name, path, config
@@ -143,6 +164,12 @@ def write_report(result: dict, path: str | Path) -> Path:
     pt = result["predictor_table"].drop(columns=["confusion"], errors="ignore")
     s.append(_table(pt, "{:.3f}") if len(pt) else "<p>None fitted: the cache's exits are chained, so no exit can be "
              "gated or jumped over.</p>")
+    curves = gate_curve_figure(result.get("predictors") or {}, cache)
+    if curves is not None:
+        s.append("<h3>Gate scores: ROC and precision-recall per side exit</h3><p class=note>Each gate and entropy "
+                 "predictor's score on the calib samples that reach its exit (out of fold), against whether the "
+                 "sample leaves there under the exit rule; roc_auc and average_precision in the table above. Dotted "
+                 "(PR): the share that leaves, what a score with no skill reaches.</p>" + _img(curves))
     s.append("<h2>Placement</h2>")
     for strategy, (res, compare) in result["placements"].items():
         s.append(f"<h3>{_e(strategy)}: {_e(res.chosen.describe())}</h3>")

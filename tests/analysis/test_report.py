@@ -39,3 +39,24 @@ def test_report_escapes_every_user_and_data_string(tmp_path):
     for where in (f"<h1>{esc}</h1>", f"<title>{esc}</title>", f"npz:{esc}.npz", f"on {esc} with",
                   f"<td>{esc}</td>", f"<th>{esc}</th>", f"/data/{esc}.npz", f"<h3>{esc}: "):
         assert where in text, where
+
+
+def test_report_draws_roc_and_pr_per_gated_exit(synth_cache):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import numpy as np
+
+    from analysis.study.report import gate_curve_figure
+    from predictors import PredictorSpec, fit_predictor
+
+    t = (0.5, 0.5, np.inf)
+    preds = {p.spec.name: p for p in (fit_predictor(synth_cache, s, timing=0.01) for s in (
+        PredictorSpec("gate", 0, "linear", 0, t), PredictorSpec("gate", 0, "linear", 1, t),
+        PredictorSpec("entropy", 1, "linear", 1, t), PredictorSpec("exit", 0, "linear", None, t)))}
+    fig = gate_curve_figure(preds, synth_cache)
+    axes = fig.axes
+    assert len(axes) == 4  # ROC and PR for exits 0 and 1
+    assert [len(a.get_legend().get_texts()) for a in axes] == [1, 2, 1, 2]
+    assert "AUC" in axes[0].get_legend().get_texts()[0].get_text()
+    assert gate_curve_figure({"x": preds["exit_at0_linear"]}, synth_cache) is None

@@ -59,6 +59,38 @@ def test_grid_pooling():
     assert out[0, 0] == h[0, 0, :2, :2].mean()
 
 
+def test_pyramid_pooling_concatenates_every_scale(toy_splits, tmp_path):
+    """``grid:1,2``: the global average and the 2x2 grid of every channel, side by side; the runtime's gate on a
+    raw activation scores exactly what the predictor scores on the cached features."""
+    from branchy.dump import DumpConfig, parse_pooling
+    from branchy.models import build_model
+    from predictors import PredictorSpec, fit_predictor
+    from predictors.deploy import score_callable
+
+    assert parse_pooling("avg") == (1,) and parse_pooling("grid:3") == (3,) and parse_pooling("grid:1,2") == (1, 2)
+    for bad in ("grid:", "grid:1,1", "grid:0", "grid:1,x", "pyramid"):
+        with pytest.raises(ValueError, match="unknown pooling"):
+            DumpConfig(pooling=bad)
+    h = torch.randn(2, 3, 4, 4)
+    out = pool_features(h, (1, 2))
+    naive = torch.cat([h.mean((2, 3)), torch.stack([h[:, :, i:i + 2, j:j + 2].mean((2, 3))
+                                                     for i in (0, 2) for j in (0, 2)], 2).flatten(1)], 1)
+    torch.testing.assert_close(out, naive)
+    torch.manual_seed(0)
+    m = build_model("b-lenet", exits=(0, 1), num_classes=4).eval()
+    cache = dump(m, toy_splits, tmp_path / "c", progress=False, profile=False, pooling="grid:1,2",
+                 feature_dtype="float32")
+    c0 = m.branch_shapes[0][0]
+    assert cache.features("test", 0).shape[1] == 5 * c0
+    pred = fit_predictor(cache, PredictorSpec("gate", 0, "nn", 0, (0.9, 0.9, np.inf), params={"max_epochs": 5}),
+                         folds=2, timing=0.01)
+    x = toy_splits.test.batch(torch.arange(8))[0]
+    with torch.no_grad():
+        act = m.run_stage(0, x)
+    runtime = score_callable(pred, "grid:1,2")(act).numpy()
+    np.testing.assert_allclose(runtime, pred.score_inputs(cache.features("test", 0)[:8]), rtol=1e-4, atol=1e-5)
+
+
 def _naive(z):
     p = [math.exp(v - max(z)) for v in z]
     s = sum(p)

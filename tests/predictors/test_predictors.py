@@ -6,7 +6,7 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 from branchy.dump import cache_from_arrays
 from predictors import (PredictorSpec, fit_predictor, list_predictor_models, load_predictors, make_estimator,
                         make_target, save_predictors)
-from predictors.evaluate import exit_metrics, gate_metrics
+from predictors.evaluate import exit_metrics, gate_curves, gate_metrics, ranking_metrics
 from predictors.targets import exit_target, oracle_target, passes
 from predictors.torch_mlp import TorchMLPClassifier, TorchMLPRegressor
 from tests.helpers import synthetic_arrays
@@ -59,6 +59,30 @@ def test_every_predictor_learns_a_planted_relation_and_not_shuffled_labels(synth
     control = gate_metrics(yt, est.predict(gate.inputs(synth_cache, "test")))
     assert control["balanced_accuracy"] < 0.62, control
     assert gate.cost["macs"] > 0 and gate.cost["ms_b1"] > 0
+
+
+def test_ranking_metrics_against_a_naive_pair_count(synth_cache):
+    """ROC AUC is the share of (leaving, not leaving) pairs the score orders right (ties count half)."""
+    rng = np.random.default_rng(0)
+    y = rng.random(80) < 0.3
+    score = np.round(y * 0.6 + rng.random(80), 1)  # ties on purpose
+    pos, neg = score[y], score[~y]
+    naive = np.mean([(p > q) + 0.5 * (p == q) for p in pos for q in neg])
+    m = ranking_metrics(y, score)
+    assert m["roc_auc"] == pytest.approx(naive)
+    c = gate_curves(y, score)
+    assert c["fpr"][0] == 0 and c["tpr"][-1] == 1 and np.sum(np.diff(c["fpr"]) * (c["tpr"][1:] + c["tpr"][:-1]) / 2) == pytest.approx(naive)
+    assert c["positive_rate"] == pytest.approx(y.mean()) and 0 < c["average_precision"] <= 1
+    assert np.isnan(ranking_metrics(np.ones(5), np.arange(5))["roc_auc"]) and gate_curves(np.ones(5), np.arange(5)) == {}
+    # a fitted gate and entropy predictor: out-of-fold on calib, ranked against leaving at their exit
+    for spec in (PredictorSpec("gate", 0, "linear", 0, T), PredictorSpec("entropy", 0, "linear", 0, T)):
+        p = fit_predictor(synth_cache, spec, timing=0.01)
+        ev = p.evaluate(synth_cache, "calib")
+        lv = passes(synth_cache, "calib", T)[:, 0]
+        assert ev["roc_auc"] == pytest.approx(ranking_metrics(lv, p.score(synth_cache, "calib"))["roc_auc"])
+        assert ev["roc_auc"] > 0.8 and p.curves(synth_cache, "test")["roc_auc"] > 0.8
+    ext = fit_predictor(synth_cache, PredictorSpec("exit", 0, "linear", None, T), timing=0.01)
+    assert ext.curves(synth_cache, "calib") == {} and "roc_auc" not in ext.evaluate(synth_cache, "calib")
 
 
 def test_error_rates_by_hand():
