@@ -37,6 +37,10 @@ class PlacementConfig:
     profile: str = setting("raspberry-pi-4", "device profile name or JSON/YAML file (see `branchy profiles`)")
     n_jobs: int = setting(1, "parallel scoring through joblib (-1: all cores)")
     seed: int = setting(0, "seed of randomised strategies")
+    trials: int | None = setting(None, "nsga2: new placements to score (none: the strategy's default)")
+    storage: str | None = setting(None, "nsga2: Optuna storage URL (e.g. sqlite:///search.db) so the search persists "
+                                        "and a later run resumes it")
+    study_name: str | None = setting(None, "nsga2: name of the stored study (with storage)")
 
     def __post_init__(self) -> None:
         if not self.strategies:
@@ -49,6 +53,20 @@ class PlacementConfig:
         if self.n_jobs == 0:
             raise ValueError("n_jobs must be >= 1 or negative (-1: all cores), got 0")
         check_int("seed", self.seed, 0)
+        if self.trials is not None:
+            check_int("trials", self.trials, 1)
+        if self.study_name is not None and self.storage is None:
+            raise ValueError(f"study_name {self.study_name!r} names a stored study: give storage too "
+                             f"(e.g. sqlite:///search.db)")
+        if (self.trials is not None or self.storage is not None) and "nsga2" not in self.strategies:
+            raise ValueError("trials, storage and study_name set the nsga2 strategy, which strategies does not name")
+
+    def options(self, strategy: str) -> dict:
+        """The keyword options this config gives ``strategy`` (only nsga2 takes any)."""
+        if strategy != "nsga2":
+            return {}
+        out = {"trials": self.trials, "storage": self.storage, "study_name": self.study_name}
+        return {k: v for k, v in out.items() if v is not None}
 
     @property
     def constraint(self) -> Constraint:

@@ -134,7 +134,8 @@ def compare_study(key: str, result: dict, profiles, *, strategy: str = "greedy",
                 res = done[0]  # the study searched under this profile already
             else:
                 res, _ = run_placement(cache, preds, strategy, constraint=cfg.placement.constraint, profile=prof,
-                                       rule=rule, cfg=pcfg, progress=False, seed=cfg.placement.seed)
+                                       rule=rule, cfg=pcfg, progress=False, seed=cfg.placement.seed,
+                                       **cfg.placement.options(strategy))
             obj = PlacementObjective(cache, preds, profile=prof, rule=rule, cfg=pcfg)
             test = Evidence.build(cache, "test", measure=pcfg.measure, predictors=preds, costs=obj.costs)
             named["best"] = obj.outcome(res.chosen, test)

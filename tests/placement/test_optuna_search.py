@@ -181,3 +181,32 @@ def test_bad_options_quiet_logging_and_a_lazy_import(capfd):
     assert optuna.logging.get_verbosity() == level and "Trial" not in capfd.readouterr().err
     code = "import sys, placement; assert 'nsga2' in placement.list_strategies() and 'optuna' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_placement_config_passes_nsga2_settings_from_yaml_and_cli(synth_cache, tmp_path):
+    """trials / storage / study_name reach the nsga2 strategy through PlacementConfig (YAML and CLI share it); the
+    stored study resumes across runs."""
+    from analysis.core.policies import PolicyConfig, calibrate
+    from analysis.study.placement_study import PlacementConfig, run_placement
+
+    with pytest.raises(ValueError, match="give storage too"):
+        PlacementConfig(strategies=("nsga2",), study_name="s")
+    with pytest.raises(ValueError, match="which strategies does not name"):
+        PlacementConfig(strategies=("greedy",), trials=5)
+    with pytest.raises(ValueError, match="trials"):
+        PlacementConfig(strategies=("nsga2",), trials=0)
+    db = f"sqlite:///{tmp_path / 's.db'}"
+    pc = PlacementConfig(strategies=("nsga2",), trials=4, storage=db, study_name="s")
+    assert pc.options("nsga2") == {"trials": 4, "storage": db, "study_name": "s"} and pc.options("greedy") == {}
+    rule = calibrate(synth_cache, PolicyConfig())
+    runs = [run_placement(synth_cache, {}, "nsga2", rule=rule, progress=False, **pc.options("nsga2"))[0]
+            for _ in range(2)]
+    stored = optuna.load_study(study_name="s", storage=db).get_trials(deepcopy=False)
+    assert len(runs[0].table) >= 1 and len(stored) >= len(runs[0].table)  # the second run resumed the first's study
+    from branchy.config import add_arguments, from_arguments
+    import argparse
+
+    ap = argparse.ArgumentParser()
+    add_arguments(ap, PlacementConfig)
+    a = ap.parse_args(["--strategy", "nsga2", "--trials", "7", "--storage", db, "--study-name", "t"])
+    assert from_arguments(PlacementConfig, a).options("nsga2") == {"trials": 7, "storage": db, "study_name": "t"}
