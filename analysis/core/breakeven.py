@@ -33,7 +33,7 @@ from predictors.fit import PredictorSpec
 
 from .evidence import Evidence, outcome
 
-VIRTUAL = "_virtual_gate"  # the name the virtual gate goes by in the evidence
+VIRTUAL = "_virtual_gate"  # virtual gates go by this name plus their exit in the evidence
 
 
 @dataclass(frozen=True)
@@ -70,19 +70,26 @@ class BreakEven:
         return need / self.saving_ms if self.saving_ms > 0 else np.inf
 
 
-def _with_virtual_gate(ev: Evidence, rule: ExitRule, exit: int, at: int, enter: np.ndarray, cost_ms: float):
-    spec = PredictorSpec("gate", at, "linear", exit, rule)
-    return replace(ev, scores={**ev.scores, VIRTUAL: enter.astype(np.float64)}, specs={**ev.specs, VIRTUAL: spec},
-                   pcost={**ev.pcost, VIRTUAL: (float(cost_ms), 0.0)})
+def _with_virtual_gates(ev: Evidence, rule: ExitRule, gates: dict, cost_ms: float) -> tuple[Evidence, Placement]:
+    """The evidence with one virtual gate per entry of ``gates`` (side exit -> (stage it runs after, enter [N]
+    bool)), each costing ``cost_ms`` per run, and the cascade placement that uses them."""
+    k = ev.num_exits
+    names = {i: f"{VIRTUAL}{i}" for i in gates}
+    scores, specs, pcost = dict(ev.scores), dict(ev.specs), dict(ev.pcost)
+    for i, (at, enter) in gates.items():
+        scores[names[i]] = np.asarray(enter, bool).astype(np.float64)
+        specs[names[i]] = PredictorSpec("gate", at, "linear", i, rule)
+        pcost[names[i]] = (float(cost_ms), 0.0)
+    pl = Placement(Placement.plain(k).kept, tuple(Gate(names[j], gates[j][0]) if j in gates else None
+                                                  for j in range(k)))
+    return replace(ev, scores=scores, specs=specs, pcost=pcost), pl
 
 
 def virtual_gate_outcome(ev: Evidence, rule: ExitRule, exit: int, at: int, enter: np.ndarray, cost_ms: float, *,
                          overlap: bool = False):
     """The cascade with one gate after stage ``at`` in front of exit ``exit`` that enters exactly where
     ``enter`` [N] is true, at ``cost_ms`` per run: what any real gate with those decisions would do."""
-    k = ev.num_exits
-    pl = Placement(Placement.plain(k).kept, tuple(Gate(VIRTUAL, at) if j == exit else None for j in range(k)))
-    e = _with_virtual_gate(ev, rule, exit, at, np.asarray(enter, bool), cost_ms)
+    e, pl = _with_virtual_gates(ev, rule, {exit: (at, enter)}, cost_ms)
     return outcome(e, pl, rule, cuts={exit: 0.5}, overlap=overlap, name=f"gate@{at}->{exit}")
 
 
@@ -96,11 +103,7 @@ def perfect_gates_outcome(ev: Evidence, rule: ExitRule, *, cost_ms: float = 0.0,
     if ev.chained:
         raise ValueError(f"the cache's exits are chained ({ev.chain}): no exit can be gated")
     would = ev.passes(rule)
-    names = [f"{VIRTUAL}{i}" for i in range(k - 1)]
-    e = replace(ev, scores={**ev.scores, **{n: would[:, i].astype(np.float64) for i, n in enumerate(names)}},
-                specs={**ev.specs, **{n: PredictorSpec("gate", i, "linear", i, rule) for i, n in enumerate(names)}},
-                pcost={**ev.pcost, **{n: (float(cost_ms), 0.0) for n in names}})
-    pl = Placement(Placement.plain(k).kept, tuple(Gate(n, i) for i, n in enumerate(names)) + (None,))
+    e, pl = _with_virtual_gates(ev, rule, {i: (i, would[:, i]) for i in range(k - 1)}, cost_ms)
     return outcome(e, pl, rule, cuts={i: 0.5 for i in range(k - 1)}, overlap=overlap, name="perfect gates")
 
 
