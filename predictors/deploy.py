@@ -12,16 +12,18 @@ import torch
 from branchy.backends import compile_module
 from branchy.dump import Pool, parse_pooling, pool_features
 
+from .calibration import CalibrationMap
 from .torch_mlp import TorchMLPClassifier, TorchMLPRegressor
 
 
 class TorchGate(torch.nn.Module):
-    """Pooling + a torch MLP predictor + its enter score (a gate's probability of leaving at the exit, or
-    minus the forecast entropy), as one module."""
+    """Pooling + a torch MLP predictor + its enter score (a gate's probability of leaving at the exit, through
+    its calibration map ``cal`` where it has one, or minus the forecast entropy), as one module."""
 
-    def __init__(self, est, s: int | tuple[int, ...], target: str) -> None:
+    def __init__(self, est, s: int | tuple[int, ...], target: str, cal: dict | None = None) -> None:
         super().__init__()
         self.pool, self.mlp, self.target, self.s = Pool(s), est.torch_module(), target, s
+        self.cal = CalibrationMap(cal) if cal is not None else torch.nn.Identity()
         self.j = list(est.classes_).index(1) if target == "gate" and 1 in list(est.classes_) else -1
         self.scale, self.shift = float(getattr(est, "y_scale_", 1.0)), float(getattr(est, "y_mean_", 0.0))
 
@@ -29,7 +31,7 @@ class TorchGate(torch.nn.Module):
         x = self.pool(h)
         z = self.mlp(x.float())
         if self.target == "gate":
-            return torch.softmax(z, 1)[:, self.j] if self.j >= 0 else torch.zeros_like(z[:, 0])
+            return self.cal(torch.softmax(z, 1)[:, self.j] if self.j >= 0 else torch.zeros_like(z[:, 0]))
         return -(z[:, 0] * self.scale + self.shift)
 
 
@@ -65,7 +67,7 @@ def score_callable(pred, pooling: str, *, backend: str = "eager",
     if pred.spec.target not in ("gate", "entropy"):
         raise ValueError(f"{pred.spec.name} predicts an exit, not a gate decision")
     if _fitted_torch(est):
-        mod = TorchGate(est, s, pred.spec.target).eval()
+        mod = TorchGate(est, s, pred.spec.target, pred.calibration).eval()
         return compile_module(mod, example, backend) if backend != "eager" and example is not None else mod
 
     def fn(h):

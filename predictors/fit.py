@@ -10,6 +10,7 @@ import pandas as pd
 from branchy.cache import FeatureCache
 from branchy.rule import ExitRule
 
+from .calibration import CALIBRATORS, apply_calibration, calibration_metrics, cross_calibrate, fit_calibration
 from .cost import predictor_cost
 from .evaluate import exit_metrics, gate_curves, gate_metrics, ranking_metrics, regression_metrics
 from .inputs import make_inputs
@@ -21,7 +22,9 @@ from .targets import TARGETS, make_target, passes
 class PredictorSpec:
     """One predictor: what it forecasts (``target``), where it sits (after stage ``at``), for which exit
     (``for_exit``; gates and entropy), with which model, and under which exit ``rule`` (measure and
-    thresholds: gate and exit targets are defined by it; a sequence of thresholds is read as entropy)."""
+    thresholds: gate and exit targets are defined by it; a sequence of thresholds is read as entropy). A gate
+    may be ``calibration``-mapped (``sigmoid`` or ``isotonic``, :mod:`predictors.calibration`) so that its score
+    is the probability that the sample leaves."""
 
     target: str
     at: int
@@ -32,6 +35,7 @@ class PredictorSpec:
     class_weight: str | None = None
     params: dict = field(default_factory=dict)
     random_state: int = 0
+    calibration: str | None = None
 
     def __post_init__(self) -> None:
         if self.target not in TARGETS.names():
@@ -47,6 +51,12 @@ class PredictorSpec:
             if self.at > self.for_exit:
                 raise ValueError(f"a predictor after stage {self.at} cannot gate exit {self.for_exit}: it must sit "
                                  f"at or before the exit (at <= for)")
+        if self.calibration is not None:
+            if self.calibration not in CALIBRATORS:
+                raise ValueError(f"unknown calibration {self.calibration!r}; known: {', '.join(CALIBRATORS.names())}")
+            if self.target != "gate":
+                raise ValueError(f"calibration maps a gate's probability; a {self.target} predictor has none to map "
+                                 f"(calibrate gates only)")
         if self.target in ("gate", "exit") and self.rule is None:
             raise ValueError(f"a {self.target} predictor needs the exit rule (thresholds T, one per exit) that "
                              f"defines its target")
@@ -62,7 +72,8 @@ class PredictorSpec:
     @property
     def name(self) -> str:
         f = f"_for{self.for_exit}" if self.for_exit is not None else ""
-        return f"{self.target}_at{self.at}{f}_{self.model}"
+        c = f"_cal-{self.calibration}" if self.calibration else ""
+        return f"{self.target}_at{self.at}{f}_{self.model}{c}"
 
 
 @dataclass
@@ -70,7 +81,8 @@ class FittedPredictor:
     """A predictor refitted on all of ``fit_split``, with its out-of-fold outputs there (``oof``: class
     probabilities ``[N, len(classes)]`` or forecasts ``[N]``, from ``folds``-fold cross-fitting). Every
     output asked for on the fit split is the out-of-fold one, so nothing selected or scored on it has
-    seen its own fit data."""
+    seen its own fit data. ``calibration``: a calibrated gate's map (arrays, :mod:`predictors.calibration`),
+    fitted on the out-of-fold probabilities, applied to every score."""
 
     spec: PredictorSpec
     estimator: object
@@ -80,6 +92,7 @@ class FittedPredictor:
     oof: np.ndarray | None = None
     classes: np.ndarray | None = None
     folds: int = 0
+    calibration: dict | None = None
 
     def inputs(self, cache: FeatureCache, split: str) -> np.ndarray:
         self.check(cache)
@@ -102,12 +115,17 @@ class FittedPredictor:
                 return np.asarray(self.estimator.predict(x), dtype=np.float64)
             return _aligned_proba(self.estimator, x, self.classes)
 
+    def _gate_proba(self, r: np.ndarray) -> np.ndarray:
+        """The model's own probability of class 1 (leaves at the exit), before any calibration."""
+        cls = list(np.asarray(self.classes))
+        return r[:, cls.index(1)] if 1 in cls else np.zeros(len(r))
+
     def _score(self, r: np.ndarray) -> np.ndarray:
         if self.spec.target == "entropy":
             return -r
         if self.spec.target == "gate":
-            cls = list(np.asarray(self.classes))
-            return r[:, cls.index(1)] if 1 in cls else np.zeros(len(r))
+            p = self._gate_proba(r)
+            return apply_calibration(self.calibration, p) if self.calibration is not None else p
         raise ValueError(f"{self.spec.name} predicts an exit, not a gate decision")
 
     def score_inputs(self, x: np.ndarray) -> np.ndarray:
@@ -116,13 +134,18 @@ class FittedPredictor:
 
     def predict_inputs(self, x: np.ndarray) -> np.ndarray:
         """:meth:`predict` of the refitted model on features ``x`` ``[B, D]``."""
-        r = self.raw_inputs(x)
-        return r if self.spec.task == "regression" else np.asarray(self.classes)[r.argmax(1)]
+        return self._predict(self.raw_inputs(x))
+
+    def _predict(self, r: np.ndarray) -> np.ndarray:
+        if self.spec.task == "regression":
+            return r
+        if self.calibration is not None:  # a calibrated gate says enter where leaving is at least as likely
+            return (self._score(r) >= 0.5).astype(np.asarray(self.classes).dtype)
+        return np.asarray(self.classes)[r.argmax(1)]
 
     def predict(self, cache: FeatureCache, split: str) -> np.ndarray:
         """Gate: 1 = enter; exit/oracle: the exit index; entropy: nats (out of fold on the fit split)."""
-        r = self._raw(cache, split)
-        return r if self.spec.task == "regression" else np.asarray(self.classes)[r.argmax(1)]
+        return self._predict(self._raw(cache, split))
 
     def score(self, cache: FeatureCache, split: str) -> np.ndarray:
         """``[N]`` how strongly the predictor says *enter the exit*: a gate's probability that the sample
@@ -185,6 +208,17 @@ class FittedPredictor:
         r = self.reached(cache, split)
         return gate_curves(lv[r], self.score(cache, split)[r])
 
+    def _calibrated_for_report(self, cache: FeatureCache, split: str) -> np.ndarray:
+        """The gate's probabilities; on the fit split of a calibrated gate, cross-calibrated (each fold's map
+        fitted on the others), since the stored map was fitted on these very out-of-fold probabilities."""
+        if self.calibration is None or split != self.fit_split or self.oof is None:
+            return self.score(cache, split)
+        y = make_target(cache, split, "gate", k=self.spec.for_exit, rule=self.spec.rule)
+        r, out = self.reached(cache, split), self.score(cache, split)
+        out[r] = cross_calibrate(self.spec.calibration, self._gate_proba(self.oof)[r], y[r], max(self.folds, 2),
+                                 self.spec.random_state)
+        return out
+
     def evaluate(self, cache: FeatureCache, split: str) -> dict:
         """Quality on the samples that reach the predictor's exit (rates are fractions of them); on the
         fit split from out-of-fold outputs."""
@@ -205,6 +239,8 @@ class FittedPredictor:
         if s.target in ("gate", "entropy") and r.any():
             lv = self.leaves(cache, split)
             m.update(ranking_metrics(lv[r], self.score(cache, split)[r]) if lv is not None else {})
+        if s.target == "gate" and r.any():  # how well the score reads as the probability of leaving
+            m.update(calibration_metrics(y, self._calibrated_for_report(cache, split)[r]))
         oof = split == self.fit_split and self.oof is not None
         return {"predictor": s.name, "target": s.target, "at": s.at, "for": s.for_exit, "model": s.model,
                 "split": split + (" (out of fold)" if oof else ""), "reached": int(r.sum()), **m,
@@ -280,8 +316,24 @@ def fit_predictor(cache: FeatureCache, spec: PredictorSpec, *, split: str = "cal
     if spec.task == "classification":
         classes = np.unique(y)
     fitted = FittedPredictor(spec, est, cache.fingerprint, {}, split, oof, classes, folds)
+    if spec.calibration is not None:
+        fitted.calibration = _calibrate(fitted, y, fitted.reached(cache, split))
     fitted.cost = predictor_cost(fitted, cache, min_run_time=timing)
     return fitted
+
+
+def _calibrate(p: FittedPredictor, y: np.ndarray, reached: np.ndarray) -> dict | None:
+    """The calibration map of gate ``p``, fitted on its out-of-fold probabilities against its targets ``y``, on
+    the samples that reach its exit (those its probability is used for); None, with a warning, where there is
+    nothing to calibrate."""
+    s = p.spec
+    if p.oof is None:
+        raise ValueError(f"{s.name}: calibration is fitted on out-of-fold probabilities; fit with folds >= 2")
+    if np.bincount(y[reached], minlength=2).min() < 2:
+        warnings.warn(f"{s.name}: fewer than 2 samples that reach exit {s.for_exit} leave there, or fewer than 2 do "
+                      f"not: nothing to calibrate, the gate's probabilities stay as fitted", stacklevel=3)
+        return None
+    return fit_calibration(s.calibration, p._gate_proba(p.oof)[reached], y[reached])
 
 
 def evaluation_table(predictors: list[FittedPredictor], cache: FeatureCache,

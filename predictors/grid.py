@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from branchy.config import check_int, setting
 
+from .calibration import CALIBRATORS
 from .fit import PredictorSpec
 from .models import PREDICTOR_MODELS
 from .targets import TARGETS
@@ -29,6 +30,9 @@ class PredictorsConfig:
     class_weight: str | None = setting("balanced", "reweight imbalanced classes of a classifier (balanced or none)",
                                        choices=lambda: ["balanced"])
     with_confidences: bool = setting(False, "also feed the confidences of the exits before the predictor")
+    calibration: str | None = setting(None, "map each gate's probability to the probability of leaving, fitted on "
+                                            "its out-of-fold outputs on calib (none: off)",
+                                      choices=CALIBRATORS.names)
     folds: int = setting(5, "cross-fitting folds: every calib sample gets an out-of-fold output, used for every "
                             "selection")
 
@@ -47,6 +51,8 @@ class PredictorsConfig:
         if self.class_weight not in (None, "balanced"):
             raise ValueError(f"class_weight must be 'balanced' or None, got {self.class_weight!r}")
         check_int("folds", self.folds, 2)
+        if self.calibration is not None and self.calibration not in CALIBRATORS:
+            raise ValueError(f"unknown calibration {self.calibration!r}; known: {', '.join(CALIBRATORS.names())}")
 
     def specs(self, num_exits: int, rule=None) -> list[PredictorSpec]:
         """Every spec of every target (class weights only where a classifier learns)."""
@@ -55,12 +61,12 @@ class PredictorsConfig:
             for target in self.targets:
                 cw = None if target == "entropy" else self.class_weight  # the one regression target
                 out += spec_grid(num_exits, target, model, self.positions, self.for_exits, rule,
-                                 self.with_confidences, cw)
+                                 self.with_confidences, cw, self.calibration if target == "gate" else None)
         return out
 
 
 def spec_grid(num_exits: int, target: str, model: str, at=None, for_=None, rule=None, with_confidences: bool = False,
-              class_weight: str | None = None) -> list[PredictorSpec]:
+              class_weight: str | None = None, calibration: str | None = None) -> list[PredictorSpec]:
     """Specs for ``target`` after each stage in ``at`` (default: every stage with a side exit after it) and, for
     gates and entropy predictors, for each side exit in ``for_`` (default: every side exit at or after the
     position), under the exit ``rule``."""
@@ -78,7 +84,8 @@ def spec_grid(num_exits: int, target: str, model: str, at=None, for_=None, rule=
     for j in ats:
         if target in ("gate", "entropy"):
             fors = [i for i in for_ if i >= j] if for_ is not None else list(range(j, k - 1))
-            specs += [PredictorSpec(target, j, model, i, rule, with_confidences, class_weight) for i in fors]
+            specs += [PredictorSpec(target, j, model, i, rule, with_confidences, class_weight,
+                                    calibration=calibration) for i in fors]
         else:
             specs.append(PredictorSpec(target, j, model, None, rule, with_confidences, class_weight))
     if not specs:

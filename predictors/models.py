@@ -18,13 +18,21 @@ from .torch_mlp import TorchMLPClassifier, TorchMLPRegressor
 PREDICTOR_MODELS: Registry[Callable[..., object]] = Registry("predictor model")
 
 
+_CONTROLLER = None
+
+
 def one_thread():
     """Context: one OpenMP thread for fitting and running a predictor. These are small models on a few
     thousand rows; several OpenMP threads spin and stall on a busy 2-core machine (a gradient-boosted fit
-    took 17 s instead of 0.06 s)."""
-    from threadpoolctl import threadpool_limits
+    took 17 s instead of 0.06 s). The thread pools are looked up once per process: a fresh
+    ``threadpool_limits`` scans every loaded library (4-7 ms), which would dwarf a predictor's own batch-1
+    latency when it runs in front of every sample."""
+    global _CONTROLLER
+    from threadpoolctl import ThreadpoolController
 
-    return threadpool_limits(1, user_api="openmp")
+    if _CONTROLLER is None:
+        _CONTROLLER = ThreadpoolController()
+    return _CONTROLLER.limit(limits=1, user_api="openmp")
 
 
 def list_predictor_models() -> list[str]:

@@ -2,7 +2,8 @@
 
 A predictor folder holds ``predictors.json`` (the index, written last) and per predictor ``NAME``:
 
-- ``NAME.npz``: arrays only (``oof``, ``classes``, and a torch MLP's fitted arrays ``est__mean_``, ...),
+- ``NAME.npz``: arrays only (``oof``, ``classes``, a calibrated gate's map ``cal_*``, and a torch MLP's fitted
+  arrays ``est__mean_``, ...),
   read with ``allow_pickle=False``;
 - ``NAME.skops``: a scikit-learn model (skops format), read only when every type it holds that skops does
   not trust by default is on :data:`SKOPS_TRUSTED`; or
@@ -29,6 +30,7 @@ import numpy as np
 
 from branchy.rule import ExitRule, json_safe
 
+from .calibration import check_calibration
 from .model_io import SKOPS_TRUSTED, _check_estimator, _dump_estimator, _load_skops, _load_torch
 from .store_format import (ENTRY_KEYS, FORMAT_VERSION, INDEX, _atomic_write, _check_entry, _dec, _enc, _load_npz,
                            _npz_bytes, _own_files, _read_file, _read_index, _refit, _sha, _unlink, check_name)
@@ -71,7 +73,7 @@ def _spec_from_json(s: dict, where: str, d: Path):
 def _serialize(p: "FittedPredictor") -> tuple[dict, dict[str, bytes]]:
     name = check_name(p.spec.name)
     meta, arrays, files = _dump_estimator(p.estimator, name)
-    for k, a in (("oof", p.oof), ("classes", p.classes)):
+    for k, a in (("oof", p.oof), ("classes", p.classes), *(p.calibration or {}).items()):
         if a is not None:
             arrays[k] = np.asarray(a)
     files = {f"{name}.npz": _npz_bytes(arrays, name), **files}
@@ -155,6 +157,11 @@ def load_predictors(path: str | os.PathLike, cache=None) -> dict[str, FittedPred
             cost = _dec(entry["cost"])
         except ValueError as e:
             raise ValueError(f"{d / INDEX}: predictor {name}'s cost is damaged ({e}): {_refit(d)}") from None
+        cal = {k: a for k, a in arrays.items() if k.startswith("cal_")}
+        if cal and spec.calibration is None:
+            raise ValueError(f"{d / INDEX}: predictor {name} holds a calibration map its spec does not name: "
+                             f"{_refit(d)}")
+        cal = check_calibration(cal, f"{d / INDEX}: predictor {name}") if cal else None
         out[name] = FittedPredictor(spec, est, entry["cache_fingerprint"], cost, entry["fit_split"], oof, classes,
-                                    entry["folds"])
+                                    entry["folds"], cal)
     return out

@@ -26,6 +26,7 @@ _NAME = re.compile(r"[A-Za-z0-9_.-]+")
 _ATTR = re.compile(r"[a-z][a-z0-9_]*_")  # a fitted attribute of a torch estimator (learned state ends in _)
 _HEX = re.compile(r"[0-9a-f]{64}")
 _SUFFIXES = (".npz", ".skops", ".pt")
+CAL_ARRAYS = ("cal_a", "cal_b", "cal_x", "cal_y")  # a calibrated gate's map (predictors.calibration)
 ENTRY_KEYS = ("spec", "folds", "cache_fingerprint", "cost", "fit_split", "estimator", "files")
 
 
@@ -237,7 +238,7 @@ def _load_npz(path: Path, b: bytes, root: Path) -> dict[str, np.ndarray]:
     except Exception as e:  # noqa: BLE001 - a damaged zip raises many kinds; one line, never a deep traceback
         raise ValueError(f"{path} is not a readable predictor array file ({type(e).__name__}): {_refit(root)}") \
             from None
-    bad = [k for k in arrays if k not in ("oof", "classes") and not
+    bad = [k for k in arrays if k not in ("oof", "classes", *CAL_ARRAYS) and not
            (k.startswith("est__") and _ATTR.fullmatch(k[5:]) and k != "est__net_")]
     if bad:
         raise ValueError(f"{path} holds unexpected arrays {', '.join(sorted(bad))}: {_refit(root)}")

@@ -35,9 +35,10 @@ def print_cache_info(cache) -> None:
 
 
 def format_eval(df: pd.DataFrame) -> str:
-    """Predictor quality per split (rates are fractions of the samples reaching the predictor's exit)."""
+    """Predictor quality per split (rates are fractions of the samples reaching the predictor's exit; ROC AUC of
+    the enter score, ECE of a gate's probability)."""
     cols = [c for c in ["predictor", "split", "reached", "accuracy", "balanced_accuracy", "f1", "false_enter",
-                        "false_skip", "mae", "r2", "macs", "ms_b1", "ms_unstable"] if c in df.columns]
+                        "false_skip", "roc_auc", "ece", "mae", "r2", "macs", "ms_b1", "ms_unstable"] if c in df.columns]
     return df[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}")
 
 

@@ -141,3 +141,20 @@ def test_make_estimator_passes_the_class_weight_on(model):
     est = clone(make_estimator(model, "classification", class_weight="balanced"))
     weights = {k: v for k, v in est.get_params().items() if k.endswith("class_weight")}
     assert list(weights.values()) == ["balanced"], weights
+
+
+def test_one_thread_limits_openmp_and_restores_it():
+    from threadpoolctl import threadpool_info
+
+    from predictors.models import one_thread
+
+    def omp():
+        return [i["num_threads"] for i in threadpool_info() if i["user_api"] == "openmp"]
+
+    before = omp()
+    with one_thread():
+        assert omp() and set(omp()) == {1}
+        with one_thread():  # nested, as a fit inside a cross-fit
+            assert set(omp()) == {1}
+        assert set(omp()) == {1}
+    assert omp() == before
