@@ -87,70 +87,100 @@ def dump(model: BranchyNet, splits: Splits, path: str | os.PathLike, config: Dum
          overwrite: bool = False, profile: bool = True, progress: bool = True, checkpoint: str | None = None,
          **settings) -> FeatureCache:
     """Run every split through the frozen ``model`` once and write a feature cache at ``path``, per ``config``
-    (default :class:`DumpConfig`) with any of its fields given as keywords (``pooling="avg"``)."""
+    (default :class:`DumpConfig`) with any of its fields given as keywords (``pooling="avg"``). Several processes
+    share the work with :func:`branchy.dump_dist.dump_distributed` (``torchrun``)."""
     out = check_writable(path, what="cache")
     cfg = replace(config or DumpConfig(), **settings)
-    batch_size, device, pooling, feature_dtype, profile_time = (cfg.batch_size, cfg.device, cfg.pooling,
-                                                                cfg.feature_dtype, cfg.profile_time)
-    s = parse_pooling(pooling)
+    s = parse_pooling(cfg.pooling)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} already exists; pass overwrite=True (CLI: --overwrite) to replace it")
+    check_input_shape(model, splits)
+    dev = resolve_device(cfg.device)
+    with _writing(out, overwrite) as partial:
+        model = model.to(dev).eval()
+        dims = feature_dims(model, s)
+        bar = tqdm(total=sum(len(splits[sp]) for sp in SPLITS), desc="dump", unit="img", disable=not progress)
+        t0 = time.perf_counter()
+        for sp in SPLITS:
+            n = len(splits[sp])
+            (partial / sp).mkdir()
+            w_logits, w_feats = open_writers(partial / sp, n, model, dims, cfg.feature_dtype, NpyWriter)
+            for _, logits, feats in forward_rows(model, splits[sp], 0, n, cfg.batch_size, dev, s):
+                w_logits.write(logits)
+                for w, f in zip(w_feats, feats):
+                    w.write(f)
+                bar.update(len(logits))
+            for w in [w_logits, *w_feats]:
+                w.close()
+        bar.close()
+        return finish_dump(partial, out, model, splits, cfg, dev, dims, time.perf_counter() - t0, profile=profile,
+                           checkpoint=checkpoint)
+
+
+def check_input_shape(model: BranchyNet, splits: Splits) -> None:
     if tuple(splits.info.input_shape) != (model.config.in_channels, *model.config.image_size):
         raise ValueError(f"the model takes {model.config.in_channels}x{model.config.image_size[0]}x"
                          f"{model.config.image_size[1]} inputs, the dataset {splits.info.name} has "
                          f"{'x'.join(map(str, splits.info.input_shape))}")
-    dev = resolve_device(device)
-    with _writing(out, overwrite) as partial:
-        model = model.to(dev).eval()
-        k = model.num_exits
-        c = model.config.num_classes
-        dims = [pool_features(torch.zeros(1, *shp), s).shape[1] for shp in model.branch_shapes]
-        files: dict[str, dict] = {}
-        total = sum(len(splits[sp]) for sp in SPLITS)
-        bar = tqdm(total=total, desc="dump", unit="img", disable=not progress)
-        t0 = time.perf_counter()
-        for sp in SPLITS:
-            ds = splits[sp]
-            n = len(ds)
-            d = partial / sp
-            d.mkdir()
-            w_logits = NpyWriter(d / "logits.npy", (n, k, c), np.float32)
-            w_feats = [NpyWriter(d / f"feat_{i}.npy", (n, dims[i]), feature_dtype) for i in range(k)]
-            for xb, _ in ds.iter_batches(batch_size):
-                logits, feats = model.forward_exits(xb.to(dev, non_blocking=True), return_features=True)
-                w_logits.write(torch.stack(logits, 1).float().cpu().numpy())
-                for i, h in enumerate(feats):
-                    w_feats[i].write(pool_features(h, s).float().cpu().numpy())
-                bar.update(len(xb))
-            for w in [w_logits, *w_feats]:
-                w.close()
-            np.save(d / "labels.npy", ds.y.numpy().astype(np.int64))
-            _add_files(files, d, partial)
-        bar.close()
-        dump_seconds = time.perf_counter() - t0
-        timing = machine_state(torch.get_num_threads()) if profile else None
-        costs = profile_segments(model, batch_size=batch_size, device=dev, min_run_time=profile_time,
-                                 measure_latency=profile)
-        overhead = runtime_overhead(model, min_run_time=2 * profile_time) if profile and dev.type == "cpu" else None
-        model.to(dev)
-        costs.to_csv(partial / "costs.csv", index=False)
-        files["costs.csv"] = file_entry(partial / "costs.csv")
-        manifest = {
-            "schema_version": SCHEMA_VERSION,
-            "model": {"name": model.config.name, "fingerprint": model.fingerprint(), "config": model.config.to_dict(),
-                      "checkpoint": str(checkpoint) if checkpoint else None},
-            "dataset": {"name": splits.info.name, "fingerprint": splits.fingerprint(), "info": splits.info.to_dict()},
-            "splits": {sp: len(splits[sp]) for sp in SPLITS},
-            "num_exits": k, "num_classes": c,
-            "exits": list(model.config.exits),
-            "branch_shapes": [list(b) for b in model.branch_shapes],
-            "feature_dims": dims, "feature_dtype": str(np.dtype(feature_dtype)), "pooling": pooling,
-            "batch_size": batch_size, "device": str(dev), "threads": torch.get_num_threads(),
-            "dump_seconds": dump_seconds, "timing": timing, "overhead": overhead,
-            "versions": versions(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "files": files,
-        }
-        return _finish(partial, out, manifest)
+
+
+def feature_dims(model: BranchyNet, s: tuple[int, ...]) -> list[int]:
+    """Per branch point, the length of its pooled feature vector."""
+    return [pool_features(torch.zeros(1, *shp), s).shape[1] for shp in model.branch_shapes]
+
+
+def open_writers(d, n: int, model: BranchyNet, dims: list[int], feature_dtype: str, opener):
+    """``(logits, [features per exit])`` writers of split folder ``d`` with ``n`` rows: ``opener(path, shape,
+    dtype)`` is :class:`NpyWriter` (sequential) or a memory map of a preallocated file (a rank's rows)."""
+    k, c = model.num_exits, model.config.num_classes
+    return (opener(d / "logits.npy", (n, k, c), np.float32),
+            [opener(d / f"feat_{i}.npy", (n, dims[i]), feature_dtype) for i in range(k)])
+
+
+def forward_rows(model: BranchyNet, ds, start: int, stop: int, batch_size: int, dev, s: tuple[int, ...]):
+    """``(first row, logits [B, K, C] float32, pooled features per exit [B, D_i])`` of rows ``start..stop-1`` in
+    batches of ``batch_size`` starting at ``start``: the batches of a single-process dump whenever ``start`` is
+    a multiple of ``batch_size``, so each row sees the same computation."""
+    for b in range(start, stop, batch_size):
+        xb, _ = ds.batch(torch.arange(b, min(b + batch_size, stop)))
+        logits, feats = model.forward_exits(xb.to(dev, non_blocking=True), return_features=True)
+        yield b, torch.stack(logits, 1).float().cpu().numpy(), [pool_features(h, s).float().cpu().numpy()
+                                                                 for h in feats]
+
+
+def finish_dump(partial, out, model: BranchyNet, splits: Splits, cfg: DumpConfig, dev, dims: list[int],
+                dump_seconds: float, *, profile: bool, checkpoint: str | None, extra: dict | None = None
+                ) -> FeatureCache:
+    """Once every row is written into ``partial``: the labels, every file's size and SHA-256, the cost table
+    (measured when ``profile``), then the manifest last, and the folder renamed to ``out``."""
+    files: dict[str, dict] = {}
+    for sp in SPLITS:
+        np.save(partial / sp / "labels.npy", splits[sp].y.numpy().astype(np.int64))
+        _add_files(files, partial / sp, partial)
+    timing = machine_state(torch.get_num_threads()) if profile else None
+    costs = profile_segments(model, batch_size=cfg.batch_size, device=dev, min_run_time=cfg.profile_time,
+                             measure_latency=profile)
+    overhead = runtime_overhead(model, min_run_time=2 * cfg.profile_time) if profile and dev.type == "cpu" else None
+    model.to(dev)
+    costs.to_csv(partial / "costs.csv", index=False)
+    files["costs.csv"] = file_entry(partial / "costs.csv")
+    manifest = {
+        "schema_version": SCHEMA_VERSION,
+        "model": {"name": model.config.name, "fingerprint": model.fingerprint(), "config": model.config.to_dict(),
+                  "checkpoint": str(checkpoint) if checkpoint else None},
+        "dataset": {"name": splits.info.name, "fingerprint": splits.fingerprint(), "info": splits.info.to_dict()},
+        "splits": {sp: len(splits[sp]) for sp in SPLITS},
+        "num_exits": model.num_exits, "num_classes": model.config.num_classes,
+        "exits": list(model.config.exits),
+        "branch_shapes": [list(b) for b in model.branch_shapes],
+        "feature_dims": dims, "feature_dtype": str(np.dtype(cfg.feature_dtype)), "pooling": cfg.pooling,
+        "batch_size": cfg.batch_size, "device": str(dev), "threads": torch.get_num_threads(),
+        "dump_seconds": dump_seconds, "timing": timing, "overhead": overhead,
+        "versions": versions(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        **(extra or {}),
+        "files": files,
+    }
+    return _finish(partial, out, manifest)
 
 
 def _feature_dtype(dtype) -> str:
@@ -165,10 +195,10 @@ def _feature_dtype(dtype) -> str:
     return name
 
 
-def dump_checkpoint(checkpoint: str | os.PathLike, path: str | os.PathLike, *, splits: Splits | None = None,
-                    data: DataConfig | None = None, **kw) -> FeatureCache:
-    """Load ``checkpoint`` and dump it on ``splits``, or on ``data`` (default: the data it was trained on, checked
-    against the fingerprint it recorded). ``kw`` go to :func:`dump`."""
+def load_for_dump(checkpoint: str | os.PathLike, *, splits: Splits | None = None,
+                  data: DataConfig | None = None) -> tuple[BranchyNet, Splits]:
+    """The net of ``checkpoint`` and the splits to dump it on: ``splits``, or ``data`` (default: the data it was
+    trained on, checked against the fingerprint it recorded)."""
     model, meta = load_checkpoint(checkpoint)
     if splits is None:
         trained_on = data_config_of(meta)
@@ -180,4 +210,11 @@ def dump_checkpoint(checkpoint: str | os.PathLike, path: str | os.PathLike, *, s
         if want and data == trained_on and splits.fingerprint() != want:
             raise ValueError(f"the dataset {data.dataset} on disk differs from the one {checkpoint} was trained on "
                              f"(fingerprint {splits.fingerprint()} vs {want})")
+    return model, splits
+
+
+def dump_checkpoint(checkpoint: str | os.PathLike, path: str | os.PathLike, *, splits: Splits | None = None,
+                    data: DataConfig | None = None, **kw) -> FeatureCache:
+    """Load ``checkpoint`` and dump it (:func:`load_for_dump`); ``kw`` go to :func:`dump`."""
+    model, splits = load_for_dump(checkpoint, splits=splits, data=data)
     return dump(model, splits, path, checkpoint=str(checkpoint), **kw)

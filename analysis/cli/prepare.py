@@ -1,6 +1,8 @@
 """Commands that make and inspect what every later step reads: ``train``, ``dump``, ``cache-info``, ``profile``."""
 from __future__ import annotations
 
+import os
+
 from branchy.config import add_arguments, from_arguments
 from branchy.data import DataConfig
 from branchy.dump import DumpConfig
@@ -43,17 +45,33 @@ def _dump_args(p):
     add_arguments(p, DumpConfig, title="dump")
     p.add_argument("--no-latency", action="store_true", help="skip latency measurement (MACs and bytes only)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing cache")
+    p.add_argument("--distributed", action="store_true",
+                   help="share the rows among the processes of a torchrun job: torchrun --standalone "
+                        "--nproc-per-node N --no-python branchy dump --distributed ...")
+    p.add_argument("--dist-backend", default=None, choices=["gloo", "nccl"],
+                   help="torch.distributed backend with --distributed (default: nccl on GPUs, else gloo)")
 
 
 def _dump_run(a) -> int:
     from branchy.checkpoint import data_config_of, read_checkpoint
-    from branchy.dump import dump_checkpoint
 
     config = from_arguments(DumpConfig, a)
     trained_on = data_config_of(read_checkpoint(a.checkpoint))
     data = from_arguments(DataConfig, a, base=trained_on) if trained_on else from_arguments(DataConfig, a)
-    cache = dump_checkpoint(a.checkpoint, a.out, data=data, config=config, overwrite=a.overwrite,
-                            profile=not a.no_latency)
+    kw = dict(data=data, config=config, overwrite=a.overwrite, profile=not a.no_latency)
+    if a.distributed:
+        from branchy.dump_dist import dump_checkpoint_distributed
+
+        rank = int(os.environ.get("RANK", "0"))
+        cache = dump_checkpoint_distributed(a.checkpoint, a.out, backend=a.dist_backend, progress=rank == 0, **kw)
+        if rank != 0:
+            return 0
+    else:
+        if a.dist_backend:
+            raise ValueError("--dist-backend goes with --distributed")
+        from branchy.dump import dump_checkpoint
+
+        cache = dump_checkpoint(a.checkpoint, a.out, **kw)
     print(f"cache written: {cache.path}")
     print_cache_info(cache)
     return 0
