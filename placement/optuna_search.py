@@ -157,7 +157,8 @@ def _resume(done: list, ctx: _Context, enc: _Encoding, where: str) -> set:
     stored = [t.user_attrs.get("metrics") for t in done]
     front = non_dominated([t.values[0] for t in done], [t.values[1] for t in done])
     check = [i for i in range(len(done)) if front[i] or stored[i] is None]
-    fresh = Evaluator(ctx.score.objective, n_jobs=ctx.score.n_jobs, progress=False)
+    fresh = Evaluator(ctx.score.objective, n_jobs=ctx.score.n_jobs, progress=False, scheduler=ctx.score.client()
+                      if ctx.score.scheduler is not None else None)
     try:
         rows = fresh([placements[i] for i in check])
     finally:

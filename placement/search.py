@@ -1,5 +1,6 @@
 """Placement search: strategies propose placements, an injected objective scores them (on calib),
-joblib runs the scoring in parallel, and a constraint picks the winner.
+joblib runs the scoring in parallel (local processes, or the workers of a Dask cluster through joblib's dask
+backend), and a constraint picks the winner.
 
 The objective is any callable ``Placement -> {"accuracy_%", "mean_ms", "p95_ms", "mean_MACs"}``; the
 analysis layer supplies one built on the simulator (placement never imports analysis)."""
@@ -60,11 +61,19 @@ class Constraint:
         return f"fastest within {self.max_acc_drop} points of full's accuracy"
 
 
-class Evaluator:
-    """Scores placements once each (memoised), in parallel through joblib, in a stable order."""
+def _call(objective: Objective, p: Placement) -> dict:
+    return objective(p)
 
-    def __init__(self, objective: Objective, *, n_jobs: int = 1, progress: bool = True) -> None:
-        self.objective, self.n_jobs, self.progress = objective, n_jobs, progress
+
+class Evaluator:
+    """Scores placements once each (memoised), in parallel through joblib, in a stable order. With a
+    ``scheduler`` (a Dask scheduler's address, ``tcp://host:8786``, or a ``distributed.Client``) the scoring runs
+    on that cluster's workers through joblib's dask backend, the objective sent to them once (scattered); the
+    rows are the same as with local processes."""
+
+    def __init__(self, objective: Objective, *, n_jobs: int = 1, progress: bool = True, scheduler=None) -> None:
+        self.objective, self.n_jobs, self.progress, self.scheduler = objective, n_jobs, progress, scheduler
+        self._client, self._own_client, self._objective_future = None, False, None
         self.rows: dict[tuple, dict] = {}
         self.proposing = True  # False while scoring references that are not the strategy's candidates
         self._bar = tqdm(desc="placements", unit="cand", disable=not progress)
@@ -76,18 +85,45 @@ class Evaluator:
                 new.append(p)
                 seen.add(p.key())
         if new:
-            if self.n_jobs == 1:
-                results = []
-                for p in new:
-                    results.append(self.objective(p))
-                    self._bar.update(1)
-            else:
-                results = []
-                for r in Parallel(n_jobs=self.n_jobs, return_as="generator")(delayed(self.objective)(p) for p in new):
-                    results.append(r)
-                    self._bar.update(1)
+            results = []
+            for r in self._run(new):
+                results.append(r)
+                self._bar.update(1)
             self._store(new, results)
         return self._mark(placements)
+
+    def _run(self, new: list[Placement]):
+        if self.scheduler is None and self.n_jobs == 1:
+            return (self.objective(p) for p in new)
+        if self.scheduler is None:
+            return Parallel(n_jobs=self.n_jobs, return_as="generator")(delayed(self.objective)(p) for p in new)
+        from joblib import parallel_config
+
+        client = self.client()
+        if self._objective_future is None:  # sent to every worker once; hash=False: dask/distributed#3703
+            self._objective_future = client.scatter(self.objective, broadcast=True, hash=False)
+        with parallel_config(backend="dask", n_jobs=-1 if self.n_jobs == 1 else self.n_jobs, client=client):
+            return list(Parallel()(delayed(_call)(self._objective_future, p) for p in new))
+
+    def client(self):
+        """The ``distributed.Client`` of ``scheduler`` (connected once; closed by :meth:`close` if made here)."""
+        if self._client is None:
+            try:
+                from distributed import Client
+            except ImportError:
+                raise ImportError("scoring on a Dask cluster needs dask.distributed: pip install "
+                                  "'branchy-study[cluster]' (or dask[distributed])") from None
+            if isinstance(self.scheduler, Client):
+                self._client = self.scheduler
+            else:
+                try:
+                    self._client = Client(self.scheduler, set_as_default=False)  # dask config: comm.timeouts.connect
+                except (OSError, TimeoutError) as e:
+                    raise ValueError(f"no Dask scheduler answers at {self.scheduler!r} ({type(e).__name__}: {e}); "
+                                     f"start one (dask scheduler, then dask worker ADDRESS) or drop --scheduler") \
+                        from None
+                self._own_client = True
+        return self._client
 
     def record(self, placements: list[Placement], results: list[dict]) -> list[dict]:
         """Rows scored elsewhere (a resumed study's stored metrics), kept as if scored here; the objective is
@@ -115,6 +151,9 @@ class Evaluator:
 
     def close(self) -> None:
         self._bar.close()
+        if self._own_client and self._client is not None:
+            self._client.close()
+        self._client, self._own_client, self._objective_future = None, False, None
 
 
 def non_dominated(mean_ms, accuracy) -> np.ndarray:
@@ -156,11 +195,12 @@ class SearchResult:
 
 
 def search(strategy: str, space: SearchSpace, objective: Objective, *, constraint: Constraint = Constraint(),
-           n_jobs: int = 1, seed: int = 0, progress: bool = True, **options) -> SearchResult:
+           n_jobs: int = 1, seed: int = 0, progress: bool = True, scheduler=None, **options) -> SearchResult:
     """Run ``strategy`` over ``space``; every candidate is scored by ``objective`` (on calib) and the
-    ``constraint`` picks the winner. Deterministic for a ``seed`` whatever ``n_jobs``."""
+    ``constraint`` picks the winner. Deterministic for a ``seed`` whatever ``n_jobs``, and the same on a Dask
+    cluster (``scheduler``: its address or a ``distributed.Client``; see :class:`Evaluator`)."""
     fn = STRATEGIES.get(strategy)
-    ev = Evaluator(objective, n_jobs=n_jobs, progress=progress)
+    ev = Evaluator(objective, n_jobs=n_jobs, progress=progress, scheduler=scheduler)
     try:
         ev.proposing = False  # the plain network, for the accuracy reference only
         full = ev([Placement.plain(space.num_exits, [False] * (space.num_exits - 1) + [True])])[0]

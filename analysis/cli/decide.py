@@ -122,6 +122,7 @@ def _place_run(a) -> int:
     for strategy in pl.strategies:
         out = Path(a.out) if len(pl.strategies) == 1 else Path(a.out) / strategy
         res, compare = run_placement(cache, preds, strategy, constraint=con, profile=prof, n_jobs=pl.n_jobs,
+                                     scheduler=pl.scheduler,
                                      seed=pl.seed, rule=rule, cfg=cfg, **pl.options(strategy))
         write_placement(res, compare, out, profile_name=prof.name)
         print(f"strategy {strategy}: {len(res.table)} placements scored on calib ({prof.name}); {con.describe()}")

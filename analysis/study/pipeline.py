@@ -158,7 +158,8 @@ def run_study(cfg: StudyConfig, *, redo: bool = False) -> dict:
     for strategy in (pl.strategies if not cache.chained else ()):
         log(f"placement search '{strategy}' on calib ({pl.profile}): {con.describe()}")
         res, compare = run_placement(cache, preds, strategy, constraint=con, profile=pl.profile,
-                                     n_jobs=pl.n_jobs, seed=pl.seed, rule=rule, cfg=pcfg, **pl.options(strategy))
+                                     n_jobs=pl.n_jobs, scheduler=pl.scheduler, seed=pl.seed, rule=rule, cfg=pcfg,
+                                     **pl.options(strategy))
         write_placement(res, compare, out / "placement" / strategy, profile_name=pl.profile)
         placements[strategy] = (res, compare)
         log(f"chosen: {res.chosen.describe()} ({len(res.table)} candidates)")

@@ -36,6 +36,8 @@ class PlacementConfig:
                                                  "batch 1); replaces max_acc_drop")
     profile: str = setting("raspberry-pi-4", "device profile name or JSON/YAML file (see `branchy profiles`)")
     n_jobs: int = setting(1, "parallel scoring through joblib (-1: all cores)")
+    scheduler: str | None = setting(None, "a Dask scheduler's address (tcp://host:8786): score placements on its "
+                                          "workers through joblib's dask backend (pip install dask[distributed])")
     seed: int = setting(0, "seed of randomised strategies")
     trials: int | None = setting(None, "nsga2: new placements to score (none: the strategy's default)")
     storage: str | None = setting(None, "nsga2: Optuna storage URL (e.g. sqlite:///search.db) so the search persists "
@@ -138,7 +140,7 @@ def threshold_options(cache: FeatureCache, measure: str = "entropy", n: int = 6)
 def run_placement(cache: FeatureCache, predictors: dict, strategy: str, *, constraint: Constraint = Constraint(),
                   profile: str | DeviceProfile = "measured", measure: str = "entropy", n_jobs: int = 1, seed: int = 0,
                   progress: bool = True, rule: ExitRule | None = None, cfg: PolicyConfig | None = None,
-                  **options) -> tuple[SearchResult, pd.DataFrame]:
+                  scheduler=None, **options) -> tuple[SearchResult, pd.DataFrame]:
     """Search on calib (out-of-fold predictor scores, cuts tuned per candidate); return the result and the
     chosen placement next to full, cascade and oracle on calib and test (test only reports: the chosen
     placement's cuts are the calib ones)."""
@@ -160,7 +162,8 @@ def run_placement(cache: FeatureCache, predictors: dict, strategy: str, *, const
     obj = PlacementObjective(cache, predictors, profile=profile, rule=rule, cfg=cfg, rows=search_rows)
     if strategy in ("budget", "nsga2") and "threshold_options" not in options:
         options["threshold_options"] = [None] + threshold_options(cache, cfg.measure)
-    res = search(strategy, space, obj, constraint=constraint, n_jobs=n_jobs, seed=seed, progress=progress, **options)
+    res = search(strategy, space, obj, constraint=constraint, n_jobs=n_jobs, seed=seed, progress=progress,
+                 scheduler=scheduler, **options)
     if cfg.risk is not None:
         certify_placement(res, cache, predictors, obj, cert_rows, cfg)
     test = Evidence.build(cache, "test", measure=cfg.measure, predictors=predictors, costs=obj.costs)

@@ -135,6 +135,7 @@ def compare_study(key: str, result: dict, profiles, *, strategy: str = "greedy",
             else:
                 res, _ = run_placement(cache, preds, strategy, constraint=cfg.placement.constraint, profile=prof,
                                        rule=rule, cfg=pcfg, progress=False, seed=cfg.placement.seed,
+                                       n_jobs=cfg.placement.n_jobs, scheduler=cfg.placement.scheduler,
                                        **cfg.placement.options(strategy))
             obj = PlacementObjective(cache, preds, profile=prof, rule=rule, cfg=pcfg)
             test = Evidence.build(cache, "test", measure=pcfg.measure, predictors=preds, costs=obj.costs)

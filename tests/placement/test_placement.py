@@ -142,3 +142,24 @@ def test_placement_json_with_infinities_round_trips(tmp_path):
     text = pl.save(tmp_path / "placement.json").read_text()
     json.loads(text, parse_constant=no_json_constants)
     assert Placement.load(tmp_path / "placement.json") == pl
+
+
+@pytest.mark.slow
+def test_a_dask_cluster_scores_the_search_as_local_processes_do(known):
+    distributed = pytest.importorskip("distributed")
+    cache, preds, space, obj = known
+    local = search("greedy-backward", space, obj, n_jobs=2, seed=3, progress=False)
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as lc:
+        on_dask = search("greedy-backward", space, obj, seed=3, progress=False, scheduler=lc.scheduler_address)
+        with distributed.Client(lc) as client:  # a client the caller owns is used, and left open
+            again = search("exhaustive", space, obj, progress=False, scheduler=client)
+            assert client.status == "running"
+            assert sum(client.run(lambda: 1).values()) == 2  # both workers alive after the search
+    assert on_dask.chosen == local.chosen
+    assert on_dask.table.drop(columns="placement").equals(local.table.drop(columns="placement"))
+    assert again.chosen == search("exhaustive", space, obj, progress=False).chosen
+    import dask
+
+    with dask.config.set({"distributed.comm.timeouts.connect": "1s"}), \
+            pytest.raises(ValueError, match="no Dask scheduler answers at 'tcp://127.0.0.1:9'"):
+        search("greedy-backward", space, obj, progress=False, scheduler="tcp://127.0.0.1:9")
