@@ -1,5 +1,6 @@
 """A cache from arrays you already have (your own model's outputs, or synthetic data): checked, then written
-through :mod:`branchy.cache_writer` like a dump."""
+through :mod:`branchy.cache_writer` like a dump. Arrays are read in chunks of rows (:data:`CHUNK`), so memory
+maps larger than memory (``np.load(..., mmap_mode="r")``) go through with flat memory."""
 from __future__ import annotations
 
 import os
@@ -9,9 +10,21 @@ from pathlib import Path
 import numpy as np
 
 from .cache import SCHEMA_VERSION, FeatureCache, file_entry
-from .cache_writer import _add_files, _finish, _writing, versions
+from .cache_writer import NpyWriter, _add_files, _finish, _writing, versions
 from .paths import check_writable
 from .splits import SPLITS
+
+
+CHUNK = 1 << 16  # rows per chunk when checking, hashing and writing
+
+
+def _chunks(n: int):
+    return ((a, min(a + CHUNK, n)) for a in range(0, n, CHUNK))
+
+
+def _nonfinite(a: np.ndarray) -> int:
+    """How many entries of ``a`` are NaN or infinite, a chunk of rows at a time."""
+    return sum(int((~np.isfinite(np.asarray(a[i:j]))).sum()) for i, j in _chunks(len(a)))
 
 
 def _check_arrays(data: dict) -> tuple[int, int]:
@@ -42,14 +55,15 @@ def _check_arrays(data: dict) -> tuple[int, int]:
         if y.dtype.kind not in "iu":
             raise ValueError(f"{sp}: labels must be integer class indices 0..{c - 1}, got dtype {y.dtype}; "
                              f"convert them with labels.astype(int)")
-        bad = (y < 0) | (y >= c)
+        bad = (y < 0) | (y >= c) if len(y) <= CHUNK else \
+            np.concatenate([(y[i:j] < 0) | (y[i:j] >= c) for i, j in _chunks(len(y))])
         if bad.any():
             raise ValueError(f"{sp}: {int(bad.sum())} labels are outside 0..{c - 1} (C={c} from the logits' last "
                              f"dimension), e.g. {int(y[bad][0])}: labels must index the logits' classes")
         if z.dtype.kind not in "fiu":
             raise ValueError(f"{sp}: logits must be numbers, got dtype {z.dtype}")
-        if not np.isfinite(z).all():
-            raise ValueError(f"{sp}: {int((~np.isfinite(z)).sum())} logits are NaN or infinite; give finite logits "
+        if nz := _nonfinite(z):
+            raise ValueError(f"{sp}: {nz} logits are NaN or infinite; give finite logits "
                              f"(replace -inf masks by a large negative number)")
         for i, f in enumerate(feats):
             f = np.asarray(f)
@@ -57,8 +71,8 @@ def _check_arrays(data: dict) -> tuple[int, int]:
                 raise ValueError(f"{sp}: features of exit {i} must be [N, D] with N={len(y)}, got {f.shape}")
             if f.dtype.kind not in "fiu":
                 raise ValueError(f"{sp}: features of exit {i} must be numbers, got dtype {f.dtype}")
-            if not np.isfinite(f).all():
-                raise ValueError(f"{sp}: features of exit {i} hold {int((~np.isfinite(f)).sum())} NaN or infinite "
+            if nf := _nonfinite(f):
+                raise ValueError(f"{sp}: features of exit {i} hold {nf} NaN or infinite "
                                  f"values; give finite features")
             if dims is not None and f.shape[1] != dims[i]:
                 raise ValueError(f"{sp}: features of exit {i} have D={f.shape[1]}, the train split's D={dims[i]}; "
@@ -84,8 +98,11 @@ def cache_from_arrays(path: str | os.PathLike, data: dict, *, costs=None, model_
     h = hashlib.sha256()
     for sp in SPLITS:
         y, z, feats = data[sp]
-        z = np.asarray(z)
-        h.update(np.ascontiguousarray(y).tobytes() + np.ascontiguousarray(z, dtype=np.float32).tobytes())
+        y, z = np.asarray(y), np.asarray(z)
+        for i, j in _chunks(len(y)):
+            h.update(np.ascontiguousarray(y[i:j]).tobytes())
+        for i, j in _chunks(len(z)):
+            h.update(np.ascontiguousarray(z[i:j], dtype=np.float32).tobytes())
     with _writing(out, overwrite) as partial:
         files = _write_arrays(partial, data)
         return _finish(partial, out, _arrays_manifest(partial, files, data, costs, fp=h.hexdigest()[:16], k=k, c=c,
@@ -99,15 +116,23 @@ def _write_arrays(partial: Path, data: dict) -> dict:
         y, z, feats = data[sp]
         d = partial / sp
         d.mkdir()
-        np.save(d / "labels.npy", np.asarray(y, dtype=np.int64))
-        np.save(d / "logits.npy", np.asarray(z, dtype=np.float32))
+        _save(d / "labels.npy", np.asarray(y), np.int64)
+        _save(d / "logits.npy", np.asarray(z), np.float32)
         for i, f in enumerate(feats):
             f = np.asarray(f)
             if f.ndim != 2 or len(f) != len(y):
                 raise ValueError(f"{sp}: features of exit {i} must be [N, D] with N={len(y)}, got {f.shape}")
-            np.save(d / f"feat_{i}.npy", f.astype(np.float32))
+            _save(d / f"feat_{i}.npy", f, np.float32)
         _add_files(files, d, partial)
     return files
+
+
+def _save(path: Path, a: np.ndarray, dtype) -> None:
+    """``np.save(path, a.astype(dtype))`` a chunk of rows at a time."""
+    w = NpyWriter(path, a.shape, dtype)
+    for i, j in _chunks(len(a)):
+        w.write(np.asarray(a[i:j]))
+    w.close()
 
 
 def _arrays_manifest(partial: Path, files: dict, data: dict, costs, *, fp: str, k: int, c: int, model_name: str,

@@ -94,19 +94,20 @@ class FittedPredictor:
     folds: int = 0
     calibration: dict | None = None
 
-    def inputs(self, cache: FeatureCache, split: str) -> np.ndarray:
+    def inputs(self, cache: FeatureCache, split: str, rows: slice | None = None) -> np.ndarray:
         self.check(cache)
-        return make_inputs(cache, split, self.spec.at, with_confidences=self.spec.with_confidences)
+        return make_inputs(cache, split, self.spec.at, with_confidences=self.spec.with_confidences, rows=rows)
 
-    def _raw(self, cache: FeatureCache, split: str) -> np.ndarray:
-        """Class probabilities (aligned to ``classes``) or forecasts; out of fold on the fit split."""
+    def _raw(self, cache: FeatureCache, split: str, rows: slice | None = None) -> np.ndarray:
+        """Class probabilities (aligned to ``classes``) or forecasts; out of fold on the fit split. ``rows``: only
+        those rows of the split (a chunk)."""
         if split == self.fit_split and self.oof is not None:
             self.check(cache)
             if len(self.oof) != cache.size(split):
                 raise ValueError(f"predictor {self.spec.name}: {len(self.oof)} out-of-fold outputs, but {split} "
                                  f"has {cache.size(split)} samples: refit it")
-            return self.oof
-        return self.raw_inputs(self.inputs(cache, split))
+            return self.oof if rows is None else self.oof[rows]
+        return self.raw_inputs(self.inputs(cache, split, rows))
 
     def raw_inputs(self, x: np.ndarray) -> np.ndarray:
         """Class probabilities (aligned to ``classes``) or forecasts of the refitted model on features ``x``."""
@@ -143,15 +144,15 @@ class FittedPredictor:
             return (self._score(r) >= 0.5).astype(np.asarray(self.classes).dtype)
         return np.asarray(self.classes)[r.argmax(1)]
 
-    def predict(self, cache: FeatureCache, split: str) -> np.ndarray:
+    def predict(self, cache: FeatureCache, split: str, rows: slice | None = None) -> np.ndarray:
         """Gate: 1 = enter; exit/oracle: the exit index; entropy: nats (out of fold on the fit split)."""
-        return self._predict(self._raw(cache, split))
+        return self._predict(self._raw(cache, split, rows))
 
-    def score(self, cache: FeatureCache, split: str) -> np.ndarray:
+    def score(self, cache: FeatureCache, split: str, rows: slice | None = None) -> np.ndarray:
         """``[N]`` how strongly the predictor says *enter the exit*: a gate's probability that the sample
         leaves there, or minus an entropy forecast (nats). A policy enters when ``score >= tau``, with the
-        cut tau tuned on calib per exit rule (cost-aware gates)."""
-        return self._score(self._raw(cache, split))
+        cut tau tuned on calib per exit rule (cost-aware gates). ``rows``: only those rows (a chunk)."""
+        return self._score(self._raw(cache, split, rows))
 
     def enter(self, cache: FeatureCache, split: str) -> np.ndarray:
         """The fit-time operating point (bool ``[N]``): gate probability >= 0.5, or forecast entropy below

@@ -53,10 +53,13 @@ class Evidence:
 
     @classmethod
     def build(cls, cache: FeatureCache, split: str, *, measure: str = "entropy", predictors: dict | None = None,
-              profile: str | DeviceProfile = "measured", costs: CostModel | None = None) -> "Evidence":
-        z = np.asarray(cache.logits(split))
+              profile: str | DeviceProfile = "measured", costs: CostModel | None = None,
+              rows: slice | None = None) -> "Evidence":
+        """The evidence of ``split`` (``rows``: only that slice of it, read from the memory maps alone)."""
+        rows = slice(None) if rows is None else rows
+        z = np.asarray(cache.logits(split)[rows])
         preds = z.argmax(-1)
-        correct = preds == cache.labels(split)[:, None]
+        correct = preds == cache.labels(split)[rows][:, None]
         costs = costs or CostModel.from_cache(cache, profile)
         ev = cls(split, measure, ExitRule(measure, (np.inf,) * z.shape[1]).confidence(z), correct, preds, costs,
                  cache.chain)
@@ -66,9 +69,9 @@ class Evidence:
                                  f"are in-sample, so nothing can be selected on them; refit with folds >= 2")
             s = p.spec
             if s.target in ("gate", "entropy"):
-                ev.scores[name] = np.asarray(p.score(cache, split), dtype=np.float64)
+                ev.scores[name] = np.asarray(p.score(cache, split, rows), dtype=np.float64)
             elif s.target in ("exit", "oracle"):
-                ev.scores[name] = np.asarray(p.predict(cache, split), dtype=np.int64)
+                ev.scores[name] = np.asarray(p.predict(cache, split, rows), dtype=np.int64)
             else:
                 continue
             measured = p.latency_ms(costs.backend) if hasattr(p, "latency_ms") else p.cost["ms_b1"]
