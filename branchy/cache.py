@@ -218,8 +218,9 @@ class FeatureCache:
                              f"the cache is corrupt; {_fix(self.path, self.manifest)}")
         return a
 
-    def labels(self, split: str) -> np.ndarray:
-        return self._npy(split, "labels.npy", mmap=False)
+    def labels(self, split: str, *, mmap: bool = False) -> np.ndarray:
+        """``[N]`` int64 class labels (read into memory unless ``mmap``: a slice of a large split)."""
+        return self._npy(split, "labels.npy", mmap)
 
     def logits(self, split: str, *, mmap: bool = True) -> np.ndarray:
         """``[N, K, C]`` float32 (memory-mapped unless ``mmap=False``)."""

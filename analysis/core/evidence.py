@@ -59,7 +59,7 @@ class Evidence:
         rows = slice(None) if rows is None else rows
         z = np.asarray(cache.logits(split)[rows])
         preds = z.argmax(-1)
-        correct = preds == cache.labels(split)[rows][:, None]
+        correct = preds == np.asarray(cache.labels(split, mmap=True)[rows])[:, None]
         costs = costs or CostModel.from_cache(cache, profile)
         ev = cls(split, measure, ExitRule(measure, (np.inf,) * z.shape[1]).confidence(z), correct, preds, costs,
                  cache.chain)

@@ -60,3 +60,25 @@ def test_running_percentiles_are_numpys_inverted_cdf():
         assert rs.percentile(q) == np.percentile(lat, q, method="inverted_cdf"), q
     with pytest.raises(ValueError, match="chunk_rows"):
         simulate_chunked(None, "test", "full", RULE, chunk_rows=0)
+
+
+def test_cache_from_memory_maps_in_chunks_equals_from_arrays(tmp_path, monkeypatch):
+    import branchy.arrays_cache as ac
+    from branchy.cache import FeatureCache
+
+    data = synthetic_arrays(n=(50, 61, 33))
+    whole = cache_from_arrays(tmp_path / "a", data)
+    maps = {}
+    for sp, (y, z, feats) in data.items():  # the same arrays as memory maps, read 7 rows at a time
+        save = lambda name, a: (np.save(tmp_path / f"{sp}_{name}.npy", a),  # noqa: E731
+                                np.load(tmp_path / f"{sp}_{name}.npy", mmap_mode="r"))[1]
+        maps[sp] = (save("y", y), save("z", z), [save(f"f{i}", f) for i, f in enumerate(feats)])
+    monkeypatch.setattr(ac, "CHUNK", 7)
+    chunked = cache_from_arrays(tmp_path / "b", maps)
+    assert chunked.fingerprint == whole.fingerprint
+    fa, fb = whole.manifest["files"], FeatureCache.open(tmp_path / "b", verify=True).manifest["files"]
+    assert {f: fa[f] for f in fa if f.endswith(".npy")} == {f: fb[f] for f in fb if f.endswith(".npy")}
+    bad = np.array(maps["calib"][1])
+    bad[40, 1, 2] = np.nan  # a NaN in the 6th chunk is found and counted
+    with pytest.raises(ValueError, match="calib: 1 logits are NaN"):
+        cache_from_arrays(tmp_path / "c", {**maps, "calib": (maps["calib"][0], bad, maps["calib"][2])})
