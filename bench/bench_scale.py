@@ -8,8 +8,8 @@ simulation as the split grows 100x.
    rendezvous and hashing included). On this 2-core box two ranks can at most double the rows phase.
 2. **Memory.** Caches of 1e5, 1e6 and 1e7 test rows (3 exits, 10 classes, 8 features per exit) written by
    ``cache_from_arrays`` from memory maps; in a fresh process each, a linear gate is fitted on calib (2000 rows)
-   and a gated placement plus the cascade simulated on test with ``simulate_chunked``; prints the peak RSS (MiB)
-   of that process. The caches take about 2.3 GB on disk at 1e7 and are deleted afterwards.
+   and a gated placement plus the cascade simulated on test with ``simulate_chunked``; prints the peak RSS (MiB,
+   ``VmHWM``) of that process. The caches take about 2.3 GB on disk at 1e7 and are deleted afterwards.
 
 Last line:
 
@@ -57,7 +57,6 @@ def dump_job(mode: str, out: str, images: int) -> None:
 
 
 def memory_job(cache_dir: str) -> None:
-    import resource
     import warnings
 
     from analysis.core.chunked import simulate_chunked
@@ -74,7 +73,8 @@ def memory_job(cache_dir: str) -> None:
     gated = Placement((True, True, True), (None, Gate(gate.spec.name, 0), None))
     rows = [simulate_chunked(cache, "test", pol, rule, predictors={gate.spec.name: gate}, cuts={1: 0.5})
             for pol in ("cascade", gated)]
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    # VmHWM: this process's own peak; ru_maxrss would also hold the parent's size at fork (Linux keeps it on exec)
+    rss = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:")) / 1024
     print(json.dumps({"rss_mib": rss, "seconds": time.perf_counter() - t, "n": rows[0]["n"],
                       "cascade_ms": rows[0]["mean_ms"], "gated_ms": rows[1]["mean_ms"]}))
 

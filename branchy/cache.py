@@ -218,19 +218,40 @@ class FeatureCache:
                              f"the cache is corrupt; {_fix(self.path, self.manifest)}")
         return a
 
-    def labels(self, split: str, *, mmap: bool = False) -> np.ndarray:
-        """``[N]`` int64 class labels (read into memory unless ``mmap``: a slice of a large split)."""
-        return self._npy(split, "labels.npy", mmap)
+    def rows(self, split: str, name: str, rows: slice) -> np.ndarray:
+        """Rows ``rows`` (a slice, step 1) of ``split/name`` read from the file into memory, no memory map kept: a
+        chunk of a split larger than memory, with nothing of the rest resident (the page cache's pages are
+        never mapped into the process)."""
+        m = self._npy(split, name, mmap=True)  # checked; maps the file without touching its pages
+        start, stop, step = rows.indices(len(m))
+        if step != 1:
+            raise ValueError(f"rows must be a contiguous slice, got step {step}")
+        shape, dtype, offset = m.shape, m.dtype, m.offset
+        del m
+        row = int(np.prod(shape[1:], dtype=np.int64))
+        n = max(stop - start, 0)
+        out = np.fromfile(self.path / split / name, dtype=dtype, count=n * row,
+                          offset=offset + start * row * dtype.itemsize)
+        if out.size != n * row:
+            raise CacheError(f"{self.path / split / name} is shorter than its header says: the cache is corrupt; "
+                             f"{_fix(self.path, self.manifest)}")
+        return out.reshape((n, *shape[1:]))
 
-    def logits(self, split: str, *, mmap: bool = True) -> np.ndarray:
-        """``[N, K, C]`` float32 (memory-mapped unless ``mmap=False``)."""
-        return self._npy(split, "logits.npy", mmap)
+    def labels(self, split: str, *, rows: slice | None = None) -> np.ndarray:
+        """``[N]`` int64 class labels (``rows``: only that slice, see :meth:`rows`)."""
+        return self._npy(split, "labels.npy", False) if rows is None else self.rows(split, "labels.npy", rows)
 
-    def features(self, split: str, k: int, *, mmap: bool = True) -> np.ndarray:
-        """Pooled features at branch point ``k`` (0-based), ``[N, D_k]``, memory-mapped."""
+    def logits(self, split: str, *, mmap: bool = True, rows: slice | None = None) -> np.ndarray:
+        """``[N, K, C]`` float32 (memory-mapped unless ``mmap=False``; ``rows``: only that slice, read)."""
+        return self._npy(split, "logits.npy", mmap) if rows is None else self.rows(split, "logits.npy", rows)
+
+    def features(self, split: str, k: int, *, mmap: bool = True, rows: slice | None = None) -> np.ndarray:
+        """Pooled features at branch point ``k`` (0-based), ``[N, D_k]``, memory-mapped (``rows``: only that
+        slice, read)."""
         if not 0 <= k < self.num_exits:
             raise IndexError(f"exit {k} out of range: the cache has exits 0..{self.num_exits - 1}")
-        return self._npy(split, f"feat_{k}.npy", mmap)
+        name = f"feat_{k}.npy"
+        return self._npy(split, name, mmap) if rows is None else self.rows(split, name, rows)
 
     @cached_property
     def costs(self) -> pd.DataFrame:

@@ -14,12 +14,11 @@ def make_inputs(cache: FeatureCache, split: str, at: int, *, with_confidences: b
                 rows: slice | None = None) -> np.ndarray:
     """``[N, D]`` float32 inputs for a predictor after stage ``at`` (0-based); ``rows``: only those rows of the
     split (read from the memory map alone: a chunk of a split larger than memory)."""
-    rows = slice(None) if rows is None else rows
     if not 0 <= at < cache.num_exits:
         raise ValueError(f"predictor position {at} out of range: stages are 0..{cache.num_exits - 1}")
-    x = np.asarray(cache.features(split, at)[rows], dtype=np.float32)
+    x = np.asarray(cache.features(split, at, rows=rows), dtype=np.float32)
     if with_confidences and at > 0:
-        z = np.asarray(cache.logits(split)[rows, :at])
+        z = np.asarray(cache.logits(split, rows=rows)[:, :at])
         extra = [confidence(z, m).astype(np.float32) for m in CONFIDENCES]
         x = np.concatenate([x, *extra], axis=1)
     if not np.isfinite(x).all():

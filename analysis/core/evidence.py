@@ -56,10 +56,9 @@ class Evidence:
               profile: str | DeviceProfile = "measured", costs: CostModel | None = None,
               rows: slice | None = None) -> "Evidence":
         """The evidence of ``split`` (``rows``: only that slice of it, read from the memory maps alone)."""
-        rows = slice(None) if rows is None else rows
-        z = np.asarray(cache.logits(split)[rows])
+        z = np.asarray(cache.logits(split, rows=rows))
         preds = z.argmax(-1)
-        correct = preds == np.asarray(cache.labels(split, mmap=True)[rows])[:, None]
+        correct = preds == cache.labels(split, rows=rows)[:, None]
         costs = costs or CostModel.from_cache(cache, profile)
         ev = cls(split, measure, ExitRule(measure, (np.inf,) * z.shape[1]).confidence(z), correct, preds, costs,
                  cache.chain)
