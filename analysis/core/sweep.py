@@ -27,26 +27,23 @@ def cascade_exit_macs(costs: CostModel, kept=None) -> np.ndarray:
     return np.cumsum(costs.stage_macs) + np.concatenate([[0.0], np.cumsum(em[: k - 1])]) + costs.exit_macs
 
 
-def sweep_cascade(conf: np.ndarray, correct: np.ndarray, costs: CostModel, grid: np.ndarray, *,
-                  lower_is_confident: bool = True, kept=None) -> pd.DataFrame:
-    """Accuracy (%), mean and p95 latency (ms) and mean MACs of the cascade for every threshold setting
-    in ``grid`` ``[S, K]``. ``conf`` ``[N, K]``; ``correct`` ``[N, K]`` bool."""
+def sweep_counts(conf: np.ndarray, correct: np.ndarray, grid: np.ndarray, *, lower_is_confident: bool = True,
+                 kept=None) -> tuple[np.ndarray, np.ndarray]:
+    """For every threshold setting in ``grid`` ``[S, K]``: how many samples leave at each exit ``[S, K]`` and how
+    many of them are right ``[S]`` under the cascade. Counts add up over chunks of samples."""
     conf = np.asarray(conf)
     n, k = conf.shape
     grid = np.atleast_2d(np.asarray(grid, dtype=conf.dtype if conf.dtype.kind == "f" else float))
-    if grid.shape[1] != k or correct.shape != conf.shape:
-        raise ValueError(f"grid must be [S, K={k}] and correct [N, K] like conf; got {grid.shape}, {correct.shape}")
+    if grid.shape[1] != k or np.shape(correct) != conf.shape:
+        raise ValueError(f"grid must be [S, K={k}] and correct [N, K] like conf; got {grid.shape}, "
+                         f"{np.shape(correct)}")
     kept = np.ones(k, bool) if kept is None else np.asarray(kept, bool)
-    lat, macs = cascade_exit_latency(costs, kept), cascade_exit_macs(costs, kept)
-    order = np.argsort(lat, kind="stable")
     conf_t = np.ascontiguousarray(conf.T)  # [K, N]: one contiguous row per exit
     corr_t = np.ascontiguousarray(np.asarray(correct, bool).T)
     side = np.nonzero(kept[: k - 1])[0]
     undecided, ok, hit = np.empty(n, bool), np.empty(n, bool), np.empty(n, bool)
-    rows = []
-    for t in grid:
-        counts = np.zeros(k, np.int64)
-        right = 0
+    counts, right = np.zeros((len(grid), k), np.int64), np.zeros(len(grid), np.int64)
+    for s, t in enumerate(grid):
         undecided.fill(True)
         for i in side:  # who leaves at exit i: confident there and undecided so far
             if lower_is_confident:
@@ -54,16 +51,56 @@ def sweep_cascade(conf: np.ndarray, correct: np.ndarray, costs: CostModel, grid:
             else:
                 np.greater(conf_t[i], t[i], out=ok)
             np.logical_and(ok, undecided, out=hit)
-            counts[i] = np.count_nonzero(hit)
-            right += np.count_nonzero(np.logical_and(hit, corr_t[i], out=hit))
+            counts[s, i] = np.count_nonzero(hit)
+            right[s] += np.count_nonzero(np.logical_and(hit, corr_t[i], out=hit))
             np.logical_and(undecided, np.logical_not(ok, out=ok), out=undecided)
-        counts[k - 1] = np.count_nonzero(undecided)
-        right += np.count_nonzero(np.logical_and(undecided, corr_t[k - 1], out=hit))
-        cum = np.cumsum(counts[order])
+        counts[s, k - 1] = np.count_nonzero(undecided)
+        right[s] += np.count_nonzero(np.logical_and(undecided, corr_t[k - 1], out=hit))
+    return counts, right
+
+
+def sweep_table(counts: np.ndarray, right: np.ndarray, costs: CostModel, *, kept=None) -> pd.DataFrame:
+    """Accuracy (%), mean and p95 latency (ms), mean MACs and the exit distribution (%) per setting, from
+    :func:`sweep_counts` (the cascade's latency depends only on the exit taken, so counts say everything)."""
+    k = costs.num_exits
+    kept = np.ones(k, bool) if kept is None else np.asarray(kept, bool)
+    lat, macs = cascade_exit_latency(costs, kept), cascade_exit_macs(costs, kept)
+    order = np.argsort(lat, kind="stable")
+    rows = []
+    for c, r in zip(counts, right):
+        n = int(c.sum())
+        cum = np.cumsum(c[order])
         p95 = lat[order][np.searchsorted(cum, 0.95 * n)]  # inverted CDF
-        rows.append({"accuracy_%": 100 * right / n, "mean_ms": float(counts @ lat) / n, "p95_ms": float(p95),
-                     "mean_MACs": float(counts @ macs) / n, **{f"exit{i}_%": 100 * counts[i] / n for i in range(k)}})
+        rows.append({"accuracy_%": 100 * r / n, "mean_ms": float(c @ lat) / n, "p95_ms": float(p95),
+                     "mean_MACs": float(c @ macs) / n, **{f"exit{i}_%": 100 * c[i] / n for i in range(k)}})
     return pd.DataFrame(rows)
+
+
+def sweep_cascade(conf: np.ndarray, correct: np.ndarray, costs: CostModel, grid: np.ndarray, *,
+                  lower_is_confident: bool = True, kept=None) -> pd.DataFrame:
+    """Accuracy (%), mean and p95 latency (ms) and mean MACs of the cascade for every threshold setting
+    in ``grid`` ``[S, K]``. ``conf`` ``[N, K]``; ``correct`` ``[N, K]`` bool."""
+    counts, right = sweep_counts(conf, correct, grid, lower_is_confident=lower_is_confident, kept=kept)
+    return sweep_table(counts, right, costs, kept=kept)
+
+
+def sweep_cascade_cache(cache, split: str, costs: CostModel, grid: np.ndarray, *, measure: str = "entropy",
+                        kept=None, chunk_rows: int = 1 << 16) -> pd.DataFrame:
+    """:func:`sweep_cascade` over ``split`` of a cache, ``chunk_rows`` samples at a time (read, never all in
+    memory): the same table for a split of any size."""
+    from branchy.rule import ExitRule
+
+    if chunk_rows < 1:
+        raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
+    rule = ExitRule(measure, (np.inf,) * cache.num_exits)
+    n, total = cache.size(split), None
+    for a in range(0, n, chunk_rows):
+        rows = slice(a, min(a + chunk_rows, n))
+        z = cache.logits(split, rows=rows)
+        correct = z.argmax(-1) == cache.labels(split, rows=rows)[:, None]
+        part = sweep_counts(rule.confidence(z), correct, grid, lower_is_confident=rule.lower_is_confident, kept=kept)
+        total = part if total is None else (total[0] + part[0], total[1] + part[1])
+    return sweep_table(*total, costs, kept=kept)
 
 
 def pareto_front(df: pd.DataFrame, x: str = "mean_ms", y: str = "accuracy_%") -> pd.DataFrame:

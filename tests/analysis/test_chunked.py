@@ -82,3 +82,21 @@ def test_cache_from_memory_maps_in_chunks_equals_from_arrays(tmp_path, monkeypat
     bad[40, 1, 2] = np.nan  # a NaN in the 6th chunk is found and counted
     with pytest.raises(ValueError, match="calib: 1 logits are NaN"):
         cache_from_arrays(tmp_path / "c", {**maps, "calib": (maps["calib"][0], bad, maps["calib"][2])})
+
+
+@pytest.mark.parametrize("measure", ["entropy", "max_prob"])
+def test_chunked_threshold_sweep_equals_the_in_memory_sweep(setup, measure):
+    from analysis.core.sweep import sweep_cascade, sweep_cascade_cache
+
+    cache, _ = setup
+    costs = CostModel.from_cache(cache, "measured")
+    z = np.asarray(cache.logits("test"))
+    rule = ExitRule(measure, (np.inf,) * 3)
+    conf = rule.confidence(z)
+    correct = z.argmax(-1) == cache.labels("test")[:, None]
+    grid = np.quantile(conf, np.linspace(0.05, 0.95, 9), axis=0)
+    ref = sweep_cascade(conf, correct, costs, grid, lower_is_confident=rule.lower_is_confident)
+    for chunk in (1, 50, 10_000):
+        got = sweep_cascade_cache(cache, "test", costs, grid, measure=measure, chunk_rows=chunk)
+        pd_testing = pytest.importorskip("pandas.testing")
+        pd_testing.assert_frame_equal(got, ref, rtol=1e-12)
