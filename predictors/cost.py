@@ -49,7 +49,7 @@ def _activation(cache, at: int) -> tuple[torch.Tensor, bool]:
     from .inputs import make_inputs
 
     split = "calib" if cache.size("calib") else "test"
-    return torch.from_numpy(np.array(make_inputs(cache, split, at)[:1], dtype=np.float32)), False
+    return torch.from_numpy(np.array(make_inputs(cache, split, at, rows=slice(0, 1)), dtype=np.float32)), False
 
 
 def measure_predictors(preds: list, cache, *, backend: str = "eager", rounds: int = 15, min_run_time: float = 0.3,

@@ -13,7 +13,7 @@ from branchy.rule import ExitRule
 from .calibration import CALIBRATORS, apply_calibration, calibration_metrics, cross_calibrate, fit_calibration
 from .cost import predictor_cost
 from .evaluate import exit_metrics, gate_curves, gate_metrics, ranking_metrics, regression_metrics
-from .inputs import make_inputs
+from .inputs import CacheRows, make_inputs
 from .models import PREDICTOR_MODELS, make_estimator, one_thread
 from .targets import TARGETS, make_target, passes
 
@@ -76,6 +76,10 @@ class PredictorSpec:
         return f"{self.target}_at{self.at}{f}_{self.model}{c}"
 
 
+SCORE_CHUNK = 1 << 16  # rows of features scored at a time on a large split
+STREAM_BYTES = 2 << 30  # inputs larger than this are read on demand when fitting a torch MLP (stream=None)
+
+
 @dataclass
 class FittedPredictor:
     """A predictor refitted on all of ``fit_split``, with its out-of-fold outputs there (``oof``: class
@@ -107,6 +111,10 @@ class FittedPredictor:
                 raise ValueError(f"predictor {self.spec.name}: {len(self.oof)} out-of-fold outputs, but {split} "
                                  f"has {cache.size(split)} samples: refit it")
             return self.oof if rows is None else self.oof[rows]
+        n = cache.size(split)
+        if rows is None and n > SCORE_CHUNK:  # a large split: a chunk of features in memory at a time
+            return np.concatenate([self._raw(cache, split, slice(a, min(a + SCORE_CHUNK, n)))
+                                   for a in range(0, n, SCORE_CHUNK)])
         return self.raw_inputs(self.inputs(cache, split, rows))
 
     def raw_inputs(self, x: np.ndarray) -> np.ndarray:
@@ -283,16 +291,18 @@ def cross_fit(spec: PredictorSpec, x: np.ndarray, y: np.ndarray, folds: int = 5)
     split = (StratifiedKFold if strat else KFold)(folds, shuffle=True, random_state=spec.random_state)
     out = np.zeros(n) if regression else np.zeros((n, len(classes)))
     with one_thread():
-        for tr, te in split.split(x, y if strat else None):
+        for tr, te in split.split(np.zeros((n, 1)), y if strat else None):
             est = _estimator(spec, y[tr]).fit(x[tr], y[tr])
             out[te] = est.predict(x[te]) if regression else _aligned_proba(est, x[te], classes)
     return out, classes
 
 
 def fit_predictor(cache: FeatureCache, spec: PredictorSpec, *, split: str = "calib", folds: int = 5,
-                  timing: float = 0.1) -> FittedPredictor:
+                  timing: float = 0.1, stream: bool | None = None) -> FittedPredictor:
     """Cross-fit ``spec`` on ``split`` of ``cache`` (``calib`` by default; ``test`` is refused): ``folds``
-    out-of-fold outputs for every sample of the split, then the final model refitted on all of it."""
+    out-of-fold outputs for every sample of the split, then the final model refitted on all of it. ``stream``:
+    read the features on demand from the cache (:class:`~predictors.inputs.CacheRows`, torch MLPs only) instead
+    of in memory; None: when they would take more than :data:`STREAM_BYTES`."""
     if split == "test":
         raise ValueError("fitting predictors on the test split is refused: fit on calib (or train), report on test")
     if split == "train":
@@ -306,7 +316,18 @@ def fit_predictor(cache: FeatureCache, spec: PredictorSpec, *, split: str = "cal
     if spec.rule is not None and spec.rule.num_exits != cache.num_exits:
         raise ValueError(f"{spec.name}: its exit rule has {spec.rule.num_exits} thresholds, the cache "
                          f"{cache.num_exits} exits")
-    x = make_inputs(cache, split, spec.at, with_confidences=spec.with_confidences)
+    rows = CacheRows(cache, split, spec.at, with_confidences=spec.with_confidences)
+    big = len(rows) * rows.n_features * 4 > STREAM_BYTES
+    if stream is None:
+        stream = big and spec.model == "nn"
+        if big and not stream:
+            warnings.warn(f"{spec.name}: {len(rows)} x {rows.n_features} inputs take "
+                          f"{len(rows) * rows.n_features * 4 / 2**30:.1f} GiB in memory; the {spec.model} model needs "
+                          f"them there (model nn reads them on demand)", stacklevel=2)
+    if stream and spec.model != "nn":
+        raise ValueError(f"{spec.name}: only the torch MLP (model nn) reads its inputs on demand; {spec.model} needs "
+                         f"them in memory (stream=False)")
+    x = rows if stream else make_inputs(cache, split, spec.at, with_confidences=spec.with_confidences)
     y = make_target(cache, split, spec.target, k=spec.for_exit, rule=spec.rule)
     if spec.task == "classification" and len(np.unique(y)) < 2:
         warnings.warn(f"{spec.name}: every {split} sample has the same target ({y[0]}): the predictor is the "

@@ -1,6 +1,8 @@
 """Small torch MLPs behind scikit-learn's estimator contract: the thesis's "NN-based exit predictor"
 (classifier) and "NN-based entropy predictor" (regressor). Early stopping on a held-out part of the
-fit data; optional class weights for imbalanced gates."""
+fit data; optional class weights for imbalanced gates. ``X`` may also be :class:`Rows` (rows read on demand,
+e.g. from a cache's memory maps): the MLP then trains through a ``DataLoader`` that reads one batch at a time,
+and standardises with moments gathered a chunk at a time, so features larger than memory can be fitted."""
 from __future__ import annotations
 
 import numpy as np
@@ -9,6 +11,75 @@ from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 from torch import nn
+
+
+class Rows:
+    """Rows of a ``[N, D]`` float32 matrix read on demand. Subclasses give ``__len__``, ``n_features`` and
+    ``take(idx)`` (a sorted or unsorted int array -> ``[len(idx), D]`` float32); ``rows[idx]`` is the lazy
+    subset, and ``np.asarray(rows)`` reads everything (for models that need it in memory)."""
+
+    chunk = 1 << 16
+    n_features: int
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def take(self, idx: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return len(self), self.n_features
+
+    @property
+    def ndim(self) -> int:
+        return 2
+
+    def __getitem__(self, idx) -> "Rows":
+        return _Subset(self, np.arange(len(self))[idx])
+
+    def __array__(self, dtype=None, copy=None):
+        out = np.concatenate([self.take(np.arange(a, min(a + self.chunk, len(self))))
+                              for a in range(0, len(self), self.chunk)]) if len(self) else \
+            np.zeros((0, self.n_features), np.float32)
+        return out if dtype is None else out.astype(dtype)
+
+    def chunks(self):
+        for a in range(0, len(self), self.chunk):
+            yield self.take(np.arange(a, min(a + self.chunk, len(self))))
+
+    def moments(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per-feature mean and standard deviation (float32), accumulated in float64 a chunk at a time."""
+        n, s, ss = 0, np.zeros(self.n_features), np.zeros(self.n_features)
+        for x in self.chunks():
+            x = x.astype(np.float64)
+            n, s, ss = n + len(x), s + x.sum(0), ss + (x * x).sum(0)
+        mean = s / max(n, 1)
+        return mean.astype(np.float32), np.sqrt(np.maximum(ss / max(n, 1) - mean ** 2, 0)).astype(np.float32)
+
+
+class _Subset(Rows):
+    def __init__(self, base: Rows, index: np.ndarray) -> None:
+        self.base, self.index, self.n_features, self.chunk = base, np.asarray(index), base.n_features, base.chunk
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def take(self, idx: np.ndarray) -> np.ndarray:
+        return self.base.take(self.index[np.asarray(idx)])
+
+
+class _Batches(torch.utils.data.Dataset):
+    """A :class:`Rows` as a map-style dataset whose batches are read in one call (``__getitems__``)."""
+
+    def __init__(self, rows: Rows, mean: np.ndarray, scale: np.ndarray) -> None:
+        self.rows, self.mean, self.scale = rows, mean, scale
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitems__(self, idx):
+        return torch.from_numpy((self.rows.take(np.asarray(idx)) - self.mean) / self.scale)
 
 
 def _mlp(d_in: int, hidden: tuple[int, ...], d_out: int) -> nn.Sequential:
@@ -34,35 +105,51 @@ class _TorchMLPBase(BaseEstimator):
         self.random_state = random_state
 
     # subclasses define: _targets(y) -> tensor, _loss(), _out_dim
-    def _fit(self, X: np.ndarray, t: torch.Tensor, d_out: int, loss_fn) -> None:
-        X = np.asarray(X, dtype=np.float32)
-        self.mean_ = X.mean(0)
-        self.scale_ = X.std(0) + 1e-6
-        xt = torch.from_numpy((X - self.mean_) / self.scale_)
-        n = len(xt)
+    def _fit(self, X, t: torch.Tensor, d_out: int, loss_fn) -> None:
+        if isinstance(X, Rows):  # rows read one batch at a time through a DataLoader
+            mean, std = X.moments()
+            self.mean_, self.scale_ = mean, std + 1e-6
+            data = _Batches(X, self.mean_, self.scale_)
+            n_in = X.n_features
+
+            def batches(index, size):
+                loader = torch.utils.data.DataLoader(data, batch_sampler=[index[s : s + size].tolist() for s in
+                                                                          range(0, len(index), size)],
+                                                     collate_fn=lambda b: b)
+                return zip((index[s : s + size] for s in range(0, len(index), size)), loader)
+        else:
+            X = np.asarray(X, dtype=np.float32)
+            self.mean_ = X.mean(0)
+            self.scale_ = X.std(0) + 1e-6
+            xt = torch.from_numpy((X - self.mean_) / self.scale_)
+            n_in = X.shape[1]
+
+            def batches(index, size):
+                index = torch.as_tensor(index)
+                return ((index[s : s + size], xt[index[s : s + size]]) for s in range(0, len(index), size))
+        n = len(X)
         rng = np.random.default_rng(self.random_state)
         order = rng.permutation(n)
         n_val = int(round(n * self.validation_fraction)) if n >= 10 else 0
         val, tr = order[:n_val], order[n_val:]
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.random_state)
-            net = _mlp(X.shape[1], tuple(self.hidden), d_out)
+            net = _mlp(n_in, tuple(self.hidden), d_out)
             opt = torch.optim.Adam(net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
             best, best_state, wait = np.inf, None, 0
             self.n_iter_ = 0
             for epoch in range(self.max_epochs):
                 net.train()
-                perm = torch.from_numpy(rng.permutation(tr))
-                for s in range(0, len(perm), self.batch_size):
-                    b = perm[s : s + self.batch_size]
+                for b, xb in batches(rng.permutation(tr), self.batch_size):
                     opt.zero_grad()
-                    loss_fn(net(xt[b]), t[b]).backward()
+                    loss_fn(net(xb), t[torch.as_tensor(b)]).backward()
                     opt.step()
                 self.n_iter_ = epoch + 1
                 if n_val:
                     net.eval()
-                    with torch.no_grad():
-                        v = float(loss_fn(net(xt[val]), t[val]))
+                    with torch.no_grad():  # the outputs of every held-out row, a chunk at a time
+                        out = torch.cat([net(xb) for _, xb in batches(val, 1 << 14)])
+                        v = float(loss_fn(out, t[torch.as_tensor(val)]))
                     if v < best - 1e-6:
                         best, wait = v, 0
                         best_state = {k: p.clone() for k, p in net.state_dict().items()}
@@ -78,6 +165,12 @@ class _TorchMLPBase(BaseEstimator):
 
     def _forward(self, X) -> np.ndarray:
         check_is_fitted(self)
+        if isinstance(X, Rows):
+            if X.n_features != self.n_features_in_:
+                raise ValueError(f"X has {X.n_features} features, but {type(self).__name__} is expecting "
+                                 f"{self.n_features_in_} features as input")
+            return np.concatenate([self._forward(x) for x in X.chunks()]) if len(X) else \
+                np.zeros((0, self.net_[-1].out_features))
         X = validate_data(self, X, reset=False, dtype=np.float32)
         xt = torch.from_numpy(np.ascontiguousarray((X - self.mean_) / self.scale_, dtype=np.float64))
         with torch.no_grad():
@@ -113,12 +206,13 @@ class TorchMLPClassifier(ClassifierMixin, _TorchMLPBase):
         self.class_weight = class_weight
 
     def fit(self, X, y):
-        X, y = validate_data(self, X, y, dtype=np.float32)
+        X, y = _validate(self, X, y)
         check_classification_targets(y)
         self.classes_, yi = np.unique(y, return_inverse=True)
         if len(self.classes_) == 1:
             self.net_ = None
-            self.mean_, self.scale_ = X.mean(0), X.std(0) + 1e-6
+            mean, std = X.moments() if isinstance(X, Rows) else (X.mean(0), X.std(0))
+            self.mean_, self.scale_ = mean, std + 1e-6
             self.n_iter_ = 0
             return self
         from sklearn.utils.class_weight import compute_class_weight
@@ -133,8 +227,8 @@ class TorchMLPClassifier(ClassifierMixin, _TorchMLPBase):
     def predict_proba(self, X):
         check_is_fitted(self)
         if getattr(self, "net_", None) is None:
-            X = validate_data(self, X, reset=False, dtype=np.float32)
-            return np.ones((len(X), 1))
+            n = len(X) if isinstance(X, Rows) else len(validate_data(self, X, reset=False, dtype=np.float32))
+            return np.ones((n, 1))
         z = self._forward(X)
         z = z - z.max(1, keepdims=True)
         p = np.exp(z)
@@ -149,7 +243,7 @@ class TorchMLPRegressor(RegressorMixin, _TorchMLPBase):
     """MLP regressor (MSE on a standardised target)."""
 
     def fit(self, X, y):
-        X, y = validate_data(self, X, y, dtype=np.float32, y_numeric=True)
+        X, y = _validate(self, X, y, y_numeric=True)
         y = np.asarray(y, dtype=np.float64)
         self.y_mean_, self.y_scale_ = float(y.mean()), float(y.std() + 1e-12)
         t = torch.from_numpy(((y - self.y_mean_) / self.y_scale_).astype(np.float32)).view(-1, 1)
@@ -158,3 +252,17 @@ class TorchMLPRegressor(RegressorMixin, _TorchMLPBase):
 
     def predict(self, X):
         return self._forward(X)[:, 0] * self.y_scale_ + self.y_mean_
+
+
+def _validate(est, X, y, **kw):
+    """scikit-learn's checks of ``X`` and ``y``; :class:`Rows` are checked by shape only (reading them all is
+    what they are there to avoid)."""
+    if not isinstance(X, Rows):
+        return validate_data(est, X, y, dtype=np.float32, **kw)
+    y = np.asarray(y)
+    if len(y) != len(X) or y.ndim != 1:
+        raise ValueError(f"X has {len(X)} rows, y has shape {y.shape}")
+    if kw.get("y_numeric") and not np.isfinite(y.astype(np.float64)).all():
+        raise ValueError("y holds NaN or infinite values")
+    est.n_features_in_ = X.n_features
+    return X, y

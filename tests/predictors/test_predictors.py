@@ -158,3 +158,54 @@ def test_one_thread_limits_openmp_and_restores_it():
             assert set(omp()) == {1}
         assert set(omp()) == {1}
     assert omp() == before
+
+
+def test_cache_rows_read_what_make_inputs_holds_in_any_order(synth_cache):
+    from predictors.inputs import CacheRows, make_inputs
+
+    for at, conf in ((0, False), (1, True), (2, True)):
+        full = make_inputs(synth_cache, "calib", at, with_confidences=conf)
+        rows = CacheRows(synth_cache, "calib", at, with_confidences=conf)
+        assert rows.shape == full.shape
+        idx = np.random.default_rng(at).permutation(len(full))[:57]
+        np.testing.assert_array_equal(rows.take(idx), full[idx])
+        sub = rows[idx]  # a lazy subset of a lazy subset
+        np.testing.assert_array_equal(sub[5:9].take(np.array([3, 0])), full[idx[5:9][[3, 0]]])
+        np.testing.assert_array_equal(np.asarray(rows), full)
+        mean, std = rows.moments()
+        np.testing.assert_allclose(mean, full.mean(0), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(std, full.std(0), rtol=1e-4, atol=1e-6)
+
+
+def test_a_torch_mlp_fitted_on_rows_read_on_demand_is_the_one_fitted_in_memory(synth_cache, monkeypatch):
+    import predictors.fit as fit_mod
+
+    quick = {"max_epochs": 40}
+    for spec in (PredictorSpec("gate", 1, "nn", 1, T, with_confidences=True, params=quick),
+                 PredictorSpec("entropy", 0, "nn", 1, params=quick)):
+        mem = fit_predictor(synth_cache, spec, folds=3, timing=0.01, stream=False)
+        lazy = fit_predictor(synth_cache, spec, folds=3, timing=0.01, stream=True)
+        assert lazy.estimator.n_iter_ == mem.estimator.n_iter_
+        # the same batches in the same order: only the moments' summation order differs (float64 by chunks)
+        np.testing.assert_allclose(lazy._raw(synth_cache, "test"), mem._raw(synth_cache, "test"), atol=1e-5)
+        oof = np.abs(lazy.oof - mem.oof)
+        assert oof.mean() < 1e-3, oof.mean()
+    # auto: a torch MLP streams when the inputs would be large; other models warn, or refuse when told to stream
+    monkeypatch.setattr(fit_mod, "STREAM_BYTES", 0)
+    spec = PredictorSpec("gate", 0, "nn", 0, T, params=quick)
+    auto = fit_predictor(synth_cache, spec, folds=2, timing=0.01)
+    np.testing.assert_allclose(auto._raw(synth_cache, "test"), fit_predictor(
+        synth_cache, spec, folds=2, timing=0.01, stream=True)._raw(synth_cache, "test"))
+    with pytest.warns(UserWarning, match="needs them there"):
+        fit_predictor(synth_cache, PredictorSpec("gate", 0, "linear", 0, T), timing=0.01)
+    with pytest.raises(ValueError, match="only the torch MLP"):
+        fit_predictor(synth_cache, PredictorSpec("gate", 0, "linear", 0, T), timing=0.01, stream=True)
+
+
+def test_scores_of_a_large_split_come_a_chunk_at_a_time(synth_cache, monkeypatch):
+    import predictors.fit as fit_mod
+
+    p = fit_predictor(synth_cache, PredictorSpec("gate", 0, "linear", 0, T), timing=0.01)
+    whole = p.score(synth_cache, "test")
+    monkeypatch.setattr(fit_mod, "SCORE_CHUNK", 37)
+    np.testing.assert_allclose(p.score(synth_cache, "test"), whole, rtol=0, atol=1e-12)
