@@ -291,7 +291,7 @@ def cross_fit(spec: PredictorSpec, x: np.ndarray, y: np.ndarray, folds: int = 5)
     split = (StratifiedKFold if strat else KFold)(folds, shuffle=True, random_state=spec.random_state)
     out = np.zeros(n) if regression else np.zeros((n, len(classes)))
     with one_thread():
-        for tr, te in split.split(np.zeros((n, 1)), y if strat else None):
+        for tr, te in split.split(np.empty((n, 0)), y if strat else None):
             est = _estimator(spec, y[tr]).fit(x[tr], y[tr])
             out[te] = est.predict(x[te]) if regression else _aligned_proba(est, x[te], classes)
     return out, classes

@@ -75,11 +75,12 @@ def _mlp(*, task, class_weight=None, random_state=0, hidden: tuple[int, ...] = (
 
 @PREDICTOR_MODELS.register("nn", doc="torch MLP: the thesis's NN-based exit / entropy predictor")
 def _nn(*, task, class_weight=None, random_state=0, hidden: tuple[int, ...] = (64,), max_epochs: int = 200,
-        lr: float = 3e-3):
+        lr: float = 3e-3, batch_size: int = 128):
     if task == "classification":
         return TorchMLPClassifier(hidden=hidden, max_epochs=max_epochs, lr=lr, class_weight=class_weight,
-                                  random_state=random_state)
-    return TorchMLPRegressor(hidden=hidden, max_epochs=max_epochs, lr=lr, random_state=random_state)
+                                  random_state=random_state, batch_size=batch_size)
+    return TorchMLPRegressor(hidden=hidden, max_epochs=max_epochs, lr=lr, random_state=random_state,
+                             batch_size=batch_size)
 
 
 @PREDICTOR_MODELS.register("dummy", doc="baseline: the majority class / the mean (no input used)")

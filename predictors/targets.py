@@ -25,15 +25,27 @@ def as_rule(rule, num_exits: int) -> ExitRule:
     return ExitRule.given(check_thresholds(rule, num_exits), num_exits)
 
 
+CHUNK = 1 << 16  # rows of logits read at a time
+
+
 def passes(cache: FeatureCache, split: str, rule) -> np.ndarray:
-    """``[N, K]`` bool: exit k's confidence passes the rule's T_k (the last exit always passes)."""
-    z = np.asarray(cache.logits(split))
-    return as_rule(rule, z.shape[1]).passes_logits(z)
+    """``[N, K]`` bool: exit k's confidence passes the rule's T_k (the last exit always passes); the logits are
+    read a chunk of rows at a time."""
+    r = as_rule(rule, cache.num_exits)
+    return _by_chunks(cache, split, lambda z, _: r.passes_logits(z), np.zeros((0, cache.num_exits), bool))
+
+
+def _by_chunks(cache: FeatureCache, split: str, fn, empty) -> np.ndarray:
+    """``fn(logits of a chunk of rows, rows)`` over the split, concatenated."""
+    n = cache.size(split)
+    parts = [fn(cache.logits(split, rows=slice(a, min(a + CHUNK, n))), slice(a, min(a + CHUNK, n)))
+             for a in range(0, n, CHUNK)]
+    return np.concatenate(parts) if parts else empty
 
 
 def entropy_target(cache: FeatureCache, split: str, k: int) -> np.ndarray:
     """Entropy (nats) of exit k: the regression target of the NN-based entropy predictor."""
-    return confidence(np.asarray(cache.logits(split)[:, k]), "entropy")
+    return _by_chunks(cache, split, lambda z, _: confidence(z[:, k], "entropy"), np.zeros(0))
 
 
 def gate_target(cache: FeatureCache, split: str, k: int, rule) -> np.ndarray:
@@ -48,9 +60,11 @@ def exit_target(cache: FeatureCache, split: str, rule) -> np.ndarray:
 
 def oracle_target(cache: FeatureCache, split: str) -> np.ndarray:
     """The first exit whose answer is correct (the last exit when none is)."""
-    correct = np.asarray(cache.logits(split)).argmax(-1) == cache.labels(split)[:, None]
-    correct[:, -1] = True
-    return correct.argmax(1).astype(np.int64)
+    def first_right(z, rows):
+        correct = z.argmax(-1) == cache.labels(split, rows=rows)[:, None]
+        correct[:, -1] = True
+        return correct.argmax(1).astype(np.int64)
+    return _by_chunks(cache, split, first_right, np.zeros(0, np.int64))
 
 
 TARGETS.register("entropy", lambda cache, split, k, rule: entropy_target(cache, split, _need_k(k, "entropy")),

@@ -69,6 +69,20 @@ class _Subset(Rows):
         return self.base.take(self.index[np.asarray(idx)])
 
 
+class _IndexBatches:
+    """Consecutive slices of ``index`` of ``size`` rows: a DataLoader's batch sampler that holds no list of
+    Python ints (at 10^7 rows such a list alone is about 300 MB)."""
+
+    def __init__(self, index: np.ndarray, size: int) -> None:
+        self.index, self.size = index, size
+
+    def __iter__(self):
+        return (self.index[s : s + self.size] for s in range(0, len(self.index), self.size))
+
+    def __len__(self) -> int:
+        return -(-len(self.index) // self.size)
+
+
 class _Batches(torch.utils.data.Dataset):
     """A :class:`Rows` as a map-style dataset whose batches are read in one call (``__getitems__``)."""
 
@@ -113,10 +127,9 @@ class _TorchMLPBase(BaseEstimator):
             n_in = X.n_features
 
             def batches(index, size):
-                loader = torch.utils.data.DataLoader(data, batch_sampler=[index[s : s + size].tolist() for s in
-                                                                          range(0, len(index), size)],
-                                                     collate_fn=lambda b: b)
-                return zip((index[s : s + size] for s in range(0, len(index), size)), loader)
+                order = _IndexBatches(index, size)
+                loader = torch.utils.data.DataLoader(data, batch_sampler=order, collate_fn=lambda b: b)
+                return zip(order, loader)
         else:
             X = np.asarray(X, dtype=np.float32)
             self.mean_ = X.mean(0)

@@ -209,3 +209,12 @@ def test_scores_of_a_large_split_come_a_chunk_at_a_time(synth_cache, monkeypatch
     whole = p.score(synth_cache, "test")
     monkeypatch.setattr(fit_mod, "SCORE_CHUNK", 37)
     np.testing.assert_allclose(p.score(synth_cache, "test"), whole, rtol=0, atol=1e-12)
+
+
+def test_targets_read_a_chunk_of_logits_at_a_time(synth_cache, monkeypatch):
+    import predictors.targets as tg
+
+    want = {t: make_target(synth_cache, "test", t, k=1, rule=T) for t in ("gate", "exit", "entropy", "oracle")}
+    monkeypatch.setattr(tg, "CHUNK", 7)
+    for t, w in want.items():
+        np.testing.assert_array_equal(make_target(synth_cache, "test", t, k=1, rule=T), w)
