@@ -104,14 +104,8 @@ def dump(model: BranchyNet, splits: Splits, path: str | os.PathLike, config: Dum
         for sp in SPLITS:
             n = len(splits[sp])
             (partial / sp).mkdir()
-            w_logits, w_feats = open_writers(partial / sp, n, model, dims, cfg.feature_dtype, NpyWriter)
-            for _, logits, feats in forward_rows(model, splits[sp], 0, n, cfg.batch_size, dev, s):
-                w_logits.write(logits)
-                for w, f in zip(w_feats, feats):
-                    w.write(f)
-                bar.update(len(logits))
-            for w in [w_logits, *w_feats]:
-                w.close()
+            writers = open_writers(partial / sp, n, model, dims, cfg.feature_dtype, NpyWriter)
+            write_rows(writers, model, splits[sp], 0, n, cfg.batch_size, dev, s, bar)
         bar.close()
         return finish_dump(partial, out, model, splits, cfg, dev, dims, time.perf_counter() - t0, profile=profile,
                            checkpoint=checkpoint)
@@ -146,6 +140,21 @@ def forward_rows(model: BranchyNet, ds, start: int, stop: int, batch_size: int, 
         logits, feats = model.forward_exits(xb.to(dev, non_blocking=True), return_features=True)
         yield b, torch.stack(logits, 1).float().cpu().numpy(), [pool_features(h, s).float().cpu().numpy()
                                                                  for h in feats]
+
+
+def write_rows(writers, model: BranchyNet, ds, start: int, stop: int, batch_size: int, dev, s: tuple[int, ...],
+               bar=None) -> None:
+    """Rows ``start..stop-1`` of ``ds`` through the net (:func:`forward_rows`) into ``writers`` (from
+    :func:`open_writers`), which are closed at the end."""
+    w_logits, w_feats = writers
+    for _, logits, feats in forward_rows(model, ds, start, stop, batch_size, dev, s):
+        w_logits.write(logits)
+        for w, f in zip(w_feats, feats):
+            w.write(f)
+        if bar is not None:
+            bar.update(len(logits))
+    for w in [w_logits, *w_feats]:
+        w.close()
 
 
 def finish_dump(partial, out, model: BranchyNet, splits: Splits, cfg: DumpConfig, dev, dims: list[int],

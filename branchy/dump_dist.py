@@ -32,8 +32,8 @@ from tqdm.auto import tqdm
 from .cache import FeatureCache
 from .cache_writer import _writing
 from .data import SPLITS, DataConfig, Splits
-from .dump import (DumpConfig, check_input_shape, feature_dims, finish_dump, forward_rows, load_for_dump,
-                   open_writers, parse_pooling)
+from .dump import (DumpConfig, check_input_shape, feature_dims, finish_dump, load_for_dump, open_writers,
+                   parse_pooling, write_rows)
 from .models import BranchyNet
 from .paths import check_writable
 from .train import resolve_device
@@ -112,15 +112,9 @@ def _write_shard(model, splits: Splits, partial: Path, cfg: DumpConfig, dev, dim
             a, b = spans[sp]
             if a == b:
                 continue
-            w_logits, w_feats = open_writers(partial / sp, len(splits[sp]), model, dims, cfg.feature_dtype,
-                                             lambda p, shape, dtype, a=a: _Rows(p, shape, dtype, a))
-            for _, logits, feats in forward_rows(model, splits[sp], a, b, cfg.batch_size, dev, s):
-                w_logits.write(logits)
-                for w, f in zip(w_feats, feats):
-                    w.write(f)
-                bar.update(len(logits))
-            for w in [w_logits, *w_feats]:
-                w.close()
+            writers = open_writers(partial / sp, len(splits[sp]), model, dims, cfg.feature_dtype,
+                                   lambda p, shape, dtype, a=a: _Rows(p, shape, dtype, a))
+            write_rows(writers, model, splits[sp], a, b, cfg.batch_size, dev, s, bar)
         bar.close()
         return None
     except Exception as e:  # noqa: BLE001 - reported to every rank, then raised
