@@ -14,7 +14,8 @@ from .calibration import CALIBRATORS, apply_calibration, calibration_metrics, cr
 from .cost import predictor_cost
 from .evaluate import exit_metrics, gate_curves, gate_metrics, ranking_metrics, regression_metrics
 from .inputs import CacheRows, make_inputs
-from .models import PREDICTOR_MODELS, make_estimator, one_thread
+from .models import PREDICTOR_MODELS, fit_incremental, make_estimator, one_thread
+from .torch_mlp import Rows
 from .targets import TARGETS, make_target, passes
 
 
@@ -76,6 +77,7 @@ class PredictorSpec:
         return f"{self.target}_at{self.at}{f}_{self.model}{c}"
 
 
+STREAMING = ("nn", "sgd")  # models that fit on rows read on demand (torch MLP; SGD by partial_fit)
 SCORE_CHUNK = 1 << 16  # rows of features scored at a time on a large split
 STREAM_BYTES = 2 << 30  # inputs larger than this are read on demand when fitting a torch MLP (stream=None)
 
@@ -267,6 +269,14 @@ def _aligned_proba(est, x: np.ndarray, classes) -> np.ndarray:
     return out
 
 
+def _fit(est, x, y: np.ndarray, spec: PredictorSpec):
+    """``est.fit(x, y)``; rows read on demand go to a torch MLP as they are and to an incremental model chunk by
+    chunk (:func:`~predictors.models.fit_incremental`)."""
+    if isinstance(x, Rows) and spec.model == "sgd" and hasattr(est, "steps"):
+        return fit_incremental(est, x, y, seed=spec.random_state)
+    return est.fit(x, y)
+
+
 def _estimator(spec: PredictorSpec, y: np.ndarray):
     if spec.task == "classification" and len(np.unique(y)) < 2:
         from sklearn.dummy import DummyClassifier
@@ -292,7 +302,7 @@ def cross_fit(spec: PredictorSpec, x: np.ndarray, y: np.ndarray, folds: int = 5)
     out = np.zeros(n) if regression else np.zeros((n, len(classes)))
     with one_thread():
         for tr, te in split.split(np.empty((n, 0)), y if strat else None):
-            est = _estimator(spec, y[tr]).fit(x[tr], y[tr])
+            est = _fit(_estimator(spec, y[tr]), x[tr], y[tr], spec)
             out[te] = est.predict(x[te]) if regression else _aligned_proba(est, x[te], classes)
     return out, classes
 
@@ -319,14 +329,14 @@ def fit_predictor(cache: FeatureCache, spec: PredictorSpec, *, split: str = "cal
     rows = CacheRows(cache, split, spec.at, with_confidences=spec.with_confidences)
     big = len(rows) * rows.n_features * 4 > STREAM_BYTES
     if stream is None:
-        stream = big and spec.model == "nn"
+        stream = big and spec.model in STREAMING
         if big and not stream:
             warnings.warn(f"{spec.name}: {len(rows)} x {rows.n_features} inputs take "
                           f"{len(rows) * rows.n_features * 4 / 2**30:.1f} GiB in memory; the {spec.model} model needs "
-                          f"them there (model nn reads them on demand)", stacklevel=2)
-    if stream and spec.model != "nn":
-        raise ValueError(f"{spec.name}: only the torch MLP (model nn) reads its inputs on demand; {spec.model} needs "
-                         f"them in memory (stream=False)")
+                          f"them there (models {' and '.join(STREAMING)} read them on demand)", stacklevel=2)
+    if stream and spec.model not in STREAMING:
+        raise ValueError(f"{spec.name}: only models {', '.join(STREAMING)} read their inputs on demand; "
+                         f"{spec.model} needs them in memory (stream=False)")
     x = rows if stream else make_inputs(cache, split, spec.at, with_confidences=spec.with_confidences)
     y = make_target(cache, split, spec.target, k=spec.for_exit, rule=spec.rule)
     if spec.task == "classification" and len(np.unique(y)) < 2:
@@ -334,7 +344,7 @@ def fit_predictor(cache: FeatureCache, spec: PredictorSpec, *, split: str = "cal
                       f"constant answer (0 MACs)", stacklevel=2)
     with one_thread():
         oof, classes = cross_fit(spec, x, y, folds) if folds >= 2 else (None, np.unique(y))
-        est = _estimator(spec, y).fit(x, y)
+        est = _fit(_estimator(spec, y), x, y, spec)
     if spec.task == "classification":
         classes = np.unique(y)
     fitted = FittedPredictor(spec, est, cache.fingerprint, {}, split, oof, classes, folds)

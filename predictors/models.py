@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Callable
 
+import numpy as np
+
 from sklearn.dummy import DummyClassifier, DummyRegressor
 from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
-from sklearn.linear_model import LogisticRegression, Ridge
+from sklearn.linear_model import LogisticRegression, Ridge, SGDClassifier, SGDRegressor
 from sklearn.neural_network import MLPClassifier, MLPRegressor
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
@@ -52,6 +54,42 @@ def _linear(*, task, class_weight=None, random_state=0, C: float = 1.0, alpha: f
         return make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=2000, class_weight=class_weight,
                                                                   random_state=random_state))
     return make_pipeline(StandardScaler(), Ridge(alpha=alpha))
+
+
+@PREDICTOR_MODELS.register("sgd", doc="logistic / squared-loss regression by SGD on standardised inputs; learns "
+                                      "incrementally (partial_fit) from features read on demand")
+def _sgd(*, task, class_weight=None, random_state=0, alpha: float = 1e-4, max_epochs: int = 5):
+    if task == "classification":
+        return make_pipeline(StandardScaler(), SGDClassifier(loss="log_loss", alpha=alpha, max_iter=max_epochs,
+                                                             tol=None, class_weight=class_weight,
+                                                             random_state=random_state))
+    return make_pipeline(StandardScaler(), SGDRegressor(alpha=alpha, max_iter=max_epochs, tol=None,
+                                                        random_state=random_state))
+
+
+def fit_incremental(est, rows, y: np.ndarray, *, seed: int = 0):
+    """Fit a :func:`_sgd` pipeline on :class:`~predictors.torch_mlp.Rows` a chunk at a time: the scaler's
+    moments over every chunk, then ``max_iter`` passes of ``partial_fit`` over the chunks in a seeded order
+    (class weights computed from ``y`` up front, as ``partial_fit`` takes no ``'balanced'``)."""
+    scaler, model = est.steps[0][1], est.steps[-1][1]
+    starts = list(range(0, len(rows), rows.chunk))
+    idx = lambda a: np.arange(a, min(a + rows.chunk, len(rows)))  # noqa: E731
+    for a in starts:
+        scaler.partial_fit(rows.take(idx(a)))
+    kw = {}
+    if isinstance(model, SGDClassifier):
+        kw["classes"] = np.unique(y)
+        if model.class_weight == "balanced":
+            from sklearn.utils.class_weight import compute_class_weight
+
+            w = compute_class_weight("balanced", classes=kw["classes"], y=y)
+            model.set_params(class_weight=dict(zip(kw["classes"].tolist(), w.tolist())))
+    rng = np.random.default_rng(seed)
+    for _ in range(model.max_iter):
+        for a in rng.permutation(starts):
+            i = idx(a)
+            model.partial_fit(scaler.transform(rows.take(i)), y[i], **kw)
+    return est
 
 
 @PREDICTOR_MODELS.register("hgb", doc="histogram gradient-boosted trees (scikit-learn)")

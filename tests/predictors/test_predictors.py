@@ -198,7 +198,7 @@ def test_a_torch_mlp_fitted_on_rows_read_on_demand_is_the_one_fitted_in_memory(s
         synth_cache, spec, folds=2, timing=0.01, stream=True)._raw(synth_cache, "test"))
     with pytest.warns(UserWarning, match="needs them there"):
         fit_predictor(synth_cache, PredictorSpec("gate", 0, "linear", 0, T), timing=0.01)
-    with pytest.raises(ValueError, match="only the torch MLP"):
+    with pytest.raises(ValueError, match="only models nn, sgd"):
         fit_predictor(synth_cache, PredictorSpec("gate", 0, "linear", 0, T), timing=0.01, stream=True)
 
 
@@ -218,3 +218,17 @@ def test_targets_read_a_chunk_of_logits_at_a_time(synth_cache, monkeypatch):
     monkeypatch.setattr(tg, "CHUNK", 7)
     for t, w in want.items():
         np.testing.assert_array_equal(make_target(synth_cache, "test", t, k=1, rule=T), w)
+
+
+def test_an_sgd_model_learns_incrementally_from_rows_read_on_demand(synth_cache, tmp_path, monkeypatch):
+    import predictors.torch_mlp as tm
+
+    monkeypatch.setattr(tm.Rows, "chunk", 64)  # many chunks: partial_fit over each, in a seeded order
+    gate = fit_predictor(synth_cache, PredictorSpec("gate", 0, "sgd", 0, T, class_weight="balanced"), timing=0.01,
+                         stream=True)
+    assert gate.evaluate(synth_cache, "test")["balanced_accuracy"] > 0.85
+    ent = fit_predictor(synth_cache, PredictorSpec("entropy", 0, "sgd", 1), timing=0.01, stream=True)
+    assert ent.evaluate(synth_cache, "test")["r2"] > 0.5
+    save_predictors([gate, ent], tmp_path / "p")  # a plain fitted pipeline: skops files as any scikit-learn model
+    back = load_predictors(tmp_path / "p", synth_cache)
+    np.testing.assert_array_equal(back[gate.spec.name].score(synth_cache, "test"), gate.score(synth_cache, "test"))
