@@ -226,6 +226,8 @@ class FeatureCache:
         start, stop, step = rows.indices(len(m))
         if step != 1:
             raise ValueError(f"rows must be a contiguous slice, got step {step}")
+        if not m.flags.c_contiguous:  # a Fortran-ordered file: its rows are not contiguous on disk
+            return np.array(m[start:stop])
         shape, dtype, offset = m.shape, m.dtype, m.offset
         del m
         row = int(np.prod(shape[1:], dtype=np.int64))

@@ -22,6 +22,7 @@ import os
 import time
 import traceback
 from dataclasses import replace
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -52,18 +53,23 @@ def shard_rows(n: int, batch_size: int, world: int, rank: int) -> tuple[int, int
 class _Rows:
     """A preallocated ``.npy`` opened as a memory map: rows are written where they belong."""
 
-    def __init__(self, path: Path, shape, dtype, at: int) -> None:
-        self.mm, self.row = np.load(path, mmap_mode="r+"), at
+    def __init__(self, path: Path, shape, dtype, at: int, stop: int) -> None:
+        self.path, self.mm, self.row, self.stop = path, np.load(path, mmap_mode="r+"), at, stop
         if self.mm.shape != tuple(shape) or self.mm.dtype != np.dtype(dtype):
             raise RuntimeError(f"{path}: preallocated as {self.mm.shape} {self.mm.dtype}, expected {shape} {dtype}")
 
     def write(self, block: np.ndarray) -> None:
+        if block.shape[1:] != self.mm.shape[1:] or self.row + len(block) > self.stop:
+            raise ValueError(f"{self.path.name}: block {block.shape} does not fit rows {self.row}..{self.stop} of "
+                             f"{self.mm.shape}")
         self.mm[self.row : self.row + len(block)] = block
         self.row += len(block)
 
     def close(self) -> None:
         self.mm.flush()
         del self.mm
+        if self.row != self.stop:
+            raise RuntimeError(f"{self.path.name}: this rank wrote up to row {self.row}, not {self.stop}")
 
 
 def _preallocate(path: Path, shape, dtype) -> None:
@@ -71,7 +77,7 @@ def _preallocate(path: Path, shape, dtype) -> None:
     np.lib.format.open_memmap(path, mode="w+", dtype=np.dtype(dtype), shape=tuple(shape)).flush()
 
 
-def _setup(backend: str | None, device: str):
+def _setup(backend: str | None, device: str, timeout_s: float):
     """Join (or start, from torchrun's environment) the process group; the rank's device and a gloo group for
     control messages. Returns ``(rank, world, device, control group, started here)``."""
     started = False
@@ -80,7 +86,7 @@ def _setup(backend: str | None, device: str):
             raise ValueError("a distributed dump runs under torchrun (RANK and WORLD_SIZE are not set): "
                                "torchrun --standalone --nproc-per-node N --no-python branchy dump --distributed ...")
         backend = backend or ("nccl" if torch.cuda.is_available() and device != "cpu" else "gloo")
-        dist.init_process_group(backend)
+        dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
         started = True
     rank, world = dist.get_rank(), dist.get_world_size()
     if dist.get_backend() == "nccl":
@@ -89,7 +95,7 @@ def _setup(backend: str | None, device: str):
         dev = torch.device("cuda", local)
     else:
         dev = resolve_device(device)
-    ctl = dist.new_group(backend="gloo")
+    ctl = dist.new_group(backend="gloo", timeout=timedelta(seconds=timeout_s))
     return rank, world, dev, ctl, started
 
 
@@ -113,7 +119,7 @@ def _write_shard(model, splits: Splits, partial: Path, cfg: DumpConfig, dev, dim
             if a == b:
                 continue
             writers = open_writers(partial / sp, len(splits[sp]), model, dims, cfg.feature_dtype,
-                                   lambda p, shape, dtype, a=a: _Rows(p, shape, dtype, a))
+                                   lambda p, shape, dtype, a=a, b=b: _Rows(p, shape, dtype, a, b))
             write_rows(writers, model, splits[sp], a, b, cfg.batch_size, dev, s, bar)
         bar.close()
         return None
@@ -123,14 +129,16 @@ def _write_shard(model, splits: Splits, partial: Path, cfg: DumpConfig, dev, dim
 
 def dump_distributed(model: BranchyNet, splits: Splits, path: str | os.PathLike, config: DumpConfig | None = None,
                      *, overwrite: bool = False, profile: bool = True, progress: bool = True,
-                     checkpoint: str | None = None, backend: str | None = None, **settings) -> FeatureCache:
+                     checkpoint: str | None = None, backend: str | None = None, timeout_s: float = 6 * 3600,
+                     **settings) -> FeatureCache:
     """:func:`branchy.dump.dump` shared by the ranks of a ``torch.distributed`` job (every rank calls it with the
-    same arguments; see the module's docstring). Returns the cache on every rank."""
+    same arguments; see the module's docstring). Returns the cache on every rank. ``timeout_s``: how long a rank
+    waits for the others at a collective (the others wait while rank 0 hashes and profiles the whole cache)."""
     out = check_writable(path, what="cache")
     cfg = replace(config or DumpConfig(), **settings)
     parse_pooling(cfg.pooling)
     check_input_shape(model, splits)
-    rank, world, dev, ctl, started = _setup(backend, cfg.device)
+    rank, world, dev, ctl, started = _setup(backend, cfg.device, timeout_s)
     try:
         model = model.to(dev).eval()
         dims = feature_dims(model, parse_pooling(cfg.pooling))

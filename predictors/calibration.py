@@ -21,11 +21,11 @@ import torch
 from branchy.registry import Registry
 
 CALIBRATORS: Registry[Callable[[np.ndarray, np.ndarray], dict]] = Registry("calibration method")
-_EPS = 1e-6
+_LO, _HI = np.finfo(np.float64).tiny, np.nextafter(1.0, 0.0)  # float64 resolution: distinct p stay distinct
 
 
 def _logit(p: np.ndarray) -> np.ndarray:
-    p = np.clip(np.asarray(p, dtype=np.float64), _EPS, 1 - _EPS)
+    p = np.clip(np.asarray(p, dtype=np.float64), _LO, _HI)
     return np.log(p) - np.log1p(-p)
 
 
@@ -98,18 +98,19 @@ class CalibrationMap(torch.nn.Module):
         else:
             x, y = np.asarray(cal["cal_x"], np.float64), np.asarray(cal["cal_y"], np.float64)
             self.y0 = float(y[0])
-            for k, v in (("lo", x[:-1]), ("hi", x[1:]), ("dy", np.diff(y))):
-                self.register_buffer(k, torch.as_tensor(v, dtype=torch.float32))
+            for k, v in (("lo", x[:-1]), ("hi", x[1:]), ("dy", np.diff(y))):  # float64: break points can be 1e-7 apart
+                self.register_buffer(k, torch.as_tensor(v, dtype=torch.float64))
 
     def forward(self, p: torch.Tensor) -> torch.Tensor:
+        q = p.double()
         if self.sigmoid:
-            q = p.clamp(_EPS, 1 - _EPS)
-            return torch.sigmoid(self.a * (torch.log(q) - torch.log1p(-q)) + self.b)
-        q = p.unsqueeze(-1)  # [B, 1] against the pieces [M]: how much of each piece lies below q
+            q = q.clamp(float(_LO), float(_HI))
+            return torch.sigmoid(self.a * (torch.log(q) - torch.log1p(-q)) + self.b).to(p.dtype)
+        q = q.unsqueeze(-1)  # [B, 1] against the pieces [M]: how much of each piece lies below q
         width = self.hi - self.lo
         part = (torch.minimum(torch.maximum(q, self.lo), self.hi) - self.lo) / torch.where(width > 0, width, 1.0)
-        part = torch.where(width > 0, part, (q >= self.hi).to(p.dtype))  # a step (no width): all or nothing
-        return self.y0 + (part * self.dy).sum(-1)
+        part = torch.where(width > 0, part, (q >= self.hi).to(q.dtype))  # a step (no width): all or nothing
+        return (self.y0 + (part * self.dy).sum(-1)).to(p.dtype)
 
 
 def calibration_metrics(leaves: np.ndarray, prob: np.ndarray, bins: int = 15) -> dict:

@@ -94,6 +94,8 @@ def sweep_cascade_cache(cache, split: str, costs: CostModel, grid: np.ndarray, *
         raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
     rule = ExitRule(measure, (np.inf,) * cache.num_exits)
     n, total = cache.size(split), None
+    if not n:
+        raise ValueError(f"split {split} of {cache.path} has no samples to sweep")
     for a in range(0, n, chunk_rows):
         rows = slice(a, min(a + chunk_rows, n))
         z = cache.logits(split, rows=rows)

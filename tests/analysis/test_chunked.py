@@ -100,3 +100,12 @@ def test_chunked_threshold_sweep_equals_the_in_memory_sweep(setup, measure):
         got = sweep_cascade_cache(cache, "test", costs, grid, measure=measure, chunk_rows=chunk)
         pd_testing = pytest.importorskip("pandas.testing")
         pd_testing.assert_frame_equal(got, ref, rtol=1e-12)
+
+
+def test_rows_of_a_fortran_ordered_file_are_its_rows(tmp_path):
+    cache = cache_from_arrays(tmp_path / "c", synthetic_arrays(n=(20, 30, 25)))
+    f = tmp_path / "c" / "test" / "logits.npy"
+    z = np.load(f)
+    np.save(f, np.asfortranarray(z))  # as an older writer could leave it: same size, another layout
+    np.testing.assert_array_equal(cache.logits("test", rows=slice(3, 11)), z[3:11])
+    np.testing.assert_array_equal(cache.rows("test", "logits.npy", slice(0, 25)), z)

@@ -160,3 +160,19 @@ def test_the_study_config_calibrates_gates_only():
     specs = PredictorsConfig(model="linear", calibration="sigmoid").specs(3, T)
     assert {s.calibration for s in specs if s.target == "gate"} == {"sigmoid"}
     assert {s.calibration for s in specs if s.target != "gate"} == {None}
+
+
+def test_the_torch_isotonic_map_keeps_break_points_that_float32_would_merge():
+    cal = {"cal_x": np.array([0.2, 0.5, 0.5 + 3e-7, 0.9]), "cal_y": np.array([0.0, 0.1, 0.165, 0.9])}
+    q = np.array([0.5 + 1e-7, 0.5 + 2e-7, 0.5, 0.7, 0.95, 0.1])
+    out = CalibrationMap(cal)(torch.tensor(q, dtype=torch.float64)).numpy()
+    np.testing.assert_allclose(out, apply_calibration(cal, q), atol=1e-9)
+
+
+def test_platt_keeps_distinct_confident_scores_apart():
+    g = np.random.default_rng(7)
+    p = np.concatenate([g.random(200), 1 - np.array([1e-7, 1e-8, 1e-9, 1e-10])])
+    y = (g.random(204) < p).astype(int)
+    cal = fit_calibration("sigmoid", p, y)
+    top = apply_calibration(cal, p[-4:])
+    assert len(np.unique(top)) == 4 and np.all(np.diff(top) > 0)  # 1 - 1e-7 < 1 - 1e-8 < ...: kept in order
