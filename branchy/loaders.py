@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .splits import SPLITS, Splits, _as_nchw, _make_splits, _stratified_split, register_dataset
+from .splits import (SPLITS, DatasetInfo, ImageFiles, Splits, _as_nchw, _channel_stats, _make_splits,
+                     _stratified_split, load_image, register_dataset)
 
 # ----------------------------------------------------------------------------- mnist5k
 @functools.lru_cache(maxsize=1)
@@ -214,23 +215,24 @@ def npz(*, path: str | os.PathLike | None, seed: int = 0,
     return _make_splits(f"npz:{p.name}", int(classes.max()) + 1, parts)
 
 
-@register_dataset("imagefolder", doc="torchvision ImageFolder (root/class/img.png), resized; root/train + root/test if present")
+@register_dataset("imagefolder", doc="torchvision ImageFolder (root/class/img.png), resized; root/train + root/test if "
+                                 "present; in_memory=false decodes each batch from disk (larger than memory)")
 def imagefolder(*, root: str | os.PathLike | None = None, image_size: int = 32, channels: int = 3,
-                seed: int = 0, fractions: tuple[float, float, float] = (0.6, 0.2, 0.2)) -> Splits:
-    import torchvision.transforms.functional as TF
+                seed: int = 0, fractions: tuple[float, float, float] = (0.6, 0.2, 0.2), in_memory: bool = True,
+                stats_sample: int = 2000) -> Splits:
+    """``in_memory=False``: the images stay on disk and each batch is decoded when asked for
+    (:class:`~branchy.splits.ImageFiles`; for datasets larger than memory); the normalisation statistics then come
+    from ``stats_sample`` train images drawn with ``seed``."""
     from torchvision.datasets import ImageFolder
 
     if root is None or not Path(root).is_dir():
         raise FileNotFoundError(f"imagefolder needs root=DIR holding one folder per class, got {root!r}")
 
-    def load(folder: Path) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    def load(folder: Path):
         ds = ImageFolder(str(folder))
-        xs = []
-        for path, _ in ds.samples:
-            img = ds.loader(path).convert("L" if channels == 1 else "RGB")
-            img = TF.resize(img, [image_size, image_size])
-            xs.append(TF.pil_to_tensor(img))
-        return torch.stack(xs), torch.tensor(ds.targets, dtype=torch.long), ds.classes
+        paths = [p for p, _ in ds.samples]
+        x = paths if not in_memory else torch.stack([load_image(p, image_size, channels) for p in paths])
+        return x, torch.tensor(ds.targets, dtype=torch.long), ds.classes
 
     r = Path(root)
     if (r / "train").is_dir() and (r / "test").is_dir():
@@ -238,11 +240,30 @@ def imagefolder(*, root: str | os.PathLike | None = None, image_size: int = 32, 
         xte, yte, _ = load(r / "test")
         n = len(ytr)
         tr, cal = _stratified_split(ytr.numpy(), (n - max(1, n // 5), max(1, n // 5)), seed)
-        parts = {"train": (xtr[tr], ytr[tr]), "calib": (xtr[cal], ytr[cal]), "test": (xte, yte)}
+        parts = {"train": (_pick(xtr, tr), ytr[tr]), "calib": (_pick(xtr, cal), ytr[cal]), "test": (xte, yte)}
     else:
         x, y, classes = load(r)
         n = len(y)
         sizes = (int(n * fractions[0]), int(n * fractions[1]))
         idx = _stratified_split(y.numpy(), sizes + (n - sum(sizes),), seed)
-        parts = {s: (x[i], y[i]) for s, i in zip(SPLITS, idx)}
-    return _make_splits(f"imagefolder:{r.name}", len(classes), parts)
+        parts = {s: (_pick(x, i), y[i]) for s, i in zip(SPLITS, idx)}
+    if in_memory:
+        return _make_splits(f"imagefolder:{r.name}", len(classes), parts)
+    return _file_splits(f"imagefolder:{r.name}", len(classes), parts, image_size, channels, str(r), stats_sample,
+                        seed)
+
+
+def _pick(x, idx):
+    return [x[int(i)] for i in idx] if isinstance(x, list) else x[idx]
+
+
+def _file_splits(name: str, num_classes: int, parts: dict, size: int, channels: int, root: str, sample: int,
+                 seed: int) -> Splits:
+    """Splits of image files read on demand; mean/std from ``sample`` train images drawn with ``seed``."""
+    paths = parts["train"][0]
+    take = np.random.default_rng(seed).permutation(len(paths))[: max(1, min(sample, len(paths)))]
+    mean, std = _channel_stats(torch.stack([load_image(paths[int(i)], size, channels) for i in np.sort(take)]))
+    info = DatasetInfo(name, channels, size, size, int(num_classes), tuple(mean), tuple(std))
+    ds = {s: ImageFiles(p, y, info.mean, info.std, size=size, channels=channels, root=root)
+          for s, (p, y) in parts.items()}
+    return Splits(info, ds["train"], ds["calib"], ds["test"])

@@ -79,6 +79,51 @@ class ArrayDataset(torch.utils.data.Dataset):
         return h.hexdigest()[:16]
 
 
+class ImageFiles(ArrayDataset):
+    """Images read from their files when a batch asks for them (decoded, converted to ``channels``, resized to
+    ``size`` x ``size``, as the in-memory loader does), for datasets larger than memory: only a batch is ever
+    decoded. ``paths`` ``[N]`` and labels ``y`` ``[N]``; the fingerprint hashes each file's path (relative to
+    ``root``), size and label, not its pixels (reading every image would be a pass over the dataset)."""
+
+    def __init__(self, paths: list[str], y: torch.Tensor, mean, std, *, size: int, channels: int, root: str) -> None:
+        if len(paths) != len(y):
+            raise ValueError(f"{len(paths)} image files but {len(y)} labels")
+        self.paths, self.y, self.size, self.channels, self.root = list(paths), y.long().contiguous(), size, channels, root
+        self._mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+        self._std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+
+    def load(self, idx) -> torch.Tensor:
+        """Images ``idx`` as uint8 ``[B, C, size, size]``."""
+        return torch.stack([load_image(self.paths[int(i)], self.size, self.channels)
+                            for i in torch.as_tensor(idx).reshape(-1)])
+
+    def normalise(self, xb: torch.Tensor) -> torch.Tensor:
+        return (xb.float() / 255.0 - self._mean) / self._std
+
+    def __getitem__(self, i):
+        return self.normalise(self.load([i]))[0], self.y[i]
+
+    def batch(self, idx) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.normalise(self.load(idx)), self.y[torch.as_tensor(idx)]
+
+    def fingerprint(self) -> str:
+        import os
+
+        h = hashlib.sha256(f"{self.size}x{self.channels}".encode())
+        for p, y in zip(self.paths, self.y.tolist()):
+            h.update(f"{os.path.relpath(p, self.root)}\0{os.path.getsize(p)}\0{y}\n".encode())
+        return h.hexdigest()[:16]
+
+
+def load_image(path: str, size: int, channels: int) -> torch.Tensor:
+    """One image file as uint8 ``[channels, size, size]`` (grey or RGB, resized)."""
+    import torchvision.transforms.functional as TF
+    from torchvision.datasets.folder import default_loader
+
+    img = default_loader(path).convert("L" if channels == 1 else "RGB")
+    return TF.pil_to_tensor(TF.resize(img, [size, size]))
+
+
 @dataclass
 class Splits:
     info: DatasetInfo

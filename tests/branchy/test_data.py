@@ -119,3 +119,41 @@ def test_imagefolder(tmp_path):
     s = load_dataset("imagefolder", root=tmp_path, image_size=16)
     assert s.info.input_shape == (3, 16, 16) and s.info.num_classes == 2
     assert sum(s.sizes().values()) == 20
+
+
+def test_imagefolder_read_on_demand_is_the_in_memory_dataset(tmp_path):
+    from PIL import Image
+
+    from branchy.dump import dump
+    from branchy.models import build_model
+    from branchy.splits import ImageFiles
+
+    g = np.random.default_rng(1)
+    root = tmp_path / "img"
+    for c in ("a", "b", "c"):
+        (root / c).mkdir(parents=True)
+        for i in range(9):
+            Image.fromarray(g.integers(0, 255, (21, 19, 3), dtype=np.uint8)).save(root / c / f"{i}.png")
+    mem = load_dataset("imagefolder", root=root, image_size=16)
+    lazy = load_dataset("imagefolder", root=root, image_size=16, in_memory=False, stats_sample=10_000)
+    assert isinstance(lazy.train, ImageFiles) and not hasattr(lazy.train, "x")
+    assert lazy.info == mem.info and lazy.sizes() == mem.sizes()
+    for s in ("train", "calib", "test"):
+        idx = torch.arange(len(mem[s]))
+        xm, ym = mem[s].batch(idx)
+        xl, yl = lazy[s].batch(idx)
+        assert torch.equal(xm, xl) and torch.equal(ym, yl)
+    assert torch.equal(next(lazy.train.iter_batches(4, shuffle=True, seed=3))[0],
+                       next(mem.train.iter_batches(4, shuffle=True, seed=3))[0])
+    # a dump of the files read on demand is the dump of the decoded arrays, byte for byte
+    torch.manual_seed(0)
+    m = build_model("b-lenet", in_channels=3, image_size=16, exits=(0,), num_classes=3).eval()
+    a = dump(m, mem, tmp_path / "ca", batch_size=5, profile=False, progress=False)
+    b = dump(m, lazy, tmp_path / "cb", batch_size=5, profile=False, progress=False)
+    fa, fb = a.manifest["files"], b.manifest["files"]
+    assert {f: fa[f] for f in fa if f.endswith(".npy")} == {f: fb[f] for f in fb if f.endswith(".npy")}
+    # the fingerprint follows the files: same files, same print; a file that changes size changes it
+    before = lazy.fingerprint()
+    assert load_dataset("imagefolder", root=root, image_size=16, in_memory=False).fingerprint() == before
+    Image.fromarray(g.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(root / "a" / "0.png")
+    assert load_dataset("imagefolder", root=root, image_size=16, in_memory=False).fingerprint() != before
