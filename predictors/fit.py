@@ -79,7 +79,7 @@ class PredictorSpec:
 
 STREAMING = ("nn", "sgd")  # models that fit on rows read on demand (torch MLP; SGD by partial_fit)
 SCORE_CHUNK = 1 << 16  # rows of features scored at a time on a large split
-STREAM_BYTES = 2 << 30  # inputs larger than this are read on demand when fitting a torch MLP (stream=None)
+STREAM_BYTES = 2 << 30  # inputs larger than this are read on demand by the STREAMING models (stream=None)
 
 
 @dataclass
