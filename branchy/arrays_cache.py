@@ -55,8 +55,7 @@ def _check_arrays(data: dict) -> tuple[int, int]:
         if y.dtype.kind not in "iu":
             raise ValueError(f"{sp}: labels must be integer class indices 0..{c - 1}, got dtype {y.dtype}; "
                              f"convert them with labels.astype(int)")
-        bad = (y < 0) | (y >= c) if len(y) <= CHUNK else \
-            np.concatenate([(y[i:j] < 0) | (y[i:j] >= c) for i, j in _chunks(len(y))])
+        bad = np.concatenate([(y[i:j] < 0) | (y[i:j] >= c) for i, j in _chunks(len(y))])
         if bad.any():
             raise ValueError(f"{sp}: {int(bad.sum())} labels are outside 0..{c - 1} (C={c} from the logits' last "
                              f"dimension), e.g. {int(y[bad][0])}: labels must index the logits' classes")

@@ -32,19 +32,33 @@ from .rule import json_safe
 
 
 class NpyWriter:
-    """Append rows to a ``.npy`` file of known final shape, sequentially, without holding it in memory."""
+    """Append rows to a ``.npy`` file of known final shape, sequentially, without holding it in memory. With
+    ``rows=(start, stop)`` it writes only those rows, into an existing file of that shape and dtype (one rank's
+    part of a preallocated file, :mod:`branchy.dump_dist`)."""
 
-    def __init__(self, path: Path, shape: tuple[int, ...], dtype) -> None:
+    def __init__(self, path: Path, shape: tuple[int, ...], dtype, *, rows: tuple[int, int] | None = None) -> None:
         self.path, self.shape, self.dtype = path, tuple(shape), np.dtype(dtype)
-        self.rows = 0
-        self._f = open(path, "wb")
-        np.lib.format.write_array_header_1_0(
-            self._f, {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False, "shape": self.shape})
+        self.start, self.stop = rows if rows is not None else (0, self.shape[0])
+        self.rows = self.start
+        fmt = np.lib.format
+        if rows is None:
+            self._f = open(path, "wb")
+            fmt.write_array_header_1_0(
+                self._f, {"descr": fmt.dtype_to_descr(self.dtype), "fortran_order": False, "shape": self.shape})
+            return
+        self._f = open(path, "r+b")
+        read = {(1, 0): fmt.read_array_header_1_0, (2, 0): fmt.read_array_header_2_0}.get(fmt.read_magic(self._f))
+        have = read(self._f) if read else None
+        if have != (self.shape, False, self.dtype):
+            self._f.close()
+            raise RuntimeError(f"{path}: preallocated as {have}, expected {(self.shape, False, self.dtype)}")
+        self._f.seek(self.start * self.dtype.itemsize * int(np.prod(self.shape[1:], dtype=np.int64)), os.SEEK_CUR)
 
     def write(self, block: np.ndarray) -> None:
         block = np.ascontiguousarray(block, dtype=self.dtype)
-        if block.shape[1:] != self.shape[1:] or self.rows + len(block) > self.shape[0]:
-            raise ValueError(f"{self.path.name}: block {block.shape} does not fit {self.shape} at row {self.rows}")
+        if block.shape[1:] != self.shape[1:] or self.rows + len(block) > self.stop:
+            raise ValueError(f"{self.path.name}: block {block.shape} does not fit {self.shape} at row {self.rows} "
+                             f"(rows {self.start}..{self.stop})")
         self._f.write(block.tobytes())
         self.rows += len(block)
 
@@ -52,8 +66,8 @@ class NpyWriter:
         self._f.flush()
         os.fsync(self._f.fileno())
         self._f.close()
-        if self.rows != self.shape[0]:
-            raise RuntimeError(f"{self.path.name}: wrote {self.rows} of {self.shape[0]} rows")
+        if self.rows != self.stop:
+            raise RuntimeError(f"{self.path.name}: wrote {self.rows - self.start} of {self.stop - self.start} rows")
 
 
 class CacheLockedError(SetupError):

@@ -132,14 +132,13 @@ def open_writers(d, n: int, model: BranchyNet, dims: list[int], feature_dtype: s
 
 
 def forward_rows(model: BranchyNet, ds, start: int, stop: int, batch_size: int, dev, s: tuple[int, ...]):
-    """``(first row, logits [B, K, C] float32, pooled features per exit [B, D_i])`` of rows ``start..stop-1`` in
+    """``(logits [B, K, C] float32, pooled features per exit [B, D_i])`` of rows ``start..stop-1`` in
     batches of ``batch_size`` starting at ``start``: the batches of a single-process dump whenever ``start`` is
     a multiple of ``batch_size``, so each row sees the same computation."""
     for b in range(start, stop, batch_size):
         xb, _ = ds.batch(torch.arange(b, min(b + batch_size, stop)))
         logits, feats = model.forward_exits(xb.to(dev, non_blocking=True), return_features=True)
-        yield b, torch.stack(logits, 1).float().cpu().numpy(), [pool_features(h, s).float().cpu().numpy()
-                                                                 for h in feats]
+        yield torch.stack(logits, 1).float().cpu().numpy(), [pool_features(h, s).float().cpu().numpy() for h in feats]
 
 
 def write_rows(writers, model: BranchyNet, ds, start: int, stop: int, batch_size: int, dev, s: tuple[int, ...],
@@ -147,7 +146,7 @@ def write_rows(writers, model: BranchyNet, ds, start: int, stop: int, batch_size
     """Rows ``start..stop-1`` of ``ds`` through the net (:func:`forward_rows`) into ``writers`` (from
     :func:`open_writers`), which are closed at the end."""
     w_logits, w_feats = writers
-    for _, logits, feats in forward_rows(model, ds, start, stop, batch_size, dev, s):
+    for logits, feats in forward_rows(model, ds, start, stop, batch_size, dev, s):
         w_logits.write(logits)
         for w, f in zip(w_feats, feats):
             w.write(f)

@@ -31,7 +31,7 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from .cache import FeatureCache
-from .cache_writer import _writing
+from .cache_writer import NpyWriter, _writing
 from .data import SPLITS, DataConfig, Splits
 from .dump import (DumpConfig, check_input_shape, feature_dims, finish_dump, load_for_dump, open_writers,
                    parse_pooling, write_rows)
@@ -48,28 +48,6 @@ def shard_rows(n: int, batch_size: int, world: int, rank: int) -> tuple[int, int
     nb = -(-n // batch_size)
     b0, b1 = rank * nb // world, (rank + 1) * nb // world
     return min(b0 * batch_size, n), min(b1 * batch_size, n)
-
-
-class _Rows:
-    """A preallocated ``.npy`` opened as a memory map: rows are written where they belong."""
-
-    def __init__(self, path: Path, shape, dtype, at: int, stop: int) -> None:
-        self.path, self.mm, self.row, self.stop = path, np.load(path, mmap_mode="r+"), at, stop
-        if self.mm.shape != tuple(shape) or self.mm.dtype != np.dtype(dtype):
-            raise RuntimeError(f"{path}: preallocated as {self.mm.shape} {self.mm.dtype}, expected {shape} {dtype}")
-
-    def write(self, block: np.ndarray) -> None:
-        if block.shape[1:] != self.mm.shape[1:] or self.row + len(block) > self.stop:
-            raise ValueError(f"{self.path.name}: block {block.shape} does not fit rows {self.row}..{self.stop} of "
-                             f"{self.mm.shape}")
-        self.mm[self.row : self.row + len(block)] = block
-        self.row += len(block)
-
-    def close(self) -> None:
-        self.mm.flush()
-        del self.mm
-        if self.row != self.stop:
-            raise RuntimeError(f"{self.path.name}: this rank wrote up to row {self.row}, not {self.stop}")
 
 
 def _preallocate(path: Path, shape, dtype) -> None:
@@ -119,7 +97,7 @@ def _write_shard(model, splits: Splits, partial: Path, cfg: DumpConfig, dev, dim
             if a == b:
                 continue
             writers = open_writers(partial / sp, len(splits[sp]), model, dims, cfg.feature_dtype,
-                                   lambda p, shape, dtype, a=a, b=b: _Rows(p, shape, dtype, a, b))
+                                   lambda p, shape, dtype, a=a, b=b: NpyWriter(p, shape, dtype, rows=(a, b)))
             write_rows(writers, model, splits[sp], a, b, cfg.batch_size, dev, s, bar)
         bar.close()
         return None
