@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .cache import SCHEMA_VERSION, FeatureCache, file_entry
+from .cache import SCHEMA_VERSION, FeatureCache, file_entry, row_slices
 from .cache_writer import NpyWriter, _add_files, _finish, _writing, versions
 from .paths import check_writable
 from .splits import SPLITS
@@ -18,13 +18,9 @@ from .splits import SPLITS
 CHUNK = 1 << 16  # rows per chunk when checking, hashing and writing
 
 
-def _chunks(n: int):
-    return ((a, min(a + CHUNK, n)) for a in range(0, n, CHUNK))
-
-
 def _nonfinite(a: np.ndarray) -> int:
     """How many entries of ``a`` are NaN or infinite, a chunk of rows at a time."""
-    return sum(int((~np.isfinite(np.asarray(a[i:j]))).sum()) for i, j in _chunks(len(a)))
+    return sum(int((~np.isfinite(np.asarray(a[sl]))).sum()) for sl in row_slices(len(a), CHUNK))
 
 
 def _check_arrays(data: dict) -> tuple[int, int]:
@@ -55,7 +51,7 @@ def _check_arrays(data: dict) -> tuple[int, int]:
         if y.dtype.kind not in "iu":
             raise ValueError(f"{sp}: labels must be integer class indices 0..{c - 1}, got dtype {y.dtype}; "
                              f"convert them with labels.astype(int)")
-        bad = np.concatenate([(y[i:j] < 0) | (y[i:j] >= c) for i, j in _chunks(len(y))])
+        bad = np.concatenate([(y[sl] < 0) | (y[sl] >= c) for sl in row_slices(len(y), CHUNK)])
         if bad.any():
             raise ValueError(f"{sp}: {int(bad.sum())} labels are outside 0..{c - 1} (C={c} from the logits' last "
                              f"dimension), e.g. {int(y[bad][0])}: labels must index the logits' classes")
@@ -98,10 +94,10 @@ def cache_from_arrays(path: str | os.PathLike, data: dict, *, costs=None, model_
     for sp in SPLITS:
         y, z, feats = data[sp]
         y, z = np.asarray(y), np.asarray(z)
-        for i, j in _chunks(len(y)):
-            h.update(np.ascontiguousarray(y[i:j]).tobytes())
-        for i, j in _chunks(len(z)):
-            h.update(np.ascontiguousarray(z[i:j], dtype=np.float32).tobytes())
+        for sl in row_slices(len(y), CHUNK):
+            h.update(np.ascontiguousarray(y[sl]).tobytes())
+        for sl in row_slices(len(z), CHUNK):
+            h.update(np.ascontiguousarray(z[sl], dtype=np.float32).tobytes())
     with _writing(out, overwrite) as partial:
         files = _write_arrays(partial, data)
         return _finish(partial, out, _arrays_manifest(partial, files, data, costs, fp=h.hexdigest()[:16], k=k, c=c,
@@ -129,8 +125,8 @@ def _write_arrays(partial: Path, data: dict) -> dict:
 def _save(path: Path, a: np.ndarray, dtype) -> None:
     """``np.save(path, a.astype(dtype))`` a chunk of rows at a time."""
     w = NpyWriter(path, a.shape, dtype)
-    for i, j in _chunks(len(a)):
-        w.write(np.asarray(a[i:j]))
+    for sl in row_slices(len(a), CHUNK):
+        w.write(np.asarray(a[sl]))
     w.close()
 
 

@@ -30,6 +30,14 @@ REQUIRED = ("schema_version", "model", "dataset", "splits", "num_exits", "num_cl
 _CHUNK = 1 << 20
 
 
+def row_slices(n: int, size: int):
+    """Consecutive slices of ``size`` rows covering rows ``0..n-1`` (the last may be short): the chunks every
+    reader of a split larger than memory walks through."""
+    if size < 1:
+        raise ValueError(f"a chunk holds at least 1 row, got {size}")
+    return (slice(a, min(a + size, n)) for a in range(0, n, size))
+
+
 class CacheError(ValueError):
     """A directory that is not a (complete, current, matching) feature cache."""
 

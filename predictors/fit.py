@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from branchy.cache import FeatureCache
+from branchy.cache import FeatureCache, row_slices
 from branchy.rule import ExitRule
 
 from .calibration import CALIBRATORS, apply_calibration, calibration_metrics, cross_calibrate, fit_calibration
@@ -115,8 +115,7 @@ class FittedPredictor:
             return self.oof if rows is None else self.oof[rows]
         n = cache.size(split)
         if rows is None and n > SCORE_CHUNK:  # a large split: a chunk of features in memory at a time
-            return np.concatenate([self._raw(cache, split, slice(a, min(a + SCORE_CHUNK, n)))
-                                   for a in range(0, n, SCORE_CHUNK)])
+            return np.concatenate([self._raw(cache, split, sl) for sl in row_slices(n, SCORE_CHUNK)])
         return self.raw_inputs(self.inputs(cache, split, rows))
 
     def raw_inputs(self, x: np.ndarray) -> np.ndarray:

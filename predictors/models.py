@@ -72,10 +72,9 @@ def fit_incremental(est, rows, y: np.ndarray, *, seed: int = 0):
     moments over every chunk, then ``max_iter`` passes of ``partial_fit`` over the chunks in a seeded order
     (class weights computed from ``y`` up front, as ``partial_fit`` takes no ``'balanced'``)."""
     scaler, model = est.steps[0][1], est.steps[-1][1]
-    starts = list(range(0, len(rows), rows.chunk))
-    idx = lambda a: np.arange(a, min(a + rows.chunk, len(rows)))  # noqa: E731
-    for a in starts:
-        scaler.partial_fit(rows.take(idx(a)))
+    parts = rows.chunk_index()
+    for i in parts:
+        scaler.partial_fit(rows.take(i))
     kw = {}
     if isinstance(model, SGDClassifier):
         kw["classes"] = np.unique(y)
@@ -86,9 +85,8 @@ def fit_incremental(est, rows, y: np.ndarray, *, seed: int = 0):
             model.set_params(class_weight=dict(zip(kw["classes"].tolist(), w.tolist())))
     rng = np.random.default_rng(seed)
     for _ in range(model.max_iter):
-        for a in rng.permutation(starts):
-            i = idx(a)
-            model.partial_fit(scaler.transform(rows.take(i)), y[i], **kw)
+        for k in rng.permutation(len(parts)):
+            model.partial_fit(scaler.transform(rows.take(parts[k])), y[parts[k]], **kw)
     return est
 
 

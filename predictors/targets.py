@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from branchy.cache import FeatureCache
+from branchy.cache import FeatureCache, row_slices
 from branchy.measures import confidence
 from branchy.registry import Registry
 from branchy.rule import ExitRule, per_exit
@@ -37,9 +37,7 @@ def passes(cache: FeatureCache, split: str, rule) -> np.ndarray:
 
 def _by_chunks(cache: FeatureCache, split: str, fn, empty) -> np.ndarray:
     """``fn(logits of a chunk of rows, rows)`` over the split, concatenated."""
-    n = cache.size(split)
-    parts = [fn(cache.logits(split, rows=slice(a, min(a + CHUNK, n))), slice(a, min(a + CHUNK, n)))
-             for a in range(0, n, CHUNK)]
+    parts = [fn(cache.logits(split, rows=sl), sl) for sl in row_slices(cache.size(split), CHUNK)]
     return np.concatenate(parts) if parts else empty
 
 

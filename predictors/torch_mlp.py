@@ -12,6 +12,8 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 from torch import nn
 
+from branchy.cache import row_slices
+
 
 class Rows:
     """Rows of a ``[N, D]`` float32 matrix read on demand. Subclasses give ``__len__``, ``n_features`` and
@@ -39,14 +41,15 @@ class Rows:
         return _Subset(self, np.arange(len(self))[idx])
 
     def __array__(self, dtype=None, copy=None):
-        out = np.concatenate([self.take(np.arange(a, min(a + self.chunk, len(self))))
-                              for a in range(0, len(self), self.chunk)]) if len(self) else \
-            np.zeros((0, self.n_features), np.float32)
+        out = np.concatenate(list(self.chunks())) if len(self) else np.zeros((0, self.n_features), np.float32)
         return out if dtype is None else out.astype(dtype)
 
+    def chunk_index(self) -> list[np.ndarray]:
+        """The row numbers of each chunk, in order (:func:`branchy.cache.row_slices`)."""
+        return [np.arange(sl.start, sl.stop) for sl in row_slices(len(self), self.chunk)]
+
     def chunks(self):
-        for a in range(0, len(self), self.chunk):
-            yield self.take(np.arange(a, min(a + self.chunk, len(self))))
+        return (self.take(i) for i in self.chunk_index())
 
     def moments(self) -> tuple[np.ndarray, np.ndarray]:
         """Per-feature mean and standard deviation (float32), accumulated in float64 a chunk at a time."""

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from branchy.cache import FeatureCache
+from branchy.cache import FeatureCache, row_slices
 from branchy.rule import ExitRule
 
 from .costs import CostModel, DeviceProfile
@@ -82,9 +82,7 @@ def simulate_chunked(cache: FeatureCache, split: str, policy, rule: ExitRule, *,
         raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
     costs = costs or CostModel.from_cache(cache, profile)
     acc = RunningSummary()
-    n = cache.size(split)
-    for a in range(0, n, chunk_rows):
-        ev = Evidence.build(cache, split, measure=rule.measure, predictors=predictors, costs=costs,
-                            rows=slice(a, min(a + chunk_rows, n)))
+    for rows in row_slices(cache.size(split), chunk_rows):
+        ev = Evidence.build(cache, split, measure=rule.measure, predictors=predictors, costs=costs, rows=rows)
         acc.add(outcome(ev, policy, rule, cuts=cuts, overlap=overlap))
     return acc.summary()

@@ -88,6 +88,7 @@ def sweep_cascade_cache(cache, split: str, costs: CostModel, grid: np.ndarray, *
                         kept=None, chunk_rows: int = 1 << 16) -> pd.DataFrame:
     """:func:`sweep_cascade` over ``split`` of a cache, ``chunk_rows`` samples at a time (read, never all in
     memory): the same table for a split of any size."""
+    from branchy.cache import row_slices
     from branchy.rule import ExitRule
 
     if chunk_rows < 1:
@@ -96,8 +97,7 @@ def sweep_cascade_cache(cache, split: str, costs: CostModel, grid: np.ndarray, *
     n, total = cache.size(split), None
     if not n:
         raise ValueError(f"split {split} of {cache.path} has no samples to sweep")
-    for a in range(0, n, chunk_rows):
-        rows = slice(a, min(a + chunk_rows, n))
+    for rows in row_slices(n, chunk_rows):
         z = cache.logits(split, rows=rows)
         correct = z.argmax(-1) == cache.labels(split, rows=rows)[:, None]
         part = sweep_counts(rule.confidence(z), correct, grid, lower_is_confident=rule.lower_is_confident, kept=kept)
