@@ -313,6 +313,67 @@ def _greedy_backward(ctx: _Context) -> None:
     _greedy(ctx, [None] * (ctx.space.num_exits - 1), None)
 
 
+def _uses_predictor(choice: list, jump: Gate | None) -> bool:
+    return jump is not None or any(isinstance(c, Gate) for c in choice)
+
+
+def _local_gated(ctx: _Context, start: tuple[list, Gate | None], thresholds) -> None:
+    """Best-improvement local search from ``start`` among placements that use a predictor: change one side exit's
+    choice (removed, open, one of its gates) or the jump predictor, move while the constraint's key improves."""
+    k = ctx.space.num_exits
+    cur = (list(start[0]), start[1])
+    cur_row = ctx.score([_make(ctx.space, cur[0], cur[1], thresholds)])[0]
+    while True:
+        neigh = []
+        for i in range(k - 1):
+            for opt in ctx.space.side_options(i):
+                if opt != cur[0][i]:
+                    c = list(cur[0])
+                    c[i] = opt
+                    neigh.append((c, cur[1]))
+        for j in [None, *ctx.space.jump_options]:
+            if j != cur[1]:
+                neigh.append((list(cur[0]), j))
+        neigh = [n for n in neigh if _uses_predictor(*n)]
+        if not neigh:
+            return
+        rows = ctx.score([_make(ctx.space, c, j, thresholds) for c, j in neigh])
+        key = lambda r: ctx.constraint.key(r, ctx.full_acc)[:3]  # noqa: E731
+        best_i = min(range(len(rows)), key=lambda i: (key(rows[i]), i))
+        if key(rows[best_i]) < key(cur_row):
+            cur, cur_row = neigh[best_i], rows[best_i]
+        else:
+            return
+
+
+@STRATEGIES.register("gated", doc="local search among placements with a predictor, from every gate in front of its "
+                                  "exit and from the best single predictors on the cascade (finds the gated optimum)")
+def _gated_search(ctx: _Context, thresholds=None, starts: int = 3) -> None:
+    """The placements that use a gate or a jump, searched for the best one by the constraint (a gated optimum to
+    compare with the best predictor-free policy). Every single predictor on the cascade is scored first; then a
+    best-improvement local search (:func:`_local_gated`) runs from each of the ``starts`` best of them and from
+    every side exit gated by its latest gate. ``thresholds``: one threshold vector for every candidate (None: the
+    objective's rule). A space without predictors scores nothing."""
+    k, space = ctx.space.num_exits, ctx.space
+    singles = []
+    for i in range(k - 1):
+        for g in space.gate_options[i]:
+            c = [None] * (k - 1)
+            c[i] = g
+            singles.append((c, None))
+    singles += [([None] * (k - 1), j) for j in space.jump_options]
+    if not singles:
+        return
+    rows = ctx.score([_make(space, c, j, thresholds) for c, j in singles])
+    order = sorted(range(len(rows)), key=lambda i: (ctx.constraint.key(rows[i], ctx.full_acc)[:3], i))
+    seeds = [singles[i] for i in order[: max(1, int(starts))]]
+    front = [_front_gate(space, i) for i in range(k - 1)]
+    if any(g is not None for g in front):
+        seeds.append((front, None))
+    for st in seeds:
+        _local_gated(ctx, st, thresholds)
+
+
 def _all_structures(space: SearchSpace, limit: int) -> list[tuple[list, Gate | None]]:
     size = space.size()
     if size > limit:

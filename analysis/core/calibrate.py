@@ -129,3 +129,33 @@ def resolve_rule(cache, thresholds=None, target_acc: float | None = None, measur
     if thresholds is not None:
         return ExitRule.given(check_thresholds(thresholds, cache.num_exits), cache.num_exits, measure)
     return calib_rule(cache, target_acc, measure=measure)
+
+
+FAMILY_TARGETS = tuple(float(t) for t in np.round(np.linspace(0.90, 1.0, 21), 3))  # sequential target accuracies
+FAMILY_BUDGETS = tuple(float(p) for p in np.round(np.geomspace(0.05, 4.0, 12), 4))  # MSDNet's p
+
+
+def rule_family(logits: np.ndarray, labels: np.ndarray, *, measure: str = "entropy", kept=None,
+                targets=FAMILY_TARGETS, budgets=FAMILY_BUDGETS) -> list[tuple[str, np.ndarray]]:
+    """The confidence-rule family a study tunes for latency on calib: ``(how, thresholds [K])`` for every sequential
+    target accuracy in ``targets`` (recalibrated for the ``kept`` exits) and every budgeted-batch ``p`` in
+    ``budgets`` (exits not kept never pass). Duplicated threshold vectors are dropped. The caller scores them under
+    its cost model and accuracy constraint (:func:`analysis.study.baselines.best_free`)."""
+    z = np.asarray(logits)
+    k = z.shape[1]
+    kept = np.ones(k, bool) if kept is None else np.asarray(kept, bool)
+    never = np.inf if not LOWER_IS_CONFIDENT[measure] else -np.inf
+    out, seen = [], set()
+    for t in targets:
+        out.append((f"target-acc {t:g} sequential", thresholds_for_accuracy(z, labels, t, measure=measure, kept=kept)))
+    for p in budgets:
+        th = budgeted_thresholds(z, p, measure=measure)
+        th[:-1] = np.where(kept[:-1], th[:-1], never)
+        out.append((f"budgeted p={p:g}", th))
+    uniq = []
+    for how, th in out:
+        key = tuple(np.asarray(th, float).round(12))
+        if key not in seen:
+            seen.add(key)
+            uniq.append((how, np.asarray(th, float)))
+    return uniq

@@ -202,15 +202,30 @@ class CostModel:
         smacs, emacs = cache.cost_vector("stage", "macs"), cache.cost_vector("exit", "macs")
         act = cache.cost_vector("buffer", "act_bytes")
         if prof.measured:
-            s, e, b = (cache.cost_vector(seg, "ms_b1", prof.backend) for seg in ("stage", "exit", "buffer"))
-            if np.isnan(np.concatenate([s, e, b])).any():
-                raise ValueError(f"cache {cache.path} has no measured latency (dumped with --no-latency); "
-                                 f"use an analytic profile: {', '.join(n for n in list_profiles() if n != 'measured')}")
-            ov = cache.overhead(prof.backend)
-            return cls(prof.name, s, e, b, b.copy(), smacs, emacs, act, prof, float(ov.get("sample_ms", 0.0)),
-                       float(ov.get("decision_ms", 0.0)))
+            return cls.from_table(cache, prof, cache.costs_for(prof.backend), cache.overhead(prof.backend))
         buf = prof.buffer_ms(act)
         return cls(prof.name, prof.compute_ms(smacs), prof.compute_ms(emacs), buf, buf.copy(), smacs, emacs, act, prof)
+
+    @classmethod
+    def from_table(cls, cache, profile: str | DeviceProfile, table, overhead: dict | None = None) -> "CostModel":
+        """A measured cost model from one cost table of the cache (``costs.csv`` or an earlier profiling kept in
+        ``costs_history/``) and its runtime overhead record."""
+        prof = get_profile(profile)
+
+        def vec(seg, col):
+            rows = table[table.segment == seg].sort_values("k")
+            if len(rows) != cache.num_exits:
+                raise ValueError(f"cache {cache.path}: a cost table with {len(rows)} {seg} rows for "
+                                 f"{cache.num_exits} exits")
+            return rows[col].to_numpy(dtype=float)
+
+        s, e, b = (vec(seg, "ms_b1") for seg in ("stage", "exit", "buffer"))
+        if np.isnan(np.concatenate([s, e, b])).any():
+            raise ValueError(f"cache {cache.path} has no measured latency (dumped with --no-latency); "
+                             f"use an analytic profile: {', '.join(n for n in list_profiles() if n != 'measured')}")
+        ov = overhead or {}
+        return cls(prof.name, s, e, b, b.copy(), vec("stage", "macs"), vec("exit", "macs"), vec("buffer", "act_bytes"),
+                   prof, float(ov.get("sample_ms", 0.0) or 0.0), float(ov.get("decision_ms", 0.0) or 0.0))
 
     def predictor_ms(self, macs: float, measured_ms: float, profile: str | DeviceProfile | None = None) -> float:
         """G for a predictor: its measured ms under ``measured``, else its MACs through the profile."""
@@ -221,3 +236,27 @@ class CostModel:
         d = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in asdict(self).items()}
         d.pop("device", None)
         return d
+
+
+def measured_cost_models(cache, profile: str | DeviceProfile = "measured") -> list[CostModel]:
+    """Every independent profiling of a measured profile: the cache's current table first (the one studies decide
+    on), then the earlier ones ``branchy profile`` kept in ``costs_history/`` (oldest first). An analytic profile is
+    deterministic: one model. Ratios resample over these so their CIs carry the costs' own spread."""
+    import pandas as pd
+
+    prof = get_profile(profile)
+    models = [CostModel.from_cache(cache, prof)]
+    if not prof.measured:
+        return models
+    name = "costs" if prof.backend == "eager" else f"costs_{prof.backend}"
+    hist = Path(cache.path) / "costs_history"
+    for f in sorted(hist.glob(f"{name}_[0-9]*.csv")) if hist.is_dir() else ():
+        stamp = f.stem[len(name) + 1:]
+        rec = hist / f"timing_{prof.backend}_{stamp}.json"
+        try:
+            overhead = (json.loads(rec.read_text()).get("overhead") or {}) if rec.is_file() else {}
+            models.append(CostModel.from_table(cache, prof, pd.read_csv(f), overhead))
+        except (ValueError, OSError, KeyError, AttributeError) as e:
+            raise ValueError(f"{f}: an earlier profiling of {cache.path} cannot be read ({e}); move it out of "
+                             f"costs_history/ or re-profile") from None
+    return models

@@ -16,10 +16,10 @@ from branchy.rule import ExitRule
 from placement import Placement
 
 from .costs import CostModel, DeviceProfile
-from .simulate import (Outcome, simulate_cascade, simulate_full, simulate_gated, simulate_oracle,
-                       simulate_patience)
+from .simulate import (Outcome, simulate_cascade, simulate_full, simulate_gated, simulate_matched_oracle,
+                       simulate_oracle, simulate_patience)
 
-FIXED = ("full", "cascade", "patience", "oracle")  # what outcome() runs by name; all policies: core.policies
+FIXED = ("full", "cascade", "patience", "oracle", "matched-oracle")  # what outcome() runs by name; all policies: core.policies
 
 
 @dataclass
@@ -111,7 +111,7 @@ def _check_gate_rule(ev: Evidence, name: str, rule: ExitRule) -> None:
 def outcome(ev: Evidence, policy: str | Placement, rule: ExitRule, *, cuts: dict | None = None,
             overlap: bool = False, patience: int = 1, name: str | None = None) -> Outcome:
     """Per-sample outcome of ``policy`` on the evidence: ``full``, ``cascade``, ``patience`` (PABEE),
-    ``oracle``, or a :class:`Placement` (its own thresholds, when set, replace the rule's). ``cuts[k]``:
+    ``oracle``, ``matched-oracle`` (the cheapest exit agreeing with the final one), or a :class:`Placement` (its own thresholds, when set, replace the rule's). ``cuts[k]``:
     gate k enters when its score >= cut (default: its fit-time operating point)."""
     k = ev.num_exits
     if overlap and ev.chained:
@@ -122,6 +122,8 @@ def outcome(ev: Evidence, policy: str | Placement, rule: ExitRule, *, cuts: dict
             return simulate_full(ev.correct, ev.costs, chained=ev.chained)
         if policy == "oracle":
             return simulate_oracle(ev.correct, ev.costs, chained=ev.chained)
+        if policy == "matched-oracle":
+            return simulate_matched_oracle(ev.preds, ev.correct, ev.costs, chained=ev.chained)
         if policy == "cascade":
             return simulate_cascade(ev.passes(rule), ev.correct, ev.costs, overlap=overlap, name=name or "cascade",
                                     kept=None if ev.chained else can_pass(rule))

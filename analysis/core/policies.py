@@ -218,7 +218,10 @@ register_policy("gated-entropy", "an entropy predictor as the gate of each side 
                 swept=True, decide=_gated("entropy", "gated-entropy"))
 register_policy("jump", "an exit predictor sends each sample straight to its predicted exit", swept=True,
                 decide=_jump)
-register_policy("oracle", "every sample leaves at its earliest correct exit: a bound, not a policy", role="bound",
+register_policy("matched-oracle", "every sample leaves at its cheapest exit that agrees with the final one (full's "
+                "accuracy, knowing full's answer): an achievable-accuracy bound, not a policy", role="bound",
+                runtime=False, run=lambda ev, rule, cfg: outcome(ev, "matched-oracle", rule))
+register_policy("oracle", "every sample leaves at its cheapest correct exit: a bound, not a policy", role="bound",
                 runtime=False, run=lambda ev, rule, cfg: outcome(ev, "oracle", rule))
 
 

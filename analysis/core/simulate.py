@@ -245,16 +245,31 @@ def oracle_exit_cost(costs: CostModel, *, kept=None, chained: bool = False) -> n
     return alone
 
 
-def simulate_oracle(correct, costs: CostModel, *, kept=None, chained: bool = False, name: str = "oracle") -> Outcome:
+def simulate_oracle(correct, costs: CostModel, *, kept=None, chained: bool = False, name: str = "oracle",
+                    good=None) -> Outcome:
     """The cheapest kept exit whose answer is correct; when none is, the cheapest kept exit (its wrong
     answer costs least). A per-sample lower bound on latency at the accuracy it reaches. With ``chained``
-    exits leaving at k also runs every earlier kept head."""
+    exits leaving at k also runs every earlier kept head. ``good`` (``[N, K]`` bool, default ``correct``): the
+    exits the oracle may pick; the answer given is still scored by ``correct`` (the accuracy-matched oracle passes
+    "agrees with the final exit", see :func:`simulate_matched_oracle`)."""
     correct = _check(costs, "correct", correct).astype(bool)
+    good = correct if good is None else _check(costs, "good", good).astype(bool)
     kept = _kept(costs, kept)
     n, k = correct.shape
     alone = np.where(kept, oracle_exit_cost(costs, kept=kept, chained=chained), np.inf)
-    cand = np.where(correct, alone[None, :], np.inf)
+    cand = np.where(good, alone[None, :], np.inf)
     ex = np.where(np.isfinite(cand).any(1), cand.argmin(1), int(alone.argmin()))
     cols = np.arange(k)[None, :]
     entered = (kept[None, :] & (cols < ex[:, None])) if chained else np.zeros((n, k), bool)
     return path_outcome(name, costs, ex, entered, correct, leave_buffered=False)
+
+
+def simulate_matched_oracle(preds, correct, costs: CostModel, *, chained: bool = False,
+                            name: str = "matched-oracle") -> Outcome:
+    """The accuracy-matched oracle: the cheapest exit whose answer (``preds``, ``[N, K]`` class ids) agrees with
+    the final exit's: every answer is ``full``'s, so its accuracy is exactly ``full``'s, and it never uses a label.
+    It still knows ``full``'s answer in advance, so no deployable policy reaches it either, but it is the bar for a
+    policy that keeps ``full``'s accuracy (the label oracle also gains accuracy where an early exit is right and the
+    final one wrong)."""
+    preds = np.asarray(preds)
+    return simulate_oracle(correct, costs, chained=chained, name=name, good=preds == preds[:, -1:])

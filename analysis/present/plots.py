@@ -270,9 +270,10 @@ def plot_gate_curves(curves: dict, *, kind: str = "roc", ax=None, title: str | N
     return fig, ax
 
 
-def plot_suite(df: pd.DataFrame, *, ratio: str = "best_gated/cascade", ax=None, title: str | None = None):
-    """One bar per study and profile: a latency ratio of the suite's comparison table (e.g. best-gated/cascade,
-    best/oracle) with its bootstrap 95 % CI; the line at 1 is parity."""
+def plot_suite(df: pd.DataFrame, *, ratio: str = "gated_vs_free", ax=None, title: str | None = None):
+    """One bar per study and profile: a latency ratio of the suite's comparison table (e.g. ``gated_vs_free``: the
+    best placement with a predictor over the best predictor-free policy; ``best_vs_matched_oracle``) with its
+    bootstrap 95 % CI; the line at 1 is parity."""
     fig, ax = _ax(ax, figsize=(8, 0.5 + 0.28 * len(df)))
     d = df.dropna(subset=[ratio]).reset_index(drop=True)
     profiles = list(dict.fromkeys(d.profile))

@@ -43,6 +43,8 @@ class StudyConfig:
     report: bool = True
     validate: int = 300  # test samples the real runtime runs to check the simulator (0: skip)
     backends: tuple[str, ...] = ("eager",)  # runtime backends measured (profile measured-BACKEND) and validated
+    profilings: int = 1  # independent profilings of the measured costs (the dump's + re-profilings, kept in
+    # costs_history/): the comparison's ratio CIs resample them with the test samples (a suite asks for >= 4)
 
     def __post_init__(self) -> None:
         w, exits = self.train.exit_weights, self.model.exits
@@ -50,6 +52,7 @@ class StudyConfig:
             raise ValueError(f"train.exit_weights has {len(w)} values but model.exits {list(exits)} makes "
                              f"{len(exits) + 1} exits (the side exits and the final one): give one weight per exit")
         check_int("validate (test samples the real runtime runs, 0: skip)", self.validate, 0)
+        check_int("profilings (independent profilings of the measured costs)", self.profilings, 1)
         for b in self.backends:
             check_name("backends", BACKENDS, b)
         if "eager" not in self.backends:

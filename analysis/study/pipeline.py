@@ -137,6 +137,7 @@ def run_study(cfg: StudyConfig, *, redo: bool = False) -> dict:
     print(test_eval.assign(accuracy=100 * test_eval.accuracy).to_string(index=False, float_format="%.2f"))
     cache = step_dump(cfg, model, splits, out, redo)
     cache = step_backends(cfg, cache, model, redo)
+    cache = step_profilings(cfg, cache, model)
     print_cache_info(cache)
     preds, pred_table, rule = step_predictors(cfg, cache, out, redo)
     log(f"exit rule: {rule.describe()}")
@@ -199,6 +200,26 @@ def step_backends(cfg: StudyConfig, cache, model, redo: bool):
             continue
         log(f"measuring segment costs on the {b} backend (profile measured-{b})")
         cache = reprofile(cache.path, model, backend=b, min_run_time=cfg.dump.profile_time)
+    return cache
+
+
+def step_profilings(cfg: StudyConfig, cache, model):
+    """Re-profile the measured costs until the cache holds ``cfg.profilings`` independent profilings of every
+    backend (the current table and those kept in ``costs_history/``), each in interleaved rounds as ``branchy
+    profile`` does; the comparison's CIs resample them (:func:`analysis.core.costs.measured_cost_models`)."""
+    from branchy.dump import reprofile
+
+    from ..core.costs import measured_cost_models
+
+    if cfg.profilings <= 1 or cache.manifest.get("device") != "cpu" \
+            or np.isnan(cache.cost_vector("stage", "ms_b1")).any():
+        return cache
+    for b in cfg.backends:
+        prof = "measured" if b == "eager" else f"measured-{b}"
+        have = len(measured_cost_models(cache, prof))
+        for i in range(have, cfg.profilings):
+            log(f"re-profiling the {b} segment costs ({i + 1} of {cfg.profilings} independent profilings)")
+            cache = reprofile(cache.path, model, backend=b, min_run_time=cfg.dump.profile_time)
     return cache
 
 

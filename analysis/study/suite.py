@@ -1,27 +1,28 @@
 """A suite of studies run one after another (for instance five backbones on clean and corrupted data under two
-training schemes) and one comparison table across them. Per study and device profile, on test with everything
-decided on calib: accuracy and mean / p95 latency (ms per sample at batch 1) of ``full``, the cascade, the best
-placement the search finds on calib, the best placement with predictors (gates or a jump) and the oracle, with the
-ratios best/oracle and best-gated/cascade and their paired bootstrap 95 % CIs. ``perfect_gates/cascade``: free
-perfect gates in front of every side exit under the calibrated exit rule, the most any predictor can save over the
-cascade with those thresholds (:func:`analysis.core.breakeven.perfect_gates_outcome`)."""
+training schemes) and one comparison table across them (``comparison.csv``). Per study and device profile, on test
+with everything decided on calib (:mod:`analysis.study.baselines`): accuracy and mean / p95 latency (ms per sample
+at batch 1) of ``full``, the default cascade, the best confidence rule, the best predictor-free policy, the best
+placement with a predictor, the best of all, the accuracy-matched oracle and the oracle; the ratios between them
+with paired bootstrap 95 % CIs over test samples and, for a measured profile, over its independent profilings; and
+whether predictors pay (best gated against best predictor-free, CI below 1, non-inferior accuracy).
+``perfect_gates_vs_cascade``: free perfect gates in front of every side exit of the default cascade, the most a
+predictor can save over *that cascade with its kept exits and thresholds*
+(:func:`analysis.core.breakeven.perfect_gates_outcome`), not over every policy."""
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from branchy.config import check_int, from_mapping, read_yaml, setting
-from placement import Placement
 
 from ..core.breakeven import perfect_gates_outcome
 from ..core.costs import get_profile
-from ..core.evidence import Evidence
+from ..core.evidence import Evidence, outcome
 from .config import StudyConfig
-from .placement_study import PlacementObjective, run_placement
 
 
 def _merge(a: dict, b: dict) -> dict:
@@ -95,76 +96,104 @@ def load_suite(path: str | Path) -> SuiteConfig:
 
 
 def ratio_ci(a: np.ndarray, b: np.ndarray, n_boot: int = 1000, seed: int = 0) -> tuple[float, float, float]:
-    """mean(a) / mean(b) over the same samples, with a paired bootstrap 95 % CI."""
-    a, b = np.asarray(a, float), np.asarray(b, float)
-    r = a.mean() / b.mean()
+    """mean(a) / mean(b) over the same samples, with a paired bootstrap 95 % CI. ``a`` and ``b`` are ``[N]``, or
+    ``[R, N]``: the same samples' latencies under R independent cost tables (profilings), the first the one the
+    decisions used. Then the point is the first table's ratio and every resample also draws a table (the same for
+    ``a`` and ``b``), so the CI carries the costs' own spread as well as the samples'."""
+    a, b = np.atleast_2d(np.asarray(a, float)), np.atleast_2d(np.asarray(b, float))
+    if a.shape != b.shape:
+        raise ValueError(f"ratio_ci: a {a.shape} and b {b.shape} must hold the same samples and tables")
+    r = a[0].mean() / b[0].mean()
     if n_boot <= 0:
-        return r, np.nan, np.nan
-    idx = np.random.default_rng(seed).integers(0, len(a), (n_boot, len(a)))
-    rs = a[idx].mean(1) / b[idx].mean(1)
+        return float(r), np.nan, np.nan
+    rng = np.random.default_rng(seed)
+    n_tab, n = a.shape
+    idx = rng.integers(0, n, (n_boot, n))
+    if n_tab == 1:
+        rs = a[0][idx].mean(1) / b[0][idx].mean(1)
+    else:
+        tab = rng.integers(0, n_tab, n_boot)[:, None]
+        rs = a[tab, idx].mean(1) / b[tab, idx].mean(1)
     return float(r), float(np.percentile(rs, 2.5)), float(np.percentile(rs, 97.5))
 
 
-def _best_gated(res) -> Placement | None:
-    """The best feasible candidate (by the search's own constraint) that uses a predictor (a gate or a jump)."""
-    rows = [r for r in res.table.to_dict("records") if r.get("candidate", True) and r["feasible"]
-            and (any(g is not None for g in r["placement"].gates) or r["placement"].jump is not None)]
-    if not rows:
-        return None
-    for i, r in enumerate(rows):
-        r.setdefault("_order", i)
-    return min(rows, key=lambda r: res.constraint.key(r, res.full_accuracy))["placement"]
+REFERENCES = ("full", "cascade", "best-rule", "best-free", "best-gated", "best", "matched-oracle", "oracle")
+# ratio columns: name -> (numerator, denominator)
+RATIOS = {"gated_vs_free": ("best-gated", "best-free"), "free_vs_full": ("best-free", "full"),
+          "cascade_vs_full": ("cascade", "full"), "best_rule_vs_cascade": ("best-rule", "cascade"),
+          "gated_vs_cascade": ("best-gated", "cascade"), "best_vs_matched_oracle": ("best", "matched-oracle"),
+          "best_vs_oracle": ("best", "oracle"), "perfect_gates_vs_cascade": ("perfect-gates", "cascade")}
 
 
-def compare_study(key: str, result: dict, profiles, *, strategy: str = "greedy", n_boot: int = 1000) -> list[dict]:
-    """The comparison rows of one finished study (:func:`analysis.study.pipeline.run_study`'s result)."""
+def _col(name: str) -> str:
+    return name.replace("-", "_")
+
+
+def compare_study(key: str, result: dict, profiles, *, n_boot: int = 1000) -> list[dict]:
+    """The comparison rows of one finished study (:func:`analysis.study.pipeline.run_study`'s result), one per
+    device profile: every reference of :mod:`analysis.study.baselines` decided on calib under that profile and the
+    study's placement constraint, reported on test, with paired bootstrap CIs of the ratios (test samples and, for a
+    measured profile, its independent profilings) and of the accuracy differences. ``gated_vs_free``: the best
+    placement with a predictor against the best predictor-free policy; a row says predictors ``pay`` when the upper
+    end of its CI is below 1 and the lower end of the accuracy difference's CI is at least -``max_acc_drop``."""
+    from ..core.costs import measured_cost_models
+    from .baselines import decide_baselines
+
     cfg: StudyConfig = result["config"]
     cache, preds, rule = result["cache"], result["predictors"], result["rule"]
     pcfg = cfg.policies
+    con = cfg.placement.constraint
+    eps = con.max_acc_drop if con.max_acc_drop is not None else 0.0
     rows = []
     for prof in dict.fromkeys(["measured", *profiles]):
-        sim = result["simulation"]["outcomes"][get_profile(prof).name]
-        named = {n: sim[n] for n in ("full", "cascade", "oracle")}
-        note = ""
-        if cache.chained:
-            note = f"exits chained ({cache.chain}): no placement can remove or gate an exit"
-        else:
-            done = result.get("placements", {}).get(strategy)
-            if done is not None and get_profile(prof).name == get_profile(cfg.placement.profile).name:
-                res = done[0]  # the study searched under this profile already
-            else:
-                res, _ = run_placement(cache, preds, strategy, constraint=cfg.placement.constraint, profile=prof,
-                                       rule=rule, cfg=pcfg, progress=False, seed=cfg.placement.seed,
-                                       n_jobs=cfg.placement.n_jobs, scheduler=cfg.placement.scheduler,
-                                       **cfg.placement.options(strategy))
-            obj = PlacementObjective(cache, preds, profile=prof, rule=rule, cfg=pcfg)
-            test = Evidence.build(cache, "test", measure=pcfg.measure, predictors=preds, costs=obj.costs)
-            named["best"] = obj.outcome(res.chosen, test)
-            named["perfect_gates"] = perfect_gates_outcome(test, rule, overlap=pcfg.overlap)
-            gated = _best_gated(res)
-            if gated is not None:
-                named["best_gated"] = obj.outcome(gated, test)
-            else:
-                note = "no feasible placement with predictors on calib"
-        row = {"study": key, "profile": get_profile(prof).name, "n_test": len(named["full"].latency_ms)}
-        for n, o in named.items():
-            row[f"{n}_acc_%"] = 100 * float(o.correct.mean())
-            row[f"{n}_mean_ms"] = float(o.latency_ms.mean())
-            row[f"{n}_p95_ms"] = float(np.percentile(o.latency_ms, 95))
-        for num, den in (("best", "oracle"), ("best_gated", "cascade"), ("best", "cascade"),
-                         ("perfect_gates", "cascade")):
-            if num in named:
-                r, lo, hi = ratio_ci(named[num].latency_ms, named[den].latency_ms, n_boot, seed=0)
-                row.update({f"{num}/{den}": r, f"{num}/{den}_lo": lo, f"{num}/{den}_hi": hi})
-        for n in ("best", "best_gated"):
-            if n in named:
-                d, lo, hi = _acc_diff_ci(named[n].correct, named["full" if n == "best" else "cascade"].correct, n_boot)
-                row.update({f"{n}_acc_vs_{'full' if n == 'best' else 'cascade'}_pts": d,
-                            f"{n}_acc_vs_{'full' if n == 'best' else 'cascade'}_lo": lo,
-                            f"{n}_acc_vs_{'full' if n == 'best' else 'cascade'}_hi": hi})
-        row["note"] = note
+        name = get_profile(prof).name
+        base = decide_baselines(cache, preds, profile=prof, rule=rule, cfg=pcfg, constraint=con,
+                                n_jobs=cfg.placement.n_jobs, seed=cfg.placement.seed)
+        obj = base.objective
+        tables = measured_cost_models(cache, prof)
+        test0 = Evidence.build(cache, "test", measure=pcfg.measure, predictors=preds, costs=tables[0])
+        tests = [test0] + [replace(test0, costs=c) for c in tables[1:]]
+        outs: dict[str, list] = {}
+        for n, d in base.decided.items():
+            cuts = obj.cuts(d.placement)
+            outs[n] = [obj.outcome(d.placement, ev, cuts) for ev in tests]
+        for n in ("matched-oracle", "oracle"):
+            outs[n] = [outcome(ev, n, rule) for ev in tests]
+        if not cache.chained:
+            outs["perfect-gates"] = [perfect_gates_outcome(ev, rule, overlap=pcfg.overlap) for ev in tests]
+        row = {"study": key, "profile": name, "n_test": test0.n, "cost_tables": len(tables),
+               "acc_eps_pts": eps}
+        for n, o in outs.items():
+            c = _col(n)
+            row[f"{c}_acc_%"] = 100 * float(o[0].correct.mean())
+            row[f"{c}_ms"] = float(o[0].latency_ms.mean())
+            row[f"{c}_p95_ms"] = float(np.percentile(o[0].latency_ms, 95))
+        for n, d in base.decided.items():
+            row[f"{_col(n)}_placement"] = d.placement.describe()
+            row[f"{_col(n)}_rule"] = d.how
+        for col, (num, den) in RATIOS.items():
+            if num in outs and den in outs:
+                lat = lambda n: np.stack([o.latency_ms for o in outs[n]])  # noqa: E731
+                r, lo, hi = ratio_ci(lat(num), lat(den), n_boot, seed=0)
+                row.update({col: r, f"{col}_lo": lo, f"{col}_hi": hi})
+        for col, (num, den) in (("gated_vs_free", ("best-gated", "best-free")), ("free_vs_full", ("best-free", "full")),
+                                ("best_vs_full", ("best", "full"))):
+            if num in outs:
+                d, lo, hi = _acc_diff_ci(outs[num][0].correct, outs[den][0].correct, n_boot)
+                row.update({f"{col}_acc_pts": d, f"{col}_acc_lo_pts": lo, f"{col}_acc_hi_pts": hi})
+        row["pays"] = bool("gated_vs_free" in row and row["gated_vs_free_hi"] < 1
+                           and non_inferior(row.get("gated_vs_free_acc_lo_pts"), row.get("gated_vs_free_acc_pts"), eps))
+        row["note"] = (f"exits chained ({cache.chain}): no placement can remove or gate an exit" if cache.chained else
+                       "" if "best-gated" in outs else "no placement with a predictor (none fitted)")
         rows.append(row)
     return rows
+
+
+def non_inferior(lo, point, eps: float) -> bool:
+    """Non-inferior accuracy: the lower end of the paired 95 % CI of the accuracy difference (points) is at least
+    ``-eps`` (the point estimate when no CI was drawn)."""
+    v = lo if lo is not None and np.isfinite(lo) else point
+    return v is not None and np.isfinite(v) and v >= -eps - 1e-9
 
 
 def _acc_diff_ci(a: np.ndarray, b: np.ndarray, n_boot: int) -> tuple[float, float, float]:
@@ -187,30 +216,39 @@ def run_suite(suite: SuiteConfig, *, redo: bool = False, log=print) -> pd.DataFr
     for key, cfg in suite.studies():
         log(f"[suite] {key}")
         result = run_study(cfg, redo=redo)
-        rows += compare_study(key, result, suite.profiles, strategy=suite.strategy, n_boot=suite.bootstrap)
+        rows += compare_study(key, result, suite.profiles, n_boot=suite.bootstrap)
         pd.DataFrame(rows).to_csv(out / "comparison.csv", index=False)  # kept up to date as studies finish
     return pd.DataFrame(rows)
 
 
-def equal_accuracy(df: pd.DataFrame) -> pd.Series:
-    """Rows where the best gated placement's accuracy equals the cascade's within the paired 95 % CI (or is
-    better): the CI of (gated - cascade) accuracy reaches 0 or above."""
-    if "best_gated_acc_vs_cascade_hi" not in df:
+def paying(df: pd.DataFrame) -> pd.Series:
+    """Rows where predictors pay: ``gated_vs_free_hi < 1`` at non-inferior accuracy (:func:`non_inferior`)."""
+    if "gated_vs_free_hi" not in df:
         return pd.Series(False, index=df.index)
-    hi = df["best_gated_acc_vs_cascade_hi"].where(df["best_gated_acc_vs_cascade_hi"].notna(),
-                                                  df.get("best_gated_acc_vs_cascade_pts"))
-    return hi >= 0
+    return pd.Series([bool(r.get("gated_vs_free_hi", np.nan) < 1 and
+                           non_inferior(r.get("gated_vs_free_acc_lo_pts"), r.get("gated_vs_free_acc_pts"),
+                                        r.get("acc_eps_pts", 0.0)))
+                      for r in df.to_dict("records")], index=df.index, dtype=bool)
 
 
 def suite_line(df: pd.DataFrame) -> str:
-    """``backbones: best/oracle max R1, best-gated/cascade min R2 (B backbones, P profiles)``; R2 over the rows where
-    the gated placement's accuracy equals the cascade's within the CI (:func:`equal_accuracy`), as P2 asks."""
-    r1 = df["best/oracle"].max() if "best/oracle" in df and df["best/oracle"].notna().any() else float("nan")
-    ok = df[equal_accuracy(df)] if "best_gated/cascade" in df else df.iloc[:0]
-    r2 = ok["best_gated/cascade"].min() if len(ok) and ok["best_gated/cascade"].notna().any() else float("nan")
+    """``backbones: gated/best-free min R [LO, HI], predictors pay on N of M rows, best/matched-oracle max Q
+    (B backbones, P profiles)``. R: the smallest ``gated_vs_free`` among rows whose gated accuracy is non-inferior
+    (all rows with a gated placement when none is); M: rows where a placement with a predictor exists."""
+    has = df[df["gated_vs_free"].notna()] if "gated_vs_free" in df else df.iloc[:0]
+    ok = has[[non_inferior(r.get("gated_vs_free_acc_lo_pts"), r.get("gated_vs_free_acc_pts"), r.get("acc_eps_pts", 0))
+              for r in has.to_dict("records")]] if len(has) else has
+    pool = ok if len(ok) else has
+    if len(pool):
+        r = pool.loc[pool["gated_vs_free"].idxmin()]
+        head = f"{r['gated_vs_free']:.3f} [{r['gated_vs_free_lo']:.3f}, {r['gated_vs_free_hi']:.3f}]"
+    else:
+        head = "nan [nan, nan]"
+    q = df["best_vs_matched_oracle"].max() if "best_vs_matched_oracle" in df else float("nan")
     backbones = df.study.str.split("/").str[0].nunique()
-    return (f"backbones: best/oracle max {r1:.3f}, best-gated/cascade min {r2:.3f} ({backbones} backbones, "
-            f"{df.profile.nunique()} profiles)")
+    return (f"backbones: gated/best-free min {head}, predictors pay on {int(paying(df).sum())} of {len(has)} rows, "
+            f"best/matched-oracle max {q:.3f} ({backbones} backbones, {df.profile.nunique()} profiles)")
 
 
-__all__ = ["SuiteConfig", "compare_study", "equal_accuracy", "load_suite", "ratio_ci", "run_suite", "suite_line"]
+__all__ = ["REFERENCES", "RATIOS", "SuiteConfig", "compare_study", "load_suite", "non_inferior", "paying", "ratio_ci",
+           "run_suite", "suite_line"]

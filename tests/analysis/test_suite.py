@@ -5,8 +5,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from analysis.study.suite import (SuiteConfig, _best_gated, equal_accuracy, load_suite, ratio_ci, run_suite,
-                                 suite_line)
+from analysis.study.suite import SuiteConfig, load_suite, paying, ratio_ci, run_suite, suite_line
 from branchy.config import ConfigError, from_mapping
 
 RAW = {
@@ -59,14 +58,37 @@ def test_ratio_ci_is_the_paired_bootstrap_of_the_mean_ratio():
     assert np.isnan(ratio_ci(a, b, n_boot=0)[1])
 
 
-def test_the_last_line():
-    df = pd.DataFrame({"study": ["a/x/joint", "a/y/joint", "b/x/joint", "b/y/joint"], "profile": ["p", "q", "p", "q"],
-                       "best/oracle": [1.1, 1.3, np.nan, 1.2], "best_gated/cascade": [0.9, np.nan, 0.8, 0.7],
-                       "best_gated_acc_vs_cascade_pts": [0.0, np.nan, -0.2, -1.0],
-                       "best_gated_acc_vs_cascade_hi": [0.3, np.nan, 0.1, -0.4]})
-    # 0.7 is faster but loses accuracy beyond its CI: P2 compares at equal accuracy
-    assert suite_line(df) == "backbones: best/oracle max 1.300, best-gated/cascade min 0.800 (2 backbones, 2 profiles)"
-    assert list(equal_accuracy(df)) == [True, False, True, False]
+def test_ratio_ci_resamples_the_profilings_with_the_samples():
+    rng = np.random.default_rng(0)
+    n = 200
+    a = rng.uniform(1, 2, (3, n)) * np.array([[1.0], [1.4], [0.8]])  # three profilings that move the costs
+    b = rng.uniform(1.5, 2.5, (3, n))
+    r, lo, hi = ratio_ci(a, b, n_boot=300, seed=5)
+    assert r == pytest.approx(a[0].mean() / b[0].mean())  # the point: the table the decisions used
+    g = np.random.default_rng(5)  # the naive loop: a table and a resample of samples per draw
+    idx = g.integers(0, n, (300, n))
+    tab = g.integers(0, 3, 300)
+    naive = [a[t][i].mean() / b[t][i].mean() for t, i in zip(tab, idx)]
+    assert (lo, hi) == pytest.approx((np.percentile(naive, 2.5), np.percentile(naive, 97.5)))
+    r1, lo1, hi1 = ratio_ci(a[0], b[0], n_boot=300, seed=5)
+    assert hi - lo > 3 * (hi1 - lo1)  # the costs' own spread widens the CI
+    with pytest.raises(ValueError, match="same samples"):
+        ratio_ci(a, b[:2])
+
+
+def test_the_last_line_counts_paying_rows_at_non_inferior_accuracy():
+    df = pd.DataFrame({"study": ["a/x/joint", "a/y/joint", "b/x/joint", "b/y/ztw"], "profile": ["p", "q", "p", "q"],
+                       "acc_eps_pts": 0.5,
+                       "gated_vs_free": [0.9, 0.95, 0.7, np.nan], "gated_vs_free_lo": [0.85, 0.9, 0.6, np.nan],
+                       "gated_vs_free_hi": [0.95, 1.02, 0.8, np.nan],
+                       "gated_vs_free_acc_pts": [0.0, 0.1, -1.0, np.nan],
+                       "gated_vs_free_acc_lo_pts": [-0.3, -0.2, -1.6, np.nan],
+                       "best_vs_matched_oracle": [1.2, 1.5, 1.1, 1.3]})
+    # 0.7 is faster but its accuracy may be 1.6 points worse (> 0.5): not non-inferior, so not the min and not paying;
+    # 0.95's CI reaches above 1; the chained row has no gated placement and is not counted among M
+    assert list(paying(df)) == [True, False, False, False]
+    assert suite_line(df) == ("backbones: gated/best-free min 0.900 [0.850, 0.950], predictors pay on 1 of 3 rows, "
+                              "best/matched-oracle max 1.500 (2 backbones, 2 profiles)")
 
 
 @pytest.mark.slow
@@ -79,36 +101,19 @@ def test_a_tiny_suite_end_to_end(tmp_path):
     assert list(df.study) == ["b-lenet/clean/joint"] * 2 + ["b-lenet/noisy/joint"] * 2 + ["b-lenet/noisy/ztw"] * 2
     assert list(df.profile[:2]) == ["measured", "raspberry-pi-4"]
     joint = df[df.study.str.endswith("joint")]
-    assert (joint["best/oracle"] >= 1 - 1e-9).all()  # nothing beats the oracle's latency at its accuracy... on test
-    assert joint["best_mean_ms"].notna().all() and (joint["best_acc_%"] >= 0).all()
-    # free perfect gates bound what predictors can save: never slower than the cascade, never better accuracy
-    assert (joint["perfect_gates/cascade"] <= 1 + 1e-9).all()
+    for col in ("full_ms", "cascade_ms", "best_free_ms", "best_gated_ms", "oracle_ms", "matched_oracle_ms",
+                "gated_vs_free", "gated_vs_free_lo", "gated_vs_free_hi", "gated_vs_free_acc_lo_pts"):
+        assert joint[col].notna().all(), col
+    assert (joint["best_vs_oracle"] >= 1 - 1e-9).all()  # nothing beats the label oracle at its accuracy
+    assert (joint["matched_oracle_acc_%"] == joint["full_acc_%"]).all()  # full's answers, at the cheapest exit
+    # free perfect gates bound what predictors save on the default cascade: never slower, never better accuracy
+    assert (joint["perfect_gates_vs_cascade"] <= 1 + 1e-9).all()
     assert (joint["perfect_gates_acc_%"] == joint["cascade_acc_%"]).all()
     ztw = df[df.study.str.endswith("ztw")]
-    assert ztw["best/oracle"].isna().all() and ztw.note.str.contains("chained").all()
+    assert ztw["gated_vs_free"].isna().all() and ztw.note.str.contains("chained").all()
+    assert ztw["best_free_ms"].notna().all()  # full and the rule family still compete on chained exits
     assert (tmp_path / "suite" / "comparison.csv").exists()
-    assert suite_line(df).startswith("backbones: best/oracle max ")
-
-
-def test_best_gated_picks_the_best_feasible_candidate_with_a_predictor():
-    from placement import Constraint, Gate, Placement
-
-    plain, gated = Placement.plain(3), Placement((True, True, True), (Gate("g", 0), None, None))
-    slow = Placement((True, True, True), (Gate("g", 0), Gate("h", 1), None))
-    table = pd.DataFrame([
-        {"placement": plain, "candidate": True, "feasible": True, "accuracy_%": 90.0, "mean_ms": 1.0},
-        {"placement": slow, "candidate": True, "feasible": True, "accuracy_%": 90.0, "mean_ms": 1.5},
-        {"placement": gated, "candidate": True, "feasible": True, "accuracy_%": 90.0, "mean_ms": 1.2},
-    ])
-
-    class R:
-        pass
-
-    res = R()
-    res.table, res.constraint, res.full_accuracy = table, Constraint(max_acc_drop=1.0), 90.0
-    assert _best_gated(res) == gated
-    res.table = table.iloc[:1]
-    assert _best_gated(res) is None
+    assert suite_line(df).startswith("backbones: gated/best-free min ")
 
 
 def test_the_shipped_backbone_suite_loads_with_four_side_exits_on_the_deep_backbones():

@@ -208,7 +208,9 @@ def test_scores_of_a_large_split_come_a_chunk_at_a_time(synth_cache, monkeypatch
     p = fit_predictor(synth_cache, PredictorSpec("gate", 0, "linear", 0, T), timing=0.01)
     whole = p.score(synth_cache, "test")
     monkeypatch.setattr(fit_mod, "SCORE_CHUNK", 37)
-    np.testing.assert_allclose(p.score(synth_cache, "test"), whole, rtol=0, atol=1e-12)
+    # float32 features: a chunk's matrix product may take another BLAS kernel (AVX-512 vs AVX2 blocking), so the
+    # scores agree to float32 precision, not bit for bit
+    np.testing.assert_allclose(p.score(synth_cache, "test"), whole, rtol=1e-5, atol=1e-6)
 
 
 def test_targets_read_a_chunk_of_logits_at_a_time(synth_cache, monkeypatch):
