@@ -183,6 +183,7 @@ class SearchResult:
     table: pd.DataFrame  # every candidate scored (calib); ``pareto`` marks the non-dominated candidates
     full_accuracy: float
     constraint: Constraint
+    predictors: dict | None = None  # what the chosen placement runs, when not the predictors given (e.g. refits)
 
     @property
     def chosen_row(self) -> pd.Series:

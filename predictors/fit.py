@@ -99,6 +99,7 @@ class FittedPredictor:
     classes: np.ndarray | None = None
     folds: int = 0
     calibration: dict | None = None
+    fit_rows: np.ndarray | None = None  # sorted rows of fit_split it was fitted on (None: all); oof is theirs
 
     def inputs(self, cache: FeatureCache, split: str, rows: slice | None = None) -> np.ndarray:
         self.check(cache)
@@ -109,13 +110,34 @@ class FittedPredictor:
         those rows of the split (a chunk)."""
         if split == self.fit_split and self.oof is not None:
             self.check(cache)
+            if self.fit_rows is not None:
+                return self._mixed_raw(cache, split, rows)
             if len(self.oof) != cache.size(split):
                 raise ValueError(f"predictor {self.spec.name}: {len(self.oof)} out-of-fold outputs, but {split} "
                                  f"has {cache.size(split)} samples: refit it")
             return self.oof if rows is None else self.oof[rows]
+        return self._refit_raw(cache, split, rows)
+
+    def _mixed_raw(self, cache: FeatureCache, split: str, rows: slice | None) -> np.ndarray:
+        """On the fit split of a predictor fitted on some of its rows: out of fold on those rows, the refitted
+        model's outputs on the others (which it never saw)."""
+        n = cache.size(split)
+        fr = self.fit_rows
+        if len(fr) != len(self.oof) or (len(fr) and (fr[-1] >= n or fr[0] < 0)):
+            raise ValueError(f"predictor {self.spec.name}: fitted on {len(fr)} rows of {split}, which has {n} "
+                             f"samples and {len(self.oof)} out-of-fold outputs: refit it")
+        idx = np.arange(n)[rows if rows is not None else slice(None)]
+        out = self._refit_raw(cache, split, rows)
+        pos = np.minimum(np.searchsorted(fr, idx), max(len(fr) - 1, 0))
+        hit = (fr[pos] == idx) if len(fr) else np.zeros(len(idx), bool)
+        out[hit] = self.oof[pos[hit]]
+        return out
+
+    def _refit_raw(self, cache: FeatureCache, split: str, rows: slice | None = None) -> np.ndarray:
+        """The refitted model's outputs on ``split`` (a large split a chunk of features at a time)."""
         n = cache.size(split)
         if rows is None and n > SCORE_CHUNK:  # a large split: a chunk of features in memory at a time
-            return np.concatenate([self._raw(cache, split, sl) for sl in row_slices(n, SCORE_CHUNK)])
+            return np.concatenate([self._refit_raw(cache, split, sl) for sl in row_slices(n, SCORE_CHUNK)])
         return self.raw_inputs(self.inputs(cache, split, rows))
 
     def raw_inputs(self, x: np.ndarray) -> np.ndarray:
@@ -160,7 +182,11 @@ class FittedPredictor:
     def score(self, cache: FeatureCache, split: str, rows: slice | None = None) -> np.ndarray:
         """``[N]`` how strongly the predictor says *enter the exit*: a gate's probability that the sample
         leaves there, or minus an entropy forecast (nats). A policy enters when ``score >= tau``, with the
-        cut tau tuned on calib per exit rule (cost-aware gates). ``rows``: only those rows (a chunk)."""
+        cut tau tuned on calib per exit rule (cost-aware gates). ``rows``: only those rows (a chunk). A calibrated
+        gate's scores on its fit split are cross-calibrated (:meth:`_cross_calibrated`)."""
+        if self.calibration is not None and split == self.fit_split and self.oof is not None:
+            out = self._cross_calibrated(cache, split)
+            return out if rows is None else out[rows]
         return self._score(self._raw(cache, split, rows))
 
     def enter(self, cache: FeatureCache, split: str) -> np.ndarray:
@@ -218,16 +244,23 @@ class FittedPredictor:
         r = self.reached(cache, split)
         return gate_curves(lv[r], self.score(cache, split)[r])
 
-    def _calibrated_for_report(self, cache: FeatureCache, split: str) -> np.ndarray:
-        """The gate's probabilities; on the fit split of a calibrated gate, cross-calibrated (each fold's map
-        fitted on the others), since the stored map was fitted on these very out-of-fold probabilities."""
-        if self.calibration is None or split != self.fit_split or self.oof is None:
-            return self.score(cache, split)
+    def _cross_calibrated(self, cache: FeatureCache, split: str) -> np.ndarray:
+        """A calibrated gate's scores on its fit split: on the out-of-fold rows that reach its exit (those the
+        stored map was fitted on), each fold's map fitted on the other folds (cross-calibration), so no cut chosen
+        on calib sees a map fitted on its own labels; elsewhere the stored map."""
+        out = self._score(self._raw(cache, split))
         y = make_target(cache, split, "gate", k=self.spec.for_exit, rule=self.spec.rule)
-        r, out = self.reached(cache, split), self.score(cache, split)
-        out[r] = cross_calibrate(self.spec.calibration, self._gate_proba(self.oof)[r], y[r], max(self.folds, 2),
-                                 self.spec.random_state)
+        r = self.reached(cache, split)
+        fr = np.arange(cache.size(split)) if self.fit_rows is None else self.fit_rows
+        rr = r[fr]
+        if np.bincount(y[fr][rr].astype(np.int64), minlength=2).min() >= 2:
+            out[fr[rr]] = cross_calibrate(self.spec.calibration, self._gate_proba(self.oof)[rr], y[fr][rr],
+                                          max(self.folds, 2), self.spec.random_state)
         return out
+
+    def _calibrated_for_report(self, cache: FeatureCache, split: str) -> np.ndarray:
+        """The gate's probabilities as :meth:`score` gives them (cross-calibrated on the fit split)."""
+        return self.score(cache, split)
 
     def evaluate(self, cache: FeatureCache, split: str) -> dict:
         """Quality on the samples that reach the predictor's exit (rates are fractions of them); on the
@@ -307,11 +340,15 @@ def cross_fit(spec: PredictorSpec, x: np.ndarray, y: np.ndarray, folds: int = 5)
 
 
 def fit_predictor(cache: FeatureCache, spec: PredictorSpec, *, split: str = "calib", folds: int = 5,
-                  timing: float = 0.1, stream: bool | None = None) -> FittedPredictor:
+                  timing: float = 0.1, stream: bool | None = None, rows=None,
+                  cost: dict | None = None) -> FittedPredictor:
     """Cross-fit ``spec`` on ``split`` of ``cache`` (``calib`` by default; ``test`` is refused): ``folds``
     out-of-fold outputs for every sample of the split, then the final model refitted on all of it. ``stream``:
     read the features on demand from the cache (:class:`~predictors.inputs.CacheRows`, torch MLPs only) instead
-    of in memory; None: when they would take more than :data:`STREAM_BYTES`."""
+    of in memory; None: when they would take more than :data:`STREAM_BYTES`. ``rows``: fit on those rows of the
+    split only (indices; the others are then scored by the refitted model, which never saw them: a held-out
+    part such as Learn-then-Test's certification half). ``cost``: the predictor's measured cost to reuse instead
+    of timing it again."""
     if split == "test":
         raise ValueError("fitting predictors on the test split is refused: fit on calib (or train), report on test")
     if split == "train":
@@ -325,6 +362,7 @@ def fit_predictor(cache: FeatureCache, spec: PredictorSpec, *, split: str = "cal
     if spec.rule is not None and spec.rule.num_exits != cache.num_exits:
         raise ValueError(f"{spec.name}: its exit rule has {spec.rule.num_exits} thresholds, the cache "
                          f"{cache.num_exits} exits")
+    fit_rows = None if rows is None else np.unique(np.asarray(rows, dtype=np.int64))
     rows = CacheRows(cache, split, spec.at, with_confidences=spec.with_confidences)
     big = len(rows) * rows.n_features * 4 > STREAM_BYTES
     if stream is None:
@@ -336,8 +374,19 @@ def fit_predictor(cache: FeatureCache, spec: PredictorSpec, *, split: str = "cal
     if stream and spec.model not in STREAMING:
         raise ValueError(f"{spec.name}: only models {', '.join(STREAMING)} read their inputs on demand; "
                          f"{spec.model} needs them in memory (stream=False)")
+    if fit_rows is not None:
+        n_split = cache.size(split)
+        if len(fit_rows) < 2 or fit_rows[0] < 0 or fit_rows[-1] >= n_split:
+            raise ValueError(f"rows: fit on at least 2 rows of {split}, each in 0..{n_split - 1}")
+        if stream:
+            raise ValueError(f"{spec.name}: fitting on some rows (rows=) reads them in memory; stream=False")
+        stream = False
     x = rows if stream else make_inputs(cache, split, spec.at, with_confidences=spec.with_confidences)
     y = make_target(cache, split, spec.target, k=spec.for_exit, rule=spec.rule)
+    if fit_rows is not None:
+        x, y = x[fit_rows], y[fit_rows]
+        if split == "calib" and folds > len(fit_rows):
+            raise ValueError(f"folds={folds} > the {len(fit_rows)} rows to fit on")
     if spec.task == "classification" and len(np.unique(y)) < 2:
         warnings.warn(f"{spec.name}: every {split} sample has the same target ({y[0]}): the predictor is the "
                       f"constant answer (0 MACs)", stacklevel=2)
@@ -346,11 +395,24 @@ def fit_predictor(cache: FeatureCache, spec: PredictorSpec, *, split: str = "cal
         est = _fit(_estimator(spec, y), x, y, spec)
     if spec.task == "classification":
         classes = np.unique(y)
-    fitted = FittedPredictor(spec, est, cache.fingerprint, {}, split, oof, classes, folds)
+    fitted = FittedPredictor(spec, est, cache.fingerprint, {}, split, oof, classes, folds, fit_rows=fit_rows)
     if spec.calibration is not None:
-        fitted.calibration = _calibrate(fitted, y, fitted.reached(cache, split))
-    fitted.cost = predictor_cost(fitted, cache, min_run_time=timing)
+        reached = fitted.reached(cache, split)
+        fitted.calibration = _calibrate(fitted, y, reached if fit_rows is None else reached[fit_rows])
+    fitted.cost = dict(cost) if cost is not None else predictor_cost(fitted, cache, min_run_time=timing)
     return fitted
+
+
+def refit_on_rows(p: FittedPredictor, cache: FeatureCache, rows, *, rule: ExitRule | None = None) -> FittedPredictor:
+    """``p``'s spec cross-fitted again on ``rows`` of its fit split only (same folds, its measured cost kept), its
+    target defined by ``rule`` where given (gates and exit predictors): a predictor that depends on nothing
+    outside ``rows``, as Learn-then-Test needs of everything it certifies."""
+    from dataclasses import replace
+
+    spec = p.spec
+    if rule is not None and spec.rule is not None and spec.target in ("gate", "exit"):
+        spec = replace(spec, rule=rule)
+    return fit_predictor(cache, spec, split=p.fit_split, folds=max(p.folds, 2), rows=rows, cost=p.cost)
 
 
 def _calibrate(p: FittedPredictor, y: np.ndarray, reached: np.ndarray) -> dict | None:

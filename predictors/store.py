@@ -73,7 +73,7 @@ def _spec_from_json(s: dict, where: str, d: Path):
 def _serialize(p: "FittedPredictor") -> tuple[dict, dict[str, bytes]]:
     name = check_name(p.spec.name)
     meta, arrays, files = _dump_estimator(p.estimator, name)
-    for k, a in (("oof", p.oof), ("classes", p.classes), *(p.calibration or {}).items()):
+    for k, a in (("oof", p.oof), ("classes", p.classes), ("fit_rows", p.fit_rows), *(p.calibration or {}).items()):
         if a is not None:
             arrays[k] = np.asarray(a)
     files = {f"{name}.npz": _npz_bytes(arrays, name), **files}
@@ -162,6 +162,11 @@ def load_predictors(path: str | os.PathLike, cache=None) -> dict[str, FittedPred
             raise ValueError(f"{d / INDEX}: predictor {name} holds a calibration map its spec does not name: "
                              f"{_refit(d)}")
         cal = check_calibration(cal, f"{d / INDEX}: predictor {name}") if cal else None
+        fit_rows = arrays.get("fit_rows")
+        if fit_rows is not None and (fit_rows.ndim != 1 or fit_rows.dtype.kind not in "iu" or oof is None
+                                     or len(fit_rows) != len(oof) or (np.diff(fit_rows) <= 0).any()):
+            raise ValueError(f"{d / INDEX}: predictor {name}'s fit rows do not match its out-of-fold outputs: "
+                             f"{_refit(d)}")
         out[name] = FittedPredictor(spec, est, entry["cache_fingerprint"], cost, entry["fit_split"], oof, classes,
-                                    entry["folds"], cal)
+                                    entry["folds"], cal, fit_rows=fit_rows)
     return out

@@ -238,7 +238,7 @@ def _load_npz(path: Path, b: bytes, root: Path) -> dict[str, np.ndarray]:
     except Exception as e:  # noqa: BLE001 - a damaged zip raises many kinds; one line, never a deep traceback
         raise ValueError(f"{path} is not a readable predictor array file ({type(e).__name__}): {_refit(root)}") \
             from None
-    bad = [k for k in arrays if k not in ("oof", "classes", *CAL_ARRAYS) and not
+    bad = [k for k in arrays if k not in ("oof", "classes", "fit_rows", *CAL_ARRAYS) and not
            (k.startswith("est__") and _ATTR.fullmatch(k[5:]) and k != "est__net_")]
     if bad:
         raise ValueError(f"{path} holds unexpected arrays {', '.join(sorted(bad))}: {_refit(root)}")

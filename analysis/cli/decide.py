@@ -117,8 +117,8 @@ def _place_run(a) -> int:
         print(f"exit rule: {rule.describe()}")
     else:
         rule = None
-        print(f"risk control: rule and placement searched on half of calib, the choice certified by "
-              f"Learn-then-Test on the other half (eps {cfg.max_acc_drop} pt, delta {cfg.risk})")
+        print(f"risk control: predictors refitted, rule and placement searched on half of calib, the choice "
+              f"certified by Learn-then-Test on the other half (eps {cfg.max_acc_drop} pt, delta {cfg.risk})")
     for strategy in pl.strategies:
         out = Path(a.out) if len(pl.strategies) == 1 else Path(a.out) / strategy
         res, compare = run_placement(cache, preds, strategy, constraint=con, profile=prof, n_jobs=pl.n_jobs,
@@ -129,6 +129,9 @@ def _place_run(a) -> int:
         print(f"chosen: {res.chosen.describe()}")
         print(format_compare(compare))
         print(f"wrote {out}/placement.json, candidates.csv, comparison.csv, placement_map.png, placement_front.png")
+        if res.predictors:
+            print(f"risk control: the placement was certified with predictors refitted on the search half only; "
+                  f"deploy those: {out}/predictors")
     return 0
 
 

@@ -157,6 +157,7 @@ def run_placement(cache: FeatureCache, predictors: dict, strategy: str, *, const
         search_rows, cert_rows = np.sort(perm[: len(perm) // 2]), np.sort(perm[len(perm) // 2:])
         ev_a = Evidence.build(cache, "calib", measure=cfg.measure, profile=profile).subset(search_rows)
         rule = risk_controlled_rule(ev_a, cfg.max_acc_drop, cfg.risk, num_classes=cache.num_classes).rule
+        predictors = search_half_predictors(cache, predictors, search_rows, cfg)
         if strategy in ("budget", "nsga2"):  # the thresholds stay the search half's certified rule
             options["threshold_options"] = [None]
     obj = PlacementObjective(cache, predictors, profile=profile, rule=rule, cfg=cfg, rows=search_rows)
@@ -166,6 +167,7 @@ def run_placement(cache: FeatureCache, predictors: dict, strategy: str, *, const
                  scheduler=scheduler, **options)
     if cfg.risk is not None:
         certify_placement(res, cache, predictors, obj, cert_rows, cfg)
+        res.predictors = predictors
     test = Evidence.build(cache, "test", measure=cfg.measure, predictors=predictors, costs=obj.costs)
     rows = []
     k = cache.num_exits
@@ -180,6 +182,25 @@ def run_placement(cache: FeatureCache, predictors: dict, strategy: str, *, const
         s = summarize(outcome(ev, "oracle", obj.rule), n_boot=0)
         rows.append({"policy": "oracle", "split": split, "placement": "-", **{m: s[m] for m in METRICS}})
     return res, pd.DataFrame(rows)
+
+
+def search_half_predictors(cache: FeatureCache, predictors: dict, rows: np.ndarray, cfg: PolicyConfig) -> dict:
+    """Every predictor cross-fitted again on the search half of calib (``rows``) only, its gate or exit target
+    defined by the rule re-tuned the same way on that half (sequential target accuracy ``cfg.target_acc``), so
+    nothing a Learn-then-Test certification relies on has seen the certification half: its samples are scored by
+    these refits, and these refits are what the chosen placement deploys."""
+    from predictors.fit import refit_on_rows
+
+    if not predictors:
+        return {}
+    z, y = np.asarray(cache.logits("calib"))[rows], cache.labels("calib")[rows]
+    t = thresholds_for_accuracy(z, y, cfg.target_acc, measure=cfg.measure)
+    target_rule = ExitRule(cfg.measure, tuple(t), f"target-acc {cfg.target_acc} sequential (search half)", "calib")
+    out = {}
+    for name, p in predictors.items():
+        same = p.spec.rule is not None and p.spec.rule.measure == cfg.measure
+        out[name] = refit_on_rows(p, cache, rows, rule=target_rule if same else None)
+    return out
 
 
 def certify_placement(res: SearchResult, cache: FeatureCache, predictors: dict, obj: PlacementObjective,
@@ -209,13 +230,18 @@ def certify_placement(res: SearchResult, cache: FeatureCache, predictors: dict, 
 
 
 def write_placement(res: SearchResult, compare: pd.DataFrame, out: str | Path, *, profile_name: str = "") -> None:
-    """candidates.csv, front.csv (Pareto front on calib), comparison.csv, placement.json and two plots."""
+    """candidates.csv, front.csv (Pareto front on calib), comparison.csv, placement.json and two plots; with risk
+    control also ``predictors/``, the search-half refits the certified placement runs."""
     from ..present import plots
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     from ..core.sweep import pareto_front
 
+    if getattr(res, "predictors", None):  # the predictors the chosen placement runs (refitted for risk control)
+        from predictors.store import save_predictors
+
+        save_predictors(list(res.predictors.values()), out / "predictors")
     res.table.drop(columns="placement").to_csv(out / "candidates.csv", index=False)
     pareto_front(res.table).drop(columns="placement").to_csv(out / "front.csv", index=False)
     compare.to_csv(out / "comparison.csv", index=False)

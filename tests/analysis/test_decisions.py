@@ -305,3 +305,44 @@ def test_placement_under_risk_is_certified_on_calib_rows_the_search_never_saw(sy
     # certification is a prefix of the candidates ordered from slowest to fastest (fixed sequence)
     cert = res.table[res.table.certified]
     assert (cert.p_value <= 0.1).all()
+
+
+def test_under_risk_the_certification_halfs_labels_change_no_fitted_predictor(tmp_path):
+    """Learn-then-Test's premise: nothing certified depends on the certification half. Its labels changed, every
+    predictor the placement deploys (refitted on the search half) is the same, and those refits are saved."""
+    from analysis.study.placement_study import run_placement, write_placement
+    from branchy.dump import cache_from_arrays
+    from predictors.store import load_predictors
+    from tests.helpers import synthetic_arrays
+
+    data = synthetic_arrays(n=(200, 240, 200), seed=3)
+    y, z, f = data["calib"]
+    cert = np.sort(np.random.default_rng(0).permutation(len(y))[len(y) // 2:])  # run_placement's halves, seed 0
+    y2 = y.copy()
+    y2[cert] = (y2[cert] + 1) % z.shape[2]
+    a = cache_from_arrays(tmp_path / "a", data, model_name="s")
+    b = cache_from_arrays(tmp_path / "b", {**data, "calib": (y2, z, f)}, model_name="s")
+    cfg = PolicyConfig(max_acc_drop=2.0, risk=0.2, bootstrap=0)
+    got = {}
+    for name, cache in (("a", a), ("b", b)):
+        rule = ExitRule.given((0.5, 0.5), 3)  # fitted on all of calib, labels included: refitted under risk
+        preds = {p.spec.name: p for p in [
+            fit_predictor(cache, PredictorSpec("gate", 0, "linear", 0, rule), folds=2, timing=0.005),
+            fit_predictor(cache, PredictorSpec("exit", 1, "linear", None, rule), folds=2, timing=0.005),
+            fit_predictor(cache, PredictorSpec("oracle", 0, "linear"), folds=2, timing=0.005)]}
+        res, _ = run_placement(cache, preds, "greedy", profile="jetson-nano", cfg=cfg, progress=False, seed=0)
+        got[name] = res.predictors
+        assert set(res.predictors) == set(preds)
+        for p in res.predictors.values():
+            assert len(p.fit_rows) == len(y) - len(cert) and not np.isin(p.fit_rows, cert).any()
+        write_placement(res, _, tmp_path / f"pl_{name}")
+        back = load_predictors(tmp_path / f"pl_{name}" / "predictors", cache)
+        for n, p in res.predictors.items():  # the deployed predictors are exactly the certified ones
+            np.testing.assert_array_equal(back[n].fit_rows, p.fit_rows)
+            np.testing.assert_allclose(back[n]._raw(cache, "calib"), p._raw(cache, "calib"))
+    for n in got["a"]:
+        pa, pb = got["a"][n], got["b"][n]
+        assert pa.spec == pb.spec
+        np.testing.assert_array_equal(pa.oof, pb.oof)
+        np.testing.assert_array_equal(pa._raw(a, "test"), pb._raw(b, "test"))
+        np.testing.assert_array_equal(pa._raw(a, "calib"), pb._raw(b, "calib"))  # the cert half scored by the refit

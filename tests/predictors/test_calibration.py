@@ -111,10 +111,17 @@ def test_calibrated_gate_reads_as_a_probability_on_test_and_lets_in_the_same_sam
     assert e_raw["ece"] > 0.15, e_raw
     assert e_sig["ece"] < 0.05 and e_iso["ece"] < 0.06, (e_sig, e_iso)
     assert e_sig["brier"] < e_raw["brier"] - 0.03
-    # on calib (out of fold) the reported calibration is cross-fitted: not the in-sample ECE of the stored map
+    # on calib (out of fold) the scores, so the reported calibration and every cut chosen there, are cross-
+    # calibrated: each fold's isotonic map fitted on the other folds, not the stored map fitted on these very samples
     e_cal = iso.evaluate(c, "calib")
-    in_sample = calibration_metrics(c.labels("calib") * 0 + iso.leaves(c, "calib"), iso.score(c, "calib"))
-    assert e_cal["ece"] > in_sample["ece"]
+    r = iso.reached(c, "calib")
+    lv = iso.leaves(c, "calib")
+    in_map = apply_calibration(iso.calibration, iso._gate_proba(iso.oof))
+    cross = iso.score(c, "calib")
+    assert not np.allclose(cross[r], in_map[r])
+    assert e_cal["ece"] > calibration_metrics(lv[r].astype(int), in_map[r])["ece"]
+    np.testing.assert_allclose(cross[r], cross_calibrate("isotonic", iso._gate_proba(iso.oof)[r], lv[r].astype(int),
+                                                         iso.folds, iso.spec.random_state))
     # Platt scaling is strictly monotone: any cut on the raw score has a calibrated cut with the same samples
     s_raw, s_sig = raw.score(c, "test"), sig.score(c, "test")
     np.testing.assert_array_equal(np.argsort(s_raw, kind="stable"), np.argsort(s_sig, kind="stable"))

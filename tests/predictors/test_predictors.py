@@ -234,3 +234,24 @@ def test_an_sgd_model_learns_incrementally_from_rows_read_on_demand(synth_cache,
     save_predictors([gate, ent], tmp_path / "p")  # a plain fitted pipeline: skops files as any scikit-learn model
     back = load_predictors(tmp_path / "p", synth_cache)
     np.testing.assert_array_equal(back[gate.spec.name].score(synth_cache, "test"), gate.score(synth_cache, "test"))
+
+
+def test_a_predictor_fitted_on_some_rows_scores_the_others_with_its_refit(synth_cache, tmp_path):
+    from predictors import load_predictors, save_predictors
+
+    rows = np.arange(0, synth_cache.size("calib"), 2)
+    p = fit_predictor(synth_cache, PredictorSpec("gate", 0, "linear", 0, T), folds=2, timing=0.01, rows=rows)
+    whole = fit_predictor(synth_cache, PredictorSpec("gate", 0, "linear", 0, T), folds=2, timing=0.01)
+    raw = p._raw(synth_cache, "calib")
+    np.testing.assert_array_equal(raw[rows], p.oof)  # out of fold where it was fitted
+    others = np.setdiff1d(np.arange(synth_cache.size("calib")), rows)
+    x = p.inputs(synth_cache, "calib")
+    np.testing.assert_allclose(raw[others], p.raw_inputs(x[others]))  # the refit where it never looked
+    np.testing.assert_array_equal(p._raw(synth_cache, "calib", slice(5, 40)), raw[5:40])
+    assert not np.array_equal(p.oof, whole.oof[rows])  # another fit, not a slice of the whole one
+    save_predictors([p], tmp_path / "p")
+    back = load_predictors(tmp_path / "p", synth_cache)[p.spec.name]
+    np.testing.assert_array_equal(back.fit_rows, rows)
+    np.testing.assert_allclose(back._raw(synth_cache, "calib"), raw)
+    with pytest.raises(ValueError, match="at least 2 rows"):
+        fit_predictor(synth_cache, PredictorSpec("gate", 0, "linear", 0, T), folds=2, timing=0.01, rows=[10 ** 6])
