@@ -18,7 +18,11 @@ and its accuracy by ``FS * A`` points, where
 - ``c`` (``runs_share``): the share of samples the gate runs on (those that reach stage ``a``),
 - ``A`` (``acc_change_pts``): the accuracy change, in points, when every accepted sample skips.
 
-So a gate pays (delta < 0) iff ``G < (TS * S - FS * P) / c``, i.e. iff ``TS > (c * G + FS * P) / S``.
+The formula is exact when FS = 0 (or for a gate on the last side exit); otherwise ``FS * P`` is the expected
+penalty when the false skips fall on accepted samples at random: a real gate's false skips are not random (it skips
+the accepted samples it is least sure of), and the simulated change can differ by a few per cent (up to 4 % for
+random gates in the tests). Read as the model it is: a gate pays (delta < 0) iff ``G < (TS * S - FS * P) / c``, i.e.
+iff ``TS > (c * G + FS * P) / S``; every decision the toolkit takes simulates the real gate instead.
 """
 from __future__ import annotations
 
@@ -95,10 +99,10 @@ def virtual_gate_outcome(ev: Evidence, rule: ExitRule, exit: int, at: int, enter
 
 def perfect_gates_outcome(ev: Evidence, rule: ExitRule, *, cost_ms: float = 0.0, overlap: bool = False):
     """The cascade with a perfect gate right in front of every side exit (after the stage it follows): it enters
-    exactly the samples the exit accepts and costs ``cost_ms`` per run (0: free). With the same exit rule no gated
-    or jump placement is faster (a perfect gate skips every head that would not let the sample out and keeps every
-    exit that would), so ``perfect / cascade`` is the most any predictor can save over the cascade with these
-    thresholds."""
+    exactly the samples the exit accepts and costs ``cost_ms`` per run (0: free). With the same kept exits and the
+    same exit rule no gated or jump placement is faster (a perfect gate skips every head that would not let the
+    sample out and keeps every exit that would), so ``perfect / cascade`` is the most any predictor can save over
+    *this* cascade; it is no bound for placements that also remove exits or retune thresholds."""
     k = ev.num_exits
     if ev.chained:
         raise ValueError(f"the cache's exits are chained ({ev.chain}): no exit can be gated")
