@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import copy
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -26,8 +26,10 @@ from branchy.cache import FeatureCache
 from branchy.rule import ExitRule
 from placement import Constraint, Placement, SearchSpace, search
 
+from ..core.breakeven import perfect_gates_outcome
 from ..core.calibrate import calib_rule, rule_family
-from ..core.costs import DeviceProfile
+from ..core.costs import DeviceProfile, get_profile, measured_cost_models
+from ..core.evidence import Evidence, outcome
 from ..core.policies import PolicyConfig
 from .placement_study import PlacementObjective, exit_macs
 
@@ -177,4 +179,136 @@ def _decided(name: str, row: dict) -> Decided:
                    {k: row[k] for k in ("accuracy_%", "mean_ms", "p95_ms", "mean_MACs") if k in row})
 
 
-__all__ = ["Baselines", "Decided", "NAMES", "decide_baselines", "full_placement"]
+def ratio_ci(a: np.ndarray, b: np.ndarray, n_boot: int = 1000, seed: int = 0) -> tuple[float, float, float]:
+    """mean(a) / mean(b) over the same samples, with a paired bootstrap 95 % CI. ``a`` and ``b`` are ``[N]``, or
+    ``[R, N]``: the same samples' latencies under R independent cost tables (profilings), the first the one the
+    decisions used. Then the point is the first table's ratio and every resample also draws a table (the same for
+    ``a`` and ``b``), so the CI carries the costs' own spread as well as the samples'."""
+    a, b = np.atleast_2d(np.asarray(a, float)), np.atleast_2d(np.asarray(b, float))
+    if a.shape != b.shape:
+        raise ValueError(f"ratio_ci: a {a.shape} and b {b.shape} must hold the same samples and tables")
+    r = a[0].mean() / b[0].mean()
+    if n_boot <= 0:
+        return float(r), np.nan, np.nan
+    rng = np.random.default_rng(seed)
+    n_tab, n = a.shape
+    idx = rng.integers(0, n, (n_boot, n))
+    if n_tab == 1:
+        rs = a[0][idx].mean(1) / b[0][idx].mean(1)
+    else:
+        tab = rng.integers(0, n_tab, n_boot)[:, None]
+        rs = a[tab, idx].mean(1) / b[tab, idx].mean(1)
+    return float(r), float(np.percentile(rs, 2.5)), float(np.percentile(rs, 97.5))
+
+
+def acc_diff_ci(a: np.ndarray, b: np.ndarray, n_boot: int) -> tuple[float, float, float]:
+    """Accuracy of ``a`` minus ``b`` (correctness ``[N]`` on the same samples) in points, paired bootstrap 95 % CI."""
+    d = 100 * (np.asarray(a).astype(float) - np.asarray(b).astype(float))
+    if n_boot <= 0:
+        return float(d.mean()), np.nan, np.nan
+    idx = np.random.default_rng(1).integers(0, len(d), (n_boot, len(d)))
+    m = d[idx].mean(1)
+    return float(d.mean()), float(np.percentile(m, 2.5)), float(np.percentile(m, 97.5))
+
+
+def non_inferior(lo, point, eps: float) -> bool:
+    """Non-inferior accuracy: the lower end of the paired 95 % CI of the accuracy difference (points) is at least
+    ``-eps`` (the point estimate when no CI was drawn)."""
+    v = lo if lo is not None and np.isfinite(lo) else point
+    return v is not None and bool(np.isfinite(v)) and v >= -eps - 1e-9
+
+
+# ratio columns of a comparison row: name -> (numerator, denominator)
+RATIOS = {"gated_vs_free": ("best-gated", "best-free"), "free_vs_full": ("best-free", "full"),
+          "cascade_vs_full": ("cascade", "full"), "best_rule_vs_cascade": ("best-rule", "cascade"),
+          "gated_vs_cascade": ("best-gated", "cascade"), "best_vs_full": ("best", "full"),
+          "best_vs_matched_oracle": ("best", "matched-oracle"), "best_vs_oracle": ("best", "oracle"),
+          "perfect_gates_vs_cascade": ("perfect-gates", "cascade")}
+ACC_DIFFS = {"gated_vs_free": ("best-gated", "best-free"), "free_vs_full": ("best-free", "full"),
+             "best_vs_full": ("best", "full")}
+
+
+def _col(name: str) -> str:
+    return name.replace("-", "_")
+
+
+def compare_references(cache: FeatureCache, predictors: dict, *, rule: ExitRule, cfg: PolicyConfig,
+                       constraint: Constraint, profile: str | DeviceProfile, n_boot: int = 1000, n_jobs: int = 1,
+                       seed: int = 0) -> dict:
+    """One comparison row: :func:`decide_baselines` on calib under ``profile``, every decided policy and the two
+    oracles reported on test (accuracy %, mean and p95 ms per sample at batch 1, the placement and its rule), the
+    ratios of :data:`RATIOS` with paired bootstrap 95 % CIs over test samples and, for a measured profile, over
+    its independent profilings (:func:`analysis.core.costs.measured_cost_models`; decisions use the first), the
+    accuracy differences of :data:`ACC_DIFFS` with CIs, and ``pays``: the best placement with a predictor beats the
+    best predictor-free policy (``gated_vs_free_hi < 1``) at non-inferior accuracy (:func:`non_inferior` with the
+    constraint's ``max_acc_drop``)."""
+    eps = constraint.max_acc_drop if constraint.max_acc_drop is not None else 0.0
+    base = decide_baselines(cache, predictors, profile=profile, rule=rule, cfg=cfg, constraint=constraint,
+                            n_jobs=n_jobs, seed=seed)
+    obj = base.objective
+    tables = measured_cost_models(cache, profile)
+    test0 = Evidence.build(cache, "test", measure=cfg.measure, predictors=predictors, costs=tables[0])
+    tests = [test0] + [replace(test0, costs=c) for c in tables[1:]]
+    outs: dict[str, list] = {}
+    for n, d in base.decided.items():
+        cuts = obj.cuts(d.placement)
+        outs[n] = [obj.outcome(d.placement, ev, cuts) for ev in tests]
+    for n in ("matched-oracle", "oracle"):
+        outs[n] = [outcome(ev, n, rule) for ev in tests]
+    if not cache.chained:
+        outs["perfect-gates"] = [perfect_gates_outcome(ev, rule, overlap=cfg.overlap) for ev in tests]
+    row = {"profile": get_profile(profile).name, "n_test": test0.n, "cost_tables": len(tables), "acc_eps_pts": eps}
+    for n, o in outs.items():
+        c = _col(n)
+        row[f"{c}_acc_%"] = 100 * float(o[0].correct.mean())
+        row[f"{c}_ms"] = float(o[0].latency_ms.mean())
+        row[f"{c}_p95_ms"] = float(np.percentile(o[0].latency_ms, 95))
+    for n, d in base.decided.items():
+        row[f"{_col(n)}_placement"] = d.placement.describe()
+        row[f"{_col(n)}_rule"] = d.how
+    for col, (num, den) in RATIOS.items():
+        if num in outs and den in outs:
+            lat = lambda n: np.stack([o.latency_ms for o in outs[n]])  # noqa: E731
+            r, lo, hi = ratio_ci(lat(num), lat(den), n_boot, seed=0)
+            row.update({col: r, f"{col}_lo": lo, f"{col}_hi": hi})
+    for col, (num, den) in ACC_DIFFS.items():
+        if num in outs:
+            d, lo, hi = acc_diff_ci(outs[num][0].correct, outs[den][0].correct, n_boot)
+            row.update({f"{col}_acc_pts": d, f"{col}_acc_lo_pts": lo, f"{col}_acc_hi_pts": hi})
+    row["pays"] = bool("gated_vs_free" in row and row["gated_vs_free_hi"] < 1
+                       and non_inferior(row.get("gated_vs_free_acc_lo_pts"), row.get("gated_vs_free_acc_pts"), eps))
+    row["note"] = (f"exits chained ({cache.chain}): no placement can remove or gate an exit" if cache.chained else
+                   "" if "best-gated" in outs else "no placement with a predictor (none fitted)")
+    row["verdict"] = verdict(row)
+    return row
+
+
+def _ci(row: dict, col: str) -> str:
+    lo, hi = row.get(f"{col}_lo"), row.get(f"{col}_hi")
+    return f"{row[col]:.3f}" + ("" if lo is None or not np.isfinite(lo) else f" [{lo:.3f}, {hi:.3f}]")
+
+
+def verdict(row: dict) -> str:
+    """What a comparison row found, in words (test; decided on calib)."""
+    free = f"the best predictor-free policy ({row['best_free_placement']}, {row['best_free_rule']})"
+    head = (f"{row['profile']}: the default cascade runs at {_ci(row, 'cascade_vs_full')} x full, {free} at "
+            f"{_ci(row, 'free_vs_full')} x full")
+    if "gated_vs_free" not in row or not np.isfinite(row.get("gated_vs_free", np.nan)):
+        why = row.get("note") or "no placement with a predictor"
+        return f"{head}. Predictors cannot be tried here: {why}."
+    gated = (f"the best placement with a predictor ({row['best_gated_placement']}) runs at "
+             f"{_ci(row, 'gated_vs_free')} x it, accuracy {row['gated_vs_free_acc_pts']:+.2f} points")
+    if np.isfinite(row.get("gated_vs_free_acc_lo_pts", np.nan)):
+        gated += f" [{row['gated_vs_free_acc_lo_pts']:+.2f}, {row['gated_vs_free_acc_hi_pts']:+.2f}]"
+    if row["pays"]:
+        return f"{head}; {gated}: predictors pay here."
+    reasons = []
+    if not row.get("gated_vs_free_hi", np.inf) < 1:
+        reasons.append("its latency CI reaches 1 or above")
+    if not non_inferior(row.get("gated_vs_free_acc_lo_pts"), row.get("gated_vs_free_acc_pts"), row["acc_eps_pts"]):
+        reasons.append(f"its accuracy may be more than {row['acc_eps_pts']:g} points lower")
+    return f"{head}; {gated}: predictors do not pay here ({' and '.join(reasons)})."
+
+
+__all__ = ["ACC_DIFFS", "Baselines", "Decided", "NAMES", "RATIOS", "acc_diff_ci", "compare_references",
+           "decide_baselines", "full_placement", "non_inferior", "ratio_ci", "verdict"]

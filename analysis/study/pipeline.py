@@ -176,10 +176,11 @@ def run_study(cfg: StudyConfig, *, redo: bool = False) -> dict:
     for prof, lines in sim.get("explained", {}).items():
         log(f"when a gate pays ({prof}, calib; ms per sample at batch 1):")
         print("\n".join(f"  {line}" for line in lines))
+    refs = step_references(cfg, cache, preds, rule, profiles, out)
     val = step_validate(cfg, cache, model, splits, preds, pcfg, rule, placements, out)
     result = {"out": out, "cache": cache, "test_eval": test_eval, "predictors": preds, "predictor_table": pred_table,
               "thresholds": np.asarray(rule.thresholds), "rule": rule, "simulation": sim, "placements": placements,
-              "config": cfg, "validate": val}
+              "config": cfg, "validate": val, "references": refs}
     if cfg.report:
         from .report import write_report
 
@@ -201,6 +202,27 @@ def step_backends(cfg: StudyConfig, cache, model, redo: bool):
         log(f"measuring segment costs on the {b} backend (profile measured-{b})")
         cache = reprofile(cache.path, model, backend=b, min_run_time=cfg.dump.profile_time)
     return cache
+
+
+def step_references(cfg: StudyConfig, cache, preds: dict, rule, profiles: list, out: Path):
+    """Do predictors pay here? Per profile the best predictor-free policy and the best placement with a predictor,
+    decided on calib under the placement constraint, compared on test (:func:`analysis.study.baselines.
+    compare_references`); written to ``simulate/references.csv`` and said in words."""
+    import pandas as pd
+
+    from .baselines import compare_references
+
+    rows = []
+    for prof in profiles:
+        log(f"references ({prof}): best predictor-free policy vs best placement with a predictor, decided on calib")
+        rows.append(compare_references(cache, preds, rule=rule, cfg=cfg.policies, constraint=cfg.placement.constraint,
+                                       profile=prof, n_boot=cfg.policies.bootstrap, n_jobs=cfg.placement.n_jobs,
+                                       seed=cfg.placement.seed))
+        print(f"  {rows[-1]['verdict']}")
+    df = pd.DataFrame(rows)
+    (out / "simulate").mkdir(parents=True, exist_ok=True)
+    df.to_csv(out / "simulate" / "references.csv", index=False)
+    return df
 
 
 def step_profilings(cfg: StudyConfig, cache, model):

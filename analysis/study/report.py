@@ -73,6 +73,23 @@ def write_report(result: dict, path: str | Path) -> Path:
              f"<i>measured</i>: medians of interleaved timing rounds on {_e(m.get('device'))} with {_e(m.get('threads'))} threads; other "
              f"profiles: MACs and activation bytes through the device figures). MACs per sample; FLOPs = 2 x MACs. "
              f"Intervals are 95% percentile-bootstrap intervals over test samples.</p>")
+    refs = result.get("references")
+    if refs is not None and len(refs):
+        s.append("<h2>Do predictors pay here?</h2>")
+        s.append("<p class=note>Per device profile, decided on calib under the placement constraint and reported on "
+                 "test: the best predictor-free policy (the best of full, the cascade under every rule of the "
+                 "confidence-rule family, and every placement that only removes exits and retunes thresholds) against "
+                 "the best placement with a predictor (a gated search). Predictors pay only where the CI of their "
+                 "latency ratio is below 1 at non-inferior accuracy (the lower end of the accuracy difference's CI "
+                 "within the constraint's points). CIs: paired bootstrap over test samples and, for a measured "
+                 "profile, over its independent profilings.</p><ul>"
+                 + "".join(f"<li>{_e(v)}</li>" for v in refs.verdict) + "</ul>")
+        cols = {"profile": "profile", "full_ms": "full ms", "cascade_ms": "cascade ms", "best_rule_ms": "best rule ms",
+                "best_free_ms": "best free ms", "best_gated_ms": "best gated ms", "matched_oracle_ms":
+                "matched oracle ms", "oracle_ms": "oracle ms", "gated_vs_free": "gated / free",
+                "gated_vs_free_lo": "lo", "gated_vs_free_hi": "hi", "gated_vs_free_acc_pts": "acc diff pts",
+                "pays": "pays"}
+        s.append(_table(refs[[c for c in cols if c in refs]].rename(columns=cols)))
     s.append("<h2>Headline</h2>")
     summary = sim["summary"]
     for prof in summary.profile.unique():

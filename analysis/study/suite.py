@@ -11,7 +11,7 @@ predictor can save over *that cascade with its kept exits and thresholds*
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,9 +19,8 @@ import pandas as pd
 
 from branchy.config import check_int, from_mapping, read_yaml, setting
 
-from ..core.breakeven import perfect_gates_outcome
 from ..core.costs import get_profile
-from ..core.evidence import Evidence, outcome
+from .baselines import RATIOS, compare_references, non_inferior, ratio_ci
 from .config import StudyConfig
 
 
@@ -95,115 +94,23 @@ def load_suite(path: str | Path) -> SuiteConfig:
     return from_mapping(SuiteConfig, read_yaml(path, "suite config"), "")
 
 
-def ratio_ci(a: np.ndarray, b: np.ndarray, n_boot: int = 1000, seed: int = 0) -> tuple[float, float, float]:
-    """mean(a) / mean(b) over the same samples, with a paired bootstrap 95 % CI. ``a`` and ``b`` are ``[N]``, or
-    ``[R, N]``: the same samples' latencies under R independent cost tables (profilings), the first the one the
-    decisions used. Then the point is the first table's ratio and every resample also draws a table (the same for
-    ``a`` and ``b``), so the CI carries the costs' own spread as well as the samples'."""
-    a, b = np.atleast_2d(np.asarray(a, float)), np.atleast_2d(np.asarray(b, float))
-    if a.shape != b.shape:
-        raise ValueError(f"ratio_ci: a {a.shape} and b {b.shape} must hold the same samples and tables")
-    r = a[0].mean() / b[0].mean()
-    if n_boot <= 0:
-        return float(r), np.nan, np.nan
-    rng = np.random.default_rng(seed)
-    n_tab, n = a.shape
-    idx = rng.integers(0, n, (n_boot, n))
-    if n_tab == 1:
-        rs = a[0][idx].mean(1) / b[0][idx].mean(1)
-    else:
-        tab = rng.integers(0, n_tab, n_boot)[:, None]
-        rs = a[tab, idx].mean(1) / b[tab, idx].mean(1)
-    return float(r), float(np.percentile(rs, 2.5)), float(np.percentile(rs, 97.5))
-
-
-REFERENCES = ("full", "cascade", "best-rule", "best-free", "best-gated", "best", "matched-oracle", "oracle")
-# ratio columns: name -> (numerator, denominator)
-RATIOS = {"gated_vs_free": ("best-gated", "best-free"), "free_vs_full": ("best-free", "full"),
-          "cascade_vs_full": ("cascade", "full"), "best_rule_vs_cascade": ("best-rule", "cascade"),
-          "gated_vs_cascade": ("best-gated", "cascade"), "best_vs_matched_oracle": ("best", "matched-oracle"),
-          "best_vs_oracle": ("best", "oracle"), "perfect_gates_vs_cascade": ("perfect-gates", "cascade")}
-
-
-def _col(name: str) -> str:
-    return name.replace("-", "_")
-
-
 def compare_study(key: str, result: dict, profiles, *, n_boot: int = 1000) -> list[dict]:
     """The comparison rows of one finished study (:func:`analysis.study.pipeline.run_study`'s result), one per
-    device profile: every reference of :mod:`analysis.study.baselines` decided on calib under that profile and the
-    study's placement constraint, reported on test, with paired bootstrap CIs of the ratios (test samples and, for a
-    measured profile, its independent profilings) and of the accuracy differences. ``gated_vs_free``: the best
-    placement with a predictor against the best predictor-free policy; a row says predictors ``pay`` when the upper
-    end of its CI is below 1 and the lower end of the accuracy difference's CI is at least -``max_acc_drop``."""
-    from ..core.costs import measured_cost_models
-    from .baselines import decide_baselines
-
+    device profile (``measured`` first): :func:`analysis.study.baselines.compare_references` under the study's
+    placement constraint."""
     cfg: StudyConfig = result["config"]
-    cache, preds, rule = result["cache"], result["predictors"], result["rule"]
-    pcfg = cfg.policies
-    con = cfg.placement.constraint
-    eps = con.max_acc_drop if con.max_acc_drop is not None else 0.0
+    done = result.get("references")
+    have = {} if done is None or not len(done) else {r["profile"]: r for r in done.to_dict("records")}
     rows = []
     for prof in dict.fromkeys(["measured", *profiles]):
-        name = get_profile(prof).name
-        base = decide_baselines(cache, preds, profile=prof, rule=rule, cfg=pcfg, constraint=con,
-                                n_jobs=cfg.placement.n_jobs, seed=cfg.placement.seed)
-        obj = base.objective
-        tables = measured_cost_models(cache, prof)
-        test0 = Evidence.build(cache, "test", measure=pcfg.measure, predictors=preds, costs=tables[0])
-        tests = [test0] + [replace(test0, costs=c) for c in tables[1:]]
-        outs: dict[str, list] = {}
-        for n, d in base.decided.items():
-            cuts = obj.cuts(d.placement)
-            outs[n] = [obj.outcome(d.placement, ev, cuts) for ev in tests]
-        for n in ("matched-oracle", "oracle"):
-            outs[n] = [outcome(ev, n, rule) for ev in tests]
-        if not cache.chained:
-            outs["perfect-gates"] = [perfect_gates_outcome(ev, rule, overlap=pcfg.overlap) for ev in tests]
-        row = {"study": key, "profile": name, "n_test": test0.n, "cost_tables": len(tables),
-               "acc_eps_pts": eps}
-        for n, o in outs.items():
-            c = _col(n)
-            row[f"{c}_acc_%"] = 100 * float(o[0].correct.mean())
-            row[f"{c}_ms"] = float(o[0].latency_ms.mean())
-            row[f"{c}_p95_ms"] = float(np.percentile(o[0].latency_ms, 95))
-        for n, d in base.decided.items():
-            row[f"{_col(n)}_placement"] = d.placement.describe()
-            row[f"{_col(n)}_rule"] = d.how
-        for col, (num, den) in RATIOS.items():
-            if num in outs and den in outs:
-                lat = lambda n: np.stack([o.latency_ms for o in outs[n]])  # noqa: E731
-                r, lo, hi = ratio_ci(lat(num), lat(den), n_boot, seed=0)
-                row.update({col: r, f"{col}_lo": lo, f"{col}_hi": hi})
-        for col, (num, den) in (("gated_vs_free", ("best-gated", "best-free")), ("free_vs_full", ("best-free", "full")),
-                                ("best_vs_full", ("best", "full"))):
-            if num in outs:
-                d, lo, hi = _acc_diff_ci(outs[num][0].correct, outs[den][0].correct, n_boot)
-                row.update({f"{col}_acc_pts": d, f"{col}_acc_lo_pts": lo, f"{col}_acc_hi_pts": hi})
-        row["pays"] = bool("gated_vs_free" in row and row["gated_vs_free_hi"] < 1
-                           and non_inferior(row.get("gated_vs_free_acc_lo_pts"), row.get("gated_vs_free_acc_pts"), eps))
-        row["note"] = (f"exits chained ({cache.chain}): no placement can remove or gate an exit" if cache.chained else
-                       "" if "best-gated" in outs else "no placement with a predictor (none fitted)")
-        rows.append(row)
+        if get_profile(prof).name in have and cfg.policies.bootstrap == n_boot:  # the study compared them already
+            rows.append({"study": key, **have[get_profile(prof).name]})
+            continue
+        row = compare_references(result["cache"], result["predictors"], rule=result["rule"], cfg=cfg.policies,
+                                 constraint=cfg.placement.constraint, profile=prof, n_boot=n_boot,
+                                 n_jobs=cfg.placement.n_jobs, seed=cfg.placement.seed)
+        rows.append({"study": key, **row})
     return rows
-
-
-def non_inferior(lo, point, eps: float) -> bool:
-    """Non-inferior accuracy: the lower end of the paired 95 % CI of the accuracy difference (points) is at least
-    ``-eps`` (the point estimate when no CI was drawn)."""
-    v = lo if lo is not None and np.isfinite(lo) else point
-    return v is not None and np.isfinite(v) and v >= -eps - 1e-9
-
-
-def _acc_diff_ci(a: np.ndarray, b: np.ndarray, n_boot: int) -> tuple[float, float, float]:
-    """Accuracy of ``a`` minus ``b`` in points, paired bootstrap 95 % CI."""
-    d = 100 * (a.astype(float) - b.astype(float))
-    if n_boot <= 0:
-        return float(d.mean()), np.nan, np.nan
-    idx = np.random.default_rng(1).integers(0, len(d), (n_boot, len(d)))
-    m = d[idx].mean(1)
-    return float(d.mean()), float(np.percentile(m, 2.5)), float(np.percentile(m, 97.5))
 
 
 def run_suite(suite: SuiteConfig, *, redo: bool = False, log=print) -> pd.DataFrame:
@@ -250,5 +157,5 @@ def suite_line(df: pd.DataFrame) -> str:
             f"best/matched-oracle max {q:.3f} ({backbones} backbones, {df.profile.nunique()} profiles)")
 
 
-__all__ = ["REFERENCES", "RATIOS", "SuiteConfig", "compare_study", "load_suite", "non_inferior", "paying", "ratio_ci",
+__all__ = ["RATIOS", "SuiteConfig", "compare_study", "load_suite", "non_inferior", "paying", "ratio_ci",
            "run_suite", "suite_line"]
