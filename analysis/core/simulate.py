@@ -32,6 +32,8 @@ class Outcome:
     buffered_bytes: np.ndarray
     breakdown: dict = field(default_factory=dict)
     num_exits: int = 0
+    path: dict | None = None  # per sample: "held" / "cont" [N, K-1] bool (side exits entered / gone on from)
+
 
     @property
     def n(self) -> int:
@@ -39,7 +41,8 @@ class Outcome:
 
     def subset(self, mask: np.ndarray) -> "Outcome":
         return Outcome(self.policy, self.exit[mask], self.correct[mask], self.latency_ms[mask], self.macs[mask],
-                       self.buffered_bytes[mask], {k: v[mask] for k, v in self.breakdown.items()}, self.num_exits)
+                       self.buffered_bytes[mask], {k: v[mask] for k, v in self.breakdown.items()}, self.num_exits,
+                       None if self.path is None else {k: v[mask] for k, v in self.path.items()})
 
 
 # ----------------------------------------------------------------------------- validation
@@ -114,7 +117,8 @@ def path_outcome(policy: str, costs: CostModel, exit_: np.ndarray, entered: np.n
     ok = correct[rows, exit_].astype(bool)
     return Outcome(policy, exit_.astype(np.int64), ok, latency, macs, buf_bytes.astype(float),
                    {"stages": stage_ms, "exits": exits_ms, "predictors": np.array(gate_ms, dtype=float),
-                    "buffering": buf_ms, "runtime": np.broadcast_to(runtime_ms, (n,)).astype(float)}, k)
+                    "buffering": buf_ms, "runtime": np.broadcast_to(runtime_ms, (n,)).astype(float)}, k,
+                   None if overlap or not buffered or not leave_buffered else {"held": held, "cont": cont})
 
 
 # ----------------------------------------------------------------------------- policies
