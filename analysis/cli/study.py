@@ -16,15 +16,16 @@ def _validate_args(p):
 
 
 def _validate_run(a) -> int:
-    from ..study.validate import format_validate, recheck_line, validate_line, validate_run
+    from ..study.validate import fit_line, format_validate, recheck_line, validate_line, validate_run
 
     df, out = validate_run(a.run, n=a.n, reps=a.reps, batch_size=a.batch_size, backend=a.backend)
     print(f"real runtime vs simulator on {int(df.n.iloc[0])} test samples; ms per sample at batch 1, "
           f"{int(df.threads.iloc[0])} threads; simulated from the cache's measured costs and runtime overhead")
     print(format_validate(df))
     print(f"wrote {out}/validate*.csv and validate*.png")
-    if recheck_line(df):
-        print(recheck_line(df))
+    for line in (recheck_line(df), fit_line(df)):
+        if line:
+            print(line)
     print(validate_line(df))
     return 0
 

@@ -252,7 +252,7 @@ def step_validate(cfg: StudyConfig, cache, model, splits, preds, pcfg, rule, pla
 
     from ..present import plots
     from ..present.plots import plot_validate
-    from .validate import format_validate, recheck_line, validate, validate_line
+    from .validate import fit_line, format_validate, recheck_line, validate, validate_line
 
     if not cfg.validate:
         return None
@@ -276,8 +276,9 @@ def step_validate(cfg: StudyConfig, cache, model, splits, preds, pcfg, rule, pla
         fig, _ = plot_validate(df, title=f"simulated vs measured ({b}, batch 1, {n} test samples)")
         plots.save(fig, d / f"validate{tag}.png")
         print(format_validate(df))
-        if recheck_line(df):
-            print(recheck_line(df))
+        for line in (recheck_line(df), fit_line(df)):
+            if line:
+                print(line)
         print(validate_line(df))
         frames.append(df)
     return pd.concat(frames, ignore_index=True) if frames else None
