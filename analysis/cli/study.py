@@ -6,7 +6,16 @@ from .base import POS_INT, _backends, command
 
 # ----------------------------------------------------------------------------- validate
 def _validate_args(p):
-    p.add_argument("--run", required=True, help="study folder (branchy run / branchy demo output)")
+    p.add_argument("--run", help="study folder (branchy run / branchy demo output); or the step-by-step outputs:")
+    p.add_argument("--checkpoint", help="model.pt written by branchy train (with --cache)")
+    p.add_argument("--cache", help="the cache branchy dump wrote from that checkpoint")
+    p.add_argument("--predictors", help="folder of fitted predictors (branchy fit-predictors)")
+    p.add_argument("--placement", action="append", default=[],
+                   help="placement.json written by branchy place (repeat for several)")
+    p.add_argument("--thresholds", help="exit rule file (a study's simulate/thresholds.json); default: calibrated "
+                                        "on calib")
+    p.add_argument("--out", help="folder for validate*.csv and .png (default: RUN/validate, or validate/ beside "
+                                 "the cache)")
     p.add_argument("--n", type=POS_INT, default=300, help="test samples, run one at a time (default 300)")
     p.add_argument("--reps", type=POS_INT, default=3, help="timed repetitions per sample and policy (median)")
     p.add_argument("--batch-size", type=POS_INT, default=64, help="batch for the batched run")
@@ -16,9 +25,25 @@ def _validate_args(p):
 
 
 def _validate_run(a) -> int:
-    from ..study.validate import fit_line, format_validate, recheck_line, validate_line, validate_run
+    from pathlib import Path
 
-    df, out = validate_run(a.run, n=a.n, reps=a.reps, batch_size=a.batch_size, backend=a.backend)
+    from ..study.validate import fit_line, format_validate, recheck_line, validate_files, validate_line, validate_run
+
+    steps = [o for o, v in (("--checkpoint", a.checkpoint), ("--cache", a.cache), ("--predictors", a.predictors),
+                            ("--placement", a.placement), ("--thresholds", a.thresholds)) if v]
+    if a.run and steps:
+        raise ValueError(f"give --run DIR or the step-by-step outputs ({', '.join(steps)}), not both")
+    if a.run:
+        if a.out:
+            raise ValueError("--out goes with the step-by-step outputs; with --run the results go to RUN/validate")
+        df, out = validate_run(a.run, n=a.n, reps=a.reps, batch_size=a.batch_size, backend=a.backend)
+    elif a.checkpoint and a.cache:
+        df, out = validate_files(a.checkpoint, a.cache, out=a.out or Path(a.cache).parent / "validate",
+                                 predictors=a.predictors, placements=a.placement, rule=a.thresholds, n=a.n,
+                                 reps=a.reps, batch_size=a.batch_size, backend=a.backend)
+    else:
+        raise ValueError("give --run DIR (a study folder), or --checkpoint M --cache C [--predictors P] "
+                         "[--placement PL.json ...] for step-by-step outputs")
     print(f"real runtime vs simulator on {int(df.n.iloc[0])} test samples; ms per sample at batch 1, "
           f"{int(df.threads.iloc[0])} threads; simulated from the cache's measured costs and runtime overhead")
     print(format_validate(df))

@@ -3,6 +3,7 @@ a chained model (latency figures are reported, never asserted)."""
 import re
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -116,3 +117,30 @@ def test_every_backend_takes_the_same_exits_and_its_costs_become_a_profile(toy_s
         assert validate_line(df).endswith(f"(batch 1, {backend})")
     with pytest.raises(ValueError, match="chained exits"):
         prepare(build_model("b-lenet", exits=(0, 1), num_classes=4, chain="boost"), "onnxruntime")
+
+
+@pytest.mark.slow
+def test_validate_takes_step_by_step_outputs(tmp_path, capsys):
+    """train -> dump -> fit-predictors -> place, then validate from those files (no study folder)."""
+    from analysis.cli import main
+
+    t = str(tmp_path)
+    data = ["--data-option", "sizes=[150,100,100]"]
+    assert main(["train", "--model", "b-lenet", "--exits", "0,1", "--epochs", "1", "--out", f"{t}/m", *data]) == 0
+    assert main(["dump", "--checkpoint", f"{t}/m/model.pt", "--out", f"{t}/c", "--profile-time", "0.01"]) == 0
+    assert main(["fit-predictors", "--cache", f"{t}/c", "--target", "gate", "--model", "linear", "--at", "0",
+                 "--for", "1", "--folds", "2", "--out", f"{t}/p"]) == 0
+    assert main(["place", "--cache", f"{t}/c", "--predictors", f"{t}/p", "--strategy", "exhaustive",
+                 "--profile", "measured", "--out", f"{t}/pl"]) == 0
+    capsys.readouterr()
+    assert main(["validate", "--checkpoint", f"{t}/m/model.pt", "--cache", f"{t}/c", "--predictors", f"{t}/p",
+                 "--placement", f"{t}/pl/placement.json", "--n", "12", "--reps", "1", "--out", f"{t}/v"]) == 0
+    df = pd.read_csv(f"{t}/v/validate.csv")
+    assert "placement (pl)" in set(df.policy) and (df["exit_match_%"] == 100).all()
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith("validate: worst |sim/meas - 1| = ")
+    for args, msg in ((["--run", t, "--cache", f"{t}/c"], "not both"),
+                      (["--checkpoint", f"{t}/m/model.pt", "--cache", f"{t}/c", "--placement", f"{t}/nope.json",
+                        "--out", f"{t}/v2"], "no placement at"),
+                      (["--cache", f"{t}/c"], "give --run DIR")):
+        assert main(["validate", *args]) != 0
+        assert msg in capsys.readouterr().err
