@@ -223,7 +223,8 @@ RATIOS = {"gated_vs_free": ("best-gated", "best-free"), "free_vs_full": ("best-f
           "cascade_vs_full": ("cascade", "full"), "best_rule_vs_cascade": ("best-rule", "cascade"),
           "gated_vs_cascade": ("best-gated", "cascade"), "best_vs_full": ("best", "full"),
           "best_vs_matched_oracle": ("best", "matched-oracle"), "best_vs_oracle": ("best", "oracle"),
-          "perfect_gates_vs_cascade": ("perfect-gates", "cascade")}
+          "perfect_gates_vs_cascade": ("perfect-gates", "cascade"),
+          "perfect_gates_vs_free": ("perfect-gates-on-free", "best-free")}
 ACC_DIFFS = {"gated_vs_free": ("best-gated", "best-free"), "free_vs_full": ("best-free", "full"),
              "best_vs_full": ("best", "full")}
 
@@ -257,7 +258,16 @@ def compare_references(cache: FeatureCache, predictors: dict, *, rule: ExitRule,
         outs[n] = [outcome(ev, n, rule) for ev in tests]
     if not cache.chained:
         outs["perfect-gates"] = [perfect_gates_outcome(ev, rule, overlap=cfg.overlap) for ev in tests]
-    row = {"profile": get_profile(profile).name, "n_test": test0.n, "cost_tables": len(tables), "acc_eps_pts": eps}
+        free = base["best-free"].placement
+        if free.thresholds is not None:  # free perfect gates on the best predictor-free policy's exits and rule
+            r_free = rule.with_thresholds(free.thresholds, tuned_by="best predictor-free policy")
+            outs["perfect-gates-on-free"] = [perfect_gates_outcome(ev, r_free, overlap=cfg.overlap) for ev in tests]
+        else:  # full: no side exit to gate
+            outs["perfect-gates-on-free"] = outs["best-free"]
+    c0 = tables[0]
+    side = (c0.write_ms + c0.exit_ms + c0.read_ms)[:-1].sum()
+    row = {"profile": get_profile(profile).name, "n_test": test0.n, "cost_tables": len(tables), "acc_eps_pts": eps,
+           "side_exit_cost_share_%": 100 * float(side / (c0.stage_ms.sum() + c0.exit_ms[-1] + c0.sample_ms))}
     for n, o in outs.items():
         c = _col(n)
         row[f"{c}_acc_%"] = 100 * float(o[0].correct.mean())
@@ -300,14 +310,19 @@ def verdict(row: dict) -> str:
              f"{_ci(row, 'gated_vs_free')} x it, accuracy {row['gated_vs_free_acc_pts']:+.2f} points")
     if np.isfinite(row.get("gated_vs_free_acc_lo_pts", np.nan)):
         gated += f" [{row['gated_vs_free_acc_lo_pts']:+.2f}, {row['gated_vs_free_acc_hi_pts']:+.2f}]"
+    bound = ""
+    if np.isfinite(row.get("perfect_gates_vs_free", np.nan)):
+        bound = (f" Free perfect gates in front of the exits it keeps would run at {row['perfect_gates_vs_free']:.3f} x "
+                 f"the best predictor-free policy; side exits are {row['side_exit_cost_share_%']:.0f} % of full's "
+                 f"cost here.")
     if row["pays"]:
-        return f"{head}; {gated}: predictors pay here."
+        return f"{head}; {gated}: predictors pay here.{bound}"
     reasons = []
     if not row.get("gated_vs_free_hi", np.inf) < 1:
         reasons.append("its latency CI reaches 1 or above")
     if not non_inferior(row.get("gated_vs_free_acc_lo_pts"), row.get("gated_vs_free_acc_pts"), row["acc_eps_pts"]):
         reasons.append(f"its accuracy may be more than {row['acc_eps_pts']:g} points lower")
-    return f"{head}; {gated}: predictors do not pay here ({' and '.join(reasons)})."
+    return f"{head}; {gated}: predictors do not pay here ({' and '.join(reasons)}).{bound}"
 
 
 __all__ = ["ACC_DIFFS", "Baselines", "Decided", "NAMES", "RATIOS", "acc_diff_ci", "compare_references",

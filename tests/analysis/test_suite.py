@@ -109,6 +109,10 @@ def test_a_tiny_suite_end_to_end(tmp_path):
     # free perfect gates bound what predictors save on the default cascade: never slower, never better accuracy
     assert (joint["perfect_gates_vs_cascade"] <= 1 + 1e-9).all()
     assert (joint["perfect_gates_acc_%"] == joint["cascade_acc_%"]).all()
+    # and on the best predictor-free policy's exits and rule: the most any gate could save over it
+    assert (joint["perfect_gates_vs_free"] <= 1 + 1e-9).all()
+    assert (joint["perfect_gates_on_free_acc_%"] == joint["best_free_acc_%"]).all()
+    assert joint.verdict.str.contains("Free perfect gates").all()
     ztw = df[df.study.str.endswith("ztw")]
     assert ztw["gated_vs_free"].isna().all() and ztw.note.str.contains("chained").all()
     assert ztw["best_free_ms"].notna().all()  # full and the rule family still compete on chained exits
