@@ -72,7 +72,10 @@ for r in df.to_dict("records"):
                  "gated-free acc (pts)": "-" if pd.isna(r.get("gated_vs_free_acc_pts")) else
                  f"{r['gated_vs_free_acc_pts']:+.2f} [{r['gated_vs_free_acc_lo_pts']:+.2f}, "
                  f"{r['gated_vs_free_acc_hi_pts']:+.2f}]", "pays": "yes" if r.get("pays") else "no",
-                 "free/full": ci(r, "free_vs_full"), "cascade/full": ci(r, "cascade_vs_full")})
+                 "free/full": ci(r, "free_vs_full"), "cascade/full": ci(r, "cascade_vs_full"),
+                 "perfect gates/free": ci(r, "perfect_gates_vs_free"),
+                 "side exits % of full": "-" if pd.isna(r.get("side_exit_cost_share_%")) else
+                 f"{r['side_exit_cost_share_%']:.0f}"})
     gaps.append({"study": r["study"], "profile": r["profile"], "default cascade": r["cascade_ms"],
                  "best rule": r["best_rule_ms"], "best free": r["best_free_ms"],
                  "best with predictors": r.get("best_gated_ms", float("nan")), "best": r["best_ms"],

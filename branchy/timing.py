@@ -120,17 +120,50 @@ def busy_cores(seconds: float = 0.25) -> float | None:
     return max(0.0, cores * (1 - (i1 - i0) / max(t1 - t0, 1e-9)))
 
 
+DRIFT_LIMIT = 1.25  # a stored profile whose speed probe differs from the machine's now by more than this factor
+
+
+def speed_probe_ms(rounds: int = 21) -> float:
+    """ms of a fixed workload (ten 128 x 128 float32 matrix products in torch, its current threads), the median of
+    ``rounds`` timings after a warm-up: the machine's speed now, recorded with every profile so that a later run
+    can tell how far the machine has drifted from it (:func:`drift`)."""
+    import torch
+
+    a = torch.ones(128, 128) / 128
+    b = torch.eye(128)
+    for _ in range(3):
+        a @ b
+    times = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        for _ in range(10):
+            a @ b
+        times.append((time.perf_counter() - t0) * 1e3)
+    return float(np.median(times))
+
+
+def drift(recorded: dict | None, now_ms: float | None = None) -> float | None:
+    """How much slower (> 1) or faster (< 1) the machine runs the speed probe now than when ``recorded`` (a
+    profile's timing record, :func:`machine_state`) was taken; None when the record has no probe."""
+    then = (recorded or {}).get("probe_ms")
+    if not then or not np.isfinite(then) or then <= 0:
+        return None
+    return float((speed_probe_ms() if now_ms is None else now_ms) / then)
+
+
 def machine_state(threads: int) -> dict:
     """Threads asked for, cores, 1-minute load, idle cores (cores not busy with other work, sampled for a
-    quarter second; the load average where that is not possible), CPU model; warns when the threads exceed
-    the idle cores (oversubscribed threads can make batch-1 latency many times worse)."""
+    quarter second; the load average where that is not possible), CPU model, the speed probe (ms,
+    :func:`speed_probe_ms`); warns when the threads exceed the idle cores (oversubscribed threads can make
+    batch-1 latency many times worse)."""
     cores = os.cpu_count() or 1
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     busy = busy_cores()
     idle = max(0.0, cores - busy) if busy is not None else (max(0.0, cores - load) if np.isfinite(load)
                                                             else float(cores))
     state = {"threads": int(threads), "cores": cores, "load_1min": round(float(load), 2),
-             "idle_cores": round(idle, 2), "cpu": cpu_model(), "oversubscribed": bool(threads > idle + 0.5)}
+             "idle_cores": round(idle, 2), "cpu": cpu_model(), "oversubscribed": bool(threads > idle + 0.5),
+             "probe_ms": round(speed_probe_ms(), 5)}
     if state["oversubscribed"]:
         warnings.warn(f"timing with {threads} threads while only {idle:.1f} of {cores} cores are idle: latencies "
                       f"will be inflated and noisy; use --threads 1 or a quieter moment",

@@ -27,7 +27,8 @@ def _validate_args(p):
 def _validate_run(a) -> int:
     from pathlib import Path
 
-    from ..study.validate import fit_line, format_validate, recheck_line, validate_files, validate_line, validate_run
+    from ..study.validate import (drift_line, fit_line, format_validate, recheck_line, validate_files, validate_line,
+                                  validate_run)
 
     steps = [o for o, v in (("--checkpoint", a.checkpoint), ("--cache", a.cache), ("--predictors", a.predictors),
                             ("--placement", a.placement), ("--thresholds", a.thresholds)) if v]
@@ -48,7 +49,7 @@ def _validate_run(a) -> int:
           f"{int(df.threads.iloc[0])} threads; simulated from the cache's measured costs and runtime overhead")
     print(format_validate(df))
     print(f"wrote {out}/validate*.csv and validate*.png")
-    for line in (recheck_line(df), fit_line(df)):
+    for line in (recheck_line(df), fit_line(df), drift_line(df)):
         if line:
             print(line)
     print(validate_line(df))

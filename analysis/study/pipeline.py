@@ -69,11 +69,38 @@ def step_dump(cfg: StudyConfig, model, splits, out: Path, redo: bool):
             cache = FeatureCache.open(d, model=model, dataset=splits)
             if cache.manifest["pooling"] == cfg.dump.pooling:
                 log(f"reusing cache {d}")
-                return cache
+                return refresh_drifted(cfg, cache, model)
         except CacheError:
             pass
     log(f"dumping features, logits and costs to {d}")
     return dump(model, splits, d, cfg.dump, overwrite=True, checkpoint=str(out / "model" / "model.pt"))
+
+
+def refresh_drifted(cfg: StudyConfig, cache, model):
+    """A reused cache whose measured costs were profiled while the machine ran the speed probe more than
+    :data:`branchy.timing.DRIFT_LIMIT` times slower or faster than now is re-profiled (every backend it holds),
+    instead of letting stale costs decide the study."""
+    import torch
+
+    from branchy.dump import reprofile
+    from branchy.timing import DRIFT_LIMIT, drift
+
+    rec = cache.manifest.get("timing")
+    if cache.manifest.get("device") != "cpu" or not rec or np.isnan(cache.cost_vector("stage", "ms_b1")).any():
+        return cache
+    threads = torch.get_num_threads()
+    torch.set_num_threads(int(rec.get("threads") or threads))
+    try:
+        d = drift(rec)
+    finally:
+        torch.set_num_threads(threads)
+    if d is None or 1 / DRIFT_LIMIT <= d <= DRIFT_LIMIT:
+        return cache
+    log(f"the machine runs the speed probe {d:.2f}x {'slower' if d > 1 else 'faster'} than when {cache.path}'s "
+        f"costs were profiled (limit {DRIFT_LIMIT:g}x): re-profiling them")
+    for b in cache.backends:
+        cache = reprofile(cache.path, model, backend=b, min_run_time=cfg.dump.profile_time)
+    return cache
 
 
 def step_predictors(cfg: StudyConfig, cache, out: Path, redo: bool):
@@ -252,7 +279,7 @@ def step_validate(cfg: StudyConfig, cache, model, splits, preds, pcfg, rule, pla
 
     from ..present import plots
     from ..present.plots import plot_validate
-    from .validate import fit_line, format_validate, recheck_line, validate, validate_line
+    from .validate import drift_line, fit_line, format_validate, recheck_line, validate, validate_line
 
     if not cfg.validate:
         return None
@@ -276,7 +303,7 @@ def step_validate(cfg: StudyConfig, cache, model, splits, preds, pcfg, rule, pla
         fig, _ = plot_validate(df, title=f"simulated vs measured ({b}, batch 1, {n} test samples)")
         plots.save(fig, d / f"validate{tag}.png")
         print(format_validate(df))
-        for line in (recheck_line(df), fit_line(df)):
+        for line in (recheck_line(df), fit_line(df), drift_line(df)):
             if line:
                 print(line)
         print(validate_line(df))

@@ -128,7 +128,7 @@ def write_report(result: dict, path: str | Path) -> Path:
     val = result.get("validate")
     if val is not None and len(val):
         from ..present.plots import plot_validate
-        from .validate import fit_line, format_validate, recheck_line, validate_line
+        from .validate import drift_line, fit_line, format_validate, recheck_line, validate_line
 
         s.append("<h2>Simulation against a real run</h2>")
         s.append(f"<p class=note>The real early-exit runtime (on each backend below, {int(val.threads.iloc[0])} threads) ran "
@@ -141,7 +141,7 @@ def write_report(result: dict, path: str | Path) -> Path:
                  f"{int(val.batch_size.iloc[0])}.</p>")
         for b, v in val.groupby("backend", sort=False):
             s.append(f"<h3>{_e(b)}</h3><pre>{_e(format_validate(v))}\n"
-                     + "".join(f"{_e(line)}\n" for line in (recheck_line(v), fit_line(v)) if line)
+                     + "".join(f"{_e(line)}\n" for line in (recheck_line(v), fit_line(v), drift_line(v)) if line)
                      + f"{_e(validate_line(v))}</pre>")
             s.append(_img(plot_validate(v, title=f"simulated vs measured mean latency ({b})")[0]))
     s.append("<h2>Accuracy versus latency</h2>")

@@ -89,13 +89,14 @@ def validate(cache: FeatureCache, model, test_x: torch.Tensor, *, predictors: di
     (``sim_now_mean_ms``, ``ratio_now``): the simulator's own error, apart from how the machine drifted since
     the cache was profiled (``drift``: the full path's simulated ms during the run over the cache's)."""
     from branchy.backends import prepare
-    from branchy.timing import machine_state
+    from branchy.timing import drift, machine_state
 
     model = model.cpu().eval()
     n = len(test_x)
     rec = cache.manifest if backend == "eager" else (cache.manifest.get("backends") or {}).get(backend, {})
     torch.set_num_threads(int(rec.get("threads") or cache.manifest.get("threads") or torch.get_num_threads()))
-    machine_state(torch.get_num_threads())  # warns when the threads exceed the idle cores
+    state = machine_state(torch.get_num_threads())  # warns when the threads exceed the idle cores
+    machine_drift = drift(rec.get("timing"), state["probe_ms"])  # now vs when the costs were profiled
     profile = "measured" if backend == "eager" else f"measured-{backend}"
     cache.costs_for(backend)  # the costs measured on that backend must exist: a clear error otherwise
     st = study_policies(cache, predictors=predictors, profile=profile, cfg=cfg, rule=rule)
@@ -201,7 +202,8 @@ def validate(cache: FeatureCache, model, test_x: torch.Tensor, *, predictors: di
                      "exit_match_%": 100 * (taken[j] == sims[name].exit).mean(),
                      "meas_speedup": full_meas / m.mean(), "sim_speedup": full_sim / sl.mean(),
                      "batched_ms_per_sample": batched[name], "batched_speedup": batched["full"] / batched[name],
-                     "batch_size": batch_size, "threads": torch.get_num_threads()})
+                     "batch_size": batch_size, "threads": torch.get_num_threads(),
+                     "machine_drift": np.nan if machine_drift is None else machine_drift})
     if recheck:  # every chunk simulated with the costs timed in its round
         now = {name: np.zeros(n) for name in names}
         for c, idx in enumerate(chunks):
@@ -232,6 +234,21 @@ def held_out_path_fit(names: list[str], sims: dict, meas: np.ndarray) -> list[tu
         fit = fit_path_costs([sims[names[i]] for i in train], [meas[i] for i in train])
         out.append((float(fit.predict(sims[name]).mean()), 100 * float(fit.predictable(sims[name]).mean())))
     return out
+
+
+def drift_line(df: pd.DataFrame, limit: float | None = None) -> str | None:
+    """A warning when the machine ran the speed probe more than ``limit`` (default
+    :data:`branchy.timing.DRIFT_LIMIT`) times slower or faster during the run than when the cache's costs were
+    profiled: the stored costs no longer describe this machine (None when within it or not recorded)."""
+    from branchy.timing import DRIFT_LIMIT
+
+    limit = limit or DRIFT_LIMIT
+    d = df["machine_drift"].iloc[0] if "machine_drift" in df else np.nan
+    if not np.isfinite(d) or 1 / limit <= d <= limit:
+        return None
+    return (f"machine drift: the speed probe ran {d:.2f}x {'slower' if d > 1 else 'faster'} than when the costs were "
+            f"profiled (limit {limit:g}x): re-profile the cache (branchy profile --cache DIR) before trusting "
+            f"simulated figures")
 
 
 def fit_line(df: pd.DataFrame) -> str | None:

@@ -144,3 +144,30 @@ def test_validate_takes_step_by_step_outputs(tmp_path, capsys):
                       (["--cache", f"{t}/c"], "give --run DIR")):
         assert main(["validate", *args]) != 0
         assert msg in capsys.readouterr().err
+
+
+def test_drift_from_the_profiled_speed_is_seen_and_acted_on(toy_splits, tmp_path, monkeypatch):
+    from analysis.study.config import StudyConfig
+    from analysis.study.pipeline import refresh_drifted
+    from analysis.study.validate import drift_line
+    from branchy.data import DataConfig
+    from branchy.models import BackboneConfig
+    from branchy.timing import drift
+
+    assert drift({"probe_ms": 0.5}, now_ms=1.0) == pytest.approx(2.0) and drift({}, 1.0) is None
+    assert drift_line(pd.DataFrame({"machine_drift": [1.1]})) is None
+    assert "1.60x slower" in drift_line(pd.DataFrame({"machine_drift": [1.6]}))
+    assert "faster" in drift_line(pd.DataFrame({"machine_drift": [0.5]}))
+    torch.manual_seed(0)
+    m = build_model("b-lenet", exits=(0, 1), num_classes=4).eval()
+    cache = dump(m, toy_splits, tmp_path / "c", progress=False, profile_time=0.01)
+    assert cache.manifest["timing"]["probe_ms"] > 0  # every profile records the machine's speed
+    cfg = StudyConfig(DataConfig("mnist5k"), BackboneConfig("b-lenet", exits=(0, 1)))
+    import branchy.timing
+
+    monkeypatch.setattr(branchy.timing, "speed_probe_ms", lambda rounds=21: 1.0)  # the machine's speed now
+    cache.manifest["timing"]["probe_ms"] = 1.1
+    assert refresh_drifted(cfg, cache, m) is cache  # within the limit: kept
+    cache.manifest["timing"]["probe_ms"] = 0.3  # as if profiled on a machine 3.3x faster than this one now
+    again = refresh_drifted(cfg, cache, m)
+    assert again is not cache and len(list((tmp_path / "c" / "costs_history").glob("costs_*.csv"))) == 1
