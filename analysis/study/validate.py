@@ -79,7 +79,8 @@ def _round_costs(t: pd.Series, ref, k: int, chained: bool, pcost: dict) -> tuple
 def validate(cache: FeatureCache, model, test_x: torch.Tensor, *, predictors: dict | None = None,
              cfg: PolicyConfig = PolicyConfig(), rule: ExitRule | None = None,
              placements: dict[str, Placement] | None = None, reps: int = 3, batch_size: int = 64,
-             n_boot: int = 1000, seed: int = 0, backend: str = "eager", recheck: bool = True) -> pd.DataFrame:
+             n_boot: int = 1000, seed: int = 0, backend: str = "eager", recheck: bool = True,
+             policies: list[str] | None = None) -> pd.DataFrame:
     """Measured versus simulated latency per policy on the first ``len(test_x)`` test samples (ms per
     sample at batch 1, the cache's thread count). ``placements``: extra placements to run (e.g. the one a
     search chose). ``backend`` runs the stages and heads (gates stay in torch); the simulator uses the
@@ -87,7 +88,9 @@ def validate(cache: FeatureCache, model, test_x: torch.Tensor, *, predictors: di
     the runtime's overhead and the predictors *during* the run, in the same rounds (each round: those
     timings, then a chunk of samples through every policy), and simulate each chunk with its round's costs
     (``sim_now_mean_ms``, ``ratio_now``): the simulator's own error, apart from how the machine drifted since
-    the cache was profiled (``drift``: the full path's simulated ms during the run over the cache's)."""
+    the cache was profiled (``drift``: the full path's simulated ms during the run over the cache's).
+    ``policies``: only these registered policies (``full`` is always run: speed-ups are against it), besides the
+    placements; default every one the runtime can run."""
     from branchy.backends import prepare
     from branchy.timing import drift, machine_state
 
@@ -110,7 +113,7 @@ def validate(cache: FeatureCache, model, test_x: torch.Tensor, *, predictors: di
     runtimes, sims, sim_fns, used_placements = {}, {}, {}, []
     for name in POLICIES.names():  # every registered policy the runtime can run, then the placements
         p = POLICIES.get(name)
-        if not p.runtime:
+        if not p.runtime or (policies is not None and name != "full" and name not in policies):
             continue
         if p.run is not None:
             if p.run(ev, rule, sim_cfg) is None:  # does not apply to this cache
