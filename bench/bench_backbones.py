@@ -96,5 +96,17 @@ with pd.option_context("display.width", 300, "display.max_colwidth", 40):
     print("\nwhere the latency goes (ms per sample, test): default cascade -> best rule -> best predictor-free -> best "
           "with predictors -> matched oracle -> oracle")
     print(gap.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
-print(f"wrote {out}/comparison.csv, comparison_table.csv, gaps.csv, backbones.png")
+md = ["| study | profile | R | full % / ms | cascade % / ms | best rule ms | best free % / ms | best gated % / ms | "
+      "gated / free [95 % CI] | gated - free acc pts [CI] | pays | perfect gates / free | matched oracle ms | "
+      "oracle ms |", "|" + "---|" * 14]
+for r in df.to_dict("records"):
+    acc = "-" if pd.isna(r.get("gated_vs_free_acc_pts")) else \
+        f"{r['gated_vs_free_acc_pts']:+.2f} [{r['gated_vs_free_acc_lo_pts']:+.2f}, {r['gated_vs_free_acc_hi_pts']:+.2f}]"
+    md.append(f"| {r['study'].rsplit('/', 1)[0] if r['study'].endswith('/joint') else r['study']} | {r['profile']} | "
+              f"{r['cost_tables']} | {ms(r, 'full')} | {ms(r, 'cascade')} | {r['best_rule_ms']:.3g} | "
+              f"{ms(r, 'best_free')} | {ms(r, 'best_gated')} | {ci(r, 'gated_vs_free')} | {acc} | "
+              f"{'**yes**' if r.get('pays') else 'no'} | {ci(r, 'perfect_gates_vs_free')} | "
+              f"{r['matched_oracle_ms']:.3g} | {r['oracle_ms']:.3g} |")
+(out / "comparison.md").write_text("\n".join(md) + "\n")
+print(f"wrote {out}/comparison.csv, comparison_table.csv, comparison.md, gaps.csv, backbones.png")
 print(suite_line(df))

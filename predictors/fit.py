@@ -101,6 +101,11 @@ class FittedPredictor:
     calibration: dict | None = None
     fit_rows: np.ndarray | None = None  # sorted rows of fit_split it was fitted on (None: all); oof is theirs
 
+    @property
+    def constant(self) -> bool:
+        """Whether it answers a constant (every fit sample had the same target): a predictor-free decision."""
+        return type(self.estimator).__name__.startswith("Dummy")
+
     def inputs(self, cache: FeatureCache, split: str, rows: slice | None = None) -> np.ndarray:
         self.check(cache)
         return make_inputs(cache, split, self.spec.at, with_confidences=self.spec.with_confidences, rows=rows)

@@ -7,7 +7,8 @@ model and one accuracy constraint:
   latency under the constraint;
 - ``best-free``: the best predictor-free policy: the best of ``full``, the default cascade and every placement that
   only removes exits, each under every rule of the family recalibrated for its kept exits;
-- ``best-gated``: the best placement that uses a predictor (a gate or a jump), found by the ``gated`` search
+- ``best-gated``: the best placement that uses a predictor (a gate or a jump; predictors that answer a constant are
+  left out, they decide nothing), found by the ``gated`` search
   (local search among gated placements, see :mod:`placement.search`) under the default rule and under the best free
   policy's rule, then its best structures re-scored under every rule of the family.
 
@@ -134,7 +135,9 @@ def decide_baselines(cache: FeatureCache, predictors: dict, *, profile: str | De
                "cascade": _decided("cascade", sc.rows[default.key()]),
                "best-rule": _decided("best-rule", sc.best(all_kept)),
                "best-free": _decided("best-free", sc.best(free_rows))}
-    space = SearchSpace.from_predictors(predictors, k, exit_macs(cache))
+    # a predictor that answers a constant is a predictor-free decision in disguise: not searched as a gate or jump
+    skilled = {n: p for n, p in predictors.items() if not getattr(p, "constant", False)}
+    space = SearchSpace.from_predictors(skilled, k, exit_macs(cache))
     if not chained and (any(space.gate_options[:-1]) or space.jump_options):
         objs = [obj]
         how = decided["best-free"].how
