@@ -14,6 +14,7 @@ from analysis.core.policies import PolicyConfig
 from analysis.core.simulate import simulate_matched_oracle, simulate_oracle
 from analysis.study.baselines import decide_baselines
 from analysis.study.placement_study import PlacementObjective, exit_macs
+from branchy.rule import ExitRule
 from branchy.dump import cache_from_arrays
 from placement import Constraint, SearchSpace, search
 from predictors import PredictorSpec, fit_predictor
@@ -154,3 +155,14 @@ def test_measured_profilings_are_read_from_the_history(tmp_path):
     (hist / "costs_20260102T000000_000000.csv").write_text("segment,k\nstage,0\n")
     with pytest.raises(ValueError, match="earlier profiling"):
         measured_cost_models(cache)
+
+
+def test_a_predictor_that_answers_a_constant_is_not_searched_as_a_gate(tmp_path):
+    cache = _cache(tmp_path, 0, k=3)
+    never = ExitRule.given((0.0, 0.0), 3)  # entropy below 0: no sample leaves, every gate target is 0
+    with pytest.warns(UserWarning, match="constant answer"):
+        p = fit_predictor(cache, PredictorSpec("gate", 0, "linear", 0, never), folds=2, timing=0.005)
+    assert p.constant
+    b = decide_baselines(cache, {p.spec.name: p}, profile="raspberry-pi-4", rule=calib_rule(cache, 0.99),
+                         cfg=PolicyConfig())
+    assert "best-gated" not in b.decided and set(b.table.kind) == {"free"}
