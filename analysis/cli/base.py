@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from typing import Callable, Sequence
+from typing import Callable, NoReturn, Sequence
 
 from branchy.paths import SetupError
 from branchy.registry import UnknownNameError
@@ -119,8 +119,16 @@ command("profiles", "list the registered device profiles")((_no_args, _profiles_
 
 
 # ----------------------------------------------------------------------------- entry
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line usage errors: ``branchy COMMAND: error: ...; see branchy COMMAND --help`` (exit 2),
+    not the whole usage block first. Subcommand parsers are of this class too."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())}; see `{self.prog} --help`\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="branchy", description="Early-exit networks, exit predictors and their "
+    parser = _Parser(prog="branchy", description="Early-exit networks, exit predictors and their "
                                      "placement: cache features once, fit predictors, search placements, simulate.")
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error (anywhere on the "
                         "command line)")

@@ -1,6 +1,7 @@
 """Commands that make and inspect what every later step reads: ``train``, ``dump``, ``cache-info``, ``profile``."""
 from __future__ import annotations
 
+import argparse
 import os
 
 from branchy.config import add_arguments, from_arguments
@@ -8,7 +9,7 @@ from branchy.data import DataConfig
 from branchy.dump import DumpConfig
 from branchy.models import BackboneConfig
 from branchy.paths import check_writable
-from branchy.train import TrainConfig
+from branchy.train import DEVICES, TrainConfig, check_device
 
 from ..present.tables import print_cache_info
 from .base import POS, POS_INT, _backends, _number, command
@@ -105,6 +106,15 @@ command("cache-info", "splits, exits, per-exit accuracy, entropy and cumulative 
     (_cache_info_args, _cache_info_run))
 
 
+def _device(s: str) -> str:
+    """An argparse ``type``: a device :func:`branchy.train.resolve_device` accepts."""
+    try:
+        check_device("device", s)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return s
+
+
 def _profile_args(p):
     p.add_argument("--cache", required=True, help="cache directory whose segment costs to measure again")
     p.add_argument("--checkpoint", default=None, help="the model (default: the checkpoint the manifest names)")
@@ -113,7 +123,7 @@ def _profile_args(p):
     p.add_argument("--batch-size", type=POS_INT, default=None, help="the larger batch (default: the dump's)")
     p.add_argument("--profile-time", type=POS, default=0.2,
                    help="seconds of timing per segment and batch size, over all rounds (default 0.2)")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", type=_device, help=f"where eager segments run: {DEVICES} (default cpu)")
     p.add_argument("--backend", default="eager", type=str.lower, choices=_backends(),
                    help="what runs the segments: eager (profile 'measured'), compiled or onnxruntime (profile "
                         "'measured-BACKEND'); see branchy.backends")

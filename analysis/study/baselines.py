@@ -7,8 +7,8 @@ model and one accuracy constraint:
   latency under the constraint;
 - ``best-free``: the best predictor-free policy: the best of ``full``, the default cascade and every placement that
   only removes exits, each under every rule of the family recalibrated for its kept exits;
-- ``best-gated``: the best placement that uses a predictor (a gate or a jump; predictors that answer a constant are
-  left out, they decide nothing), found by the ``gated`` search
+- ``best-gated``: the best placement that uses a predictor (a gate or a jump that runs on some calib samples;
+  predictors that answer a constant are left out, they decide nothing), found by the ``gated`` search
   (local search among gated placements, see :mod:`placement.search`) under the default rule and under the best free
   policy's rule, then its best structures re-scored under every rule of the family.
 
@@ -167,7 +167,8 @@ def decide_baselines(cache: FeatureCache, predictors: dict, *, profile: str | De
         for pl in top:  # the best gated structures under every rule of the family, for their kept exits
             for how_, th in family(tuple(pl.kept)):
                 sc(_with_thresholds(pl, th, how_), "gated", how_)
-        gated_rows = [r for r in sc.rows.values() if r["kind"] == "gated"]
+        # a gated placement whose predictors run on no calib sample is a predictor-free policy in disguise
+        gated_rows = [r for r in sc.rows.values() if r["kind"] == "gated" and r.get("predictor_runs_%", 100) > 0]
         if gated_rows:
             decided["best-gated"] = _decided("best-gated", sc.best(gated_rows))
     cand = [sc.rows[d.placement.key()] for n, d in decided.items() if n != "full"]

@@ -76,7 +76,17 @@ def parse_study(raw: dict, origin: str = "study") -> StudyConfig:
     """Build and check a :class:`StudyConfig` from a mapping (a parsed YAML file)."""
     if not isinstance(raw, dict):
         raise StudyConfigError(f"{origin}: a study config is a mapping with at least 'data' and 'model'")
+    if "data" in raw:  # a missing section is refused by from_mapping
+        check_dataset_named(raw["data"], "data")
     return from_mapping(StudyConfig, raw, "")
+
+
+def check_dataset_named(data, where: str) -> None:
+    """Refuse a data mapping without ``dataset`` (or an empty one): a study never falls back to a default
+    dataset unnoticed."""
+    if data is None or (isinstance(data, dict) and "dataset" not in data):
+        raise StudyConfigError(f"{where}.dataset is missing: name the dataset the study runs on, e.g. "
+                               f"{where}: {{dataset: mnist5k}} (see `branchy datasets`)")
 
 
 def load_study(path: str | Path) -> StudyConfig:

@@ -120,8 +120,11 @@ class PlacementObjective:
         return outcome(ev or self.ev, pl, self.rule_for(pl), cuts=cuts, overlap=self.cfg.overlap, name="placement")
 
     def __call__(self, pl: Placement) -> dict:
-        s = summarize(self.outcome(pl), n_boot=0)
-        return {k: s[k] for k in METRICS}
+        o = self.outcome(pl)
+        s = summarize(o, n_boot=0)
+        # predictor_runs_%: samples on which some predictor ran (0: its gates sit on exits nothing enters, or its jump
+        # comes after every sample has left: a predictor-free policy in disguise)
+        return {**{k: s[k] for k in METRICS}, "predictor_runs_%": 100 * float((o.breakdown["predictors"] > 0).mean())}
 
 
 def exit_macs(cache: FeatureCache) -> np.ndarray:

@@ -51,8 +51,23 @@ class SuiteConfig:
     bootstrap: int = setting(1000, "bootstrap resamples of the ratios' CIs")
 
     def __post_init__(self) -> None:
+        import re
+
+        from .config import check_dataset_named
+
         if not self.backbones:
             raise ValueError("backbones: name at least one backbone")
+        if not self.profiles:
+            raise ValueError("profiles: name at least one device profile (e.g. [raspberry-pi-4]; see `branchy "
+                             "profiles`)")
+        for section in ("backbones", "datasets", "schemes"):  # each study's folder is out/{bb}-{dk}-{scheme}
+            for k in getattr(self, section):
+                if not isinstance(k, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.+-]*", k):
+                    raise ValueError(f"{section}: key {k!r} names a study folder ({self.out}/BACKBONE-DATASET-"
+                                     f"SCHEME), so it must start with a letter or digit and hold only letters, "
+                                     f"digits and _ . + -: rename it")
+        for dk, data in self.datasets.items():
+            check_dataset_named(data, f"datasets.{dk}")
         for p in self.profiles:
             get_profile(p)
         check_int("bootstrap", self.bootstrap, 0)

@@ -101,6 +101,11 @@ def test_decided_gated_placements_use_a_predictor_and_are_scored_as_recorded(tmp
     g = b["best-gated"]
     assert any(x is not None for x in g.placement.gates) and g.placement.thresholds is not None
     assert b.objective(g.placement)["mean_ms"] == pytest.approx(g.calib["mean_ms"])
+    assert b.objective(g.placement)["predictor_runs_%"] > 0  # its predictor runs: not a free policy in disguise
+    dead = b.table[(b.table.kind == "gated") & (b.table["predictor_runs_%"] == 0)]
+    for pl in dead.placement:  # e.g. a gate on an exit nothing passes: the same paths as without it
+        assert b.objective(pl)["mean_ms"] == pytest.approx(
+            b.objective(type(pl)(pl.kept, (None,) * len(pl.kept), None, pl.thresholds))["mean_ms"])
     best = b["best"].calib
     for n in ("full", "cascade", "best-rule", "best-free", "best-gated"):
         assert b.constraint.key({**best, "_order": 0}, b.full_acc)[:2] <= \

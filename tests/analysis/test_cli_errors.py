@@ -91,6 +91,30 @@ def test_an_unexpected_error_says_it_is_a_bug(monkeypatch, capsys):
     assert rc == 1 and "internal error (KeyError" in err and "--debug" in err
 
 
+@pytest.mark.parametrize("args, code, phrase", [
+    (["train", "--out", "OUT", "--device", "tpu"], 2,
+     "branchy train: error: --device: device must be one of auto, cpu, cuda, cuda:N (N a GPU index) or mps"),
+    (["dump", "--checkpoint", "m.pt", "--out", "OUT", "--device", "tpu"], 2,
+     "branchy dump: error: --device: device must be one of auto, cpu, cuda, cuda:N"),
+    (["profile", "--cache", "OUT", "--device", "cuda:x"], 2, "argument --device: device must be one of auto, cpu"),
+    (["fit-predictors", "--cache", "c", "--out", "OUT", "--target", "exit", "--calibration", "sigmoid"], 2,
+     "--calibration: calibration maps a gate's probability; target exit has none (calibrate gates only)"),
+    (["fit-predictors", "--cache", "c", "--out", "OUT", "--target", "entropy", "--calibration", "isotonic"], 2,
+     "target entropy has none (calibrate gates only)"),
+    (["train"], 2, "branchy train: error: the following arguments are required: --out; see `branchy train --help`"),
+    (["simulate", "--cache", "c", "--out", "OUT", "--bogus"], 2, "unrecognized arguments: --bogus"),
+    (["no-such-command"], 2, "branchy: error: argument COMMAND: invalid choice: 'no-such-command'"),
+])
+def test_bad_inputs_are_one_line_errors_before_any_work(tmp_path, capsys, args, code, phrase):
+    """Regressions: --device tpu was an internal error (torch.device's error escaped); --calibration with no
+    gate target was dropped silently; argparse printed its whole usage block before the error."""
+    out = tmp_path / "out"
+    rc, err = _run([str(out) if a == "OUT" else a for a in args], capsys)
+    assert rc == code and phrase in err, err
+    assert err.count("\n") == 1 and "usage:" not in err, err
+    assert not out.exists()
+
+
 # ----------------------------------------------------------------------------- study YAML
 BASE = {"data": {"dataset": "mnist5k"}, "model": {"name": "b-lenet"}}
 
@@ -129,6 +153,60 @@ def test_bad_study_values_name_the_field(sections, phrase):
     with pytest.raises(StudyConfigError) as e:
         parse_study(_study(**sections))
     assert phrase in str(e.value)
+
+
+@pytest.mark.parametrize("data", [{}, {"root": "data"}, None])
+def test_a_study_must_name_its_dataset(tmp_path, capsys, data):
+    """Regression: a data section without ``dataset`` ran the whole study on mnist5k."""
+    with pytest.raises(StudyConfigError, match=r"data\.dataset is missing: name the dataset"):
+        parse_study({**BASE, "data": data})
+    import yaml
+
+    f = tmp_path / "study.yaml"
+    f.write_text(yaml.safe_dump({**BASE, "data": data, "out": str(tmp_path / "run")}))
+    rc, err = _run(["run", str(f)], capsys)
+    assert rc == 2 and "data.dataset is missing" in err and err.count("\n") == 1, err
+    assert not (tmp_path / "run").exists()
+
+
+# ----------------------------------------------------------------------------- suite YAML
+SUITE = {"backbones": {"b-lenet": {"model": {"exits": [0]}}}, "datasets": {"clean": {"dataset": "mnist5k"}},
+         "schemes": {"joint": {}}, "profiles": ["raspberry-pi-4"]}
+
+
+@pytest.mark.parametrize("changes, phrase", [
+    ({"profiles": []}, "profiles: name at least one device profile"),
+    ({"backbones": {"../evil": {"model": {"name": "b-lenet"}}}}, "backbones: key '../evil' names a study folder"),
+    ({"backbones": {"b/lenet": {"model": {"name": "b-lenet"}}}}, "backbones: key 'b/lenet'"),
+    ({"backbones": {".hidden": {"model": {"name": "b-lenet"}}}}, "backbones: key '.hidden'"),
+    ({"datasets": {"a/../../b": {"dataset": "mnist5k"}}}, "datasets: key 'a/../../b'"),
+    ({"datasets": {"clean data": {"dataset": "mnist5k"}}}, "datasets: key 'clean data'"),
+    ({"schemes": {"joint/x": {}}}, "schemes: key 'joint/x'"),
+    ({"datasets": {"clean": {"root": "data"}}}, "datasets.clean.dataset is missing"),
+])
+def test_bad_suites_are_refused_before_any_work(tmp_path, capsys, changes, phrase):
+    import yaml
+
+    from analysis.study.suite import SuiteConfig
+    from branchy.config import ConfigError, from_mapping
+
+    raw = {**SUITE, "out": str(tmp_path / "suite" / "out"), **changes}
+    with pytest.raises(ConfigError) as e:
+        from_mapping(SuiteConfig, raw, "")
+    assert phrase in str(e.value) and "\n" not in str(e.value), str(e.value)
+    f = tmp_path / "suite.yaml"
+    f.write_text(yaml.safe_dump(raw))
+    rc, err = _run(["suite", str(f)], capsys)
+    assert rc == 2 and phrase in err and err.count("\n") == 1, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["suite.yaml"]  # nothing written, in or out of the suite
+
+
+def test_safe_suite_keys_are_accepted(tmp_path):
+    from analysis.study.suite import SuiteConfig
+    from branchy.config import from_mapping
+
+    raw = {**SUITE, "out": str(tmp_path), "datasets": {"mnist5k-c.v2+x": {"dataset": "mnist5k-c"}}}
+    assert [k for k, _ in from_mapping(SuiteConfig, raw, "").studies()] == ["b-lenet/mnist5k-c.v2+x/joint"]
 
 
 # ----------------------------------------------------------------------------- device profiles

@@ -10,12 +10,12 @@ import pytest
 import torch
 
 from branchy import paths
-from branchy.dump import cache_from_arrays, dump
+from branchy.dump import DumpConfig, cache_from_arrays, dump
 from branchy.data import DataConfig
 from branchy.models import BackboneConfig, build_model, check_options
 from branchy.paths import check_writable
 from branchy.checkpoint import load_checkpoint, save_checkpoint
-from branchy.train import TrainConfig, train
+from branchy.train import TrainConfig, resolve_device, train
 from tests.helpers import make_splits
 
 
@@ -53,10 +53,19 @@ def _refused(exc, phrase, fn, *args, **kw) -> str:
     (dict(exit_weights=()), "exit_weights is empty"),
     (dict(exit_weights=(1.0, "a", 1.0)), "exit_weights must be numbers"),
     (dict(scheme="ic-only"), "give trunk_epochs >= 1 or an init_checkpoint"),
+    (dict(device="tpu"), "device must be one of auto, cpu, cuda, cuda:N (N a GPU index) or mps, got 'tpu'"),
+    (dict(device="cuda:x"), "device must be one of auto, cpu, cuda, cuda:N"),
 ])
 def test_train_config_refuses(kw, phrase):
     base = dict(epochs=1, batch_size=8, device="cpu")
     _refused(ValueError, phrase, TrainConfig, **{**base, **kw})
+
+
+@pytest.mark.parametrize("device", ["tpu", "CPU", "", "cuda:"])
+def test_resolve_device_names_the_valid_devices(device):
+    """Regression: torch.device's RuntimeError escaped as an internal error."""
+    _refused(ValueError, "device must be one of auto, cpu, cuda, cuda:N", resolve_device, device)
+    _refused(ValueError, f"got {device!r}", DumpConfig, device=device)
 
 
 @pytest.mark.parametrize("kw,phrase", [

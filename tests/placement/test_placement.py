@@ -127,6 +127,22 @@ def test_exhaustive_limit_and_bad_inputs(known, tmp_path):
     assert Placement.load(p) == BEST
 
 
+@pytest.mark.parametrize("kw, phrase", [
+    (dict(max_acc_drop=float("nan")), "max_acc_drop must be a finite number (percentage points), got nan"),
+    (dict(max_acc_drop=float("inf")), "max_acc_drop must be a finite number (percentage points), got inf"),
+    (dict(latency_budget=float("nan")), "latency_budget must be a finite number (ms), got nan"),
+    (dict(latency_budget=float("inf")), "latency_budget must be a finite number (ms), got inf"),
+    (dict(max_acc_drop=1.0, latency_budget=float("nan")), "latency_budget must be a finite number"),
+    (dict(max_acc_drop=float("nan"), latency_budget=2.0), "max_acc_drop must be a finite number"),
+    (dict(max_acc_drop="1"), "max_acc_drop must be a finite number (percentage points), got '1'"),
+    (dict(max_acc_drop=-1.0), "max_acc_drop must be >= 0"),
+])
+def test_constraint_refuses_non_finite_bounds(kw, phrase):
+    with pytest.raises(ValueError) as e:
+        Constraint(**kw)
+    assert phrase in str(e.value) and "\n" not in str(e.value), str(e.value)
+
+
 def test_run_placement_reports_calib_and_test(known):
     cache, preds, space, obj = known
     res, cmp = run_placement(cache, preds, "exhaustive", profile=PROFILE, rule=ExitRule.given(T, 3), progress=False)
