@@ -24,7 +24,7 @@ from .paths import check_writable
 from .profile import profile_segments, runtime_overhead
 from .reprofile import reprofile  # noqa: F401 - re-exported
 from .timing import machine_state
-from .train import resolve_device
+from .train import check_device, resolve_device
 
 FEATURE_DTYPES = ("float16", "float32", "float64")
 
@@ -78,6 +78,7 @@ class DumpConfig:
     def __post_init__(self) -> None:
         check_int("batch_size", self.batch_size, 1)
         check_number("profile_time", self.profile_time, "of seconds > 0", lambda v: v > 0, "e.g. 0.2")
+        check_device("device", self.device)
         parse_pooling(self.pooling)
         object.__setattr__(self, "feature_dtype", _feature_dtype(self.feature_dtype))
 

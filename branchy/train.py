@@ -4,6 +4,7 @@ reports per-epoch history and a checkpoint (:mod:`branchy.checkpoint`)."""
 from __future__ import annotations
 
 import os
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,6 +69,7 @@ class TrainConfig:
             check_number("lr", self.lr, "> 0", lambda v: v > 0, "e.g. lr=0.003 (or None for the optimizer's default)")
         check_number("momentum", self.momentum, "in [0, 1)", lambda v: 0 <= v < 1, "e.g. momentum=0.9")
         check_number("weight_decay", self.weight_decay, ">= 0", lambda v: v >= 0, "e.g. weight_decay=5e-4 or 0")
+        check_device("device", self.device)
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {self.optimizer!r}; known: {', '.join(OPTIMIZERS)}")
         if self.scheme not in SCHEMES.names():
@@ -94,7 +96,20 @@ class TrainConfig:
             raise ValueError("exit_weights are all 0, so nothing would train: give at least one weight > 0")
 
 
+DEVICES = "auto, cpu, cuda, cuda:N (N a GPU index) or mps"
+_DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+
+def check_device(name: str, device) -> None:
+    """Refuse a device string :func:`resolve_device` cannot use (``tpu``, ``cuda:x``), naming the valid ones."""
+    if not isinstance(device, str) or not _DEVICE.fullmatch(device):
+        raise ValueError(f"{name} must be one of {DEVICES}, got {device!r}")
+
+
 def resolve_device(device: str = "auto") -> torch.device:
+    """The torch device ``device`` names (``auto``: cuda when present, else cpu); a name that is not one of
+    :data:`DEVICES` is a ValueError, cuda without CUDA a :class:`SetupError`."""
+    check_device("device", device)
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():

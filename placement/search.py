@@ -34,6 +34,12 @@ class Constraint:
     latency_budget: float | None = None
 
     def __post_init__(self) -> None:
+        for name, v, unit, example in (("max_acc_drop", self.max_acc_drop, "percentage points", 0.5),
+                                       ("latency_budget", self.latency_budget, "ms", 2.0)):
+            if v is not None and (isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.number))
+                                  or not np.isfinite(v)):
+                raise ValueError(f"{name} must be a finite number ({unit}), got {v!r}: give e.g. {name}={example}, "
+                                 f"or None to leave it out")
         if self.latency_budget is not None and self.max_acc_drop is not None:
             object.__setattr__(self, "max_acc_drop", None)
         if self.latency_budget is None and self.max_acc_drop is None:

@@ -53,6 +53,9 @@ class PredictorsConfig:
         check_int("folds", self.folds, 2)
         if self.calibration is not None and self.calibration not in CALIBRATORS:
             raise ValueError(f"unknown calibration {self.calibration!r}; known: {', '.join(CALIBRATORS.names())}")
+        if self.calibration is not None and "gate" not in self.targets:
+            raise ValueError(f"calibration maps a gate's probability; target {','.join(self.targets)} has none "
+                             f"(calibrate gates only): add gate to the targets or leave calibration out")
 
     def specs(self, num_exits: int, rule=None) -> list[PredictorSpec]:
         """Every spec of every target (class weights only where a classifier learns)."""

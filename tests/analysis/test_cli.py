@@ -12,7 +12,7 @@ def test_simulate_cli(synth_cache, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "cascade" in out and "oracle" in out
     df = pd.read_csv(tmp_path / "sim" / "summary.csv")
-    assert set(df.policy) == {"full", "cascade", "patience", "oracle"}
+    assert set(df.policy) == {"full", "cascade", "patience", "matched-oracle", "oracle"}
     assert (tmp_path / "sim" / "pareto_raspberry-pi-4.png").exists()
     assert main(["simulate", "--cache", str(synth_cache.path), "--profile", "nope", "--out", str(tmp_path / "x")]) == 2
     assert "unknown device profile 'nope'" in capsys.readouterr().err
