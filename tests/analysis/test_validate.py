@@ -57,9 +57,11 @@ def test_runtime_exits_equal_the_simulator_for_every_policy(toy_splits, tmp_path
                         r"\d+\.\d{2}x its profiled time during the run \(machine drift\)", recheck_line(df))
     assert recheck_line(validate(cache, m, x[:6], cfg=PolicyConfig(bootstrap=0), reps=1, n_boot=10, recheck=False)) is None
     # each policy predicted by costs fitted (NNLS) on the other policies' measured path times
-    assert df["sim_fit_mean_ms"].gt(0).all() and df["fit_predictable_%"].between(0, 100).all()
+    ok = df["fit_predictable_%"] >= 95
+    assert df.loc[ok, "sim_fit_mean_ms"].gt(0).all() and df.loc[~ok, "sim_fit_mean_ms"].isna().all()
     assert re.fullmatch(r"with costs fitted on the other policies' path times \(NNLS, each policy held out\): worst "
-                        r"\|sim/meas - 1\| = \d+\.\d{3}; \d+ % or more of each policy's paths predictable", fit_line(df))
+                        r"\|sim/meas - 1\| = \d+\.\d{3} over \d+ policies( \(.*: paths the others do not span\))?",
+                        fit_line(df))
     fig, ax = plot_validate(df)
     assert len(ax.lines) >= 1
 
