@@ -194,7 +194,7 @@ def test_chained_exits_charge_their_heads_and_refuse_skips(tmp_path):
     with pytest.raises(ValueError, match="chained"):
         outcome(ev, Placement((False, True, True), (None, None, None)), ExitRule.given((0.5, 0.5), 3))
     st = study_policies(cache, cfg=PolicyConfig(bootstrap=0))
-    assert set(st.table.policy) == {"full", "cascade", "patience", "oracle"}
+    assert set(st.table.policy) == {"full", "cascade", "patience", "matched-oracle", "oracle"}
 
 
 # ----------------------------------------------------------------------------- the true oracle bound
