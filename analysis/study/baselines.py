@@ -292,7 +292,8 @@ def compare_references(cache: FeatureCache, predictors: dict, *, rule: ExitRule,
     row["pays"] = bool("gated_vs_free" in row and row["gated_vs_free_hi"] < 1
                        and non_inferior(row.get("gated_vs_free_acc_lo_pts"), row.get("gated_vs_free_acc_pts"), eps))
     row["note"] = (f"exits chained ({cache.chain}): no placement can remove or gate an exit" if cache.chained else
-                   "" if "best-gated" in outs else "no placement with a predictor (none fitted)")
+                   "" if "best-gated" in outs else "no placement with a predictor that decides anything (none fitted, "
+                   "constant ones, or none that runs on calib)")
     row["verdict"] = verdict(row)
     return row
 

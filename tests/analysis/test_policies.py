@@ -23,7 +23,7 @@ def test_policies_on_a_cache_with_predictors_and_plots(synth_cache, tmp_path):
     # no per-segment overhead: a gate of a few MACs costs far less than the exit head it can skip
     dev = DeviceProfile("no-overhead", macs_per_s=1e6, bytes_per_s=1e7)
     outs, table = run_policies(synth_cache, predictors=preds, profile=dev, cfg=PolicyConfig(bootstrap=50))
-    assert list(table.policy) == ["full", "cascade", "patience", "gated", "gated-entropy", "jump", "oracle"]
+    assert list(table.policy) == ["full", "cascade", "patience", "gated", "gated-entropy", "jump", "matched-oracle", "oracle"]
     t = table.set_index("policy")
     assert t.loc["full", "speedup"] == pytest.approx(1.0)
     assert t.loc["cascade", "mean_MACs"] < t.loc["full", "mean_MACs"]
@@ -50,12 +50,13 @@ def test_policies_on_a_cache_with_predictors_and_plots(synth_cache, tmp_path):
             assert not ((allp["calib_mean_ms"] < r["calib_mean_ms"])
                         & (allp["calib_accuracy_%"] > r["calib_accuracy_%"])).any()
     # the plots of these results draw what the tables hold (their contract: tests/analysis/test_plots.py)
-    fronts = sorted(set(pts.policy) - {"full", "oracle"})
+    refs = {"full", "oracle", "matched-oracle"} & set(pts.policy)  # the reference and the bounds: stars, no front
+    fronts = sorted(set(pts.policy) - refs)
     fig, ax = plots.plot_pareto(pts, table)
     assert len(ax.lines) == len(fronts)
     points_only = set(table.policy) - set(pts.policy)  # an operating point without a front: labelled alone
     assert {t.get_text() for t in ax.get_legend().get_texts()} == \
-        {f"{p} (front)" for p in fronts} | {"full", "oracle"} | points_only
+        {f"{p} (front)" for p in fronts} | refs | points_only
     plots.save(fig, tmp_path / "pareto.png")
     k = synth_cache.num_exits
     fig, ax = plots.plot_exit_distribution(table)
@@ -88,7 +89,7 @@ def test_a_registered_policy_joins_every_comparison_table_front_and_plot(synth_c
     monkeypatch.setitem(P.POLICIES._docs, "late-cascade", pol.doc)
     cfg = PolicyConfig(bootstrap=0)
     _, table = run_policies(synth_cache, profile="jetson-nano", cfg=cfg)
-    assert list(table.policy) == ["full", "cascade", "patience", "oracle", "late-cascade"]  # no predictors
+    assert list(table.policy) == ["full", "cascade", "patience", "matched-oracle", "oracle", "late-cascade"]  # no predictors
     t = table.set_index("policy")
     assert t.loc["late-cascade", "mean_ms"] == t.loc["cascade", "mean_ms"]
     assert t.loc["late-cascade", "speedup"] == t.loc["cascade", "speedup"]
