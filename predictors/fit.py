@@ -368,6 +368,7 @@ def fit_predictor(cache: FeatureCache, spec: PredictorSpec, *, split: str = "cal
         raise ValueError(f"{spec.name}: its exit rule has {spec.rule.num_exits} thresholds, the cache "
                          f"{cache.num_exits} exits")
     fit_rows = None if rows is None else np.unique(np.asarray(rows, dtype=np.int64))
+    auto_stream = stream is None
     rows = CacheRows(cache, split, spec.at, with_confidences=spec.with_confidences)
     big = len(rows) * rows.n_features * 4 > STREAM_BYTES
     if stream is None:
@@ -383,7 +384,7 @@ def fit_predictor(cache: FeatureCache, spec: PredictorSpec, *, split: str = "cal
         n_split = cache.size(split)
         if len(fit_rows) < 2 or fit_rows[0] < 0 or fit_rows[-1] >= n_split:
             raise ValueError(f"rows: fit on at least 2 rows of {split}, each in 0..{n_split - 1}")
-        if stream:
+        if stream and not auto_stream:
             raise ValueError(f"{spec.name}: fitting on some rows (rows=) reads them in memory; stream=False")
         stream = False
     x = rows if stream else make_inputs(cache, split, spec.at, with_confidences=spec.with_confidences)
