@@ -285,21 +285,26 @@ def _flops_fraction(ctx: _Context, fractions=(0.15, 0.3, 0.45, 0.6, 0.75, 0.9)) 
     ctx.score([_make(ctx.space, [None if i in keep else False for i in range(ctx.space.num_exits - 1)])])
 
 
+def _neighbours(space: SearchSpace, cur: tuple[list, Gate | None]) -> list[tuple[list, Gate | None]]:
+    """Every structure one move from ``cur``: one side exit's choice changed (removed, open, one of its gates), or
+    the jump predictor changed."""
+    choice, jump = cur
+    out = []
+    for i in range(space.num_exits - 1):
+        for opt in space.side_options(i):
+            if opt != choice[i]:
+                c = list(choice)
+                c[i] = opt
+                out.append((c, jump))
+    out += [(list(choice), j) for j in [None, *space.jump_options] if j != jump]
+    return out
+
+
 def _greedy(ctx: _Context, start: list, jump: Gate | None) -> None:
-    k = ctx.space.num_exits
     cur = (list(start), jump)
     cur_row = ctx.score([_make(ctx.space, cur[0], cur[1])])[0]
     while True:
-        neigh = []
-        for i in range(k - 1):
-            for opt in ctx.space.side_options(i):
-                if opt != cur[0][i]:
-                    c = list(cur[0])
-                    c[i] = opt
-                    neigh.append((c, cur[1]))
-        for j in [None, *ctx.space.jump_options]:
-            if j != cur[1]:
-                neigh.append((list(cur[0]), j))
+        neigh = _neighbours(ctx.space, cur)
         order = ctx.rng.permutation(len(neigh))  # seeded tie-breaking
         neigh = [neigh[i] for i in order]
         rows = ctx.score([_make(ctx.space, c, j) for c, j in neigh])
@@ -327,21 +332,10 @@ def _uses_predictor(choice: list, jump: Gate | None) -> bool:
 def _local_gated(ctx: _Context, start: tuple[list, Gate | None], thresholds) -> None:
     """Best-improvement local search from ``start`` among placements that use a predictor: change one side exit's
     choice (removed, open, one of its gates) or the jump predictor, move while the constraint's key improves."""
-    k = ctx.space.num_exits
     cur = (list(start[0]), start[1])
     cur_row = ctx.score([_make(ctx.space, cur[0], cur[1], thresholds)])[0]
     while True:
-        neigh = []
-        for i in range(k - 1):
-            for opt in ctx.space.side_options(i):
-                if opt != cur[0][i]:
-                    c = list(cur[0])
-                    c[i] = opt
-                    neigh.append((c, cur[1]))
-        for j in [None, *ctx.space.jump_options]:
-            if j != cur[1]:
-                neigh.append((list(cur[0]), j))
-        neigh = [n for n in neigh if _uses_predictor(*n)]
+        neigh = [n for n in _neighbours(ctx.space, cur) if _uses_predictor(*n)]
         if not neigh:
             return
         rows = ctx.score([_make(ctx.space, c, j, thresholds) for c, j in neigh])

@@ -263,10 +263,6 @@ class FittedPredictor:
                                           max(self.folds, 2), self.spec.random_state)
         return out
 
-    def _calibrated_for_report(self, cache: FeatureCache, split: str) -> np.ndarray:
-        """The gate's probabilities as :meth:`score` gives them (cross-calibrated on the fit split)."""
-        return self.score(cache, split)
-
     def evaluate(self, cache: FeatureCache, split: str) -> dict:
         """Quality on the samples that reach the predictor's exit (rates are fractions of them); on the
         fit split from out-of-fold outputs."""
@@ -288,7 +284,7 @@ class FittedPredictor:
             lv = self.leaves(cache, split)
             m.update(ranking_metrics(lv[r], self.score(cache, split)[r]) if lv is not None else {})
         if s.target == "gate" and r.any():  # how well the score reads as the probability of leaving
-            m.update(calibration_metrics(y, self._calibrated_for_report(cache, split)[r]))
+            m.update(calibration_metrics(y, self.score(cache, split)[r]))
         oof = split == self.fit_split and self.oof is not None
         return {"predictor": s.name, "target": s.target, "at": s.at, "for": s.for_exit, "model": s.model,
                 "split": split + (" (out of fold)" if oof else ""), "reached": int(r.sum()), **m,
