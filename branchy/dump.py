@@ -21,6 +21,7 @@ from .config import check_int, check_number, setting
 from .data import SPLITS, DataConfig, Splits
 from .models import BranchyNet
 from .paths import check_writable
+from .pathtime import in_context_costs
 from .profile import profile_segments, runtime_overhead
 from .reprofile import reprofile  # noqa: F401 - re-exported
 from .timing import machine_state
@@ -170,6 +171,9 @@ def finish_dump(partial, out, model: BranchyNet, splits: Splits, cfg: DumpConfig
     costs = profile_segments(model, batch_size=cfg.batch_size, device=dev, min_run_time=cfg.profile_time,
                              measure_latency=profile)
     overhead = runtime_overhead(model, min_run_time=2 * cfg.profile_time) if profile and dev.type == "cpu" else None
+    in_context = None
+    if overhead is not None:  # the costs corrected to what the runtime pays along its paths
+        costs, overhead, in_context = in_context_costs(model, costs, overhead, inputs=_test_images(splits))
     model.to(dev)
     costs.to_csv(partial / "costs.csv", index=False)
     files["costs.csv"] = file_entry(partial / "costs.csv")
@@ -184,12 +188,18 @@ def finish_dump(partial, out, model: BranchyNet, splits: Splits, cfg: DumpConfig
         "branch_shapes": [list(b) for b in model.branch_shapes],
         "feature_dims": dims, "feature_dtype": str(np.dtype(cfg.feature_dtype)), "pooling": cfg.pooling,
         "batch_size": cfg.batch_size, "device": str(dev), "threads": torch.get_num_threads(),
-        "dump_seconds": dump_seconds, "timing": timing, "overhead": overhead,
+        "dump_seconds": dump_seconds, "timing": timing, "overhead": overhead, "in_context": in_context,
         "versions": versions(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         **(extra or {}),
         "files": files,
     }
     return _finish(partial, out, manifest)
+
+
+def _test_images(splits: Splits, n: int = 8):
+    """A few test images (distinct inputs for timing the runtime's paths as a real run meets them)."""
+    ds = splits["test"]
+    return ds.batch(torch.arange(min(n, len(ds))))[0] if len(ds) else None
 
 
 def _feature_dtype(dtype) -> str:

@@ -13,6 +13,7 @@ import torch
 from .cache import MANIFEST, FeatureCache, file_entry
 from .cache_writer import _recover, _sibling, target_lock
 from .checkpoint import load_checkpoint
+from .pathtime import in_context_costs
 from .profile import profile_segments, runtime_overhead
 from .rule import json_safe
 from .timing import machine_state
@@ -68,6 +69,10 @@ def _reprofile(p: Path, model, *, threads: int | None, rounds: int, batch_size: 
                              backend=backend)
     overhead = runtime_overhead(model, rounds=rounds, min_run_time=2 * min_run_time, backend=backend) \
         if dev.type == "cpu" else None
+    in_context = None
+    if overhead is not None:  # the costs corrected to what the runtime pays along its paths
+        costs, overhead, in_context = in_context_costs(model, costs, overhead, backend=backend,
+                                                        inputs=_test_images(m))
     name = "costs.csv" if backend == "eager" else f"costs_{backend}.csv"
     stamp = time.strftime("%Y%m%dT%H%M%S") + f"{time.time() % 1:.6f}"[1:].replace(".", "_")
     if (p / name).exists():
@@ -76,13 +81,13 @@ def _reprofile(p: Path, model, *, threads: int | None, rounds: int, batch_size: 
         shutil.copy2(p / name, hist / f"{name[:-4]}_{stamp}.csv")
         old = m if backend == "eager" else (m.get("backends") or {}).get(backend, {})
         (hist / f"timing_{backend}_{stamp}.json").write_text(json.dumps(
-            {k: old.get(k) for k in ("timing", "threads", "device", "overhead")}, indent=2, default=str))
+            {k: old.get(k) for k in ("timing", "threads", "device", "overhead", "in_context")}, indent=2, default=str))
     new = p / (name + ".new")
     costs.to_csv(new, index=False)
     entry = file_entry(new) if _hashed(m) else new.stat().st_size
     m["files"] = dict(m["files"], **{name: entry})
     record = {"threads": torch.get_num_threads(), "device": str(dev), "timing": timing, "overhead": overhead,
-              "profiled": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+              "in_context": in_context, "profiled": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     if backend == "eager":
         m.update(record)
     else:
@@ -92,6 +97,19 @@ def _reprofile(p: Path, model, *, threads: int | None, rounds: int, batch_size: 
     os.replace(tmp, p / MANIFEST)  # the commit point: from here the manifest describes NAME.new
     os.replace(new, p / name)
     return FeatureCache.open(p)
+
+
+def _test_images(manifest: dict, n: int = 8):
+    """A few test images of the dataset the cache was dumped from, when it loads without a download (else None:
+    random images)."""
+    from .data import DataConfig
+
+    name = (manifest.get("dataset") or {}).get("name")
+    try:
+        ds = DataConfig(name).load().test if name else None
+    except Exception:  # noqa: BLE001 - a dataset that needs a download or a root: random images do
+        return None
+    return ds.batch(torch.arange(min(n, len(ds))))[0] if ds is not None and len(ds) else None
 
 
 def _hashed(manifest: dict) -> bool:

@@ -64,11 +64,14 @@ def leave_cost(cache: FeatureCache) -> np.ndarray:
     def vec(seg, col):
         return cache.cost_vector(seg, col)
     stage, head, buf = vec("stage", "ms_b1"), vec("exit", "ms_b1"), vec("buffer", "ms_b1")
+    read = vec("buffer", "ms_b1_read") if "ms_b1_read" in cache.costs.columns else buf  # in-context profiles
+    read = np.where(np.isnan(read), buf, read)
     if np.isnan(np.concatenate([stage, head, buf])).any():
         stage, head, buf = vec("stage", "macs"), vec("exit", "macs"), np.zeros(cache.num_exits)
+        read = buf
     cost = np.cumsum(stage) + head
     if cache.chained:
-        through = (2 * buf + head)[:-1]
+        through = (buf + read + head)[:-1]
         cost = cost + np.concatenate([[0.0], np.cumsum(through)])
     return cost
 

@@ -224,7 +224,9 @@ class CostModel:
             raise ValueError(f"cache {cache.path} has no measured latency (dumped with --no-latency); "
                              f"use an analytic profile: {', '.join(n for n in list_profiles() if n != 'measured')}")
         ov = overhead or {}
-        return cls(prof.name, s, e, b, b.copy(), vec("stage", "macs"), vec("exit", "macs"), vec("buffer", "act_bytes"),
+        r = vec("buffer", "ms_b1_read") if "ms_b1_read" in table.columns else b.copy()  # in context: its own read cost
+        r = np.where(np.isnan(r), b, r)
+        return cls(prof.name, s, e, b, r, vec("stage", "macs"), vec("exit", "macs"), vec("buffer", "act_bytes"),
                    prof, float(ov.get("sample_ms", 0.0) or 0.0), float(ov.get("decision_ms", 0.0) or 0.0))
 
     def predictor_ms(self, macs: float, measured_ms: float, profile: str | DeviceProfile | None = None) -> float:

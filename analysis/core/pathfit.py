@@ -20,14 +20,12 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from branchy.pathtime import param_names  # one definition: the profiler's in-context fit uses the same parameters
+
 from .costs import CostModel
 from .simulate import Outcome
 
 
-def param_names(k: int) -> list[str]:
-    """Names of the fitted parameters for ``k`` exits (see the module docstring)."""
-    return (["a0"] + [f"S{i}" for i in range(1, k - 1)] + ["tail"] + [f"h{i}" for i in range(k - 1)]
-            + [f"R{i}" for i in range(k - 1)])
 
 
 def design(o: Outcome) -> np.ndarray:
