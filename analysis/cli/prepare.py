@@ -176,7 +176,8 @@ def _profile_run(a) -> int:
     cache = reprofile(a.cache, model, threads=a.threads, rounds=a.rounds, batch_size=a.batch_size,
                       min_run_time=a.profile_time, device=a.device, backend=a.backend)
     new = cache.costs_for(a.backend)
-    show = new[["segment", "k", "ms_b1", "ms_b1_spread", "ms_batch", "ms_batch_spread", "unstable"]].copy()
+    cols = ["segment", "k", "ms_b1"] + [c for c in ("ms_b1_alone", "ms_b1_read") if c in new.columns]
+    show = new[cols + ["ms_b1_spread", "ms_batch", "ms_batch_spread", "unstable"]].copy()
     if old is not None:
         show.insert(3, "old_ms_b1", old["ms_b1"].to_numpy())
     ov = cache.overhead(a.backend)
@@ -185,7 +186,14 @@ def _profile_run(a) -> int:
     print(show.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     if ov:
         print(f"runtime overhead ({a.backend}): {ov['sample_ms']:.4f} ms per sample + {ov['decision_ms']:.4f} ms per "
-              f"side exit entered")
+              f"side exit entered" + (" (in context; the decision is folded into each side exit's head)"
+                                      if "decision_ms_alone" in ov else ""))
+    rec = (cache.manifest if a.backend == "eager" else (cache.manifest.get("backends") or {}).get(a.backend, {}))
+    ic = rec.get("in_context") or {}
+    if ic:
+        print(f"in context: the runtime timed along {len(ic['paths'])} forced paths; the segments timed alone were up "
+              f"to {100 * ic['alone_vs_paths']:.1f} % off those path times, ms_b1 (corrected) reproduces them within "
+              f"{100 * ic['worst_rel_residual']:.1f} % (ms_b1_alone: the segments alone)")
     if a.predictors:
         _profile_predictors(a, cache, preds)
     print_cache_info(cache)
