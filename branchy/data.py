@@ -11,7 +11,7 @@ from dataclasses import dataclass, fields
 
 from . import loaders, mnist_c  # noqa: F401 - registers the built-in loaders and mnist5k-c
 from .config import check_int, setting
-from .loaders import min_per_class  # noqa: F401 - re-exported
+from .loaders import min_per_class, typed_options  # noqa: F401 - re-exported
 from .splits import DATASETS, SPLITS, ArrayDataset, DatasetInfo, Splits, register_dataset  # noqa: F401
 
 
@@ -25,19 +25,24 @@ def _loader_params(name: str) -> dict[str, inspect.Parameter]:
 
 def load_dataset(name: str, **options) -> Splits:
     """Load dataset ``name`` as train/calib/test splits. Options are the loader's keywords (``root``,
-    ``download``, ``seed``, ``path``, ...); one it does not take is refused with the ones it does."""
+    ``download``, ``seed``, ``path``, ...); one it does not take is refused with the ones it does, and each is
+    read as its annotated type and checked before the loader runs (:func:`branchy.loaders.typed_options`)."""
     params = _loader_params(name)
     unknown = sorted(set(options) - set(params))
     if unknown:
         raise ValueError(f"dataset {name} takes no option {', '.join(unknown)}; its options: "
                          f"{', '.join(params) or '(none)'}")
-    return DATASETS.get(name)(**options)
+    fn = DATASETS.get(name)
+    return fn(**typed_options(fn, options, str(name).lower()))
 
 
 @dataclass(frozen=True)
 class DataConfig:
     """Which dataset, and where. ``root``, ``path`` and ``download`` go to loaders that take them (left at their
-    defaults otherwise); ``options`` are the loader's other keywords (``calib_size=5000``, ``sizes=...``)."""
+    defaults otherwise); ``options`` are the loader's other keywords (``calib_size=5000``, ``sizes=...``), read as
+    the loader's annotated types by the rules of every other setting (``in_memory=maybe`` is refused) and checked
+    by the loader's own ranges (``image_size=-5`` is refused) when the config is made; the config keeps them as
+    given, :meth:`loader_options` hands them on converted."""
 
     dataset: str = setting("mnist5k", "dataset (see `branchy datasets`)", cli="--dataset", choices=list_datasets)
     root: str = setting("data", "folder of torchvision datasets, image folder or generated data", cli="--data-root")
@@ -55,7 +60,7 @@ class DataConfig:
         self.loader_options()
 
     def loader_options(self) -> dict:
-        """The keywords the loader is called with; a setting it does not take is refused."""
+        """The keywords the loader is called with, typed and checked; a setting it does not take is refused."""
         params = _loader_params(self.dataset)
         own = {f.name: f.default for f in fields(self) if f.name in ("root", "path", "download")}
         kw = {"seed": self.seed} if "seed" in params else {}
@@ -74,6 +79,7 @@ class DataConfig:
             raise ValueError(f"dataset {self.dataset} has no option {', '.join(unknown)}; its options: "
                              f"{', '.join(params)}")
         kw.update(self.options)
+        kw = typed_options(DATASETS.get(self.dataset), kw, self.dataset.lower())
         need = [n for n, p in params.items() if p.default is inspect.Parameter.empty and kw.get(n) is None]
         if need:
             flags = {"path": "data.path, CLI --data-path", "root": "data.root, CLI --data-root"}

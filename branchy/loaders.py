@@ -4,18 +4,69 @@ registered on :data:`branchy.splits.DATASETS` and takes keyword-only options."""
 from __future__ import annotations
 
 import functools
+import inspect
 import math
 import os
+import types
+import typing
 import warnings
 import zipfile
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from .config import ConfigError, _coerce, check_int, is_int
 from .splits import (SPLITS, DatasetInfo, ImageFiles, Splits, _as_nchw, _channel_stats, _make_splits,
                      _stratified_split, load_image, register_dataset)
+
+
+# ----------------------------------------------------------------------------- typed options
+def _hints(fn) -> dict:
+    try:
+        return typing.get_type_hints(fn)
+    except Exception:  # a user's loader whose annotations do not resolve: its options pass untyped
+        return {}
+
+
+def typed_options(fn, options: dict, name: str | None = None) -> dict:
+    """``options`` of dataset loader ``fn`` read as its parameters' annotated types by the rules of every config
+    field (:func:`branchy.config._coerce`: ``'3'`` is 3, ``'0.5'`` is 0.5, a bool is only true or false, a
+    whole number where an int goes; a comma-separated string where a tuple goes is split first), ``seed`` a
+    whole number >= 0, then checked by the loader's own ``check_options`` (if it has one; called with every
+    option, defaults filled in) before any work. Options ``fn`` does not annotate, or does not take, pass
+    unchanged. A bad value is a one-line ValueError ``NAME dataset option KEY: ...``."""
+    label = name or getattr(fn, "dataset_name", None) or getattr(fn, "__name__", "?")
+    params = inspect.signature(fn).parameters
+    hints = _hints(fn)
+    out = {}
+    try:
+        for key, value in options.items():
+            hint = hints.get(key) if key in params else None
+            if hint is None:
+                out[key] = value
+                continue
+            inner = [a for a in typing.get_args(hint) if a is not type(None)] \
+                if typing.get_origin(hint) in (typing.Union, types.UnionType) else [hint]
+            if len(inner) == 1 and typing.get_origin(inner[0]) is tuple and isinstance(value, str) and "," in value:
+                value = [v.strip() for v in value.split(",") if v.strip()]  # as the command line reads a list
+            out[key] = _coerce(value, hint, key)
+        if "seed" in out and "seed" in params:
+            check_int("seed", out["seed"], 0)
+        check = getattr(fn, "check_options", None)
+        if check is not None:
+            check({**{k: p.default for k, p in params.items() if p.default is not inspect.Parameter.empty}, **out})
+    except (ConfigError, ValueError) as e:
+        raise ValueError(f"{label} dataset option {e}") from None
+    return out
+
+
+def _own_options(fn, values: dict) -> dict:
+    """The loader's own arguments (``values``: its ``locals()``) typed and checked by :func:`typed_options`."""
+    return typed_options(fn, {k: values[k] for k in inspect.signature(fn).parameters})
+
 
 # ----------------------------------------------------------------------------- mnist5k
 @functools.lru_cache(maxsize=1)
@@ -48,6 +99,8 @@ def mnist5k(*, seed: int = 0, sizes: tuple[int, int, int] = (3000, 1000, 1000)) 
 def _torchvision(name: str, cls_name: str, num_classes: int, mean, std, channels_last: bool):
     def loader(*, root: str | os.PathLike = "data", download: bool = False, seed: int = 0,
                calib_size: int = 5000) -> Splits:
+        o = _own_options(loader, locals())
+        download, seed, calib_size = o["download"], o["seed"], o["calib_size"]
         import torchvision.datasets as tvd
 
         cls = getattr(tvd, cls_name)
@@ -70,6 +123,8 @@ def _torchvision(name: str, cls_name: str, num_classes: int, mean, std, channels
         return _make_splits(name, num_classes, parts, mean=mean, std=std)
 
     loader.__doc__ = f"torchvision.datasets.{cls_name} (root=, download=); calib carved from the official train set"
+    loader.dataset_name = name
+    loader.check_options = lambda o: check_int("calib_size", o["calib_size"], 1)  # the upper bound: once loaded
     return loader
 
 
@@ -90,6 +145,17 @@ def min_per_class(fractions: tuple[float, float, float]) -> int:
     _, f_calib, f_test = fractions
     eps = 1e-9
     return max(2, math.ceil(2 / (f_calib + f_test) - eps), math.ceil(1 / f_calib - eps), math.ceil(1 / f_test - eps))
+
+
+def _fractions_ok(fractions) -> tuple[float, ...] | None:
+    """``fractions`` as three positive floats summing to 1, or None."""
+    try:
+        fr = tuple(float(v) for v in fractions)
+    except (TypeError, ValueError):
+        return None
+    if len(fr) != 3 or not all(math.isfinite(v) and v > 0 for v in fr) or abs(sum(fr) - 1) > 1e-6:
+        return None
+    return fr
 
 
 def _read_npz(p: Path) -> tuple[np.ndarray, np.ndarray, str | None]:
@@ -163,10 +229,10 @@ def npz(*, path: str | os.PathLike | None, seed: int = 0,
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"npz dataset: no file at {str(p)!r}")
-    fr = tuple(float(v) for v in fractions)
-    if len(fr) != 3 or min(fr) <= 0 or abs(sum(fr) - 1) > 1e-6:
+    fr = _fractions_ok(fractions)
+    if fr is None:
         raise ValueError(f"{p}: fractions must be three positive shares of train/calib/test summing to 1, "
-                         f"got {tuple(fractions)}")
+                         f"got {fractions!r}")
     x, y, file_layout = _read_npz(p)
     if x.ndim not in (3, 4):
         raise ValueError(f"{p}: x must be [N,H,W] or [N,C,H,W], got shape {x.shape}; reshape it before saving")
@@ -222,35 +288,129 @@ def imagefolder(*, root: str | os.PathLike | None = None, image_size: int = 32, 
                 stats_sample: int = 2000) -> Splits:
     """``in_memory=False``: the images stay on disk and each batch is decoded when asked for
     (:class:`~branchy.splits.ImageFiles`; for datasets larger than memory); the normalisation statistics then come
-    from ``stats_sample`` train images drawn with ``seed``."""
-    from torchvision.datasets import ImageFolder
-
+    from ``stats_sample`` train images drawn with ``seed``. Before any image is decoded, the options are checked
+    (:func:`typed_options`), every listed file is stat-ed and its header read (:func:`_check_image_files`) and
+    each class is checked to have enough images for the stratified split: each problem is one line."""
+    o = _own_options(imagefolder, locals())
+    image_size, channels, seed, in_memory, stats_sample = (o[k] for k in ("image_size", "channels", "seed",
+                                                                           "in_memory", "stats_sample"))
+    fractions = _fractions_ok(o["fractions"])
     if root is None or not Path(root).is_dir():
         raise FileNotFoundError(f"imagefolder needs root=DIR holding one folder per class, got {root!r}")
-
-    def load(folder: Path):
-        ds = ImageFolder(str(folder))
-        paths = [p for p, _ in ds.samples]
-        x = paths if not in_memory else torch.stack([load_image(p, image_size, channels) for p in paths])
-        return x, torch.tensor(ds.targets, dtype=torch.long), ds.classes
-
     r = Path(root)
-    if (r / "train").is_dir() and (r / "test").is_dir():
-        xtr, ytr, classes = load(r / "train")
-        xte, yte, _ = load(r / "test")
+    two = (r / "train").is_dir() and (r / "test").is_dir()
+    listed = {f: _list_images(f) for f in ((r / "train", r / "test") if two else (r,))}
+    _check_image_files(r, [p for paths, _, _ in listed.values() for p in paths])
+    if two:
+        (ptr, ytr, classes), (pte, yte, test_classes) = listed.values()
+        if test_classes != classes:
+            raise ValueError(f"imagefolder {r}: test/ holds the classes {test_classes} but train/ holds {classes}; "
+                             f"give both the same class folders (the labels are their positions in sorted order)")
+        _enough_per_class(r / "train", ytr, classes, 2, "the stratified train/calib split of train/ (a fifth to "
+                                                        "calib)")
         n = len(ytr)
-        tr, cal = _stratified_split(ytr.numpy(), (n - max(1, n // 5), max(1, n // 5)), seed)
+        sizes = (n - max(1, n // 5), max(1, n // 5))
+        tr, cal = _split_or_explain(r / "train", ytr, classes, sizes, seed)
+        xtr, xte = _decode(ptr, in_memory, image_size, channels), _decode(pte, in_memory, image_size, channels)
+        ytr, yte = torch.tensor(ytr, dtype=torch.long), torch.tensor(yte, dtype=torch.long)
         parts = {"train": (_pick(xtr, tr), ytr[tr]), "calib": (_pick(xtr, cal), ytr[cal]), "test": (xte, yte)}
     else:
-        x, y, classes = load(r)
+        ((paths, y, classes),) = listed.values()
+        _enough_per_class(r, y, classes, min_per_class(fractions), f"the stratified train/calib/test split {fractions}")
         n = len(y)
         sizes = (int(n * fractions[0]), int(n * fractions[1]))
-        idx = _stratified_split(y.numpy(), sizes + (n - sum(sizes),), seed)
-        parts = {s: (_pick(x, i), y[i]) for s, i in zip(SPLITS, idx)}
+        idx = _split_or_explain(r, y, classes, sizes + (n - sum(sizes),), seed)
+        x, yt = _decode(paths, in_memory, image_size, channels), torch.tensor(y, dtype=torch.long)
+        parts = {s: (_pick(x, i), yt[i]) for s, i in zip(SPLITS, idx)}
     if in_memory:
         return _make_splits(f"imagefolder:{r.name}", len(classes), parts)
     return _file_splits(f"imagefolder:{r.name}", len(classes), parts, image_size, channels, str(r), stats_sample,
                         seed)
+
+
+def _check_imagefolder(o: dict) -> None:
+    check_int("image_size", o["image_size"], 1)
+    if not is_int(o["channels"]) or o["channels"] not in (1, 3):
+        raise ValueError(f"channels must be 1 (grey) or 3 (RGB), got {o['channels']!r}")
+    check_int("stats_sample", o["stats_sample"], 1)
+    if _fractions_ok(o["fractions"]) is None:
+        raise ValueError(f"fractions must be three positive shares of train/calib/test summing to 1, got "
+                         f"{o['fractions']!r}")
+
+
+imagefolder.check_options = _check_imagefolder
+
+
+def _list_images(folder: Path) -> tuple[list[str], np.ndarray, list[str]]:
+    """The image files under ``folder`` (one sub-folder per class), their labels and the class names, as
+    torchvision's ImageFolder lists them; nothing is opened."""
+    from torchvision.datasets import ImageFolder
+
+    try:
+        ds = ImageFolder(str(folder), loader=lambda p: p)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"imagefolder {folder}: {' '.join(str(e).split())}") from None
+    return [p for p, _ in ds.samples], np.asarray(ds.targets, dtype=np.int64), list(ds.classes)
+
+
+def _image_problem(path: str) -> str | None:
+    """Why the image file at ``path`` cannot be used (missing, empty, header not readable), or None. Reads the
+    header and lets PIL verify the file, without decoding its pixels."""
+    from PIL import Image
+
+    try:
+        size = os.stat(path).st_size
+    except FileNotFoundError:
+        return "missing"
+    except OSError as e:
+        return f"cannot be read: {e.strerror or type(e).__name__}"
+    if size == 0:
+        return "empty"
+    try:
+        with Image.open(path) as im:
+            im.verify()
+    except Exception as e:  # noqa: BLE001 - PIL raises many kinds (UnidentifiedImageError, SyntaxError, OSError...)
+        why = " ".join(str(e).replace(path, "").replace("''", "").split())[:80]
+        return f"not a decodable image: {type(e).__name__}{': ' + why if why else ''}"
+    return None
+
+
+def _check_image_files(root: Path, paths: list[str]) -> None:
+    """Every file in ``paths`` exists, is not empty and has a readable image header; else one ValueError
+    saying how many are bad and naming the first few."""
+    if not paths:
+        return
+    with ThreadPoolExecutor(max_workers=min(16, os.cpu_count() or 1)) as pool:
+        problems = list(pool.map(_image_problem, paths, chunksize=64))
+    bad = [(p, why) for p, why in zip(paths, problems) if why]
+    if bad:
+        shown = "; ".join(f"{p} ({why})" for p, why in bad[:3])
+        more = f"; and {len(bad) - 3} more" if len(bad) > 3 else ""
+        raise ValueError(f"imagefolder {root}: {len(bad)} of {len(paths)} image files are missing, empty or cannot be "
+                         f"decoded: {shown}{more}; replace or remove them")
+
+
+def _enough_per_class(where: Path, y: np.ndarray, classes: list[str], need: int, split: str) -> None:
+    counts = np.bincount(y, minlength=len(classes))
+    few = np.flatnonzero(counts < need)
+    if len(few):
+        shown = ", ".join(f"{classes[c]} ({int(counts[c])})" for c in few[:8])
+        raise ValueError(f"imagefolder {where}: {split} needs at least {need} images per class; {len(few)} "
+                         f"class(es) have fewer: {shown}; add images or drop those class folders")
+
+
+def _split_or_explain(where: Path, y: np.ndarray, classes: list[str], sizes: tuple[int, ...], seed: int):
+    try:
+        return _stratified_split(y, sizes, seed)
+    except ValueError:  # scikit-learn's words (test_size, n_classes) are not the fix: say what is
+        raise ValueError(f"imagefolder {where}: cannot split its {len(y)} images of {len(classes)} classes into "
+                         f"{'/'.join(map(str, sizes))} by class: every part needs at least one image of each "
+                         f"class; add images to the smaller classes (at least 5 each)") from None
+
+
+def _decode(paths: list[str], in_memory: bool, size: int, channels: int):
+    """The images decoded as uint8 [N, C, size, size] when ``in_memory``, else the paths themselves."""
+    return torch.stack([load_image(p, size, channels) for p in paths]) if in_memory else paths
 
 
 def _pick(x, idx):

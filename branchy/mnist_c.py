@@ -9,11 +9,13 @@ severity is an integer 1 (mild) .. 5 (strong); 0 marks a clean sample. Corruptio
 otherwise the position in :data:`CORRUPTIONS`. Distances are in pixels, angles in degrees.
 
 The dataset ``mnist5k-c`` (registered on import) corrupts all 5,000 MNIST-5k digits at load time (nothing is
-stored in the repository), caches them under ``root/mnist5k-c/``, and splits them exactly as ``mnist5k`` does
-for the same seed: same samples, same labels, only the pixels differ.
+stored in the repository), caches them under ``root/mnist5k-c/`` (with a SHA-256 of the arrays inside the file:
+a cache whose content differs from its hash is recomputed, with a warning), and splits them exactly as
+``mnist5k`` does for the same seed: same samples, same labels, only the pixels differ.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 import warnings
@@ -129,34 +131,51 @@ def _compute(seed: int, clean_fraction: float) -> tuple[np.ndarray, np.ndarray, 
     return corrupt(X.reshape(-1, _H, _W), seed, clean_fraction=clean_fraction)
 
 
-def _read_cache(p: Path, seed: int, clean_fraction: float) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-    """The cached arrays if the file is whole and matches what would be computed (shapes, dtypes, the assignment
-    and the clean images); None otherwise."""
+def content_hash(x: np.ndarray, corruption: np.ndarray, severity: np.ndarray) -> str:
+    """SHA-256 (hex) of the three arrays: dtype, shape and bytes of each, in order."""
+    h = hashlib.sha256()
+    for a in (x, corruption, severity):
+        a = np.ascontiguousarray(a)
+        h.update(f"{a.dtype.str}{a.shape};".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def _read_cache(p: Path, seed: int, clean_fraction: float
+                ) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray] | None, str]:
+    """``(arrays, "")`` if the file is whole, its arrays match the SHA-256 stored with them, and they match what
+    would be computed (shapes, dtypes, the assignment and the clean images); ``(None, why)`` otherwise."""
     X, _ = _mnist5k_arrays()
     n = len(X)
     try:
         with np.load(p, allow_pickle=False) as f:
             x, corruption, severity = f["x"], f["corruption"], f["severity"]
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error):
-        return None
+            stored = str(f["sha256"][()]) if "sha256" in f.files else None
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+        return None, f"cannot be read ({type(e).__name__}: damaged or cut short)"
     if x.dtype != np.uint8 or x.shape != (n, _H, _W) or corruption.shape != (n,) or severity.shape != (n,) \
             or corruption.dtype != np.int64 or severity.dtype != np.int64:
-        return None
+        return None, "holds arrays of the wrong shape or type"
+    if stored is None:
+        return None, "carries no content hash (written by an older branchy)"
+    if content_hash(x, corruption, severity) != stored:
+        return None, "does not match the SHA-256 stored with it (its images were altered or damaged)"
     want_c, want_s = assignment(n, seed, clean_fraction=clean_fraction)
     clean = want_c < 0
     if not (np.array_equal(corruption, want_c) and np.array_equal(severity, want_s)
             and np.array_equal(x[clean], X.reshape(-1, _H, _W)[clean])):
-        return None
-    return x, corruption, severity
+        return None, f"does not hold what seed {seed} and clean_fraction {clean_fraction} draw"
+    return (x, corruption, severity), ""
 
 
 def _write_cache(p: Path, x: np.ndarray, corruption: np.ndarray, severity: np.ndarray) -> None:
-    """Write atomically: a temporary file in the same folder, then ``os.replace``."""
+    """Write atomically, the arrays' SHA-256 inside: a temporary file in the same folder, then ``os.replace``."""
     p.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=p.stem + ".", suffix=".tmp", dir=p.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, x=x, corruption=corruption, severity=severity)
+            np.savez(fh, x=x, corruption=corruption, severity=severity,
+                     sha256=np.array(content_hash(x, corruption, severity)))
         os.replace(tmp, p)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -166,14 +185,16 @@ def _write_cache(p: Path, x: np.ndarray, corruption: np.ndarray, severity: np.nd
 def load_corrupted(*, root: str | os.PathLike = "data", seed: int = 0, clean_fraction: float = 0.2
                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The 5,000 corrupted digits (x uint8 [5000, 28, 28], corruption, severity), in MNIST-5k order: read from
-    the cache under ``root`` when it is whole, else computed and cached. An unwritable ``root`` warns once and
-    keeps the result in memory only."""
+    the cache under ``root`` when it is whole and matches its SHA-256, else computed and cached (a cache that
+    is there but refused warns, saying why). An unwritable ``root`` warns once and keeps the result in memory
+    only."""
     seed, clean_fraction = _check_seed(seed), _check_fraction(clean_fraction)
     p = cache_path(root, seed, clean_fraction)
     if p.is_file():
-        got = _read_cache(p, seed, clean_fraction)
+        got, why = _read_cache(p, seed, clean_fraction)
         if got is not None:
             return got
+        warnings.warn(f"mnist5k-c: the cached file {p} {why}; recomputing it", UserWarning, stacklevel=2)
     x, corruption, severity = _compute(seed, clean_fraction)
     try:
         _write_cache(p, x, corruption, severity)
@@ -189,7 +210,8 @@ def load_corrupted(*, root: str | os.PathLike = "data", seed: int = 0, clean_fra
 
 @register_dataset("mnist5k-c", doc="MNIST-5k with MNIST-C style corruptions (17 kinds, severity 1..5, 20% clean), "
                                    "computed at load and cached under root: 3000/1000/1000")
-def mnist5k_c(*, root: str = "data", seed: int = 0, sizes=(3000, 1000, 1000), clean_fraction: float = 0.2) -> Splits:
+def mnist5k_c(*, root: str | os.PathLike = "data", seed: int = 0, sizes: tuple[int, int, int] = (3000, 1000, 1000),
+              clean_fraction: float = 0.2) -> Splits:
     """MNIST-5k's splits for ``seed`` (same samples and labels as ``mnist5k``) with corrupted pixels; per-sample
     corruption and severity in :func:`corruption_table`."""
     seed, clean_fraction = _check_seed(seed), _check_fraction(clean_fraction)
@@ -220,5 +242,5 @@ def corruption_table(seed: int = 0, clean_fraction: float = 0.2, sizes=(3000, 10
     return pd.concat(frames, ignore_index=True)
 
 
-__all__ = ["CORRUPTIONS", "SEVERITIES", "VERSION", "assignment", "cache_path", "corrupt", "corruption_table",
-           "load_corrupted", "mnist5k_c", *CORRUPTIONS]
+__all__ = ["CORRUPTIONS", "SEVERITIES", "VERSION", "assignment", "cache_path", "content_hash", "corrupt",
+           "corruption_table", "load_corrupted", "mnist5k_c", *CORRUPTIONS]

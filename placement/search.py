@@ -71,14 +71,91 @@ def _call(objective: Objective, p: Placement) -> dict:
     return objective(p)
 
 
+CONNECT_TIMEOUT = 10.0  # s: connecting to a Dask scheduler, handshake included
+_NO_DISTRIBUTED = ("scoring on a Dask cluster needs dask.distributed: pip install 'branchy-study[cluster]' "
+                   "(or dask[distributed])")
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split())[:200] or "no message"
+
+
+def _handshake(address: str, timeout: float) -> None:
+    """Open a Dask comm to ``address`` and exchange Dask's handshake, in a thread of its own (its own event loop,
+    so it runs whatever loop the caller is in), within ``timeout`` s overall. distributed bounds the TCP connect
+    but not the handshake read, so a service that accepts and stays silent would hang ``Client`` forever, and
+    one that answers with other bytes makes it read a garbage frame length (MemoryError, ValueError)."""
+    import asyncio
+    import threading
+
+    from distributed.comm.core import connect
+
+    async def go():
+        comm = await connect(address, timeout=timeout)
+        comm.abort()
+
+    box: list[BaseException] = []
+
+    def target():
+        try:
+            asyncio.run(asyncio.wait_for(go(), timeout))
+        except BaseException as e:  # noqa: BLE001 - reported by the caller
+            box.append(e)
+
+    t = threading.Thread(target=target, name="dask-scheduler-handshake", daemon=True)
+    t.start()
+    t.join(timeout + 5)
+    if t.is_alive():
+        raise TimeoutError(f"no handshake after {timeout:g} s")
+    if box:
+        raise box[0]
+
+
+def connect_scheduler(address, timeout: float | None = None):
+    """A ``distributed.Client`` of the Dask scheduler at ``address`` (``tcp://host:8786``), or a one-line
+    ValueError, within ``timeout`` s (default: ``CONNECT_TIMEOUT``, or dask's ``distributed.comm.timeouts.connect``
+    when that is shorter) whatever listens there: nothing, a scheduler, or another service (which would otherwise
+    hang the client or make it read garbage). Needs dask.distributed."""
+    try:
+        import dask
+        from dask.utils import parse_timedelta
+        from distributed import Client
+    except ImportError:
+        raise ImportError(_NO_DISTRIBUTED) from None
+    if not isinstance(address, str) or not address.strip():
+        raise ValueError(f"--scheduler must be a Dask scheduler's address such as tcp://host:8786 (or a "
+                         f"distributed.Client), got {address!r}")
+    if timeout is None:
+        configured = parse_timedelta(dask.config.get("distributed.comm.timeouts.connect"), default="seconds")
+        timeout = min(CONNECT_TIMEOUT, configured) if configured else CONNECT_TIMEOUT
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not np.isfinite(timeout) \
+            or timeout <= 0:
+        raise ValueError(f"connect timeout must be a number of seconds > 0, got {timeout!r}")
+    timeout = float(timeout)
+    try:
+        _handshake(address, timeout)  # something that speaks Dask answers, within the timeout
+        return Client(address, timeout=timeout, set_as_default=False)
+    except Exception as e:  # noqa: BLE001 - OSError, TimeoutError, CommClosedError, MemoryError, ...
+        if isinstance(e, TimeoutError) and not str(e):
+            why = "it accepted the connection but sent no Dask handshake"
+        elif isinstance(e, (OSError, TimeoutError)):
+            why = f"{type(e).__name__}: {_one_line(e)}"
+        else:  # it answered, with bytes that are not Dask's
+            why = f"something else listens there: {type(e).__name__}: {_one_line(e)}"
+        raise ValueError(f"--scheduler {address}: no Dask scheduler answered within {timeout:g} s ({why}); start "
+                         f"one with `dask scheduler` (then `dask worker ADDRESS`) or leave --scheduler out") from None
+
+
 class Evaluator:
     """Scores placements once each (memoised), in parallel through joblib, in a stable order. With a
     ``scheduler`` (a Dask scheduler's address, ``tcp://host:8786``, or a ``distributed.Client``) the scoring runs
     on that cluster's workers through joblib's dask backend, the objective sent to them once (scattered); the
     rows are the same as with local processes."""
 
-    def __init__(self, objective: Objective, *, n_jobs: int = 1, progress: bool = True, scheduler=None) -> None:
+    def __init__(self, objective: Objective, *, n_jobs: int = 1, progress: bool = True, scheduler=None,
+                 connect_timeout: float | None = None) -> None:
         self.objective, self.n_jobs, self.progress, self.scheduler = objective, n_jobs, progress, scheduler
+        self.connect_timeout = connect_timeout  # see connect_scheduler
         self._client, self._own_client, self._objective_future = None, False, None
         self.rows: dict[tuple, dict] = {}
         self.proposing = True  # False while scoring references that are not the strategy's candidates
@@ -117,17 +194,11 @@ class Evaluator:
             try:
                 from distributed import Client
             except ImportError:
-                raise ImportError("scoring on a Dask cluster needs dask.distributed: pip install "
-                                  "'branchy-study[cluster]' (or dask[distributed])") from None
+                raise ImportError(_NO_DISTRIBUTED) from None
             if isinstance(self.scheduler, Client):
                 self._client = self.scheduler
             else:
-                try:
-                    self._client = Client(self.scheduler, set_as_default=False)  # dask config: comm.timeouts.connect
-                except (OSError, TimeoutError) as e:
-                    raise ValueError(f"no Dask scheduler answers at {self.scheduler!r} ({type(e).__name__}: {e}); "
-                                     f"start one (dask scheduler, then dask worker ADDRESS) or drop --scheduler") \
-                        from None
+                self._client = connect_scheduler(self.scheduler, self.connect_timeout)
                 self._own_client = True
         return self._client
 

@@ -96,6 +96,7 @@ def _place_run(a) -> int:
     from pathlib import Path
 
     from branchy.cache import FeatureCache
+    from placement.search import connect_scheduler
     from predictors.store import load_predictors
 
     from ..core.costs import get_profile
@@ -108,30 +109,37 @@ def _place_run(a) -> int:
         raise ValueError("--risk guarantees an accuracy drop: give it with --max-acc-drop EPS, not --latency-budget")
     cfg = from_arguments(PolicyConfig, a, max_acc_drop=pl.max_acc_drop if risk is not None else None)
     check_writable(a.out, folder=True, what="placement folder")
-    prof = get_profile(pl.profile)
-    cache = FeatureCache.open(a.cache)
-    preds = load_predictors(a.predictors, cache)
-    con = pl.constraint
-    if cfg.risk is None:
-        rule = calibrate(cache, cfg)
-        print(f"exit rule: {rule.describe()}")
-    else:
-        rule = None
-        print(f"risk control: predictors refitted, rule and placement searched on half of calib, the choice "
-              f"certified by Learn-then-Test on the other half (eps {cfg.max_acc_drop} pt, delta {cfg.risk})")
-    for strategy in pl.strategies:
-        out = Path(a.out) if len(pl.strategies) == 1 else Path(a.out) / strategy
-        res, compare = run_placement(cache, preds, strategy, constraint=con, profile=prof, n_jobs=pl.n_jobs,
-                                     scheduler=pl.scheduler,
-                                     seed=pl.seed, rule=rule, cfg=cfg, **pl.options(strategy))
-        write_placement(res, compare, out, profile_name=prof.name)
-        print(f"strategy {strategy}: {len(res.table)} placements scored on calib ({prof.name}); {con.describe()}")
-        print(f"chosen: {res.chosen.describe()}")
-        print(format_compare(compare))
-        print(f"wrote {out}/placement.json, candidates.csv, comparison.csv, placement_map.png, placement_front.png")
-        if res.predictors:
-            print(f"risk control: the placement was certified with predictors refitted on the search half only; "
-                  f"deploy those: {out}/predictors")
+    # connect before any work: a wrong --scheduler (nothing, or another service, listening) fails in one line now
+    client = connect_scheduler(pl.scheduler) if pl.scheduler is not None else None
+    try:
+        prof = get_profile(pl.profile)
+        cache = FeatureCache.open(a.cache)
+        preds = load_predictors(a.predictors, cache)
+        con = pl.constraint
+        if cfg.risk is None:
+            rule = calibrate(cache, cfg)
+            print(f"exit rule: {rule.describe()}")
+        else:
+            rule = None
+            print(f"risk control: predictors refitted, rule and placement searched on half of calib, the choice "
+                  f"certified by Learn-then-Test on the other half (eps {cfg.max_acc_drop} pt, delta {cfg.risk})")
+        for strategy in pl.strategies:
+            out = Path(a.out) if len(pl.strategies) == 1 else Path(a.out) / strategy
+            res, compare = run_placement(cache, preds, strategy, constraint=con, profile=prof, n_jobs=pl.n_jobs,
+                                         scheduler=client, seed=pl.seed, rule=rule, cfg=cfg, **pl.options(strategy))
+            write_placement(res, compare, out, profile_name=prof.name)
+            print(f"strategy {strategy}: {len(res.table)} placements scored on calib ({prof.name}); "
+                  f"{con.describe()}")
+            print(f"chosen: {res.chosen.describe()}")
+            print(format_compare(compare))
+            print(f"wrote {out}/placement.json, candidates.csv, comparison.csv, placement_map.png, "
+                  f"placement_front.png")
+            if res.predictors:
+                print(f"risk control: the placement was certified with predictors refitted on the search half "
+                      f"only; deploy those: {out}/predictors")
+    finally:
+        if client is not None:
+            client.close()
     return 0
 
 

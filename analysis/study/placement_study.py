@@ -12,6 +12,7 @@ from branchy.cache import FeatureCache
 from branchy.config import check_int, check_name, setting
 from branchy.rule import ExitRule
 from placement import Constraint, Placement, SearchSpace, search
+from placement.optuna_search import check_storage
 from placement.search import STRATEGIES, SearchResult
 
 from ..core.calibrate import budgeted_thresholds, calib_rule, thresholds_for_accuracy
@@ -62,6 +63,8 @@ class PlacementConfig:
                              f"(e.g. sqlite:///search.db)")
         if (self.trials is not None or self.storage is not None) and "nsga2" not in self.strategies:
             raise ValueError("trials, storage and study_name set the nsga2 strategy, which strategies does not name")
+        if self.storage is not None:
+            check_storage(self.storage)  # before any work: not a URL, no folder, not a (SQLite) Optuna storage
 
     def options(self, strategy: str) -> dict:
         """The keyword options this config gives ``strategy`` (only nsga2 takes any)."""

@@ -130,6 +130,47 @@ def test_configs_are_refused_before_any_data_is_touched(tmp_path):
     assert not (tmp_path / "nodata").exists()
 
 
+@pytest.mark.parametrize("opt,phrase", [
+    ("in_memory=maybe", "imagefolder dataset option in_memory: expected true or false, got 'maybe'"),
+    ("stats_sample=0", "imagefolder dataset option stats_sample must be a whole number >= 1, got 0"),
+    ("image_size=-5", "imagefolder dataset option image_size must be a whole number >= 1, got -5"),
+    ("image_size=2.5", "imagefolder dataset option image_size: expected an integer, got 2.5"),
+    ("fractions=[0.6,0.2]", "imagefolder dataset option fractions must be three positive shares"),
+])
+def test_data_options_are_typed_like_every_setting(tmp_path, opt, phrase):
+    """Issue 23: --data-option values are read by the rules of every config field and checked by the loader's
+    ranges when the config is made: nothing is listed, decoded or downloaded."""
+    import argparse
+
+    import yaml
+
+    from branchy.config import ConfigError, add_arguments, from_arguments, from_mapping
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser, DataConfig)
+    ns = parser.parse_args(["--dataset", "imagefolder", "--data-root", str(tmp_path / "nodata"), "--data-option", opt])
+    msg = _refused(ValueError, phrase, from_arguments, DataConfig, ns)
+    assert not msg.startswith("--dataset")  # not blamed on the --dataset flag
+    key, value = opt.split("=")
+    raw = {"dataset": "imagefolder", "root": str(tmp_path / "nodata"), "options": {key: yaml.safe_load(value)}}
+    _refused(ConfigError, f"data: {phrase}", from_mapping, DataConfig, raw, "data")
+    assert not (tmp_path / "nodata").exists()
+
+
+def test_data_options_reach_the_loader_converted():
+    cfg = DataConfig("imagefolder", root="x", options={"in_memory": False, "image_size": "16", "stats_sample": 7.0,
+                                                       "fractions": "0.8,0.1,0.1"})
+    assert cfg.options["image_size"] == "16"  # the config keeps what was given (its equality is unchanged)
+    assert {k: v for k, v in cfg.loader_options().items() if k in cfg.options} == \
+        {"in_memory": False, "image_size": 16, "stats_sample": 7, "fractions": (0.8, 0.1, 0.1)}
+    assert DataConfig("mnist5k-c", options={"sizes": [150, 100, 100]}).loader_options()["sizes"] == (150, 100, 100)
+    assert DataConfig("cifar10", options={"calib_size": "100"}).loader_options()["calib_size"] == 100
+    _refused(ValueError, "cifar10 dataset option calib_size must be a whole number >= 1, got 0", DataConfig,
+             "cifar10", options={"calib_size": 0})
+    _refused(ValueError, "cifar10 dataset option download: expected true or false, got 'sure'", DataConfig,
+             "cifar10", download="sure")
+
+
 # ----------------------------------------------------------------------------- 5. checkpoints
 def _pickle_of_other_objects(p: Path) -> Path:
     torch.save({"where": Path("/x")}, p)  # a pickled Python object that is not a tensor

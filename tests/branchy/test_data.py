@@ -157,3 +157,84 @@ def test_imagefolder_read_on_demand_is_the_in_memory_dataset(tmp_path):
     assert load_dataset("imagefolder", root=root, image_size=16, in_memory=False).fingerprint() == before
     Image.fromarray(g.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(root / "a" / "0.png")
     assert load_dataset("imagefolder", root=root, image_size=16, in_memory=False).fingerprint() != before
+
+
+# ----------------------------------------------------------------------------- issue 23: image folders checked up front
+def _folder(root, classes=("cat", "dog"), n=6, seed=0):
+    from PIL import Image
+
+    g = np.random.default_rng(seed)
+    for c in classes:
+        (root / c).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            Image.fromarray(g.integers(0, 255, (12, 10, 3), dtype=np.uint8)).save(root / c / f"{i}.png")
+    return root
+
+
+def _refused_one_line(exc, phrase, fn, *args, **kw) -> str:
+    with pytest.raises(exc) as e:
+        fn(*args, **kw)
+    msg = str(e.value)
+    assert phrase in msg and "\n" not in msg, msg
+    return msg
+
+
+@pytest.mark.parametrize("in_memory", [False, True])
+def test_imagefolder_bad_files_are_named_before_any_image_is_decoded(tmp_path, monkeypatch, in_memory):
+    import branchy.loaders as ld
+
+    root = _folder(tmp_path / "img")
+    (root / "cat" / "0.png").write_bytes(b"")                                        # empty
+    good = (root / "dog" / "1.png").read_bytes()
+    (root / "dog" / "2.png").write_bytes(good[: len(good) // 2])                     # cut short
+    (root / "dog" / "3.png").write_bytes(b"not an image at all" * 10)                # not an image
+    (root / "cat" / "9.png").symlink_to(tmp_path / "gone.png")                       # listed, but missing
+    decoded = []
+    monkeypatch.setattr(ld, "load_image", lambda *a: decoded.append(a) or pytest.fail("decoded before the check"))
+    msg = _refused_one_line(ValueError, "4 of 13 image files are missing, empty or cannot be decoded",
+                            load_dataset, "imagefolder", root=root, image_size=8, in_memory=in_memory)
+    assert str(root / "cat" / "0.png") + " (empty)" in msg and str(root / "cat" / "9.png") + " (missing)" in msg
+    assert str(root / "dog" / "2.png") + " (not a decodable image" in msg
+    assert "and 1 more" in msg and "replace or remove them" in msg and not decoded
+
+
+def test_imagefolder_class_with_one_image_says_what_is_needed(tmp_path):
+    root = _folder(tmp_path / "img")
+    _folder(root, classes=("emu",), n=1)
+    msg = _refused_one_line(ValueError, "needs at least 5 images per class; 1 class(es) have fewer: emu (1)",
+                            load_dataset, "imagefolder", root=root, image_size=8, in_memory=False)
+    assert "stratified train/calib/test split (0.6, 0.2, 0.2)" in msg and "stratify" not in msg
+    two = tmp_path / "two"
+    _folder(two / "train")
+    _folder(two / "test", n=2)
+    _folder(two / "train", classes=("emu",), n=1)
+    _folder(two / "test", classes=("emu",), n=1)
+    _refused_one_line(ValueError, "train/calib split of train/ (a fifth to calib) needs at least 2 images per class; "
+                      "1 class(es) have fewer: emu (1)", load_dataset, "imagefolder", root=two, image_size=8)
+    (two / "test" / "emu" / "0.png").rename(two / "test" / "dog" / "e.png")
+    (two / "test" / "emu").rmdir()
+    _refused_one_line(ValueError, "test/ holds the classes ['cat', 'dog'] but train/ holds ['cat', 'dog', 'emu']",
+                      load_dataset, "imagefolder", root=two, image_size=8)
+
+
+def test_imagefolder_options_are_typed_and_checked_before_torchvision(tmp_path, monkeypatch):
+    import branchy.loaders as ld
+
+    root = _folder(tmp_path / "img", n=5)
+    monkeypatch.setattr(ld, "_list_images", lambda *a: pytest.fail("torchvision called before the options' check"))
+    for kw, phrase in [({"in_memory": "maybe"}, "imagefolder dataset option in_memory: expected true or false, "
+                                                "got 'maybe'"),
+                       ({"stats_sample": 0}, "option stats_sample must be a whole number >= 1, got 0"),
+                       ({"image_size": -5}, "option image_size must be a whole number >= 1, got -5"),
+                       ({"image_size": "big"}, "option image_size: expected an integer, got 'big'"),
+                       ({"channels": 2}, "option channels must be 1 (grey) or 3 (RGB), got 2"),
+                       ({"fractions": (0.5, 0.5, 0.5)}, "option fractions must be three positive shares"),
+                       ({"seed": -1}, "option seed must be a whole number >= 0, got -1")]:
+        _refused_one_line(ValueError, phrase, load_dataset, "imagefolder", root=root, **kw)
+        _refused_one_line(ValueError, phrase, ld.imagefolder, root=root, **kw)  # called directly: the same
+    _refused_one_line(ValueError, "image_size must be a whole number >= 1", ld.imagefolder,
+                      root=tmp_path / "nowhere", image_size=-5)  # before the folder is even looked at
+    monkeypatch.undo()
+    s = load_dataset("imagefolder", root=root, image_size="8", in_memory=False, stats_sample="3",
+                     fractions="0.6,0.2,0.2")
+    assert s.info.input_shape == (3, 8, 8) and sum(s.sizes().values()) == 10

@@ -89,14 +89,53 @@ def test_cache_is_written_reused_and_recomputed_when_damaged(tmp_path, monkeypat
     calls = []
     monkeypatch.setattr(mc, "_compute", lambda *a: calls.append(a) or real(*a))
     p.write_bytes(p.read_bytes()[:5000])  # truncated
-    assert mc.load_corrupted(root=tmp_path, seed=1, clean_fraction=0.2)[0].tobytes() == first[0].tobytes()
+    with pytest.warns(UserWarning, match="cannot be read"):
+        assert mc.load_corrupted(root=tmp_path, seed=1, clean_fraction=0.2)[0].tobytes() == first[0].tobytes()
     np.savez(p, x=first[0][:10], corruption=first[1], severity=first[2])  # whole but wrong shape
-    mc.load_corrupted(root=tmp_path, seed=1, clean_fraction=0.2)
-    np.savez(p, x=first[0], corruption=first[1], severity=np.zeros_like(first[2]))  # not what the seed draws
-    mc.load_corrupted(root=tmp_path, seed=1, clean_fraction=0.2)
+    with pytest.warns(UserWarning, match="wrong shape"):
+        mc.load_corrupted(root=tmp_path, seed=1, clean_fraction=0.2)
+    zeros = np.zeros_like(first[2])  # not what the seed draws, though whole and true to its hash
+    np.savez(p, x=first[0], corruption=first[1], severity=zeros, sha256=mc.content_hash(first[0], first[1], zeros))
+    with pytest.warns(UserWarning, match="does not hold what seed 1"):
+        mc.load_corrupted(root=tmp_path, seed=1, clean_fraction=0.2)
     assert len(calls) == 3
     monkeypatch.setattr(mc, "_compute", boom)
     assert mc.load_corrupted(root=tmp_path, seed=1, clean_fraction=0.2)[0].tobytes() == first[0].tobytes()
+
+
+def test_cache_whose_corrupted_images_were_altered_is_recomputed(tmp_path, monkeypatch):
+    """Issue 23: the cache carries a SHA-256 of its arrays; altering every corrupted image (the clean ones, which
+    the old check compared, left as they are) no longer slips through."""
+    first = mc.load_corrupted(root=tmp_path, seed=3, clean_fraction=0.2)
+    p = mc.cache_path(tmp_path, 3, 0.2)
+    with np.load(p, allow_pickle=False) as f:
+        stored = str(f["sha256"][()])
+    assert stored == mc.content_hash(*first)
+    x, corruption, severity = (a.copy() for a in first)
+    x[corruption >= 0] = 255 - x[corruption >= 0]  # every corrupted image altered, the clean ones untouched
+    real, calls = mc._compute, []
+    monkeypatch.setattr(mc, "_compute", lambda *a: calls.append(a) or real(*a))
+    for extra in ({"sha256": stored}, {}):  # the old hash kept beside altered images; no hash at all
+        np.savez(p, x=x, corruption=corruption, severity=severity, **extra)
+        with pytest.warns(UserWarning, match="SHA-256" if extra else "no content hash") as w:
+            again = mc.load_corrupted(root=tmp_path, seed=3, clean_fraction=0.2)
+        assert "recomputing" in str(w[0].message) and str(p) in str(w[0].message)
+        assert all(np.array_equal(u, v) for u, v in zip(first, again))
+    assert len(calls) == 2
+    assert [q.name for q in p.parent.iterdir()] == [p.name]  # written again atomically, nothing left behind
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the rewritten cache is whole again: read without a warning or a recompute
+        monkeypatch.setattr(mc, "_compute", lambda *a: pytest.fail("recomputed a whole cache"))
+        assert mc.load_corrupted(root=tmp_path, seed=3, clean_fraction=0.2)[0].tobytes() == first[0].tobytes()
+
+
+def test_loader_options_are_typed_like_settings(tmp_path):
+    small = load_dataset("mnist5k-c", root=tmp_path, seed="0", sizes="300,100,100", clean_fraction="0.2")
+    assert small.sizes() == {"train": 300, "calib": 100, "test": 100}
+    with pytest.raises(ValueError, match="mnist5k-c dataset option sizes\\[0\\]: expected an integer, got 3000.5"):
+        load_dataset("mnist5k-c", root=tmp_path, sizes=(3000.5, 1000, 1000))
+    with pytest.raises(ValueError, match="dataset option clean_fraction: expected a number, got 'most'"):
+        load_dataset("mnist5k-c", root=tmp_path, clean_fraction="most")
 
 
 def test_unwritable_root_computes_in_memory_and_warns_once(tmp_path):

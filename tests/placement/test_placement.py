@@ -177,5 +177,5 @@ def test_a_dask_cluster_scores_the_search_as_local_processes_do(known):
     import dask
 
     with dask.config.set({"distributed.comm.timeouts.connect": "1s"}), \
-            pytest.raises(ValueError, match="no Dask scheduler answers at 'tcp://127.0.0.1:9'"):
+            pytest.raises(ValueError, match="--scheduler tcp://127.0.0.1:9: no Dask scheduler answered within 1 s"):
         search("greedy-backward", space, obj, progress=False, scheduler="tcp://127.0.0.1:9")
