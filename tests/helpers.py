@@ -45,3 +45,17 @@ def synthetic_arrays(n=(400, 400, 400), k=3, c=5, d=6, seed=0, bars=(0.8, 0.0, -
 def no_json_constants(name):
     """A ``parse_constant`` for ``json.loads`` that refuses non-standard JSON (``Infinity``, ``NaN``)."""
     raise AssertionError(f"non-standard JSON constant {name}")
+
+
+def refused(exc, phrase, fn, *args, **kw) -> str:
+    """Call ``fn``; it must raise ``exc`` with ``phrase`` in a one-line message (no pickle-loading hint leaked);
+    return the message."""
+    import pytest
+
+    with pytest.raises(exc) as e:
+        fn(*args, **kw)
+    msg = str(e.value)
+    assert phrase in msg, msg
+    assert "\n" not in msg, msg
+    assert "weights_only" not in msg, msg
+    return msg

@@ -155,6 +155,10 @@ def run_study(cfg: StudyConfig, *, redo: bool = False) -> dict:
     from ..core.stats import format_headline
 
     _T0[0] = time.perf_counter()
+    if cfg.placement.scheduler is not None:  # a wrong scheduler fails in one line now, not after training
+        from placement.search import connect_scheduler
+
+        connect_scheduler(cfg.placement.scheduler).close()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     cfg.save(out / "study.yaml")

@@ -17,17 +17,7 @@ from branchy.paths import check_writable
 from branchy.checkpoint import load_checkpoint, save_checkpoint
 from branchy.train import TrainConfig, resolve_device, train
 from tests.helpers import make_splits
-
-
-def _refused(exc, phrase, fn, *args, **kw) -> str:
-    """Call ``fn``; it must raise ``exc`` with ``phrase`` in a one-line message; return the message."""
-    with pytest.raises(exc) as e:
-        fn(*args, **kw)
-    msg = str(e.value)
-    assert phrase in msg, msg
-    assert "\n" not in msg, msg
-    assert "weights_only" not in msg, msg
-    return msg
+from tests.helpers import refused as _refused
 
 
 # ----------------------------------------------------------------------------- 1. TrainConfig

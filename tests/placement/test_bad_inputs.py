@@ -14,16 +14,7 @@ from analysis.study.placement_study import PlacementConfig
 from placement import Placement, SearchSpace, search
 from placement.optuna_search import check_storage
 from placement.search import connect_scheduler
-
-
-def _refused(exc, phrase, fn, *args, **kw) -> str:
-    """Call ``fn``; it must raise ``exc`` with ``phrase`` in a one-line message; return the message."""
-    with pytest.raises(exc) as e:
-        fn(*args, **kw)
-    msg = str(e.value)
-    assert phrase in msg, msg
-    assert "\n" not in msg, msg
-    return msg
+from tests.helpers import refused as _refused
 
 
 def _cli(argv, capsys):
@@ -235,3 +226,17 @@ def test_a_bad_scheduler_on_the_command_line_is_a_one_line_error_before_any_work
     assert rc == 2 and f"branchy place: error: --scheduler {address}: no Dask scheduler answered within 2 s" in err
     assert "something else listens there" in err and "no-cache" not in err, err  # before the cache is opened
     assert not out.exists()
+
+
+def test_a_study_with_a_bad_scheduler_fails_before_training(tmp_path):
+    pytest.importorskip("distributed")
+    import dask
+
+    from analysis.study.config import parse_study
+    from analysis.study.pipeline import run_study
+
+    with _listener("http") as address, dask.config.set({"distributed.comm.timeouts.connect": "2s"}):
+        cfg = parse_study({"data": {"dataset": "mnist5k"}, "model": {"name": "b-lenet"}, "out": str(tmp_path / "s"),
+                           "placement": {"scheduler": address}})
+        _refused(ValueError, "no Dask scheduler answered within 2 s", run_study, cfg)
+    assert not (tmp_path / "s").exists()  # nothing trained, nothing written
