@@ -115,6 +115,14 @@ def target_lock(out: str | os.PathLike, what: str = "dump") -> Iterator[Path]:
         os.close(fd)  # releases the flock
 
 
+def check_unlocked(out: str | os.PathLike, what: str = "dump") -> None:
+    """Refuse at once, before any loading, when another process holds ``OUT.lock`` (:class:`CacheLockedError`
+    naming it); the writer takes the lock for real later (a race in between is still caught there)."""
+    if _sibling(Path(out), ".lock").exists():
+        with target_lock(out, what):
+            pass
+
+
 def _recover(out: Path) -> None:
     """Under the lock: finish what a killed writer of ``out`` left.
 

@@ -234,6 +234,10 @@ def load_for_dump(checkpoint: str | os.PathLike, *, splits: Splits | None = None
 
 def dump_checkpoint(checkpoint: str | os.PathLike, path: str | os.PathLike, *, splits: Splits | None = None,
                     data: DataConfig | None = None, **kw) -> FeatureCache:
-    """Load ``checkpoint`` and dump it (:func:`load_for_dump`); ``kw`` go to :func:`dump`."""
+    """Load ``checkpoint`` and dump it (:func:`load_for_dump`); ``kw`` go to :func:`dump`. A target another process
+    is writing is refused before the checkpoint and the data are loaded."""
+    from .cache_writer import check_unlocked
+
+    check_unlocked(path)
     model, splits = load_for_dump(checkpoint, splits=splits, data=data)
     return dump(model, splits, path, checkpoint=str(checkpoint), **kw)

@@ -263,3 +263,19 @@ def test_a_malformed_manifest_is_a_one_line_value_error(dumped, tmp_path, capsys
     assert phrase in msg and str(mf) in msg and "--overwrite" in msg and "\n" not in msg
     capsys.readouterr()
     assert cli(["cache-info", str(c)]) == 2 and phrase in capsys.readouterr().err
+
+
+def test_a_second_writer_is_refused_before_it_loads_anything(tmp_path, monkeypatch):
+    import branchy.dump as dump_mod
+
+    target = tmp_path / "cache"
+
+    def loaded(*a, **kw):
+        raise AssertionError("the checkpoint and the data were loaded before the lock was checked")
+
+    monkeypatch.setattr(dump_mod, "load_for_dump", loaded)
+    with target_lock(target, "dump"):  # another writer (an flock on another open file conflicts in-process too)
+        with pytest.raises(CacheLockedError, match="being written by another process"):
+            dump_mod.dump_checkpoint(tmp_path / "missing.pt", target)
+    with pytest.raises(AssertionError, match="loaded before"):  # free: it goes on to load
+        dump_mod.dump_checkpoint(tmp_path / "missing.pt", target)
