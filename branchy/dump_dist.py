@@ -36,7 +36,7 @@ from .data import SPLITS, DataConfig, Splits
 from .dump import (DumpConfig, check_input_shape, feature_dims, finish_dump, load_for_dump, open_writers,
                    parse_pooling, write_rows)
 from .models import BranchyNet
-from .paths import check_writable
+from .paths import SetupError, check_writable
 from .train import resolve_device
 
 
@@ -105,6 +105,11 @@ def _write_shard(model, splits: Splits, partial: Path, cfg: DumpConfig, dev, dim
         return f"rank {rank}: {type(e).__name__}: {e}\n{traceback.format_exc(limit=3)}"
 
 
+class RankFailedError(SetupError):
+    """A rank of a distributed dump failed or refused (an existing ``--out``, a locked target, a failed rank): every
+    rank reports it as a one-line error naming the rank and its reason, not as a bug."""
+
+
 def dump_distributed(model: BranchyNet, splits: Splits, path: str | os.PathLike, config: DumpConfig | None = None,
                      *, overwrite: bool = False, profile: bool = True, progress: bool = True,
                      checkpoint: str | None = None, backend: str | None = None, timeout_s: float = 6 * 3600,
@@ -146,8 +151,8 @@ def _lead(model, splits, out, cfg, dev, dims, world, ctl, overwrite, profile, pr
             stage = "finish"
             failed = [e for e in errs if e]
             if failed:
-                raise RuntimeError(f"{len(failed)} of {world} ranks failed; nothing was written to {out}:\n"
-                                   + "\n".join(failed))
+                raise RankFailedError(f"{len(failed)} of {world} ranks failed; nothing was written to {out}:\n"
+                                      + "\n".join(failed))
             cache = finish_dump(partial, out, model, splits, cfg, dev, dims, time.perf_counter() - t0,
                                 profile=profile, checkpoint=checkpoint,
                                 extra={"ranks": world, "dist_backend": dist.get_backend()})
@@ -165,13 +170,13 @@ def _lead(model, splits, out, cfg, dev, dims, world, ctl, overwrite, profile, pr
 def _follow(model, splits, cfg, dev, dims, rank, world, ctl, progress):
     kind, what = _bcast(None, ctl)
     if kind == "error":
-        raise RuntimeError(f"the distributed dump did not start: {what}")
+        raise RankFailedError(f"rank {rank}: the distributed dump did not start: {what}")
     err = _write_shard(model, splits, Path(what), cfg, dev, dims, rank, world, progress)
     errs = [None] * world
     dist.all_gather_object(errs, err, group=ctl)
     kind, what = _bcast(None, ctl)
     if kind == "error":
-        raise RuntimeError(f"the distributed dump failed: {what}")
+        raise RankFailedError(f"rank {rank}: the distributed dump failed: {what}")
     return FeatureCache.open(what)
 
 

@@ -34,6 +34,13 @@ if mode == "raise" and os.environ.get("RANK") == "1":
     splits.test.batch = batch
 if mode == "single":
     dump(model, splits, out, batch_size=8, profile=False, progress=False)
+elif mode == "exists":  # what the CLI would print: the error's type decides "error" vs "internal error"
+    from branchy.paths import SetupError
+    try:
+        dump_distributed(model, splits, out, batch_size=8, profile=False, progress=False)
+    except (SetupError, OSError, ValueError) as e:
+        print(f"RANK{os.environ['RANK']} expected {type(e).__name__}: {e}", flush=True)
+        sys.exit(2)
 else:
     dump_distributed(model, splits, out, batch_size=8, profile=False, progress=False)
 """
@@ -92,3 +99,12 @@ def test_two_rank_dump_equals_single_process_and_a_killed_rank_leaves_no_cache(t
     assert failed.returncode != 0
     assert "1 of 2 ranks failed" in failed.stderr and "rank 1: ValueError: a bad image file" in failed.stderr
     assert not [p for p in tmp_path.iterdir() if p.name.startswith("r.") and p.name != "r.lock"]
+
+
+def test_a_refusal_by_rank_0_is_an_expected_one_line_error_on_every_rank(tmp_path):
+    (tmp_path / "there").mkdir()  # an existing --out: rank 0 refuses, the others must say so, not report a bug
+    r = _run(tmp_path, ["exists", str(tmp_path / "there")], ranks=2)
+    assert r.returncode != 0
+    assert "RANK0 expected FileExistsError" in r.stdout and "already exists" in r.stdout, r.stdout + r.stderr[-2000:]
+    assert "RANK1 expected RankFailedError: rank 1: the distributed dump did not start: rank 0: FileExistsError" \
+        in r.stdout, r.stdout + r.stderr[-2000:]
