@@ -6,6 +6,7 @@ Also the check that a loaded model is what its spec builds."""
 from __future__ import annotations
 
 import io
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -167,7 +168,9 @@ def _load_torch(root: Path, name: str, meta: dict, arrays: dict, pt: tuple[Path,
     except (TypeError, ValueError, KeyError) as e:
         raise ValueError(f"{where}: a damaged network description {net!r} ({e}): {_refit(root)}") from None
     try:
-        sd = torch.load(io.BytesIO(b), map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's pickle-protocol notes: the error below says it all
+            sd = torch.load(io.BytesIO(b), map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch raises many kinds; never pass on its weights_only advice
         raise ValueError(f"{path} is not a readable predictor network (torch could not read it as weights: "
                          f"{torch_load_failure(e)}): {_refit(root)}") from None

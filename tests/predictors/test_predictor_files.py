@@ -275,6 +275,15 @@ def test_a_pt_file_holding_a_pickled_object_is_refused_by_weights_only(pair, tmp
     with pytest.raises(ValueError, match=r"\.pt is not a readable predictor network .*Python objects"):
         load_predictors(d)
     assert not marker.exists()
+    _replace_file(d, nn, f"{nn}.pt", pickle.dumps(Boom(marker)))  # a raw pickle named .pt: one error, no warning
+    import warnings
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        with pytest.raises(ValueError, match=r"\.pt is not a readable predictor network"):
+            load_predictors(d)
+    assert not [str(w.message) for w in seen if "pickle" in str(w.message)]  # torch's pickle-protocol note
+    assert not marker.exists()
 
 
 def test_an_npz_holding_a_pickled_object_is_refused(pair, tmp_path):
