@@ -129,6 +129,11 @@ class FeatureCache:
         manifest = _read_manifest(p)
         for rel, entry in manifest["files"].items():
             f = p / rel
+            new = p / (rel + ".new")  # a cost table `branchy profile` was committing when it was killed
+            if new.is_file() and new.stat().st_size == _size(entry) and \
+                    (not isinstance(entry, dict) or file_sha256(new) == entry.get("sha256")):
+                raise CacheError(f"{p}: a re-profile was interrupted while committing {rel} (the manifest names "
+                                 f"{rel}.new): run `branchy profile --cache {p}` again, which completes it first")
             if not f.is_file() or f.stat().st_size != _size(entry):
                 raise CacheError(f"{p} is incomplete: {rel} is missing or has the wrong size; {_fix(p, manifest)}")
         cache = cls(p, manifest)

@@ -13,6 +13,7 @@ import torch
 from .cache import MANIFEST, FeatureCache, file_entry
 from .cache_writer import _recover, _sibling, target_lock
 from .checkpoint import load_checkpoint
+from .faults import point
 from .pathtime import in_context_costs
 from .profile import profile_segments, runtime_overhead
 from .rule import json_safe
@@ -92,9 +93,11 @@ def _reprofile(p: Path, model, *, threads: int | None, rounds: int, batch_size: 
         m.update(record)
     else:
         m["backends"] = dict(m.get("backends") or {}, **{backend: {"costs": name, **record}})
+    point("reprofile:new-written")
     tmp = p / (MANIFEST + ".tmp")
     tmp.write_text(json.dumps(json_safe(m), indent=2, allow_nan=False))
     os.replace(tmp, p / MANIFEST)  # the commit point: from here the manifest describes NAME.new
+    point("reprofile:manifest-replaced")
     os.replace(new, p / name)
     return FeatureCache.open(p)
 

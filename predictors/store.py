@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from branchy.faults import point
 from branchy.rule import ExitRule, json_safe
 
 from .calibration import check_calibration
@@ -109,6 +110,7 @@ def save_predictors(predictors: list[FittedPredictor], out: str | os.PathLike) -
             _atomic_write(d / fname, b)
         stale += [f for f in _own_files(d, {name: None}) if f.name not in files]
         index["predictors"][name] = entry
+    point("predictors:files-written")
     _atomic_write(index_path, (json.dumps(index, indent=2, allow_nan=False) + "\n").encode())
     _unlink(stale)  # a replaced predictor's files of another kind (e.g. .pt -> .skops), once the index is in place
     return d

@@ -196,7 +196,7 @@ def test_a_reprofile_killed_after_its_manifest_is_completed_by_the_next_writer(d
     m = json.loads((c / "manifest.json").read_text())
     m["files"]["costs.csv"] = file_entry(new)
     (c / "manifest.json").write_text(json.dumps(m))
-    with pytest.raises(CacheError, match="incomplete: costs.csv"):
+    with pytest.raises(CacheError, match="interrupted while committing costs.csv"):
         FeatureCache.open(c)
     with target_lock(c):
         _recover(c)
@@ -279,3 +279,38 @@ def test_a_second_writer_is_refused_before_it_loads_anything(tmp_path, monkeypat
             dump_mod.dump_checkpoint(tmp_path / "missing.pt", target)
     with pytest.raises(AssertionError, match="loaded before"):  # free: it goes on to load
         dump_mod.dump_checkpoint(tmp_path / "missing.pt", target)
+
+
+KILL_REPROFILE = """
+import sys, torch
+from branchy.models import build_model
+from branchy.dump import reprofile
+torch.manual_seed(0)
+model = build_model("b-lenet", exits=(0, 1), num_classes=4).eval()
+reprofile(sys.argv[1], model, rounds=3, min_run_time=0.01)
+"""
+
+
+@pytest.mark.parametrize("at", ["reprofile:new-written", "reprofile:manifest-replaced"])
+def test_a_profile_killed_at_its_final_write_leaves_a_whole_cache(dumped, small_model, tmp_path, at):
+    """SIGKILL at a fault-injection point (branchy.faults), not a lucky timer: the cache opens whole (verified)
+    with either the old costs or, once the next writer completes the commit, the new; nothing half-written."""
+    from branchy.faults import ENV
+
+    c = _copy(dumped, tmp_path / "c")
+    old = (c / "costs.csv").read_bytes()
+    env = {**os.environ, ENV: at, "PYTHONPATH": str(Path(__file__).resolve().parents[2]), "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-c", KILL_REPROFILE, str(c)], env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == -9, r.stderr[-2000:]
+    assert (c / "costs.csv.new").exists()
+    if at == "reprofile:new-written":  # the manifest still names the old table: the cache is the old one
+        assert (c / "costs.csv").read_bytes() == old
+        FeatureCache.open(c, verify=True)
+    else:  # the manifest names the new table: refused until a writer completes the commit, never misread
+        for verify in (False, True):  # even without hashing every file: the pending .new is noticed
+            with pytest.raises(CacheError, match="interrupted while committing costs.csv"):
+                FeatureCache.open(c, verify=verify)
+    reprofile(c, small_model, rounds=3, min_run_time=0.01)  # the next writer recovers, then profiles
+    cache = FeatureCache.open(c, verify=True)
+    assert not (c / "costs.csv.new").exists() and (cache.costs["ms_b1"] > 0).all()

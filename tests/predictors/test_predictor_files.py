@@ -440,3 +440,38 @@ def test_a_missing_file_and_a_model_of_another_kind(cache, pair, tmp_path):
         load_predictors(d)
     with pytest.raises(FileNotFoundError, match="fit-predictors"):
         load_predictors(tmp_path / "none")
+
+
+KILL_SAVE = """
+import sys, warnings
+warnings.simplefilter("ignore")
+from predictors.store import load_predictors, save_predictors
+save_predictors(list(load_predictors(sys.argv[1]).values()), sys.argv[2])
+"""
+
+
+def test_a_save_killed_before_its_index_is_refused_whole_then_redone(pair, cache, other_cache, tmp_path):
+    """SIGKILL at the fault-injection point between the predictor files and the index (branchy.faults): the folder
+    never loads a mix of old and new predictors; it is refused naming the file, and a new save mends it."""
+    import os
+    import subprocess
+    import sys
+
+    from branchy.faults import ENV
+
+    old = _saved(pair, tmp_path)  # tmp_path / "p": the predictors fitted on `cache`
+    new = tmp_path / "new"
+    save_predictors([_fit(other_cache, "gate", "linear"), _fit(other_cache, "gate", "nn")], new)
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, ENV: "predictors:files-written", "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-c", KILL_SAVE, str(new), str(old)], env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == -9, r.stderr[-2000:]
+    with pytest.raises(ValueError, match="SHA-256"):
+        load_predictors(old)
+    r = subprocess.run([sys.executable, "-c", KILL_SAVE, str(new), str(old)], env={**env, ENV: ""},
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    again = load_predictors(old, other_cache)
+    assert set(again) == {p.spec.name for p in pair}
+    assert not [f for f in old.iterdir() if f.name.endswith(".tmp")]
