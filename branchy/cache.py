@@ -110,19 +110,26 @@ def _read_manifest(p: Path) -> dict:
     return manifest
 
 
+AUTO_VERIFY_BYTES = 64 * 2**20  # caches up to this size are hashed in full on every open (about 0.1 s)
+
+
 class FeatureCache:
     """A dumped, frozen branchy net on disk. Open with :meth:`open`."""
 
     def __init__(self, path: Path, manifest: dict) -> None:
         self.path = path
         self.manifest = manifest
+        self.verified = False  # whether every file's SHA-256 was checked when it was opened
 
     # ------------------------------------------------------------------ opening
     @classmethod
-    def open(cls, path: str | os.PathLike, *, model=None, dataset=None, verify: bool = False) -> "FeatureCache":
+    def open(cls, path: str | os.PathLike, *, model=None, dataset=None, verify: bool | None = None) -> "FeatureCache":
         """Open and validate a cache (manifest shape, every file's size); with ``model`` (a BranchyNet) or
         ``dataset`` (Splits) also check that the cache was made from them (fingerprints) and refuse a stale
-        one. ``verify=True`` also checks every file's SHA-256 (reads the whole cache; see :meth:`verify`)."""
+        one. ``verify=True`` also checks every file's SHA-256 (reads the whole cache; see :meth:`verify`);
+        ``None`` (default) does so when the cache records hashes and holds at most :data:`AUTO_VERIFY_BYTES`
+        (tens of ms), so a same-size damaged file of a small cache is caught on open; a larger one gets sizes
+        only (``verified`` says which; CLI: ``--verify``); ``False``: sizes only."""
         p = Path(path)
         if not p.is_dir():
             raise CacheError(f"no feature cache at {str(p)!r}{_interrupted_hint(p)}; make one with `branchy dump`")
@@ -137,8 +144,13 @@ class FeatureCache:
             if not f.is_file() or f.stat().st_size != _size(entry):
                 raise CacheError(f"{p} is incomplete: {rel} is missing or has the wrong size; {_fix(p, manifest)}")
         cache = cls(p, manifest)
+        if verify is None:
+            files = manifest["files"].values()
+            verify = all(isinstance(e, dict) and e.get("sha256") for e in files) and \
+                sum(_size(e) for e in files) <= AUTO_VERIFY_BYTES
         if verify:
             cache.verify()
+        cache.verified = bool(verify)
         cache.check(model=model, dataset=dataset)
         return cache
 

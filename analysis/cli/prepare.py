@@ -95,9 +95,11 @@ def _cache_info_run(a) -> int:
     if len(given) != 1:
         raise ValueError("name one cache: `branchy cache-info DIR` or `branchy cache-info --cache DIR`")
     path = given.pop()
-    cache = FeatureCache.open(path, verify=a.verify)
-    if a.verify:
+    cache = FeatureCache.open(path, verify=a.verify or None)
+    if cache.verified:
         print(f"verified: all {len(cache.manifest['files'])} files of {path} match their SHA-256")
+    else:
+        print(f"{path}: file sizes checked; a cache this large is hashed only on request (--verify)")
     print_cache_info(cache)
     return 0
 

@@ -142,7 +142,7 @@ def test_a_corrupt_file_fails_verify_and_cache_info_but_passes_the_cheap_size_ch
     c = _copy(dumped, tmp_path / "c")
     f = c / "train" / "logits.npy"
     f.write_bytes(np.random.default_rng(0).bytes(f.stat().st_size))
-    cache = FeatureCache.open(c)  # documented: without verify only sizes are checked, and they match
+    cache = FeatureCache.open(c, verify=False)  # documented: sizes only when asked (or a large cache), and they match
     with pytest.raises(CacheError, match=r"corrupt: train/logits.npy does not match the SHA-256 .*--overwrite"):
         FeatureCache.open(c, verify=True)
     with pytest.raises(CacheError, match="train/logits.npy is not a readable .npy array") as e:
@@ -163,7 +163,7 @@ def test_a_damaged_npy_header_is_a_clear_error(dumped, tmp_path):
     b[20:40] = b"\x00" * 20
     f.write_bytes(bytes(b))
     with pytest.raises(CacheError, match="feat_0.npy is not a readable .npy array.*--overwrite") as e:
-        FeatureCache.open(c).features("test", 0)
+        FeatureCache.open(c, verify=False).features("test", 0)  # the reader says so too
     assert "pickle" not in str(e.value)
 
 
@@ -314,3 +314,20 @@ def test_a_profile_killed_at_its_final_write_leaves_a_whole_cache(dumped, small_
     reprofile(c, small_model, rounds=3, min_run_time=0.01)  # the next writer recovers, then profiles
     cache = FeatureCache.open(c, verify=True)
     assert not (c / "costs.csv.new").exists() and (cache.costs["ms_b1"] > 0).all()
+
+
+def test_a_same_size_damaged_array_of_a_small_cache_is_caught_on_open(dumped, tmp_path, monkeypatch):
+    import branchy.cache as bc
+
+    c = _copy(dumped, tmp_path / "c")
+    f = c / "test" / "logits.npy"
+    b = bytearray(f.read_bytes())
+    b[-1] ^= 0xFF  # one byte of the last logit: same size, another value
+    f.write_bytes(bytes(b))
+    with pytest.raises(CacheError, match="test/logits.npy do(es)? not match the SHA-256"):
+        FeatureCache.open(c)  # small: hashed on open by default
+    assert not FeatureCache.open(c, verify=False).verified  # asked for sizes only
+    monkeypatch.setattr(bc, "AUTO_VERIFY_BYTES", 0)  # a large cache: sizes only unless asked, and it says so
+    assert not FeatureCache.open(c).verified
+    with pytest.raises(CacheError, match="SHA-256"):
+        FeatureCache.open(c, verify=True)
