@@ -21,7 +21,7 @@ from .config import check_int, check_number, setting
 from .data import SPLITS, DataConfig, Splits
 from .models import BranchyNet
 from .paths import check_writable
-from .pathtime import in_context_costs
+from .pathtime import in_context_costs, sample_inputs
 from .profile import profile_segments, runtime_overhead
 from .reprofile import reprofile  # noqa: F401 - re-exported
 from .timing import machine_state
@@ -173,7 +173,7 @@ def finish_dump(partial, out, model: BranchyNet, splits: Splits, cfg: DumpConfig
     overhead = runtime_overhead(model, min_run_time=2 * cfg.profile_time) if profile and dev.type == "cpu" else None
     in_context = None
     if overhead is not None:  # the costs corrected to what the runtime pays along its paths
-        costs, overhead, in_context = in_context_costs(model, costs, overhead, inputs=_test_images(splits))
+        costs, overhead, in_context = in_context_costs(model, costs, overhead, inputs=sample_inputs(splits))
     model.to(dev)
     costs.to_csv(partial / "costs.csv", index=False)
     files["costs.csv"] = file_entry(partial / "costs.csv")
@@ -194,12 +194,6 @@ def finish_dump(partial, out, model: BranchyNet, splits: Splits, cfg: DumpConfig
         "files": files,
     }
     return _finish(partial, out, manifest)
-
-
-def _test_images(splits: Splits, n: int = 8):
-    """A few test images (distinct inputs for timing the runtime's paths as a real run meets them)."""
-    ds = splits["test"]
-    return ds.batch(torch.arange(min(n, len(ds))))[0] if len(ds) else None
 
 
 def _feature_dtype(dtype) -> str:

@@ -161,6 +161,13 @@ def apply_params(table: pd.DataFrame, overhead: dict | None, theta: np.ndarray, 
     return t, ov
 
 
+def sample_inputs(splits, n: int = 8) -> torch.Tensor | None:
+    """The first ``n`` test images of ``splits`` (distinct inputs for timing the runtime's paths as a real run meets
+    them); None without test images (random images then)."""
+    ds = splits["test"]
+    return ds.batch(torch.arange(min(n, len(ds))))[0] if len(ds) else None
+
+
 @torch.no_grad()
 def time_paths(model, *, backend: str = "eager", segments: tuple | None = None, samples: int = 60, reps: int = 3,
                seed: int = 0, inputs: torch.Tensor | None = None) -> pd.DataFrame:
@@ -227,4 +234,4 @@ def in_context_costs(model, table: pd.DataFrame, overhead: dict | None, *, backe
 
 
 __all__ = ["ForcedPath", "apply_params", "fit_in_context", "forced_paths", "in_context_costs", "param_names",
-           "path_row", "prior_params", "time_paths"]
+           "path_row", "prior_params", "sample_inputs", "time_paths"]

@@ -14,7 +14,7 @@ from .cache import MANIFEST, FeatureCache, file_entry
 from .cache_writer import _recover, _sibling, target_lock
 from .checkpoint import load_checkpoint
 from .faults import point
-from .pathtime import in_context_costs
+from .pathtime import in_context_costs, sample_inputs
 from .profile import profile_segments, runtime_overhead
 from .rule import json_safe
 from .timing import machine_state
@@ -109,10 +109,9 @@ def _test_images(manifest: dict, n: int = 8):
 
     name = (manifest.get("dataset") or {}).get("name")
     try:
-        ds = DataConfig(name).load().test if name else None
+        return sample_inputs(DataConfig(name).load(), n) if name else None
     except Exception:  # noqa: BLE001 - a dataset that needs a download or a root: random images do
         return None
-    return ds.batch(torch.arange(min(n, len(ds))))[0] if ds is not None and len(ds) else None
 
 
 def _hashed(manifest: dict) -> bool:
