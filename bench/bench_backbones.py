@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import pandas as pd  # noqa: E402
 
 from analysis.present import plots  # noqa: E402
-from analysis.study.suite import load_suite, run_suite, suite_line  # noqa: E402
+from analysis.study.suite import load_suite, real_line, run_suite, suite_line  # noqa: E402
 
 ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
 ap.add_argument("--config", default="configs/suites/backbones.yaml")
@@ -75,7 +75,10 @@ for r in df.to_dict("records"):
                  "free/full": ci(r, "free_vs_full"), "cascade/full": ci(r, "cascade_vs_full"),
                  "perfect gates/free": ci(r, "perfect_gates_vs_free"),
                  "side exits % of full": "-" if pd.isna(r.get("side_exit_cost_share_%")) else
-                 f"{r['side_exit_cost_share_%']:.0f}"})
+                 f"{r['side_exit_cost_share_%']:.0f}",
+                 "real gated/free": ci(r, "real_gated_vs_free"), "real cascade/full": ci(r, "real_cascade_vs_full"),
+                 "real pairs agree": "-" if pd.isna(r.get("real_pairs")) else
+                 f"{int(r['real_pairs_agree'])}/{int(r['real_pairs'])}"})
     gaps.append({"study": r["study"], "profile": r["profile"], "default cascade": r["cascade_ms"],
                  "best rule": r["best_rule_ms"], "best free": r["best_free_ms"],
                  "best with predictors": r.get("best_gated_ms", float("nan")), "best": r["best_ms"],
@@ -97,16 +100,19 @@ with pd.option_context("display.width", 300, "display.max_colwidth", 40):
           "with predictors -> matched oracle -> oracle")
     print(gap.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
 md = ["| study | profile | R | full % / ms | cascade % / ms | best rule ms | best free % / ms | best gated % / ms | "
-      "gated / free [95 % CI] | gated - free acc pts [CI] | pays | perfect gates / free | matched oracle ms | "
-      "oracle ms |", "|" + "---|" * 14]
+      "gated / free [95 % CI] | gated - free acc pts [CI] | real gated / free [CI] | real cascade / full [CI] | "
+      "pays | perfect gates / free | matched oracle ms | oracle ms |", "|" + "---|" * 16]
 for r in df.to_dict("records"):
     acc = "-" if pd.isna(r.get("gated_vs_free_acc_pts")) else \
         f"{r['gated_vs_free_acc_pts']:+.2f} [{r['gated_vs_free_acc_lo_pts']:+.2f}, {r['gated_vs_free_acc_hi_pts']:+.2f}]"
     md.append(f"| {r['study'].rsplit('/', 1)[0] if r['study'].endswith('/joint') else r['study']} | {r['profile']} | "
               f"{r['cost_tables']} | {ms(r, 'full')} | {ms(r, 'cascade')} | {r['best_rule_ms']:.3g} | "
               f"{ms(r, 'best_free')} | {ms(r, 'best_gated')} | {ci(r, 'gated_vs_free')} | {acc} | "
+              f"{ci(r, 'real_gated_vs_free')} | {ci(r, 'real_cascade_vs_full')} | "
               f"{'**yes**' if r.get('pays') else 'no'} | {ci(r, 'perfect_gates_vs_free')} | "
               f"{r['matched_oracle_ms']:.3g} | {r['oracle_ms']:.3g} |")
 (out / "comparison.md").write_text("\n".join(md) + "\n")
 print(f"wrote {out}/comparison.csv, comparison_table.csv, comparison.md, gaps.csv, backbones.png")
+if real_line(df):
+    print(real_line(df))
 print(suite_line(df))

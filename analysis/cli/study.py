@@ -108,11 +108,13 @@ def _suite_args(p):
 
 
 def _suite_run(a) -> int:
-    from ..study.suite import load_suite, run_suite, suite_line
+    from ..study.suite import load_suite, real_line, run_suite, suite_line
 
     suite = load_suite(a.config)  # every study config checked before any work
     df = run_suite(suite, redo=a.redo)
     print(f"wrote {suite.out}/comparison.csv ({len(df)} rows)")
+    if real_line(df):
+        print(real_line(df))
     print(suite_line(df))
     return 0
 

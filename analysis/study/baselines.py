@@ -239,17 +239,19 @@ def _col(name: str) -> str:
 
 def compare_references(cache: FeatureCache, predictors: dict, *, rule: ExitRule, cfg: PolicyConfig,
                        constraint: Constraint, profile: str | DeviceProfile, n_boot: int = 1000, n_jobs: int = 1,
-                       seed: int = 0) -> dict:
+                       seed: int = 0, base: Baselines | None = None) -> dict:
     """One comparison row: :func:`decide_baselines` on calib under ``profile``, every decided policy and the two
     oracles reported on test (accuracy %, mean and p95 ms per sample at batch 1, the placement and its rule), the
     ratios of :data:`RATIOS` with paired bootstrap 95 % CIs over test samples and, for a measured profile, over
     its independent profilings (:func:`analysis.core.costs.measured_cost_models`; decisions use the first), the
     accuracy differences of :data:`ACC_DIFFS` with CIs, and ``pays``: the best placement with a predictor beats the
     best predictor-free policy (``gated_vs_free_hi < 1``) at non-inferior accuracy (:func:`non_inferior` with the
-    constraint's ``max_acc_drop``)."""
+    constraint's ``max_acc_drop``). ``base``: the policies already decided under ``profile`` (default: decided
+    here)."""
     eps = constraint.max_acc_drop if constraint.max_acc_drop is not None else 0.0
-    base = decide_baselines(cache, predictors, profile=profile, rule=rule, cfg=cfg, constraint=constraint,
-                            n_jobs=n_jobs, seed=seed)
+    if base is None:
+        base = decide_baselines(cache, predictors, profile=profile, rule=rule, cfg=cfg, constraint=constraint,
+                                n_jobs=n_jobs, seed=seed)
     obj = base.objective
     tables = measured_cost_models(cache, profile)
     test0 = Evidence.build(cache, "test", measure=cfg.measure, predictors=predictors, costs=tables[0])
@@ -289,13 +291,27 @@ def compare_references(cache: FeatureCache, predictors: dict, *, rule: ExitRule,
         if num in outs:
             d, lo, hi = acc_diff_ci(outs[num][0].correct, outs[den][0].correct, n_boot)
             row.update({f"{col}_acc_pts": d, f"{col}_acc_lo_pts": lo, f"{col}_acc_hi_pts": hi})
-    row["pays"] = bool("gated_vs_free" in row and row["gated_vs_free_hi"] < 1
-                       and non_inferior(row.get("gated_vs_free_acc_lo_pts"), row.get("gated_vs_free_acc_pts"), eps))
+    row["pays"] = pays(row)
     row["note"] = (f"exits chained ({cache.chain}): no placement can remove or gate an exit" if cache.chained else
                    "" if "best-gated" in outs else "no placement with a predictor that decides anything (none fitted, "
                    "constant ones, or none that runs on calib)")
     row["verdict"] = verdict(row)
     return row
+
+
+def pays(row: dict) -> bool:
+    """Do predictors pay on a comparison row? The best placement with a predictor beats the best predictor-free policy
+    (``gated_vs_free_hi < 1``) at non-inferior accuracy (:func:`non_inferior`, ``acc_eps_pts``) and, where the row
+    was also run for real (``real_gated_vs_free_hi``, :mod:`analysis.study.realrun`), the real run's CI lies below 1
+    too: a claim holds only where simulation and the real run agree."""
+    hi = row.get("gated_vs_free_hi", np.nan)
+    if hi is None or not np.isfinite(hi) or not hi < 1:
+        return False
+    if not non_inferior(row.get("gated_vs_free_acc_lo_pts"), row.get("gated_vs_free_acc_pts"),
+                        row.get("acc_eps_pts", 0.0)):
+        return False
+    real = row.get("real_gated_vs_free_hi", np.nan)
+    return real is None or not np.isfinite(real) or bool(real < 1)
 
 
 def _ci(row: dict, col: str) -> str:
@@ -310,7 +326,7 @@ def verdict(row: dict) -> str:
             f"{_ci(row, 'free_vs_full')} x full")
     if "gated_vs_free" not in row or not np.isfinite(row.get("gated_vs_free", np.nan)):
         why = row.get("note") or "no placement with a predictor"
-        return f"{head}. Predictors cannot be tried here: {why}."
+        return f"{head}. Predictors cannot be tried here: {why}.{_real_sentence(row)}"
     gated = (f"the best placement with a predictor ({row['best_gated_placement']}) runs at "
              f"{_ci(row, 'gated_vs_free')} x it, accuracy {row['gated_vs_free_acc_pts']:+.2f} points")
     if np.isfinite(row.get("gated_vs_free_acc_lo_pts", np.nan)):
@@ -320,15 +336,36 @@ def verdict(row: dict) -> str:
         bound = (f" Free perfect gates in front of the exits it keeps would run at {row['perfect_gates_vs_free']:.3f} x "
                  f"the best predictor-free policy; side exits are {row['side_exit_cost_share_%']:.0f} % of full's "
                  f"cost here.")
+    real = _real_sentence(row)
     if row["pays"]:
-        return f"{head}; {gated}: predictors pay here.{bound}"
+        return f"{head}; {gated}: predictors pay here.{bound}{real}"
     reasons = []
     if not row.get("gated_vs_free_hi", np.inf) < 1:
         reasons.append("its latency CI reaches 1 or above")
     if not non_inferior(row.get("gated_vs_free_acc_lo_pts"), row.get("gated_vs_free_acc_pts"), row["acc_eps_pts"]):
         reasons.append(f"its accuracy may be more than {row['acc_eps_pts']:g} points lower")
-    return f"{head}; {gated}: predictors do not pay here ({' and '.join(reasons)}).{bound}"
+    if not reasons:
+        reasons.append("the real run does not confirm it: its CI reaches 1 or above")
+    return f"{head}; {gated}: predictors do not pay here ({' and '.join(reasons)}).{bound}{real}"
+
+
+def _real_sentence(row: dict) -> str:
+    """The real run of a row (:mod:`analysis.study.realrun`) in words; empty without one."""
+    n = row.get("real_n")
+    if n is None or not np.isfinite(n):
+        return ""
+    parts = []
+    for col, what in (("cascade_vs_full", "the default cascade"), ("free_vs_full", "the best predictor-free policy")):
+        if np.isfinite(row.get(f"real_{col}", np.nan)):
+            parts.append(f"{what} {_ci(row, f'real_{col}')} x full (simulated {row[f'realsim_{col}']:.3f})")
+    if np.isfinite(row.get("real_gated_vs_free", np.nan)):
+        parts.append(f"the gated placement {_ci(row, 'real_gated_vs_free')} x the best predictor-free policy "
+                     f"(simulated {row['realsim_gated_vs_free']:.3f})")
+    agree = (f"the simulation orders {int(row['real_pairs_agree'])} of {int(row['real_pairs'])} pairs of policies as "
+             f"the real run does" if row.get("real_pairs") else "no two policies differ by more than 5 % for real")
+    return (f" Run for real ({row['real_backend']}, {int(n)} test samples at batch 1): {'; '.join(parts)}; "
+            f"{agree}.")
 
 
 __all__ = ["ACC_DIFFS", "Baselines", "Decided", "NAMES", "RATIOS", "acc_diff_ci", "compare_references",
-           "decide_baselines", "full_placement", "non_inferior", "ratio_ci", "verdict"]
+           "decide_baselines", "full_placement", "non_inferior", "pays", "ratio_ci", "verdict"]

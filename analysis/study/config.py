@@ -42,6 +42,8 @@ class StudyConfig:
     placement: PlacementConfig = PlacementConfig()
     report: bool = True
     validate: int = 300  # test samples the real runtime runs to check the simulator (0: skip)
+    realrun: int = 0  # test samples on which the real runtime runs the references comparison of every measured profile
+    # (full, default cascade, best free, best gated at batch 1; real ratios with CIs beside the simulated ones; 0: skip)
     backends: tuple[str, ...] = ("eager",)  # runtime backends measured (profile measured-BACKEND) and validated
     profilings: int = 1  # independent profilings of the measured costs (the dump's + re-profilings, kept in
     # costs_history/): the comparison's ratio CIs resample them with the test samples (a suite asks for >= 4)
@@ -52,6 +54,7 @@ class StudyConfig:
             raise ValueError(f"train.exit_weights has {len(w)} values but model.exits {list(exits)} makes "
                              f"{len(exits) + 1} exits (the side exits and the final one): give one weight per exit")
         check_int("validate (test samples the real runtime runs, 0: skip)", self.validate, 0)
+        check_int("realrun (test samples the references comparison runs for real, 0: skip)", self.realrun, 0)
         check_int("profilings (independent profilings of the measured costs)", self.profilings, 1)
         for b in self.backends:
             check_name("backends", BACKENDS, b)

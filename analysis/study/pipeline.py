@@ -24,6 +24,7 @@ DEMO = StudyConfig(
     model=BackboneConfig("b-lenet", exits=(0, 1)),
     train=TrainConfig(epochs=30, batch_size=64, lr=3e-3, augment_shift=2),
     backends=("eager", "onnxruntime"),
+    realrun=100,
 )
 
 
@@ -178,7 +179,7 @@ def run_study(cfg: StudyConfig, *, redo: bool = False) -> dict:
         print(format_eval(pred_table))
     pcfg = cfg.policies
     log("simulating every policy with buffering costs (decided on calib, reported on test)")
-    profiles = list(cfg.profiles) + ([f"measured-{b}" for b in cfg.backends if b != "eager"]
+    profiles = list(cfg.profiles) + ([f"measured-{b}" for b in cfg.backends if b != "eager" and b in cache.backends]
                                      if "measured" in cfg.profiles and cache.manifest.get("device") == "cpu" else [])
     sim = simulate_to(cache, out / "simulate", predictors=preds, profiles=profiles, cfg=pcfg, verbose=False)
     pl = cfg.placement
@@ -207,7 +208,7 @@ def run_study(cfg: StudyConfig, *, redo: bool = False) -> dict:
     for prof, lines in sim.get("explained", {}).items():
         log(f"when a gate pays ({prof}, calib; ms per sample at batch 1):")
         print("\n".join(f"  {line}" for line in lines))
-    refs = step_references(cfg, cache, preds, rule, profiles, out)
+    refs = step_references(cfg, cache, preds, rule, profiles, out, model=model, splits=splits)
     val = step_validate(cfg, cache, model, splits, preds, pcfg, rule, placements, out)
     result = {"out": out, "cache": cache, "test_eval": test_eval, "predictors": preds, "predictor_table": pred_table,
               "thresholds": np.asarray(rule.thresholds), "rule": rule, "simulation": sim, "placements": placements,
@@ -230,25 +231,37 @@ def step_backends(cfg: StudyConfig, cache, model, redo: bool):
     for b in cfg.backends:
         if b == "eager" or (b in cache.backends and not redo):
             continue
+        if cache.chained:  # its heads read earlier heads' outputs: only eager runs them (branchy.backends.prepare)
+            log(f"the {b} backend skipped: the cache's exits are chained ({cache.chain}), only eager runs them")
+            continue
         log(f"measuring segment costs on the {b} backend (profile measured-{b})")
         cache = reprofile(cache.path, model, backend=b, min_run_time=cfg.dump.profile_time)
     return cache
 
 
-def step_references(cfg: StudyConfig, cache, preds: dict, rule, profiles: list, out: Path):
+def step_references(cfg: StudyConfig, cache, preds: dict, rule, profiles: list, out: Path, *, model=None,
+                    splits=None):
     """Do predictors pay here? Per profile the best predictor-free policy and the best placement with a predictor,
     decided on calib under the placement constraint, compared on test (:func:`analysis.study.baselines.
-    compare_references`); written to ``simulate/references.csv`` and said in words."""
+    compare_references`); with ``cfg.realrun`` samples, a measured profile's decided policies also run for real on
+    its backend (:func:`analysis.study.realrun.compare_for_real`). Written to ``simulate/references.csv`` and said in
+    words."""
     import pandas as pd
+    import torch
 
-    from .baselines import compare_references
+    from .realrun import backend_of, compare_for_real
 
+    n = min(cfg.realrun, cache.size("test")) if model is not None and splits is not None else 0
+    x = splits.test.batch(torch.arange(n))[0] if n else torch.empty(0)
     rows = []
     for prof in profiles:
-        log(f"references ({prof}): best predictor-free policy vs best placement with a predictor, decided on calib")
-        rows.append(compare_references(cache, preds, rule=rule, cfg=cfg.policies, constraint=cfg.placement.constraint,
-                                       profile=prof, n_boot=cfg.policies.bootstrap, n_jobs=cfg.placement.n_jobs,
-                                       seed=cfg.placement.seed))
+        real = n and backend_of(prof) is not None
+        log(f"references ({prof}): best predictor-free policy vs best placement with a predictor, decided on calib"
+            + (f", then run for real on {n} test samples" if real else ""))
+        rows.append(compare_for_real(cache, preds, rule=rule, cfg=cfg.policies, constraint=cfg.placement.constraint,
+                                     profile=prof, model=model, test_x=x if real else x[:0],
+                                     n_boot=cfg.policies.bootstrap, n_jobs=cfg.placement.n_jobs,
+                                     seed=cfg.placement.seed))
         print(f"  {rows[-1]['verdict']}")
     df = pd.DataFrame(rows)
     (out / "simulate").mkdir(parents=True, exist_ok=True)
@@ -267,7 +280,7 @@ def step_profilings(cfg: StudyConfig, cache, model):
     if cfg.profilings <= 1 or cache.manifest.get("device") != "cpu" \
             or np.isnan(cache.cost_vector("stage", "ms_b1")).any():
         return cache
-    for b in cfg.backends:
+    for b in [b for b in cfg.backends if b in cache.backends]:
         prof = "measured" if b == "eager" else f"measured-{b}"
         have = len(measured_cost_models(cache, prof))
         for i in range(have, cfg.profilings):

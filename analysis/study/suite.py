@@ -20,7 +20,7 @@ import pandas as pd
 from branchy.config import check_int, from_mapping, read_yaml, setting
 
 from ..core.costs import get_profile
-from .baselines import RATIOS, compare_references, non_inferior, ratio_ci
+from .baselines import RATIOS, compare_references, non_inferior, pays, ratio_ci
 from .config import StudyConfig
 
 
@@ -117,7 +117,8 @@ def compare_study(key: str, result: dict, profiles, *, n_boot: int = 1000) -> li
     done = result.get("references")
     have = {} if done is None or not len(done) else {r["profile"]: r for r in done.to_dict("records")}
     rows = []
-    for prof in dict.fromkeys(["measured", *profiles]):
+    extra = [p for p in have if p.startswith("measured-")]  # the study's other measured backends
+    for prof in dict.fromkeys(["measured", *extra, *profiles]):
         if get_profile(prof).name in have and cfg.policies.bootstrap == n_boot:  # the study compared them already
             rows.append({"study": key, **have[get_profile(prof).name]})
             continue
@@ -144,13 +145,26 @@ def run_suite(suite: SuiteConfig, *, redo: bool = False, log=print) -> pd.DataFr
 
 
 def paying(df: pd.DataFrame) -> pd.Series:
-    """Rows where predictors pay: ``gated_vs_free_hi < 1`` at non-inferior accuracy (:func:`non_inferior`)."""
+    """Rows where predictors pay (:func:`analysis.study.baselines.pays`): ``gated_vs_free_hi < 1`` at non-inferior
+    accuracy and, on a row also run for real, the real run's CI below 1 too."""
     if "gated_vs_free_hi" not in df:
         return pd.Series(False, index=df.index)
-    return pd.Series([bool(r.get("gated_vs_free_hi", np.nan) < 1 and
-                           non_inferior(r.get("gated_vs_free_acc_lo_pts"), r.get("gated_vs_free_acc_pts"),
-                                        r.get("acc_eps_pts", 0.0)))
-                      for r in df.to_dict("records")], index=df.index, dtype=bool)
+    return pd.Series([pays(r) for r in df.to_dict("records")], index=df.index, dtype=bool)
+
+
+def real_line(df: pd.DataFrame) -> str | None:
+    """``real runs: R rows, faster policy agrees in A of P pairs, real gated/best-free R0-R1, simulated-only pays on
+    N, confirmed on C`` (None when no row was run for real)."""
+    if "real_n" not in df or not df["real_n"].notna().any():
+        return None
+    d = df[df["real_n"].notna()]
+    agree, total = int(d["real_pairs_agree"].sum()), int(d["real_pairs"].sum())
+    g = d["real_gated_vs_free"].dropna() if "real_gated_vs_free" in d else pd.Series(dtype=float)
+    sim_only = [r for r in d.to_dict("records") if pays({k: v for k, v in r.items() if not k.startswith("real_")})]
+    span = f"{g.min():.3f}-{g.max():.3f}" if len(g) else "-"
+    return (f"real runs: {len(d)} rows ({', '.join(sorted(d.real_backend.unique()))}, batch 1), faster policy agrees "
+            f"in {agree} of {total} pairs, real gated/best-free {span}, simulation alone says predictors pay on "
+            f"{len(sim_only)} of them, the real run confirms {int(paying(d).sum())}")
 
 
 def suite_line(df: pd.DataFrame) -> str:
@@ -173,4 +187,4 @@ def suite_line(df: pd.DataFrame) -> str:
 
 
 __all__ = ["RATIOS", "SuiteConfig", "compare_study", "load_suite", "non_inferior", "paying", "ratio_ci",
-           "run_suite", "suite_line"]
+           "real_line", "run_suite", "suite_line"]

@@ -50,6 +50,9 @@ def build_runtime(model, pl: Placement, rule: ExitRule, cuts: dict, predictors: 
 
 def _boot(a: np.ndarray, b: np.ndarray | None, n_boot: int, seed: int):
     """Percentile-bootstrap 95 % intervals of mean(a), p95(a) and mean(b)/mean(a) (paired samples)."""
+    if n_boot <= 0:  # no CI asked for
+        nan = np.array([np.nan, np.nan])
+        return {"mean": nan, "p95": nan, **({"ratio": nan} if b is not None else {})}
     g = np.random.default_rng(seed)
     idx = g.integers(0, len(a), (n_boot, len(a)))
     ra = a[idx]
@@ -221,7 +224,10 @@ def validate(cache: FeatureCache, model, test_x: torch.Tensor, *, predictors: di
         ok = share >= PREDICTABLE_PCT  # else the fit's split of what it could not separate decides: no figure
         rows[j].update({"sim_fit_mean_ms": pred if ok else np.nan, "ratio_fit": pred / meas[j].mean() if ok else np.nan,
                         "fit_predictable_%": share})
-    return pd.DataFrame(rows)
+    df = pd.DataFrame(rows)
+    df.attrs["meas_ms"] = {name: meas[j] for j, name in enumerate(names)}  # per sample, for paired comparisons
+    df.attrs["sim_ms"] = {name: np.asarray(sims[name].latency_ms) for name in names}
+    return df
 
 
 PREDICTABLE_PCT = 95.0  # a held-out policy is predicted from fitted costs only where this share of its paths is spanned
