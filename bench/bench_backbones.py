@@ -34,12 +34,12 @@ suite = load_suite(a.config)
 if a.quick:
     from dataclasses import replace
 
-    from analysis.study.suite import _merge
+    from analysis.study.suite import merge_mappings
 
-    base = _merge(suite.base, {"train": {"epochs": 1}, "dump": {"profile_time": 0.02},
+    base = merge_mappings(suite.base, {"train": {"epochs": 1}, "dump": {"profile_time": 0.02},
                                "predictors": {"folds": 2}, "policies": {"bootstrap": 50}})
-    datasets = {k: _merge(v, {"options": {"sizes": [300, 150, 150]}}) for k, v in suite.datasets.items()}
-    backbones = {k: _merge(v, {"train": {"epochs": 1}}) for k, v in suite.backbones.items()}
+    datasets = {k: merge_mappings(v, {"options": {"sizes": [300, 150, 150]}}) for k, v in suite.datasets.items()}
+    backbones = {k: merge_mappings(v, {"train": {"epochs": 1}}) for k, v in suite.backbones.items()}
     suite = replace(suite, base=base, datasets=datasets, backbones=backbones, bootstrap=100,
                     out=a.out or suite.out + "-quick")
 elif a.out:

@@ -19,7 +19,7 @@ from torch.utils import benchmark
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from branchy.profile import _exit_with_confidence, profile_segments  # noqa: E402
+from branchy.profile import exit_with_confidence, profile_segments  # noqa: E402
 from branchy.timing import machine_state  # noqa: E402
 from branchy.checkpoint import load_checkpoint  # noqa: E402
 
@@ -35,7 +35,7 @@ def single_shot(model, seconds: float = 0.2) -> np.ndarray:
         xs.append(h)
         out = []
         for k in range(model.num_exits):
-            for fn, x in ((lambda x, k=k: model.run_stage(k, x), xs[k]), (_exit_with_confidence(model, k), xs[k + 1]),
+            for fn, x in ((lambda x, k=k: model.run_stage(k, x), xs[k]), (exit_with_confidence(model, k), xs[k + 1]),
                           (lambda x: x.clone(), xs[k + 1])):
                 for _ in range(3):
                     fn(x)

@@ -27,7 +27,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from analysis.core.calibrate import thresholds_for_accuracy  # noqa: E402
-from analysis.core.evidence import Evidence, outcome  # noqa: E402
+from analysis.core.evidence import Evidence, cascade_outcome, full_outcome  # noqa: E402
 from analysis.core.guarantee import point_estimate_rule, risk_controlled_rule  # noqa: E402
 from branchy.cache import CacheError, FeatureCache  # noqa: E402
 from branchy.rule import ExitRule  # noqa: E402
@@ -67,9 +67,9 @@ def resplits(cache: FeatureCache, r: int, eps: float, delta: float, seed: int = 
                  "point": point_estimate_rule(cal, eps, num_classes=cache.num_classes),
                  "default": ExitRule.given(_default_thresholds(cache, perm[: n // 2]), k)}
         del z_cal
-        full = outcome(tst, "full", rules["ltt"])
+        full = full_outcome(tst)
         for name, rule in rules.items():
-            o = outcome(tst, "cascade", rule)
+            o = cascade_outcome(tst, rule)
             loss = 100 * (full.correct & ~o.correct).mean()
             res[name]["loss"].append(loss)
             res[name]["viol"].append(loss > eps)

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from .cache import SCHEMA_VERSION, FeatureCache, file_entry, row_slices
-from .cache_writer import NpyWriter, _add_files, _finish, _writing, versions
+from .cache_writer import NpyWriter, record_files, finish_cache, writing_target, versions
 from .paths import check_writable
 from .splits import SPLITS
 
@@ -98,9 +98,9 @@ def cache_from_arrays(path: str | os.PathLike, data: dict, *, costs=None, model_
             h.update(np.ascontiguousarray(y[sl]).tobytes())
         for sl in row_slices(len(z), CHUNK):
             h.update(np.ascontiguousarray(z[sl], dtype=np.float32).tobytes())
-    with _writing(out, overwrite) as partial:
+    with writing_target(out, overwrite) as partial:
         files = _write_arrays(partial, data)
-        return _finish(partial, out, _arrays_manifest(partial, files, data, costs, fp=h.hexdigest()[:16], k=k, c=c,
+        return finish_cache(partial, out, _arrays_manifest(partial, files, data, costs, fp=h.hexdigest()[:16], k=k, c=c,
                                                       model_name=model_name, dataset_name=dataset_name, chain=chain))
 
 
@@ -118,7 +118,7 @@ def _write_arrays(partial: Path, data: dict) -> dict:
             if f.ndim != 2 or len(f) != len(y):
                 raise ValueError(f"{sp}: features of exit {i} must be [N, D] with N={len(y)}, got {f.shape}")
             _save(d / f"feat_{i}.npy", f, np.float32)
-        _add_files(files, d, partial)
+        record_files(files, d, partial)
     return files
 
 
@@ -159,3 +159,6 @@ def _arrays_manifest(partial: Path, files: dict, data: dict, costs, *, fp: str, 
         "dump_seconds": 0.0, "versions": versions(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "files": files, "chain": str(chain),
     }
+
+
+__all__ = ["CHUNK", "cache_from_arrays"]

@@ -123,3 +123,6 @@ def _onnxruntime(model, *, threads: int):
     stages = [_onnx_session(model.stages[k], xs[k], threads) for k in range(model.num_exits)]
     heads = [_onnx_session(model.exits[k], xs[k + 1], threads) for k in range(model.num_exits)]
     return stages, heads
+
+
+__all__ = ["BACKENDS", "Segment", "compile_module", "example_inputs", "list_backends", "prepare"]

@@ -1,4 +1,4 @@
-"""Reading a feature cache (numpy + pandas only): DESIGN.md §3.2.
+"""Reading a feature cache (numpy + pandas only): docs/semantics.md §3.2.
 
 Layout of a cache directory::
 

@@ -6,7 +6,7 @@ Writers of ``PATH`` (:func:`branchy.dump.dump`, :func:`~branchy.dump.cache_from_
 :func:`~branchy.dump.reprofile`) hold an exclusive ``flock`` on ``PATH.lock`` for their whole run; a second
 writer is refused at once, naming the first (pid, host, start time, as written in the lock file). The OS drops
 the lock when its holder dies, and the lock file itself stays (removing it would let two writers lock
-different files). Under the lock a writer first repairs what a killed one left (:func:`_recover`): stale
+different files). Under the lock a writer first repairs what a killed one left (:func:`recover_target`): stale
 ``PATH.partial*`` folders are removed (a new dump *restarts cleanly*, it does not resume), an interrupted
 ``--overwrite`` swap is completed or rolled back, and an interrupted re-profile is completed.
 """
@@ -26,6 +26,7 @@ from typing import Iterator
 
 import numpy as np
 
+from .atomic import atomic_write
 from .cache import MANIFEST, CacheError, FeatureCache, file_entry
 from .paths import SetupError
 from .rule import json_safe
@@ -74,7 +75,7 @@ class CacheLockedError(SetupError):
     """Another live process is writing the same cache."""
 
 
-def _sibling(out: Path, suffix: str) -> Path:
+def sibling_path(out: Path, suffix: str) -> Path:
     return out.parent / (out.name + suffix)
 
 
@@ -95,7 +96,7 @@ def target_lock(out: str | os.PathLike, what: str = "dump") -> Iterator[Path]:
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    lock = _sibling(out, ".lock")
+    lock = sibling_path(out, ".lock")
     fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
     try:
         try:
@@ -118,12 +119,12 @@ def target_lock(out: str | os.PathLike, what: str = "dump") -> Iterator[Path]:
 def check_unlocked(out: str | os.PathLike, what: str = "dump") -> None:
     """Refuse at once, before any loading, when another process holds ``OUT.lock`` (:class:`CacheLockedError`
     naming it); the writer takes the lock for real later (a race in between is still caught there)."""
-    if _sibling(Path(out), ".lock").exists():
+    if sibling_path(Path(out), ".lock").exists():
         with target_lock(out, what):
             pass
 
 
-def _recover(out: Path) -> None:
+def recover_target(out: Path) -> None:
     """Under the lock: finish what a killed writer of ``out`` left.
 
     * ``out`` missing and ``out.old`` present (killed between the two renames of an ``--overwrite``):
@@ -134,7 +135,7 @@ def _recover(out: Path) -> None:
       already records it, else delete it.
     * then every ``out.partial*`` folder (no live writer can own one: we hold the lock) is removed.
     """
-    old = _sibling(out, ".old")
+    old = sibling_path(out, ".old")
     if old.exists() and not out.exists():
         done = _finished_partial(out)
         os.replace(done or old, out)
@@ -176,14 +177,14 @@ def _recover_reprofile(out: Path) -> None:
 
 
 @contextmanager
-def _writing(out: Path, overwrite: bool) -> Iterator[Path]:
+def writing_target(out: Path, overwrite: bool) -> Iterator[Path]:
     """Lock ``out``, repair what killed writers left, and yield a fresh folder of this dump's own to build
     the cache in; on any failure (Ctrl-C included) the folder is removed."""
     with target_lock(out, "dump"):
-        _recover(out)
+        recover_target(out)
         if out.exists() and not overwrite:
             raise FileExistsError(f"{out} already exists; pass overwrite=True (CLI: --overwrite) to replace it")
-        partial = _sibling(out, f".partial-{os.getpid()}-{secrets.token_hex(4)}")
+        partial = sibling_path(out, f".partial-{os.getpid()}-{secrets.token_hex(4)}")
         partial.mkdir()
         try:
             yield partial
@@ -192,20 +193,18 @@ def _writing(out: Path, overwrite: bool) -> Iterator[Path]:
             raise
 
 
-def _add_files(files: dict, folder: Path, root: Path) -> None:
+def record_files(files: dict, folder: Path, root: Path) -> None:
     """Record size and SHA-256 of every file in ``folder`` under its path relative to ``root``."""
     for f in sorted(folder.iterdir()):
         files[f.relative_to(root).as_posix()] = file_entry(f)
 
 
-def _finish(partial: Path, out: Path, manifest: dict) -> FeatureCache:
+def finish_cache(partial: Path, out: Path, manifest: dict) -> FeatureCache:
     """Write the manifest last (temp + rename), then move the finished folder into place (under the lock;
-    a kill between the two renames of an overwrite is repaired by :func:`_recover`)."""
-    tmp = partial / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(json_safe(manifest), indent=2, allow_nan=False))
-    os.replace(tmp, partial / MANIFEST)
+    a kill between the two renames of an overwrite is repaired by :func:`recover_target`)."""
+    atomic_write(partial / MANIFEST, json.dumps(json_safe(manifest), indent=2, allow_nan=False))
     if out.exists():  # overwrite: move the old one aside, then swap
-        old = _sibling(out, ".old")
+        old = sibling_path(out, ".old")
         if old.exists():
             shutil.rmtree(old)
         os.replace(out, old)
@@ -223,3 +222,7 @@ def versions() -> dict:
 
     return {"python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
             "numpy": np.__version__, "pandas": pandas.__version__}
+
+
+__all__ = ["CacheLockedError", "NpyWriter", "check_unlocked", "finish_cache", "record_files", "recover_target",
+           "sibling_path", "target_lock", "versions", "writing_target"]

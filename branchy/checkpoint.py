@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from .atomic import atomic_path
 from .config import to_plain
 from .data import DataConfig, Splits
 from .models import BranchyNet, ModelConfig, build_from_config, weights_fingerprint
@@ -39,9 +40,8 @@ def save_checkpoint(model: BranchyNet, path: str | os.PathLike, *, configs: dict
         "dataset_fingerprint": splits.fingerprint() if splits else None,
         "torch_version": str(torch.__version__),
     }
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
     return path
 
 
@@ -159,3 +159,7 @@ def data_config_of(meta: dict) -> DataConfig | None:
         return None
     return DataConfig(tc["dataset"], root=tc.get("data_root") or "data", path=tc.get("data_path"),
                       download=bool(tc.get("download", False)), seed=int(tc.get("seed", 0)))
+
+
+__all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_KEYS", "CHECKPOINT_VERSION", "data_config_of", "load_checkpoint",
+           "load_trunk", "load_weights", "read_checkpoint", "save_checkpoint", "torch_load_failure"]

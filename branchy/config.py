@@ -54,12 +54,6 @@ def check_number(name: str, v, rule: str, ok: Callable[[float], bool], example: 
         raise ValueError(f"{name} must be a finite number {rule}, got {v!r}" + (f"; {example}" if example else ""))
 
 
-def check_choice(name: str, v, known) -> None:
-    known = list(known)
-    if v not in known:
-        raise ValueError(f"{name}: unknown value {v!r}; known: {', '.join(map(str, known))}")
-
-
 def check_name(name: str, registry, v) -> None:
     """Refuse a name ``registry`` does not hold, listing the known ones (as a ValueError)."""
     if not isinstance(v, str) or v not in registry:
@@ -84,7 +78,7 @@ def from_mapping(cls, raw, where: str):
     if missing:
         raise ConfigError(f"{where}: missing required field(s) {missing}")
     hints = typing.get_type_hints(cls)
-    kw = {name: _coerce(value, hints[name], f"{where}.{name}" if where else name) for name, value in raw.items()}
+    kw = {name: coerce_value(value, hints[name], f"{where}.{name}" if where else name) for name, value in raw.items()}
     try:
         return cls(**kw)
     except ConfigError:
@@ -94,7 +88,7 @@ def from_mapping(cls, raw, where: str):
         raise ConfigError(f"{where}: {msg}" if where else msg) from None
 
 
-def _coerce(value, hint, where: str):
+def coerce_value(value, hint, where: str):
     """``value`` read as the field's annotated type: numbers written as strings (YAML 1.1 reads ``3e-3`` as one)
     converted, a scalar where a list goes taken as a one-element list, a nested dataclass built, anything else
     that does not fit refused with the field named."""
@@ -105,14 +99,14 @@ def _coerce(value, hint, where: str):
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
-        return _coerce(value, inner[0], where) if len(inner) == 1 else value
+        return coerce_value(value, inner[0], where) if len(inner) == 1 else value
     if origin is tuple:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             value = [value]
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where}: expected a list, got {type(value).__name__} {value!r}")
         item = args[0] if args else typing.Any
-        return tuple(_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value))
+        return tuple(coerce_value(v, item, f"{where}[{i}]") for i, v in enumerate(value))
     if hint is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"{where}: expected true or false, got {value!r}")
@@ -278,4 +272,4 @@ def from_arguments(cls, ns: argparse.Namespace, base=None, **fixed):
 
 
 __all__ = ["ConfigError", "setting", "from_mapping", "read_yaml", "to_plain", "add_arguments", "from_arguments", "check_int",
-           "check_number", "check_choice", "check_name", "is_int", "is_real"]
+           "check_number", "check_name", "is_int", "is_real"]

@@ -9,8 +9,8 @@ from typing import Callable
 import numpy as np
 from scipy import ndimage
 
-_H = _W = 28
-_C = (_H - 1) / 2  # image centre, pixels
+IMAGE_H = IMAGE_W = 28
+_C = (IMAGE_H - 1) / 2  # image centre, pixels
 
 
 # ----------------------------------------------------------------------------- helpers (float images in [0, 1])
@@ -34,12 +34,12 @@ def _warp(f: np.ndarray, a: np.ndarray, t: np.ndarray | None = None) -> np.ndarr
     """Bilinear warp of every image: output pixel p (centred, row/col) reads input ``a[n] @ p + t[n]``.
     ``a`` [N, 2, 2], ``t`` [N, 2] in pixels; outside the image reads 0."""
     n = len(f)
-    r, c = np.meshgrid(np.arange(_H) - _C, np.arange(_W) - _C, indexing="ij")
+    r, c = np.meshgrid(np.arange(IMAGE_H) - _C, np.arange(IMAGE_W) - _C, indexing="ij")
     p = np.stack([r, c])  # [2, H, W]
     src = np.einsum("nij,jhw->nihw", a, p) + _C
     if t is not None:
         src = src + t[:, :, None, None]
-    idx = np.broadcast_to(np.arange(n, dtype=np.float64)[:, None, None], (n, _H, _W))
+    idx = np.broadcast_to(np.arange(n, dtype=np.float64)[:, None, None], (n, IMAGE_H, IMAGE_W))
     coords = np.stack([idx, src[:, 0], src[:, 1]])
     return ndimage.map_coordinates(f, coords, order=1, mode="constant", cval=0.0)
 
@@ -56,7 +56,7 @@ def _draw(f: np.ndarray, pts: np.ndarray, value: float = 1.0) -> np.ndarray:
     """Paint points ``pts`` [N, P, 2] (row, col, pixels) with ``value`` (brightest wins); off-image ones skipped."""
     out = f.copy()
     rc = np.rint(pts).astype(np.int64)
-    ok = (rc[..., 0] >= 0) & (rc[..., 0] < _H) & (rc[..., 1] >= 0) & (rc[..., 1] < _W)
+    ok = (rc[..., 0] >= 0) & (rc[..., 0] < IMAGE_H) & (rc[..., 1] >= 0) & (rc[..., 1] < IMAGE_W)
     n = np.broadcast_to(np.arange(len(f))[:, None], ok.shape)
     n, r, c = n[ok], rc[..., 0][ok], rc[..., 1][ok]
     out[n, r, c] = np.maximum(out[n, r, c], value)
@@ -96,9 +96,9 @@ def glass_blur(x: np.ndarray, severity: int, rng: np.random.Generator) -> np.nda
     sigma, delta = _pick(((0.4, 1), (0.6, 1), (0.7, 2), (0.9, 2), (1.1, 3)), severity)
     f = _blur(_f(x), sigma)
     n = len(f)
-    d = rng.integers(-delta, delta + 1, size=(2, n, _H, _W))
-    r = np.clip(np.arange(_H)[None, :, None] + d[0], 0, _H - 1)
-    c = np.clip(np.arange(_W)[None, None, :] + d[1], 0, _W - 1)
+    d = rng.integers(-delta, delta + 1, size=(2, n, IMAGE_H, IMAGE_W))
+    r = np.clip(np.arange(IMAGE_H)[None, :, None] + d[0], 0, IMAGE_H - 1)
+    c = np.clip(np.arange(IMAGE_W)[None, None, :] + d[1], 0, IMAGE_W - 1)
     f = f[np.arange(n)[:, None, None], r, c]
     return _u8(_blur(f, sigma / 2))
 
@@ -167,7 +167,7 @@ def fog(x: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
     """Add a smooth random haze of strength ``a`` and rescale: ``(x + a * haze) / (1 + a)``."""
     a = _pick((0.3, 0.5, 0.8, 1.1, 1.5), severity)
     n = len(x)
-    haze = _blur(rng.normal(size=(n, _H, _W)), 3.0)
+    haze = _blur(rng.normal(size=(n, IMAGE_H, IMAGE_W)), 3.0)
     lo, hi = haze.min(axis=(1, 2), keepdims=True), haze.max(axis=(1, 2), keepdims=True)
     haze = (haze - lo) / np.maximum(hi - lo, 1e-12)
     return _u8((_f(x) + a * haze) / (1 + a))
@@ -177,7 +177,7 @@ def spatter(x: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarra
     """White blobs (thresholded smooth noise) covering a fraction of the image."""
     cover = _pick((0.03, 0.06, 0.10, 0.15, 0.21), severity)
     n = len(x)
-    blobs = _blur(rng.normal(size=(n, _H, _W)), 1.2)
+    blobs = _blur(rng.normal(size=(n, IMAGE_H, IMAGE_W)), 1.2)
     thr = np.quantile(blobs.reshape(n, -1), 1 - cover, axis=1)[:, None, None]
     return _u8(np.maximum(_f(x), (blobs > thr).astype(np.float64)))
 
@@ -186,8 +186,8 @@ def stripe(x: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray
     """A vertical band ``w`` pixels wide, at a random column in the middle half, inverted."""
     w = _pick((2, 4, 6, 8, 10), severity)
     n = len(x)
-    left = rng.integers(_W // 4 - w // 2, 3 * _W // 4 - w // 2 + 1, n)
-    cols = np.arange(_W)[None, :]
+    left = rng.integers(IMAGE_W // 4 - w // 2, 3 * IMAGE_W // 4 - w // 2 + 1, n)
+    cols = np.arange(IMAGE_W)[None, :]
     band = ((cols >= left[:, None]) & (cols < left[:, None] + w))[:, None, :]
     f = _f(x)
     return _u8(np.where(band, 1.0 - f, f))
@@ -197,9 +197,9 @@ def zigzag(x: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray
     """``k`` random zigzag lines (polylines of 5 vertices) drawn in white over the digit."""
     k = _pick((1, 2, 3, 4, 5), severity)
     n = len(x)
-    start = rng.uniform(2, _H - 3, size=(n, k, 1, 2))
+    start = rng.uniform(2, IMAGE_H - 3, size=(n, k, 1, 2))
     steps = rng.normal(0, 6.0, size=(n, k, 4, 2))
-    v = np.clip(np.concatenate([start, start + np.cumsum(steps, axis=2)], axis=2), 0, _H - 1)
+    v = np.clip(np.concatenate([start, start + np.cumsum(steps, axis=2)], axis=2), 0, IMAGE_H - 1)
     return _u8(_draw(_f(x), _polyline(v)))
 
 
@@ -207,8 +207,8 @@ def dotted_line(x: np.ndarray, severity: int, rng: np.random.Generator) -> np.nd
     """``k`` straight lines across the image, drawn as white dots every 2 pixels."""
     k = _pick((1, 2, 3, 4, 5), severity)
     n = len(x)
-    a = rng.uniform(0, _H - 1, size=(n, k, 2))
-    b = rng.uniform(0, _H - 1, size=(n, k, 2))
+    a = rng.uniform(0, IMAGE_H - 1, size=(n, k, 2))
+    b = rng.uniform(0, IMAGE_H - 1, size=(n, k, 2))
     t = np.arange(0, 1, 1 / 20)[None, None, :, None]  # 20 dots; lines ~10..38 px long
     length = np.linalg.norm(b - a, axis=-1)[..., None, None]
     pts = a[:, :, None, :] + np.minimum(t * 40, length) / np.maximum(length, 1e-9) * (b - a)[:, :, None, :]
@@ -232,3 +232,8 @@ CORRUPTIONS: dict[str, Corruption] = {
                translate, brightness, contrast, fog, spatter, stripe, zigzag, dotted_line, canny_edges)
 }
 CLEAN = "clean"
+
+
+__all__ = ["CLEAN", "CORRUPTIONS", "Corruption", "IMAGE_H", "IMAGE_W", "brightness", "canny_edges", "contrast",
+           "dotted_line", "fog", "gaussian_blur", "glass_blur", "impulse_noise", "motion_blur", "rotate", "scale",
+           "shear", "shot_noise", "spatter", "stripe", "translate", "zigzag"]

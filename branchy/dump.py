@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from .arrays_cache import cache_from_arrays  # noqa: F401 - re-exported
 from .cache import SCHEMA_VERSION, FeatureCache, file_entry
-from .cache_writer import NpyWriter, _add_files, _finish, _writing, versions
+from .cache_writer import NpyWriter, record_files, finish_cache, writing_target, versions
 from .checkpoint import data_config_of, load_checkpoint
 from .config import check_int, check_number, setting
 from .data import SPLITS, DataConfig, Splits
@@ -98,7 +98,7 @@ def dump(model: BranchyNet, splits: Splits, path: str | os.PathLike, config: Dum
         raise FileExistsError(f"{out} already exists; pass overwrite=True (CLI: --overwrite) to replace it")
     check_input_shape(model, splits)
     dev = resolve_device(cfg.device)
-    with _writing(out, overwrite) as partial:
+    with writing_target(out, overwrite) as partial:
         model = model.to(dev).eval()
         dims = feature_dims(model, s)
         bar = tqdm(total=sum(len(splits[sp]) for sp in SPLITS), desc="dump", unit="img", disable=not progress)
@@ -166,7 +166,7 @@ def finish_dump(partial, out, model: BranchyNet, splits: Splits, cfg: DumpConfig
     files: dict[str, dict] = {}
     for sp in SPLITS:
         np.save(partial / sp / "labels.npy", splits[sp].y.numpy().astype(np.int64))
-        _add_files(files, partial / sp, partial)
+        record_files(files, partial / sp, partial)
     timing = machine_state(torch.get_num_threads()) if profile else None
     costs = profile_segments(model, batch_size=cfg.batch_size, device=dev, min_run_time=cfg.profile_time,
                              measure_latency=profile)
@@ -193,7 +193,7 @@ def finish_dump(partial, out, model: BranchyNet, splits: Splits, cfg: DumpConfig
         **(extra or {}),
         "files": files,
     }
-    return _finish(partial, out, manifest)
+    return finish_cache(partial, out, manifest)
 
 
 def _feature_dtype(dtype) -> str:
@@ -235,3 +235,7 @@ def dump_checkpoint(checkpoint: str | os.PathLike, path: str | os.PathLike, *, s
     check_unlocked(path)
     model, splits = load_for_dump(checkpoint, splits=splits, data=data)
     return dump(model, splits, path, checkpoint=str(checkpoint), **kw)
+
+
+__all__ = ["DumpConfig", "FEATURE_DTYPES", "Pool", "check_input_shape", "dump", "dump_checkpoint", "feature_dims",
+           "finish_dump", "forward_rows", "load_for_dump", "open_writers", "parse_pooling", "pool_features", "write_rows"]

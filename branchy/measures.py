@@ -118,3 +118,7 @@ def confidence_torch(logits, measure: str):
         raise ValueError(f"confidence measure {measure!r} has no torch form for the runtime; add one to "
                          f"branchy.measures._TORCH")
     return _TORCH[measure](logits.double().log_softmax(dim=1))
+
+
+__all__ = ["LOWER_IS_CONFIDENT", "MEASURES", "Measure", "all_confidences", "check_measure", "confidence",
+           "confidence_torch", "entropy", "margin", "max_prob", "norm_entropy", "softmax"]

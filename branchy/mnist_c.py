@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 import warnings
 import zipfile
 import zlib
@@ -26,9 +25,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .corruptions import _H, _W, CLEAN, CORRUPTIONS  # noqa: F401 - re-exported
-from .loaders import _mnist5k_arrays
-from .splits import SPLITS, Splits, _make_splits, _stratified_split, register_dataset
+from .corruptions import IMAGE_H, IMAGE_W, CLEAN, CORRUPTIONS  # noqa: F401 - re-exported
+from .loaders import mnist5k_arrays
+from .splits import SPLITS, Splits, build_splits, stratified_split, register_dataset
 
 VERSION = 1  # bump whenever a corruption or the assignment changes: old caches are then ignored
 SEVERITIES = (1, 2, 3, 4, 5)
@@ -102,12 +101,12 @@ def corrupt(x: np.ndarray, seed: int, *, clean_fraction: float = 0.2, severities
     :data:`CORRUPTIONS`), severity per sample (0 = clean, else 1..5). Clean samples are ``x`` unchanged. The
     same ``x`` and ``seed`` give byte-identical output (the draw depends on N: a subset is drawn anew)."""
     arr = np.asarray(x)
-    if arr.dtype != np.uint8 or arr.shape[-2:] != (_H, _W) or arr.ndim not in (3, 4) \
+    if arr.dtype != np.uint8 or arr.shape[-2:] != (IMAGE_H, IMAGE_W) or arr.ndim not in (3, 4) \
             or (arr.ndim == 4 and arr.shape[1] != 1):
         raise ValueError(f"x must be uint8 images [N, 28, 28] or [N, 1, 28, 28], got {arr.dtype} {arr.shape}; "
                          f"convert with x.reshape(-1, 28, 28).astype(np.uint8)")
     seed = _check_seed(seed)
-    imgs = arr.reshape(-1, _H, _W)
+    imgs = arr.reshape(-1, IMAGE_H, IMAGE_W)
     corruption, severity = assignment(len(imgs), seed, clean_fraction=clean_fraction, severities=severities)
     out = imgs.copy()
     for k, fn in enumerate(CORRUPTIONS.values()):
@@ -127,8 +126,8 @@ def cache_path(root: str | os.PathLike, seed: int, clean_fraction: float) -> Pat
 
 def _compute(seed: int, clean_fraction: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """All 5,000 MNIST-5k digits corrupted: x uint8 [5000, 28, 28], corruption, severity [5000]."""
-    X, _ = _mnist5k_arrays()
-    return corrupt(X.reshape(-1, _H, _W), seed, clean_fraction=clean_fraction)
+    X, _ = mnist5k_arrays()
+    return corrupt(X.reshape(-1, IMAGE_H, IMAGE_W), seed, clean_fraction=clean_fraction)
 
 
 def content_hash(x: np.ndarray, corruption: np.ndarray, severity: np.ndarray) -> str:
@@ -145,7 +144,7 @@ def _read_cache(p: Path, seed: int, clean_fraction: float
                 ) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray] | None, str]:
     """``(arrays, "")`` if the file is whole, its arrays match the SHA-256 stored with them, and they match what
     would be computed (shapes, dtypes, the assignment and the clean images); ``(None, why)`` otherwise."""
-    X, _ = _mnist5k_arrays()
+    X, _ = mnist5k_arrays()
     n = len(X)
     try:
         with np.load(p, allow_pickle=False) as f:
@@ -153,7 +152,7 @@ def _read_cache(p: Path, seed: int, clean_fraction: float
             stored = str(f["sha256"][()]) if "sha256" in f.files else None
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as e:
         return None, f"cannot be read ({type(e).__name__}: damaged or cut short)"
-    if x.dtype != np.uint8 or x.shape != (n, _H, _W) or corruption.shape != (n,) or severity.shape != (n,) \
+    if x.dtype != np.uint8 or x.shape != (n, IMAGE_H, IMAGE_W) or corruption.shape != (n,) or severity.shape != (n,) \
             or corruption.dtype != np.int64 or severity.dtype != np.int64:
         return None, "holds arrays of the wrong shape or type"
     if stored is None:
@@ -163,23 +162,19 @@ def _read_cache(p: Path, seed: int, clean_fraction: float
     want_c, want_s = assignment(n, seed, clean_fraction=clean_fraction)
     clean = want_c < 0
     if not (np.array_equal(corruption, want_c) and np.array_equal(severity, want_s)
-            and np.array_equal(x[clean], X.reshape(-1, _H, _W)[clean])):
+            and np.array_equal(x[clean], X.reshape(-1, IMAGE_H, IMAGE_W)[clean])):
         return None, f"does not hold what seed {seed} and clean_fraction {clean_fraction} draw"
     return (x, corruption, severity), ""
 
 
 def _write_cache(p: Path, x: np.ndarray, corruption: np.ndarray, severity: np.ndarray) -> None:
     """Write atomically, the arrays' SHA-256 inside: a temporary file in the same folder, then ``os.replace``."""
+    from .atomic import atomic_path
+
     p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=p.stem + ".", suffix=".tmp", dir=p.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, x=x, corruption=corruption, severity=severity,
-                     sha256=np.array(content_hash(x, corruption, severity)))
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(p) as tmp, open(tmp, "xb") as fh:
+        np.savez(fh, x=x, corruption=corruption, severity=severity,
+                 sha256=np.array(content_hash(x, corruption, severity)))
 
 
 def load_corrupted(*, root: str | os.PathLike = "data", seed: int = 0, clean_fraction: float = 0.2
@@ -215,14 +210,14 @@ def mnist5k_c(*, root: str | os.PathLike = "data", seed: int = 0, sizes: tuple[i
     """MNIST-5k's splits for ``seed`` (same samples and labels as ``mnist5k``) with corrupted pixels; per-sample
     corruption and severity in :func:`corruption_table`."""
     seed, clean_fraction = _check_seed(seed), _check_fraction(clean_fraction)
-    _, y = _mnist5k_arrays()
+    _, y = mnist5k_arrays()
     sizes = _check_sizes(sizes, len(y))
     xc, _, _ = load_corrupted(root=root, seed=seed, clean_fraction=clean_fraction)
-    x = torch.from_numpy(xc.reshape(-1, 1, _H, _W).copy())
+    x = torch.from_numpy(xc.reshape(-1, 1, IMAGE_H, IMAGE_W).copy())
     yt = torch.from_numpy(y.copy())
-    idx = _stratified_split(y, sizes, seed)
+    idx = stratified_split(y, sizes, seed)
     parts = {s: (x[i], yt[i]) for s, i in zip(SPLITS, idx)}
-    return _make_splits("mnist5k-c", 10, parts, mean=(0.1307,), std=(0.3081,))
+    return build_splits("mnist5k-c", 10, parts, mean=(0.1307,), std=(0.3081,))
 
 
 def corruption_table(seed: int = 0, clean_fraction: float = 0.2, sizes=(3000, 1000, 1000)):
@@ -232,15 +227,15 @@ def corruption_table(seed: int = 0, clean_fraction: float = 0.2, sizes=(3000, 10
     import pandas as pd
 
     seed, clean_fraction = _check_seed(seed), _check_fraction(clean_fraction)
-    _, y = _mnist5k_arrays()
+    _, y = mnist5k_arrays()
     sizes = _check_sizes(sizes, len(y))
     corruption, severity = assignment(len(y), seed, clean_fraction=clean_fraction)
     names = np.array([*CORRUPTIONS, CLEAN])  # index -1 reads the last: clean
     frames = [pd.DataFrame({"split": s, "index": np.arange(len(i)), "corruption": names[corruption[i]],
                             "severity": severity[i], "label": y[i], "source": i})
-              for s, i in zip(SPLITS, _stratified_split(y, sizes, seed))]
+              for s, i in zip(SPLITS, stratified_split(y, sizes, seed))]
     return pd.concat(frames, ignore_index=True)
 
 
 __all__ = ["CORRUPTIONS", "SEVERITIES", "VERSION", "assignment", "cache_path", "content_hash", "corrupt",
-           "corruption_table", "load_corrupted", "mnist5k_c", *CORRUPTIONS]
+           "corruption_table", "load_corrupted", "mnist5k_c"]

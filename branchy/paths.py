@@ -48,3 +48,6 @@ def check_writable(path: str | os.PathLike, *, folder: bool = False, what: str =
 class SetupError(RuntimeError):
     """The machine or its state cannot do what was asked (no CUDA, a missing optional package, a target another
     process is writing): a one-line error for the user, not a bug."""
+
+
+__all__ = ["SetupError", "check_writable"]

@@ -5,7 +5,7 @@ pays along a path: a head right after its stage finds the activation hot, the ru
 segments, allocation differs. Here the real runtime (:class:`branchy.runtime.EarlyExitRuntime`) runs with forced
 decisions along every kind of path (the plain network; leave at exit ``e`` with nothing else entered; enter exit
 ``i`` and go on; every side exit entered; ...), interleaved in rounds, each call timed alone as a real run times a
-sample. A path's time is linear in what it ran (DESIGN.md §3.3)::
+sample. A path's time is linear in what it ran (docs/semantics.md §3.3)::
 
     a_0 = sample_ms + S_0,   S_k (0 < k < K-1),   tail = S_{K-1} + E_{K-1},   h_k = W_k + E_k + decision_ms,   R_k
 

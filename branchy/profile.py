@@ -24,7 +24,7 @@ def count_macs(fn: Callable[[], object]) -> int:
     return int(fc.get_total_flops()) // 2
 
 
-def _exit_with_confidence(model: BranchyNet, k: int, head=None):
+def exit_with_confidence(model: BranchyNet, k: int, head=None):
     """Exit head k plus softmax and entropy: what deciding at exit k costs (``head``: the backend's), the
     confidence computed as the runtime computes it (:func:`branchy.measures.confidence_torch`, float64)."""
     head = head or (lambda h: model.run_exit(k, h))
@@ -68,11 +68,11 @@ def profile_segments(model: BranchyNet, *, batch_size: int = 64, device: str | t
         stage = model.stages[k]
         segs = [
             ("stage", lambda x, k=k: model.run_stage(k, x), 0, sum(p.numel() for p in stage.parameters())),
-            ("exit", _exit_with_confidence(model, k), 1, sum(p.numel() for p in model.exits[k].parameters())),
+            ("exit", exit_with_confidence(model, k), 1, sum(p.numel() for p in model.exits[k].parameters())),
             ("buffer", lambda x: x.clone(), 1, 0),
         ]
         timed = {"stage": run_stages[k] if run_stages else None,  # chained heads: with their link (run_exit)
-                 "exit": _exit_with_confidence(model, k, run_heads[k]) if run_heads and not model.chained else None}
+                 "exit": exit_with_confidence(model, k, run_heads[k]) if run_heads and not model.chained else None}
         for name, fn, which, params in segs:
             a1, ab = x1[k + which], xb[k + which]
             macs = count_macs(lambda: fn(a1)) if name != "buffer" else 0
@@ -127,7 +127,7 @@ def overhead_fns(model: BranchyNet, backend: str = "eager",
     fns = {"rt_full": lambda: plain(x), "rt_vain": lambda: vain(x)}
     for i in range(k):
         fns[f"stage{i}"] = lambda i=i: segs[0][i](xs[i])
-        fns[f"exit{i}"] = lambda i=i, f=_exit_with_confidence(model, i, segs[1][i]): f(xs[i + 1])
+        fns[f"exit{i}"] = lambda i=i, f=exit_with_confidence(model, i, segs[1][i]): f(xs[i + 1])
         fns[f"buffer{i}"] = lambda i=i: xs[i + 1].clone()
     return fns
 
@@ -160,3 +160,7 @@ def runtime_overhead(model: BranchyNet, *, rounds: int = 15, min_run_time: float
                                          seed=seed)).set_index("name")["ms"]
     return {**overhead_from_times(t, model.num_exits, model.chained), "runtime_full_ms": float(t["rt_full"]),
             "backend": backend, "rounds": rounds}
+
+
+__all__ = ["COST_COLUMNS", "count_macs", "exit_with_confidence", "overhead_fns", "overhead_from_times",
+           "profile_segments", "runtime_overhead"]

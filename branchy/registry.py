@@ -16,8 +16,11 @@ class UnknownNameError(KeyError):
 class Registry(Generic[T]):
     """Named factories of one kind (backbones, datasets, predictors, profiles, ...)."""
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, *, ordered: bool = False) -> None:
+        """``ordered``: :meth:`names` lists in registration order (the order tables, plots and the CLI show),
+        instead of sorted."""
         self.kind = kind
+        self.ordered = ordered
         self._items: dict[str, T] = {}
         self._docs: dict[str, str] = {}
 
@@ -42,7 +45,7 @@ class Registry(Generic[T]):
         return self._items[key]
 
     def names(self) -> list[str]:
-        return sorted(self._items)
+        return list(self._items) if self.ordered else sorted(self._items)
 
     def describe(self) -> dict[str, str]:
         """``{name: one-line description}`` for listings."""
@@ -56,3 +59,6 @@ class Registry(Generic[T]):
 
     def __len__(self) -> int:
         return len(self._items)
+
+
+__all__ = ["Registry", "T", "UnknownNameError"]

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import torch
 
+from .atomic import atomic_write
 from .cache import MANIFEST, FeatureCache, file_entry
-from .cache_writer import _recover, _sibling, target_lock
+from .cache_writer import recover_target, sibling_path, target_lock
 from .checkpoint import load_checkpoint
 from .faults import point
 from .pathtime import in_context_costs, sample_inputs
@@ -39,10 +40,10 @@ def reprofile(path: str | os.PathLike, model=None, *, threads: int | None = None
     BACKENDS.get(backend)
     backend = backend.strip().lower()
     p = Path(path)
-    if not p.is_dir() and not _sibling(p, ".old").is_dir():
+    if not p.is_dir() and not sibling_path(p, ".old").is_dir():
         FeatureCache.open(p)  # no cache there: say so without creating a lock file
     with target_lock(p, "reprofile"):
-        _recover(p)
+        recover_target(p)
         return _reprofile(p, model, threads=threads, rounds=rounds, batch_size=batch_size,
                           min_run_time=min_run_time, device=device, backend=backend)
 
@@ -94,9 +95,7 @@ def _reprofile(p: Path, model, *, threads: int | None, rounds: int, batch_size: 
     else:
         m["backends"] = dict(m.get("backends") or {}, **{backend: {"costs": name, **record}})
     point("reprofile:new-written")
-    tmp = p / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(json_safe(m), indent=2, allow_nan=False))
-    os.replace(tmp, p / MANIFEST)  # the commit point: from here the manifest describes NAME.new
+    atomic_write(p / MANIFEST, json.dumps(json_safe(m), indent=2, allow_nan=False))  # the commit point: from here the manifest describes NAME.new
     point("reprofile:manifest-replaced")
     os.replace(new, p / name)
     return FeatureCache.open(p)
@@ -117,3 +116,6 @@ def _test_images(manifest: dict, n: int = 8):
 def _hashed(manifest: dict) -> bool:
     """Whether the cache records SHA-256 hashes (schema 2 and on)."""
     return manifest.get("schema_version", 1) >= 2
+
+
+__all__ = ["reprofile"]

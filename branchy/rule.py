@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .atomic import atomic_write
 from .measures import LOWER_IS_CONFIDENT, confidence
 
 RULE_MEASURES = tuple(LOWER_IS_CONFIDENT)  # the measures a rule decides on (one list: branchy.measures)
@@ -60,11 +61,7 @@ def json_float(v) -> float:
 def write_json(path: str | os.PathLike, obj) -> Path:
     """Write standard JSON (infinities as the strings ``"inf"`` / ``"-inf"``, see :func:`json_safe`) to a
     temporary file and rename it into place (never a half-written file)."""
-    p = Path(path)
-    tmp = p.with_name(p.name + ".tmp")
-    tmp.write_text(json.dumps(json_safe(obj), indent=2, allow_nan=False))
-    os.replace(tmp, p)
-    return p
+    return atomic_write(path, json.dumps(json_safe(obj), indent=2, allow_nan=False))
 
 
 @dataclass(frozen=True)
@@ -193,3 +190,6 @@ class ExitRule:
         side = ", ".join(f"{v:.4g}" for v in self.thresholds[:-1])
         op = "<" if self.lower_is_confident else ">"
         return f"{self.measure} {op} [{side}] ({self.tuned_by}, on {self.tuned_on})"
+
+
+__all__ = ["ExitRule", "NONFINITE", "RULE_MEASURES", "json_float", "json_safe", "per_exit", "write_json"]

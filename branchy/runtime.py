@@ -178,3 +178,6 @@ class EarlyExitRuntime:
             full[idx] = sub["logp"][k]
             state["logp"][k] = full
         return z
+
+
+__all__ = ["EarlyExitRuntime", "Gate"]

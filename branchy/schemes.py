@@ -86,14 +86,7 @@ class Scheme:
         return self.planner(cfg, model, Optim(kind, lr, cfg.momentum, cfg.weight_decay))
 
 
-class _OrderedRegistry(Registry[Scheme]):
-    """Names in registration order (the default, ``joint``, first), as listings and the CLI show them."""
-
-    def names(self) -> list[str]:
-        return list(self._items)
-
-
-SCHEMES: Registry[Scheme] = _OrderedRegistry("training scheme")
+SCHEMES: Registry[Scheme] = Registry("training scheme", ordered=True)  # the default, ``joint``, listed first
 
 
 def plan(cfg: TrainSettings, model: BranchyNet) -> list[Phase]:
@@ -199,3 +192,7 @@ def _plan_ztw(cfg: TrainSettings, model: BranchyNet, optim: Optim) -> list[Phase
                             _weights(cfg, model)[:-1] + (0.0,), optim, eval_modules=("stages", "exits"),
                             ensemble=True))
     return phases
+
+
+__all__ = ["DEFAULT_LR", "Optim", "Phase", "Planner", "SCHEMES", "Scheme", "TrainSettings", "plan", "register_scheme",
+           "resolve_lr", "resolve_optimizer"]

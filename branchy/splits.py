@@ -155,7 +155,7 @@ def register_dataset(name: str, doc: str | None = None):
     return DATASETS.register(name, doc=doc)
 
 
-def _stratified_split(y: np.ndarray, sizes: tuple[int, ...], seed: int) -> list[np.ndarray]:
+def stratified_split(y: np.ndarray, sizes: tuple[int, ...], seed: int) -> list[np.ndarray]:
     """Indices for consecutive parts of the given sizes, stratified by label, deterministic for ``seed``."""
     from sklearn.model_selection import train_test_split
 
@@ -168,14 +168,14 @@ def _stratified_split(y: np.ndarray, sizes: tuple[int, ...], seed: int) -> list[
     return out
 
 
-def _channel_stats(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+def channel_stats(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
     xf = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
     mean = xf.mean(dim=(0, 2, 3))
     std = xf.std(dim=(0, 2, 3)).clamp_min(1e-6)
     return tuple(round(float(m), 6) for m in mean), tuple(round(float(s), 6) for s in std)
 
 
-def _as_nchw(x: np.ndarray | torch.Tensor, *, channels_last: bool = False) -> torch.Tensor:
+def as_nchw(x: np.ndarray | torch.Tensor, *, channels_last: bool = False) -> torch.Tensor:
     t = torch.as_tensor(np.asarray(x))
     if t.ndim == 3:
         t = t.unsqueeze(1)
@@ -184,12 +184,16 @@ def _as_nchw(x: np.ndarray | torch.Tensor, *, channels_last: bool = False) -> to
     return t.contiguous()
 
 
-def _make_splits(name: str, num_classes: int, parts: dict[str, tuple[torch.Tensor, torch.Tensor]],
+def build_splits(name: str, num_classes: int, parts: dict[str, tuple[torch.Tensor, torch.Tensor]],
                  mean=None, std=None) -> Splits:
     x_train = parts["train"][0]
     if mean is None:
-        mean, std = _channel_stats(x_train)
+        mean, std = channel_stats(x_train)
     c, h, w = x_train.shape[1:]
     info = DatasetInfo(name, int(c), int(h), int(w), int(num_classes), tuple(mean), tuple(std))
     ds = {s: ArrayDataset(x, y, info.mean, info.std) for s, (x, y) in parts.items()}
     return Splits(info, ds["train"], ds["calib"], ds["test"])
+
+
+__all__ = ["ArrayDataset", "DATASETS", "DatasetInfo", "ImageFiles", "SPLITS", "Splits", "as_nchw", "build_splits",
+           "channel_stats", "load_image", "register_dataset", "stratified_split"]

@@ -169,3 +169,7 @@ def machine_state(threads: int) -> dict:
                       f"will be inflated and noisy; use --threads 1 or a quieter moment",
                       RuntimeWarning, stacklevel=2)
     return state
+
+
+__all__ = ["DRIFT_LIMIT", "OUTLIER_MADS", "UNSTABLE_SPREAD", "busy_cores", "cpu_model", "drift", "interleaved_times",
+           "machine_state", "robust_summary", "speed_probe_ms"]

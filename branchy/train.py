@@ -264,3 +264,7 @@ def run_phase(model: BranchyNet, phase: Phase, splits: Splits, cfg: TrainConfig,
             bar.set_postfix(calib_acc=" ".join(f"{a:.3f}" for a in ev.accuracy))
             bar.update(1)
     return rows
+
+
+__all__ = ["DEVICES", "OPTIMIZERS", "TrainConfig", "TrainResult", "check_device", "evaluate", "joint_loss",
+           "random_shift", "resolve_device", "run_phase", "train"]

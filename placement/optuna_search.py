@@ -28,7 +28,7 @@ from urllib.parse import unquote
 import numpy as np
 
 from .placement import Placement
-from .search import STRATEGIES, Evaluator, _all_structures, _Context, _make, non_dominated
+from .search import STRATEGIES, Evaluator, all_structures, SearchContext, make_placement, non_dominated
 
 DEFAULT_TRIALS = 200
 DEFAULT_POPULATION = 10
@@ -133,7 +133,7 @@ class _Encoding:
         k = self.space.num_exits
         side = [self.options[f"exit{i}"][params[f"exit{i}"]] for i in range(k - 1)]
         t = self.thresholds[params["thresholds"]] if "thresholds" in self.options else self.thresholds[0]
-        return _make(self.space, side, self.options["jump"][params["jump"]], t)
+        return make_placement(self.space, side, self.options["jump"][params["jump"]], t)
 
     def encode(self, p: Placement) -> dict:
         params = {f"exit{i}": _label(g if g is not None else (None if kept else False))
@@ -161,8 +161,8 @@ class _Encoding:
 
     def all_placements(self) -> list[Placement]:
         """Every placement, in the order of ``budget`` (threshold options outermost)."""
-        structures = _all_structures(self.space, self.space.size())
-        return [_make(self.space, c, j, t) for t in self.thresholds for c, j in structures]
+        structures = all_structures(self.space, self.space.size())
+        return [make_placement(self.space, c, j, t) for t in self.thresholds for c, j in structures]
 
 
 def _metrics(row: dict) -> dict:
@@ -189,7 +189,7 @@ def _check(trials, population, storage, study_name, threshold_options) -> None:
         raise ValueError("nsga2: threshold_options is empty; give at least one (None: the objective's default)")
 
 
-def _open(optuna, ctx: _Context, enc: _Encoding, population: int, storage, name: str, where: str):
+def _open(optuna, ctx: SearchContext, enc: _Encoding, population: int, storage, name: str, where: str):
     """Create the stored study, or load it and check it was built on this space, population and reference."""
     study = optuna.create_study(storage=storage, study_name=name, directions=list(DIRECTIONS), load_if_exists=True)
     attrs = study.user_attrs
@@ -211,7 +211,7 @@ def _open(optuna, ctx: _Context, enc: _Encoding, population: int, storage, name:
     return study
 
 
-def _resume(done: list, ctx: _Context, enc: _Encoding, where: str) -> set:
+def _resume(done: list, ctx: SearchContext, enc: _Encoding, where: str) -> set:
     """Bring a stored study's scored placements into the evaluator (stored metrics; the stored Pareto set
     re-scored as a check). Returns their keys."""
     if not done:
@@ -239,7 +239,7 @@ def _resume(done: list, ctx: _Context, enc: _Encoding, where: str) -> set:
     return {p.key() for p in placements}
 
 
-def _generation(study, ctx: _Context, enc: _Encoding, seen: set, n: int, rng: np.random.Generator) -> int:
+def _generation(study, ctx: SearchContext, enc: _Encoding, seen: set, n: int, rng: np.random.Generator) -> int:
     """Ask trials until ``n`` new placements (one generation's children): a child the study already holds is
     told ``PRUNED``; after ``RETRIES * n`` asks the missing ones are unseen neighbours of duplicates (enqueued,
     asked in the same generation). The new placements are scored together (joblib) and told. Returns their
@@ -275,7 +275,7 @@ def _generation(study, ctx: _Context, enc: _Encoding, seen: set, n: int, rng: np
 
 @STRATEGIES.register("nsga2", doc=f"multi-objective NSGA-II on Optuna (mean latency vs accuracy): trials= new "
                                   f"placements (default {DEFAULT_TRIALS}), storage= and study_name= to resume")
-def _nsga2(ctx: _Context, trials: int = DEFAULT_TRIALS, threshold_options=(None,),
+def _nsga2(ctx: SearchContext, trials: int = DEFAULT_TRIALS, threshold_options=(None,),
            population: int = DEFAULT_POPULATION, storage: str | None = None, study_name: str | None = None) -> None:
     """Score up to ``trials`` new placements (exits, gates, jump and ``threshold_options``, as ``budget``)
     proposed by NSGA-II, seeded from the search's seed, ``population`` per generation. When the budget covers
@@ -327,3 +327,7 @@ def _nsga2(ctx: _Context, trials: int = DEFAULT_TRIALS, threshold_options=(None,
             stall = 0 if n else stall + 1
     finally:
         optuna.logging.set_verbosity(level)
+
+
+__all__ = ["DEFAULT_POPULATION", "DEFAULT_STUDY", "DEFAULT_TRIALS", "DIRECTIONS", "RETRIES", "STALL_BATCHES",
+           "STORAGE_EXAMPLE", "check_storage"]

@@ -107,3 +107,6 @@ class Placement:
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Placement":
         return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+__all__ = ["Gate", "Placement"]

@@ -48,3 +48,6 @@ class SearchSpace:
         cost = np.asarray(self.exit_cost, dtype=float)
         frac = cost[:-1] / cost[-1]
         return sorted({int(np.abs(frac - f).argmin()) for f in fractions})
+
+
+__all__ = ["SearchSpace"]

@@ -141,3 +141,7 @@ def cross_calibrate(method: str, p: np.ndarray, y: np.ndarray, folds: int = 5, s
         for tr, te in StratifiedKFold(folds, shuffle=True, random_state=seed).split(p[:, None], y):
             out[te] = apply_calibration(fit_calibration(method, p[tr], y[tr]), p[te])
     return out
+
+
+__all__ = ["CALIBRATORS", "CalibrationMap", "apply_calibration", "calibration_metrics", "check_calibration",
+           "cross_calibrate", "fit_calibration"]

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from sklearn.pipeline import Pipeline
 
-from .torch_mlp import _TorchMLPBase
+from .torch_mlp import TorchMLPBase
 
 
 def estimator_macs(est, n_features: int) -> int:
@@ -21,7 +21,7 @@ def estimator_macs(est, n_features: int) -> int:
     name = type(est).__name__
     if name == "StandardScaler":
         return n_features
-    if isinstance(est, _TorchMLPBase):
+    if isinstance(est, TorchMLPBase):
         return n_features + sum(m.weight.numel() for m in est.net_.modules() if isinstance(m, torch.nn.Linear))
     if hasattr(est, "coefs_"):  # scikit-learn MLP
         return int(sum(w.size for w in est.coefs_))
@@ -142,3 +142,6 @@ def remeasure(preds: list, cache, *, backend: str = "eager", rounds: int = 15, m
         if backend == "eager":
             c.update({k: v for k, v in m.items()})
     return new
+
+
+__all__ = ["estimator_macs", "measure_predictors", "pool_macs", "predictor_cost", "remeasure"]

@@ -108,3 +108,6 @@ def runtime_callable(pred, pooling: str, *, backend: str = "eager",
     if pred.spec.target in ("exit", "oracle"):
         return jump_callable(pred, pooling, backend=backend, example=example)
     return score_callable(pred, pooling, backend=backend, example=example)
+
+
+__all__ = ["TorchGate", "TorchJump", "gate_callable", "jump_callable", "runtime_callable", "score_callable"]

@@ -77,3 +77,6 @@ def gate_curves(leaves: np.ndarray, score: np.ndarray) -> dict:
     precision, recall, _ = precision_recall_curve(leaves, score)
     return {"fpr": fpr, "tpr": tpr, "precision": precision, "recall": recall, "positive_rate": float(leaves.mean()),
             **ranking_metrics(leaves, score)}
+
+
+__all__ = ["exit_metrics", "gate_curves", "gate_metrics", "ranking_metrics", "regression_metrics"]

@@ -434,3 +434,7 @@ def _calibrate(p: FittedPredictor, y: np.ndarray, reached: np.ndarray) -> dict |
 def evaluation_table(predictors: list[FittedPredictor], cache: FeatureCache,
                      splits: tuple[str, ...] = ("calib", "test")) -> pd.DataFrame:
     return pd.DataFrame([p.evaluate(cache, s) for p in predictors for s in splits])
+
+
+__all__ = ["FittedPredictor", "PredictorSpec", "SCORE_CHUNK", "STREAMING", "STREAM_BYTES", "cross_fit",
+           "evaluation_table", "fit_predictor", "refit_on_rows"]

@@ -95,3 +95,6 @@ def spec_grid(num_exits: int, target: str, model: str, at=None, for_=None, rule=
         raise ValueError(f"no {target} predictor to fit: every --for exit lies before its --at stage (a gate sits at "
                          f"or before the exit it is for)")
     return specs
+
+
+__all__ = ["PredictorsConfig", "spec_grid"]

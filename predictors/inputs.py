@@ -59,3 +59,6 @@ class CacheRows(Rows):
         out = np.empty_like(x)
         out[order] = x
         return out
+
+
+__all__ = ["CONFIDENCES", "CacheRows", "make_inputs"]

@@ -13,7 +13,7 @@ import numpy as np
 
 from branchy.checkpoint import torch_load_failure
 
-from .store_format import _ATTR, INDEX, _dec, _enc, _refit
+from .store_format import FITTED_ATTR, INDEX, decode_value, encode_value, refit_of
 
 #: Every type the registered scikit-learn predictor models (and the constant fallback) hold. A skops file is
 #: read only if each type skops does not trust by default is in this list; nothing else is ever trusted.
@@ -54,11 +54,11 @@ def _torch_estimators() -> dict:
 
 
 # ----------------------------------------------------------------------------- writing
-def _dump_estimator(est, name: str) -> tuple[dict, dict[str, np.ndarray], dict[str, bytes]]:
+def dump_estimator(est, name: str) -> tuple[dict, dict[str, np.ndarray], dict[str, bytes]]:
     """``(meta for the index, arrays for NAME.npz, other files by name)`` of a fitted estimator."""
-    from .torch_mlp import _mlp, _TorchMLPBase
+    from .torch_mlp import build_mlp, TorchMLPBase
 
-    if isinstance(est, _TorchMLPBase):
+    if isinstance(est, TorchMLPBase):
         import torch
 
         cls = type(est).__name__
@@ -67,13 +67,13 @@ def _dump_estimator(est, name: str) -> tuple[dict, dict[str, np.ndarray], dict[s
                             f"predictor model")
         arrays, scalars = {}, {}
         for k, v in vars(est).items():
-            if not _ATTR.fullmatch(k) or k == "net_":
+            if not FITTED_ATTR.fullmatch(k) or k == "net_":
                 continue
             if isinstance(v, np.ndarray):
                 arrays[f"est__{k}"] = v
             else:
-                scalars[k] = _enc(v, f"predictor {name}'s {k}")
-        meta = {"kind": "torch", "class": cls, "params": _enc(est.get_params(deep=False), f"predictor {name}'s params"),
+                scalars[k] = encode_value(v, f"predictor {name}'s {k}")
+        meta = {"kind": "torch", "class": cls, "params": encode_value(est.get_params(deep=False), f"predictor {name}'s params"),
                 "fitted": scalars, "net": None}
         files = {}
         net = getattr(est, "net_", None)
@@ -83,7 +83,7 @@ def _dump_estimator(est, name: str) -> tuple[dict, dict[str, np.ndarray], dict[s
             hidden = tuple(int(h) for h in est.hidden)
             shape = {"d_in": int(est.n_features_in_), "hidden": list(hidden), "d_out": int(linears[-1].out_features)}
             with torch.device("meta"):
-                ref = _mlp(shape["d_in"], hidden, shape["d_out"])
+                ref = build_mlp(shape["d_in"], hidden, shape["d_out"])
             if {k: tuple(v.shape) for k, v in ref.state_dict().items()} != {k: tuple(v.shape) for k, v in sd.items()}:
                 raise TypeError(f"cannot save predictor {name}: its network is not the MLP that fit builds "
                                 f"({shape})")
@@ -107,35 +107,35 @@ def _dump_estimator(est, name: str) -> tuple[dict, dict[str, np.ndarray], dict[s
 
 
 # ----------------------------------------------------------------------------- reading
-def _load_skops(path: Path, b: bytes, root: Path):
+def load_skops(path: Path, b: bytes, root: Path):
     import skops.io as sio
 
     try:
         untrusted = set(sio.get_untrusted_types(data=b))
     except Exception as e:  # noqa: BLE001 - a damaged archive raises many kinds
-        raise ValueError(f"{path} is not a readable skops model ({type(e).__name__}): {_refit(root)}") from None
+        raise ValueError(f"{path} is not a readable skops model ({type(e).__name__}): {refit_of(root)}") from None
     bad = sorted(untrusted - SKOPS_TRUSTED)
     if bad:
         raise ValueError(f"{path} holds types that are not on the predictor allow-list: {', '.join(bad)}; not "
-                         f"loaded (a predictor file holds only the registered scikit-learn models): {_refit(root)}")
+                         f"loaded (a predictor file holds only the registered scikit-learn models): {refit_of(root)}")
     try:
         return sio.loads(b, trusted=sorted(untrusted))
     except Exception as e:  # noqa: BLE001
-        raise ValueError(f"{path} is not a readable skops model ({type(e).__name__}: {e}): {_refit(root)}") from None
+        raise ValueError(f"{path} is not a readable skops model ({type(e).__name__}: {e}): {refit_of(root)}") from None
 
 
-def _load_torch(root: Path, name: str, meta: dict, arrays: dict, pt: tuple[Path, bytes] | None):
+def load_torch_estimator(root: Path, name: str, meta: dict, arrays: dict, pt: tuple[Path, bytes] | None):
     import torch
 
-    from .torch_mlp import _mlp
+    from .torch_mlp import build_mlp
 
     where = f"{root / INDEX}: predictor {name}"
     cls = _torch_estimators().get(meta.get("class"))
     if cls is None:
         raise ValueError(f"{where}: {meta.get('class')!r} is not a torch predictor model (want "
-                         f"{' or '.join(_torch_estimators())}): {_refit(root)}")
+                         f"{' or '.join(_torch_estimators())}): {refit_of(root)}")
     try:
-        params, fitted = _dec(meta.get("params")), _dec(meta.get("fitted"))
+        params, fitted = decode_value(meta.get("params")), decode_value(meta.get("fitted"))
         if not isinstance(params, dict) or not isinstance(fitted, dict):
             raise ValueError("params and fitted must be mappings")
         unknown = sorted(set(params) - set(cls().get_params(deep=False)))
@@ -143,13 +143,13 @@ def _load_torch(root: Path, name: str, meta: dict, arrays: dict, pt: tuple[Path,
             raise ValueError(f"unknown parameters {', '.join(map(str, unknown))}")
         est = cls(**params)
         for k, v in fitted.items():
-            if not isinstance(k, str) or not _ATTR.fullmatch(k) or k == "net_":
+            if not isinstance(k, str) or not FITTED_ATTR.fullmatch(k) or k == "net_":
                 raise ValueError(f"{k!r} is not a fitted attribute")
             if not (v is None or isinstance(v, (bool, int, float, str))):
                 raise ValueError(f"fitted attribute {k} is not a number")
             setattr(est, k, v)
     except (TypeError, ValueError) as e:
-        raise ValueError(f"{where}: not a {cls.__name__} ({e}): {_refit(root)}") from None
+        raise ValueError(f"{where}: not a {cls.__name__} ({e}): {refit_of(root)}") from None
     for k, a in arrays.items():
         if k.startswith("est__"):
             setattr(est, k[5:], a)
@@ -164,21 +164,21 @@ def _load_torch(root: Path, name: str, meta: dict, arrays: dict, pt: tuple[Path,
         if dtype not in _TORCH_DTYPES:
             raise ValueError(f"dtype {dtype!r}")
         with torch.device("meta"):  # shapes only: no memory, no draw from torch's random generator
-            shell = _mlp(d_in, hidden, d_out)
+            shell = build_mlp(d_in, hidden, d_out)
     except (TypeError, ValueError, KeyError) as e:
-        raise ValueError(f"{where}: a damaged network description {net!r} ({e}): {_refit(root)}") from None
+        raise ValueError(f"{where}: a damaged network description {net!r} ({e}): {refit_of(root)}") from None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch's pickle-protocol notes: the error below says it all
             sd = torch.load(io.BytesIO(b), map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch raises many kinds; never pass on its weights_only advice
         raise ValueError(f"{path} is not a readable predictor network (torch could not read it as weights: "
-                         f"{torch_load_failure(e)}): {_refit(root)}") from None
+                         f"{torch_load_failure(e)}): {refit_of(root)}") from None
     want = {k: tuple(v.shape) for k, v in shell.state_dict().items()}
     if not (isinstance(sd, dict) and all(isinstance(v, torch.Tensor) for v in sd.values())
             and {k: tuple(v.shape) for k, v in sd.items()} == want):
         raise ValueError(f"{path} does not hold the weights of an MLP {d_in} -> {list(hidden)} -> {d_out}: "
-                         f"{_refit(root)}")
+                         f"{refit_of(root)}")
     module = shell.to_empty(device="cpu").to(getattr(torch, dtype))
     module.load_state_dict(sd, strict=True)
     est.net_ = module.eval()
@@ -193,7 +193,7 @@ def _structure(est):
     return type(est)
 
 
-def _check_estimator(est, spec, root: Path, name: str) -> None:
+def check_saved_estimator(est, spec, root: Path, name: str) -> None:
     """Refuse a loaded model that is not what ``spec``'s model builds (or the constant fallback)."""
     from sklearn.dummy import DummyClassifier
 
@@ -203,9 +203,12 @@ def _check_estimator(est, spec, root: Path, name: str) -> None:
         want = {_structure(make_estimator(spec.model, spec.task, class_weight=spec.class_weight,
                                           random_state=spec.random_state, **spec.params))}
     except (TypeError, ValueError, KeyError) as e:
-        raise ValueError(f"{root / INDEX}: predictor {name}'s spec builds no model ({e}): {_refit(root)}") from None
+        raise ValueError(f"{root / INDEX}: predictor {name}'s spec builds no model ({e}): {refit_of(root)}") from None
     if spec.task == "classification":
         want.add(DummyClassifier)
     if _structure(est) not in want:
         raise ValueError(f"{root / INDEX}: predictor {name}'s model is a {type(est).__name__}, not a {spec.model} "
-                         f"{spec.task} model: {_refit(root)}")
+                         f"{spec.task} model: {refit_of(root)}")
+
+
+__all__ = ["SKOPS_TRUSTED", "check_saved_estimator", "dump_estimator", "load_skops", "load_torch_estimator"]

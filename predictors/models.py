@@ -122,3 +122,6 @@ def _nn(*, task, class_weight=None, random_state=0, hidden: tuple[int, ...] = (6
 @PREDICTOR_MODELS.register("dummy", doc="baseline: the majority class / the mean (no input used)")
 def _dummy(*, task, class_weight=None, random_state=0):
     return DummyClassifier(strategy="prior") if task == "classification" else DummyRegressor()
+
+
+__all__ = ["PREDICTOR_MODELS", "fit_incremental", "list_predictor_models", "make_estimator", "one_thread"]

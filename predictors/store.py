@@ -29,12 +29,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from branchy.faults import point
+from branchy.atomic import atomic_write
 from branchy.rule import ExitRule, json_safe
 
 from .calibration import check_calibration
-from .model_io import SKOPS_TRUSTED, _check_estimator, _dump_estimator, _load_skops, _load_torch
-from .store_format import (ENTRY_KEYS, FORMAT_VERSION, INDEX, _atomic_write, _check_entry, _dec, _enc, _load_npz,
-                           _npz_bytes, _own_files, _read_file, _read_index, _refit, _sha, _unlink, check_name)
+from .model_io import SKOPS_TRUSTED, check_saved_estimator, dump_estimator, load_skops, load_torch_estimator
+from .store_format import (ENTRY_KEYS, FORMAT_VERSION, INDEX, check_entry, decode_value, encode_value, load_npz,
+                           npz_bytes, own_files, read_file, read_index, refit_of, sha256_hex, unlink_all, check_name)
 
 if TYPE_CHECKING:  # imported lazily below: fit re-exports this module's functions
     from .fit import FittedPredictor
@@ -47,7 +48,7 @@ __all__ = ["save_predictors", "load_predictors", "SKOPS_TRUSTED", "INDEX", "FORM
 def _spec_json(spec) -> dict:
     s = {f.name: getattr(spec, f.name) for f in fields(spec)}
     rule = s.pop("rule")
-    out = _enc(s, f"predictor {spec.name}'s spec")
+    out = encode_value(s, f"predictor {spec.name}'s spec")
     out["rule"] = None if rule is None else json_safe(rule.to_dict())
     return out
 
@@ -56,31 +57,31 @@ def _spec_from_json(s: dict, where: str, d: Path):
     from .fit import PredictorSpec
 
     if not isinstance(s, dict):
-        raise ValueError(f"{where}: the spec is not a mapping: {_refit(d)}")
+        raise ValueError(f"{where}: the spec is not a mapping: {refit_of(d)}")
     s = dict(s)
     rule = s.pop("rule", None)
     try:
-        kw = _dec(s)
+        kw = decode_value(s)
         names = {f.name for f in fields(PredictorSpec)}
         unknown = sorted(set(kw) - names)
         if unknown:
             raise ValueError(f"unknown spec fields {', '.join(map(str, unknown))}")
         return PredictorSpec(**kw, rule=None if rule is None else ExitRule.from_dict(rule))
     except (TypeError, ValueError, KeyError) as e:
-        raise ValueError(f"{where}: not a predictor spec ({e}): {_refit(d)}") from None
+        raise ValueError(f"{where}: not a predictor spec ({e}): {refit_of(d)}") from None
 
 
 # ----------------------------------------------------------------------------- writing
 def _serialize(p: "FittedPredictor") -> tuple[dict, dict[str, bytes]]:
     name = check_name(p.spec.name)
-    meta, arrays, files = _dump_estimator(p.estimator, name)
+    meta, arrays, files = dump_estimator(p.estimator, name)
     for k, a in (("oof", p.oof), ("classes", p.classes), ("fit_rows", p.fit_rows), *(p.calibration or {}).items()):
         if a is not None:
             arrays[k] = np.asarray(a)
-    files = {f"{name}.npz": _npz_bytes(arrays, name), **files}
+    files = {f"{name}.npz": npz_bytes(arrays, name), **files}
     entry = {"spec": _spec_json(p.spec), "folds": int(p.folds), "cache_fingerprint": str(p.cache_fingerprint),
-             "cost": _enc(p.cost, f"predictor {name}'s cost"), "fit_split": str(p.fit_split), "estimator": meta,
-             "files": {f: _sha(b) for f, b in files.items()}}
+             "cost": encode_value(p.cost, f"predictor {name}'s cost"), "fit_split": str(p.fit_split), "estimator": meta,
+             "files": {f: sha256_hex(b) for f, b in files.items()}}
     return entry, files
 
 
@@ -102,17 +103,17 @@ def save_predictors(predictors: list[FittedPredictor], out: str | os.PathLike) -
     if not (isinstance(index, dict) and index.get("version") == FORMAT_VERSION
             and isinstance(index.get("predictors"), dict)):
         old = index.get("predictors") if isinstance(index, dict) else None
-        _unlink([*d.glob("*.joblib"), *_own_files(d, old)])
+        unlink_all([*d.glob("*.joblib"), *own_files(d, old)])
         index = {"version": FORMAT_VERSION, "predictors": {}}
     stale = []
     for entry, files, name in staged:
         for fname, b in files.items():
-            _atomic_write(d / fname, b)
-        stale += [f for f in _own_files(d, {name: None}) if f.name not in files]
+            atomic_write(d / fname, b)
+        stale += [f for f in own_files(d, {name: None}) if f.name not in files]
         index["predictors"][name] = entry
     point("predictors:files-written")
-    _atomic_write(index_path, (json.dumps(index, indent=2, allow_nan=False) + "\n").encode())
-    _unlink(stale)  # a replaced predictor's files of another kind (e.g. .pt -> .skops), once the index is in place
+    atomic_write(index_path, (json.dumps(index, indent=2, allow_nan=False) + "\n").encode())
+    unlink_all(stale)  # a replaced predictor's files of another kind (e.g. .pt -> .skops), once the index is in place
     return d
 
 
@@ -124,51 +125,51 @@ def load_predictors(path: str | os.PathLike, cache=None) -> dict[str, FittedPred
     from .fit import FittedPredictor
 
     d = Path(path)
-    index = _read_index(d)
+    index = read_index(d)
     root = d.resolve()
     entries = index["predictors"]
-    files = {name: _check_entry(root, name, entry) for name, entry in entries.items()}
+    files = {name: check_entry(root, name, entry) for name, entry in entries.items()}
     specs = {name: _spec_from_json(entry["spec"], f"{d / INDEX}: predictor {name}", d)
              for name, entry in entries.items()}
     for name, spec in specs.items():
         if spec.name != name:
-            raise ValueError(f"{d / INDEX}: the entry {name} holds the spec of {spec.name}: {_refit(d)}")
+            raise ValueError(f"{d / INDEX}: the entry {name} holds the spec of {spec.name}: {refit_of(d)}")
         fp = entries[name]["cache_fingerprint"]
         if cache is not None and cache.fingerprint != fp:
             raise ValueError(f"predictor {name} was fitted on cache {fp}, not on {cache.path} ({cache.fingerprint}): "
                              f"refit it with `branchy fit-predictors`")
-    blobs = {name: {f: _read_file(root, name, f, h) for f, h in fs.items()} for name, fs in files.items()}
+    blobs = {name: {f: read_file(root, name, f, h) for f, h in fs.items()} for name, fs in files.items()}
     out = {}
     for name, entry in entries.items():
         spec, b = specs[name], blobs[name]
-        arrays = _load_npz(root / f"{name}.npz", b[f"{name}.npz"], d)
+        arrays = load_npz(root / f"{name}.npz", b[f"{name}.npz"], d)
         meta = entry["estimator"]
         if meta["kind"] == "skops":
-            est = _load_skops(root / f"{name}.skops", b[f"{name}.skops"], d)
+            est = load_skops(root / f"{name}.skops", b[f"{name}.skops"], d)
         else:
             pt = f"{name}.pt"
-            est = _load_torch(d, name, meta, arrays, (root / pt, b[pt]) if pt in b else None)
-        _check_estimator(est, spec, d, name)
+            est = load_torch_estimator(d, name, meta, arrays, (root / pt, b[pt]) if pt in b else None)
+        check_saved_estimator(est, spec, d, name)
         oof, classes = arrays.get("oof"), arrays.get("classes")
         if spec.task == "classification" and classes is None:
-            raise ValueError(f"{d / INDEX}: predictor {name} has no classes: {_refit(d)}")
+            raise ValueError(f"{d / INDEX}: predictor {name} has no classes: {refit_of(d)}")
         if oof is not None and oof.ndim != (1 if spec.task == "regression" else 2):
             raise ValueError(f"{d / INDEX}: predictor {name}'s out-of-fold outputs have shape {oof.shape}: "
-                             f"{_refit(d)}")
+                             f"{refit_of(d)}")
         try:
-            cost = _dec(entry["cost"])
+            cost = decode_value(entry["cost"])
         except ValueError as e:
-            raise ValueError(f"{d / INDEX}: predictor {name}'s cost is damaged ({e}): {_refit(d)}") from None
+            raise ValueError(f"{d / INDEX}: predictor {name}'s cost is damaged ({e}): {refit_of(d)}") from None
         cal = {k: a for k, a in arrays.items() if k.startswith("cal_")}
         if cal and spec.calibration is None:
             raise ValueError(f"{d / INDEX}: predictor {name} holds a calibration map its spec does not name: "
-                             f"{_refit(d)}")
+                             f"{refit_of(d)}")
         cal = check_calibration(cal, f"{d / INDEX}: predictor {name}") if cal else None
         fit_rows = arrays.get("fit_rows")
         if fit_rows is not None and (fit_rows.ndim != 1 or fit_rows.dtype.kind not in "iu" or oof is None
                                      or len(fit_rows) != len(oof) or (np.diff(fit_rows) <= 0).any()):
             raise ValueError(f"{d / INDEX}: predictor {name}'s fit rows do not match its out-of-fold outputs: "
-                             f"{_refit(d)}")
+                             f"{refit_of(d)}")
         out[name] = FittedPredictor(spec, est, entry["cache_fingerprint"], cost, entry["fit_split"], oof, classes,
                                     entry["folds"], cal, fit_rows=fit_rows)
     return out

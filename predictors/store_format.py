@@ -8,9 +8,7 @@ import hashlib
 import io
 import json
 import math
-import os
 import re
-import secrets
 from pathlib import Path
 
 import numpy as np
@@ -23,14 +21,14 @@ INDEX = "predictors.json"
 FORMAT_VERSION = 3
 
 _NAME = re.compile(r"[A-Za-z0-9_.-]+")
-_ATTR = re.compile(r"[a-z][a-z0-9_]*_")  # a fitted attribute of a torch estimator (learned state ends in _)
+FITTED_ATTR = re.compile(r"[a-z][a-z0-9_]*_")  # a fitted attribute of a torch estimator (learned state ends in _)
 _HEX = re.compile(r"[0-9a-f]{64}")
 _SUFFIXES = (".npz", ".skops", ".pt")
 CAL_ARRAYS = ("cal_a", "cal_b", "cal_x", "cal_y")  # a calibrated gate's map (predictors.calibration)
 ENTRY_KEYS = ("spec", "folds", "cache_fingerprint", "cost", "fit_split", "estimator", "files")
 
 
-def _refit(d: Path) -> str:
+def refit_of(d: Path) -> str:
     return f"refit with `branchy fit-predictors --cache CACHE --out {d}` (or rerun the study, which refits)"
 
 
@@ -56,7 +54,7 @@ def _inside(root: Path, fname: str, what: str) -> Path:
 
 
 # ----------------------------------------------------------------------------- plain data as JSON
-def _enc(v, what: str):
+def encode_value(v, what: str):
     """Plain data as JSON, exactly: tuples, non-finite floats and mappings with non-string keys tagged."""
     if v is None or isinstance(v, (bool, str)):
         return v
@@ -68,24 +66,24 @@ def _enc(v, what: str):
         f = float(v)
         return f if math.isfinite(f) else {"__float__": json_safe(f)}
     if isinstance(v, tuple):
-        return {"__tuple__": [_enc(x, what) for x in v]}
+        return {"__tuple__": [encode_value(x, what) for x in v]}
     if isinstance(v, list):
-        return [_enc(x, what) for x in v]
+        return [encode_value(x, what) for x in v]
     if isinstance(v, dict):
         if all(isinstance(k, str) and not k.startswith("__") for k in v):
-            return {k: _enc(x, what) for k, x in v.items()}
-        return {"__items__": [[_enc(k, what), _enc(x, what)] for k, x in v.items()]}
+            return {k: encode_value(x, what) for k, x in v.items()}
+        return {"__items__": [[encode_value(k, what), encode_value(x, what)] for k, x in v.items()]}
     raise TypeError(f"cannot save {what}: {type(v).__name__} {v!r} is not plain data (numbers, strings, lists, "
                     f"tuples, mappings)")
 
 
-def _dec(v):
-    """Inverse of :func:`_enc` (builds plain data only)."""
+def decode_value(v):
+    """Inverse of :func:`encode_value` (builds plain data only)."""
     if isinstance(v, list):
-        return [_dec(x) for x in v]
+        return [decode_value(x) for x in v]
     if isinstance(v, dict):
         if len(v) == 1 and "__tuple__" in v and isinstance(v["__tuple__"], list):
-            return tuple(_dec(x) for x in v["__tuple__"])
+            return tuple(decode_value(x) for x in v["__tuple__"])
         if len(v) == 1 and "__float__" in v:
             return json_float(v["__float__"])
         if len(v) == 1 and "__items__" in v and isinstance(v["__items__"], list):
@@ -93,39 +91,22 @@ def _dec(v):
             for kv in v["__items__"]:
                 if not isinstance(kv, list) or len(kv) != 2:
                     raise ValueError("a tagged mapping holds something other than [key, value] pairs")
-                k = _dec(kv[0])
+                k = decode_value(kv[0])
                 try:
-                    out[k] = _dec(kv[1])
+                    out[k] = decode_value(kv[1])
                 except TypeError:
                     raise ValueError(f"a tagged mapping has an unhashable key {k!r}") from None
             return out
-        return {k: _dec(x) for k, x in v.items()}
+        return {k: decode_value(x) for k, x in v.items()}
     return v
 
 
 # ----------------------------------------------------------------------------- writing
-def _sha(b: bytes) -> str:
+def sha256_hex(b: bytes) -> str:
     return hashlib.sha256(b).hexdigest()
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file beside ``path`` and rename it into place."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(tmp, "xb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
-def _npz_bytes(arrays: dict[str, np.ndarray], name: str) -> bytes:
+def npz_bytes(arrays: dict[str, np.ndarray], name: str) -> bytes:
     for k, a in arrays.items():
         if a.dtype.hasobject:
             raise TypeError(f"cannot save predictor {name}: its array {k} holds Python objects ({a.dtype}); only "
@@ -135,7 +116,7 @@ def _npz_bytes(arrays: dict[str, np.ndarray], name: str) -> bytes:
     return buf.getvalue()
 
 
-def _own_files(d: Path, entries) -> list[Path]:
+def own_files(d: Path, entries) -> list[Path]:
     """The files of an index's entries that :func:`~predictors.store.save_predictors` writes
     (``NAME.npz|.skops|.pt``, valid names only)."""
     out = []
@@ -145,14 +126,14 @@ def _own_files(d: Path, entries) -> list[Path]:
     return out
 
 
-def _unlink(paths) -> None:
+def unlink_all(paths) -> None:
     for f in paths:
         if f.is_file() or f.is_symlink():
             f.unlink()
 
 
 # ----------------------------------------------------------------------------- reading
-def _read_index(d: Path) -> dict:
+def read_index(d: Path) -> dict:
     path = d / INDEX
     if not path.is_file():
         raise FileNotFoundError(f"no predictors at {str(d)!r} ({INDEX} missing); fit some with "
@@ -160,26 +141,26 @@ def _read_index(d: Path) -> dict:
     try:
         index = json.loads(path.read_text())
     except (ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        raise ValueError(f"{path} is not valid JSON ({type(e).__name__}): {_refit(d)}") from None
+        raise ValueError(f"{path} is not valid JSON ({type(e).__name__}): {refit_of(d)}") from None
     if not isinstance(index, dict):
         raise ValueError(f"{path} is not a predictor index (a JSON mapping with version and predictors): "
-                         f"{_refit(d)}")
+                         f"{refit_of(d)}")
     v = index.get("version")
     if v != FORMAT_VERSION:
         if v in (1, 2) or any(d.glob("*.joblib")):
             raise ValueError(f"{d}: predictors saved in format {v} (pickled .joblib files, which can run code when "
                              f"loaded, so they are not read); this toolkit reads format {FORMAT_VERSION}: "
-                             f"{_refit(d)}")
+                             f"{refit_of(d)}")
         if isinstance(v, int) and not isinstance(v, bool) and v > FORMAT_VERSION:
             raise ValueError(f"{d}: predictors of format {v}, newer than this toolkit's {FORMAT_VERSION}: upgrade "
-                             f"branchy-study, or {_refit(d)}")
-        raise ValueError(f"{d}: predictors of format {v!r}; this toolkit reads format {FORMAT_VERSION}: {_refit(d)}")
+                             f"branchy-study, or {refit_of(d)}")
+        raise ValueError(f"{d}: predictors of format {v!r}; this toolkit reads format {FORMAT_VERSION}: {refit_of(d)}")
     if not isinstance(index.get("predictors"), dict):
-        raise ValueError(f"{path} has no 'predictors' mapping: {_refit(d)}")
+        raise ValueError(f"{path} has no 'predictors' mapping: {refit_of(d)}")
     return index
 
 
-def _check_entry(root: Path, name, entry) -> dict[str, str]:
+def check_entry(root: Path, name, entry) -> dict[str, str]:
     """Validate one index entry without opening any file; returns its files ``{name: sha256}``."""
     try:
         check_name(name)
@@ -187,16 +168,16 @@ def _check_entry(root: Path, name, entry) -> dict[str, str]:
         raise ValueError(f"{root / INDEX}: {e}; not loaded") from None
     where = f"{root / INDEX}: predictor {name}"
     if not isinstance(entry, dict):
-        raise ValueError(f"{where} is not a mapping: {_refit(root)}")
+        raise ValueError(f"{where} is not a mapping: {refit_of(root)}")
     missing = [k for k in ENTRY_KEYS if k not in entry]
     if missing:
-        raise ValueError(f"{where} lacks {', '.join(missing)}: {_refit(root)}")
+        raise ValueError(f"{where} lacks {', '.join(missing)}: {refit_of(root)}")
     est, files = entry["estimator"], entry["files"]
     if not isinstance(est, dict) or est.get("kind") not in ("skops", "torch"):
         raise ValueError(f"{where}: unknown model kind {est.get('kind') if isinstance(est, dict) else est!r} "
-                         f"(want skops or torch): {_refit(root)}")
+                         f"(want skops or torch): {refit_of(root)}")
     if not isinstance(files, dict) or not all(isinstance(k, str) for k in files):
-        raise ValueError(f"{where}: 'files' is not a mapping of file names to SHA-256: {_refit(root)}")
+        raise ValueError(f"{where}: 'files' is not a mapping of file names to SHA-256: {refit_of(root)}")
     for fname in files:  # before anything else: a name that leaves the folder is refused as such
         _inside(root, fname, f"predictor {name}")
     want = {f"{name}.npz"}
@@ -205,28 +186,28 @@ def _check_entry(root: Path, name, entry) -> dict[str, str]:
     elif est.get("net") is not None:
         want.add(f"{name}.pt")
     if set(files) != want:
-        raise ValueError(f"{where} names files {sorted(files)}, want {sorted(want)}: {_refit(root)}")
+        raise ValueError(f"{where} names files {sorted(files)}, want {sorted(want)}: {refit_of(root)}")
     for fname, h in files.items():
         if not isinstance(h, str) or not _HEX.fullmatch(h):
-            raise ValueError(f"{where}: {fname} has no SHA-256 in the index: {_refit(root)}")
+            raise ValueError(f"{where}: {fname} has no SHA-256 in the index: {refit_of(root)}")
     for k, typ in (("cache_fingerprint", str), ("fit_split", str), ("folds", int), ("cost", dict)):
         if not isinstance(entry[k], typ) or isinstance(entry[k], bool):
-            raise ValueError(f"{where}: {k} is not a {typ.__name__}: {_refit(root)}")
+            raise ValueError(f"{where}: {k} is not a {typ.__name__}: {refit_of(root)}")
     return files
 
 
-def _read_file(root: Path, name: str, fname: str, sha: str) -> bytes:
+def read_file(root: Path, name: str, fname: str, sha: str) -> bytes:
     p = _inside(root, fname, f"predictor {name}")
     if not p.is_file():
-        raise FileNotFoundError(f"{root}: {INDEX} lists {name} but {fname} is missing: {_refit(root)}")
+        raise FileNotFoundError(f"{root}: {INDEX} lists {name} but {fname} is missing: {refit_of(root)}")
     b = p.read_bytes()
-    if _sha(b) != sha:
+    if sha256_hex(b) != sha:
         raise ValueError(f"{p}: its SHA-256 does not match {INDEX} (the file is damaged, cut short or was replaced), "
-                         f"so it is not read: {_refit(root)}")
+                         f"so it is not read: {refit_of(root)}")
     return b
 
 
-def _load_npz(path: Path, b: bytes, root: Path) -> dict[str, np.ndarray]:
+def load_npz(path: Path, b: bytes, root: Path) -> dict[str, np.ndarray]:
     try:
         z = np.load(io.BytesIO(b), allow_pickle=False)
         if isinstance(z, np.ndarray):
@@ -234,12 +215,17 @@ def _load_npz(path: Path, b: bytes, root: Path) -> dict[str, np.ndarray]:
         with z:
             arrays = {k: z[k] for k in z.files}
     except ValueError as e:  # also object arrays, refused by allow_pickle=False
-        raise ValueError(f"{path} is not a readable predictor array file ({e}): {_refit(root)}") from None
+        raise ValueError(f"{path} is not a readable predictor array file ({e}): {refit_of(root)}") from None
     except Exception as e:  # noqa: BLE001 - a damaged zip raises many kinds; one line, never a deep traceback
-        raise ValueError(f"{path} is not a readable predictor array file ({type(e).__name__}): {_refit(root)}") \
+        raise ValueError(f"{path} is not a readable predictor array file ({type(e).__name__}): {refit_of(root)}") \
             from None
     bad = [k for k in arrays if k not in ("oof", "classes", "fit_rows", *CAL_ARRAYS) and not
-           (k.startswith("est__") and _ATTR.fullmatch(k[5:]) and k != "est__net_")]
+           (k.startswith("est__") and FITTED_ATTR.fullmatch(k[5:]) and k != "est__net_")]
     if bad:
-        raise ValueError(f"{path} holds unexpected arrays {', '.join(sorted(bad))}: {_refit(root)}")
+        raise ValueError(f"{path} holds unexpected arrays {', '.join(sorted(bad))}: {refit_of(root)}")
     return arrays
+
+
+__all__ = ["CAL_ARRAYS", "ENTRY_KEYS", "FITTED_ATTR", "FORMAT_VERSION", "INDEX", "check_entry", "check_name",
+           "decode_value", "encode_value", "load_npz", "npz_bytes", "own_files", "read_file", "read_index", "refit_of",
+           "sha256_hex", "unlink_all"]

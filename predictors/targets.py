@@ -118,3 +118,7 @@ def _need_t(t, target):
     if t is None:
         raise ValueError(f"target {target!r} needs an exit rule (thresholds T, one per exit)")
     return t
+
+
+__all__ = ["CHUNK", "TARGETS", "as_rule", "check_thresholds", "entropy_target", "exit_target", "gate_target",
+           "leave_cost", "make_target", "oracle_target", "passes"]

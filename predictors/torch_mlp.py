@@ -99,7 +99,7 @@ class _Batches(torch.utils.data.Dataset):
         return torch.from_numpy((self.rows.take(np.asarray(idx)) - self.mean) / self.scale)
 
 
-def _mlp(d_in: int, hidden: tuple[int, ...], d_out: int) -> nn.Sequential:
+def build_mlp(d_in: int, hidden: tuple[int, ...], d_out: int) -> nn.Sequential:
     layers: list[nn.Module] = []
     for h in hidden:
         layers += [nn.Linear(d_in, h), nn.ReLU()]
@@ -108,7 +108,7 @@ def _mlp(d_in: int, hidden: tuple[int, ...], d_out: int) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-class _TorchMLPBase(BaseEstimator):
+class TorchMLPBase(BaseEstimator):
     def __init__(self, hidden: tuple[int, ...] = (64,), lr: float = 3e-3, max_epochs: int = 200,
                  batch_size: int = 128, weight_decay: float = 1e-4, validation_fraction: float = 0.2,
                  patience: int = 15, random_state: int = 0):
@@ -150,7 +150,7 @@ class _TorchMLPBase(BaseEstimator):
         val, tr = order[:n_val], order[n_val:]
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.random_state)
-            net = _mlp(n_in, tuple(self.hidden), d_out)
+            net = build_mlp(n_in, tuple(self.hidden), d_out)
             opt = torch.optim.Adam(net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
             best, best_state, wait = np.inf, None, 0
             self.n_iter_ = 0
@@ -210,7 +210,7 @@ class _TorchMLPBase(BaseEstimator):
         return Standardised(copy.deepcopy(self.net_).float()).eval()
 
 
-class TorchMLPClassifier(ClassifierMixin, _TorchMLPBase):
+class TorchMLPClassifier(ClassifierMixin, TorchMLPBase):
     """MLP classifier (cross-entropy; ``class_weight='balanced'`` or a dict reweights classes)."""
 
     def __init__(self, hidden: tuple[int, ...] = (64,), lr: float = 3e-3, max_epochs: int = 200,
@@ -255,7 +255,7 @@ class TorchMLPClassifier(ClassifierMixin, _TorchMLPBase):
         return self.classes_[p.argmax(1)]
 
 
-class TorchMLPRegressor(RegressorMixin, _TorchMLPBase):
+class TorchMLPRegressor(RegressorMixin, TorchMLPBase):
     """MLP regressor (MSE on a standardised target)."""
 
     def fit(self, X, y):
@@ -282,3 +282,6 @@ def _validate(est, X, y, **kw):
         raise ValueError("y holds NaN or infinite values")
     est.n_features_in_ = X.n_features
     return X, y
+
+
+__all__ = ["Rows", "TorchMLPBase", "TorchMLPClassifier", "TorchMLPRegressor", "build_mlp"]

@@ -24,7 +24,7 @@ def command(name: str, help: str):
     return deco
 
 
-def _number(kind=float, lo: float | None = None, hi: float | None = None, *, lo_open: bool = False,
+def number_type(kind=float, lo: float | None = None, hi: float | None = None, *, lo_open: bool = False,
             what: str = ""):
     """An argparse ``type``: a finite ``kind`` (int or float) in [lo, hi] (``lo_open``: lo excluded); a bad value
     is a one-line usage error naming the range."""
@@ -45,11 +45,11 @@ def _number(kind=float, lo: float | None = None, hi: float | None = None, *, lo_
     return parse
 
 
-POS_INT = _number(int, 1)
-POS = _number(float, 0, lo_open=True)
+POS_INT = number_type(int, 1)
+POS = number_type(float, 0, lo_open=True)
 
 
-def _float_list(s: str) -> list[float]:
+def float_list(s: str) -> list[float]:
     try:
         v = [float(x) for x in s.replace(",", " ").split()]
     except ValueError:
@@ -75,7 +75,7 @@ def _lister(get_registry):
     return run
 
 
-def _backends() -> list[str]:
+def backend_names() -> list[str]:
     from branchy.backends import list_backends
 
     return list_backends()
@@ -181,3 +181,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
+
+
+__all__ = ["COMMANDS", "EXPECTED_ERRORS", "POS", "POS_INT", "backend_names", "build_parser", "command", "float_list",
+           "main", "number_type"]

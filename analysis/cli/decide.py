@@ -9,7 +9,7 @@ from predictors.grid import PredictorsConfig
 from ..core.policies import PolicyConfig
 from ..present.tables import format_breakeven, format_compare, format_eval
 from ..study.placement_study import PlacementConfig
-from .base import _float_list, _number, command
+from .base import float_list, number_type, command
 
 
 # ----------------------------------------------------------------------------- predictors
@@ -18,7 +18,7 @@ def _fit_args(p):
     add_arguments(p, PredictorsConfig, title="predictors")
     g = p.add_argument_group("exit rule (defines the gate and exit targets)")
     add_arguments(g, PolicyConfig, only=("measure", "target_acc"))
-    g.add_argument("--thresholds", type=_float_list, default=None,
+    g.add_argument("--thresholds", type=float_list, default=None,
                    help="exit thresholds T, one per side exit (default: calibrated on calib, see --target-acc)")
     p.add_argument("--fit-split", default="calib", choices=["calib", "train", "test"],
                    help="split to fit on (calib; train warns; test is refused)")
@@ -154,7 +154,7 @@ def _explain_args(p):
     p.add_argument("--predictors", default=None, help="folder of fitted predictors (their cost and skip rates are "
                                                       "set against the break-even figures)")
     p.add_argument("--profile", default="measured", help="device profile name or JSON/YAML file (default: measured)")
-    p.add_argument("--false-skip", type=_number(float, 0, 1), default=0.02,
+    p.add_argument("--false-skip", type=number_type(float, 0, 1), default=0.02,
                    help="share of the samples an exit would accept that a gate may wrongly skip (default 0.02)")
     add_arguments(p, PolicyConfig, only=("measure", "target_acc", "gate_max_drop", "overlap"), title="exit rule")
     p.add_argument("--out", default=None, help="folder for breakeven.csv and gate_map.png (optional)")

@@ -12,7 +12,7 @@ from branchy.paths import check_writable
 from branchy.train import DEVICES, TrainConfig, check_device
 
 from ..present.tables import print_cache_info
-from .base import POS, POS_INT, _backends, _number, command
+from .base import POS, POS_INT, backend_names, number_type, command
 
 
 # ----------------------------------------------------------------------------- train
@@ -121,12 +121,12 @@ def _profile_args(p):
     p.add_argument("--cache", required=True, help="cache directory whose segment costs to measure again")
     p.add_argument("--checkpoint", default=None, help="the model (default: the checkpoint the manifest names)")
     p.add_argument("--threads", type=POS_INT, default=None, help="torch threads to time with (default: torch's)")
-    p.add_argument("--rounds", type=_number(int, 3), default=15, help="interleaved timing rounds (default 15)")
+    p.add_argument("--rounds", type=number_type(int, 3), default=15, help="interleaved timing rounds (default 15)")
     p.add_argument("--batch-size", type=POS_INT, default=None, help="the larger batch (default: the dump's)")
     p.add_argument("--profile-time", type=POS, default=0.2,
                    help="seconds of timing per segment and batch size, over all rounds (default 0.2)")
     p.add_argument("--device", default="cpu", type=_device, help=f"where eager segments run: {DEVICES} (default cpu)")
-    p.add_argument("--backend", default="eager", type=str.lower, choices=_backends(),
+    p.add_argument("--backend", default="eager", type=str.lower, choices=backend_names(),
                    help="what runs the segments: eager (profile 'measured'), compiled or onnxruntime (profile "
                         "'measured-BACKEND'); see branchy.backends")
     p.add_argument("--predictors", default=None,

@@ -1,7 +1,7 @@
 """Commands on a whole study: ``validate`` (the real runtime against the simulator), ``demo`` and ``run``."""
 from __future__ import annotations
 
-from .base import POS_INT, _backends, command
+from .base import POS_INT, backend_names, command
 
 
 # ----------------------------------------------------------------------------- validate
@@ -19,7 +19,7 @@ def _validate_args(p):
     p.add_argument("--n", type=POS_INT, default=300, help="test samples, run one at a time (default 300)")
     p.add_argument("--reps", type=POS_INT, default=3, help="timed repetitions per sample and policy (median)")
     p.add_argument("--batch-size", type=POS_INT, default=64, help="batch for the batched run")
-    p.add_argument("--backend", default="eager", type=str.lower, choices=_backends(),
+    p.add_argument("--backend", default="eager", type=str.lower, choices=backend_names(),
                    help="eager, compiled or onnxruntime (its costs must have been "
                    "measured: branchy profile --backend)")
 
@@ -27,8 +27,8 @@ def _validate_args(p):
 def _validate_run(a) -> int:
     from pathlib import Path
 
-    from ..study.validate import (drift_line, fit_line, format_validate, recheck_line, validate_files, validate_line,
-                                  validate_run)
+    from ..study.validate import (drift_line, fit_line, format_validate, pairs_line, recheck_line, validate_files,
+                                  validate_line, validate_run)
 
     steps = [o for o, v in (("--checkpoint", a.checkpoint), ("--cache", a.cache), ("--predictors", a.predictors),
                             ("--placement", a.placement), ("--thresholds", a.thresholds)) if v]
@@ -49,7 +49,7 @@ def _validate_run(a) -> int:
           f"{int(df.threads.iloc[0])} threads; simulated from the cache's measured costs and runtime overhead")
     print(format_validate(df))
     print(f"wrote {out}/validate*.csv and validate*.png")
-    for line in (recheck_line(df), fit_line(df), drift_line(df)):
+    for line in (pairs_line(df), recheck_line(df), fit_line(df), drift_line(df)):
         if line:
             print(line)
     print(validate_line(df))

@@ -159,3 +159,7 @@ def rule_family(logits: np.ndarray, labels: np.ndarray, *, measure: str = "entro
             seen.add(key)
             uniq.append((how, np.asarray(th, float)))
     return uniq
+
+
+__all__ = ["FAMILY_BUDGETS", "FAMILY_TARGETS", "budgeted_thresholds", "calib_rule", "calib_thresholds", "resolve_rule",
+           "rule_family", "threshold_grid", "thresholds_for_accuracy"]

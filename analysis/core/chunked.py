@@ -12,6 +12,7 @@ from branchy.rule import ExitRule
 
 from .costs import CostModel, DeviceProfile
 from .evidence import Evidence, outcome
+from .policies import POLICIES, PolicyConfig
 from .simulate import Outcome
 
 CHUNK_ROWS = 1 << 16
@@ -81,8 +82,18 @@ def simulate_chunked(cache: FeatureCache, split: str, policy, rule: ExitRule, *,
     if chunk_rows < 1:
         raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
     costs = costs or CostModel.from_cache(cache, profile)
+    cfg = PolicyConfig(measure=rule.measure, overlap=overlap)
     acc = RunningSummary()
     for rows in row_slices(cache.size(split), chunk_rows):
         ev = Evidence.build(cache, split, measure=rule.measure, predictors=predictors, costs=costs, rows=rows)
-        acc.add(outcome(ev, policy, rule, cuts=cuts, overlap=overlap))
+        if isinstance(policy, str):  # a registered policy that runs as it is (full, cascade, patience, oracle, ...)
+            o = POLICIES.get(policy).run(ev, rule, cfg) if POLICIES.get(policy).run is not None else None
+            if o is None:
+                raise ValueError(f"policy {policy!r} is decided on calib, not run as it is: give its Placement")
+            acc.add(o)
+        else:
+            acc.add(outcome(ev, policy, rule, cuts=cuts, overlap=overlap))
     return acc.summary()
+
+
+__all__ = ["CHUNK_ROWS", "MAX_LATENCY_VALUES", "RunningSummary", "simulate_chunked"]

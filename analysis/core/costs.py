@@ -1,4 +1,4 @@
-"""Cost model (DESIGN.md §3.3): per-segment latencies S_k, E_k, W_k, R_k (ms, batch 1) and MACs, from
+"""Cost model (docs/semantics.md §3.3): per-segment latencies S_k, E_k, W_k, R_k (ms, batch 1) and MACs, from
 the cache's measurements (profile ``measured``) or from MACs and activation bytes through a device
 profile (throughput, memory bandwidth, per-segment overhead). Predictor costs G come separately."""
 from __future__ import annotations
@@ -262,3 +262,7 @@ def measured_cost_models(cache, profile: str | DeviceProfile = "measured") -> li
             raise ValueError(f"{f}: an earlier profiling of {cache.path} cannot be read ({e}); move it out of "
                              f"costs_history/ or re-profile") from None
     return models
+
+
+__all__ = ["CostModel", "DeviceProfile", "PROFILES", "get_profile", "list_profiles", "load_profile_file",
+           "measured_cost_models", "profile_from_dict"]

@@ -19,7 +19,6 @@ from .costs import CostModel, DeviceProfile
 from .simulate import (Outcome, simulate_cascade, simulate_full, simulate_gated, simulate_matched_oracle,
                        simulate_oracle, simulate_patience)
 
-FIXED = ("full", "cascade", "patience", "oracle", "matched-oracle")  # what outcome() runs by name; all policies: core.policies
 
 
 @dataclass
@@ -108,29 +107,52 @@ def _check_gate_rule(ev: Evidence, name: str, rule: ExitRule) -> None:
         rule.compatible(s.rule, what=f"predictor {name}")
 
 
-def outcome(ev: Evidence, policy: str | Placement, rule: ExitRule, *, cuts: dict | None = None,
-            overlap: bool = False, patience: int = 1, name: str | None = None) -> Outcome:
-    """Per-sample outcome of ``policy`` on the evidence: ``full``, ``cascade``, ``patience`` (PABEE),
-    ``oracle``, ``matched-oracle`` (the cheapest exit agreeing with the final one), or a :class:`Placement` (its own thresholds, when set, replace the rule's). ``cuts[k]``:
-    gate k enters when its score >= cut (default: its fit-time operating point)."""
-    k = ev.num_exits
+def _check_overlap(ev: Evidence, overlap: bool) -> None:
     if overlap and ev.chained:
         raise ValueError(f"--overlap on chained exits ({ev.chain}) is refused: every head runs in line with the "
                          f"trunk there, and full and the oracle would not be comparable")
-    if isinstance(policy, str):
-        if policy == "full":
-            return simulate_full(ev.correct, ev.costs, chained=ev.chained)
-        if policy == "oracle":
-            return simulate_oracle(ev.correct, ev.costs, chained=ev.chained)
-        if policy == "matched-oracle":
-            return simulate_matched_oracle(ev.preds, ev.correct, ev.costs, chained=ev.chained)
-        if policy == "cascade":
-            return simulate_cascade(ev.passes(rule), ev.correct, ev.costs, overlap=overlap, name=name or "cascade",
-                                    kept=None if ev.chained else can_pass(rule))
-        if policy == "patience":
-            return simulate_patience(ev.preds, ev.correct, ev.costs, patience, overlap=overlap,
-                                     name=name or "patience")
-        raise ValueError(f"unknown policy {policy!r}; known: {', '.join(FIXED)} or a Placement")
+
+
+def full_outcome(ev: Evidence) -> Outcome:
+    """Every sample to the final exit (side exits run too where exits are chained)."""
+    return simulate_full(ev.correct, ev.costs, chained=ev.chained)
+
+
+def cascade_outcome(ev: Evidence, rule: ExitRule, *, overlap: bool = False, name: str = "cascade") -> Outcome:
+    """BranchyNet's cascade: leave at the first exit whose confidence passes ``rule`` (exits nothing can pass are
+    not entered)."""
+    _check_overlap(ev, overlap)
+    return simulate_cascade(ev.passes(rule), ev.correct, ev.costs, overlap=overlap, name=name,
+                            kept=None if ev.chained else can_pass(rule))
+
+
+def patience_outcome(ev: Evidence, patience: int = 1, *, overlap: bool = False, name: str = "patience") -> Outcome:
+    """PABEE: leave once ``patience`` consecutive exits agree."""
+    _check_overlap(ev, overlap)
+    return simulate_patience(ev.preds, ev.correct, ev.costs, patience, overlap=overlap, name=name)
+
+
+def oracle_outcome(ev: Evidence) -> Outcome:
+    """Every sample at its cheapest correct exit (the cheapest exit when none is right): a bound."""
+    return simulate_oracle(ev.correct, ev.costs, chained=ev.chained)
+
+
+def matched_oracle_outcome(ev: Evidence) -> Outcome:
+    """Every sample at its cheapest exit that agrees with the final one: full's accuracy, knowing its answer."""
+    return simulate_matched_oracle(ev.preds, ev.correct, ev.costs, chained=ev.chained)
+
+
+def outcome(ev: Evidence, policy: Placement, rule: ExitRule, *, cuts: dict | None = None,
+            overlap: bool = False, name: str | None = None) -> Outcome:
+    """Per-sample outcome of a :class:`Placement` on the evidence (its own thresholds, when set, replace the
+    rule's). ``cuts[k]``: gate k enters when its score >= cut (default: its fit-time operating point). The named
+    policies run through the registry (:data:`analysis.core.policies.POLICIES`) or :func:`full_outcome`,
+    :func:`cascade_outcome`, :func:`patience_outcome`, :func:`oracle_outcome`, :func:`matched_oracle_outcome`."""
+    k = ev.num_exits
+    _check_overlap(ev, overlap)
+    if not isinstance(policy, Placement):
+        raise TypeError(f"outcome evaluates a Placement, got {policy!r}: run a named policy with "
+                        f"analysis.core.policies.POLICIES.get(name).run(ev, rule, cfg) e.g. full, cascade, oracle)")
     pl = policy
     if pl.num_exits != k:
         raise ValueError(f"placement has {pl.num_exits} exits, the cache {k}")
@@ -277,3 +299,7 @@ def _without_gate(pl: Placement, i: int) -> Placement:
     gates = list(pl.gates)
     gates[i] = None
     return Placement(pl.kept, tuple(gates), pl.jump, pl.thresholds, pl.label)
+
+
+__all__ = ["Evidence", "can_pass", "cascade_outcome", "cut_candidates", "default_cut", "full_outcome", "gate_names",
+           "gate_report", "matched_oracle_outcome", "oracle_outcome", "outcome", "patience_outcome", "tune_cuts"]

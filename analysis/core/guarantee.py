@@ -22,7 +22,7 @@ import pandas as pd
 
 from branchy.rule import ExitRule
 
-from .evidence import Evidence, outcome
+from .evidence import Evidence, cascade_outcome
 from .risk import LTTResult, ltt_select, min_calib_size, paired_loss
 
 
@@ -64,7 +64,7 @@ def risk_controlled_rule(ev: Evidence, eps_pts: float, delta: float, *, num_clas
     full_ok = ev.correct[:, -1]
     losses, lat = [], []
     for t in grid:
-        o = outcome(ev, "cascade", ExitRule(ev.measure, tuple(t)))
+        o = cascade_outcome(ev, ExitRule(ev.measure, tuple(t)))
         losses.append(paired_loss(o.correct, full_ok))
         lat.append(o.latency_ms.mean())
     losses = np.asarray(losses)
@@ -93,7 +93,10 @@ def point_estimate_rule(ev: Evidence, eps_pts: float, *, num_classes: int, n_gri
     lam, grid = lambda_family(ev.measure, num_classes, k, n_grid)
     best, best_lat = grid[0], np.inf
     for t in grid:
-        o = outcome(ev, "cascade", ExitRule(ev.measure, tuple(t)))
+        o = cascade_outcome(ev, ExitRule(ev.measure, tuple(t)))
         if paired_loss(o.correct, ev.correct[:, -1]).mean() <= eps_pts / 100 and o.latency_ms.mean() < best_lat:
             best, best_lat = t, o.latency_ms.mean()
     return ExitRule(ev.measure, tuple(best), f"point estimate eps={eps_pts:g} pt", ev.split)
+
+
+__all__ = ["RiskChoice", "lambda_family", "point_estimate_rule", "risk_controlled_rule"]

@@ -20,7 +20,8 @@ from branchy.rule import ExitRule
 from placement import Gate, Placement
 
 from .calibrate import calib_rule
-from .evidence import Evidence, outcome, tune_cuts
+from .evidence import (Evidence, cascade_outcome, full_outcome, matched_oracle_outcome, oracle_outcome, outcome,
+                       patience_outcome, tune_cuts)
 from .simulate import Outcome
 
 ROLES = ("reference", "choice", "bound")
@@ -129,14 +130,7 @@ class Policy:
                              f"rule) -> (Placement, ExitRule), what the real runtime executes, or runtime=False")
 
 
-class _OrderedRegistry(Registry):
-    """Names in registration order: the order of every table and plot."""
-
-    def names(self) -> list[str]:
-        return list(self._items)
-
-
-POLICIES: Registry[Policy] = _OrderedRegistry("policy")
+POLICIES: Registry[Policy] = Registry("policy", ordered=True)  # registration order: every table's and plot's order
 
 
 def register_policy(name: str, doc: str, **kw) -> Policy:
@@ -206,12 +200,12 @@ def _full_form(k: int, chained: bool, rule: ExitRule) -> tuple[Placement, ExitRu
 
 
 register_policy("full", "every sample runs to the final exit", role="reference",
-                run=lambda ev, rule, cfg: outcome(ev, "full", rule), runtime_form=_full_form)
+                run=lambda ev, rule, cfg: full_outcome(ev), runtime_form=_full_form)
 register_policy("cascade", "BranchyNet: leave at the first exit whose confidence passes the rule", swept=True,
-                run=lambda ev, rule, cfg: outcome(ev, "cascade", rule, overlap=cfg.overlap),
+                run=lambda ev, rule, cfg: cascade_outcome(ev, rule, overlap=cfg.overlap),
                 runtime_form=lambda k, chained, rule: (Placement.plain(k), rule))
 register_policy("patience", "PABEE: leave once `patience` consecutive exits agree", runtime=False,
-                run=lambda ev, rule, cfg: outcome(ev, "patience", rule, patience=cfg.patience, overlap=cfg.overlap))
+                run=lambda ev, rule, cfg: patience_outcome(ev, cfg.patience, overlap=cfg.overlap))
 register_policy("gated", "a gate predictor in front of each side exit where one pays on calib", swept=True,
                 decide=_gated("gate", "gated"))
 register_policy("gated-entropy", "an entropy predictor as the gate of each side exit where one pays on calib",
@@ -220,9 +214,9 @@ register_policy("jump", "an exit predictor sends each sample straight to its pre
                 decide=_jump)
 register_policy("matched-oracle", "every sample leaves at its cheapest exit that agrees with the final one (full's "
                 "accuracy, knowing full's answer): an achievable-accuracy bound, not a policy", role="bound",
-                runtime=False, run=lambda ev, rule, cfg: outcome(ev, "matched-oracle", rule))
+                runtime=False, run=lambda ev, rule, cfg: matched_oracle_outcome(ev))
 register_policy("oracle", "every sample leaves at its cheapest correct exit: a bound, not a policy", role="bound",
-                runtime=False, run=lambda ev, rule, cfg: outcome(ev, "oracle", rule))
+                runtime=False, run=lambda ev, rule, cfg: oracle_outcome(ev))
 
 
 def choose_policies(ev: Evidence, rule: ExitRule, cfg: PolicyConfig = PolicyConfig()) -> dict[str, Chosen]:

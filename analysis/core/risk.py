@@ -217,3 +217,7 @@ def ltt_select(losses: np.ndarray, costs, eps: float, delta: float, method: str 
         a.setflags(write=False)
     return LTTResult(index=index, certified=certified, pvalues=p, eps=eps, delta=delta, method=method, n=n,
                      empirical_risk=risk)
+
+
+__all__ = ["LTTResult", "METHODS", "binomial_pvalue", "fixed_sequence", "hoeffding_bentkus_pvalue", "ltt_select",
+           "min_calib_size", "paired_loss"]

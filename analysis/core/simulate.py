@@ -1,4 +1,4 @@
-"""The simulator (DESIGN.md §3.3), vectorised over samples. Pure numpy: decisions (threshold passes,
+"""The simulator (docs/semantics.md §3.3), vectorised over samples. Pure numpy: decisions (threshold passes,
 gate openings, jump targets) come in as arrays, so nothing here imports the predictors.
 
 Exits are 0-based, K of them; exit K-1 is the trunk's own classifier and always answers.
@@ -277,3 +277,7 @@ def simulate_matched_oracle(preds, correct, costs: CostModel, *, chained: bool =
     final one wrong)."""
     preds = np.asarray(preds)
     return simulate_oracle(correct, costs, chained=chained, name=name, good=preds == preds[:, -1:])
+
+
+__all__ = ["Outcome", "oracle_exit_cost", "path_outcome", "simulate_cascade", "simulate_full", "simulate_gated",
+           "simulate_jump", "simulate_matched_oracle", "simulate_oracle", "simulate_patience"]

@@ -72,3 +72,6 @@ def format_headline(df: pd.DataFrame) -> str:
                      "MACs": f"{d['mean_MACs']:.3g}", "peak buf B": f"{d['peak_buffer_bytes']:.0f}",
                      "exits %": exits})
     return pd.DataFrame(rows).to_string(index=False)
+
+
+__all__ = ["format_headline", "summarize", "summary_table"]

@@ -114,3 +114,7 @@ def pareto_front(df: pd.DataFrame, x: str = "mean_ms", y: str = "accuracy_%") ->
             keep.append(i)
             best = v
     return d.loc[keep]
+
+
+__all__ = ["cascade_exit_latency", "cascade_exit_macs", "pareto_front", "sweep_cascade", "sweep_cascade_cache",
+           "sweep_counts", "sweep_table"]

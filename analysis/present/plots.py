@@ -288,3 +288,7 @@ def plot_suite(df: pd.DataFrame, *, ratio: str = "gated_vs_free", ax=None, title
     if title:
         ax.set_title(title, fontsize=9)
     return fig, ax
+
+
+__all__ = ["plot_entropy_hist", "plot_exit_distribution", "plot_gate_curves", "plot_gate_map", "plot_latency_breakdown",
+           "plot_pareto", "plot_placement_map", "plot_search_front", "plot_suite", "plot_validate", "save"]

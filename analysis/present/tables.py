@@ -65,3 +65,5 @@ def format_breakeven(df: pd.DataFrame) -> str:
             "ones skip too; c runs_share; max_cost_ms: the break-even cost of a perfect gate (S / c)\n"
             + df[cols].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
 
+
+__all__ = ["format_breakeven", "format_cache_info", "format_compare", "format_eval", "format_gates", "print_cache_info"]

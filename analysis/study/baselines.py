@@ -1,4 +1,4 @@
-"""The policies a "do predictors pay?" claim is measured against (DESIGN.md §3.4), decided on calib under one cost
+"""The policies a "do predictors pay?" claim is measured against (docs/semantics.md §3.4), decided on calib under one cost
 model and one accuracy constraint:
 
 - ``full`` and the ``cascade`` under the study's default rule;
@@ -30,7 +30,7 @@ from placement import Constraint, Placement, SearchSpace, search
 from ..core.breakeven import perfect_gates_outcome
 from ..core.calibrate import calib_rule, rule_family
 from ..core.costs import DeviceProfile, get_profile, measured_cost_models
-from ..core.evidence import Evidence, outcome
+from ..core.evidence import Evidence, matched_oracle_outcome, oracle_outcome, outcome
 from ..core.policies import PolicyConfig
 from .placement_study import PlacementObjective, exit_macs
 
@@ -260,8 +260,8 @@ def compare_references(cache: FeatureCache, predictors: dict, *, rule: ExitRule,
     for n, d in base.decided.items():
         cuts = obj.cuts(d.placement)
         outs[n] = [obj.outcome(d.placement, ev, cuts) for ev in tests]
-    for n in ("matched-oracle", "oracle"):
-        outs[n] = [outcome(ev, n, rule) for ev in tests]
+    for n, fn in (("matched-oracle", matched_oracle_outcome), ("oracle", oracle_outcome)):
+        outs[n] = [fn(ev) for ev in tests]
     if not cache.chained:
         outs["perfect-gates"] = [perfect_gates_outcome(ev, rule, overlap=cfg.overlap) for ev in tests]
         free = base["best-free"].placement

@@ -50,8 +50,12 @@ def study_policies(cache: FeatureCache, *, predictors: dict | None = None,
         rule = calibrate(cache, cfg, ev_calib=ev_cal)
     elif not isinstance(rule, ExitRule):
         rule = ExitRule.given(check_thresholds(rule, cache.num_exits), cache.num_exits, cfg.measure)
-    if rule.measure != cfg.measure:
-        raise ValueError(f"the exit rule decides on {rule.measure}, the policy config on {cfg.measure}")
+    if rule.measure != cfg.measure:  # exact where it can be (entropy <-> norm_entropy), refused otherwise
+        try:
+            rule = rule.converted(cfg.measure, cache.num_classes)
+        except ValueError as e:
+            raise ValueError(f"the exit rule decides on {rule.measure}, the policy config on {cfg.measure}: {e}") \
+                from None
     ev = Evidence.build(cache, split, measure=cfg.measure, predictors=predictors, costs=costs)
     chosen = choose_policies(ev_cal, rule, cfg)
     out: dict[str, Outcome] = {}
@@ -183,3 +187,7 @@ def pareto_points(cache: FeatureCache, *, predictors: dict | None = None, profil
         front = pareto_front(d, "calib_mean_ms", "calib_accuracy_%")
         df.loc[front.index, "on_front"] = True
     return df
+
+
+__all__ = ["PolicyStudy", "gate_break_even", "gate_table", "pareto_points", "rule_settings", "run_policies",
+           "study_policies"]

@@ -94,3 +94,6 @@ def check_dataset_named(data, where: str) -> None:
 
 def load_study(path: str | Path) -> StudyConfig:
     return parse_study(read_yaml(path, "study config"), str(path))
+
+
+__all__ = ["StudyConfig", "StudyConfigError", "check_dataset_named", "load_study", "parse_study"]

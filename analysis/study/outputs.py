@@ -74,3 +74,6 @@ def simulate_to(cache: FeatureCache, out: str | Path, *, predictors: dict | None
     return {"summary": summary, "pareto": pareto, "gates": gate_df, "breakeven": be_df, "explained": explained,
             "rule": rule,
             "thresholds": np.asarray(rule.thresholds), "outcomes": outcomes, "chosen": chosen}
+
+
+__all__ = ["simulate_to"]

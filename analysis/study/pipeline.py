@@ -16,6 +16,7 @@ from branchy.models import BackboneConfig
 from branchy.train import TrainConfig
 
 from .config import StudyConfig
+from .result import StudyResult
 
 DEMO = StudyConfig(
     name="demo: B-LeNet on the embedded MNIST-5k",
@@ -148,7 +149,7 @@ def step_predictors(cfg: StudyConfig, cache, out: Path, redo: bool):
     return {p.spec.name: p for p in fitted}, table, rule
 
 
-def run_study(cfg: StudyConfig, *, redo: bool = False) -> dict:
+def run_study(cfg: StudyConfig, *, redo: bool = False) -> StudyResult:
     """Run the whole study; returns the tables and paths (and writes them under ``cfg.out``)."""
     from ..present.tables import format_compare, format_eval, print_cache_info
     from .placement_study import run_placement, write_placement
@@ -210,15 +211,13 @@ def run_study(cfg: StudyConfig, *, redo: bool = False) -> dict:
         print("\n".join(f"  {line}" for line in lines))
     refs = step_references(cfg, cache, preds, rule, profiles, out, model=model, splits=splits)
     val = step_validate(cfg, cache, model, splits, preds, pcfg, rule, placements, out)
-    result = {"out": out, "cache": cache, "test_eval": test_eval, "predictors": preds, "predictor_table": pred_table,
-              "thresholds": np.asarray(rule.thresholds), "rule": rule, "simulation": sim, "placements": placements,
-              "config": cfg, "validate": val, "references": refs}
+    result = StudyResult(out=out, cache=cache, test_eval=test_eval, predictors=preds, predictor_table=pred_table,
+                         rule=rule, simulation=sim, placements=placements, config=cfg, validate=val, references=refs)
     if cfg.report:
         from .report import write_report
 
-        path = write_report(result, out / "report.html")
-        log(f"report: {path}")
-        result["report"] = path
+        result.report = write_report(result, out / "report.html")
+        log(f"report: {result.report}")
     return result
 
 
@@ -296,7 +295,8 @@ def step_validate(cfg: StudyConfig, cache, model, splits, preds, pcfg, rule, pla
 
     from ..present import plots
     from ..present.plots import plot_validate
-    from .validate import drift_line, fit_line, format_validate, recheck_line, validate, validate_line
+    from .validate import (drift_line, fit_line, format_validate, pairs_line, recheck_line, validate,
+                           validate_line)
 
     if not cfg.validate:
         return None
@@ -320,7 +320,7 @@ def step_validate(cfg: StudyConfig, cache, model, splits, preds, pcfg, rule, pla
         fig, _ = plot_validate(df, title=f"simulated vs measured ({b}, batch 1, {n} test samples)")
         plots.save(fig, d / f"validate{tag}.png")
         print(format_validate(df))
-        for line in (recheck_line(df), fit_line(df), drift_line(df)):
+        for line in (pairs_line(df), recheck_line(df), fit_line(df), drift_line(df)):
             if line:
                 print(line)
         print(validate_line(df))
@@ -328,7 +328,7 @@ def step_validate(cfg: StudyConfig, cache, model, splits, preds, pcfg, rule, pla
     return pd.concat(frames, ignore_index=True) if frames else None
 
 
-def run_demo(out: str = "runs/demo", redo: bool = False, epochs: int | None = None) -> dict:
+def run_demo(out: str = "runs/demo", redo: bool = False, epochs: int | None = None) -> StudyResult:
     cfg = replace(DEMO, out=out)
     if epochs is not None:
         cfg = replace(cfg, train=replace(cfg.train, epochs=epochs))

@@ -17,7 +17,7 @@ from placement.search import STRATEGIES, SearchResult
 
 from ..core.calibrate import budgeted_thresholds, calib_rule, thresholds_for_accuracy
 from ..core.costs import CostModel, DeviceProfile, get_profile
-from ..core.evidence import Evidence, outcome, tune_cuts
+from ..core.evidence import Evidence, full_outcome, oracle_outcome, outcome, tune_cuts
 from ..core.stats import summarize
 from ..core.policies import PolicyConfig
 
@@ -185,7 +185,7 @@ def run_placement(cache: FeatureCache, predictors: dict, strategy: str, *, const
             s = summarize(obj.outcome(pl, ev, cuts), n_boot=0)
             rows.append({"policy": name, "split": split, "placement": pl.describe(), **{m: s[m] for m in METRICS}})
     for split, ev in (("calib", obj.ev), ("test", test)):
-        s = summarize(outcome(ev, "oracle", obj.rule), n_boot=0)
+        s = summarize(oracle_outcome(ev), n_boot=0)
         rows.append({"policy": "oracle", "split": split, "placement": "-", **{m: s[m] for m in METRICS}})
     return res, pd.DataFrame(rows)
 
@@ -224,7 +224,7 @@ def certify_placement(res: SearchResult, cache: FeatureCache, predictors: dict, 
     cands.sort(key=lambda r: -r["mean_ms"])
     order = [full] + [r["placement"] for r in cands]
     lat = np.array([obj(full)["mean_ms"]] + [r["mean_ms"] for r in cands])
-    full_ok = outcome(ev_b, "full", obj.rule).correct
+    full_ok = full_outcome(ev_b).correct
     losses = np.array([paired_loss(obj.outcome(pl, ev_b).correct, full_ok) for pl in order])
     lt = ltt_select(losses, lat, cfg.max_acc_drop / 100, cfg.risk)
     chosen = order[lt.index] if lt.index is not None else full
@@ -257,3 +257,7 @@ def write_placement(res: SearchResult, compare: pd.DataFrame, out: str | Path, *
     fig, ax = plots.plot_search_front(res.table, title=f"{res.strategy}: candidates on calib ({profile_name}); "
                                                       f"{res.constraint.describe()}")
     plots.save(fig, out / "placement_front.png")
+
+
+__all__ = ["METRICS", "PlacementConfig", "PlacementObjective", "certify_placement", "exit_macs", "run_placement",
+           "search_half_predictors", "threshold_options", "write_placement"]

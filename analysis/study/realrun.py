@@ -1,4 +1,4 @@
-"""The decisive comparison run for real (DESIGN.md §3.4, issue 22): ``full``, the default cascade, the best
+"""The decisive comparison run for real (docs/semantics.md §3.4, issue 22): ``full``, the default cascade, the best
 predictor-free policy and the best placement with a predictor, as :func:`analysis.study.baselines.decide_baselines`
 decided them on calib under a *measured* profile, run by the real early-exit runtime on test samples one at a time
 (batch 1), interleaved (:func:`analysis.study.validate.validate`), on the backend that profile was measured on.

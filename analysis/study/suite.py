@@ -24,11 +24,11 @@ from .baselines import RATIOS, compare_references, non_inferior, pays, ratio_ci
 from .config import StudyConfig
 
 
-def _merge(a: dict, b: dict) -> dict:
+def merge_mappings(a: dict, b: dict) -> dict:
     """``b`` over ``a``, mappings merged key by key."""
     out = copy.deepcopy(a)
     for k, v in (b or {}).items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+        out[k] = merge_mappings(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
     return out
 
 
@@ -91,8 +91,8 @@ class SuiteConfig:
                 spec = spec or {}
                 for dk in spec.get("datasets") or list(self.datasets):
                     key = f"{bb}/{dk}/{scheme}"
-                    raw = _merge(_merge(self.base, bb_map), {"train": {**(spec.get("train") or {}), "scheme": scheme}})
-                    raw = _merge(raw, {"data": self.datasets[dk], "name": key,
+                    raw = merge_mappings(merge_mappings(self.base, bb_map), {"train": {**(spec.get("train") or {}), "scheme": scheme}})
+                    raw = merge_mappings(raw, {"data": self.datasets[dk], "name": key,
                                        "out": str(Path(self.out) / f"{bb}-{dk}-{scheme}")})
                     raw.setdefault("model", {}).setdefault("name", bb)
                     if spec.get("trunk_from"):
@@ -109,7 +109,7 @@ def load_suite(path: str | Path) -> SuiteConfig:
     return from_mapping(SuiteConfig, read_yaml(path, "suite config"), "")
 
 
-def compare_study(key: str, result: dict, profiles, *, n_boot: int = 1000) -> list[dict]:
+def compare_study(key: str, result, profiles, *, n_boot: int = 1000) -> list[dict]:
     """The comparison rows of one finished study (:func:`analysis.study.pipeline.run_study`'s result), one per
     device profile (``measured`` first): :func:`analysis.study.baselines.compare_references` under the study's
     placement constraint."""

@@ -7,7 +7,7 @@ whose exit matches."""
 from __future__ import annotations
 
 import time
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -78,43 +78,30 @@ def _round_costs(t: pd.Series, ref, k: int, chained: bool, pcost: dict) -> tuple
     return cm, {n: (cm.predictor_ms(macs, t.get(f"pred:{n}", ms)), macs) for n, (ms, macs) in pcost.items()}
 
 
-@torch.no_grad()
-def validate(cache: FeatureCache, model, test_x: torch.Tensor, *, predictors: dict | None = None,
-             cfg: PolicyConfig = PolicyConfig(), rule: ExitRule | None = None,
-             placements: dict[str, Placement] | None = None, reps: int = 3, batch_size: int = 64,
-             n_boot: int = 1000, seed: int = 0, backend: str = "eager", recheck: bool = True,
-             policies: list[str] | None = None) -> pd.DataFrame:
-    """Measured versus simulated latency per policy on the first ``len(test_x)`` test samples (ms per
-    sample at batch 1, the cache's thread count). ``placements``: extra placements to run (e.g. the one a
-    search chose). ``backend`` runs the stages and heads (gates stay in torch); the simulator uses the
-    costs measured on it (profile ``measured`` or ``measured-BACKEND``). ``recheck``: also time the segments,
-    the runtime's overhead and the predictors *during* the run, in the same rounds (each round: those
-    timings, then a chunk of samples through every policy), and simulate each chunk with its round's costs
-    (``sim_now_mean_ms``, ``ratio_now``): the simulator's own error, apart from how the machine drifted since
-    the cache was profiled (``drift``: the full path's simulated ms during the run over the cache's).
-    ``policies``: only these registered policies (``full`` is always run: speed-ups are against it), besides the
-    placements; default every one the runtime can run."""
-    from branchy.backends import prepare
-    from branchy.timing import drift, machine_state
+@dataclass
+class _Runs:
+    """The policies a validation runs: per name the runtime and the simulator's function of the evidence, and the
+    placements whose predictors run (their costs are timed in a recheck)."""
 
-    model = model.cpu().eval()
-    n = len(test_x)
-    rec = cache.manifest if backend == "eager" else (cache.manifest.get("backends") or {}).get(backend, {})
-    torch.set_num_threads(int(rec.get("threads") or cache.manifest.get("threads") or torch.get_num_threads()))
-    state = machine_state(torch.get_num_threads())  # warns when the threads exceed the idle cores
-    machine_drift = drift(rec.get("timing"), state["probe_ms"])  # now vs when the costs were profiled
-    profile = "measured" if backend == "eager" else f"measured-{backend}"
-    cache.costs_for(backend)  # the costs measured on that backend must exist: a clear error otherwise
-    st = study_policies(cache, predictors=predictors, profile=profile, cfg=cfg, rule=rule)
-    rule = st.rule
-    ev = Evidence.build(cache, "test", measure=cfg.measure, predictors=predictors, profile=profile).subset(
-        np.arange(n))
-    segs = prepare(model, backend)
+    runtimes: dict = field(default_factory=dict)
+    sim_fns: dict = field(default_factory=dict)
+    placements: list = field(default_factory=list)
+
+    def add(self, name: str, runtime, sim_fn, placement: Placement | None = None) -> None:
+        self.runtimes[name], self.sim_fns[name] = runtime, sim_fn
+        if placement is not None:
+            self.placements.append(placement)
+
+
+def _policy_runs(cache, model, ev: Evidence, st, rule: ExitRule, cfg: PolicyConfig, predictors: dict,
+                 placements: dict, policies: list | None, segs, backend: str, profile: str) -> _Runs:
+    """Every registered policy the runtime can run (only ``policies`` and ``full`` when given), then ``placements``:
+    its runtime (built as the evaluator scores it) and its simulation."""
     k = cache.num_exits
     pooling = cache.manifest.get("pooling", "avg")
     sim_cfg = replace(cfg, overlap=False)  # the runtime runs one segment after another
-    runtimes, sims, sim_fns, used_placements = {}, {}, {}, []
-    for name in POLICIES.names():  # every registered policy the runtime can run, then the placements
+    runs = _Runs()
+    for name in POLICIES.names():
         p = POLICIES.get(name)
         if not p.runtime or (policies is not None and name != "full" and name not in policies):
             continue
@@ -122,34 +109,55 @@ def validate(cache: FeatureCache, model, test_x: torch.Tensor, *, predictors: di
             if p.run(ev, rule, sim_cfg) is None:  # does not apply to this cache
                 continue
             pl, r = p.runtime_form(k, model.chained, rule)
-            runtimes[name] = build_runtime(model, pl, r, {}, {}, pooling, segs)
-            sim_fns[name] = lambda e, p=p: p.run(e, rule, sim_cfg)
+            runs.add(name, build_runtime(model, pl, r, {}, {}, pooling, segs), lambda e, p=p: p.run(e, rule, sim_cfg))
         elif name in st.chosen:
             c = st.chosen[name]
-            runtimes[name] = build_runtime(model, c.placement, rule, c.cuts, predictors or {}, pooling, segs, backend)
-            sim_fns[name] = lambda e, c=c, name=name: outcome(e, c.placement, rule, cuts=c.cuts, name=name)
-            used_placements.append(c.placement)
+            runs.add(name, build_runtime(model, c.placement, rule, c.cuts, predictors, pooling, segs, backend),
+                     lambda e, c=c, name=name: outcome(e, c.placement, rule, cuts=c.cuts, name=name), c.placement)
     if placements:
         from .placement_study import PlacementObjective
 
-        obj = PlacementObjective(cache, predictors or {}, profile=profile, rule=rule, cfg=cfg)
+        obj = PlacementObjective(cache, predictors, profile=profile, rule=rule, cfg=cfg)
         for name, pl in placements.items():
             cuts, r = obj.cuts(pl), obj.rule_for(pl)
-            runtimes[name] = build_runtime(model, pl, r, cuts, predictors or {}, pooling, segs, backend)
-            sim_fns[name] = lambda e, pl=pl, r=r, cuts=cuts, name=name: outcome(e, pl, r, cuts=cuts, name=name)
-            used_placements.append(pl)
-    for name, fn in sim_fns.items():
-        sims[name] = fn(ev)
-    names = list(runtimes)
+            runs.add(name, build_runtime(model, pl, r, cuts, predictors, pooling, segs, backend),
+                     lambda e, pl=pl, r=r, cuts=cuts, name=name: outcome(e, pl, r, cuts=cuts, name=name), pl)
+    return runs
+
+
+def _recheck_fns(model, backend: str, test_x: torch.Tensor, runs: _Runs, predictors: dict, pooling: str) -> dict:
+    """What a recheck times in every round: the segments and the runtime's overhead
+    (:func:`branchy.profile.overhead_fns`) and each predictor the placements run (``pred:NAME``)."""
+    from branchy.backends import example_inputs
+    from branchy.profile import overhead_fns
+    from predictors.deploy import runtime_callable
+
+    fns = overhead_fns(model, backend, x=test_x[:1])
+    used = {g.predictor for pol in runs.placements for g in (*pol.gates, pol.jump) if g is not None}
+    xs = example_inputs(model, 2) if used else None
+    for name in sorted(used):
+        p = predictors[name]
+        ex = xs[p.spec.at + 1]
+        fn = runtime_callable(p, pooling, backend=backend, example=ex if backend != "eager" else None)
+        fns[f"pred:{name}"] = lambda fn=fn, h=ex[:1].clone(): fn(h)
+    return fns
+
+
+def _time_interleaved(runs: _Runs, test_x: torch.Tensor, reps: int, seed: int, rounds: int,
+                      recheck_fns: dict | None) -> tuple[np.ndarray, np.ndarray, pd.DataFrame | None]:
+    """Every policy on every sample at batch 1, interleaved (a fresh random policy order per sample and pass, so
+    noise hits every policy alike), in ``rounds`` chunks of samples; with ``recheck_fns`` each round first times
+    those (:func:`branchy.timing.interleaved_times`). Returns ms ``[policy, sample]`` (median of ``reps`` passes),
+    the exit each took, and the recheck's per-round times."""
+    names = list(runs.runtimes)
+    n = len(test_x)
     g = np.random.default_rng(seed)
     meas = np.zeros((reps, len(names), n))
     taken = np.zeros((len(names), n), np.int64)
     samples = [test_x[i : i + 1] for i in range(n)]
-    for rt in runtimes.values():  # warm up
+    for rt in runs.runtimes.values():  # warm up
         for s in samples[:10]:
             rt(s)
-    recheck = recheck and n >= 3  # at least one sample per round
-    rounds = int(np.clip(n // 10, 3, 15)) if recheck else 1
     chunks = np.array_split(np.arange(n), rounds)
 
     def run_chunk(c: int) -> None:
@@ -157,41 +165,42 @@ def validate(cache: FeatureCache, model, test_x: torch.Tensor, *, predictors: di
             return
         for r in range(reps):
             for i in chunks[c]:
-                for j in g.permutation(len(names)):  # interleaved: noise hits every policy alike
+                for j in g.permutation(len(names)):
                     t0 = time.perf_counter()
-                    _, ex = runtimes[names[j]](samples[i])
+                    _, ex = runs.runtimes[names[j]](samples[i])
                     meas[r, j, i] = (time.perf_counter() - t0) * 1e3
                     taken[j, i] = int(ex[0])
 
-    if recheck:  # each round: the segments, overhead and predictors timed, then one chunk of samples
-        from branchy.profile import overhead_fns
+    times = None
+    if recheck_fns is not None:
         from branchy.timing import interleaved_times
-        from predictors.deploy import runtime_callable
 
-        from branchy.backends import example_inputs
-
-        fns = overhead_fns(model, backend, x=test_x[:1])
-        used = {g_.predictor for pol in used_placements for g_ in (*pol.gates, pol.jump) if g_ is not None}
-        xs = example_inputs(model, 2) if used else None
-        for name in sorted(used):
-            p = predictors[name]
-            ex = xs[p.spec.at + 1]
-            fn = runtime_callable(p, pooling, backend=backend, example=ex if backend != "eager" else None)
-            fns[f"pred:{name}"] = lambda fn=fn, h=ex[:1].clone(): fn(h)
-        times = interleaved_times(fns, rounds=rounds, seed=seed, on_round=run_chunk, per_call_median=True,
-                                  fixed_reps={name: max(3, reps) for name in fns})  # as the run: median of reps
+        times = interleaved_times(recheck_fns, rounds=rounds, seed=seed, on_round=run_chunk, per_call_median=True,
+                                  fixed_reps={name: max(3, reps) for name in recheck_fns})  # as the run: median of reps
     else:
         for c in range(rounds):
             run_chunk(c)
-    meas = np.median(meas, 0)
-    batched = {}
-    for name, rt in runtimes.items():
+    return np.median(meas, 0), taken, times
+
+
+def _batched_ms(runs: _Runs, test_x: torch.Tensor, reps: int, batch_size: int) -> dict[str, float]:
+    """Per policy, ms per sample when the runtime takes ``batch_size`` samples at a time."""
+    n, out = len(test_x), {}
+    for name, rt in runs.runtimes.items():
         t0 = time.perf_counter()
         for _ in range(reps):
             for b in range(0, n, batch_size):
                 rt(test_x[b : b + batch_size])
-        batched[name] = (time.perf_counter() - t0) * 1e3 / (reps * n)
+        out[name] = (time.perf_counter() - t0) * 1e3 / (reps * n)
+    return out
+
+
+def _rows(names: list[str], meas: np.ndarray, sims: dict, taken: np.ndarray, batched: dict, *, backend: str,
+          n_boot: int, seed: int, batch_size: int, machine_drift: float | None) -> list[dict]:
+    """One row per policy: measured and simulated mean and p95 ms with bootstrap CIs, their ratio, exits matched,
+    speed-ups over ``full`` and the batched figures."""
     rows = []
+    n = meas.shape[1]
     full_meas, full_sim = meas[names.index("full")].mean(), sims["full"].latency_ms.mean()
     for j, name in enumerate(names):
         m, sl = meas[j], sims[name].latency_ms
@@ -210,13 +219,68 @@ def validate(cache: FeatureCache, model, test_x: torch.Tensor, *, predictors: di
                      "batched_ms_per_sample": batched[name], "batched_speedup": batched["full"] / batched[name],
                      "batch_size": batch_size, "threads": torch.get_num_threads(),
                      "machine_drift": np.nan if machine_drift is None else machine_drift})
+    return rows
+
+
+def _simulated_now(runs: _Runs, ev: Evidence, times: pd.DataFrame, rounds: int, chained: bool) -> dict:
+    """Per policy, every sample simulated with the costs timed in the round its chunk ran in (ms)."""
+    n = ev.n
+    now = {name: np.zeros(n) for name in runs.runtimes}
+    for c, idx in enumerate(np.array_split(np.arange(n), rounds)):
+        cm, pc = _round_costs(times.iloc[c], ev.costs, ev.num_exits, chained, ev.pcost)
+        sub = replace(ev.subset(idx), costs=cm, pcost=pc)
+        for name, fn in runs.sim_fns.items():
+            now[name][idx] = fn(sub).latency_ms
+    return now
+
+
+@torch.no_grad()
+def validate(cache: FeatureCache, model, test_x: torch.Tensor, *, predictors: dict | None = None,
+             cfg: PolicyConfig = PolicyConfig(), rule: ExitRule | None = None,
+             placements: dict[str, Placement] | None = None, reps: int = 3, batch_size: int = 64,
+             n_boot: int = 1000, seed: int = 0, backend: str = "eager", recheck: bool = True,
+             policies: list[str] | None = None) -> pd.DataFrame:
+    """Measured versus simulated latency per policy on the first ``len(test_x)`` test samples (ms per
+    sample at batch 1, the cache's thread count). ``placements``: extra placements to run (e.g. the one a
+    search chose). ``backend`` runs the stages and heads (gates stay in torch); the simulator uses the
+    costs measured on it (profile ``measured`` or ``measured-BACKEND``). ``recheck``: also time the segments,
+    the runtime's overhead and the predictors *during* the run, in the same rounds (each round: those
+    timings, then a chunk of samples through every policy), and simulate each chunk with its round's costs
+    (``sim_now_mean_ms``, ``ratio_now``): the simulator's own error, apart from how the machine drifted since
+    the cache was profiled (``drift``: the full path's simulated ms during the run over the cache's).
+    ``policies``: only these registered policies (``full`` is always run: speed-ups are against it), besides the
+    placements; default every one the runtime can run. The per-sample ms (measured, simulated) are in
+    ``df.attrs["meas_ms"]`` and ``df.attrs["sim_ms"]`` (policy -> array) for paired comparisons."""
+    from branchy.backends import prepare
+    from branchy.timing import drift, machine_state
+
+    model = model.cpu().eval()
+    n = len(test_x)
+    rec = cache.manifest if backend == "eager" else (cache.manifest.get("backends") or {}).get(backend, {})
+    torch.set_num_threads(int(rec.get("threads") or cache.manifest.get("threads") or torch.get_num_threads()))
+    state = machine_state(torch.get_num_threads())  # warns when the threads exceed the idle cores
+    machine_drift = drift(rec.get("timing"), state["probe_ms"])  # now vs when the costs were profiled
+    profile = "measured" if backend == "eager" else f"measured-{backend}"
+    cache.costs_for(backend)  # the costs measured on that backend must exist: a clear error otherwise
+    st = study_policies(cache, predictors=predictors, profile=profile, cfg=cfg, rule=rule)
+    rule = st.rule
+    ev = Evidence.build(cache, "test", measure=cfg.measure, predictors=predictors, profile=profile).subset(
+        np.arange(n))
+    pooling = cache.manifest.get("pooling", "avg")
+    runs = _policy_runs(cache, model, ev, st, rule, cfg, predictors or {}, placements or {}, policies,
+                        prepare(model, backend), backend, profile)
+    sims = {name: fn(ev) for name, fn in runs.sim_fns.items()}
+    names = list(runs.runtimes)
+    recheck = recheck and n >= 3  # at least one sample per round
+    rounds = int(np.clip(n // 10, 3, 15)) if recheck else 1
+    fns = _recheck_fns(model, backend, test_x, runs, predictors, pooling) if recheck else None
+    meas, taken, times = _time_interleaved(runs, test_x, reps, seed, rounds, fns)
+    batched = _batched_ms(runs, test_x, reps, batch_size)
+    rows = _rows(names, meas, sims, taken, batched, backend=backend, n_boot=n_boot, seed=seed, batch_size=batch_size,
+                 machine_drift=machine_drift)
     if recheck:  # every chunk simulated with the costs timed in its round
-        now = {name: np.zeros(n) for name in names}
-        for c, idx in enumerate(chunks):
-            cm, pc = _round_costs(times.iloc[c], ev.costs, k, model.chained, ev.pcost)
-            sub = replace(ev.subset(idx), costs=cm, pcost=pc)
-            for name, fn in sim_fns.items():
-                now[name][idx] = fn(sub).latency_ms
+        now = _simulated_now(runs, ev, times, rounds, model.chained)
+        full_sim = sims["full"].latency_ms.mean()
         for j, name in enumerate(names):
             rows[j].update({"sim_now_mean_ms": now[name].mean(), "ratio_now": now[name].mean() / meas[j].mean(),
                             "drift": now["full"].mean() / full_sim})
@@ -275,6 +339,22 @@ def fit_line(df: pd.DataFrame) -> str | None:
     return (f"with costs fitted on the other policies' path times (NNLS, each policy held out): worst |sim/meas - 1| "
             f"= {worst:.3f} over {len(d)} policies" + (f" ({', '.join(left)}: paths the others do not span)"
                                                        if left else ""))
+
+
+def pairs_line(df: pd.DataFrame, margin: float = 0.05) -> str | None:
+    """Whether the simulation orders every pair of policies as the real run does, among the pairs whose real mean
+    latencies differ by more than ``margin`` (None with fewer than two policies)."""
+    if len(df) < 2:
+        return None
+    m, s = df["meas_mean_ms"].to_numpy(), df["sim_mean_ms"].to_numpy()
+    agree = total = 0
+    for i in range(len(df)):
+        for j in range(i + 1, len(df)):
+            if abs(m[i] / m[j] - 1) > margin:
+                total += 1
+                agree += (m[i] < m[j]) == (s[i] < s[j])
+    return (f"faster policy agrees in {agree} of {total} pairs of policies whose real means differ by more than "
+            f"{100 * margin:g} % (simulated from the stored costs)")
 
 
 def recheck_line(df: pd.DataFrame) -> str | None:
@@ -393,3 +473,7 @@ def validate_files(checkpoint: str | Path, cache_dir: str | Path, *, out: str | 
     fig, _ = plots.plot_validate(df, title=f"simulated vs measured ({backend}, batch 1, {n} test samples)")
     plots.save(fig, out / f"validate{tag}.png")
     return df, out
+
+
+__all__ = ["PREDICTABLE_PCT", "build_runtime", "drift_line", "fit_line", "format_validate", "held_out_path_fit",
+           "pairs_line", "recheck_line", "validate", "validate_files", "validate_line", "validate_run"]

@@ -102,3 +102,6 @@ def torchvision_branchy(*, in_channels, image_size, num_classes, exits=None, arc
                         final_node=final_node, name="torchvision",
                         options={"arch": arch, "nodes": list(nodes), "final_node": final_node,
                                  "arch_kwargs": dict(arch_kwargs or {})})
+
+
+__all__ = ["attach_exits", "torchvision_branchy"]

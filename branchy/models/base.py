@@ -1,4 +1,4 @@
-"""The branchy-net contract (DESIGN.md §3.1): K trunk stages, K exits, exit k reads stage k's output."""
+"""The branchy-net contract (docs/semantics.md §3.1): K trunk stages, K exits, exit k reads stage k's output."""
 from __future__ import annotations
 
 import hashlib
@@ -220,3 +220,6 @@ def weights_fingerprint(state_dict: dict) -> str:
         h.update(t.detach().cpu().contiguous().numpy().tobytes() if t.dtype != torch.bfloat16
                  else t.float().cpu().numpy().tobytes())
     return h.hexdigest()[:16]
+
+
+__all__ = ["BOOST_T", "BranchyNet", "CHAINS", "ModelConfig", "weights_fingerprint"]

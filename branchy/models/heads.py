@@ -39,3 +39,6 @@ def branch_head(in_channels: int, hw: tuple[int, int], num_classes: int, *, n_co
     p = pool if min(h, w) >= pool else 1
     layers += [nn.AdaptiveAvgPool2d(p), nn.Flatten(), nn.Linear(c * p * p, num_classes)]
     return nn.Sequential(*layers)
+
+
+__all__ = ["branch_head", "head_convs"]

@@ -36,3 +36,6 @@ class BackboneConfig:
               ensemble: bool = False) -> BranchyNet:
         return build_model(self.name, in_channels=in_channels, image_size=image_size, num_classes=num_classes,
                            exits=self.exits, chain=chain, ensemble=ensemble, **self.options)
+
+
+__all__ = ["BackboneConfig"]

@@ -319,3 +319,7 @@ from .attach import torchvision_branchy  # noqa: E402
 
 BACKBONES.register("torchvision", torchvision_branchy,
                    doc="any torchvision classifier (option arch=resnet18, ...) with exits at named nodes (nodes=[...])")
+
+
+__all__ = ["BACKBONES", "BasicBlock", "DenseLayer", "ResNeXtBlock", "b_alexnet", "b_densenet", "b_lenet", "b_resnet",
+           "b_resnext", "build_from_config", "build_model", "check_options", "list_models"]

@@ -9,7 +9,7 @@ import pytest
 
 from analysis.core.calibrate import calib_rule, rule_family
 from analysis.core.costs import CostModel, measured_cost_models
-from analysis.core.evidence import Evidence, outcome
+from analysis.core.evidence import Evidence, matched_oracle_outcome, oracle_outcome
 from analysis.core.policies import PolicyConfig
 from analysis.core.simulate import simulate_matched_oracle, simulate_oracle
 from analysis.study.baselines import decide_baselines
@@ -123,8 +123,8 @@ def test_the_matched_oracle_against_a_naive_loop(synth_cache):
         assert o.exit[i] == want
         assert o.latency_ms[i] == pytest.approx(leave[want])
     assert np.array_equal(o.correct, ev.correct[:, -1])  # full's answers, so full's accuracy
-    assert (o.latency_ms >= outcome(ev, "oracle", calib_rule(synth_cache)).latency_ms - 1e-12).mean() > 0.9
-    assert outcome(ev, "matched-oracle", calib_rule(synth_cache)).latency_ms.mean() == pytest.approx(
+    assert (o.latency_ms >= oracle_outcome(ev).latency_ms - 1e-12).mean() > 0.9
+    assert matched_oracle_outcome(ev).latency_ms.mean() == pytest.approx(
         o.latency_ms.mean())
 
 

@@ -7,7 +7,7 @@ import pytest
 
 from analysis.core.calibrate import thresholds_for_accuracy
 from analysis.core.costs import CostModel
-from analysis.core.evidence import Evidence, cut_candidates, outcome, tune_cuts
+from analysis.core.evidence import Evidence, cascade_outcome, cut_candidates, full_outcome, oracle_outcome, outcome, tune_cuts
 from analysis.core.guarantee import lambda_family, risk_controlled_rule
 from analysis.core.policies import PolicyConfig, choose_policies
 from analysis.study.compare import study_policies
@@ -187,7 +187,7 @@ def test_chained_exits_charge_their_heads_and_refuse_skips(tmp_path):
     cache = cache_from_arrays(tmp_path / "c", data, model_name="boosted", chain="boost")
     assert cache.chained
     ev = Evidence.build(cache, "test", profile="measured")
-    full = outcome(ev, "full", ExitRule.given((0.5, 0.5), 3))
+    full = full_outcome(ev)
     c = ev.costs
     want = c.stage_ms.sum() + c.exit_ms.sum() + (c.write_ms + c.read_ms)[:2].sum()
     np.testing.assert_allclose(full.latency_ms, want)
@@ -202,7 +202,7 @@ def test_oracle_is_a_lower_bound_even_when_no_exit_is_right():
     costs = CostModel.from_arrays([1.0, 1.0, 1.0], [0.2, 0.2, 0.2], [0.1] * 3, [0.1] * 3)
     correct = np.array([[False, False, False], [False, True, True], [True, True, True]])
     ev = Evidence("test", "entropy", np.zeros((3, 3)), correct, np.zeros((3, 3), int), costs)
-    o = outcome(ev, "oracle", ExitRule.given((0.5, 0.5), 3))
+    o = oracle_outcome(ev)
     np.testing.assert_array_equal(o.exit, [0, 1, 0])  # nothing right: the cheapest (wrong) exit
     np.testing.assert_allclose(o.latency_ms, [1.2, 2.2, 1.2])
     for pol in ("full", "cascade", "patience"):
@@ -283,7 +283,7 @@ def test_runtime_overhead_is_charged_per_sample_and_per_decision():
 def test_an_exit_nothing_can_pass_is_not_entered_and_uncrossfitted_predictors_are_refused(synth_cache):
     ev = Evidence.build(synth_cache, "test", profile="jetson-nano")
     never0 = ExitRule.given((-np.inf, 0.5), 3)
-    o = outcome(ev, "cascade", never0)
+    o = cascade_outcome(ev, never0)
     removed = outcome(ev, Placement((False, True, True), (None, None, None)), never0)
     np.testing.assert_allclose(o.latency_ms, removed.latency_ms)
     with pytest.raises(ValueError, match="cross-fitted"):

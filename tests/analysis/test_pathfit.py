@@ -5,7 +5,7 @@ import pytest
 
 from analysis.core.calibrate import calib_rule
 from analysis.core.costs import CostModel
-from analysis.core.evidence import Evidence, outcome
+from analysis.core.evidence import Evidence, cascade_outcome, full_outcome, outcome
 from analysis.core.pathfit import design, fit_path_costs, fitted_costs, param_names, path_params
 from analysis.core.simulate import path_outcome
 from branchy.rule import ExitRule
@@ -24,8 +24,8 @@ def _outcomes(tmp_path):
     ev = Evidence.build(cache, "test", costs=COSTS)
     rule = calib_rule(cache, 0.99)
     loose = ExitRule("entropy", tuple(np.array(rule.thresholds) * 1.5))
-    pols = {"full": outcome(ev, "full", rule), "cascade": outcome(ev, "cascade", rule),
-            "loose": outcome(ev, "cascade", loose),
+    pols = {"full": full_outcome(ev), "cascade": cascade_outcome(ev, rule),
+            "loose": cascade_outcome(ev, loose),
             "no-e1": outcome(ev, Placement((True, False, True, True), (None,) * 4), rule),
             "e2-only": outcome(ev, Placement((False, False, True, True), (None,) * 4), rule),
             "e1-only": outcome(ev, Placement((False, True, False, True), (None,) * 4), rule),

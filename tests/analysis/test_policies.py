@@ -77,14 +77,14 @@ def test_a_registered_policy_joins_every_comparison_table_front_and_plot(synth_c
     """A policy is registered in one place (analysis.core.policies) and appears everywhere: the summary table in
     registration order, the accuracy-latency fronts when swept, the plots' order (bounds last)."""
     from analysis.core import policies as P
-    from analysis.core.evidence import outcome
+    from analysis.core.evidence import cascade_outcome
 
     with pytest.raises(ValueError, match="exactly one of run"):
         P.Policy("x", "neither run nor decide")
     with pytest.raises(ValueError, match="role must be one of"):
         P.Policy("x", "a bad role", role="star", run=lambda ev, rule, cfg: None)
     pol = P.Policy("late-cascade", "the cascade under another name", swept=True, runtime=False,
-                   run=lambda ev, rule, cfg: outcome(ev, "cascade", rule, overlap=cfg.overlap, name="late-cascade"))
+                   run=lambda ev, rule, cfg: cascade_outcome(ev, rule, overlap=cfg.overlap, name="late-cascade"))
     monkeypatch.setitem(P.POLICIES._items, "late-cascade", pol)
     monkeypatch.setitem(P.POLICIES._docs, "late-cascade", pol.doc)
     cfg = PolicyConfig(bootstrap=0)
@@ -98,3 +98,18 @@ def test_a_registered_policy_joins_every_comparison_table_front_and_plot(synth_c
     assert len(a) == len(b) == 9 and list(a.mean_ms) == list(b.mean_ms) and a.on_front.any()
     assert P.policy_order(table.policy)[-1] == "oracle" and P.is_operating_point("late-cascade")
     assert not P.is_operating_point("oracle") and P.is_reference("full") and not P.is_reference("late-cascade")
+
+
+def test_an_entropy_rule_is_converted_exactly_for_a_normalised_entropy_study(synth_cache):
+    """An exit rule saved on entropy (nats) drives a study that decides on norm_entropy by the exact conversion
+    T / ln C (ExitRule.converted): the same exits; a rule on another measure is refused, naming both."""
+    from branchy.rule import ExitRule
+
+    t = np.array(thresholds_for_accuracy(synth_cache.logits("calib"), synth_cache.labels("calib"), 0.95))
+    rule = ExitRule.given(t, synth_cache.num_exits, "entropy")
+    out_e, _ = run_policies(synth_cache, cfg=PolicyConfig(bootstrap=0), thresholds=rule)
+    out_n, _ = run_policies(synth_cache, cfg=PolicyConfig(measure="norm_entropy", bootstrap=0), thresholds=rule)
+    np.testing.assert_array_equal(out_e["cascade"].exit, out_n["cascade"].exit)
+    with pytest.raises(ValueError, match="decides on max_prob, the policy config on entropy"):
+        run_policies(synth_cache, cfg=PolicyConfig(bootstrap=0),
+                     thresholds=ExitRule.given((0.9,) * (synth_cache.num_exits - 1), synth_cache.num_exits, "max_prob"))

@@ -4,6 +4,7 @@ import pandas as pd
 from analysis.study.outputs import simulate_to
 from analysis.study.placement_study import run_placement
 from analysis.study.report import write_report
+from analysis.study.result import StudyResult
 from analysis.core.policies import PolicyConfig
 from analysis.study.config import StudyConfig
 from branchy.data import DataConfig
@@ -28,11 +29,11 @@ def test_report_escapes_every_user_and_data_string(tmp_path):
     compare.loc[0, "policy"] = EVIL
     cfg = StudyConfig(data=DataConfig(dataset="npz", path=f"/data/{EVIL}.npz"), model=BackboneConfig(), name=EVIL)
     object.__setattr__(cfg.model, "name", EVIL)  # as a backbone registered under that name would be
-    result = {"config": cfg, "cache": cache, "rule": sim["rule"], "thresholds": sim["thresholds"],
-              "simulation": {"summary": summary, "pareto": pareto,
-                             "gates": pd.DataFrame({"gate": [EVIL], "pays": [True]})},
-              "predictor_table": pd.DataFrame({"predictor": [EVIL], EVIL: [0.5]}),
-              "placements": {EVIL: (res, compare)}, "validate": None}
+    result = StudyResult(out=tmp_path, config=cfg, cache=cache, rule=sim["rule"], test_eval=pd.DataFrame(),
+                         simulation={"summary": summary, "pareto": pareto,
+                                     "gates": pd.DataFrame({"gate": [EVIL], "pays": [True]})},
+                         predictors={}, predictor_table=pd.DataFrame({"predictor": [EVIL], EVIL: [0.5]}),
+                         placements={EVIL: (res, compare)}, validate=None)
     text = write_report(result, tmp_path / "report.html").read_text()
     assert "<img src=x" not in text and "onerror=alert(1)>" not in text
     esc = "&lt;img src=x onerror=alert(1)&gt;"

@@ -1,4 +1,4 @@
-"""The vectorised simulator against a naive per-sample loop written from DESIGN.md §3.3."""
+"""The vectorised simulator against a naive per-sample loop written from docs/semantics.md §3.3."""
 import numpy as np
 import pytest
 from hypothesis import given, settings

@@ -75,7 +75,7 @@ def test_bad_configs_fail_before_any_work(patch, msg, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_a_study_on_a_users_npz_runs_end_to_end(tmp_path, capsys):
-    """What the README tells a new user to do, on their own arrays."""
+    """What docs/user-guide.md tells a new user to do, on their own arrays."""
     g = np.random.default_rng(0)
     n = 600
     y = g.integers(0, 3, n)

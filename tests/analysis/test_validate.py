@@ -9,7 +9,7 @@ import torch
 
 from analysis.core.policies import PolicyConfig
 from analysis.present.plots import plot_validate
-from analysis.study.validate import fit_line, recheck_line, validate, validate_line
+from analysis.study.validate import fit_line, pairs_line, recheck_line, validate, validate_line
 from branchy.dump import dump
 from branchy.models import build_model
 from placement import Gate, Placement
@@ -51,6 +51,11 @@ def test_runtime_exits_equal_the_simulator_for_every_policy(toy_splits, tmp_path
     assert (df.meas_mean_ms > 0).all() and (df.sim_mean_ms > 0).all()
     assert re.fullmatch(r"validate: worst \|sim/meas - 1\| = \d+\.\d{3} over \d+ policies \(batch 1, eager\)",
                         validate_line(df))
+    # pairs of policies ordered alike, against a naive count
+    m, sm = df.meas_mean_ms.to_numpy(), df.sim_mean_ms.to_numpy()
+    pairs = [(i, j) for i in range(len(df)) for j in range(i + 1, len(df)) if abs(m[i] / m[j] - 1) > 0.05]
+    agree = sum((m[i] < m[j]) == (sm[i] < sm[j]) for i, j in pairs)
+    assert pairs_line(df).startswith(f"faster policy agrees in {agree} of {len(pairs)} pairs of policies")
     # the same run simulated with the costs timed during it, round by round
     assert df["sim_now_mean_ms"].gt(0).all() and df["ratio_now"].gt(0).all() and (df["drift"] > 0).all()
     assert re.fullmatch(r"with costs timed during the run: worst \|sim/meas - 1\| = \d+\.\d{3}; the full path took "

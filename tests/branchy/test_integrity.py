@@ -188,7 +188,7 @@ def test_reprofile_keeps_the_hashes_in_step(dumped, small_model, tmp_path):
 
 def test_a_reprofile_killed_after_its_manifest_is_completed_by_the_next_writer(dumped, small_model, tmp_path):
     from branchy.cache import file_entry
-    from branchy.cache_writer import _recover
+    from branchy.cache_writer import recover_target
 
     c = _copy(dumped, tmp_path / "c")
     new = c / "costs.csv.new"  # the state of a kill between the manifest and the last rename
@@ -199,7 +199,7 @@ def test_a_reprofile_killed_after_its_manifest_is_completed_by_the_next_writer(d
     with pytest.raises(CacheError, match="interrupted while committing costs.csv"):
         FeatureCache.open(c)
     with target_lock(c):
-        _recover(c)
+        recover_target(c)
     assert not new.exists() and FeatureCache.open(c, verify=True)
 
 

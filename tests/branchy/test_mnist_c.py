@@ -6,13 +6,13 @@ import pytest
 
 import branchy.mnist_c as mc
 from branchy.data import load_dataset
-from branchy.loaders import _mnist5k_arrays
+from branchy.loaders import mnist5k_arrays
 from branchy.splits import DATASETS, SPLITS
 
 
 @pytest.fixture(scope="module")
 def digits():
-    x, y = _mnist5k_arrays()
+    x, y = mnist5k_arrays()
     return x[:, 0], y
 
 

@@ -144,8 +144,8 @@ def test_layout_and_atomic_writes_index_last(pair, tmp_path, monkeypatch):
     import predictors.store as store
 
     order = []
-    real = store._atomic_write
-    monkeypatch.setattr(store, "_atomic_write", lambda path, data: (order.append(path.name), real(path, data)))
+    real = store.atomic_write
+    monkeypatch.setattr(store, "atomic_write", lambda path, data: (order.append(path.name), real(path, data)))
     d = _saved(pair, tmp_path)
     assert order[-1] == INDEX and order.count(INDEX) == 1
     lin, nn = (p.spec.name for p in pair)
