@@ -27,8 +27,8 @@ def _validate_args(p):
 def _validate_run(a) -> int:
     from pathlib import Path
 
-    from ..study.validate import (drift_line, fit_line, format_validate, pairs_line, recheck_line, validate_files,
-                                  validate_line, validate_run)
+    from ..study.validate_files import validate_files, validate_run
+    from ..study.validate_lines import drift_line, fit_line, format_validate, pairs_line, recheck_line, validate_line
 
     steps = [o for o, v in (("--checkpoint", a.checkpoint), ("--cache", a.cache), ("--predictors", a.predictors),
                             ("--placement", a.placement), ("--thresholds", a.thresholds)) if v]

@@ -295,8 +295,8 @@ def step_validate(cfg: StudyConfig, cache, model, splits, preds, pcfg, rule, pla
 
     from ..present import plots
     from ..present.plots import plot_validate
-    from .validate import (drift_line, fit_line, format_validate, pairs_line, recheck_line, validate,
-                           validate_line)
+    from .validate import validate
+    from .validate_lines import drift_line, fit_line, format_validate, pairs_line, recheck_line, validate_line
 
     if not cfg.validate:
         return None

@@ -160,7 +160,7 @@ def _validation(result: StudyResult) -> list[str]:
     val = result.validate
     if val is not None and len(val):
         from ..present.plots import plot_validate
-        from .validate import drift_line, fit_line, format_validate, pairs_line, recheck_line, validate_line
+        from .validate_lines import drift_line, fit_line, format_validate, pairs_line, recheck_line, validate_line
 
         s.append("<h2>Simulation against a real run</h2>")
         s.append(f"<p class=note>The real early-exit runtime (on each backend below, {int(val.threads.iloc[0])} threads) ran "

@@ -9,7 +9,8 @@ import torch
 
 from analysis.core.policies import PolicyConfig
 from analysis.present.plots import plot_validate
-from analysis.study.validate import fit_line, pairs_line, recheck_line, validate, validate_line
+from analysis.study.validate import validate
+from analysis.study.validate_lines import fit_line, pairs_line, recheck_line, validate_line
 from branchy.dump import dump
 from branchy.models import build_model
 from placement import Gate, Placement
@@ -156,7 +157,7 @@ def test_validate_takes_step_by_step_outputs(tmp_path, capsys):
 def test_drift_from_the_profiled_speed_is_seen_and_acted_on(toy_splits, tmp_path, monkeypatch):
     from analysis.study.config import StudyConfig
     from analysis.study.pipeline import refresh_drifted
-    from analysis.study.validate import drift_line
+    from analysis.study.validate_lines import drift_line
     from branchy.data import DataConfig
     from branchy.models import BackboneConfig
     from branchy.timing import drift
