@@ -42,12 +42,12 @@ def real_columns(cache, model, test_x: torch.Tensor, base: Baselines, *, predict
     """Run ``base``'s decided policies (:data:`REAL_POLICIES`) for real on ``test_x`` (the first test samples) and
     return the ``real_*`` columns (see the module's docstring). Latencies are ms per sample at batch 1, the median of
     ``reps`` interleaved passes, the cache's thread count."""
-    from .validate import validate
+    from .validate import validate_samples
 
     pls = {n: base[n].placement for n in ("best-free", "best-gated") if n in base.decided}
-    df = validate(cache, model, test_x, predictors=predictors, cfg=cfg, rule=base.objective.rule, placements=pls,
-                  reps=reps, n_boot=0, seed=seed, backend=backend, recheck=False, policies=["full", "cascade"])
-    meas, sim = df.attrs["meas_ms"], df.attrs["sim_ms"]
+    df, meas, sim = validate_samples(cache, model, test_x, predictors=predictors, cfg=cfg, rule=base.objective.rule,
+                                     placements=pls, reps=reps, n_boot=0, seed=seed, backend=backend, recheck=False,
+                                     policies=["full", "cascade"])
     out = {"real_backend": backend, "real_n": len(test_x), "real_reps": reps,
            "real_threads": int(df.threads.iloc[0]), "real_exit_match_%": float(df["exit_match_%"].min())}
     names = [n for n in REAL_POLICIES if n in meas]

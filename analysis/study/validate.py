@@ -233,12 +233,17 @@ def _simulated_now(runs: _Runs, ev: Evidence, times: pd.DataFrame, rounds: int, 
     return now
 
 
+def validate(cache: FeatureCache, model, test_x: torch.Tensor, **kw) -> pd.DataFrame:
+    """:func:`validate_samples`'s table alone (every keyword is the same)."""
+    return validate_samples(cache, model, test_x, **kw)[0]
+
+
 @torch.no_grad()
-def validate(cache: FeatureCache, model, test_x: torch.Tensor, *, predictors: dict | None = None,
-             cfg: PolicyConfig = PolicyConfig(), rule: ExitRule | None = None,
-             placements: dict[str, Placement] | None = None, reps: int = 3, batch_size: int = 64,
-             n_boot: int = 1000, seed: int = 0, backend: str = "eager", recheck: bool = True,
-             policies: list[str] | None = None) -> pd.DataFrame:
+def validate_samples(cache: FeatureCache, model, test_x: torch.Tensor, *, predictors: dict | None = None,
+                     cfg: PolicyConfig = PolicyConfig(), rule: ExitRule | None = None,
+                     placements: dict[str, Placement] | None = None, reps: int = 3, batch_size: int = 64,
+                     n_boot: int = 1000, seed: int = 0, backend: str = "eager", recheck: bool = True,
+                     policies: list[str] | None = None) -> tuple[pd.DataFrame, dict, dict]:
     """Measured versus simulated latency per policy on the first ``len(test_x)`` test samples (ms per
     sample at batch 1, the cache's thread count). ``placements``: extra placements to run (e.g. the one a
     search chose). ``backend`` runs the stages and heads (gates stay in torch); the simulator uses the
@@ -248,8 +253,8 @@ def validate(cache: FeatureCache, model, test_x: torch.Tensor, *, predictors: di
     (``sim_now_mean_ms``, ``ratio_now``): the simulator's own error, apart from how the machine drifted since
     the cache was profiled (``drift``: the full path's simulated ms during the run over the cache's).
     ``policies``: only these registered policies (``full`` is always run: speed-ups are against it), besides the
-    placements; default every one the runtime can run. The per-sample ms (measured, simulated) are in
-    ``df.attrs["meas_ms"]`` and ``df.attrs["sim_ms"]`` (policy -> array) for paired comparisons."""
+    placements; default every one the runtime can run. Returns the table and, for paired comparisons, the
+    per-sample ms measured and simulated (policy -> array over ``test_x``)."""
     from branchy.backends import prepare
     from branchy.timing import drift, machine_state
 
@@ -287,10 +292,8 @@ def validate(cache: FeatureCache, model, test_x: torch.Tensor, *, predictors: di
         ok = share >= PREDICTABLE_PCT  # else the fit's split of what it could not separate decides: no figure
         rows[j].update({"sim_fit_mean_ms": pred if ok else np.nan, "ratio_fit": pred / meas[j].mean() if ok else np.nan,
                         "fit_predictable_%": share})
-    df = pd.DataFrame(rows)
-    df.attrs["meas_ms"] = {name: meas[j] for j, name in enumerate(names)}  # per sample, for paired comparisons
-    df.attrs["sim_ms"] = {name: np.asarray(sims[name].latency_ms) for name in names}
-    return df
+    return (pd.DataFrame(rows), {name: meas[j] for j, name in enumerate(names)},
+            {name: np.asarray(sims[name].latency_ms) for name in names})
 
 
 PREDICTABLE_PCT = 95.0  # a held-out policy is predicted from fitted costs only where this share of its paths is spanned
@@ -313,4 +316,4 @@ def held_out_path_fit(names: list[str], sims: dict, meas: np.ndarray) -> list[tu
     return out
 
 
-__all__ = ["PREDICTABLE_PCT", "build_runtime", "held_out_path_fit", "validate"]
+__all__ = ["PREDICTABLE_PCT", "build_runtime", "held_out_path_fit", "validate", "validate_samples"]
