@@ -6,6 +6,7 @@ import pytest
 from analysis.core.chunked import RunningSummary, simulate_chunked
 from analysis.core.costs import CostModel
 from analysis.core.evidence import Evidence, outcome
+from analysis.core.policies import POLICIES, PolicyConfig
 from analysis.core.stats import summarize
 from branchy.dump import cache_from_arrays
 from branchy.rule import ExitRule
@@ -34,7 +35,8 @@ def test_chunked_simulation_equals_the_whole_split_in_memory(setup, split):
     cuts = {1: 0.4}
     whole = Evidence.build(cache, split, predictors=preds, costs=costs)
     for policy in ("full", "cascade", "oracle", gated, jump):
-        ref = summarize(outcome(whole, policy, RULE, cuts=cuts), n_boot=0)
+        ref = summarize(POLICIES.get(policy).run(whole, RULE, PolicyConfig()) if isinstance(policy, str)
+                        else outcome(whole, policy, RULE, cuts=cuts), n_boot=0)
         for chunk in (1, 37, 10_000):
             got = simulate_chunked(cache, split, policy, RULE, predictors=preds, cuts=cuts, costs=costs,
                                    chunk_rows=chunk)

@@ -9,7 +9,7 @@ from analysis.core.calibrate import thresholds_for_accuracy
 from analysis.core.costs import CostModel
 from analysis.core.evidence import Evidence, cascade_outcome, cut_candidates, full_outcome, oracle_outcome, outcome, tune_cuts
 from analysis.core.guarantee import lambda_family, risk_controlled_rule
-from analysis.core.policies import PolicyConfig, choose_policies
+from analysis.core.policies import POLICIES, PolicyConfig, choose_policies
 from analysis.study.compare import study_policies
 from branchy.dump import cache_from_arrays
 from branchy.measures import entropy
@@ -206,7 +206,7 @@ def test_oracle_is_a_lower_bound_even_when_no_exit_is_right():
     np.testing.assert_array_equal(o.exit, [0, 1, 0])  # nothing right: the cheapest (wrong) exit
     np.testing.assert_allclose(o.latency_ms, [1.2, 2.2, 1.2])
     for pol in ("full", "cascade", "patience"):
-        other = outcome(ev, pol, ExitRule.given((0.5, 0.5), 3))
+        other = POLICIES.get(pol).run(ev, ExitRule.given((0.5, 0.5), 3), PolicyConfig())
         m = other.correct | ~o.correct  # samples it gets right, and those no exit gets right
         assert (o.latency_ms[m] <= other.latency_ms[m] + 1e-12).all()
 

@@ -5,7 +5,7 @@ import pytest
 
 from analysis.core.calibrate import calib_rule
 from analysis.core.costs import CostModel
-from analysis.core.evidence import Evidence, cascade_outcome, full_outcome, outcome
+from analysis.core.evidence import Evidence, cascade_outcome, full_outcome, oracle_outcome, outcome
 from analysis.core.pathfit import design, fit_path_costs, fitted_costs, param_names, path_params
 from analysis.core.simulate import path_outcome
 from branchy.rule import ExitRule
@@ -83,7 +83,7 @@ def test_bad_inputs_are_refused(tmp_path):
         fit_path_costs([o], [o.latency_ms[:-1]])
     with pytest.raises(ValueError, match="NaN"):
         fit_path_costs([o], [np.full(o.n, np.nan)])
-    ev_o = outcome(Evidence.build(_cache_for(tmp_path), "test", costs=COSTS), "oracle", ExitRule.given((1, 1, 1), 4))
+    ev_o = oracle_outcome(Evidence.build(_cache_for(tmp_path), "test", costs=COSTS))
     with pytest.raises(ValueError, match="no recorded path"):
         design(ev_o)
 

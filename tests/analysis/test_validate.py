@@ -53,9 +53,9 @@ def test_runtime_exits_equal_the_simulator_for_every_policy(toy_splits, tmp_path
     assert re.fullmatch(r"validate: worst \|sim/meas - 1\| = \d+\.\d{3} over \d+ policies \(batch 1, eager\)",
                         validate_line(df))
     # pairs of policies ordered alike, against a naive count
-    m, sm = df.meas_mean_ms.to_numpy(), df.sim_mean_ms.to_numpy()
-    pairs = [(i, j) for i in range(len(df)) for j in range(i + 1, len(df)) if abs(m[i] / m[j] - 1) > 0.05]
-    agree = sum((m[i] < m[j]) == (sm[i] < sm[j]) for i, j in pairs)
+    real, sim = df.meas_mean_ms.to_numpy(), df.sim_mean_ms.to_numpy()
+    pairs = [(i, j) for i in range(len(df)) for j in range(i + 1, len(df)) if abs(real[i] / real[j] - 1) > 0.05]
+    agree = sum((real[i] < real[j]) == (sim[i] < sim[j]) for i, j in pairs)
     assert pairs_line(df).startswith(f"faster policy agrees in {agree} of {len(pairs)} pairs of policies")
     # the same run simulated with the costs timed during it, round by round
     assert df["sim_now_mean_ms"].gt(0).all() and df["ratio_now"].gt(0).all() and (df["drift"] > 0).all()
