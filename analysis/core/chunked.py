@@ -82,17 +82,18 @@ def simulate_chunked(cache: FeatureCache, split: str, policy, rule: ExitRule, *,
     if chunk_rows < 1:
         raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
     costs = costs or CostModel.from_cache(cache, profile)
+    named = POLICIES.get(policy) if isinstance(policy, str) else None  # a registered policy run as it is
     cfg = PolicyConfig(measure=rule.measure, overlap=overlap)
     acc = RunningSummary()
     for rows in row_slices(cache.size(split), chunk_rows):
         ev = Evidence.build(cache, split, measure=rule.measure, predictors=predictors, costs=costs, rows=rows)
-        if isinstance(policy, str):  # a registered policy that runs as it is (full, cascade, patience, oracle, ...)
-            o = POLICIES.get(policy).run(ev, rule, cfg) if POLICIES.get(policy).run is not None else None
-            if o is None:
-                raise ValueError(f"policy {policy!r} is decided on calib, not run as it is: give its Placement")
-            acc.add(o)
+        if named is None:
+            o = outcome(ev, policy, rule, cuts=cuts, overlap=overlap)
         else:
-            acc.add(outcome(ev, policy, rule, cuts=cuts, overlap=overlap))
+            o = named.run(ev, rule, cfg) if named.run is not None else None
+        if o is None:
+            raise ValueError(f"policy {policy!r} is decided on calib, not run as it is: give its Placement")
+        acc.add(o)
     return acc.summary()
 
 

@@ -20,7 +20,6 @@ from .simulate import (Outcome, simulate_cascade, simulate_full, simulate_gated,
                        simulate_oracle, simulate_patience)
 
 
-
 @dataclass
 class Evidence:
     """What every policy needs on one split. ``scores[name]``: a gate's enter score (higher = enter) or an

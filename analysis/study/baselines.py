@@ -1,5 +1,5 @@
-"""The policies a "do predictors pay?" claim is measured against (docs/semantics.md §3.4), decided on calib under one cost
-model and one accuracy constraint:
+"""The policies a "do predictors pay?" claim is measured against (docs/semantics.md §3.4), decided on calib under one
+cost model and one accuracy constraint:
 
 - ``full`` and the ``cascade`` under the study's default rule;
 - ``best-rule``: the cascade (every exit kept) under the best rule of the confidence-rule family

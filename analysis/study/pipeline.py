@@ -248,17 +248,17 @@ def step_references(cfg: StudyConfig, cache, preds: dict, rule, profiles: list, 
     import pandas as pd
     import torch
 
-    from .realrun import backend_of, compare_for_real
+    from ..core.costs import get_profile
+    from .realrun import compare_for_real
 
     n = min(cfg.realrun, cache.size("test")) if model is not None and splits is not None else 0
     x = splits.test.batch(torch.arange(n))[0] if n else torch.empty(0)
     rows = []
     for prof in profiles:
-        real = n and backend_of(prof) is not None
         log(f"references ({prof}): best predictor-free policy vs best placement with a predictor, decided on calib"
-            + (f", then run for real on {n} test samples" if real else ""))
+            + (f", then run for real on {n} test samples" if n and get_profile(prof).measured else ""))
         rows.append(compare_for_real(cache, preds, rule=rule, cfg=cfg.policies, constraint=cfg.placement.constraint,
-                                     profile=prof, model=model, test_x=x if real else x[:0],
+                                     profile=prof, model=model, test_x=x,
                                      n_boot=cfg.policies.bootstrap, n_jobs=cfg.placement.n_jobs,
                                      seed=cfg.placement.seed))
         print(f"  {rows[-1]['verdict']}")

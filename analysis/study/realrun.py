@@ -6,31 +6,20 @@ decided them on calib under a *measured* profile, run by the real early-exit run
 The result is a set of ``real_*`` columns for a comparison row: per policy the measured and the simulated mean ms
 on the same samples (``real_{policy}_ms``, ``realsim_{policy}_ms``), per ratio of :data:`REAL_RATIOS` the measured
 ratio with a paired bootstrap 95 % CI over those samples (``real_{ratio}``, ``_lo``, ``_hi``) and the simulated one
-(``realsim_{ratio}``), the share of samples whose exit equals the simulator's, and whether the real run orders every
-pair of policies as the simulation does (``real_agrees``; pairs whose real means differ by more than
-:data:`PAIR_MARGIN`)."""
+(``realsim_{ratio}``), the share of samples whose exit equals the simulator's, and how many pairs of policies the
+simulation orders as the real run does (``real_pairs_agree`` of ``real_pairs``: pairs whose real means differ by more
+than :data:`analysis.study.validate_lines.PAIR_MARGIN`)."""
 from __future__ import annotations
-
-import itertools
 
 import numpy as np
 import torch
 
+from ..core.costs import get_profile
 from .baselines import RATIOS, Baselines, compare_references, decide_baselines, pays, ratio_ci, verdict
+from .validate_lines import order_agreement
 
 REAL_POLICIES = ("full", "cascade", "best-free", "best-gated")
 REAL_RATIOS = {c: nd for c, nd in RATIOS.items() if set(nd) <= set(REAL_POLICIES)}
-PAIR_MARGIN = 0.05  # a pair of policies is ordered only where their real mean latencies differ by more than this
-
-
-def backend_of(profile: str) -> str | None:
-    """The runtime backend a measured profile was timed on (``measured`` -> eager, ``measured-onnxruntime`` ->
-    onnxruntime); None for a modelled device profile, which no real run on this machine can check."""
-    if profile == "measured":
-        return "eager"
-    if profile.startswith("measured-"):
-        return profile[len("measured-"):]
-    return None
 
 
 def _col(name: str) -> str:
@@ -60,48 +49,36 @@ def real_columns(cache, model, test_x: torch.Tensor, base: Baselines, *, predict
             out.update({f"real_{col}": r, f"real_{col}_lo": lo, f"real_{col}_hi": hi,
                         f"realsim_{col}": float(sim[num].mean() / sim[den].mean())})
     agree, total, _ = ordered_pairs(out)
-    out.update({"real_pairs": total, "real_pairs_agree": agree, "real_agrees": agree == total})
+    out.update({"real_pairs": total, "real_pairs_agree": agree})
     return out
 
 
 def ordered_pairs(row: dict) -> tuple[int, int, list[str]]:
-    """Of the pairs of :data:`REAL_POLICIES` in a row with real columns whose real mean latencies differ by more than
-    :data:`PAIR_MARGIN`: how many the simulation orders the same way, how many there are, and the ones it does not
-    (in words)."""
-    agree = total = 0
-    bad = []
+    """:func:`analysis.study.validate_lines.order_agreement` over the :data:`REAL_POLICIES` a row with real columns
+    holds."""
     names = [n for n in REAL_POLICIES if np.isfinite(row.get(f"real_{_col(n)}_ms", np.nan))]
-    for p, q in itertools.combinations(names, 2):
-        mp, mq = row[f"real_{_col(p)}_ms"], row[f"real_{_col(q)}_ms"]
-        if abs(mp / mq - 1) <= PAIR_MARGIN:
-            continue
-        sp, sq = row[f"realsim_{_col(p)}_ms"], row[f"realsim_{_col(q)}_ms"]
-        total += 1
-        ok = (mp < mq) == (sp < sq)
-        agree += ok
-        if not ok:
-            bad.append(f"{p} vs {q}: real {mp:.3f} / {mq:.3f} ms, simulated {sp:.3f} / {sq:.3f} ms")
-    return agree, total, bad
+    return order_agreement(names, [row[f"real_{_col(n)}_ms"] for n in names],
+                           [row[f"realsim_{_col(n)}_ms"] for n in names])
 
 
 def compare_for_real(cache, predictors: dict, *, rule, cfg, constraint, profile: str, model,
                      test_x: torch.Tensor, reps: int = 3, n_boot: int = 1000, n_jobs: int = 1, seed: int = 0) -> dict:
-    """:func:`analysis.study.baselines.compare_references` under ``profile``, and where that profile was measured on
-    this machine (:func:`backend_of`) its decided policies run for real on ``test_x`` (:func:`real_columns`); the
-    row's ``pays`` and ``verdict`` then take the real run into account (:func:`analysis.study.baselines.pays`)."""
+    """:func:`analysis.study.baselines.compare_references` under ``profile``, and where that profile was measured
+    on this machine (``measured``, ``measured-BACKEND``) its decided policies run for real on ``test_x``
+    (:func:`real_columns`); the row's ``pays`` and ``verdict`` then take the real run into account
+    (:func:`analysis.study.baselines.pays`)."""
     base = decide_baselines(cache, predictors, profile=profile, rule=rule, cfg=cfg, constraint=constraint,
                             n_jobs=n_jobs, seed=seed)
     row = compare_references(cache, predictors, rule=rule, cfg=cfg, constraint=constraint, profile=profile,
                              n_boot=n_boot, n_jobs=n_jobs, seed=seed, base=base)
-    backend = backend_of(row["profile"])
-    if backend is None or not len(test_x) or cache.manifest.get("device") != "cpu" or backend not in cache.backends:
+    prof = get_profile(profile)
+    if not (prof.measured and len(test_x) and cache.manifest.get("device") == "cpu" and prof.backend in cache.backends):
         return row  # a modelled device, or costs not measured on this machine's CPU: nothing to run for real
-    row.update(real_columns(cache, model, test_x, base, predictors=predictors, cfg=cfg, backend=backend, reps=reps,
-                            n_boot=n_boot, seed=seed))
+    row.update(real_columns(cache, model, test_x, base, predictors=predictors, cfg=cfg, backend=prof.backend,
+                            reps=reps, n_boot=n_boot, seed=seed))
     row["pays"] = pays(row)
     row["verdict"] = verdict(row)
     return row
 
 
-__all__ = ["PAIR_MARGIN", "REAL_POLICIES", "REAL_RATIOS", "backend_of", "compare_for_real", "ordered_pairs",
-           "real_columns"]
+__all__ = ["REAL_POLICIES", "REAL_RATIOS", "compare_for_real", "ordered_pairs", "real_columns"]

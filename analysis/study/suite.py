@@ -28,7 +28,8 @@ def merge_mappings(a: dict, b: dict) -> dict:
     """``b`` over ``a``, mappings merged key by key."""
     out = copy.deepcopy(a)
     for k, v in (b or {}).items():
-        out[k] = merge_mappings(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+        both = isinstance(v, dict) and isinstance(out.get(k), dict)
+        out[k] = merge_mappings(out[k], v) if both else copy.deepcopy(v)
     return out
 
 
@@ -91,9 +92,10 @@ class SuiteConfig:
                 spec = spec or {}
                 for dk in spec.get("datasets") or list(self.datasets):
                     key = f"{bb}/{dk}/{scheme}"
-                    raw = merge_mappings(merge_mappings(self.base, bb_map), {"train": {**(spec.get("train") or {}), "scheme": scheme}})
+                    raw = merge_mappings(merge_mappings(self.base, bb_map),
+                                         {"train": {**(spec.get("train") or {}), "scheme": scheme}})
                     raw = merge_mappings(raw, {"data": self.datasets[dk], "name": key,
-                                       "out": str(Path(self.out) / f"{bb}-{dk}-{scheme}")})
+                                               "out": str(Path(self.out) / f"{bb}-{dk}-{scheme}")})
                     raw.setdefault("model", {}).setdefault("name", bb)
                     if spec.get("trunk_from"):
                         raw["train"]["init_checkpoint"] = str(Path(self.out) / f"{bb}-{dk}-{spec['trunk_from']}" /

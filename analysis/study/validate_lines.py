@@ -3,6 +3,8 @@ against the real run, pairs ordered alike, costs timed during the run, costs fit
 each a pure function of :func:`analysis.study.validate.validate`'s frame."""
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pandas as pd
 
@@ -34,18 +36,34 @@ def fit_line(df: pd.DataFrame) -> str | None:
                                                        if left else ""))
 
 
-def pairs_line(df: pd.DataFrame, margin: float = 0.05) -> str | None:
+PAIR_MARGIN = 0.05  # a pair of policies is ordered only where their real mean latencies differ by more than this
+
+
+def order_agreement(names, real, sim, margin: float = PAIR_MARGIN) -> tuple[int, int, list[str]]:
+    """Of the pairs of policies ``names`` (mean ms ``real`` measured and ``sim`` simulated, in the same order) whose
+    real means differ by more than ``margin``: how many the simulation orders as the real run does, how many there
+    are, and the ones it does not (in words)."""
+    agree = total = 0
+    bad = []
+    for i, j in itertools.combinations(range(len(names)), 2):
+        if abs(real[i] / real[j] - 1) <= margin:
+            continue
+        total += 1
+        if (real[i] < real[j]) == (sim[i] < sim[j]):
+            agree += 1
+        else:
+            bad.append(f"{names[i]} vs {names[j]}: real {real[i]:.3f} / {real[j]:.3f} ms, simulated {sim[i]:.3f} / "
+                       f"{sim[j]:.3f} ms")
+    return agree, total, bad
+
+
+def pairs_line(df: pd.DataFrame, margin: float = PAIR_MARGIN) -> str | None:
     """Whether the simulation orders every pair of policies as the real run does, among the pairs whose real mean
     latencies differ by more than ``margin`` (None with fewer than two policies)."""
     if len(df) < 2:
         return None
-    m, s = df["meas_mean_ms"].to_numpy(), df["sim_mean_ms"].to_numpy()
-    agree = total = 0
-    for i in range(len(df)):
-        for j in range(i + 1, len(df)):
-            if abs(m[i] / m[j] - 1) > margin:
-                total += 1
-                agree += (m[i] < m[j]) == (s[i] < s[j])
+    agree, total, _ = order_agreement(list(df.policy), df["meas_mean_ms"].to_numpy(), df["sim_mean_ms"].to_numpy(),
+                                      margin)
     return (f"faster policy agrees in {agree} of {total} pairs of policies whose real means differ by more than "
             f"{100 * margin:g} % (simulated from the stored costs)")
 
@@ -81,4 +99,4 @@ def format_validate(df: pd.DataFrame) -> str:
     return d.to_string(index=False)
 
 
-__all__ = ["drift_line", "fit_line", "format_validate", "pairs_line", "recheck_line", "validate_line"]
+__all__ = ["PAIR_MARGIN", "drift_line", "fit_line", "format_validate", "order_agreement", "pairs_line", "recheck_line", "validate_line"]

@@ -8,7 +8,8 @@ import torch
 
 from analysis.core.policies import PolicyConfig, calibrate
 from analysis.study.baselines import pays, verdict
-from analysis.study.realrun import backend_of, compare_for_real, ordered_pairs
+from analysis.core.costs import get_profile
+from analysis.study.realrun import compare_for_real, ordered_pairs
 from analysis.study.suite import paying, real_line
 from branchy.dump import dump
 from branchy.models import build_model
@@ -101,5 +102,5 @@ def test_ordered_pairs_against_a_naive_count():
 
 
 def test_the_backend_of_a_profile():
-    assert backend_of("measured") == "eager" and backend_of("measured-onnxruntime") == "onnxruntime"
-    assert backend_of("raspberry-pi-4") is None
+    assert get_profile("measured").backend == "eager" and get_profile("measured-onnxruntime").backend == "onnxruntime"
+    assert not get_profile("raspberry-pi-4").measured
