@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from branchy.data import ArrayDataset, DatasetInfo, Splits  # noqa: E402
-from branchy.dump import dump  # noqa: E402
+from branchy.cache import dump  # noqa: E402
 from branchy.models import build_model  # noqa: E402
 
 

@@ -26,10 +26,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from branchy.backends import prepare  # noqa: E402
-from branchy.checkpoint import data_config_of, load_checkpoint  # noqa: E402
+from branchy.runtime import prepare  # noqa: E402
+from branchy.train import data_config_of, load_checkpoint  # noqa: E402
 from branchy.runtime import EarlyExitRuntime  # noqa: E402
-from branchy.timing import machine_state  # noqa: E402
+from branchy.runtime import machine_state  # noqa: E402
 
 
 def main() -> None:

@@ -1,7 +1,7 @@
 """How repeatable are the measured segment costs? The demo model's segments (stages, exit heads with their
 decision, buffer copies; ms at batch 1) are measured four times, alternating two methods: the single shot
 of each segment in turn (torch.utils.benchmark blocked_autorange, 0.2 s per segment: the old profiler)
-and the interleaved rounds of :mod:`branchy.timing` (15 rounds, outlier rounds dropped, same time budget).
+and the interleaved rounds of :mod:`branchy.runtime.timing` (15 rounds, outlier rounds dropped, same time budget).
 Per method: the largest relative difference between its two measurements over all segments.
 
 Run: .venv/bin/python bench/bench_profile.py [--run runs/demo] [--threads 1]   (about 20 s)
@@ -19,9 +19,9 @@ from torch.utils import benchmark
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from branchy.profile import exit_with_confidence, profile_segments  # noqa: E402
-from branchy.timing import machine_state  # noqa: E402
-from branchy.checkpoint import load_checkpoint  # noqa: E402
+from branchy.runtime import exit_with_confidence, profile_segments  # noqa: E402
+from branchy.runtime import machine_state  # noqa: E402
+from branchy.train import load_checkpoint  # noqa: E402
 
 
 def single_shot(model, seconds: float = 0.2) -> np.ndarray:

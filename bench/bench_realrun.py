@@ -35,8 +35,8 @@ from analysis.core.policies import calibrate  # noqa: E402
 from analysis.study.config import load_study  # noqa: E402
 from analysis.study.realrun import REAL_POLICIES, compare_for_real, ordered_pairs  # noqa: E402
 from branchy.cache import FeatureCache  # noqa: E402
-from branchy.checkpoint import data_config_of, load_checkpoint  # noqa: E402
-from branchy.dump import reprofile  # noqa: E402
+from branchy.train import data_config_of, load_checkpoint  # noqa: E402
+from branchy.cache import reprofile  # noqa: E402
 
 
 def run_study(d: Path, backends: list[str], n: int, reps: int) -> list[dict]:

@@ -30,7 +30,7 @@ from analysis.core.calibrate import thresholds_for_accuracy  # noqa: E402
 from analysis.core.evidence import Evidence, cascade_outcome, full_outcome  # noqa: E402
 from analysis.core.guarantee import point_estimate_rule, risk_controlled_rule  # noqa: E402
 from branchy.cache import CacheError, FeatureCache  # noqa: E402
-from branchy.rule import ExitRule  # noqa: E402
+from branchy.exits import ExitRule  # noqa: E402
 
 PROFILE = "raspberry-pi-4"
 
@@ -42,7 +42,7 @@ def deep_cache(out: Path) -> FeatureCache:
     except CacheError:
         pass
     from branchy.data import load_dataset
-    from branchy.dump import dump
+    from branchy.cache import dump
     from branchy.models import BackboneConfig
     from branchy.train import TrainConfig, train
 

@@ -37,7 +37,7 @@ from analysis.core.evidence import Evidence  # noqa: E402
 from analysis.core.policies import PolicyConfig  # noqa: E402
 from analysis.study.placement_study import run_placement  # noqa: E402
 from branchy.cache import FeatureCache  # noqa: E402
-from branchy.dump import cache_from_arrays  # noqa: E402
+from branchy.cache import cache_from_arrays  # noqa: E402
 from placement import Constraint, Placement  # noqa: E402
 from predictors import PredictorSpec, fit_predictor  # noqa: E402
 from analysis.core.calibrate import calib_rule  # noqa: E402

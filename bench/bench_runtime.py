@@ -21,12 +21,12 @@ from analysis.core.calibrate import thresholds_for_accuracy  # noqa: E402
 from analysis.core.costs import CostModel  # noqa: E402
 from analysis.core.simulate import simulate_cascade, simulate_full  # noqa: E402
 from branchy.cache import FeatureCache  # noqa: E402
-from branchy.checkpoint import data_config_of  # noqa: E402
-from branchy.measures import confidence  # noqa: E402
-from branchy.profile import overhead_fns, overhead_from_times  # noqa: E402
+from branchy.train import data_config_of  # noqa: E402
+from branchy.exits import confidence  # noqa: E402
+from branchy.runtime import overhead_fns, overhead_from_times  # noqa: E402
 from branchy.runtime import EarlyExitRuntime  # noqa: E402
-from branchy.timing import interleaved_times, robust_summary  # noqa: E402
-from branchy.checkpoint import load_checkpoint  # noqa: E402
+from branchy.runtime import interleaved_times, robust_summary  # noqa: E402
+from branchy.train import load_checkpoint  # noqa: E402
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--run", default="runs/demo")

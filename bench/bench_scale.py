@@ -43,8 +43,8 @@ def dump_job(mode: str, out: str, images: int) -> None:
     import torch
 
     from branchy.data import ArrayDataset, DatasetInfo, Splits
-    from branchy.dump import dump
-    from branchy.dump_dist import dump_distributed
+    from branchy.cache import dump
+    from branchy.cache import dump_distributed
     from branchy.models import build_model
 
     torch.set_num_threads(1)
@@ -65,7 +65,7 @@ def memory_job(cache_dir: str) -> None:
 
     from analysis.core.chunked import simulate_chunked
     from branchy.cache import FeatureCache
-    from branchy.rule import ExitRule
+    from branchy.exits import ExitRule
     from placement import Gate, Placement
     from predictors import PredictorSpec, fit_predictor
 
@@ -130,7 +130,7 @@ CALIB_CAP = 1_000_000
 def write_rows_cache(path: Path, n: int, chunk: int = 1 << 18) -> float:
     """A cache with ``n`` test rows and ``min(n, CALIB_CAP)`` calib rows (train 1000), 3 exits, 10 classes, 8 features per exit, written
     by cache_from_arrays from memory maps filled a chunk at a time. Returns the seconds it took."""
-    from branchy.dump import cache_from_arrays
+    from branchy.cache import cache_from_arrays
 
     t = time.perf_counter()
     tmp = path.parent / (path.name + ".inputs")

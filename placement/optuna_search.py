@@ -28,7 +28,9 @@ from urllib.parse import unquote
 import numpy as np
 
 from .placement import Placement
-from .search import STRATEGIES, Evaluator, all_structures, SearchContext, make_placement, non_dominated
+from .evaluator import Evaluator
+from .selection import non_dominated
+from .strategies import STRATEGIES, SearchContext, all_structures, make_placement
 
 DEFAULT_TRIALS = 200
 DEFAULT_POPULATION = 10

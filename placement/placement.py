@@ -100,7 +100,7 @@ class Placement:
             raise ValueError(f"not a placement description: {e!r}; want keys kept, gates, jump, thresholds") from e
 
     def save(self, path: str | os.PathLike) -> Path:
-        from branchy.rule import write_json
+        from branchy.core import write_json
 
         return write_json(path, self.to_dict())
 

@@ -1,5 +1,7 @@
 """predictors: targets from the cache, entropy forecasters, exit classifiers and gates, their cost."""
-from .fit import FittedPredictor, PredictorSpec, evaluation_table, fit_predictor
+from .fit import evaluation_table, fit_predictor
+from .fitted import FittedPredictor
+from .spec import PredictorSpec
 from .inputs import make_inputs
 from .models import PREDICTOR_MODELS, list_predictor_models, make_estimator
 from .store import load_predictors, save_predictors

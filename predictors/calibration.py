@@ -18,7 +18,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from branchy.registry import Registry
+from branchy.core import Registry
 
 CALIBRATORS: Registry[Callable[[np.ndarray, np.ndarray], dict]] = Registry("calibration method")
 _LO, _HI = np.finfo(np.float64).tiny, np.nextafter(1.0, 0.0)  # float64 resolution: distinct p stay distinct

@@ -15,7 +15,7 @@ from .torch_mlp import TorchMLPBase
 def estimator_macs(est, n_features: int) -> int:
     """Multiply-accumulates per sample of a fitted estimator on ``n_features`` inputs (scalers count one
     per feature; tree ensembles one comparison per level visited). For a torch callable's MACs see
-    :func:`branchy.profile.count_macs`."""
+    :func:`branchy.runtime.count_macs`."""
     if isinstance(est, Pipeline):
         return sum(estimator_macs(step, n_features) for _, step in est.steps)
     name = type(est).__name__
@@ -56,12 +56,12 @@ def measure_predictors(preds: list, cache, *, backend: str = "eager", rounds: in
                        seed: int = 0) -> dict[str, dict]:
     """Latency at batch 1 of every predictor as the runtime runs it on ``backend``
     (:func:`predictors.deploy.runtime_callable`: the pooling of the branch-point activation included),
-    timed with the pooling alone in interleaved rounds (:mod:`branchy.timing`; about ``min_run_time`` s in
+    timed with the pooling alone in interleaved rounds (:mod:`branchy.runtime.timing`; about ``min_run_time`` s in
     all), so that a noisy moment hits every predictor alike. Per predictor name: ``ms_b1`` (median of the
     kept rounds), ``ms_b1_iqr``, ``ms_b1_spread`` (IQR / median), ``unstable``, ``rounds``, ``pool_ms``,
     ``threads``, ``backend``. Predictors reading earlier exits' confidences are timed on their features."""
-    from branchy.dump import parse_pooling, pool_features
-    from branchy.timing import interleaved_times, robust_summary
+    from branchy.models import parse_pooling, pool_features
+    from branchy.runtime import interleaved_times, robust_summary
 
     from .deploy import runtime_callable
     pooling = cache.manifest.get("pooling", "avg")
@@ -109,7 +109,7 @@ def measure_predictors(preds: list, cache, *, backend: str = "eager", rounds: in
 def pool_macs(cache, at: int) -> int:
     """Adds of pooling the activation at branch point ``at`` into the cached features (one per element and
     pooling scale, counted as MACs); 0 when the cache records no branch shapes (written from arrays)."""
-    from branchy.dump import parse_pooling
+    from branchy.models import parse_pooling
 
     shapes = cache.manifest.get("branch_shapes")
     if not shapes or at >= len(shapes) or shapes[at] is None or len(shapes[at]) != 3:

@@ -1,6 +1,6 @@
 """A fitted predictor as the runtime runs it: the branch-point activation ``h`` ``[B, C, H, W]`` pooled as the
 cache pooled it, then scored. Torch MLPs become one torch module (pooling, standardisation and the score
-included) that a runtime backend can compile or export (:func:`branchy.backends.compile_module`);
+included) that a runtime backend can compile or export (:func:`branchy.runtime.compile_module`);
 scikit-learn models run through numpy (:meth:`FittedPredictor.score_inputs`)."""
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from branchy.backends import compile_module
-from branchy.dump import Pool, parse_pooling, pool_features
+from branchy.runtime import compile_module
+from branchy.models import Pool, parse_pooling, pool_features
 
 from .calibration import CalibrationMap
 from .torch_mlp import TorchMLPClassifier, TorchMLPRegressor

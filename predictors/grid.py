@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from branchy.config import check_int, setting
+from branchy.core import check_int, setting
 
 from .calibration import CALIBRATORS
-from .fit import PredictorSpec
+from .spec import PredictorSpec
 from .models import PREDICTOR_MODELS
 from .targets import TARGETS
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from branchy.cache import FeatureCache
-from branchy.measures import confidence
+from branchy.exits import confidence
 
 from .torch_mlp import Rows
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from branchy.checkpoint import torch_load_failure
+from branchy.train import torch_load_failure
 
 from .store_format import FITTED_ATTR, INDEX, decode_value, encode_value, refit_of
 

@@ -13,11 +13,11 @@ from sklearn.neural_network import MLPClassifier, MLPRegressor
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from branchy.registry import Registry
+from branchy.core import Registry
 
 from .torch_mlp import TorchMLPClassifier, TorchMLPRegressor
 
-PREDICTOR_MODELS: Registry[Callable[..., object]] = Registry("predictor model")
+PREDICTOR_MODELS: Registry[Callable[..., object]] = Registry("predictor model", plugins="branchy.predictor_models")
 
 
 _CONTROLLER = None

@@ -28,9 +28,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from branchy.faults import point
-from branchy.atomic import atomic_write
-from branchy.rule import ExitRule, json_safe
+from branchy.core import point
+from branchy.core import atomic_write
+from branchy.core import json_safe
+from branchy.exits import ExitRule
 
 from .calibration import check_calibration
 from .model_io import SKOPS_TRUSTED, check_saved_estimator, dump_estimator, load_skops, load_torch_estimator
@@ -38,7 +39,7 @@ from .store_format import (ENTRY_KEYS, FORMAT_VERSION, INDEX, check_entry, decod
                            npz_bytes, own_files, read_file, read_index, refit_of, sha256_hex, unlink_all, check_name)
 
 if TYPE_CHECKING:  # imported lazily below: fit re-exports this module's functions
-    from .fit import FittedPredictor
+    from .fitted import FittedPredictor
 
 __all__ = ["save_predictors", "load_predictors", "SKOPS_TRUSTED", "INDEX", "FORMAT_VERSION", "ENTRY_KEYS",
            "check_name"]
@@ -54,7 +55,7 @@ def _spec_json(spec) -> dict:
 
 
 def _spec_from_json(s: dict, where: str, d: Path):
-    from .fit import PredictorSpec
+    from .spec import PredictorSpec
 
     if not isinstance(s, dict):
         raise ValueError(f"{where}: the spec is not a mapping: {refit_of(d)}")
@@ -122,7 +123,7 @@ def load_predictors(path: str | os.PathLike, cache=None) -> dict[str, FittedPred
     """All predictors of a folder by name; with ``cache``, refuse those fitted on another cache. Names, paths,
     the format version and the cache fingerprint are checked before any model file is read; every file's
     SHA-256 before it is parsed. Nothing read can run code (see the module's docstring)."""
-    from .fit import FittedPredictor
+    from .fitted import FittedPredictor
 
     d = Path(path)
     index = read_index(d)

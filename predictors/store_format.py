@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from branchy.rule import json_float, json_safe
+from branchy.core import check_version, json_float, json_safe
 
 INDEX = "predictors.json"
 #: 3: no pickles (JSON index with SHA-256, arrays in .npz, scikit-learn models in skops, torch MLPs as
@@ -146,15 +146,11 @@ def read_index(d: Path) -> dict:
         raise ValueError(f"{path} is not a predictor index (a JSON mapping with version and predictors): "
                          f"{refit_of(d)}")
     v = index.get("version")
-    if v != FORMAT_VERSION:
-        if v in (1, 2) or any(d.glob("*.joblib")):
-            raise ValueError(f"{d}: predictors saved in format {v} (pickled .joblib files, which can run code when "
-                             f"loaded, so they are not read); this toolkit reads format {FORMAT_VERSION}: "
-                             f"{refit_of(d)}")
-        if isinstance(v, int) and not isinstance(v, bool) and v > FORMAT_VERSION:
-            raise ValueError(f"{d}: predictors of format {v}, newer than this toolkit's {FORMAT_VERSION}: upgrade "
-                             f"branchy-study, or {refit_of(d)}")
-        raise ValueError(f"{d}: predictors of format {v!r}; this toolkit reads format {FORMAT_VERSION}: {refit_of(d)}")
+    if v != FORMAT_VERSION and not isinstance(v, int) and any(d.glob("*.joblib")):
+        v = 2  # .joblib pickles without a version: format 2, the last that wrote them
+    check_version(str(d), "predictor format", v, reads=range(FORMAT_VERSION, FORMAT_VERSION + 1), fix=refit_of(d),
+                  older="pickled .joblib files, which can run code when loaded, so they are not read" if v in (1, 2)
+                  else None)
     if not isinstance(index.get("predictors"), dict):
         raise ValueError(f"{path} has no 'predictors' mapping: {refit_of(d)}")
     return index

@@ -1,14 +1,14 @@
 """What a predictor learns, derived from a cache: an exit's entropy, the gate at exit k, the target
-exit under an exit rule (an :class:`~branchy.rule.ExitRule`, or thresholds read as entropy), or the
+exit under an exit rule (an :class:`~branchy.exits.ExitRule`, or thresholds read as entropy), or the
 oracle exit. Exits are 0-based; the last exit always answers."""
 from __future__ import annotations
 
 import numpy as np
 
 from branchy.cache import FeatureCache, row_slices
-from branchy.measures import confidence
-from branchy.registry import Registry
-from branchy.rule import ExitRule, per_exit
+from branchy.exits import confidence
+from branchy.core import Registry
+from branchy.exits import ExitRule, per_exit
 
 TARGETS: Registry = Registry("predictor target")
 

@@ -18,6 +18,6 @@ def toy_splits() -> Splits:
 
 @pytest.fixture(scope="session")
 def synth_cache(tmp_path_factory):
-    from branchy.dump import cache_from_arrays
+    from branchy.cache import cache_from_arrays
 
     return cache_from_arrays(tmp_path_factory.mktemp("synth") / "cache", synthetic_arrays(), model_name="synthetic")

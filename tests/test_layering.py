@@ -108,3 +108,47 @@ def test_analysis_subpackages_keep_their_floors():
         for d in deps:
             if floor(mod) is not None and floor(d) is not None:
                 assert floor(d) <= floor(mod), f"{mod} imports {d}: upward inside analysis ({' < '.join(ANALYSIS_FLOORS)})"
+
+
+
+BRANCHY_FLOORS = {"branchy.core": 0, "branchy.data": 1, "branchy.models": 1, "branchy.exits": 1,
+                  "branchy.train": 2, "branchy.runtime": 2, "branchy.cache": 3}  # equal floors: siblings
+
+
+def _subpackage(mod: str) -> str | None:
+    return ".".join(mod.split(".")[:2]) if mod.count(".") >= 1 else None
+
+
+def _floor_violations(graph: dict[str, set[str]], floors: dict[str, int]) -> list[str]:
+    """Every import of ``graph`` that runs upward or sideways between subpackages, or into another subpackage's
+    module instead of through its facade."""
+    bad = []
+    for mod, deps in sorted(graph.items()):
+        here = _subpackage(mod)
+        for d in sorted(deps):
+            there = _subpackage(d)
+            if here is None or there is None or there == here:
+                continue
+            if floors[there] >= floors[here]:
+                bad.append(f"{mod} imports {d}: upward or sideways")
+            elif d != there:
+                bad.append(f"{mod} imports {d}: go through the facade {there}, not into its modules")
+    return bad
+
+
+def test_branchy_subpackages_keep_their_floors():
+    """Inside branchy: core < {data, models, exits} < {train, runtime} < cache; no import runs upward or to a
+    sibling, and a subpackage reaches another only through its facade (``from ..cache import X``): what a
+    sibling needs is that subpackage's API. Lazy imports count."""
+    graph = _module_imports("branchy")
+    assert {_subpackage(m) for m in graph if m != "branchy"} == set(BRANCHY_FLOORS), "a module sits in no subpackage"
+    assert _floor_violations(graph, BRANCHY_FLOORS) == []
+
+
+def test_the_floor_check_sees_sideways_upward_and_private_reaches():
+    graph = {"branchy.data.load": {"branchy.models"}, "branchy.core.config": {"branchy.cache"},
+             "branchy.cache.dumping": {"branchy.train.loop", "branchy.train", "branchy.cache.reader"}}
+    assert _floor_violations(graph, BRANCHY_FLOORS) == [
+        "branchy.cache.dumping imports branchy.train.loop: go through the facade branchy.train, not into its modules",
+        "branchy.core.config imports branchy.cache: upward or sideways",
+        "branchy.data.load imports branchy.models: upward or sideways"]

@@ -7,8 +7,8 @@ import math
 import sys
 from typing import Callable, NoReturn, Sequence
 
-from branchy.paths import SetupError
-from branchy.registry import UnknownNameError
+from branchy.core import SetupError
+from branchy.core import UnknownNameError
 
 COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {}
 
@@ -76,7 +76,7 @@ def _lister(get_registry):
 
 
 def backend_names() -> list[str]:
-    from branchy.backends import list_backends
+    from branchy.runtime import list_backends
 
     return list_backends()
 
@@ -94,7 +94,7 @@ def _datasets():
 
 
 def _strategies():
-    from placement.search import STRATEGIES
+    from placement import STRATEGIES
 
     return STRATEGIES
 

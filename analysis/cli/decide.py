@@ -2,8 +2,8 @@
 test)."""
 from __future__ import annotations
 
-from branchy.config import add_arguments, from_arguments
-from branchy.paths import check_writable
+from branchy.core import add_arguments, from_arguments
+from branchy.core import check_writable
 from predictors.grid import PredictorsConfig
 
 from ..core.policies import PolicyConfig
@@ -96,7 +96,7 @@ def _place_run(a) -> int:
     from pathlib import Path
 
     from branchy.cache import FeatureCache
-    from placement.search import connect_scheduler
+    from placement.evaluator import connect_scheduler
     from predictors.store import load_predictors
 
     from ..core.costs import get_profile

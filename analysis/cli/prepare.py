@@ -4,12 +4,13 @@ from __future__ import annotations
 import argparse
 import os
 
-from branchy.config import add_arguments, from_arguments
+from branchy.core import add_arguments, from_arguments
 from branchy.data import DataConfig
-from branchy.dump import DumpConfig
+from branchy.cache import DumpConfig
 from branchy.models import BackboneConfig
-from branchy.paths import check_writable
-from branchy.train import DEVICES, TrainConfig, check_device
+from branchy.core import check_writable
+from branchy.core import DEVICES, check_device
+from branchy.train import TrainConfig
 
 from ..present.tables import print_cache_info
 from .base import POS, POS_INT, backend_names, number_type, command
@@ -54,14 +55,14 @@ def _dump_args(p):
 
 
 def _dump_run(a) -> int:
-    from branchy.checkpoint import data_config_of, read_checkpoint
+    from branchy.train import data_config_of, read_checkpoint
 
     config = from_arguments(DumpConfig, a)
     trained_on = data_config_of(read_checkpoint(a.checkpoint))
     data = from_arguments(DataConfig, a, base=trained_on) if trained_on else from_arguments(DataConfig, a)
     kw = dict(data=data, config=config, overwrite=a.overwrite, profile=not a.no_latency)
     if a.distributed:
-        from branchy.dump_dist import dump_checkpoint_distributed
+        from branchy.cache import dump_checkpoint_distributed
 
         rank = int(os.environ.get("RANK", "0"))
         cache = dump_checkpoint_distributed(a.checkpoint, a.out, backend=a.dist_backend, progress=rank == 0, **kw)
@@ -70,7 +71,7 @@ def _dump_run(a) -> int:
     else:
         if a.dist_backend:
             raise ValueError("--dist-backend goes with --distributed")
-        from branchy.dump import dump_checkpoint
+        from branchy.cache import dump_checkpoint
 
         cache = dump_checkpoint(a.checkpoint, a.out, **kw)
     print(f"cache written: {cache.path}")
@@ -128,7 +129,7 @@ def _profile_args(p):
     p.add_argument("--device", default="cpu", type=_device, help=f"where eager segments run: {DEVICES} (default cpu)")
     p.add_argument("--backend", default="eager", type=str.lower, choices=backend_names(),
                    help="what runs the segments: eager (profile 'measured'), compiled or onnxruntime (profile "
-                        "'measured-BACKEND'); see branchy.backends")
+                        "'measured-BACKEND'); see branchy.runtime.backends")
     p.add_argument("--predictors", default=None,
                    help="a predictors folder fitted on this cache: measure their latency (pooling included) on the "
                         "same backend too, all in interleaved rounds; the old figures are kept as history")
@@ -161,11 +162,11 @@ def _profile_predictors(a, cache, preds: dict) -> None:
 
 def _profile_run(a) -> int:
     from branchy.cache import FeatureCache
-    from branchy.dump import reprofile
+    from branchy.cache import reprofile
 
     model = None
     if a.checkpoint:
-        from branchy.checkpoint import load_checkpoint
+        from branchy.train import load_checkpoint
 
         model, _ = load_checkpoint(a.checkpoint)
     before = FeatureCache.open(a.cache)

@@ -31,9 +31,9 @@ from dataclasses import dataclass, replace
 import numpy as np
 import pandas as pd
 
-from branchy.rule import ExitRule
+from branchy.exits import ExitRule
 from placement import Gate, Placement
-from predictors.fit import PredictorSpec
+from predictors import PredictorSpec
 
 from .evidence import Evidence, outcome
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from branchy.measures import LOWER_IS_CONFIDENT, confidence
-from branchy.rule import ExitRule
+from branchy.exits import LOWER_IS_CONFIDENT, confidence
+from branchy.exits import ExitRule
 
 
 def _oriented(conf: np.ndarray, measure: str) -> np.ndarray:
@@ -72,7 +72,7 @@ def calib_thresholds(cache, target: float | None = None, *, measure: str = "entr
 
 
 def calib_rule(cache, target: float | None = None, *, measure: str = "entropy", kept=None) -> ExitRule:
-    """The :class:`~branchy.rule.ExitRule` of the sequential target-accuracy calibration on ``calib``."""
+    """The :class:`~branchy.exits.ExitRule` of the sequential target-accuracy calibration on ``calib``."""
     t = calib_thresholds(cache, target, measure=measure, kept=kept)
     how = "target-acc " + ("final exit's" if target is None else f"{target:g}") + " sequential"
     return ExitRule(measure, tuple(t), how, "calib")
@@ -123,7 +123,7 @@ def budgeted_thresholds(logits: np.ndarray, p: float, *, measure: str = "entropy
 def resolve_rule(cache, thresholds=None, target_acc: float | None = None, measure: str = "entropy"):
     """The exit rule of a command: the given side-exit ``thresholds``, or calibrated on calib so each side exit's
     accepted samples reach ``target_acc`` (default: the final exit's calib accuracy)."""
-    from branchy.rule import ExitRule
+    from branchy.exits import ExitRule
     from predictors.targets import check_thresholds
 
     if thresholds is not None:

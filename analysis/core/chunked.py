@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from branchy.cache import FeatureCache, row_slices
-from branchy.rule import ExitRule
+from branchy.exits import ExitRule
 
 from .costs import CostModel, DeviceProfile
 from .evidence import Evidence, outcome

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from branchy.registry import Registry
+from branchy.core import Registry
 
 
 @dataclass(frozen=True)
@@ -51,9 +51,9 @@ class DeviceProfile:
         return ms
 
 
-PROFILES: Registry[DeviceProfile] = Registry("device profile")
+PROFILES: Registry[DeviceProfile] = Registry("device profile", plugins="branchy.profiles")
 PROFILES.register("measured", DeviceProfile("measured", description="the cache's own measured latencies (ms, batch 1)",
-                                            source="branchy.timing: interleaved rounds at dump time (or branchy profile)"),
+                                            source="branchy.runtime.timing: interleaved rounds at dump time (or branchy profile)"),
                   doc="the cache's own measured latencies (ms, batch 1)")
 for _b, _doc in (("compiled", "TorchScript-frozen segments"), ("onnxruntime", "ONNX Runtime (CPU)")):
     PROFILES.register(f"measured-{_b}", DeviceProfile(f"measured-{_b}", description=f"the cache's latencies measured "

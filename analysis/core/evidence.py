@@ -1,7 +1,7 @@
 """One evaluator for every policy. Per split the evidence is built once (confidences, correctness,
 predictions, predictor scores and costs); :func:`outcome` scores any policy from it (full, cascade,
 patience, oracle, or a :class:`~placement.Placement`: removed exits, gates, a jump predictor), under one
-:class:`~branchy.rule.ExitRule`. Gate cuts are policy parameters, tuned on calib out-of-fold scores by
+:class:`~branchy.exits.ExitRule`. Gate cuts are policy parameters, tuned on calib out-of-fold scores by
 :func:`tune_cuts` for every rule (cost-aware gates).
 """
 from __future__ import annotations
@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from branchy.cache import FeatureCache
-from branchy.rule import ExitRule
+from branchy.exits import ExitRule
 from placement import Placement
 
 from .costs import CostModel, DeviceProfile

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from branchy.rule import ExitRule
+from branchy.exits import ExitRule
 
 from .evidence import Evidence, cascade_outcome
 from .risk import LTTResult, ltt_select, min_calib_size, paired_loss

@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from branchy.pathtime import param_names  # one definition: the profiler's in-context fit uses the same parameters
+from branchy.runtime import param_names  # one definition: the profiler's in-context fit uses the same parameters
 
 from .costs import CostModel
 from .simulate import Outcome

@@ -13,10 +13,10 @@ from typing import Callable
 import numpy as np
 
 from branchy.cache import FeatureCache
-from branchy.config import check_int, check_name, check_number, setting
-from branchy.measures import MEASURES
-from branchy.registry import Registry
-from branchy.rule import ExitRule
+from branchy.core import check_int, check_name, check_number, setting
+from branchy.exits import MEASURES
+from branchy.core import Registry
+from branchy.exits import ExitRule
 from placement import Gate, Placement
 
 from .calibrate import calib_rule

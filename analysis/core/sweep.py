@@ -89,7 +89,7 @@ def sweep_cascade_cache(cache, split: str, costs: CostModel, grid: np.ndarray, *
     """:func:`sweep_cascade` over ``split`` of a cache, ``chunk_rows`` samples at a time (read, never all in
     memory): the same table for a split of any size."""
     from branchy.cache import row_slices
-    from branchy.rule import ExitRule
+    from branchy.exits import ExitRule
 
     if chunk_rows < 1:
         raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")

@@ -9,7 +9,7 @@ cost model and one accuracy constraint:
   only removes exits, each under every rule of the family recalibrated for its kept exits;
 - ``best-gated``: the best placement that uses a predictor (a gate or a jump that runs on some calib samples;
   predictors that answer a constant are left out, they decide nothing), found by the ``gated`` search
-  (local search among gated placements, see :mod:`placement.search`) under the default rule and under the best free
+  (local search among gated placements, see :mod:`placement.strategies`) under the default rule and under the best free
   policy's rule, then its best structures re-scored under every rule of the family.
 
 Every selection uses calib (out-of-fold predictor scores, gate cuts tuned per candidate); test only reports. Each
@@ -24,13 +24,13 @@ import numpy as np
 import pandas as pd
 
 from branchy.cache import FeatureCache
-from branchy.rule import ExitRule
+from branchy.exits import ExitRule
 from placement import Constraint, Placement, SearchSpace, search
 
 from ..core.breakeven import perfect_gates_outcome
 from ..core.calibrate import calib_rule, rule_family
 from ..core.costs import DeviceProfile, get_profile, measured_cost_models
-from ..core.evidence import Evidence, matched_oracle_outcome, oracle_outcome, outcome
+from ..core.evidence import Evidence, matched_oracle_outcome, oracle_outcome
 from ..core.policies import PolicyConfig
 from .placement_study import PlacementObjective, exit_macs
 

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from branchy.cache import FeatureCache
-from branchy.rule import ExitRule
+from branchy.exits import ExitRule
 from placement import Gate, Placement
 from predictors.targets import check_thresholds
 

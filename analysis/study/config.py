@@ -1,6 +1,6 @@
 """Study configs (``branchy run STUDY.yaml``). Each section **is** a library config: ``data`` a
 :class:`~branchy.data.DataConfig`, ``model`` a :class:`~branchy.models.BackboneConfig`, ``train`` a
-:class:`~branchy.train.TrainConfig`, ``dump`` a :class:`~branchy.dump.DumpConfig`, ``predictors`` a
+:class:`~branchy.train.TrainConfig`, ``dump`` a :class:`~branchy.cache.DumpConfig`, ``predictors`` a
 :class:`~predictors.grid.PredictorsConfig`, ``policies`` a :class:`~analysis.core.policies.PolicyConfig` and ``placement``
 a :class:`~analysis.study.placement_study.PlacementConfig`; each default and check lives there once. Unknown keys are
 refused and every value is checked before any work starts."""
@@ -11,10 +11,10 @@ from pathlib import Path
 
 import yaml
 
-from branchy.backends import BACKENDS
-from branchy.config import ConfigError, check_int, check_name, from_mapping, read_yaml, to_plain
+from branchy.runtime import BACKENDS
+from branchy.core import ConfigError, check_int, check_name, from_mapping, read_yaml, to_plain
 from branchy.data import DataConfig
-from branchy.dump import DumpConfig
+from branchy.cache import DumpConfig
 from branchy.models import BackboneConfig
 from branchy.train import TrainConfig
 from predictors.grid import PredictorsConfig

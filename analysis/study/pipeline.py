@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from branchy.config import to_plain
+from branchy.core import to_plain
 from branchy.data import DataConfig
 from branchy.models import BackboneConfig
 from branchy.train import TrainConfig
@@ -42,7 +42,7 @@ def _jsonable(d):
 
 
 def step_train(cfg: StudyConfig, splits, out: Path, redo: bool):
-    from branchy.checkpoint import load_checkpoint, read_checkpoint
+    from branchy.train import load_checkpoint, read_checkpoint
     from branchy.train import evaluate, train
 
     ckpt = out / "model" / "model.pt"
@@ -63,7 +63,7 @@ def step_train(cfg: StudyConfig, splits, out: Path, redo: bool):
 
 def step_dump(cfg: StudyConfig, model, splits, out: Path, redo: bool):
     from branchy.cache import CacheError, FeatureCache
-    from branchy.dump import dump
+    from branchy.cache import dump
 
     d = out / "cache"
     if not redo:
@@ -80,12 +80,12 @@ def step_dump(cfg: StudyConfig, model, splits, out: Path, redo: bool):
 
 def refresh_drifted(cfg: StudyConfig, cache, model):
     """A reused cache whose measured costs were profiled while the machine ran the speed probe more than
-    :data:`branchy.timing.DRIFT_LIMIT` times slower or faster than now is re-profiled (every backend it holds),
+    :data:`branchy.runtime.DRIFT_LIMIT` times slower or faster than now is re-profiled (every backend it holds),
     instead of letting stale costs decide the study."""
     import torch
 
-    from branchy.dump import reprofile
-    from branchy.timing import DRIFT_LIMIT, drift
+    from branchy.cache import reprofile
+    from branchy.runtime import DRIFT_LIMIT, drift
 
     rec = cache.manifest.get("timing")
     if cache.manifest.get("device") != "cpu" or not rec or np.isnan(cache.cost_vector("stage", "ms_b1")).any():
@@ -158,7 +158,7 @@ def run_study(cfg: StudyConfig, *, redo: bool = False) -> StudyResult:
 
     _T0[0] = time.perf_counter()
     if cfg.placement.scheduler is not None:  # a wrong scheduler fails in one line now, not after training
-        from placement.search import connect_scheduler
+        from placement.evaluator import connect_scheduler
 
         connect_scheduler(cfg.placement.scheduler).close()
     out = Path(cfg.out)
@@ -223,14 +223,14 @@ def run_study(cfg: StudyConfig, *, redo: bool = False) -> StudyResult:
 
 def step_backends(cfg: StudyConfig, cache, model, redo: bool):
     """Measure the segment costs on every extra runtime backend (profile ``measured-BACKEND``)."""
-    from branchy.dump import reprofile
+    from branchy.cache import reprofile
 
     if cache.manifest.get("device") != "cpu" or np.isnan(cache.cost_vector("stage", "ms_b1")).any():
         return cache
     for b in cfg.backends:
         if b == "eager" or (b in cache.backends and not redo):
             continue
-        if cache.chained:  # its heads read earlier heads' outputs: only eager runs them (branchy.backends.prepare)
+        if cache.chained:  # its heads read earlier heads' outputs: only eager runs them (branchy.runtime.prepare)
             log(f"the {b} backend skipped: the cache's exits are chained ({cache.chain}), only eager runs them")
             continue
         log(f"measuring segment costs on the {b} backend (profile measured-{b})")
@@ -272,7 +272,7 @@ def step_profilings(cfg: StudyConfig, cache, model):
     """Re-profile the measured costs until the cache holds ``cfg.profilings`` independent profilings of every
     backend (the current table and those kept in ``costs_history/``), each in interleaved rounds as ``branchy
     profile`` does; the comparison's CIs resample them (:func:`analysis.core.costs.measured_cost_models`)."""
-    from branchy.dump import reprofile
+    from branchy.cache import reprofile
 
     from ..core.costs import measured_cost_models
 

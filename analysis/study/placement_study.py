@@ -9,11 +9,11 @@ import numpy as np
 import pandas as pd
 
 from branchy.cache import FeatureCache
-from branchy.config import check_int, check_name, setting
-from branchy.rule import ExitRule
+from branchy.core import check_int, check_name, setting
+from branchy.exits import ExitRule
 from placement import Constraint, Placement, SearchSpace, search
 from placement.optuna_search import check_storage
-from placement.search import STRATEGIES, SearchResult
+from placement import STRATEGIES, SearchResult
 
 from ..core.calibrate import budgeted_thresholds, calib_rule, thresholds_for_accuracy
 from ..core.costs import CostModel, DeviceProfile, get_profile

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from branchy.atomic import atomic_write
+from branchy.core import atomic_write
 
 from ..present import plots
 from ..core.policies import is_operating_point

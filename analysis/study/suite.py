@@ -14,10 +14,9 @@ import copy
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
-from branchy.config import check_int, from_mapping, read_yaml, setting
+from branchy.core import check_int, from_mapping, read_yaml, setting
 
 from ..core.costs import get_profile
 from .baselines import RATIOS, compare_references, non_inferior, pays, ratio_ci

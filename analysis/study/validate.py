@@ -14,7 +14,7 @@ import pandas as pd
 import torch
 
 from branchy.cache import FeatureCache
-from branchy.rule import ExitRule
+from branchy.exits import ExitRule
 from branchy.runtime import EarlyExitRuntime
 from placement import Placement
 from predictors.deploy import gate_callable, jump_callable
@@ -32,7 +32,7 @@ def build_runtime(model, pl: Placement, rule: ExitRule, cuts: dict, predictors: 
     kept = [bool(a and b) for a, b in zip(pl.kept, can_pass(rule))] if not model.chained else list(pl.kept)
     xs = None
     if backend != "eager" and (pl.jump is not None or any(g is not None for g in pl.gates)):
-        from branchy.backends import example_inputs
+        from branchy.runtime import example_inputs
 
         xs = example_inputs(model, 2)  # one forward gives every branch point's example (compilation needs one)
     gates = {}
@@ -65,7 +65,7 @@ def _boot(a: np.ndarray, b: np.ndarray | None, n_boot: int, seed: int):
 def _round_costs(t: pd.Series, ref, k: int, chained: bool, pcost: dict) -> tuple:
     """A cost model (and predictor costs) from one round's ms per call of the segments, the runtime and the
     predictors, timed beside the policies' run."""
-    from branchy.profile import overhead_from_times
+    from branchy.runtime import overhead_from_times
 
     from ..core.costs import CostModel
 
@@ -126,9 +126,9 @@ def _policy_runs(cache, model, ev: Evidence, st, rule: ExitRule, cfg: PolicyConf
 
 def _recheck_fns(model, backend: str, test_x: torch.Tensor, runs: _Runs, predictors: dict, pooling: str) -> dict:
     """What a recheck times in every round: the segments and the runtime's overhead
-    (:func:`branchy.profile.overhead_fns`) and each predictor the placements run (``pred:NAME``)."""
-    from branchy.backends import example_inputs
-    from branchy.profile import overhead_fns
+    (:func:`branchy.runtime.overhead_fns`) and each predictor the placements run (``pred:NAME``)."""
+    from branchy.runtime import example_inputs
+    from branchy.runtime import overhead_fns
     from predictors.deploy import runtime_callable
 
     fns = overhead_fns(model, backend, x=test_x[:1])
@@ -146,7 +146,7 @@ def _time_interleaved(runs: _Runs, test_x: torch.Tensor, reps: int, seed: int, r
                       recheck_fns: dict | None) -> tuple[np.ndarray, np.ndarray, pd.DataFrame | None]:
     """Every policy on every sample at batch 1, interleaved (a fresh random policy order per sample and pass, so
     noise hits every policy alike), in ``rounds`` chunks of samples; with ``recheck_fns`` each round first times
-    those (:func:`branchy.timing.interleaved_times`). Returns ms ``[policy, sample]`` (median of ``reps`` passes),
+    those (:func:`branchy.runtime.interleaved_times`). Returns ms ``[policy, sample]`` (median of ``reps`` passes),
     the exit each took, and the recheck's per-round times."""
     names = list(runs.runtimes)
     n = len(test_x)
@@ -172,7 +172,7 @@ def _time_interleaved(runs: _Runs, test_x: torch.Tensor, reps: int, seed: int, r
 
     times = None
     if recheck_fns is not None:
-        from branchy.timing import interleaved_times
+        from branchy.runtime import interleaved_times
 
         times = interleaved_times(recheck_fns, rounds=rounds, seed=seed, on_round=run_chunk, per_call_median=True,
                                   fixed_reps={name: max(3, reps) for name in recheck_fns})  # as the run: median of reps
@@ -255,8 +255,8 @@ def validate_samples(cache: FeatureCache, model, test_x: torch.Tensor, *, predic
     ``policies``: only these registered policies (``full`` is always run: speed-ups are against it), besides the
     placements; default every one the runtime can run. Returns the table and, for paired comparisons, the
     per-sample ms measured and simulated (policy -> array over ``test_x``)."""
-    from branchy.backends import prepare
-    from branchy.timing import drift, machine_state
+    from branchy.runtime import prepare
+    from branchy.runtime import drift, machine_state
 
     model = model.cpu().eval()
     n = len(test_x)

@@ -8,7 +8,7 @@ import pandas as pd
 import torch
 
 from branchy.cache import FeatureCache
-from branchy.rule import ExitRule
+from branchy.exits import ExitRule
 from placement import Placement
 
 from ..core.policies import PolicyConfig
@@ -43,10 +43,10 @@ def validate_files(checkpoint: str | Path, cache_dir: str | Path, *, out: str | 
     written with risk control brings its own ``predictors/`` beside it), and an exit rule file (default: the rule
     calibrated on calib). The test images come from the dataset the checkpoint was trained on. Writes
     ``OUT/validate[_BACKEND].csv`` and ``.png``."""
-    from branchy.backends import BACKENDS
-    from branchy.checkpoint import data_config_of, load_checkpoint
+    from branchy.runtime import BACKENDS
+    from branchy.train import data_config_of, load_checkpoint
     from branchy.data import DataConfig
-    from branchy.paths import check_writable
+    from branchy.core import check_writable
 
     from ..present import plots
 

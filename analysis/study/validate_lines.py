@@ -11,9 +11,9 @@ import pandas as pd
 
 def drift_line(df: pd.DataFrame, limit: float | None = None) -> str | None:
     """A warning when the machine ran the speed probe more than ``limit`` (default
-    :data:`branchy.timing.DRIFT_LIMIT`) times slower or faster during the run than when the cache's costs were
+    :data:`branchy.runtime.DRIFT_LIMIT`) times slower or faster during the run than when the cache's costs were
     profiled: the stored costs no longer describe this machine (None when within it or not recorded)."""
-    from branchy.timing import DRIFT_LIMIT
+    from branchy.runtime import DRIFT_LIMIT
 
     limit = limit or DRIFT_LIMIT
     d = df["machine_drift"].iloc[0] if "machine_drift" in df else np.nan

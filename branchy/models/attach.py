@@ -8,7 +8,7 @@ from typing import Sequence
 from torch import fx, nn
 from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
 
-from ..registry import UnknownNameError
+from ..core import UnknownNameError
 from .base import BranchyNet, ModelConfig
 from .heads import branch_head
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..config import is_int, setting
+from ..core import is_int, setting
 from .base import BranchyNet
 from .zoo import BACKBONES, build_model, check_options, list_models
 

@@ -8,14 +8,14 @@ from __future__ import annotations
 import inspect
 from typing import Callable, Sequence
 
-import numpy as np
 import torch
 from torch import nn
 
-from ..registry import Registry
+from ..core import OptionError, Registry, typed_options
+from .attach import torchvision_branchy
 from .base import BranchyNet, ModelConfig
 
-BACKBONES: Registry[Callable[..., BranchyNet]] = Registry("model")
+BACKBONES: Registry[Callable[..., BranchyNet]] = Registry("model", plugins="branchy.models")
 
 
 def list_models() -> list[str]:
@@ -25,80 +25,13 @@ def list_models() -> list[str]:
 # builder arguments that come from the data or the training scheme, never from --option
 _SET_ELSEWHERE = {"in_channels": "the data", "image_size": "the data", "num_classes": "the data",
                   "exits": "--exits", "chain": "the training scheme", "ensemble": "the training scheme"}
-_TYPE_WORDS = {int: "an integer", float: "a number", bool: "true or false", str: "a string",
-               list: "a list (e.g. [a, b] or a,b)", dict: "a mapping (e.g. {key: value})"}
-
-
-def _option_type(p: inspect.Parameter) -> tuple[type | None, bool]:
-    """``(type, None allowed)`` of a builder option, from its default, else its annotation (a string
-    under ``from __future__ import annotations``); ``(None, True)`` when neither says."""
-    d = p.default
-    if d is not inspect.Parameter.empty and d is not None:
-        for t in (bool, int, float, str, dict):
-            if isinstance(d, t):
-                return t, False
-        if isinstance(d, (list, tuple)):
-            return list, False
-    ann = p.annotation if isinstance(p.annotation, str) else getattr(p.annotation, "__name__", "")
-    if p.annotation is inspect.Parameter.empty or not ann:
-        return None, True
-    parts = [a.strip() for a in ann.replace("Optional[", "").rstrip("]").split("|")]
-    nullable = d is None or "None" in parts
-    for part in parts:
-        head = part.split("[")[0].split(".")[-1]
-        t = {"int": int, "float": float, "bool": bool, "str": str, "dict": dict, "Mapping": dict, "list": list,
-             "tuple": list, "Sequence": list}.get(head)
-        if t is not None:
-            return t, nullable
-    return None, True
-
-
-def _coerce(model: str, key: str, value, t: type | None, nullable: bool, default):
-    """``value`` as type ``t`` (strings from the command line are converted); a clear error otherwise."""
-    if value is None and nullable or t is None:
-        return value
-    example = f"{key}={default}" if default not in (inspect.Parameter.empty, None) and t in (int, float, str) \
-        else f"{key}=..."
-    bad = ValueError(f"{model} option {key} must be {_TYPE_WORDS[t]}{' or null' if nullable else ''}, "
-                     f"got {value!r}; e.g. --option {example}")
-    if t is bool:
-        words = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False,
-                 "0": False}
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.strip().lower() in words:
-            return words[value.strip().lower()]
-        raise bad
-    if isinstance(value, (bool, np.bool_)) and t in (int, float):
-        raise bad
-    if t is int:
-        if isinstance(value, (int, np.integer)):
-            return int(value)
-        if isinstance(value, (float, np.floating)) and float(value).is_integer():
-            return int(value)
-        if isinstance(value, str) and value.strip().lstrip("+-").isdigit():
-            return int(value.strip())
-        raise bad
-    if t is float:
-        try:
-            v = float(value) if isinstance(value, (int, float, str, np.integer, np.floating)) else None
-        except ValueError:
-            v = None
-        if v is None or not np.isfinite(v):
-            raise ValueError(f"{model} option {key} must be a finite number, got {value!r}; e.g. --option {example}")
-        return v
-    if t is list and isinstance(value, str):
-        return [v.strip() for v in value.split(",") if v.strip()]
-    ok = {str: str, list: (list, tuple), dict: dict}[t]
-    if not isinstance(value, ok):
-        raise bad
-    return value
 
 
 def check_options(name: str, options: dict) -> dict:
     """Check backbone ``name``'s ``options`` against its builder's signature before anything is built:
     an unknown option lists the known ones, a value of the wrong type (``depth=abc``) says what it must be.
-    Strings (as the CLI passes them) are converted to the option's type. Returns the converted options."""
+    Values are read as the option's type by the rules of every config field (:func:`branchy.core.typed_options`:
+    ``'56'`` is 56, a bool only true or false). Returns the converted options."""
     factory = BACKBONES.get(name)
     if not isinstance(options, dict):
         raise ValueError(f"{name} options must be a mapping of option names to values, got {options!r}")
@@ -115,9 +48,14 @@ def check_options(name: str, options: dict) -> dict:
                 out[key] = value
                 continue
             raise ValueError(f"{name} has no option {key!r} ({known})")
-        t, nullable = _option_type(params[key])
-        out[key] = _coerce(name, key, value, t, nullable, params[key].default)
-    return out
+        out[key] = value
+    try:
+        return typed_options(factory, out, name)
+    except OptionError as e:
+        default = params[e.key].default
+        example = f"{e.key}={default}" if isinstance(default, (int, float, str)) and not isinstance(default, bool) \
+            else f"{e.key}=..."
+        raise ValueError(f"{e}; e.g. --option {example}") from None
 
 
 def build_model(name: str, *, in_channels: int = 1, image_size: int | Sequence[int] = 28,
@@ -315,7 +253,6 @@ def b_densenet(*, in_channels, image_size, num_classes, exits=None, depth: int =
     return BranchyNet(blocks, final, cfg.exits, config=cfg, max_head_convs=2)
 
 
-from .attach import torchvision_branchy  # noqa: E402
 
 BACKBONES.register("torchvision", torchvision_branchy,
                    doc="any torchvision classifier (option arch=resnet18, ...) with exits at named nodes (nodes=[...])")

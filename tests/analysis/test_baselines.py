@@ -14,8 +14,8 @@ from analysis.core.policies import PolicyConfig
 from analysis.core.simulate import simulate_matched_oracle, simulate_oracle
 from analysis.study.baselines import decide_baselines
 from analysis.study.placement_study import PlacementObjective, exit_macs
-from branchy.rule import ExitRule
-from branchy.dump import cache_from_arrays
+from branchy.exits import ExitRule
+from branchy.cache import cache_from_arrays
 from placement import Constraint, SearchSpace, search
 from predictors import PredictorSpec, fit_predictor
 from predictors.targets import oracle_target

@@ -2,7 +2,7 @@
 import numpy as np
 
 from analysis.core.calibrate import budgeted_thresholds, threshold_grid, thresholds_for_accuracy
-from branchy.measures import confidence
+from branchy.exits import confidence
 
 
 def _logits_labels(n=2000, k=3, seed=0):

@@ -8,8 +8,8 @@ from analysis.core.costs import CostModel
 from analysis.core.evidence import Evidence, outcome
 from analysis.core.policies import POLICIES, PolicyConfig
 from analysis.core.stats import summarize
-from branchy.dump import cache_from_arrays
-from branchy.rule import ExitRule
+from branchy.cache import cache_from_arrays
+from branchy.exits import ExitRule
 from placement import Gate, Placement
 from predictors import PredictorSpec, fit_predictor
 from tests.helpers import synthetic_arrays
@@ -65,7 +65,7 @@ def test_running_percentiles_are_numpys_inverted_cdf():
 
 
 def test_cache_from_memory_maps_in_chunks_equals_from_arrays(tmp_path, monkeypatch):
-    import branchy.arrays_cache as ac
+    import branchy.cache.arrays as ac
     from branchy.cache import FeatureCache
 
     data = synthetic_arrays(n=(50, 61, 33))

@@ -188,7 +188,7 @@ def test_bad_suites_are_refused_before_any_work(tmp_path, capsys, changes, phras
     import yaml
 
     from analysis.study.suite import SuiteConfig
-    from branchy.config import ConfigError, from_mapping
+    from branchy.core import ConfigError, from_mapping
 
     raw = {**SUITE, "out": str(tmp_path / "suite" / "out"), **changes}
     with pytest.raises(ConfigError) as e:
@@ -203,7 +203,7 @@ def test_bad_suites_are_refused_before_any_work(tmp_path, capsys, changes, phras
 
 def test_safe_suite_keys_are_accepted(tmp_path):
     from analysis.study.suite import SuiteConfig
-    from branchy.config import from_mapping
+    from branchy.core import from_mapping
 
     raw = {**SUITE, "out": str(tmp_path), "datasets": {"mnist5k-c.v2+x": {"dataset": "mnist5k-c"}}}
     assert [k for k, _ in from_mapping(SuiteConfig, raw, "").studies()] == ["b-lenet/mnist5k-c.v2+x/joint"]

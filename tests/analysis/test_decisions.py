@@ -11,9 +11,9 @@ from analysis.core.evidence import Evidence, cascade_outcome, cut_candidates, fu
 from analysis.core.guarantee import lambda_family, risk_controlled_rule
 from analysis.core.policies import POLICIES, PolicyConfig, choose_policies
 from analysis.study.compare import study_policies
-from branchy.dump import cache_from_arrays
-from branchy.measures import entropy
-from branchy.rule import ExitRule
+from branchy.cache import cache_from_arrays
+from branchy.exits import entropy
+from branchy.exits import ExitRule
 from placement import Gate, Placement
 from predictors import PredictorSpec, fit_predictor
 from tests.helpers import synthetic_arrays
@@ -311,7 +311,7 @@ def test_under_risk_the_certification_halfs_labels_change_no_fitted_predictor(tm
     """Learn-then-Test's premise: nothing certified depends on the certification half. Its labels changed, every
     predictor the placement deploys (refitted on the search half) is the same, and those refits are saved."""
     from analysis.study.placement_study import run_placement, write_placement
-    from branchy.dump import cache_from_arrays
+    from branchy.cache import cache_from_arrays
     from predictors.store import load_predictors
     from tests.helpers import synthetic_arrays
 

@@ -8,7 +8,7 @@ from analysis.core.costs import CostModel
 from analysis.core.evidence import Evidence, cascade_outcome, full_outcome, oracle_outcome, outcome
 from analysis.core.pathfit import design, fit_path_costs, fitted_costs, param_names, path_params
 from analysis.core.simulate import path_outcome
-from branchy.rule import ExitRule
+from branchy.exits import ExitRule
 from placement import Placement
 
 COSTS = CostModel.from_arrays([0.30, 0.55, 0.8, 1.1], [0.05, 0.07, 0.09, 0.12], [0.02, 0.03, 0.04, 0.0],
@@ -16,7 +16,7 @@ COSTS = CostModel.from_arrays([0.30, 0.55, 0.8, 1.1], [0.05, 0.07, 0.09, 0.12], 
 
 
 def _outcomes(tmp_path):
-    from branchy.dump import cache_from_arrays
+    from branchy.cache import cache_from_arrays
     from tests.helpers import synthetic_arrays
 
     cache = cache_from_arrays(tmp_path / "c", synthetic_arrays(n=(50, 50, 600), k=4, bars=(0.8, 0.3, -0.3, -0.8)),

@@ -103,7 +103,7 @@ def test_a_registered_policy_joins_every_comparison_table_front_and_plot(synth_c
 def test_an_entropy_rule_is_converted_exactly_for_a_normalised_entropy_study(synth_cache):
     """An exit rule saved on entropy (nats) drives a study that decides on norm_entropy by the exact conversion
     T / ln C (ExitRule.converted): the same exits; a rule on another measure is refused, naming both."""
-    from branchy.rule import ExitRule
+    from branchy.exits import ExitRule
 
     t = np.array(thresholds_for_accuracy(synth_cache.logits("calib"), synth_cache.labels("calib"), 0.95))
     rule = ExitRule.given(t, synth_cache.num_exits, "entropy")

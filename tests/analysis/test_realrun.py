@@ -11,7 +11,7 @@ from analysis.study.baselines import pays, verdict
 from analysis.core.costs import get_profile
 from analysis.study.realrun import compare_for_real, ordered_pairs
 from analysis.study.suite import paying, real_line
-from branchy.dump import dump
+from branchy.cache import dump
 from branchy.models import build_model
 from placement import Constraint
 from predictors import PredictorSpec, fit_predictor

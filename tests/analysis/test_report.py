@@ -9,7 +9,7 @@ from analysis.core.policies import PolicyConfig
 from analysis.study.config import StudyConfig
 from branchy.data import DataConfig
 from branchy.models import BackboneConfig
-from branchy.dump import cache_from_arrays
+from branchy.cache import cache_from_arrays
 from tests.helpers import synthetic_arrays
 
 EVIL = "<img src=x onerror=alert(1)>"

@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from analysis.study.suite import SuiteConfig, load_suite, paying, ratio_ci, run_suite, suite_line
-from branchy.config import ConfigError, from_mapping
+from branchy.core import ConfigError, from_mapping
 
 RAW = {
     "name": "t", "out": "OUT",

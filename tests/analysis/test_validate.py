@@ -11,7 +11,7 @@ from analysis.core.policies import PolicyConfig
 from analysis.present.plots import plot_validate
 from analysis.study.validate import validate
 from analysis.study.validate_lines import fit_line, pairs_line, recheck_line, validate_line
-from branchy.dump import dump
+from branchy.cache import dump
 from branchy.models import build_model
 from placement import Gate, Placement
 from predictors import PredictorSpec, fit_predictor
@@ -75,8 +75,8 @@ def test_runtime_exits_equal_the_simulator_for_every_policy(toy_splits, tmp_path
 @pytest.mark.slow
 def test_every_backend_takes_the_same_exits_and_its_costs_become_a_profile(toy_splits, tmp_path):
     from analysis.core.costs import CostModel
-    from branchy.backends import list_backends, prepare
-    from branchy.dump import reprofile
+    from branchy.runtime import list_backends, prepare
+    from branchy.cache import reprofile
     from branchy.runtime import EarlyExitRuntime
 
     torch.manual_seed(0)
@@ -160,7 +160,7 @@ def test_drift_from_the_profiled_speed_is_seen_and_acted_on(toy_splits, tmp_path
     from analysis.study.validate_lines import drift_line
     from branchy.data import DataConfig
     from branchy.models import BackboneConfig
-    from branchy.timing import drift
+    from branchy.runtime import drift
 
     assert drift({"probe_ms": 0.5}, now_ms=1.0) == pytest.approx(2.0) and drift({}, 1.0) is None
     assert drift_line(pd.DataFrame({"machine_drift": [1.1]})) is None
@@ -171,9 +171,9 @@ def test_drift_from_the_profiled_speed_is_seen_and_acted_on(toy_splits, tmp_path
     cache = dump(m, toy_splits, tmp_path / "c", progress=False, profile_time=0.01)
     assert cache.manifest["timing"]["probe_ms"] > 0  # every profile records the machine's speed
     cfg = StudyConfig(DataConfig("mnist5k"), BackboneConfig("b-lenet", exits=(0, 1)))
-    import branchy.timing
+    import branchy.runtime.timing
 
-    monkeypatch.setattr(branchy.timing, "speed_probe_ms", lambda rounds=21: 1.0)  # the machine's speed now
+    monkeypatch.setattr(branchy.runtime.timing, "speed_probe_ms", lambda rounds=21: 1.0)  # the machine's speed now
     cache.manifest["timing"]["probe_ms"] = 1.1
     assert refresh_drifted(cfg, cache, m) is cache  # within the limit: kept
     cache.manifest["timing"]["probe_ms"] = 0.3  # as if profiled on a machine 3.3x faster than this one now

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from branchy.data import load_dataset, min_per_class
-from branchy.rule import ExitRule, json_float, write_json
+from branchy.core import json_float, write_json
+from branchy.exits import ExitRule
 from tests.helpers import no_json_constants
 
 G = np.random.default_rng(0)

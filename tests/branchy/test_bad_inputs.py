@@ -9,13 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from branchy import paths
-from branchy.dump import DumpConfig, cache_from_arrays, dump
+from branchy.core import paths
+from branchy.cache import DumpConfig, cache_from_arrays, dump
 from branchy.data import DataConfig
 from branchy.models import BackboneConfig, build_model, check_options
-from branchy.paths import check_writable
-from branchy.checkpoint import load_checkpoint, save_checkpoint
-from branchy.train import TrainConfig, resolve_device, train
+from branchy.core import check_writable
+from branchy.train import load_checkpoint, save_checkpoint
+from branchy.core import resolve_device
+from branchy.train import TrainConfig, train
 from tests.helpers import make_splits
 from tests.helpers import refused as _refused
 
@@ -63,7 +64,7 @@ def test_resolve_device_names_the_valid_devices(device):
     (dict(exits="01"), "exits must be block indices"),
     (dict(options=["depth=20"]), "model options must be a dict"),
     (dict(name="no-such-net"), "unknown model 'no-such-net'; known:"),
-    (dict(name="b-resnet", options={"depth": "abc"}), "depth must be an integer, got 'abc'"),
+    (dict(name="b-resnet", options={"depth": "abc"}), "depth: expected an integer, got 'abc'"),
 ])
 def test_backbone_config_refuses(kw, phrase):
     _refused(ValueError, phrase, BackboneConfig, **kw)
@@ -78,21 +79,35 @@ def test_train_config_accepts_numpy_ints_and_good_values():
 
 # ----------------------------------------------------------------------------- 4. backbone options
 @pytest.mark.parametrize("name,options,phrase", [
-    ("b-resnet", {"depth": "abc"}, "b-resnet option depth must be an integer, got 'abc'; e.g. --option depth=20"),
-    ("b-resnet", {"depth": 20.5}, "depth must be an integer, got 20.5"),
-    ("b-resnet", {"depth": True}, "depth must be an integer, got True"),
+    ("b-resnet", {"depth": "abc"}, "b-resnet option depth: expected an integer, got 'abc'; e.g. --option depth=20"),
+    ("b-resnet", {"depth": 20.5}, "depth: expected an integer, got 20.5"),
+    ("b-resnet", {"depth": True}, "depth: expected an integer, got True"),
     ("b-resnet", {"dept": 20}, "b-resnet has no option 'dept' (its options: depth)"),
     ("b-lenet", {"width": 2}, "b-lenet has no option 'width' (it takes no options)"),
     ("b-resnet", {"num_classes": 3}, "num_classes is not a backbone option of b-resnet: it is set by the data"),
     ("b-resnet", {"exits": [1]}, "it is set by --exits"),
-    ("b-alexnet", {"width": "wide"}, "b-alexnet option width must be a finite number, got 'wide'"),
-    ("b-alexnet", {"width": "nan"}, "width must be a finite number, got 'nan'"),
-    ("torchvision", {"arch": 18}, "torchvision option arch must be a string, got 18"),
-    ("torchvision", {"arch_kwargs": "x"}, "arch_kwargs must be a mapping"),
+    ("b-alexnet", {"width": "wide"}, "b-alexnet option width: expected a number, got 'wide'"),
+    ("b-alexnet", {"width": "nan"}, "width: expected a finite number, got nan"),
+    ("torchvision", {"arch": 18}, "torchvision option arch: expected a string, got 18"),
+    ("torchvision", {"arch_kwargs": "x"}, "arch_kwargs: expected a mapping"),
     ("no-such-net", {}, "unknown model 'no-such-net'; known:"),
 ])
 def test_backbone_options_are_checked_against_the_builder(name, options, phrase):
     _refused(KeyError if name == "no-such-net" else ValueError, phrase, check_options, name, options)
+
+
+def test_backbone_and_dataset_options_follow_one_coercion():
+    """One set of rules for every option: a bool is only true or false (YAML reads yes/on for the CLI), a
+    whole-number string is an int, a comma list splits where a list goes."""
+    from branchy.core import typed_options
+
+    def f(*, flag: bool = False, n: int = 1, names: tuple[str, ...] = ("a",), free=None):
+        return None
+
+    assert typed_options(f, {"flag": True, "n": "3", "names": "x,y", "free": "z"}, "f") == \
+        {"flag": True, "n": 3, "names": ("x", "y"), "free": "z"}
+    _refused(ValueError, "f option flag: expected true or false, got 'yes'", typed_options, f, {"flag": "yes"}, "f")
+    _refused(ValueError, "f option n: expected an integer, got 2.5", typed_options, f, {"n": 2.5}, "f")
 
 
 def test_backbone_option_ranges_are_checked_by_the_builder():
@@ -134,7 +149,7 @@ def test_data_options_are_typed_like_every_setting(tmp_path, opt, phrase):
 
     import yaml
 
-    from branchy.config import ConfigError, add_arguments, from_arguments, from_mapping
+    from branchy.core import ConfigError, add_arguments, from_arguments, from_mapping
 
     parser = argparse.ArgumentParser()
     add_arguments(parser, DataConfig)

@@ -14,10 +14,11 @@ import torch
 from torch import nn
 
 from branchy.cache import CacheError, FeatureCache
-from branchy.dump import dump, pool_features
-from branchy.measures import confidence
+from branchy.cache import dump
+from branchy.models import pool_features
+from branchy.exits import confidence
 from branchy.models import BranchyNet, ModelConfig, build_model
-from branchy.profile import count_macs, profile_segments
+from branchy.runtime import count_macs, profile_segments
 from tests.helpers import make_splits
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -62,7 +63,8 @@ def test_grid_pooling():
 def test_pyramid_pooling_concatenates_every_scale(toy_splits, tmp_path):
     """``grid:1,2``: the global average and the 2x2 grid of every channel, side by side; the runtime's gate on a
     raw activation scores exactly what the predictor scores on the cached features."""
-    from branchy.dump import DumpConfig, parse_pooling
+    from branchy.cache import DumpConfig
+    from branchy.models import parse_pooling
     from branchy.models import build_model
     from predictors import PredictorSpec, fit_predictor
     from predictors.deploy import score_callable
@@ -175,7 +177,7 @@ def test_not_a_cache_incomplete_and_newer_schema(tmp_path, toy_cache):
     m = json.loads((newer / "manifest.json").read_text())
     m["schema_version"] = 99
     (newer / "manifest.json").write_text(json.dumps(m))
-    with pytest.raises(CacheError, match="schema 99, newer"):
+    with pytest.raises(CacheError, match="cache schema version 99, newer than this toolkit's 2: upgrade"):
         FeatureCache.open(newer)
 
 
@@ -183,7 +185,7 @@ KILL_SCRIPT = textwrap.dedent("""
     import sys, torch
     from tests.helpers import make_splits
     from branchy.models import build_model
-    from branchy.dump import dump
+    from branchy.cache import dump
     torch.set_num_threads(2)
     torch.manual_seed(0)
     m = build_model("b-lenet", exits=(0, 1), num_classes=4)

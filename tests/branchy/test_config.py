@@ -9,9 +9,9 @@ from analysis.cli import build_parser
 from analysis.study.placement_study import PlacementConfig
 from analysis.core.policies import PolicyConfig
 from analysis.study.config import StudyConfig
-from branchy.config import ConfigError, add_arguments, from_arguments, from_mapping, setting, to_plain
+from branchy.core import ConfigError, add_arguments, from_arguments, from_mapping, setting, to_plain
 from branchy.data import DataConfig, load_dataset
-from branchy.dump import DumpConfig
+from branchy.cache import DumpConfig
 from branchy.models import BackboneConfig
 from branchy.train import TrainConfig
 from predictors.grid import PredictorsConfig

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from branchy.data import list_datasets, load_dataset
-from branchy.registry import UnknownNameError
+from branchy.core import UnknownNameError
 
 
 def test_registered_datasets():
@@ -124,9 +124,9 @@ def test_imagefolder(tmp_path):
 def test_imagefolder_read_on_demand_is_the_in_memory_dataset(tmp_path):
     from PIL import Image
 
-    from branchy.dump import dump
+    from branchy.cache import dump
     from branchy.models import build_model
-    from branchy.splits import ImageFiles
+    from branchy.data.splits import ImageFiles
 
     g = np.random.default_rng(1)
     root = tmp_path / "img"
@@ -181,7 +181,7 @@ def _refused_one_line(exc, phrase, fn, *args, **kw) -> str:
 
 @pytest.mark.parametrize("in_memory", [False, True])
 def test_imagefolder_bad_files_are_named_before_any_image_is_decoded(tmp_path, monkeypatch, in_memory):
-    import branchy.loaders as ld
+    import branchy.data.folders as ld
 
     root = _folder(tmp_path / "img")
     (root / "cat" / "0.png").write_bytes(b"")                                        # empty
@@ -218,7 +218,7 @@ def test_imagefolder_class_with_one_image_says_what_is_needed(tmp_path):
 
 
 def test_imagefolder_options_are_typed_and_checked_before_torchvision(tmp_path, monkeypatch):
-    import branchy.loaders as ld
+    import branchy.data.folders as ld
 
     root = _folder(tmp_path / "img", n=5)
     monkeypatch.setattr(ld, "_list_images", lambda *a: pytest.fail("torchvision called before the options' check"))

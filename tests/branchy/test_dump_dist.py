@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from branchy.cache import FeatureCache
-from branchy.dump_dist import shard_rows
+from branchy.cache.distributed import shard_rows
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = """
@@ -18,8 +18,8 @@ import os, sys, torch
 torch.set_num_threads(1)
 from tests.helpers import make_splits
 from branchy.models import build_model
-from branchy.dump import dump
-from branchy.dump_dist import dump_distributed
+from branchy.cache import dump
+from branchy.cache import dump_distributed
 mode, out = sys.argv[1], sys.argv[2]
 torch.manual_seed(0)
 model = build_model("b-lenet", exits=(0, 1), num_classes=4).eval()
@@ -35,7 +35,7 @@ if mode == "raise" and os.environ.get("RANK") == "1":
 if mode == "single":
     dump(model, splits, out, batch_size=8, profile=False, progress=False)
 elif mode == "exists":  # what the CLI would print: the error's type decides "error" vs "internal error"
-    from branchy.paths import SetupError
+    from branchy.core import SetupError
     try:
         dump_distributed(model, splits, out, batch_size=8, profile=False, progress=False)
     except (SetupError, OSError, ValueError) as e:

@@ -17,8 +17,8 @@ import torch
 
 from analysis.cli import main as cli
 from branchy.cache import CacheError, FeatureCache, file_sha256
-from branchy.cache_writer import CacheLockedError, target_lock
-from branchy.dump import cache_from_arrays, dump, reprofile
+from branchy.cache.writer import CacheLockedError, target_lock
+from branchy.cache import cache_from_arrays, dump, reprofile
 from branchy.models import build_model
 from tests.helpers import synthetic_arrays
 
@@ -188,7 +188,7 @@ def test_reprofile_keeps_the_hashes_in_step(dumped, small_model, tmp_path):
 
 def test_a_reprofile_killed_after_its_manifest_is_completed_by_the_next_writer(dumped, small_model, tmp_path):
     from branchy.cache import file_entry
-    from branchy.cache_writer import recover_target
+    from branchy.cache.writer import recover_target
 
     c = _copy(dumped, tmp_path / "c")
     new = c / "costs.csv.new"  # the state of a kill between the manifest and the last rename
@@ -205,7 +205,7 @@ def test_a_reprofile_killed_after_its_manifest_is_completed_by_the_next_writer(d
 
 # ----------------------------------------------------------------------------- (c) --overwrite swap recovery
 def test_an_overwrite_interrupted_between_its_renames_is_rolled_back(tmp_path, monkeypatch):
-    import branchy.dump as bd
+    import branchy.cache.dumping as bd
 
     target = tmp_path / "cache"
     one, two = synthetic_arrays(n=(20, 20, 20), seed=1), synthetic_arrays(n=(20, 20, 20), seed=2)
@@ -266,7 +266,7 @@ def test_a_malformed_manifest_is_a_one_line_value_error(dumped, tmp_path, capsys
 
 
 def test_a_second_writer_is_refused_before_it_loads_anything(tmp_path, monkeypatch):
-    import branchy.dump as dump_mod
+    import branchy.cache.dumping as dump_mod
 
     target = tmp_path / "cache"
 
@@ -284,7 +284,7 @@ def test_a_second_writer_is_refused_before_it_loads_anything(tmp_path, monkeypat
 KILL_REPROFILE = """
 import sys, torch
 from branchy.models import build_model
-from branchy.dump import reprofile
+from branchy.cache import reprofile
 torch.manual_seed(0)
 model = build_model("b-lenet", exits=(0, 1), num_classes=4).eval()
 reprofile(sys.argv[1], model, rounds=3, min_run_time=0.01)
@@ -293,9 +293,9 @@ reprofile(sys.argv[1], model, rounds=3, min_run_time=0.01)
 
 @pytest.mark.parametrize("at", ["reprofile:new-written", "reprofile:manifest-replaced"])
 def test_a_profile_killed_at_its_final_write_leaves_a_whole_cache(dumped, small_model, tmp_path, at):
-    """SIGKILL at a fault-injection point (branchy.faults), not a lucky timer: the cache opens whole (verified)
+    """SIGKILL at a fault-injection point (branchy.core.faults), not a lucky timer: the cache opens whole (verified)
     with either the old costs or, once the next writer completes the commit, the new; nothing half-written."""
-    from branchy.faults import ENV
+    from branchy.core.faults import ENV
 
     c = _copy(dumped, tmp_path / "c")
     old = (c / "costs.csv").read_bytes()
@@ -317,7 +317,7 @@ def test_a_profile_killed_at_its_final_write_leaves_a_whole_cache(dumped, small_
 
 
 def test_a_same_size_damaged_array_of_a_small_cache_is_caught_on_open(dumped, tmp_path, monkeypatch):
-    import branchy.cache as bc
+    import branchy.cache.reader as bc
 
     c = _copy(dumped, tmp_path / "c")
     f = c / "test" / "logits.npy"

@@ -4,10 +4,10 @@ import warnings
 import numpy as np
 import pytest
 
-import branchy.mnist_c as mc
+import branchy.data.mnist_c as mc
 from branchy.data import load_dataset
-from branchy.loaders import mnist5k_arrays
-from branchy.splits import DATASETS, SPLITS
+from branchy.data.loaders import mnist5k_arrays
+from branchy.data import DATASETS, SPLITS
 
 
 @pytest.fixture(scope="module")

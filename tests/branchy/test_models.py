@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from branchy.models import build_model, list_models
-from branchy.checkpoint import load_checkpoint, save_checkpoint
-from branchy.train import joint_loss
+from branchy.train import load_checkpoint, save_checkpoint
+from branchy.train.loop import joint_loss
 
 SMALL = {"b-resnet": {"depth": 8}, "b-densenet": {"depth": 10}, "b-resnext": {}, "b-alexnet": {"width": 0.25},
          "b-lenet": {}, "torchvision": {"arch": "resnet18", "nodes": ["layer1", "layer3"]}}
@@ -112,7 +112,7 @@ def test_exits_at_named_nodes_keep_the_network_intact():
     import torchvision
 
     from branchy.models import attach_exits
-    from branchy.registry import UnknownNameError
+    from branchy.core import UnknownNameError
 
     torch.manual_seed(0)
     net = torchvision.models.resnet18(num_classes=10).eval()

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from branchy.models import build_model
-from branchy.pathtime import (apply_params, fit_in_context, forced_paths, in_context_costs, param_names, path_row,
+from branchy.runtime.pathtime import (apply_params, fit_in_context, forced_paths, in_context_costs, param_names, path_row,
                               prior_params)
 from branchy.runtime import EarlyExitRuntime
 

@@ -1,6 +1,10 @@
+from pathlib import Path
+
 import pytest
 
-from branchy.registry import Registry, UnknownNameError
+from branchy.core import Registry, UnknownNameError
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_register_get_names_and_duplicates():
@@ -24,7 +28,7 @@ def test_measures_and_targets_are_registries_the_cli_lists(capsys):
     import numpy as np
 
     from analysis.cli import build_parser
-    from branchy.measures import LOWER_IS_CONFIDENT, MEASURES, confidence
+    from branchy.exits import LOWER_IS_CONFIDENT, MEASURES, confidence
     from predictors.targets import TARGETS
 
     assert MEASURES.names() == ["entropy", "margin", "max_prob", "norm_entropy"]
@@ -53,7 +57,7 @@ def test_a_measure_without_a_torch_form_is_refused_by_the_runtime_not_computed_a
     import numpy as np
     import torch
 
-    from branchy import measures
+    from branchy.exits import measures
 
     m = measures.Measure("top2", lambda z: np.sort(measures.softmax(z), -1)[..., -2], False, "probability")
     monkeypatch.setitem(measures.MEASURES._items, "top2", m)
@@ -61,3 +65,51 @@ def test_a_measure_without_a_torch_form_is_refused_by_the_runtime_not_computed_a
     assert measures.confidence(np.array([[3.0, 1.0, 0.0]]), "top2").shape == (1,)
     with pytest.raises(ValueError, match="no torch form"):
         measures.confidence_torch(torch.tensor([[3.0, 1.0, 0.0]]), "top2")
+
+
+def _install_plugin(root, group: str, name: str, target: str, module_text: str) -> None:
+    """A fake installed distribution on ``root`` (a sys.path entry) with one entry point."""
+    (root / "myplugin.py").write_text(module_text)
+    info = root / "myplugin-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: myplugin\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(f"[{group}]\n{name} = {target}\n")
+
+
+def test_an_installed_plugin_adds_a_dataset_and_a_backbone(tmp_path):
+    """A package with entry points in ``branchy.datasets`` / ``branchy.models`` adds its names on first use,
+    as a module that registers (dataset) or as an object registered under the entry point's name (backbone)."""
+    import subprocess
+    import sys
+
+    _install_plugin(tmp_path, "branchy.datasets", "tiny", "myplugin", (
+        "from branchy.data import register_dataset\n"
+        "@register_dataset('tiny')\n"
+        "def tiny(*, seed: int = 0):\n    'four digits'\n    return seed\n"
+        "def net(*, in_channels, image_size, num_classes, exits=None, width: int = 2):\n    'a plugin net'\n"
+        "    return width\n"))
+    with open(tmp_path / "myplugin-0.1.dist-info" / "entry_points.txt", "a") as f:
+        f.write("[branchy.models]\nplug-net = myplugin:net\n")
+    code = ("from branchy.data import list_datasets, load_dataset\nfrom branchy.models import list_models, check_options\n"
+            "assert 'tiny' in list_datasets() and load_dataset('tiny', seed='3') == 3\n"
+            "assert 'plug-net' in list_models() and check_options('plug-net', {'width': '4'}) == {'width': 4}\n"
+            "print('ok')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**__import__("os").environ, "PYTHONPATH": f"{tmp_path}:{ROOT}"})
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+def test_a_broken_plugin_is_one_warning_and_the_rest_works(tmp_path):
+    import subprocess
+    import sys
+
+    _install_plugin(tmp_path, "branchy.datasets", "broken", "myplugin", "raise ImportError('no such thing')\n")
+    code = ("import warnings\nfrom branchy.data import list_datasets\n"
+            "with warnings.catch_warnings(record=True) as w:\n    warnings.simplefilter('always')\n"
+            "    names = list_datasets()\n"
+            "assert 'mnist5k' in names\nprint(*[str(x.message) for x in w])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**__import__("os").environ, "PYTHONPATH": f"{tmp_path}:{ROOT}"})
+    assert out.returncode == 0, out.stderr
+    assert "dataset plugin 'broken' (myplugin, group branchy.datasets) did not load: ImportError: no such thing" \
+        in out.stdout

@@ -4,8 +4,8 @@ import torch
 
 from analysis.core.costs import CostModel
 from analysis.core.simulate import simulate_cascade, simulate_full, simulate_gated
-from branchy.dump import dump
-from branchy.measures import confidence
+from branchy.cache import dump
+from branchy.exits import confidence
 from branchy.models import build_model
 from branchy.runtime import EarlyExitRuntime
 

@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from branchy.models import build_model
-from branchy.schemes import SCHEMES, Phase, Scheme, plan, register_scheme
-from branchy.train import TrainConfig, run_phase
+from branchy.train import SCHEMES, Phase, Scheme, plan, register_scheme
+from branchy.train.loop import TrainConfig, run_phase
 
 
 def _cfg(scheme: str, **kw) -> TrainConfig:
@@ -23,7 +23,7 @@ def _model(scheme: Scheme):
 def test_registry_lists_every_scheme_in_order_with_a_doc():
     assert SCHEMES.names() == ["joint", "trunk-first", "boostnet", "ic-only", "ztw"]
     assert all(SCHEMES.describe().values())
-    import branchy.train
+    import branchy.train.loop
 
     assert branchy.train.SCHEMES is SCHEMES
     with pytest.raises(ValueError, match="already registered"):

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
-from branchy.timing import interleaved_times, machine_state, robust_summary
+from branchy.runtime import interleaved_times, machine_state, robust_summary
 
 
 class FakeClock:
@@ -96,7 +96,7 @@ def test_machine_state_warns_when_threads_exceed_idle_cores():
 
 def test_reprofile_writes_a_new_measurement_and_keeps_the_old(toy_splits, tmp_path):
     from branchy.cache import FeatureCache
-    from branchy.dump import dump, reprofile
+    from branchy.cache import dump, reprofile
     from branchy.models import build_model
 
     torch.manual_seed(0)
@@ -119,9 +119,9 @@ def test_reprofile_writes_a_new_measurement_and_keeps_the_old(toy_splits, tmp_pa
 
 def test_predictor_latency_is_measured_in_rounds_and_remeasured_with_history(toy_splits, tmp_path, capsys):
     from analysis.cli import main
-    from branchy.dump import dump
+    from branchy.cache import dump
     from branchy.models import build_model
-    from branchy.checkpoint import save_checkpoint
+    from branchy.train import save_checkpoint
     from predictors import PredictorSpec, fit_predictor, load_predictors, save_predictors
 
     torch.manual_seed(0)

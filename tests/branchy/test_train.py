@@ -2,8 +2,9 @@ import pandas as pd
 import pytest
 import torch
 
-from branchy.checkpoint import load_checkpoint, save_checkpoint
-from branchy.train import TrainConfig, resolve_optimizer, train
+from branchy.train import load_checkpoint, save_checkpoint
+from branchy.train import TrainConfig, train
+from branchy.train.schemes import resolve_optimizer
 from branchy.models import BackboneConfig, build_model
 
 NET = BackboneConfig("b-lenet", exits=(0, 1))
@@ -133,7 +134,7 @@ def test_boostnet_trains_with_sgd_unless_told_otherwise():
         assert resolve_optimizer(_cfg(optimizer="adam")) == "adam"
     with pytest.warns(UserWarning, match="gradient rescale .*no effect under Adam"):
         assert resolve_optimizer(_cfg(scheme="boostnet", optimizer="adam")) == "adam"
-    from branchy.train import resolve_lr
+    from branchy.train.schemes import resolve_lr
 
     assert resolve_lr(_cfg(scheme="boostnet", lr=None)) == 0.05  # SGD's default rate, not Adam's
     assert resolve_lr(_cfg(lr=None)) == 3e-3 and resolve_lr(_cfg(scheme="boostnet", lr=0.2)) == 0.2

@@ -13,7 +13,7 @@ from analysis.cli import main
 from analysis.study.placement_study import PlacementConfig
 from placement import Placement, SearchSpace, search
 from placement.optuna_search import check_storage
-from placement.search import connect_scheduler
+from placement.evaluator import connect_scheduler
 from tests.helpers import refused as _refused
 
 
@@ -203,7 +203,7 @@ def test_the_search_and_the_evaluator_take_the_connect_timeout_from_dask_config(
     pytest.importorskip("distributed")
     import dask
 
-    from placement.search import Evaluator
+    from placement.evaluator import Evaluator
 
     with _listener("silent") as address:
         ev = Evaluator(_objective, progress=False, scheduler=address, connect_timeout=1)

@@ -11,7 +11,7 @@ import pytest
 from optuna.trial import TrialState
 
 from placement import Constraint, Gate, SearchSpace, search
-from placement.search import non_dominated
+from placement.selection import non_dominated
 
 CONSTRAINTS = [Constraint(max_acc_drop=1.0), Constraint(max_acc_drop=6.0), Constraint(latency_budget=2.1)]
 
@@ -203,7 +203,7 @@ def test_placement_config_passes_nsga2_settings_from_yaml_and_cli(synth_cache, t
             for _ in range(2)]
     stored = optuna.load_study(study_name="s", storage=db).get_trials(deepcopy=False)
     assert len(runs[0].table) >= 1 and len(stored) >= len(runs[0].table)  # the second run resumed the first's study
-    from branchy.config import add_arguments, from_arguments
+    from branchy.core import add_arguments, from_arguments
     import argparse
 
     ap = argparse.ArgumentParser()

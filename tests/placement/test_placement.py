@@ -5,8 +5,8 @@ import pytest
 
 from analysis.core.costs import DeviceProfile
 from analysis.study.placement_study import PlacementObjective, exit_macs, run_placement
-from branchy.dump import cache_from_arrays
-from branchy.rule import ExitRule
+from branchy.cache import cache_from_arrays
+from branchy.exits import ExitRule
 from placement import Constraint, Gate, Placement, SearchSpace, list_strategies, search
 from predictors import PredictorSpec, fit_predictor
 from tests.helpers import no_json_constants

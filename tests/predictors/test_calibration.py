@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from branchy.dump import cache_from_arrays
+from branchy.cache import cache_from_arrays
 from predictors import PredictorSpec, fit_predictor, load_predictors, save_predictors
 from predictors.calibration import (CALIBRATORS, CalibrationMap, apply_calibration, calibration_metrics,
                                     cross_calibrate, fit_calibration)

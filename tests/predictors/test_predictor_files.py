@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from branchy.dump import cache_from_arrays
+from branchy.cache import cache_from_arrays
 from predictors import PredictorSpec, fit_predictor, list_predictor_models, load_predictors, save_predictors
 from predictors.store import FORMAT_VERSION, INDEX, SKOPS_TRUSTED, check_name
 from tests.helpers import synthetic_arrays
@@ -321,7 +321,7 @@ def test_old_joblib_folders_are_refused_unread_and_replaced(cache, pair, tmp_pat
     _write_index(d, index)
     (d / "evaluation.csv").write_text("kept\n")
     (d / "notes.joblib.txt").write_text("kept\n")
-    with pytest.raises(ValueError, match=r"format (2|None) \(pickled \.joblib files.*not read.*reads format 3: refit "
+    with pytest.raises(ValueError, match=r"predictor format version 2 \(pickled \.joblib files.*not read.*reads predictor format version 3: refit "
                                          r"with `branchy fit-predictors --cache CACHE --out .*` \(or rerun the study"):
         load_predictors(d, cache)
     assert not marker.exists() and reads == []
@@ -406,7 +406,7 @@ def _mangle(d, pair, how):
     ("not-json", "predictors.json is not valid JSON"),
     ("list", "predictors.json is not a predictor index"),
     ("no-predictors", "has no 'predictors' mapping"),
-    ("newer", "format 99, newer than this toolkit's 3: upgrade"),
+    ("newer", "predictor format version 99, newer than this toolkit's 3: upgrade"),
     ("missing-key", "gate_at0_for1_linear lacks files"),
     ("entry-not-mapping", "gate_at0_for1_linear is not a mapping"),
     ("other-spec", "the entry gate_at0_for1_linear holds the spec of gate_at1_for1_linear"),
@@ -451,13 +451,13 @@ save_predictors(list(load_predictors(sys.argv[1]).values()), sys.argv[2])
 
 
 def test_a_save_killed_before_its_index_is_refused_whole_then_redone(pair, cache, other_cache, tmp_path):
-    """SIGKILL at the fault-injection point between the predictor files and the index (branchy.faults): the folder
+    """SIGKILL at the fault-injection point between the predictor files and the index (branchy.core.faults): the folder
     never loads a mix of old and new predictors; it is refused naming the file, and a new save mends it."""
     import os
     import subprocess
     import sys
 
-    from branchy.faults import ENV
+    from branchy.core.faults import ENV
 
     old = _saved(pair, tmp_path)  # tmp_path / "p": the predictors fitted on `cache`
     new = tmp_path / "new"

@@ -3,7 +3,7 @@ import pytest
 from sklearn.base import clone
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from branchy.dump import cache_from_arrays
+from branchy.cache import cache_from_arrays
 from predictors import (PredictorSpec, fit_predictor, list_predictor_models, load_predictors, make_estimator,
                         make_target, save_predictors)
 from predictors.evaluate import exit_metrics, gate_curves, gate_metrics, ranking_metrics
@@ -203,11 +203,11 @@ def test_a_torch_mlp_fitted_on_rows_read_on_demand_is_the_one_fitted_in_memory(s
 
 
 def test_scores_of_a_large_split_come_a_chunk_at_a_time(synth_cache, monkeypatch):
-    import predictors.fit as fit_mod
+    import predictors.fitted as fitted_mod
 
     p = fit_predictor(synth_cache, PredictorSpec("gate", 0, "linear", 0, T), timing=0.01)
     whole = p.score(synth_cache, "test")
-    monkeypatch.setattr(fit_mod, "SCORE_CHUNK", 37)
+    monkeypatch.setattr(fitted_mod, "SCORE_CHUNK", 37)
     # float32 features: a chunk's matrix product may take another BLAS kernel (AVX-512 vs AVX2 blocking), so the
     # scores agree to float32 precision, not bit for bit
     np.testing.assert_allclose(p.score(synth_cache, "test"), whole, rtol=1e-5, atol=1e-6)

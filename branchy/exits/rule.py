@@ -10,10 +10,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import atomic_write
+from ..core import json_float, write_json
 from .measures import LOWER_IS_CONFIDENT, confidence
 
-RULE_MEASURES = tuple(LOWER_IS_CONFIDENT)  # the measures a rule decides on (one list: branchy.measures)
+RULE_MEASURES = tuple(LOWER_IS_CONFIDENT)  # the measures a rule decides on (one list: branchy.exits.measures)
 
 
 def per_exit(thresholds, num_exits: int) -> np.ndarray:
@@ -27,41 +27,6 @@ def per_exit(thresholds, num_exits: int) -> np.ndarray:
     if np.isnan(t).any():
         raise ValueError("thresholds hold NaN")
     return t
-
-
-#: How a non-finite float is written to JSON (which has no Infinity or NaN): as one of these strings.
-NONFINITE = {"inf": np.inf, "-inf": -np.inf, "nan": np.nan}
-_OLD_NONFINITE = {"infinity": np.inf, "+infinity": np.inf, "-infinity": -np.inf, "+inf": np.inf}
-
-
-def json_safe(obj):
-    """``obj`` with every non-finite float replaced by ``"inf"``, ``"-inf"`` or ``"nan"`` (standard JSON)."""
-    if isinstance(obj, dict):
-        return {k: json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [json_safe(v) for v in obj]
-    if isinstance(obj, (float, np.floating)) and not np.isfinite(obj):
-        return "nan" if np.isnan(obj) else ("inf" if obj > 0 else "-inf")
-    return obj
-
-
-def json_float(v) -> float:
-    """A number read back from JSON: a number, or ``"inf"`` / ``"-inf"`` / ``"nan"`` (written by
-    :func:`write_json`); the old non-standard ``Infinity`` literal is parsed by ``json`` itself."""
-    if isinstance(v, str):
-        key = v.strip().lower()
-        if key in NONFINITE or key in _OLD_NONFINITE:
-            return float(NONFINITE.get(key, _OLD_NONFINITE.get(key)))
-        raise ValueError(f"not a number: {v!r} (want a number, or \"inf\" / \"-inf\")")
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise ValueError(f"not a number: {v!r}")
-    return float(v)
-
-
-def write_json(path: str | os.PathLike, obj) -> Path:
-    """Write standard JSON (infinities as the strings ``"inf"`` / ``"-inf"``, see :func:`json_safe`) to a
-    temporary file and rename it into place (never a half-written file)."""
-    return atomic_write(path, json.dumps(json_safe(obj), indent=2, allow_nan=False))
 
 
 @dataclass(frozen=True)
@@ -192,4 +157,4 @@ class ExitRule:
         return f"{self.measure} {op} [{side}] ({self.tuned_by}, on {self.tuned_on})"
 
 
-__all__ = ["ExitRule", "NONFINITE", "RULE_MEASURES", "json_float", "json_safe", "per_exit", "write_json"]
+__all__ = ["ExitRule", "RULE_MEASURES", "per_exit"]

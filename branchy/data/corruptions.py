@@ -1,7 +1,7 @@
 """MNIST-C style corruptions of uint8 digit images (N. Mu and J. Gilmer (2019), "MNIST-C: A Robustness Benchmark
 for Computer Vision", arXiv:1906.02337): short numpy/scipy re-implementations in that spirit (not the paper's
 exact code or parameters), each ``f(x [N, 28, 28] uint8, severity 1..5, rng) -> uint8``, listed in
-:data:`CORRUPTIONS`. Distances are in pixels, angles in degrees. Used by :mod:`branchy.mnist_c`."""
+:data:`CORRUPTIONS`. Distances are in pixels, angles in degrees. Used by :mod:`branchy.data.mnist_c`."""
 from __future__ import annotations
 
 from typing import Callable

@@ -10,7 +10,7 @@ from typing import Callable
 
 import numpy as np
 
-from .registry import Registry
+from ..core import Registry
 
 
 @dataclass(frozen=True)
@@ -116,7 +116,7 @@ def confidence_torch(logits, measure: str):
     check_measure(measure)
     if measure not in _TORCH:
         raise ValueError(f"confidence measure {measure!r} has no torch form for the runtime; add one to "
-                         f"branchy.measures._TORCH")
+                         f"branchy.exits.measures._TORCH")
     return _TORCH[measure](logits.double().log_softmax(dim=1))
 
 

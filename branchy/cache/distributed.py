@@ -30,14 +30,13 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from .cache import FeatureCache
-from .cache_writer import NpyWriter, writing_target
-from .data import SPLITS, DataConfig, Splits
-from .dump import (DumpConfig, check_input_shape, feature_dims, finish_dump, load_for_dump, open_writers,
-                   parse_pooling, write_rows)
-from .models import BranchyNet
-from .paths import SetupError, check_writable
-from .train import resolve_device
+from ..core import SetupError, check_writable, resolve_device
+from ..data import SPLITS, DataConfig, Splits
+from ..models import BranchyNet
+from .dumping import (DumpConfig, check_input_shape, feature_dims, finish_dump, load_for_dump, open_writers,
+                      parse_pooling, write_rows)
+from .reader import FeatureCache
+from .writer import NpyWriter, writing_target
 
 
 def shard_rows(n: int, batch_size: int, world: int, rank: int) -> tuple[int, int]:
@@ -114,7 +113,7 @@ def dump_distributed(model: BranchyNet, splits: Splits, path: str | os.PathLike,
                      *, overwrite: bool = False, profile: bool = True, progress: bool = True,
                      checkpoint: str | None = None, backend: str | None = None, timeout_s: float = 6 * 3600,
                      **settings) -> FeatureCache:
-    """:func:`branchy.dump.dump` shared by the ranks of a ``torch.distributed`` job (every rank calls it with the
+    """:func:`branchy.cache.dump` shared by the ranks of a ``torch.distributed`` job (every rank calls it with the
     same arguments; see the module's docstring). Returns the cache on every rank. ``timeout_s``: how long a rank
     waits for the others at a collective (the others wait while rank 0 hashes and profiles the whole cache)."""
     out = check_writable(path, what="cache")
@@ -182,7 +181,7 @@ def _follow(model, splits, cfg, dev, dims, rank, world, ctl, progress):
 
 def dump_checkpoint_distributed(checkpoint: str | os.PathLike, path: str | os.PathLike, *,
                                 splits: Splits | None = None, data: DataConfig | None = None, **kw) -> FeatureCache:
-    """:func:`branchy.dump.dump_checkpoint` shared by the ranks of a ``torchrun`` job."""
+    """:func:`branchy.cache.dump_checkpoint` shared by the ranks of a ``torchrun`` job."""
     model, splits = load_for_dump(checkpoint, splits=splits, data=data)
     return dump_distributed(model, splits, path, checkpoint=str(checkpoint), **kw)
 

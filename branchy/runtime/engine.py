@@ -10,8 +10,8 @@ from typing import Callable, Sequence
 
 import torch
 
-from .measures import LOWER_IS_CONFIDENT, check_measure, confidence_torch
-from .models import BranchyNet
+from ..exits import LOWER_IS_CONFIDENT, check_measure, confidence_torch
+from ..models import BranchyNet
 
 Gate = tuple[int, Callable[[torch.Tensor], torch.Tensor]]  # (stage it sits after, callable)
 
@@ -19,8 +19,8 @@ Gate = tuple[int, Callable[[torch.Tensor], torch.Tensor]]  # (stage it sits afte
 class EarlyExitRuntime:
     """Cascade with per-exit thresholds (entropy < T, or max_prob / margin > T), optional removed exits
     (``kept``) and gates in front of side exits (``gates[k] = (at, callable)``, ``at <= k``).
-    ``thresholds`` may be an :class:`~branchy.rule.ExitRule` (its measure is then used). ``backend``:
-    ``eager``, ``compiled`` or ``onnxruntime`` (:mod:`branchy.backends`). ``jump = (at, callable)``: an
+    ``thresholds`` may be an :class:`~branchy.exits.ExitRule` (its measure is then used). ``backend``:
+    ``eager``, ``compiled`` or ``onnxruntime`` (:mod:`branchy.runtime.backends`). ``jump = (at, callable)``: an
     exit predictor after stage ``at`` names a target exit per row; the side exits from ``at`` up to it are
     skipped, the cascade goes on from the target."""
 
@@ -29,7 +29,7 @@ class EarlyExitRuntime:
                  buffer: bool = True, backend: str = "eager", segments: tuple | None = None,
                  jump: Gate | None = None) -> None:
         k = model.num_exits
-        from .rule import ExitRule
+        from ..exits import ExitRule
 
         if isinstance(thresholds, ExitRule):
             measure, thresholds = thresholds.measure, thresholds.thresholds
@@ -98,7 +98,7 @@ class EarlyExitRuntime:
     def _plan(self):
         """Per stage, prepared once: the stage, its exit head, the gates placed after it, kept, T, direction."""
         if getattr(self, "_plan_cache", None) is None:
-            m, k = self.model, self.model.num_exits
+            k = self.model.num_exits
             lower = LOWER_IS_CONFIDENT[self.measure]
             self._plan_cache = [(self._stages[s], self._heads[s],
                                  [(e, g) for e, (at, g) in self.gates.items() if at == s and self.kept[e]],
@@ -106,7 +106,7 @@ class EarlyExitRuntime:
         return self._plan_cache
 
     def _batched(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        m, k = self.model, self.model.num_exits
+        k = self.model.num_exits
         b = x.shape[0]
         pred = torch.empty(b, dtype=torch.long, device=x.device)
         taken = torch.empty(b, dtype=torch.long, device=x.device)

@@ -10,16 +10,11 @@ from pathlib import Path
 
 import torch
 
-from .atomic import atomic_write
-from .cache import MANIFEST, FeatureCache, file_entry
-from .cache_writer import recover_target, sibling_path, target_lock
-from .checkpoint import load_checkpoint
-from .faults import point
-from .pathtime import in_context_costs, sample_inputs
-from .profile import profile_segments, runtime_overhead
-from .rule import json_safe
-from .timing import machine_state
-from .train import resolve_device
+from ..core import atomic_write, json_safe, point, resolve_device
+from ..runtime import in_context_costs, machine_state, profile_segments, runtime_overhead, sample_inputs
+from ..train import load_checkpoint
+from .reader import MANIFEST, FeatureCache, file_entry
+from .writer import recover_target, sibling_path, target_lock
 
 
 def reprofile(path: str | os.PathLike, model=None, *, threads: int | None = None, rounds: int = 15,
@@ -35,7 +30,7 @@ def reprofile(path: str | os.PathLike, model=None, *, threads: int | None = None
     the data files: the new table is written as ``NAME.new``, the manifest (with its size and SHA-256) is
     replaced, then ``NAME.new`` is renamed over ``NAME``; a kill in between is completed by the next writer.
     In a schema-1 cache (sizes only, no hashes) only the size is recorded, and the cache stays schema 1."""
-    from .backends import BACKENDS
+    from ..runtime import BACKENDS
 
     BACKENDS.get(backend)
     backend = backend.strip().lower()
@@ -104,7 +99,7 @@ def _reprofile(p: Path, model, *, threads: int | None, rounds: int, batch_size: 
 def _test_images(manifest: dict, n: int = 8):
     """A few test images of the dataset the cache was dumped from, when it loads without a download (else None:
     random images)."""
-    from .data import DataConfig
+    from ..data import DataConfig
 
     name = (manifest.get("dataset") or {}).get("name")
     try:

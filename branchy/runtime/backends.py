@@ -15,11 +15,10 @@ from typing import Callable
 
 import torch
 
-from .paths import SetupError
-from .registry import Registry
+from ..core import Registry, SetupError
 
 Segment = Callable[[torch.Tensor], torch.Tensor]
-BACKENDS: Registry[Callable] = Registry("runtime backend")
+BACKENDS: Registry[Callable] = Registry("runtime backend", plugins="branchy.backends")
 
 
 def list_backends() -> list[str]:

@@ -25,9 +25,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .corruptions import IMAGE_H, IMAGE_W, CLEAN, CORRUPTIONS  # noqa: F401 - re-exported
 from .loaders import mnist5k_arrays
-from .splits import SPLITS, Splits, build_splits, stratified_split, register_dataset
+from .splits import SPLITS, Splits, build_splits, register_dataset, stratified_split
+from .corruptions import IMAGE_H, IMAGE_W, CLEAN, CORRUPTIONS  # noqa: F401 - re-exported
 
 VERSION = 1  # bump whenever a corruption or the assignment changes: old caches are then ignored
 SEVERITIES = (1, 2, 3, 4, 5)
@@ -169,7 +169,7 @@ def _read_cache(p: Path, seed: int, clean_fraction: float
 
 def _write_cache(p: Path, x: np.ndarray, corruption: np.ndarray, severity: np.ndarray) -> None:
     """Write atomically, the arrays' SHA-256 inside: a temporary file in the same folder, then ``os.replace``."""
-    from .atomic import atomic_path
+    from ..core import atomic_path
 
     p.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(p) as tmp, open(tmp, "xb") as fh:

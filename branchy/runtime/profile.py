@@ -1,6 +1,6 @@
 """Per-segment costs of a branchy net: MACs (torch.utils.flop_counter; FLOPs = 2 × MACs), parameters,
 branch-point activation bytes and measured latency (every segment timed in interleaved rounds, outlier
-rounds dropped, median and spread reported, unstable segments flagged: :mod:`branchy.timing`)."""
+rounds dropped, median and spread reported, unstable segments flagged: :mod:`branchy.runtime.timing`)."""
 from __future__ import annotations
 
 from typing import Callable
@@ -9,8 +9,8 @@ import pandas as pd
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from .measures import confidence_torch
-from .models import BranchyNet
+from ..exits import confidence_torch
+from ..models import BranchyNet
 
 COST_COLUMNS = ["segment", "k", "macs", "params", "act_bytes", "ms_b1", "ms_b1_iqr", "ms_batch", "ms_batch_iqr",
                 "batch_size", "threads", "device", "ms_b1_spread", "ms_batch_spread", "rounds", "unstable"]
@@ -26,7 +26,7 @@ def count_macs(fn: Callable[[], object]) -> int:
 
 def exit_with_confidence(model: BranchyNet, k: int, head=None):
     """Exit head k plus softmax and entropy: what deciding at exit k costs (``head``: the backend's), the
-    confidence computed as the runtime computes it (:func:`branchy.measures.confidence_torch`, float64)."""
+    confidence computed as the runtime computes it (:func:`branchy.exits.confidence_torch`, float64)."""
     head = head or (lambda h: model.run_exit(k, h))
 
     def run(h):
@@ -44,7 +44,7 @@ def profile_segments(model: BranchyNet, *, batch_size: int = 64, device: str | t
     sample (batch 1); ``ms_b1`` is ms at batch 1, ``ms_batch`` ms per whole batch of ``batch_size``:
     medians over ``rounds`` interleaved rounds (about ``min_run_time`` s per segment and batch size in
     all), ``*_spread`` = IQR / median, ``unstable`` when a spread exceeds 10 %. ``backend``: what runs the
-    segments (:mod:`branchy.backends`; not eager: CPU)."""
+    segments (:mod:`branchy.runtime.backends`; not eager: CPU)."""
     from .backends import prepare
     from .timing import interleaved_times, robust_summary
 
@@ -109,7 +109,7 @@ def overhead_fns(model: BranchyNet, backend: str = "eager",
     taken), and per exit k ``stage{k}``, ``exit{k}`` (head + softmax + entropy) and ``buffer{k}``, on the
     image ``x`` ``[1, C, H, W]`` (default: random; a real one runs a few percent faster here)."""
     from .backends import prepare
-    from .runtime import EarlyExitRuntime
+    from .engine import EarlyExitRuntime
 
     model = model.cpu().eval()
     segs = prepare(model, backend)

@@ -1,6 +1,11 @@
-"""A tiny timm/torchvision-style registry: ``register`` / ``get`` / ``names``."""
+"""A tiny timm/torchvision-style registry: ``register`` / ``get`` / ``names``, open to plugins: a package
+installed with an entry point in the registry's group (``branchy.datasets``, ``branchy.models``, ...) adds its
+names the first time the registry is asked."""
 from __future__ import annotations
 
+import warnings
+from importlib.metadata import entry_points
+from types import ModuleType
 from typing import Generic, Iterator, TypeVar
 
 T = TypeVar("T")
@@ -16,13 +21,32 @@ class UnknownNameError(KeyError):
 class Registry(Generic[T]):
     """Named factories of one kind (backbones, datasets, predictors, profiles, ...)."""
 
-    def __init__(self, kind: str, *, ordered: bool = False) -> None:
+    def __init__(self, kind: str, *, ordered: bool = False, plugins: str | None = None) -> None:
         """``ordered``: :meth:`names` lists in registration order (the order tables, plots and the CLI show),
-        instead of sorted."""
+        instead of sorted. ``plugins``: the entry-point group whose plugins are loaded on first use (see
+        :meth:`load_plugins`)."""
         self.kind = kind
         self.ordered = ordered
+        self.plugins = plugins
+        self._plugins_loaded = plugins is None
         self._items: dict[str, T] = {}
         self._docs: dict[str, str] = {}
+
+    def load_plugins(self) -> None:
+        """Load every entry point of the group ``self.plugins`` once. An entry point that names a module
+        registers its items on import (``@DATASETS.register("name")``); one that names an object is registered
+        under the entry point's name. A plugin that fails to load is skipped with one warning naming it."""
+        if self._plugins_loaded:
+            return
+        self._plugins_loaded = True  # before loading: a plugin may use this registry while it loads
+        for ep in entry_points(group=self.plugins):
+            try:
+                obj = ep.load()
+                if not isinstance(obj, ModuleType) and ep.name.lower() not in self._items:
+                    self.register(ep.name, obj)
+            except Exception as e:  # noqa: BLE001 - a broken plugin must not break the toolkit
+                warnings.warn(f"{self.kind} plugin {ep.name!r} ({ep.value}, group {self.plugins}) did not load: "
+                              f"{type(e).__name__}: {e}", RuntimeWarning, stacklevel=2)
 
     def register(self, name: str, obj: T | None = None, *, doc: str | None = None):
         """Register ``obj`` under ``name``; usable as a decorator. A duplicate name raises."""
@@ -38,6 +62,7 @@ class Registry(Generic[T]):
         return _add(obj) if obj is not None else _add
 
     def get(self, name: str) -> T:
+        self.load_plugins()
         key = str(name).lower()
         if key not in self._items:
             known = ", ".join(self.names()) or "(none)"
@@ -45,6 +70,7 @@ class Registry(Generic[T]):
         return self._items[key]
 
     def names(self) -> list[str]:
+        self.load_plugins()
         return list(self._items) if self.ordered else sorted(self._items)
 
     def describe(self) -> dict[str, str]:
@@ -52,12 +78,14 @@ class Registry(Generic[T]):
         return {n: self._docs[n] for n in self.names()}
 
     def __contains__(self, name: object) -> bool:
+        self.load_plugins()
         return str(name).lower() in self._items
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
 
     def __len__(self) -> int:
+        self.load_plugins()
         return len(self._items)
 
 

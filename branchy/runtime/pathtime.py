@@ -1,6 +1,6 @@
 """Segment costs in the runtime's own context.
 
-Segments timed one by one in a warm loop (:func:`branchy.profile.profile_segments`) are not what the real runtime
+Segments timed one by one in a warm loop (:func:`branchy.runtime.profile_segments`) are not what the real runtime
 pays along a path: a head right after its stage finds the activation hot, the runtime's control flow sits between
 segments, allocation differs. Here the real runtime (:class:`branchy.runtime.EarlyExitRuntime`) runs with forced
 decisions along every kind of path (the plain network; leave at exit ``e`` with nothing else entered; enter exit
@@ -178,7 +178,7 @@ def time_paths(model, *, backend: str = "eager", segments: tuple | None = None, 
     import time
 
     from .backends import prepare
-    from .runtime import EarlyExitRuntime
+    from .engine import EarlyExitRuntime
 
     model = model.cpu().eval()
     segs = segments if segments is not None else prepare(model, backend)

@@ -1,10 +1,9 @@
 """Training a branchy net: :func:`train` validates its :class:`TrainConfig`, asks the scheme's registry entry
-(:mod:`branchy.schemes`) for a plan of phases, runs each with one generic runner (:func:`run_phase`) and
-reports per-epoch history and a checkpoint (:mod:`branchy.checkpoint`)."""
+(:mod:`branchy.train.schemes`) for a plan of phases, runs each with one generic runner (:func:`run_phase`) and
+reports per-epoch history and a checkpoint (:mod:`branchy.train.checkpoint`)."""
 from __future__ import annotations
 
 import os
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,12 +15,11 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .checkpoint import load_checkpoint, load_trunk, read_checkpoint, save_checkpoint  # noqa: F401 - re-exported
-from .config import check_int, check_number, is_real, setting
-from .data import DataConfig, Splits
-from .models import BackboneConfig, BranchyNet
-from .paths import SetupError, check_writable
-from .schemes import DEFAULT_LR, SCHEMES, Phase, resolve_lr, resolve_optimizer  # noqa: F401 - re-exported
+from ..core import check_device, check_int, check_number, check_writable, is_real, resolve_device, setting
+from ..data import DataConfig, Splits
+from ..models import BackboneConfig, BranchyNet
+from .checkpoint import load_trunk, save_checkpoint
+from .schemes import SCHEMES, Phase
 
 OPTIMIZERS = ("auto", "adam", "sgd")
 
@@ -40,7 +38,7 @@ class TrainConfig:
 
     ``optimizer``: ``auto`` (the default) is SGD with ``momentum`` for ``boostnet`` (as BoostNet trains:
     its 1/(K-k) gradient rescale is a no-op under Adam, which is invariant to a per-parameter gradient
-    scale) and Adam for every other scheme; see :func:`resolve_optimizer`. ``lr`` is used as given
+    scale) and Adam for every other scheme; see :func:`branchy.train.schemes.resolve_optimizer`. ``lr`` is used as given
     whichever optimizer that resolves to: SGD usually wants a larger one than Adam (bench/bench_schemes.py
     trains boostnet with SGD at lr 0.05, the other schemes with Adam at 3e-3)."""
 
@@ -52,7 +50,7 @@ class TrainConfig:
     momentum: float = setting(0.9, "SGD momentum")
     weight_decay: float = setting(0.0, "weight decay")
     exit_weights: tuple[float, ...] | None = setting(None, "BranchyNet loss weights w_n, one per exit (none: all 1)")
-    scheme: str = setting("joint", "training scheme (see branchy.schemes)", choices=lambda: SCHEMES.names())
+    scheme: str = setting("joint", "training scheme (see branchy.train.schemes)", choices=lambda: SCHEMES.names())
     augment_shift: int = setting(2, "random translation in pixels during training (0: off)")
     ensemble_epochs: int = setting(2, "epochs of ZTW ensemble weights (ztw)")
     init_checkpoint: str | None = setting(None, "take the trained trunk from this checkpoint (ic-only, ztw) instead "
@@ -94,27 +92,6 @@ class TrainConfig:
             raise ValueError(f"exit_weights must be >= 0, got {tuple(w)}")
         if not any(v > 0 for v in vals):
             raise ValueError("exit_weights are all 0, so nothing would train: give at least one weight > 0")
-
-
-DEVICES = "auto, cpu, cuda, cuda:N (N a GPU index) or mps"
-_DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
-
-
-def check_device(name: str, device) -> None:
-    """Refuse a device string :func:`resolve_device` cannot use (``tpu``, ``cuda:x``), naming the valid ones."""
-    if not isinstance(device, str) or not _DEVICE.fullmatch(device):
-        raise ValueError(f"{name} must be one of {DEVICES}, got {device!r}")
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    """The torch device ``device`` names (``auto``: cuda when present, else cpu); a name that is not one of
-    :data:`DEVICES` is a ValueError, cuda without CUDA a :class:`SetupError`."""
-    check_device("device", device)
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise SetupError(f"device {device!r} asked for, but CUDA is not available here; use --device cpu")
-    return torch.device(device)
 
 
 def random_shift(x: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
@@ -218,7 +195,7 @@ def train(cfg: TrainConfig, backbone: BackboneConfig, data: DataConfig | Splits,
 
 def run_phase(model: BranchyNet, phase: Phase, splits: Splits, cfg: TrainConfig, *, first_epoch: int = 0,
               device: torch.device | str = "cpu", bar: tqdm | None = None) -> list[dict]:
-    """Train ``model`` for one :class:`~branchy.schemes.Phase`: only ``phase.trains`` learn, on
+    """Train ``model`` for one :class:`~branchy.train.Phase`: only ``phase.trains`` learn, on
     ``Σ_n w_n · CE_n`` with a cosine learning-rate schedule over its epochs; batches, shuffling and shifts
     are seeded by ``cfg.seed`` and the run's epoch number (``first_epoch`` + epochs done in this phase).
     Returns the history rows: one per epoch and exit."""
@@ -266,5 +243,4 @@ def run_phase(model: BranchyNet, phase: Phase, splits: Splits, cfg: TrainConfig,
     return rows
 
 
-__all__ = ["DEVICES", "OPTIMIZERS", "TrainConfig", "TrainResult", "check_device", "evaluate", "joint_loss",
-           "random_shift", "resolve_device", "run_phase", "train"]
+__all__ = ["OPTIMIZERS", "TrainConfig", "TrainResult", "evaluate", "joint_loss", "random_shift", "run_phase", "train"]

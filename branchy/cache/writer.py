@@ -2,8 +2,8 @@
 renamed into place, so an interrupted write (Ctrl-C, kill, full disk) never leaves a directory that opens as
 a cache; a failing write removes its folder.
 
-Writers of ``PATH`` (:func:`branchy.dump.dump`, :func:`~branchy.dump.cache_from_arrays`,
-:func:`~branchy.dump.reprofile`) hold an exclusive ``flock`` on ``PATH.lock`` for their whole run; a second
+Writers of ``PATH`` (:func:`branchy.cache.dump`, :func:`~branchy.cache.cache_from_arrays`,
+:func:`~branchy.cache.reprofile`) hold an exclusive ``flock`` on ``PATH.lock`` for their whole run; a second
 writer is refused at once, naming the first (pid, host, start time, as written in the lock file). The OS drops
 the lock when its holder dies, and the lock file itself stays (removing it would let two writers lock
 different files). Under the lock a writer first repairs what a killed one left (:func:`recover_target`): stale
@@ -26,16 +26,14 @@ from typing import Iterator
 
 import numpy as np
 
-from .atomic import atomic_write
-from .cache import MANIFEST, CacheError, FeatureCache, file_entry
-from .paths import SetupError
-from .rule import json_safe
+from ..core import SetupError, atomic_write, json_safe
+from .reader import MANIFEST, CacheError, FeatureCache, file_entry
 
 
 class NpyWriter:
     """Append rows to a ``.npy`` file of known final shape, sequentially, without holding it in memory. With
     ``rows=(start, stop)`` it writes only those rows, into an existing file of that shape and dtype (one rank's
-    part of a preallocated file, :mod:`branchy.dump_dist`)."""
+    part of a preallocated file, :mod:`branchy.cache.distributed`)."""
 
     def __init__(self, path: Path, shape: tuple[int, ...], dtype, *, rows: tuple[int, int] | None = None) -> None:
         self.path, self.shape, self.dtype = path, tuple(shape), np.dtype(dtype)

@@ -1,6 +1,6 @@
 """Datasets by name (the way in): :class:`DataConfig` says which dataset and where, :func:`load_dataset` loads it
 as train / calib / test :class:`Splits`. Loaders: the embedded ``mnist5k`` default, torchvision sets, ``npz``
-and ``imagefolder`` (:mod:`branchy.loaders`), ``mnist5k-c`` (:mod:`branchy.mnist_c`).
+(:mod:`branchy.data.loaders`) and ``imagefolder`` (:mod:`branchy.data.folders`), ``mnist5k-c`` (:mod:`branchy.data.mnist_c`).
 
 Images are held in memory as uint8 ``[N, C, H, W]`` (or float32 in [0, 1] for ``npz`` floats) and normalised
 per batch."""
@@ -9,10 +9,9 @@ from __future__ import annotations
 import inspect
 from dataclasses import dataclass, fields
 
-from . import loaders, mnist_c  # noqa: F401 - registers the built-in loaders and mnist5k-c
-from .config import check_int, setting
-from .loaders import min_per_class, typed_options  # noqa: F401 - re-exported
-from .splits import DATASETS, SPLITS, ArrayDataset, DatasetInfo, Splits, register_dataset  # noqa: F401
+from ..core import check_int, setting
+from .options import typed_options
+from .splits import DATASETS, Splits
 
 
 def list_datasets() -> list[str]:
@@ -26,7 +25,7 @@ def _loader_params(name: str) -> dict[str, inspect.Parameter]:
 def load_dataset(name: str, **options) -> Splits:
     """Load dataset ``name`` as train/calib/test splits. Options are the loader's keywords (``root``,
     ``download``, ``seed``, ``path``, ...); one it does not take is refused with the ones it does, and each is
-    read as its annotated type and checked before the loader runs (:func:`branchy.loaders.typed_options`)."""
+    read as its annotated type and checked before the loader runs (:func:`branchy.data.options.typed_options`)."""
     params = _loader_params(name)
     unknown = sorted(set(options) - set(params))
     if unknown:
@@ -92,5 +91,4 @@ class DataConfig:
         return DATASETS.get(self.dataset)(**self.loader_options())
 
 
-__all__ = ["DATASETS", "SPLITS", "ArrayDataset", "DataConfig", "DatasetInfo", "Splits", "list_datasets",
-           "load_dataset", "register_dataset"]
+__all__ = ["DataConfig", "list_datasets", "load_dataset"]

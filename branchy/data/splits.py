@@ -1,6 +1,6 @@
 """What every dataset comes as: :class:`Splits` (train / calib / test, each an :class:`ArrayDataset`) with a
 :class:`DatasetInfo`, the dataset registry, and the helpers loaders share (stratified split by seed, NCHW
-tensors, normalisation statistics). Loaders live in :mod:`branchy.loaders`; :mod:`branchy.data` is the way in."""
+tensors, normalisation statistics). Loaders live in :mod:`branchy.data.loaders`; :mod:`branchy.data` is the way in."""
 from __future__ import annotations
 
 import hashlib
@@ -10,7 +10,7 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from .registry import Registry
+from ..core import Registry
 
 SPLITS = ("train", "calib", "test")
 
@@ -146,7 +146,7 @@ class Splits:
         return h.hexdigest()[:16]
 
 
-DATASETS: Registry[Callable[..., Splits]] = Registry("dataset")
+DATASETS: Registry[Callable[..., Splits]] = Registry("dataset", plugins="branchy.datasets")
 
 
 def register_dataset(name: str, doc: str | None = None):

@@ -12,8 +12,8 @@ from typing import Callable, Iterable, Protocol, Sequence
 
 import torch
 
-from .models import BranchyNet
-from .registry import Registry
+from ..core import Registry
+from ..models import BranchyNet
 
 DEFAULT_LR = {"adam": 3e-3, "sgd": 0.05}
 
@@ -86,7 +86,8 @@ class Scheme:
         return self.planner(cfg, model, Optim(kind, lr, cfg.momentum, cfg.weight_decay))
 
 
-SCHEMES: Registry[Scheme] = Registry("training scheme", ordered=True)  # the default, ``joint``, listed first
+# the default, ``joint``, listed first
+SCHEMES: Registry[Scheme] = Registry("training scheme", ordered=True, plugins="branchy.schemes")
 
 
 def plan(cfg: TrainSettings, model: BranchyNet) -> list[Phase]:
@@ -187,7 +188,6 @@ def _plan_ic_only(cfg: TrainSettings, model: BranchyNet, optim: Optim) -> list[P
 def _plan_ztw(cfg: TrainSettings, model: BranchyNet, optim: Optim) -> list[Phase]:
     phases = _trunk(cfg, model, optim) + [_side_exits(cfg, model, optim)]
     if cfg.ensemble_epochs > 0:
-        k = model.num_exits
         phases.append(Phase("ensemble", cfg.ensemble_epochs, _names(model, model.ensemble_parameters()),
                             _weights(cfg, model)[:-1] + (0.0,), optim, eval_modules=("stages", "exits"),
                             ensemble=True))

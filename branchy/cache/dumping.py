@@ -1,6 +1,6 @@
 """Dump a frozen branchy net once: logits, pooled features and labels of every split, the cost table and,
 last, the manifest (with every file's size and SHA-256); also caches from arrays and re-profiling an existing
-cache. Every writer goes through :mod:`branchy.cache_writer` (lock, own partial folder, recovery, final
+cache. Every writer goes through :mod:`branchy.cache.writer` (lock, own partial folder, recovery, final
 swap), so an interrupted dump never leaves a directory that opens as a cache."""
 from __future__ import annotations
 
@@ -10,58 +10,17 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .arrays_cache import cache_from_arrays  # noqa: F401 - re-exported
-from .cache import SCHEMA_VERSION, FeatureCache, file_entry
-from .cache_writer import NpyWriter, record_files, finish_cache, writing_target, versions
-from .checkpoint import data_config_of, load_checkpoint
-from .config import check_int, check_number, setting
-from .data import SPLITS, DataConfig, Splits
-from .models import BranchyNet
-from .paths import check_writable
-from .pathtime import in_context_costs, sample_inputs
-from .profile import profile_segments, runtime_overhead
-from .reprofile import reprofile  # noqa: F401 - re-exported
-from .timing import machine_state
-from .train import check_device, resolve_device
+from ..core import check_device, check_int, check_number, check_writable, resolve_device, setting
+from ..data import SPLITS, DataConfig, Splits
+from ..models import BranchyNet, parse_pooling, pool_features
+from ..runtime import in_context_costs, machine_state, profile_segments, runtime_overhead, sample_inputs
+from ..train import data_config_of, load_checkpoint
+from .reader import SCHEMA_VERSION, FeatureCache, file_entry
+from .writer import NpyWriter, finish_cache, record_files, versions, writing_target
 
 FEATURE_DTYPES = ("float16", "float32", "float64")
-
-
-def parse_pooling(pooling: str) -> tuple[int, ...]:
-    """The grid sizes of a pooling spec: ``'avg'`` → (1,) (global average), ``'grid:S'`` → (S,) (adaptive S×S
-    average), ``'grid:1,2'`` → (1, 2) (a spatial pyramid: every scale's pooled features, concatenated)."""
-    if pooling == "avg":
-        return (1,)
-    parts = pooling[5:].split(",") if pooling.startswith("grid:") else []
-    if parts and all(p.isdigit() and int(p) >= 1 for p in parts) and len(set(parts)) == len(parts):
-        return tuple(int(p) for p in parts)
-    raise ValueError(f"unknown pooling {pooling!r}; use 'avg', 'grid:S' (e.g. grid:2) or several distinct scales "
-                     f"'grid:S1,S2' (e.g. grid:1,2)")
-
-
-def pool_features(h: torch.Tensor, s: int | tuple[int, ...]) -> torch.Tensor:
-    """``[B, C, H, W]`` → ``[B, C·Σ s·s]`` by adaptive average pooling at each scale in ``s``, concatenated
-    (``[B, D]`` passes through)."""
-    if h.ndim == 2:
-        return h
-    scales = (s,) if isinstance(s, int) else tuple(s)
-    if len(scales) == 1:
-        return F.adaptive_avg_pool2d(h, scales[0]).flatten(1)
-    return torch.cat([F.adaptive_avg_pool2d(h, k).flatten(1) for k in scales], 1)
-
-
-class Pool(torch.nn.Module):
-    """:func:`pool_features` as a module (one or several scales), for the runtime's predictor modules."""
-
-    def __init__(self, s: int | tuple[int, ...]) -> None:
-        super().__init__()
-        self.scales = (s,) if isinstance(s, int) else tuple(s)
-
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return pool_features(h, self.scales)
 
 
 @dataclass(frozen=True)
@@ -90,7 +49,7 @@ def dump(model: BranchyNet, splits: Splits, path: str | os.PathLike, config: Dum
          **settings) -> FeatureCache:
     """Run every split through the frozen ``model`` once and write a feature cache at ``path``, per ``config``
     (default :class:`DumpConfig`) with any of its fields given as keywords (``pooling="avg"``). Several processes
-    share the work with :func:`branchy.dump_dist.dump_distributed` (``torchrun``)."""
+    share the work with :func:`branchy.cache.dump_distributed` (``torchrun``)."""
     out = check_writable(path, what="cache")
     cfg = replace(config or DumpConfig(), **settings)
     s = parse_pooling(cfg.pooling)
@@ -230,12 +189,12 @@ def dump_checkpoint(checkpoint: str | os.PathLike, path: str | os.PathLike, *, s
                     data: DataConfig | None = None, **kw) -> FeatureCache:
     """Load ``checkpoint`` and dump it (:func:`load_for_dump`); ``kw`` go to :func:`dump`. A target another process
     is writing is refused before the checkpoint and the data are loaded."""
-    from .cache_writer import check_unlocked
+    from .writer import check_unlocked
 
     check_unlocked(path)
     model, splits = load_for_dump(checkpoint, splits=splits, data=data)
     return dump(model, splits, path, checkpoint=str(checkpoint), **kw)
 
 
-__all__ = ["DumpConfig", "FEATURE_DTYPES", "Pool", "check_input_shape", "dump", "dump_checkpoint", "feature_dims",
-           "finish_dump", "forward_rows", "load_for_dump", "open_writers", "parse_pooling", "pool_features", "write_rows"]
+__all__ = ["DumpConfig", "FEATURE_DTYPES", "check_input_shape", "dump", "dump_checkpoint", "feature_dims",
+           "finish_dump", "forward_rows", "load_for_dump", "open_writers", "write_rows"]

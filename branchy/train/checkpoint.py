@@ -9,11 +9,9 @@ from typing import Any
 
 import torch
 
-from .atomic import atomic_path
-from .config import to_plain
-from .data import DataConfig, Splits
-from .models import BranchyNet, ModelConfig, build_from_config, weights_fingerprint
-from .paths import check_writable
+from ..core import atomic_path, check_version, check_writable, to_plain
+from ..data import DataConfig, Splits
+from ..models import BranchyNet, ModelConfig, build_from_config, weights_fingerprint
 
 CHECKPOINT_FORMAT = "branchy-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -62,12 +60,8 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is not a branchy checkpoint (no '{CHECKPOINT_FORMAT}' header): give a file "
                          f"written by `branchy train`")
-    version = payload.get("version", 0)
-    if not isinstance(version, int):
-        raise ValueError(f"{path} has a damaged checkpoint version {version!r}: write it again with `branchy train`")
-    if version > CHECKPOINT_VERSION:
-        raise ValueError(f"{path} has checkpoint version {payload['version']}, newer than this toolkit's "
-                         f"{CHECKPOINT_VERSION}: upgrade branchy-study")
+    check_version(str(path), "checkpoint", payload.get("version", 0), reads=range(0, CHECKPOINT_VERSION + 1),
+                  fix="write it again with `branchy train`")
     missing = [k for k in CHECKPOINT_KEYS if k not in payload]
     if missing:
         raise ValueError(f"{path} is an incomplete branchy checkpoint (no {', '.join(missing)}): write it again "

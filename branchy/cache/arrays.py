@@ -1,5 +1,5 @@
 """A cache from arrays you already have (your own model's outputs, or synthetic data): checked, then written
-through :mod:`branchy.cache_writer` like a dump. Arrays are read in chunks of rows (:data:`CHUNK`), so memory
+through :mod:`branchy.cache.writer` like a dump. Arrays are read in chunks of rows (:data:`CHUNK`), so memory
 maps larger than memory (``np.load(..., mmap_mode="r")``) go through with flat memory."""
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .cache import SCHEMA_VERSION, FeatureCache, file_entry, row_slices
-from .cache_writer import NpyWriter, record_files, finish_cache, writing_target, versions
-from .paths import check_writable
-from .splits import SPLITS
+from ..core import check_writable
+from ..data import SPLITS
+from .reader import SCHEMA_VERSION, FeatureCache, file_entry, row_slices
+from .writer import NpyWriter, finish_cache, record_files, versions, writing_target
 
 
 CHUNK = 1 << 16  # rows per chunk when checking, hashing and writing
@@ -82,7 +82,7 @@ def cache_from_arrays(path: str | os.PathLike, data: dict, *, costs=None, model_
     """Write a cache from arrays you already have (your own model's outputs, or synthetic data).
 
     ``data[split] = (labels [N], logits [N, K, C], [features_k [N, D_k] for each exit])`` for train,
-    calib and test. ``costs`` is a cost table as :func:`branchy.profile.profile_segments` makes (default:
+    calib and test. ``costs`` is a cost table as :func:`branchy.runtime.profile_segments` makes (default:
     unit costs: every stage 1 ms / 1 MAC, exits 0.1, buffers 0.01). ``chain`` says whether exit k's logits
     were computed with the earlier heads run (``boost``, ``cascade``, ``ensemble``; see FeatureCache.chain).
     """
@@ -135,7 +135,7 @@ def _arrays_manifest(partial: Path, files: dict, data: dict, costs, *, fp: str, 
     """Write ``costs`` (default: unit costs) into ``partial``; return the manifest of a cache_from_arrays cache."""
     import pandas as pd
 
-    from .profile import COST_COLUMNS
+    from ..runtime import COST_COLUMNS
 
     if costs is None:
         rows = []

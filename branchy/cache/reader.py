@@ -3,7 +3,7 @@
 Layout of a cache directory::
 
     manifest.json          written last; a directory without it is not a cache
-    costs.csv              per-segment costs (see branchy.profile)
+    costs.csv              per-segment costs (see branchy.runtime.profile)
     {split}/labels.npy     [N] int64
     {split}/logits.npy     [N, K, C] float32
     {split}/feat_{k}.npy   [N, D_k] pooled branch-point features (float16 by default)
@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .measures import all_confidences, entropy
+from ..core import check_version
+from ..exits import all_confidences, entropy
 
 SCHEMA_VERSION = 2  # 2: ``files`` entries carry a sha256 (1: sizes only; still read)
 MANIFEST = "manifest.json"
@@ -91,12 +92,8 @@ def _read_manifest(p: Path) -> dict:
     if not isinstance(manifest, dict):
         raise CacheError(f"{mf} is not a cache manifest (a JSON object expected, found a {type(manifest).__name__}); "
                          f"{_fix(p)}")
-    version = manifest.get("schema_version")
-    if not isinstance(version, int):
-        raise CacheError(f"{mf} has no schema_version: not a branchy feature cache")
-    if version > SCHEMA_VERSION:
-        raise CacheError(f"{p} was written with cache schema {version}, newer than this toolkit's "
-                         f"{SCHEMA_VERSION}: upgrade branchy-study to read it")
+    check_version(str(mf), "cache schema", manifest.get("schema_version"), reads=range(1, SCHEMA_VERSION + 1),
+                  fix=_fix(p, manifest), error=CacheError)
     missing = [k for k in REQUIRED if k not in manifest]
     if missing:
         raise CacheError(f"{mf} is missing keys {', '.join(missing)}: not a complete cache manifest; "
@@ -346,4 +343,4 @@ class FeatureCache:
                 f"exits={self.num_exits}, splits={m['splits']})")
 
 
-__all__ = ["FeatureCache", "CacheError", "SCHEMA_VERSION", "file_entry", "file_sha256"]
+__all__ = ["FeatureCache", "CacheError", "SCHEMA_VERSION", "file_entry", "file_sha256", "row_slices"]

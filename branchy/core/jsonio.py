@@ -1,0 +1,47 @@
+"""Standard JSON with non-finite floats as strings (``"inf"``, ``"-inf"``, ``"nan"``), written atomically."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .atomic import atomic_write
+
+__all__ = ["NONFINITE", "json_safe", "json_float", "write_json"]
+
+
+#: How a non-finite float is written to JSON (which has no Infinity or NaN): as one of these strings.
+NONFINITE = {"inf": np.inf, "-inf": -np.inf, "nan": np.nan}
+_OLD_NONFINITE = {"infinity": np.inf, "+infinity": np.inf, "-infinity": -np.inf, "+inf": np.inf}
+
+
+def json_safe(obj):
+    """``obj`` with every non-finite float replaced by ``"inf"``, ``"-inf"`` or ``"nan"`` (standard JSON)."""
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, (float, np.floating)) and not np.isfinite(obj):
+        return "nan" if np.isnan(obj) else ("inf" if obj > 0 else "-inf")
+    return obj
+
+
+def json_float(v) -> float:
+    """A number read back from JSON: a number, or ``"inf"`` / ``"-inf"`` / ``"nan"`` (written by
+    :func:`write_json`); the old non-standard ``Infinity`` literal is parsed by ``json`` itself."""
+    if isinstance(v, str):
+        key = v.strip().lower()
+        if key in NONFINITE or key in _OLD_NONFINITE:
+            return float(NONFINITE.get(key, _OLD_NONFINITE.get(key)))
+        raise ValueError(f"not a number: {v!r} (want a number, or \"inf\" / \"-inf\")")
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise ValueError(f"not a number: {v!r}")
+    return float(v)
+
+
+def write_json(path: str | os.PathLike, obj) -> Path:
+    """Write standard JSON (infinities as the strings ``"inf"`` / ``"-inf"``, see :func:`json_safe`) to a
+    temporary file and rename it into place (never a half-written file)."""
+    return atomic_write(path, json.dumps(json_safe(obj), indent=2, allow_nan=False))
