@@ -17,7 +17,7 @@
 # # 01 · Cache features once
 # Train a B-LeNet with three exits on the embedded MNIST-5k (or reuse the checkpoint), freeze it, and
 # dump every split once: logits of every exit, pooled branch-point features, labels and the
-# per-segment cost table. Everything after this notebook reads only the cache.
+# per-segment cost table. Everything after this notebook reads only the cache. The calls are the README's.
 #
 # `BRANCHY_NB_SMALL=1` makes it tiny (1 epoch, short timing) for the test suite.
 
@@ -27,27 +27,36 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 
-from analysis.study.pipeline import DEMO, step_dump, step_train
 from analysis.present.plots import plot_entropy_hist
-from dataclasses import replace
+from branchy.cache import CacheError, FeatureCache, dump
+from branchy.data import DataConfig
+from branchy.models import BackboneConfig
+from branchy.train import TrainConfig, evaluate, load_checkpoint, train
 
 SMALL = os.environ.get("BRANCHY_NB_SMALL") == "1"
 OUT = Path(os.environ.get("BRANCHY_NB_OUT", "runs/notebooks"))
-cfg = replace(DEMO, out=str(OUT))
-if SMALL:
-    cfg = replace(cfg, train=replace(cfg.train, epochs=1), dump=replace(cfg.dump, profile_time=0.01))
+EPOCHS = 1 if SMALL else 30
+TIMING = {"profile_time": 0.01} if SMALL else {}  # s of timing per segment and batch size (default 0.2)
 
 # %%
-splits = cfg.data.load()
+splits = DataConfig("mnist5k").load()  # train / calib / test
 print(splits.info, splits.sizes())
-model, test_eval = step_train(cfg, splits, OUT, redo=False)
-test_eval
+ckpt = OUT / "model" / "model.pt"
+if ckpt.exists():
+    model, meta = load_checkpoint(ckpt)  # reuse the trained net (delete the folder to retrain)
+else:
+    model = train(TrainConfig(epochs=EPOCHS, batch_size=64, lr=3e-3, augment_shift=2),
+                  BackboneConfig("b-lenet", exits=(0, 1)), splits, out_dir=ckpt.parent).model.cpu()
+evaluate(model, splits.test)  # accuracy and loss of every exit on test
 
 # %% [markdown]
-# Dump (reused when the cache on disk matches this model, data and pooling).
+# Dump (reused when the cache on disk was written from this model and data: opening it checks both).
 
 # %%
-cache = step_dump(cfg, model, splits, OUT, redo=False)
+try:
+    cache = FeatureCache.open(OUT / "cache", model=model, dataset=splits)
+except CacheError:
+    cache = dump(model, splits, OUT / "cache", overwrite=True, checkpoint=str(ckpt), **TIMING)
 cache
 
 # %%

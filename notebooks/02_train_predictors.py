@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -13,7 +15,7 @@
 
 # %% [markdown]
 # # 02 · Train predictors from the cache
-# Thresholds T are tuned on `calib` (each side exit's accepted samples 99 % right); gate, target-exit
+# The exit rule is tuned on `calib` (each side exit's accepted samples 99 % right); gate, target-exit
 # and entropy predictors are fitted on `calib` and evaluated on `calib` and `test`. No model, no GPU.
 
 # %%
@@ -21,10 +23,9 @@ import os
 from pathlib import Path
 
 import matplotlib.pyplot as plt
-import numpy as np
 import seaborn as sns
 
-from analysis.core.calibrate import thresholds_for_accuracy
+from analysis.core.calibrate import calib_rule
 from branchy.cache import FeatureCache
 from predictors import PredictorSpec, evaluation_table, fit_predictor, save_predictors
 
@@ -34,16 +35,16 @@ MODEL = "linear" if SMALL else "nn"
 cache = FeatureCache.open(OUT / "cache")
 
 # %%
-T = thresholds_for_accuracy(np.asarray(cache.logits("calib")), cache.labels("calib"), 0.99)
-print("entropy thresholds (nats):", np.round(T, 4))
+rule = calib_rule(cache, 0.99)  # ExitRule: entropy thresholds tuned on calib (sequential), as in the README
+print(rule)
 
 # %%
 K = cache.num_exits
-specs = [PredictorSpec("gate", j, MODEL, k, tuple(T), class_weight="balanced")
+specs = [PredictorSpec("gate", at=j, model=MODEL, for_exit=k, rule=rule, class_weight="balanced")
          for k in range(K - 1) for j in range(k + 1)]
-specs += [PredictorSpec("exit", j, MODEL, None, tuple(T), class_weight="balanced", with_confidences=True)
+specs += [PredictorSpec("exit", at=j, model=MODEL, rule=rule, class_weight="balanced", with_confidences=True)
           for j in range(K - 1)]
-specs += [PredictorSpec("entropy", j, MODEL, k, tuple(T)) for k in range(K - 1) for j in range(k + 1)]
+specs += [PredictorSpec("entropy", at=j, model=MODEL, for_exit=k, rule=rule) for k in range(K - 1) for j in range(k + 1)]
 fitted = [fit_predictor(cache, s, timing=0.02 if SMALL else 0.1) for s in specs]
 save_predictors(fitted, OUT / "predictors")
 table = evaluation_table(fitted, cache)
