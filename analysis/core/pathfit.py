@@ -139,4 +139,23 @@ def path_params(costs: CostModel) -> np.ndarray:
                     + [W[i] + E[i] + costs.decision_ms for i in range(k - 1)] + [R[i] for i in range(k - 1)])
 
 
-__all__ = ["PathFit", "design", "fit_path_costs", "fitted_costs", "param_names", "path_params", "row_basis"]
+PREDICTABLE_PCT = 95.0  # a held-out policy is predicted from fitted costs only where this share of its paths is spanned
+
+
+def held_out_path_fit(names: list[str], sims: dict, meas: np.ndarray) -> list[tuple[float, float]]:
+    """Per policy, its mean latency predicted by segment costs fitted (:func:`fit_path_costs`, NNLS) on the
+    *other* policies' measured per-sample path times (``meas[j]``, ms), and the share (%) of its paths that lie in
+    the span of theirs; (nan, 0) where no other policy has a recorded path."""
+    out = []
+    for j, name in enumerate(names):
+        train = [i for i, n in enumerate(names) if i != j and sims[n].path is not None]
+        if not train or sims[name].path is None:
+            out.append((np.nan, 0.0))
+            continue
+        fit = fit_path_costs([sims[names[i]] for i in train], [meas[i] for i in train])
+        out.append((float(fit.predict(sims[name]).mean()), 100 * float(fit.predictable(sims[name]).mean())))
+    return out
+
+
+__all__ = ["PREDICTABLE_PCT", "PathFit", "design", "fit_path_costs", "fitted_costs", "held_out_path_fit", "param_names",
+           "path_params", "row_basis"]

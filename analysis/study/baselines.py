@@ -31,8 +31,10 @@ from ..core.breakeven import perfect_gates_outcome
 from ..core.calibrate import calib_rule, rule_family
 from ..core.costs import DeviceProfile, get_profile, measured_cost_models
 from ..core.evidence import Evidence, matched_oracle_outcome, oracle_outcome
+from ..core.paired import acc_diff_ci, ratio_ci
 from ..core.policies import PolicyConfig
 from .placement_study import PlacementObjective, exit_macs
+from .verdict import pays, verdict
 
 NAMES = ("full", "cascade", "best-rule", "best-free", "best-gated", "best")
 
@@ -183,45 +185,6 @@ def _decided(name: str, row: dict) -> Decided:
                    {k: row[k] for k in ("accuracy_%", "mean_ms", "p95_ms", "mean_MACs") if k in row})
 
 
-def ratio_ci(a: np.ndarray, b: np.ndarray, n_boot: int = 1000, seed: int = 0) -> tuple[float, float, float]:
-    """mean(a) / mean(b) over the same samples, with a paired bootstrap 95 % CI. ``a`` and ``b`` are ``[N]``, or
-    ``[R, N]``: the same samples' latencies under R independent cost tables (profilings), the first the one the
-    decisions used. Then the point is the first table's ratio and every resample also draws a table (the same for
-    ``a`` and ``b``), so the CI carries the costs' own spread as well as the samples'."""
-    a, b = np.atleast_2d(np.asarray(a, float)), np.atleast_2d(np.asarray(b, float))
-    if a.shape != b.shape:
-        raise ValueError(f"ratio_ci: a {a.shape} and b {b.shape} must hold the same samples and tables")
-    r = a[0].mean() / b[0].mean()
-    if n_boot <= 0:
-        return float(r), np.nan, np.nan
-    rng = np.random.default_rng(seed)
-    n_tab, n = a.shape
-    idx = rng.integers(0, n, (n_boot, n))
-    if n_tab == 1:
-        rs = a[0][idx].mean(1) / b[0][idx].mean(1)
-    else:
-        tab = rng.integers(0, n_tab, n_boot)[:, None]
-        rs = a[tab, idx].mean(1) / b[tab, idx].mean(1)
-    return float(r), float(np.percentile(rs, 2.5)), float(np.percentile(rs, 97.5))
-
-
-def acc_diff_ci(a: np.ndarray, b: np.ndarray, n_boot: int) -> tuple[float, float, float]:
-    """Accuracy of ``a`` minus ``b`` (correctness ``[N]`` on the same samples) in points, paired bootstrap 95 % CI."""
-    d = 100 * (np.asarray(a).astype(float) - np.asarray(b).astype(float))
-    if n_boot <= 0:
-        return float(d.mean()), np.nan, np.nan
-    idx = np.random.default_rng(1).integers(0, len(d), (n_boot, len(d)))
-    m = d[idx].mean(1)
-    return float(d.mean()), float(np.percentile(m, 2.5)), float(np.percentile(m, 97.5))
-
-
-def non_inferior(lo, point, eps: float) -> bool:
-    """Non-inferior accuracy: the lower end of the paired 95 % CI of the accuracy difference (points) is at least
-    ``-eps`` (the point estimate when no CI was drawn)."""
-    v = lo if lo is not None and np.isfinite(lo) else point
-    return v is not None and bool(np.isfinite(v)) and v >= -eps - 1e-9
-
-
 # ratio columns of a comparison row: name -> (numerator, denominator)
 RATIOS = {"gated_vs_free": ("best-gated", "best-free"), "free_vs_full": ("best-free", "full"),
           "cascade_vs_full": ("cascade", "full"), "best_rule_vs_cascade": ("best-rule", "cascade"),
@@ -299,73 +262,6 @@ def compare_references(cache: FeatureCache, predictors: dict, *, rule: ExitRule,
     return row
 
 
-def pays(row: dict) -> bool:
-    """Do predictors pay on a comparison row? The best placement with a predictor beats the best predictor-free policy
-    (``gated_vs_free_hi < 1``) at non-inferior accuracy (:func:`non_inferior`, ``acc_eps_pts``) and, where the row
-    was also run for real (``real_gated_vs_free_hi``, :mod:`analysis.study.realrun`), the real run's CI lies below 1
-    too: a claim holds only where simulation and the real run agree."""
-    hi = row.get("gated_vs_free_hi", np.nan)
-    if hi is None or not np.isfinite(hi) or not hi < 1:
-        return False
-    if not non_inferior(row.get("gated_vs_free_acc_lo_pts"), row.get("gated_vs_free_acc_pts"),
-                        row.get("acc_eps_pts", 0.0)):
-        return False
-    real = row.get("real_gated_vs_free_hi", np.nan)
-    return real is None or not np.isfinite(real) or bool(real < 1)
 
-
-def _ci(row: dict, col: str) -> str:
-    lo, hi = row.get(f"{col}_lo"), row.get(f"{col}_hi")
-    return f"{row[col]:.3f}" + ("" if lo is None or not np.isfinite(lo) else f" [{lo:.3f}, {hi:.3f}]")
-
-
-def verdict(row: dict) -> str:
-    """What a comparison row found, in words (test; decided on calib)."""
-    free = f"the best predictor-free policy ({row['best_free_placement']}, {row['best_free_rule']})"
-    head = (f"{row['profile']}: the default cascade runs at {_ci(row, 'cascade_vs_full')} x full, {free} at "
-            f"{_ci(row, 'free_vs_full')} x full")
-    if "gated_vs_free" not in row or not np.isfinite(row.get("gated_vs_free", np.nan)):
-        why = row.get("note") or "no placement with a predictor"
-        return f"{head}. Predictors cannot be tried here: {why}.{_real_sentence(row)}"
-    gated = (f"the best placement with a predictor ({row['best_gated_placement']}) runs at "
-             f"{_ci(row, 'gated_vs_free')} x it, accuracy {row['gated_vs_free_acc_pts']:+.2f} points")
-    if np.isfinite(row.get("gated_vs_free_acc_lo_pts", np.nan)):
-        gated += f" [{row['gated_vs_free_acc_lo_pts']:+.2f}, {row['gated_vs_free_acc_hi_pts']:+.2f}]"
-    bound = ""
-    if np.isfinite(row.get("perfect_gates_vs_free", np.nan)):
-        bound = (f" Free perfect gates in front of the exits it keeps would run at {row['perfect_gates_vs_free']:.3f} x "
-                 f"the best predictor-free policy; side exits are {row['side_exit_cost_share_%']:.0f} % of full's "
-                 f"cost here.")
-    real = _real_sentence(row)
-    if row["pays"]:
-        return f"{head}; {gated}: predictors pay here.{bound}{real}"
-    reasons = []
-    if not row.get("gated_vs_free_hi", np.inf) < 1:
-        reasons.append("its latency CI reaches 1 or above")
-    if not non_inferior(row.get("gated_vs_free_acc_lo_pts"), row.get("gated_vs_free_acc_pts"), row["acc_eps_pts"]):
-        reasons.append(f"its accuracy may be more than {row['acc_eps_pts']:g} points lower")
-    if not reasons:
-        reasons.append("the real run does not confirm it: its CI reaches 1 or above")
-    return f"{head}; {gated}: predictors do not pay here ({' and '.join(reasons)}).{bound}{real}"
-
-
-def _real_sentence(row: dict) -> str:
-    """The real run of a row (:mod:`analysis.study.realrun`) in words; empty without one."""
-    n = row.get("real_n")
-    if n is None or not np.isfinite(n):
-        return ""
-    parts = []
-    for col, what in (("cascade_vs_full", "the default cascade"), ("free_vs_full", "the best predictor-free policy")):
-        if np.isfinite(row.get(f"real_{col}", np.nan)):
-            parts.append(f"{what} {_ci(row, f'real_{col}')} x full (simulated {row[f'realsim_{col}']:.3f})")
-    if np.isfinite(row.get("real_gated_vs_free", np.nan)):
-        parts.append(f"the gated placement {_ci(row, 'real_gated_vs_free')} x the best predictor-free policy "
-                     f"(simulated {row['realsim_gated_vs_free']:.3f})")
-    agree = (f"the simulation orders {int(row['real_pairs_agree'])} of {int(row['real_pairs'])} pairs of policies as "
-             f"the real run does" if row.get("real_pairs") else "no two policies differ by more than 5 % for real")
-    return (f" Run for real ({row['real_backend']}, {int(n)} test samples at batch 1): {'; '.join(parts)}; "
-            f"{agree}.")
-
-
-__all__ = ["ACC_DIFFS", "Baselines", "Decided", "NAMES", "RATIOS", "acc_diff_ci", "compare_references",
-           "decide_baselines", "full_placement", "non_inferior", "pays", "ratio_ci", "verdict"]
+__all__ = ["ACC_DIFFS", "Baselines", "Decided", "NAMES", "RATIOS", "compare_references", "decide_baselines",
+           "full_placement"]

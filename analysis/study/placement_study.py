@@ -12,7 +12,7 @@ from branchy.cache import FeatureCache
 from branchy.core import check_int, check_name, setting
 from branchy.exits import ExitRule
 from placement import Constraint, Placement, SearchSpace, search
-from placement.optuna_search import check_storage
+from placement.optuna_storage import check_storage
 from placement import STRATEGIES, SearchResult
 
 from ..core.calibrate import budgeted_thresholds, calib_rule, thresholds_for_accuracy

@@ -15,7 +15,9 @@ import numpy as np
 import torch
 
 from ..core.costs import get_profile
-from .baselines import RATIOS, Baselines, compare_references, decide_baselines, pays, ratio_ci, verdict
+from ..core.paired import ratio_ci
+from .baselines import RATIOS, Baselines, compare_references, decide_baselines
+from .verdict import pays, verdict
 from .validate_lines import order_agreement
 
 REAL_POLICIES = ("full", "cascade", "best-free", "best-gated")
@@ -66,7 +68,7 @@ def compare_for_real(cache, predictors: dict, *, rule, cfg, constraint, profile:
     """:func:`analysis.study.baselines.compare_references` under ``profile``, and where that profile was measured
     on this machine (``measured``, ``measured-BACKEND``) its decided policies run for real on ``test_x``
     (:func:`real_columns`); the row's ``pays`` and ``verdict`` then take the real run into account
-    (:func:`analysis.study.baselines.pays`)."""
+    (:func:`analysis.study.verdict.pays`)."""
     base = decide_baselines(cache, predictors, profile=profile, rule=rule, cfg=cfg, constraint=constraint,
                             n_jobs=n_jobs, seed=seed)
     row = compare_references(cache, predictors, rule=rule, cfg=cfg, constraint=constraint, profile=profile,

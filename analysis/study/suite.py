@@ -19,7 +19,9 @@ import pandas as pd
 from branchy.core import check_int, from_mapping, read_yaml, setting
 
 from ..core.costs import get_profile
-from .baselines import RATIOS, compare_references, non_inferior, pays, ratio_ci
+from ..core.paired import non_inferior, ratio_ci
+from .baselines import RATIOS, compare_references
+from .verdict import pays
 from .config import StudyConfig
 
 
@@ -146,7 +148,7 @@ def run_suite(suite: SuiteConfig, *, redo: bool = False, log=print) -> pd.DataFr
 
 
 def paying(df: pd.DataFrame) -> pd.Series:
-    """Rows where predictors pay (:func:`analysis.study.baselines.pays`): ``gated_vs_free_hi < 1`` at non-inferior
+    """Rows where predictors pay (:func:`analysis.study.verdict.pays`): ``gated_vs_free_hi < 1`` at non-inferior
     accuracy and, on a row also run for real, the real run's CI below 1 too."""
     if "gated_vs_free_hi" not in df:
         return pd.Series(False, index=df.index)

@@ -20,6 +20,7 @@ from placement import Placement
 from predictors.deploy import gate_callable, jump_callable
 
 from ..core.evidence import Evidence, can_pass, outcome
+from ..core.pathfit import PREDICTABLE_PCT, held_out_path_fit
 from ..core.policies import POLICIES, PolicyConfig
 from .compare import study_policies
 
@@ -296,24 +297,5 @@ def validate_samples(cache: FeatureCache, model, test_x: torch.Tensor, *, predic
             {name: np.asarray(sims[name].latency_ms) for name in names})
 
 
-PREDICTABLE_PCT = 95.0  # a held-out policy is predicted from fitted costs only where this share of its paths is spanned
 
-
-def held_out_path_fit(names: list[str], sims: dict, meas: np.ndarray) -> list[tuple[float, float]]:
-    """Per policy, its mean latency predicted by segment costs fitted (:mod:`analysis.core.pathfit`, NNLS) on the
-    *other* policies' measured per-sample path times (``meas[j]``, ms), and the share (%) of its paths that lie in
-    the span of theirs; (nan, 0) where no other policy has a recorded path."""
-    from ..core.pathfit import fit_path_costs
-
-    out = []
-    for j, name in enumerate(names):
-        train = [i for i, n in enumerate(names) if i != j and sims[n].path is not None]
-        if not train or sims[name].path is None:
-            out.append((np.nan, 0.0))
-            continue
-        fit = fit_path_costs([sims[names[i]] for i in train], [meas[i] for i in train])
-        out.append((float(fit.predict(sims[name]).mean()), 100 * float(fit.predictable(sims[name]).mean())))
-    return out
-
-
-__all__ = ["PREDICTABLE_PCT", "build_runtime", "held_out_path_fit", "validate", "validate_samples"]
+__all__ = ["build_runtime", "validate", "validate_samples"]

@@ -4,8 +4,8 @@ when first used, so reading a cache needs no torch."""
 from ..core import lazy_exports
 
 __all__, __getattr__, __dir__ = lazy_exports(__name__, {
-    "FeatureCache": "reader", "CacheError": "reader", "SCHEMA_VERSION": "reader", "file_entry": "reader",
-    "file_sha256": "reader", "row_slices": "reader",
+    "FeatureCache": "reader", "CacheError": "reader", "SCHEMA_VERSION": "reader", "file_entry": "files",
+    "file_sha256": "files", "row_slices": "files",
     "CacheLockedError": "writer",
     "DumpConfig": "dumping", "dump": "dumping", "dump_checkpoint": "dumping",
     "dump_distributed": "distributed", "dump_checkpoint_distributed": "distributed",

@@ -11,7 +11,8 @@ import numpy as np
 
 from ..core import check_writable
 from ..data import SPLITS
-from .reader import SCHEMA_VERSION, FeatureCache, file_entry, row_slices
+from .files import file_entry, row_slices
+from .reader import SCHEMA_VERSION, FeatureCache
 from .writer import NpyWriter, finish_cache, record_files, versions, writing_target
 
 

@@ -17,7 +17,8 @@ from ..data import SPLITS, DataConfig, Splits
 from ..models import BranchyNet, parse_pooling, pool_features
 from ..runtime import in_context_costs, machine_state, profile_segments, runtime_overhead, sample_inputs
 from ..train import data_config_of, load_checkpoint
-from .reader import SCHEMA_VERSION, FeatureCache, file_entry
+from .files import file_entry
+from .reader import SCHEMA_VERSION, FeatureCache
 from .writer import NpyWriter, finish_cache, record_files, versions, writing_target
 
 FEATURE_DTYPES = ("float16", "float32", "float64")

@@ -24,37 +24,15 @@ import pandas as pd
 
 from ..core import check_version
 from ..exits import all_confidences, entropy
+from .files import file_sha256
 
 SCHEMA_VERSION = 2  # 2: ``files`` entries carry a sha256 (1: sizes only; still read)
 MANIFEST = "manifest.json"
 REQUIRED = ("schema_version", "model", "dataset", "splits", "num_exits", "num_classes", "pooling", "files")
-_CHUNK = 1 << 20
-
-
-def row_slices(n: int, size: int):
-    """Consecutive slices of ``size`` rows covering rows ``0..n-1`` (the last may be short): the chunks every
-    reader of a split larger than memory walks through."""
-    if size < 1:
-        raise ValueError(f"a chunk holds at least 1 row, got {size}")
-    return (slice(a, min(a + size, n)) for a in range(0, n, size))
 
 
 class CacheError(ValueError):
     """A directory that is not a (complete, current, matching) feature cache."""
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """SHA-256 of a file, read in 1 MiB chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def file_entry(path: Path) -> dict:
-    """A manifest ``files`` entry: size and SHA-256."""
-    return {"size": path.stat().st_size, "sha256": file_sha256(path)}
 
 
 def _size(entry) -> int | None:
@@ -343,4 +321,4 @@ class FeatureCache:
                 f"exits={self.num_exits}, splits={m['splits']})")
 
 
-__all__ = ["FeatureCache", "CacheError", "SCHEMA_VERSION", "file_entry", "file_sha256", "row_slices"]
+__all__ = ["FeatureCache", "CacheError", "MANIFEST", "SCHEMA_VERSION"]

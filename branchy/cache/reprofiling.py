@@ -13,7 +13,8 @@ import torch
 from ..core import atomic_write, json_safe, point, resolve_device
 from ..runtime import in_context_costs, machine_state, profile_segments, runtime_overhead, sample_inputs
 from ..train import load_checkpoint
-from .reader import MANIFEST, FeatureCache, file_entry
+from .files import file_entry
+from .reader import MANIFEST, FeatureCache
 from .writer import recover_target, sibling_path, target_lock
 
 

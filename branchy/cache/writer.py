@@ -27,7 +27,8 @@ from typing import Iterator
 import numpy as np
 
 from ..core import SetupError, atomic_write, json_safe
-from .reader import MANIFEST, CacheError, FeatureCache, file_entry
+from .files import file_entry
+from .reader import MANIFEST, CacheError, FeatureCache
 
 
 class NpyWriter:

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from analysis.core.policies import PolicyConfig, calibrate
-from analysis.study.baselines import pays, verdict
+from analysis.study.verdict import pays, verdict
 from analysis.core.costs import get_profile
 from analysis.study.realrun import compare_for_real, ordered_pairs
 from analysis.study.suite import paying, real_line

@@ -5,7 +5,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from analysis.study.suite import SuiteConfig, load_suite, paying, ratio_ci, run_suite, suite_line
+from analysis.core.paired import ratio_ci
+from analysis.study.suite import SuiteConfig, load_suite, paying, run_suite, suite_line
 from branchy.core import ConfigError, from_mapping
 
 RAW = {

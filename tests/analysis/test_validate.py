@@ -156,7 +156,7 @@ def test_validate_takes_step_by_step_outputs(tmp_path, capsys):
 
 def test_drift_from_the_profiled_speed_is_seen_and_acted_on(toy_splits, tmp_path, monkeypatch):
     from analysis.study.config import StudyConfig
-    from analysis.study.pipeline import refresh_drifted
+    from analysis.study.steps import refresh_drifted
     from analysis.study.validate_lines import drift_line
     from branchy.data import DataConfig
     from branchy.models import BackboneConfig

@@ -12,7 +12,7 @@ import pytest
 from analysis.cli import main
 from analysis.study.placement_study import PlacementConfig
 from placement import Placement, SearchSpace, search
-from placement.optuna_search import check_storage
+from placement.optuna_storage import check_storage
 from placement.evaluator import connect_scheduler
 from tests.helpers import refused as _refused
 
