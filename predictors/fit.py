@@ -63,6 +63,24 @@ def cross_fit(spec: PredictorSpec, x: np.ndarray, y: np.ndarray, folds: int = 5)
     return out, classes
 
 
+def _check_request(cache: FeatureCache, spec: PredictorSpec, split: str, folds: int) -> None:
+    """Refuse a fit on test, one on calib that is not cross-fitted, an exit or a rule the cache does not have;
+    warn about a fit on train."""
+    if split == "test":
+        raise ValueError("fitting predictors on the test split is refused: fit on calib (or train), report on test")
+    if split == "train":
+        warnings.warn("fitting on the train split: the exits were trained on it, so their confidences there "
+                      "are over-confident and the targets will not match calib/test", stacklevel=3)
+    if spec.for_exit is not None and not 0 <= spec.for_exit < cache.num_exits:
+        raise ValueError(f"exit {spec.for_exit} out of range: the cache has exits 0..{cache.num_exits - 1}")
+    if split == "calib" and folds < 2:
+        raise ValueError(f"folds={folds}: predictors fitted on calib must be cross-fitted (folds >= 2), since every "
+                         f"selection on calib uses their out-of-fold scores")
+    if spec.rule is not None and spec.rule.num_exits != cache.num_exits:
+        raise ValueError(f"{spec.name}: its exit rule has {spec.rule.num_exits} thresholds, the cache "
+                         f"{cache.num_exits} exits")
+
+
 def fit_predictor(cache: FeatureCache, spec: PredictorSpec, *, split: str = "calib", folds: int = 5,
                   timing: float = 0.1, stream: bool | None = None, rows=None,
                   cost: dict | None = None) -> FittedPredictor:
@@ -73,19 +91,7 @@ def fit_predictor(cache: FeatureCache, spec: PredictorSpec, *, split: str = "cal
     split only (indices; the others are then scored by the refitted model, which never saw them: a held-out
     part such as Learn-then-Test's certification half). ``cost``: the predictor's measured cost to reuse instead
     of timing it again."""
-    if split == "test":
-        raise ValueError("fitting predictors on the test split is refused: fit on calib (or train), report on test")
-    if split == "train":
-        warnings.warn("fitting on the train split: the exits were trained on it, so their confidences there "
-                      "are over-confident and the targets will not match calib/test", stacklevel=2)
-    if spec.for_exit is not None and not 0 <= spec.for_exit < cache.num_exits:
-        raise ValueError(f"exit {spec.for_exit} out of range: the cache has exits 0..{cache.num_exits - 1}")
-    if split == "calib" and folds < 2:
-        raise ValueError(f"folds={folds}: predictors fitted on calib must be cross-fitted (folds >= 2), since every "
-                         f"selection on calib uses their out-of-fold scores")
-    if spec.rule is not None and spec.rule.num_exits != cache.num_exits:
-        raise ValueError(f"{spec.name}: its exit rule has {spec.rule.num_exits} thresholds, the cache "
-                         f"{cache.num_exits} exits")
+    _check_request(cache, spec, split, folds)
     fit_rows = None if rows is None else np.unique(np.asarray(rows, dtype=np.int64))
     auto_stream = stream is None
     rows = CacheRows(cache, split, spec.at, with_confidences=spec.with_confidences)

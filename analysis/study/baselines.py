@@ -141,34 +141,8 @@ def decide_baselines(cache: FeatureCache, predictors: dict, *, profile: str | De
     skilled = {n: p for n, p in predictors.items() if not getattr(p, "constant", False)}
     space = SearchSpace.from_predictors(skilled, k, exit_macs(cache))
     if not chained and (any(space.gate_options[:-1]) or space.jump_options):
-        objs = [obj]
-        how = decided["best-free"].how
-        if how.startswith("target-acc ") and cfg.target_acc is not None:
-            t = float(how.split()[1])
-            if abs(t - cfg.target_acc) > 1e-12:  # the gated search also runs under the best free policy's rule
-                o2 = copy.copy(obj)
-                o2.cfg = type(cfg)(**{**cfg.__dict__, "target_acc": t})
-                o2.rule = calib_rule(cache, t, measure=measure)
-                o2._rules = {}
-                objs.append(o2)
-        gated = []
-        for o in objs:
-            res = search("gated", space, o, constraint=constraint, n_jobs=n_jobs, seed=seed, progress=False)
-            for r in res.table.to_dict("records"):
-                if r.get("candidate") and (any(g is not None for g in r["placement"].gates) or r["placement"].jump):
-                    pl = r["placement"]
-                    gated.append(_with_thresholds(pl, o.rule_for(pl).thresholds))
-        rows = [sc(pl, "gated", "searched rule") for pl in gated]
-        top, seen = [], set()
-        for r in sorted(rows, key=lambda r: sc.constraint.key(r, sc.full_acc)):
-            if r["placement"].key() not in seen:
-                seen.add(r["placement"].key())
-                top.append(r["placement"])
-            if len(top) >= refine:
-                break
-        for pl in top:  # the best gated structures under every rule of the family, for their kept exits
-            for how_, th in family(tuple(pl.kept)):
-                sc(_with_thresholds(pl, th, how_), "gated", how_)
+        objs = [obj] + _under_free_rule(obj, cache, cfg, decided["best-free"].how)
+        _score_gated(sc, space, objs, family, constraint=constraint, n_jobs=n_jobs, seed=seed, refine=refine)
         # a gated placement whose predictors run on no calib sample is a predictor-free policy in disguise
         gated_rows = [r for r in sc.rows.values() if r["kind"] == "gated" and r.get("predictor_runs_%", 100) > 0]
         if gated_rows:
@@ -178,6 +152,45 @@ def decide_baselines(cache: FeatureCache, predictors: dict, *, profile: str | De
     table = pd.DataFrame([{k_: v for k_, v in r.items() if k_ != "_order"} for r in sc.rows.values()])
     table["feasible"] = [constraint.feasible(r, sc.full_acc) for r in sc.rows.values()]
     return Baselines(decided, table, obj, sc.full_acc, constraint)
+
+
+def _under_free_rule(obj: PlacementObjective, cache: FeatureCache, cfg: PolicyConfig, how: str) -> list:
+    """The objective once more under the best free policy's rule, when that is another target accuracy than the
+    study's (the gated search then runs under both); else none."""
+    if not how.startswith("target-acc ") or cfg.target_acc is None:
+        return []
+    t = float(how.split()[1])
+    if abs(t - cfg.target_acc) <= 1e-12:
+        return []
+    o2 = copy.copy(obj)
+    o2.cfg = type(cfg)(**{**cfg.__dict__, "target_acc": t})
+    o2.rule = calib_rule(cache, t, measure=cfg.measure)
+    o2.forget_rules()
+    return [o2]
+
+
+def _score_gated(sc: _Scorer, space: SearchSpace, objs: list, family, *, constraint: Constraint, n_jobs: int,
+                 seed: int, refine: int) -> None:
+    """Score (as ``gated`` rows of ``sc``) every placement with a predictor the ``gated`` search finds under each
+    objective, then the ``refine`` best structures again under every rule of the family for their kept exits."""
+    gated = []
+    for o in objs:
+        res = search("gated", space, o, constraint=constraint, n_jobs=n_jobs, seed=seed, progress=False)
+        for r in res.table.to_dict("records"):
+            if r.get("candidate") and (any(g is not None for g in r["placement"].gates) or r["placement"].jump):
+                pl = r["placement"]
+                gated.append(_with_thresholds(pl, o.rule_for(pl).thresholds))
+    rows = [sc(pl, "gated", "searched rule") for pl in gated]
+    top, seen = [], set()
+    for r in sorted(rows, key=lambda r: sc.constraint.key(r, sc.full_acc)):
+        if r["placement"].key() not in seen:
+            seen.add(r["placement"].key())
+            top.append(r["placement"])
+        if len(top) >= refine:
+            break
+    for pl in top:
+        for how_, th in family(tuple(pl.kept)):
+            sc(_with_thresholds(pl, th, how_), "gated", how_)
 
 
 def _decided(name: str, row: dict) -> Decided:

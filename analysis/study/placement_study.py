@@ -103,6 +103,10 @@ class PlacementObjective:
             if self.rule.tuned_by.startswith("target-acc") else (None, None)
         self._rules: dict = {}
 
+    def forget_rules(self) -> None:
+        """Drop the rules recalibrated per set of kept exits (after ``rule`` or ``cfg`` changed)."""
+        self._rules = {}
+
     def rule_for(self, pl: Placement) -> ExitRule:
         """The rule a placement is scored under: its own thresholds, else the default one (recalibrated on
         calib for its kept exits when the default is the sequential target-accuracy rule)."""

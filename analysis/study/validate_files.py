@@ -35,6 +35,38 @@ def validate_run(run: str | Path, *, n: int = 300, reps: int = 3, batch_size: in
                           backend=backend)
 
 
+def _predictors_and_placements(cache: FeatureCache, predictors, pl_paths: list[Path]) -> tuple[dict | None, dict]:
+    """The predictors folder's predictors (or None) and the placements by label, with the refits a
+    risk-controlled placement was certified with (its ``predictors/`` beside it) added to the predictors."""
+    from predictors.store import load_predictors
+
+    preds = load_predictors(predictors, cache) if predictors is not None else None
+    pls = {}
+    for p in pl_paths:
+        pls[f"placement ({p.parent.name})"] = Placement.load(p)
+        if (p.parent / "predictors").is_dir():
+            own = load_predictors(p.parent / "predictors", cache)
+            if preds and set(own) & set(preds) and len(pl_paths) > 1:
+                raise ValueError(f"{p.parent}/predictors refits predictors that other placements use too: validate "
+                                 f"a risk-controlled placement on its own")
+            preds = {**(preds or {}), **own}
+    return preds, pls
+
+
+def _data_of(meta: dict, cache: FeatureCache, ckpt: Path):
+    """The dataset the checkpoint was trained on (else the one the cache names), as a DataConfig."""
+    from branchy.data import DataConfig
+    from branchy.train import data_config_of
+
+    data = data_config_of(meta)
+    if data is None:
+        name = (cache.manifest.get("dataset") or {}).get("name")
+        if not name:
+            raise ValueError(f"{ckpt} records no dataset: validate needs the test images the cache was dumped from")
+        data = DataConfig(name)
+    return data
+
+
 def validate_files(checkpoint: str | Path, cache_dir: str | Path, *, out: str | Path, predictors=None,
                    placements=(), rule=None, cfg: PolicyConfig | None = None, n: int = 300, reps: int = 3,
                    batch_size: int = 64, backend: str = "eager") -> tuple[pd.DataFrame, Path]:
@@ -43,10 +75,9 @@ def validate_files(checkpoint: str | Path, cache_dir: str | Path, *, out: str | 
     written with risk control brings its own ``predictors/`` beside it), and an exit rule file (default: the rule
     calibrated on calib). The test images come from the dataset the checkpoint was trained on. Writes
     ``OUT/validate[_BACKEND].csv`` and ``.png``."""
-    from branchy.runtime import BACKENDS
-    from branchy.train import data_config_of, load_checkpoint
-    from branchy.data import DataConfig
     from branchy.core import check_writable
+    from branchy.runtime import BACKENDS
+    from branchy.train import load_checkpoint
 
     from ..present import plots
 
@@ -65,29 +96,8 @@ def validate_files(checkpoint: str | Path, cache_dir: str | Path, *, out: str | 
     model, meta = load_checkpoint(ckpt)
     cache = FeatureCache.open(cache_dir, model=model)
     cache.costs_for(backend)  # measured on that backend? (a clear error before any data is loaded)
-    preds = None
-    if predictors is not None:
-        from predictors.store import load_predictors
-
-        preds = load_predictors(predictors, cache)
-    pls = {}
-    for p in pl_paths:
-        pls[f"placement ({p.parent.name})"] = Placement.load(p)
-        if (p.parent / "predictors").is_dir():  # the refits a risk-controlled placement was certified with
-            from predictors.store import load_predictors
-
-            own = load_predictors(p.parent / "predictors", cache)
-            if preds and set(own) & set(preds) and len(pl_paths) > 1:
-                raise ValueError(f"{p.parent}/predictors refits predictors that other placements use too: validate "
-                                 f"a risk-controlled placement on its own")
-            preds = {**(preds or {}), **own}
-    data = data_config_of(meta)
-    if data is None:
-        name = (cache.manifest.get("dataset") or {}).get("name")
-        if not name:
-            raise ValueError(f"{ckpt} records no dataset: validate needs the test images the cache was dumped from")
-        data = DataConfig(name)
-    splits = data.load()
+    preds, pls = _predictors_and_placements(cache, predictors, pl_paths)
+    splits = _data_of(meta, cache, ckpt).load()
     cache.check(dataset=splits)
     rule_obj = ExitRule.load(rule) if rule is not None else None
     n = min(n, cache.size("test"))

@@ -10,6 +10,9 @@ Layout of a cache directory::
 
 The manifest's ``files`` maps every data and costs file to ``{"size": bytes, "sha256": hex}`` (schema 2;
 schema-1 caches hold sizes only). :meth:`FeatureCache.open` checks sizes; ``verify=True`` checks hashes.
+
+The module is a little over 300 lines on purpose: it is the one class a user of the cache meets, with the
+manifest checks it runs on open; the file helpers live in :mod:`branchy.cache.files`.
 """
 from __future__ import annotations
 

@@ -46,7 +46,6 @@ def profile_segments(model: BranchyNet, *, batch_size: int = 64, device: str | t
     all), ``*_spread`` = IQR / median, ``unstable`` when a spread exceeds 10 %. ``backend``: what runs the
     segments (:mod:`branchy.runtime.backends`; not eager: CPU)."""
     from .backends import prepare
-    from .timing import interleaved_times, robust_summary
 
     device = torch.device(device if backend == "eager" else "cpu")
     model = model.to(device).eval()
@@ -84,22 +83,31 @@ def profile_segments(model: BranchyNet, *, batch_size: int = 64, device: str | t
             fns[f"{name}{k}@b"] = lambda fn=fn, a=ab: fn(a)
     df = pd.DataFrame(rows)
     if measure_latency:
-        sync = torch.cuda.synchronize if device.type == "cuda" else None
-        times = interleaved_times(fns, rounds=rounds, target_ms=1e3 * min_run_time / rounds, seed=seed, sync=sync)
-        summ = robust_summary(times).set_index("name")
-        for col, tag in (("ms_b1", "1"), ("ms_batch", "b")):
-            keys = [f"{r.segment}{r.k}@{tag}" for r in df.itertuples()]
-            df[col] = summ.loc[keys, "ms"].to_numpy()
-            df[f"{col}_iqr"] = summ.loc[keys, "iqr_ms"].to_numpy()
-            df[f"{col}_spread"] = summ.loc[keys, "spread"].to_numpy()
-        df["rounds"] = int(summ["rounds"].iloc[0])
-        df["unstable"] = (df["ms_b1_spread"] > 0.10) | (df["ms_batch_spread"] > 0.10)
+        _time_segments(df, fns, rounds=rounds, min_run_time=min_run_time, seed=seed, device=device)
     else:
         for col in ("ms_b1", "ms_b1_iqr", "ms_batch", "ms_batch_iqr", "ms_b1_spread", "ms_batch_spread"):
             df[col] = float("nan")
         df["rounds"] = 0
         df["unstable"] = False
     return df[COST_COLUMNS]
+
+
+def _time_segments(df: pd.DataFrame, fns: dict, *, rounds: int, min_run_time: float, seed: int,
+                   device: torch.device) -> None:
+    """Fill ``df``'s latency columns: every segment at batch 1 and at the batch size, timed in ``rounds``
+    interleaved rounds (``fns[f"{segment}{k}@1"]`` and ``@b``), medians, IQRs and spreads in ms."""
+    from .timing import interleaved_times, robust_summary
+
+    sync = torch.cuda.synchronize if device.type == "cuda" else None
+    times = interleaved_times(fns, rounds=rounds, target_ms=1e3 * min_run_time / rounds, seed=seed, sync=sync)
+    summ = robust_summary(times).set_index("name")
+    for col, tag in (("ms_b1", "1"), ("ms_batch", "b")):
+        keys = [f"{r.segment}{r.k}@{tag}" for r in df.itertuples()]
+        df[col] = summ.loc[keys, "ms"].to_numpy()
+        df[f"{col}_iqr"] = summ.loc[keys, "iqr_ms"].to_numpy()
+        df[f"{col}_spread"] = summ.loc[keys, "spread"].to_numpy()
+    df["rounds"] = int(summ["rounds"].iloc[0])
+    df["unstable"] = (df["ms_b1_spread"] > 0.10) | (df["ms_batch_spread"] > 0.10)
 
 
 def overhead_fns(model: BranchyNet, backend: str = "eager",
