@@ -43,7 +43,23 @@ def search(strategy: str, space: SearchSpace, objective: Objective, *, constrain
            n_jobs: int = 1, seed: int = 0, progress: bool = True, scheduler=None, **options) -> SearchResult:
     """Run ``strategy`` over ``space``; every candidate is scored by ``objective`` (on calib) and the
     ``constraint`` picks the winner. Deterministic for a ``seed`` whatever ``n_jobs``, and the same on a Dask
-    cluster (``scheduler``: its address or a ``distributed.Client``; see :class:`Evaluator`)."""
+    cluster.
+
+    Args:
+        strategy: a name in :data:`~placement.strategies.STRATEGIES` (``greedy``, ``gated``, ``budget``, ``nsga2``, ...).
+        space: the placements there are (which exits, gates at which positions, jumps).
+        objective: ``Placement -> {"accuracy_%", "mean_ms", "p95_ms", "mean_MACs"}``, scored on calib.
+        constraint: fastest within an accuracy drop (points), or most accurate within a latency budget (ms).
+        n_jobs: parallel scoring processes (joblib).
+        seed: the strategy's random seed.
+        progress: show a progress bar.
+        scheduler: a Dask scheduler's address (``tcp://host:8786``) or a ``distributed.Client``
+            (see :class:`~placement.evaluator.Evaluator`).
+        **options: the strategy's own options (``n=`` for ``first-n``, ``trials=`` for ``nsga2``, ...).
+
+    Returns:
+        :class:`SearchResult`: the chosen placement, every candidate's row and the Pareto set.
+    """
     fn = STRATEGIES.get(strategy)
     ev = Evaluator(objective, n_jobs=n_jobs, progress=progress, scheduler=scheduler)
     try:

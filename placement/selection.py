@@ -53,7 +53,15 @@ class Constraint:
 
 def non_dominated(mean_ms, accuracy) -> np.ndarray:
     """Per point, whether no other point is at least as fast and as accurate and strictly better in one
-    (lower ``mean_ms``, higher ``accuracy`` are better; equal points are all kept). O(n log n)."""
+    (lower ``mean_ms``, higher ``accuracy`` are better; equal points are all kept). O(n log n).
+
+    Args:
+        mean_ms: ``[N]`` mean latency of each point (ms per sample).
+        accuracy: ``[N]`` accuracy of each point (any unit, higher is better).
+
+    >>> non_dominated([1.0, 2.0, 2.0, 3.0], [90.0, 95.0, 94.0, 95.0]).tolist()
+    [True, True, False, False]
+    """
     ms, acc = np.asarray(mean_ms, dtype=float), np.asarray(accuracy, dtype=float)
     keep = np.zeros(len(ms), dtype=bool)
     order = np.lexsort((-acc, ms))

@@ -84,13 +84,25 @@ def _check_request(cache: FeatureCache, spec: PredictorSpec, split: str, folds: 
 def fit_predictor(cache: FeatureCache, spec: PredictorSpec, *, split: str = "calib", folds: int = 5,
                   timing: float = 0.1, stream: bool | None = None, rows=None,
                   cost: dict | None = None) -> FittedPredictor:
-    """Cross-fit ``spec`` on ``split`` of ``cache`` (``calib`` by default; ``test`` is refused): ``folds``
-    out-of-fold outputs for every sample of the split, then the final model refitted on all of it. ``stream``:
-    read the features on demand from the cache (:class:`~predictors.inputs.CacheRows`, torch MLPs only) instead
-    of in memory; None: when they would take more than :data:`STREAM_BYTES`. ``rows``: fit on those rows of the
-    split only (indices; the others are then scored by the refitted model, which never saw them: a held-out
-    part such as Learn-then-Test's certification half). ``cost``: the predictor's measured cost to reuse instead
-    of timing it again."""
+    """Cross-fit ``spec`` on ``split`` of ``cache``: ``folds`` out-of-fold outputs for every sample of the split,
+    then the final model refitted on all of it.
+
+    Args:
+        cache: the feature cache.
+        spec: what to fit (target, position, model, exit rule).
+        split: ``calib`` (default) or ``train``; ``test`` is refused.
+        folds: cross-fitting folds (>= 2 on calib).
+        timing: seconds of latency timing for the predictor's cost.
+        stream: read the features on demand from the cache (:class:`~predictors.inputs.CacheRows`; models
+            ``nn`` and ``sgd`` only) instead of in memory; None: when they would take more than
+            :data:`STREAM_BYTES`.
+        rows: fit on those rows of the split only (indices; the others are then scored by the refitted model,
+            which never saw them: a held-out part such as Learn-then-Test's certification half).
+        cost: the predictor's measured cost to reuse instead of timing it again.
+
+    Returns:
+        :class:`~predictors.fitted.FittedPredictor` with out-of-fold scores (``.oof``) and its cost (MACs, ms).
+    """
     _check_request(cache, spec, split, folds)
     fit_rows = None if rows is None else np.unique(np.asarray(rows, dtype=np.int64))
     auto_stream = stream is None

@@ -72,7 +72,15 @@ def calib_thresholds(cache, target: float | None = None, *, measure: str = "entr
 
 
 def calib_rule(cache, target: float | None = None, *, measure: str = "entropy", kept=None) -> ExitRule:
-    """The :class:`~branchy.exits.ExitRule` of the sequential target-accuracy calibration on ``calib``."""
+    """The :class:`~branchy.exits.ExitRule` of the sequential target-accuracy calibration on ``calib``.
+
+    Args:
+        cache: the feature cache (its calib split).
+        target: the accuracy (fraction) the samples each side exit accepts must reach, among those that reach it;
+            None: the final exit's own accuracy.
+        measure: the confidence measure (``entropy``, ``norm_entropy``, ``max_prob``, ``margin``).
+        kept: which exits are kept (default all); the samples that reach an exit depend on the ones before it.
+    """
     t = calib_thresholds(cache, target, measure=measure, kept=kept)
     how = "target-acc " + ("final exit's" if target is None else f"{target:g}") + " sequential"
     return ExitRule(measure, tuple(t), how, "calib")

@@ -41,6 +41,15 @@ def acc_diff_ci(a: np.ndarray, b: np.ndarray, n_boot: int) -> tuple[float, float
 
 def non_inferior(lo, point, eps: float) -> bool:
     """Non-inferior accuracy: the lower end of the paired 95 % CI of the accuracy difference (points) is at least
-    ``-eps`` (the point estimate when no CI was drawn)."""
+    ``-eps`` (the point estimate when no CI was drawn).
+
+    Args:
+        lo: the CI's lower end (points), or None / NaN when none was drawn.
+        point: the difference's point estimate (points).
+        eps: the accuracy a claim may give up (points, >= 0).
+
+    >>> non_inferior(-0.3, 0.1, eps=0.5), non_inferior(-0.8, 0.1, eps=0.5), non_inferior(None, -0.2, eps=0.5)
+    (True, False, True)
+    """
     v = lo if lo is not None and np.isfinite(lo) else point
     return v is not None and bool(np.isfinite(v)) and v >= -eps - 1e-9

@@ -41,7 +41,20 @@ def study_policies(cache: FeatureCache, *, predictors: dict | None = None,
                    profile: str | DeviceProfile = "measured", cfg: PolicyConfig = PolicyConfig(),
                    split: str = "test", rule: ExitRule | None = None) -> PolicyStudy:
     """Decide every policy on calib (rule, gates, cuts; predictors' out-of-fold scores) and score them
-    all with the one evaluator on ``split`` (``test``)."""
+    all with the one evaluator on ``split``.
+
+    Args:
+        cache: the feature cache (its calib split decides, ``split`` reports).
+        predictors: fitted predictors by name (cross-fitted on calib), or None for the predictor-free policies.
+        profile: a device profile name (``measured``, ``raspberry-pi-4``, ...), a path or a DeviceProfile.
+        cfg: the policy settings (measure, target accuracy, skip rates, ...).
+        split: where the outcomes are reported: ``test`` (calib is refused).
+        rule: the exit rule; default: calibrated on calib per ``cfg``.
+
+    Returns:
+        :class:`PolicyStudy`: ``.table`` (one row per policy: accuracy %, mean and p95 ms per sample at batch 1,
+        MACs, speed-up over full, with bootstrap CIs), ``.gates`` (per gate: cut, skip rates, break-even cost).
+    """
     if split == "calib":
         raise ValueError("report on test: calib is where thresholds and predictors are tuned")
     costs = CostModel.from_cache(cache, profile)

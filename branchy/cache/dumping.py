@@ -48,9 +48,23 @@ class DumpConfig:
 def dump(model: BranchyNet, splits: Splits, path: str | os.PathLike, config: DumpConfig | None = None, *,
          overwrite: bool = False, profile: bool = True, progress: bool = True, checkpoint: str | None = None,
          **settings) -> FeatureCache:
-    """Run every split through the frozen ``model`` once and write a feature cache at ``path``, per ``config``
-    (default :class:`DumpConfig`) with any of its fields given as keywords (``pooling="avg"``). Several processes
-    share the work with :func:`branchy.cache.dump_distributed` (``torchrun``)."""
+    """Run every split through the frozen ``model`` once and write a feature cache at ``path``. Several processes
+    share the work with :func:`branchy.cache.dump_distributed` (``torchrun``).
+
+    Args:
+        model: the trained branchy net (frozen: eval mode, no gradients).
+        splits: train / calib / test, as :func:`branchy.data.load_dataset` gives them.
+        path: the cache folder; it appears whole or not at all (written beside it, swapped in last).
+        config: batch size, device, pooling, feature dtype, timing budget (default :class:`DumpConfig`).
+        overwrite: replace a cache already at ``path``.
+        profile: time every segment (ms at batch 1 and per batch; else costs are MACs only).
+        progress: show a progress bar.
+        checkpoint: the checkpoint path to record in the manifest (how to redump it).
+        **settings: any field of :class:`DumpConfig` (``pooling="avg"``, ``profile_time=0.05``).
+
+    Returns:
+        The :class:`~branchy.cache.FeatureCache` just written.
+    """
     out = check_writable(path, what="cache")
     cfg = replace(config or DumpConfig(), **settings)
     s = parse_pooling(cfg.pooling)

@@ -13,7 +13,11 @@ _CHUNK = 1 << 20
 
 def row_slices(n: int, size: int):
     """Consecutive slices of ``size`` rows covering rows ``0..n-1`` (the last may be short): the chunks every
-    reader of a split larger than memory walks through."""
+    reader of a split larger than memory walks through.
+
+    >>> list(row_slices(5, 2))
+    [slice(0, 2, None), slice(2, 4, None), slice(4, 5, None)]
+    """
     if size < 1:
         raise ValueError(f"a chunk holds at least 1 row, got {size}")
     return (slice(a, min(a + size, n)) for a in range(0, n, size))

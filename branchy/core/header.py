@@ -8,9 +8,26 @@ __all__ = ["check_version"]
 
 def check_version(where: str, what: str, version, *, reads: range, fix: str, error: type[Exception] = ValueError,
                   older: str | None = None) -> int:
-    """``version`` (read from ``where``'s header) if this toolkit reads it (``reads``, e.g. ``range(1, 3)`` for
-    versions 1 and 2). Otherwise raises ``error``: not a whole number → damaged (``fix``); newer → upgrade;
-    older → ``older`` if given (why it is not read), then ``fix``."""
+    """``version`` (read from ``where``'s header) if this toolkit reads it.
+
+    Args:
+        where: the file or folder, as the message names it.
+        what: the kind of header (``"cache schema"``, ``"checkpoint"``).
+        version: the value the header holds (anything: it is checked).
+        reads: the versions this toolkit reads, e.g. ``range(1, 3)`` for 1 and 2.
+        fix: what the user should do, ending every message.
+        error: the exception class to raise.
+        older: why a version older than ``reads`` is not read, if there is more to say.
+
+    Raises:
+        error: not a whole number (damaged), newer than ``reads`` (upgrade), older (``older``, then ``fix``).
+
+    >>> check_version("c/manifest.json", "cache schema", 2, reads=range(1, 3), fix="redump it")
+    2
+    >>> check_version("c/manifest.json", "cache schema", 9, reads=range(1, 3), fix="redump it")
+    Traceback (most recent call last):
+    ValueError: c/manifest.json: cache schema version 9, newer than this toolkit's 2: upgrade branchy-study, or redump it
+    """
     if isinstance(version, bool) or not isinstance(version, int):
         raise error(f"{where} has no valid {what} version (found {version!r}): {fix}")
     newest = reads[-1]

@@ -18,7 +18,14 @@ _OLD_NONFINITE = {"infinity": np.inf, "+infinity": np.inf, "-infinity": -np.inf,
 
 
 def json_safe(obj):
-    """``obj`` with every non-finite float replaced by ``"inf"``, ``"-inf"`` or ``"nan"`` (standard JSON)."""
+    """``obj`` with every non-finite float replaced by ``"inf"``, ``"-inf"`` or ``"nan"`` (standard JSON).
+
+    Args:
+        obj: a JSON-like value (dicts, lists and tuples are walked; tuples come back as lists).
+
+    >>> json_safe({"t": (0.5, float("inf")), "n": [float("nan")]})
+    {'t': [0.5, 'inf'], 'n': ['nan']}
+    """
     if isinstance(obj, dict):
         return {k: json_safe(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
@@ -30,7 +37,20 @@ def json_safe(obj):
 
 def json_float(v) -> float:
     """A number read back from JSON: a number, or ``"inf"`` / ``"-inf"`` / ``"nan"`` (written by
-    :func:`write_json`); the old non-standard ``Infinity`` literal is parsed by ``json`` itself."""
+    :func:`write_json`); the old non-standard ``Infinity`` literal is parsed by ``json`` itself.
+
+    Args:
+        v: the value read from JSON.
+
+    Raises:
+        ValueError: ``v`` is neither a number nor one of those strings (a bool is not a number here).
+
+    >>> json_float("inf"), json_float(3)
+    (inf, 3.0)
+    >>> json_float(True)
+    Traceback (most recent call last):
+    ValueError: not a number: True
+    """
     if isinstance(v, str):
         key = v.strip().lower()
         if key in NONFINITE or key in _OLD_NONFINITE:

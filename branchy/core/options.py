@@ -43,7 +43,23 @@ def typed_options(fn, options: dict, label: str) -> dict:
     """``options`` (keyword arguments of ``fn``) read as their types (:func:`option_hints`) by the rules of every
     config field (:func:`coerce_value`: ``'3'`` is 3, ``'0.5'`` is 0.5, a bool is only true or false, a whole
     number where an int goes; a comma-separated string where a list goes is split first). Options ``fn`` does
-    not type, or does not take, pass unchanged. A bad value is a one-line ValueError ``LABEL option KEY: ...``."""
+    not type, or does not take, pass unchanged.
+
+    Args:
+        fn: the function whose keyword options these are (a dataset loader, a backbone builder).
+        options: ``{name: value}``, as a YAML file or the command line gives them.
+        label: what the error message calls ``fn`` (``"b-resnet"``, ``"cifar10 dataset"``).
+
+    Raises:
+        OptionError: a value of the wrong type (a ValueError; ``.key`` names the option).
+
+    >>> def net(*, depth: int = 20, nodes: tuple[str, ...] = ("a",), pretrained=False): ...
+    >>> typed_options(net, {"depth": "56", "nodes": "l1,l2", "pretrained": True}, "net")
+    {'depth': 56, 'nodes': ('l1', 'l2'), 'pretrained': True}
+    >>> typed_options(net, {"pretrained": "yes"}, "net")
+    Traceback (most recent call last):
+    branchy.core.options.OptionError: net option pretrained: expected true or false, got 'yes'
+    """
     hints = option_hints(fn)
     out = {}
     for key, value in options.items():

@@ -19,7 +19,18 @@ class UnknownNameError(KeyError):
 
 
 class Registry(Generic[T]):
-    """Named factories of one kind (backbones, datasets, predictors, profiles, ...)."""
+    """Named factories of one kind (backbones, datasets, predictors, profiles, ...).
+
+    >>> SHAPES = Registry("shape")
+    >>> @SHAPES.register("square", doc="four equal sides")
+    ... def square(side: float) -> float:
+    ...     return side * side
+    >>> SHAPES.names(), SHAPES.get("Square")(3)
+    (['square'], 9)
+    >>> SHAPES.get("circle")
+    Traceback (most recent call last):
+    branchy.core.registry.UnknownNameError: unknown shape 'circle'; known: square
+    """
 
     def __init__(self, kind: str, *, ordered: bool = False, plugins: str | None = None) -> None:
         """``ordered``: :meth:`names` lists in registration order (the order tables, plots and the CLI show),

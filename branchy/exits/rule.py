@@ -17,7 +17,15 @@ RULE_MEASURES = tuple(LOWER_IS_CONFIDENT)  # the measures a rule decides on (one
 
 
 def per_exit(thresholds, num_exits: int) -> np.ndarray:
-    """``[K]`` thresholds from one per exit, or one per side exit (``K - 1``: the final exit's is added)."""
+    """``[K]`` thresholds from one per exit, or one per side exit (``K - 1``: the final exit's is added).
+
+    Args:
+        thresholds: ``K`` or ``K - 1`` numbers (no NaN).
+        num_exits: ``K``, the exits of the net.
+
+    >>> per_exit([0.2, 0.5], 3)
+    array([0.2, 0.5, inf])
+    """
     t = np.asarray(thresholds, dtype=np.float64).ravel()
     if len(t) == num_exits - 1:
         t = np.append(t, np.inf)

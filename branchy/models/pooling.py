@@ -10,7 +10,11 @@ __all__ = ["parse_pooling", "pool_features", "Pool"]
 
 def parse_pooling(pooling: str) -> tuple[int, ...]:
     """The grid sizes of a pooling spec: ``'avg'`` → (1,) (global average), ``'grid:S'`` → (S,) (adaptive S×S
-    average), ``'grid:1,2'`` → (1, 2) (a spatial pyramid: every scale's pooled features, concatenated)."""
+    average), ``'grid:1,2'`` → (1, 2) (a spatial pyramid: every scale's pooled features, concatenated).
+
+    >>> parse_pooling("avg"), parse_pooling("grid:3"), parse_pooling("grid:1,2")
+    ((1,), (3,), (1, 2))
+    """
     if pooling == "avg":
         return (1,)
     parts = pooling[5:].split(",") if pooling.startswith("grid:") else []

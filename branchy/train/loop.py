@@ -143,10 +143,20 @@ class TrainResult:
 
 def train(cfg: TrainConfig, backbone: BackboneConfig, data: DataConfig | Splits, *, splits: Splits | None = None,
           out_dir: str | os.PathLike | None = None, progress: bool = True) -> TrainResult:
-    """Train ``backbone`` on ``data`` (a :class:`DataConfig`, or splits already loaded) per ``cfg``; ``splits``:
-    the data config's splits when the caller has loaded them already. Writes ``model.pt`` (with the configs) and
-    ``history.csv`` (one row per epoch and exit: train/calib accuracy (fraction) and loss (nats), seconds per
-    epoch) into ``out_dir`` when given."""
+    """Train ``backbone`` on ``data`` per ``cfg`` (its scheme plans the phases: joint, trunk first, ...).
+
+    Args:
+        cfg: epochs, batch size, optimiser, scheme, exit weights, seed.
+        backbone: which net and where its side exits sit (``BackboneConfig("b-lenet", exits=(0, 1))``).
+        data: a :class:`~branchy.data.DataConfig`, or splits already loaded.
+        splits: the data config's splits, when the caller has loaded them already.
+        out_dir: where ``model.pt`` (with the configs) and ``history.csv`` go (one row per epoch and exit:
+            train/calib accuracy as a fraction, loss in nats, seconds per epoch); nothing is written without it.
+        progress: show a progress bar per epoch.
+
+    Returns:
+        :class:`TrainResult`: ``.model`` (eval mode), ``.history``, ``.checkpoint`` (or None).
+    """
     if out_dir is not None:
         check_writable(out_dir, folder=True, what="training output folder")
     torch.manual_seed(cfg.seed)
