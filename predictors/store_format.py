@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import math
 import re
 from pathlib import Path
 
 import numpy as np
 
-from branchy.core import check_version, json_float, json_safe
+from branchy.core import check_version, json_float, json_safe, read_json_object
 
 INDEX = "predictors.json"
 #: 3: no pickles (JSON index with SHA-256, arrays in .npz, scikit-learn models in skops, torch MLPs as
@@ -138,13 +137,7 @@ def read_index(d: Path) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"no predictors at {str(d)!r} ({INDEX} missing); fit some with "
                                 f"`branchy fit-predictors --out {d}`")
-    try:
-        index = json.loads(path.read_text())
-    except (ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        raise ValueError(f"{path} is not valid JSON ({type(e).__name__}): {refit_of(d)}") from None
-    if not isinstance(index, dict):
-        raise ValueError(f"{path} is not a predictor index (a JSON mapping with version and predictors): "
-                         f"{refit_of(d)}")
+    index = read_json_object(path, what="a predictor index", fix=refit_of(d))
     v = index.get("version")
     if v != FORMAT_VERSION and not isinstance(v, int) and any(d.glob("*.joblib")):
         v = 2  # .joblib pickles without a version: format 2, the last that wrote them

@@ -17,7 +17,6 @@ manifest checks it runs on open; the file helpers live in :mod:`branchy.cache.fi
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from functools import cached_property
 from pathlib import Path
@@ -25,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..core import check_version
+from ..core import check_version, read_json_object
 from ..exits import all_confidences, entropy
 from .files import file_sha256
 
@@ -66,13 +65,7 @@ def _read_manifest(p: Path) -> dict:
     if not mf.is_file():
         raise CacheError(f"{p} is not a feature cache: it has no {MANIFEST} (incomplete or interrupted "
                          f"dump?); run `branchy dump ... --out {p} --overwrite`")
-    try:
-        manifest = json.loads(mf.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CacheError(f"{mf} is not valid JSON ({e}); {_fix(p)}") from e
-    if not isinstance(manifest, dict):
-        raise CacheError(f"{mf} is not a cache manifest (a JSON object expected, found a {type(manifest).__name__}); "
-                         f"{_fix(p)}")
+    manifest = read_json_object(mf, what="a cache manifest", fix=_fix(p), error=CacheError)
     check_version(str(mf), "cache schema", manifest.get("schema_version"), reads=range(1, SCHEMA_VERSION + 1),
                   fix=_fix(p, manifest), error=CacheError)
     missing = [k for k in REQUIRED if k not in manifest]

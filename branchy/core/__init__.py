@@ -7,7 +7,7 @@ from .config import (ConfigError, add_arguments, check_int, check_name, check_nu
 from .device import DEVICES, check_device, resolve_device
 from .faults import point
 from .header import check_version
-from .jsonio import NONFINITE, json_float, json_safe, write_json
+from .jsonio import NONFINITE, json_float, json_safe, read_json_object, write_json
 from .lazy import lazy_exports
 from .options import OptionError, option_hints, typed_options
 from .paths import SetupError, check_writable
@@ -16,5 +16,5 @@ from .registry import Registry, UnknownNameError
 __all__ = ["ConfigError", "DEVICES", "NONFINITE", "OptionError", "Registry", "SetupError", "UnknownNameError",
            "add_arguments", "atomic_path", "atomic_write", "check_device", "check_int", "check_version", "check_name",
            "check_number", "check_writable", "coerce_value", "from_arguments", "from_mapping", "is_int", "is_real",
-           "json_float", "json_safe", "lazy_exports", "option_hints", "point", "read_yaml", "resolve_device", "setting",
+           "json_float", "json_safe", "lazy_exports", "read_json_object", "option_hints", "point", "read_yaml", "resolve_device", "setting",
            "to_plain", "typed_options", "write_json"]

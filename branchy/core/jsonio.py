@@ -9,7 +9,7 @@ import numpy as np
 
 from .atomic import atomic_write
 
-__all__ = ["NONFINITE", "json_safe", "json_float", "write_json"]
+__all__ = ["NONFINITE", "json_safe", "json_float", "read_json_object", "write_json"]
 
 
 #: How a non-finite float is written to JSON (which has no Infinity or NaN): as one of these strings.
@@ -65,3 +65,24 @@ def write_json(path: str | os.PathLike, obj) -> Path:
     """Write standard JSON (infinities as the strings ``"inf"`` / ``"-inf"``, see :func:`json_safe`) to a
     temporary file and rename it into place (never a half-written file)."""
     return atomic_write(path, json.dumps(json_safe(obj), indent=2, allow_nan=False))
+
+
+def read_json_object(path: Path, *, what: str, fix: str, error: type[Exception] = ValueError) -> dict:
+    """The JSON object in the file ``path`` (a missing file is the caller's to explain).
+
+    Args:
+        path: the file.
+        what: what the file should be, for the message (``"a cache manifest"``).
+        fix: what to do about it, ending the message.
+        error: the exception class to raise.
+
+    Raises:
+        error: the file is not valid JSON (or not UTF-8), or holds something other than a JSON object.
+    """
+    try:
+        value = json.loads(path.read_text())
+    except (ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise error(f"{path} is not valid JSON ({type(e).__name__}): {fix}") from None
+    if not isinstance(value, dict):
+        raise error(f"{path} is not {what} (a JSON object expected, found a {type(value).__name__}): {fix}")
+    return value

@@ -1,3 +1,6 @@
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -76,12 +79,15 @@ def _install_plugin(root, group: str, name: str, target: str, module_text: str) 
     (info / "entry_points.txt").write_text(f"[{group}]\n{name} = {target}\n")
 
 
+def _run_beside(root, code: str) -> subprocess.CompletedProcess:
+    """``code`` in a fresh Python whose path holds ``root`` (where the fake plugin is installed)."""
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{ROOT}"})
+
+
 def test_an_installed_plugin_adds_a_dataset_and_a_backbone(tmp_path):
     """A package with entry points in ``branchy.datasets`` / ``branchy.models`` adds its names on first use,
     as a module that registers (dataset) or as an object registered under the entry point's name (backbone)."""
-    import subprocess
-    import sys
-
     _install_plugin(tmp_path, "branchy.datasets", "tiny", "myplugin", (
         "from branchy.data import register_dataset\n"
         "@register_dataset('tiny')\n"
@@ -94,22 +100,17 @@ def test_an_installed_plugin_adds_a_dataset_and_a_backbone(tmp_path):
             "assert 'tiny' in list_datasets() and load_dataset('tiny', seed='3') == 3\n"
             "assert 'plug-net' in list_models() and check_options('plug-net', {'width': '4'}) == {'width': 4}\n"
             "print('ok')")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         env={**__import__("os").environ, "PYTHONPATH": f"{tmp_path}:{ROOT}"})
+    out = _run_beside(tmp_path, code)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
 
 
 def test_a_broken_plugin_is_one_warning_and_the_rest_works(tmp_path):
-    import subprocess
-    import sys
-
     _install_plugin(tmp_path, "branchy.datasets", "broken", "myplugin", "raise ImportError('no such thing')\n")
     code = ("import warnings\nfrom branchy.data import list_datasets\n"
             "with warnings.catch_warnings(record=True) as w:\n    warnings.simplefilter('always')\n"
             "    names = list_datasets()\n"
             "assert 'mnist5k' in names\nprint(*[str(x.message) for x in w])")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         env={**__import__("os").environ, "PYTHONPATH": f"{tmp_path}:{ROOT}"})
+    out = _run_beside(tmp_path, code)
     assert out.returncode == 0, out.stderr
     assert "dataset plugin 'broken' (myplugin, group branchy.datasets) did not load: ImportError: no such thing" \
         in out.stdout
