@@ -46,15 +46,16 @@ class Registry(Generic[T]):
     def load_plugins(self) -> None:
         """Load every entry point of the group ``self.plugins`` once. An entry point that names a module
         registers its items on import (``@DATASETS.register("name")``); one that names an object is registered
-        under the entry point's name. A plugin that fails to load is skipped with one warning naming it."""
+        under the entry point's name. A plugin that fails to load, or whose name is taken (a built-in wins), is
+        skipped with one warning naming it."""
         if self._plugins_loaded:
             return
         self._plugins_loaded = True  # before loading: a plugin may use this registry while it loads
         for ep in entry_points(group=self.plugins):
             try:
                 obj = ep.load()
-                if not isinstance(obj, ModuleType) and ep.name.lower() not in self._items:
-                    self.register(ep.name, obj)
+                if not isinstance(obj, ModuleType) and self._items.get(ep.name.lower()) is not obj:
+                    self.register(ep.name, obj)  # a taken name raises: the warning below says so
             except Exception as e:  # noqa: BLE001 - a broken plugin must not break the toolkit
                 warnings.warn(f"{self.kind} plugin {ep.name!r} ({ep.value}, group {self.plugins}) did not load: "
                               f"{type(e).__name__}: {e}", RuntimeWarning, stacklevel=2)

@@ -184,8 +184,22 @@ def as_nchw(x: np.ndarray | torch.Tensor, *, channels_last: bool = False) -> tor
     return t.contiguous()
 
 
+def _images_and_labels(name: str, split: str, x, y) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x`` ``[N, C, H, W]`` and ``y`` ``[N]`` as tensors (numpy arrays are converted); a clear error otherwise."""
+    x = x if torch.is_tensor(x) else torch.as_tensor(np.asarray(x))
+    y = y if torch.is_tensor(y) else torch.as_tensor(np.asarray(y))
+    if x.ndim != 4 or y.ndim != 1 or len(x) != len(y):
+        raise ValueError(f"{name} {split}: images must be [N, C, H, W] and labels [N], got {tuple(x.shape)} and "
+                         f"{tuple(y.shape)} (as_nchw adds the channel axis to [N, H, W] images)")
+    return x, y
+
+
 def build_splits(name: str, num_classes: int, parts: dict[str, tuple[torch.Tensor, torch.Tensor]],
                  mean=None, std=None) -> Splits:
+    """:class:`Splits` from ``{"train": (x, y), "calib": ..., "test": ...}``: images ``[N, C, H, W]`` (uint8, or
+    float in [0, 1]; tensors or numpy arrays) and integer labels ``[N]``; normalisation statistics from train
+    unless ``mean`` and ``std`` (per channel) are given."""
+    parts = {s: _images_and_labels(name, s, x, y) for s, (x, y) in parts.items()}
     x_train = parts["train"][0]
     if mean is None:
         mean, std = channel_stats(x_train)

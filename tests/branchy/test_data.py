@@ -238,3 +238,15 @@ def test_imagefolder_options_are_typed_and_checked_before_torchvision(tmp_path, 
     s = load_dataset("imagefolder", root=root, image_size="8", in_memory=False, stats_sample="3",
                      fractions="0.6,0.2,0.2")
     assert s.info.input_shape == (3, 8, 8) and sum(s.sizes().values()) == 10
+
+
+def test_build_splits_takes_numpy_arrays_and_names_a_wrong_shape():
+    from branchy.data.splits import build_splits
+
+    rng = np.random.default_rng(0)
+    parts = {s: (rng.integers(0, 255, (8, 1, 4, 4), dtype=np.uint8), np.arange(8) % 2) for s in ("train", "calib", "test")}
+    sp = build_splits("toy", 2, parts)
+    assert sp.info.channels == 1 and len(sp.test) == 8
+    parts["calib"] = (rng.integers(0, 255, (8, 4, 4), dtype=np.uint8), np.arange(8) % 2)
+    with pytest.raises(ValueError, match=r"toy calib: images must be \[N, C, H, W\] and labels \[N\], got \(8, 4, 4\)"):
+        build_splits("toy", 2, parts)

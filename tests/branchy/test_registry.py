@@ -114,3 +114,16 @@ def test_a_broken_plugin_is_one_warning_and_the_rest_works(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "dataset plugin 'broken' (myplugin, group branchy.datasets) did not load: ImportError: no such thing" \
         in out.stdout
+
+
+def test_a_plugin_whose_name_is_taken_is_one_warning_and_the_built_in_wins(tmp_path):
+    _install_plugin(tmp_path, "branchy.models", "b-lenet", "myplugin:net",
+                    "def net(*, in_channels, image_size, num_classes, exits=None):\n    return None\n")
+    code = ("import warnings\nfrom branchy.models import BACKBONES, list_models\n"
+            "with warnings.catch_warnings(record=True) as w:\n    warnings.simplefilter('always')\n"
+            "    names = list_models()\n"
+            "assert BACKBONES.get('b-lenet').__module__ == 'branchy.models.zoo'\nprint(*[str(x.message) for x in w])")
+    out = _run_beside(tmp_path, code)
+    assert out.returncode == 0, out.stderr
+    assert "model plugin 'b-lenet' (myplugin:net, group branchy.models) did not load: ValueError: model 'b-lenet' " \
+           "is already registered" in out.stdout
