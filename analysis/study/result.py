@@ -11,26 +11,20 @@ import pandas as pd
 
 @dataclass
 class StudyResult:
-    """A finished study. ``out``: its folder; ``cache``: the :class:`branchy.cache.FeatureCache`; ``test_eval``: test
-    accuracy per exit; ``predictors``: name -> fitted predictor; ``predictor_table``: their quality on calib (out of
-    fold) and test; ``rule``: the exit rule (``thresholds``: its thresholds); ``simulation``: every policy per profile
-    (:func:`analysis.study.outputs.simulate_to`); ``placements``: strategy -> (search result, comparison);
-    ``config``: the :class:`analysis.study.config.StudyConfig`; ``validate``: the real runtime against the simulator
-    (None when skipped); ``references``: does a predictor pay, per profile (``simulate/references.csv``);
-    ``report``: the HTML report's path (None without one)."""
+    """A finished study: every artefact it made, by name (readable as ``result["cache"]`` too)."""
 
-    out: Path
-    cache: Any
-    test_eval: pd.DataFrame
-    predictors: dict
-    predictor_table: pd.DataFrame
-    rule: Any
-    simulation: dict
-    placements: dict
-    config: Any
-    validate: pd.DataFrame | None = None
-    references: pd.DataFrame | None = None
-    report: Path | None = None
+    out: Path  # the study's folder
+    cache: Any  # the branchy.cache.FeatureCache
+    test_eval: pd.DataFrame  # test accuracy per exit
+    predictors: dict  # name -> fitted predictor
+    predictor_table: pd.DataFrame  # their quality on calib (out of fold) and test
+    rule: Any  # the exit rule (``thresholds``: its thresholds)
+    simulation: dict  # every policy per profile (analysis.study.outputs.simulate_to)
+    placements: dict  # strategy -> (search result, comparison table)
+    config: Any  # the analysis.study.config.StudyConfig it ran
+    validate: pd.DataFrame | None = None  # the real runtime against the simulator (None when skipped)
+    references: pd.DataFrame | None = None  # does a predictor pay, per profile (simulate/references.csv)
+    report: Path | None = None  # the HTML report (None without one)
     thresholds: np.ndarray = field(init=False)
 
     def __post_init__(self) -> None:

@@ -104,26 +104,26 @@ def test_an_installed_plugin_adds_a_dataset_and_a_backbone(tmp_path):
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
 
 
+def _plugin_warnings(root, setup: str, call: str) -> str:
+    """The warnings ``call`` gives (after ``setup``) in a fresh Python beside the fake plugin, one per line."""
+    code = (f"import warnings\n{setup}\nwith warnings.catch_warnings(record=True) as w:\n"
+            f"    warnings.simplefilter('always')\n    {call}\nprint(*[str(x.message) for x in w], sep='\\n')")
+    out = _run_beside(root, code)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
 def test_a_broken_plugin_is_one_warning_and_the_rest_works(tmp_path):
     _install_plugin(tmp_path, "branchy.datasets", "broken", "myplugin", "raise ImportError('no such thing')\n")
-    code = ("import warnings\nfrom branchy.data import list_datasets\n"
-            "with warnings.catch_warnings(record=True) as w:\n    warnings.simplefilter('always')\n"
-            "    names = list_datasets()\n"
-            "assert 'mnist5k' in names\nprint(*[str(x.message) for x in w])")
-    out = _run_beside(tmp_path, code)
-    assert out.returncode == 0, out.stderr
+    said = _plugin_warnings(tmp_path, "from branchy.data import list_datasets", "assert 'mnist5k' in list_datasets()")
     assert "dataset plugin 'broken' (myplugin, group branchy.datasets) did not load: ImportError: no such thing" \
-        in out.stdout
+        in said
 
 
 def test_a_plugin_whose_name_is_taken_is_one_warning_and_the_built_in_wins(tmp_path):
     _install_plugin(tmp_path, "branchy.models", "b-lenet", "myplugin:net",
                     "def net(*, in_channels, image_size, num_classes, exits=None):\n    return None\n")
-    code = ("import warnings\nfrom branchy.models import BACKBONES, list_models\n"
-            "with warnings.catch_warnings(record=True) as w:\n    warnings.simplefilter('always')\n"
-            "    names = list_models()\n"
-            "assert BACKBONES.get('b-lenet').__module__ == 'branchy.models.zoo'\nprint(*[str(x.message) for x in w])")
-    out = _run_beside(tmp_path, code)
-    assert out.returncode == 0, out.stderr
+    said = _plugin_warnings(tmp_path, "from branchy.models import BACKBONES",
+                            "assert BACKBONES.get('b-lenet').__module__ == 'branchy.models.zoo'")
     assert "model plugin 'b-lenet' (myplugin:net, group branchy.models) did not load: ValueError: model 'b-lenet' " \
-           "is already registered" in out.stdout
+           "is already registered" in said
