@@ -17,7 +17,7 @@ from importlib import import_module
 
 from .core.lazy import lazy_exports
 
-__version__ = "0.1.0"
+__version__ = "0.3.0"
 
 __all__, __getattr__, __dir__ = lazy_exports(__name__, {
     "DATASETS": "data", "DatasetInfo": "data", "Splits": "data", "list_datasets": "data", "load_dataset": "data",

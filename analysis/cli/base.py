@@ -127,16 +127,39 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {' '.join(message.split())}; see `{self.prog} --help`\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def version() -> str:
+    """``branchy-study X.Y.Z``: the installed distribution's version (the package's own when not installed)."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+
+    try:
+        return f"branchy-study {dist_version('branchy-study')}"
+    except PackageNotFoundError:
+        from branchy import __version__
+
+        return f"branchy-study {__version__} (not installed)"
+
+
+def build_parser(only: str | None = None, *, full: bool = True) -> argparse.ArgumentParser:
+    """The ``branchy`` parser. Every command is listed; the options of ``only`` (or of every command when
+    ``full`` and ``only`` is None) are built, since building a command's options imports what it configures
+    (torch for ``train``): ``main`` builds only the command it runs, so ``--help`` and errors come at once."""
     parser = _Parser(prog="branchy", description="Early-exit networks, exit predictors and their "
                                      "placement: cache features once, fit predictors, search placements, simulate.")
+    parser.add_argument("--version", action="version", version=version())
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error (anywhere on the "
                         "command line)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (add, _run, help_) in COMMANDS.items():
         p = sub.add_parser(name, help=help_, description=help_)
-        add(p)
+        if name == only or (only is None and full):
+            add(p)
     return parser
+
+
+def _command_of(argv: list[str]) -> str | None:
+    """The command ``argv`` names: its first word that is not an option (global options take no value)."""
+    return next((t for t in argv if not t.startswith("-")), None)
 
 
 EXPECTED_ERRORS = (UnknownNameError, ValueError, OSError, SetupError)  # OSError: missing, unwritable, full
@@ -151,10 +174,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """The ``branchy`` command. Expected errors (bad input, missing or stale files, unknown names) print one
     line and exit 2; Ctrl-C prints one line and exits 130; anything else prints one line that says it is a
     bug and exits 1. ``--debug`` shows the traceback instead."""
-    parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     argv = [v for v in argv if v != "--debug"]
+    parser = build_parser(only=_command_of(argv), full=False)
     a = parser.parse_args(argv)
     if not a.command:
         parser.print_help()
@@ -184,4 +207,4 @@ if __name__ == "__main__":  # pragma: no cover
 
 
 __all__ = ["COMMANDS", "EXPECTED_ERRORS", "POS", "POS_INT", "backend_names", "build_parser", "command", "float_list",
-           "main", "number_type"]
+           "main", "number_type", "version"]

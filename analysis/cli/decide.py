@@ -2,18 +2,24 @@
 test)."""
 from __future__ import annotations
 
-from branchy.core import add_arguments, from_arguments
-from branchy.core import check_writable
-from predictors.grid import PredictorsConfig
+from branchy.core import add_arguments, check_writable, from_arguments
 
-from ..core.policies import PolicyConfig
-from ..present.tables import format_breakeven, format_compare, format_eval
-from ..study.placement_study import PlacementConfig
-from .base import float_list, number_type, command
+from .base import command, float_list, number_type
+
+
+def _policy_config():
+    """The policy settings class (imported when a command is built, not when the CLI starts)."""
+    from ..core.policies import PolicyConfig
+
+    return PolicyConfig
 
 
 # ----------------------------------------------------------------------------- predictors
 def _fit_args(p):
+    from predictors.grid import PredictorsConfig
+
+    PolicyConfig = _policy_config()
+
     p.add_argument("--cache", required=True, help="feature cache directory (branchy dump)")
     add_arguments(p, PredictorsConfig, title="predictors")
     g = p.add_argument_group("exit rule (defines the gate and exit targets)")
@@ -28,10 +34,13 @@ def _fit_args(p):
 def _fit_run(a) -> int:
     from branchy.cache import FeatureCache
     from predictors.fit import evaluation_table, fit_predictor
+    from predictors.grid import PredictorsConfig
     from predictors.store import save_predictors
 
     from ..core.calibrate import resolve_rule
+    from ..present.tables import format_eval
 
+    PolicyConfig = _policy_config()
     pc, pol = from_arguments(PredictorsConfig, a), from_arguments(PolicyConfig, a)
     check_writable(a.out, folder=True, what="predictors folder")
     cache = FeatureCache.open(a.cache)
@@ -50,6 +59,8 @@ command("fit-predictors", "fit gate / exit / entropy predictors on a cache and p
 
 # ----------------------------------------------------------------------------- simulate
 def _simulate_args(p):
+    PolicyConfig = _policy_config()
+
     p.add_argument("--cache", required=True, help="feature cache directory")
     p.add_argument("--predictors", default=None, help="folder of fitted predictors (enables gated and jump)")
     p.add_argument("--profile", action="append", default=None,
@@ -60,12 +71,12 @@ def _simulate_args(p):
 
 
 def _simulate_run(a) -> int:
+    cfg = from_arguments(_policy_config(), a)  # checked before anything heavy is imported
+    check_writable(a.out, folder=True, what="simulation folder")
     from branchy.cache import FeatureCache
 
     from ..study.outputs import simulate_to
 
-    cfg = from_arguments(PolicyConfig, a)
-    check_writable(a.out, folder=True, what="simulation folder")
     cache = FeatureCache.open(a.cache)
     preds = None
     if a.predictors:
@@ -83,6 +94,10 @@ command("simulate", "simulate latency vs accuracy of every policy on a cache (ta
 
 # ----------------------------------------------------------------------------- place
 def _place_args(p):
+    from ..study.placement_config import PlacementConfig
+
+    PolicyConfig = _policy_config()
+
     p.add_argument("--cache", required=True, help="feature cache directory")
     p.add_argument("--predictors", required=True, help="folder of fitted predictors")
     add_arguments(p, PlacementConfig, title="placement")
@@ -93,6 +108,10 @@ def _place_args(p):
 
 
 def _place_run(a) -> int:
+    from ..study.placement_config import PlacementConfig
+
+    PolicyConfig = _policy_config()
+    pl = from_arguments(PlacementConfig, a)  # checked before anything heavy is imported
     from pathlib import Path
 
     from branchy.cache import FeatureCache
@@ -100,10 +119,10 @@ def _place_run(a) -> int:
     from predictors.store import load_predictors
 
     from ..core.costs import get_profile
-    from ..study.placement_study import run_placement, write_placement
     from ..core.policies import calibrate
+    from ..present.tables import format_compare
+    from ..study.placement_study import run_placement, write_placement
 
-    pl = from_arguments(PlacementConfig, a)
     risk = getattr(a, "PolicyConfig.risk", None)
     if risk is not None and pl.latency_budget is not None:
         raise ValueError("--risk guarantees an accuracy drop: give it with --max-acc-drop EPS, not --latency-budget")
@@ -150,6 +169,8 @@ command("place", "search where exits and predictor gates go (scored on calib, ch
 
 # ----------------------------------------------------------------------------- explain-gates
 def _explain_args(p):
+    PolicyConfig = _policy_config()
+
     p.add_argument("--cache", required=True, help="feature cache directory")
     p.add_argument("--predictors", default=None, help="folder of fitted predictors (their cost and skip rates are "
                                                       "set against the break-even figures)")
@@ -161,14 +182,15 @@ def _explain_args(p):
 
 
 def _explain_run(a) -> int:
+    cfg = from_arguments(_policy_config(), a)  # checked before anything heavy is imported
     from branchy.cache import FeatureCache
 
     from ..core.evidence import Evidence
     from ..core.policies import calibrate
     from ..present import plots
+    from ..present.tables import format_breakeven
     from ..study.compare import gate_break_even
 
-    cfg = from_arguments(PolicyConfig, a)
     if a.out:
         check_writable(a.out, folder=True, what="output folder")
     cache = FeatureCache.open(a.cache)

@@ -4,20 +4,24 @@ from __future__ import annotations
 import argparse
 import os
 
-from branchy.core import add_arguments, from_arguments
-from branchy.data import DataConfig
-from branchy.cache import DumpConfig
-from branchy.models import BackboneConfig
-from branchy.core import check_writable
-from branchy.core import DEVICES, check_device
-from branchy.train import TrainConfig
+from branchy.core import DEVICES, add_arguments, check_device, check_writable, from_arguments
 
-from ..present.tables import print_cache_info
-from .base import POS, POS_INT, backend_names, number_type, command
+from .base import POS, POS_INT, backend_names, command, number_type
+
+
+def _configs():
+    """The config classes these commands' options come from (imported when a command is built: they bring torch)."""
+    from branchy.cache import DumpConfig
+    from branchy.data import DataConfig
+    from branchy.models import BackboneConfig
+    from branchy.train import TrainConfig
+
+    return DataConfig, BackboneConfig, TrainConfig, DumpConfig
 
 
 # ----------------------------------------------------------------------------- train
 def _train_args(p):
+    DataConfig, BackboneConfig, TrainConfig, _ = _configs()
     add_arguments(p, DataConfig, title="data")
     add_arguments(p, BackboneConfig, title="model")
     add_arguments(p, TrainConfig, title="training")
@@ -27,6 +31,7 @@ def _train_args(p):
 def _train_run(a) -> int:
     from branchy.train import evaluate, train
 
+    DataConfig, BackboneConfig, TrainConfig, _ = _configs()
     res = train(from_arguments(TrainConfig, a), from_arguments(BackboneConfig, a), from_arguments(DataConfig, a),
                 out_dir=a.out)
     ev = evaluate(res.model, res.splits.test, device=next(res.model.parameters()).device)
@@ -41,6 +46,7 @@ command("train", "train a branchy net (BranchyNet joint loss) and write a checkp
 
 # ----------------------------------------------------------------------------- dump / cache-info
 def _dump_args(p):
+    DataConfig, _, _, DumpConfig = _configs()
     p.add_argument("--checkpoint", required=True, help="model.pt written by `branchy train`")
     p.add_argument("--out", required=True, help="cache directory to write")
     add_arguments(p, DataConfig, title="data (default: what the checkpoint was trained on)")
@@ -57,6 +63,9 @@ def _dump_args(p):
 def _dump_run(a) -> int:
     from branchy.train import data_config_of, read_checkpoint
 
+    from ..present.tables import print_cache_info
+
+    DataConfig, _, _, DumpConfig = _configs()
     config = from_arguments(DumpConfig, a)
     trained_on = data_config_of(read_checkpoint(a.checkpoint))
     data = from_arguments(DataConfig, a, base=trained_on) if trained_on else from_arguments(DataConfig, a)
@@ -91,6 +100,8 @@ def _cache_info_args(p):
 
 def _cache_info_run(a) -> int:
     from branchy.cache import FeatureCache
+
+    from ..present.tables import print_cache_info
 
     given = {x for x in (a.path, a.cache) if x}
     if len(given) != 1:
@@ -161,8 +172,9 @@ def _profile_predictors(a, cache, preds: dict) -> None:
 
 
 def _profile_run(a) -> int:
-    from branchy.cache import FeatureCache
-    from branchy.cache import reprofile
+    from branchy.cache import FeatureCache, reprofile
+
+    from ..present.tables import print_cache_info
 
     model = None
     if a.checkpoint:

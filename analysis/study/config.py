@@ -20,7 +20,7 @@ from branchy.train import TrainConfig
 from predictors.grid import PredictorsConfig
 
 from ..core.costs import get_profile
-from .placement_study import PlacementConfig
+from .placement_config import PlacementConfig
 from ..core.policies import PolicyConfig
 
 StudyConfigError = ConfigError  # the name earlier versions raised

@@ -34,6 +34,45 @@ def test_every_subcommand_has_help(capsys):
     assert e.value.code == 2 and "--model: unknown value 'b-vgg'; known: b-alexnet" in capsys.readouterr().err
 
 
+LIGHT = ("torch", "pandas", "sklearn", "scipy", "matplotlib")
+
+
+def _fresh(code: str) -> str:
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def test_help_and_a_usage_error_import_nothing_heavy():
+    """``branchy --help``, ``--version`` and an unknown command build no command's options, so they import none of
+    torch, pandas, scikit-learn, scipy, matplotlib (what makes a start take seconds); a ``simulate`` error needs
+    pandas, not torch."""
+    heavy = ("import sys\nfrom analysis.cli import main\n"
+             "for argv in ({argv}):\n"
+             "    try:\n        main(list(argv))\n    except SystemExit:\n        pass\n"
+             f"print(sorted(m for m in {LIGHT!r} if m in sys.modules))")
+    assert _fresh(heavy.format(argv="['--help'], ['--version'], ['nosuch']")).strip().endswith("[]")
+    assert _fresh(heavy.format(argv="['simulate', '--cache', 'c', '--out', 'o', '--target-acc', '2'],")) \
+        .strip().endswith("['pandas']")
+
+
+def test_version_and_python_dash_m(capsys):
+    import subprocess
+    import sys
+
+    import branchy
+
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.startswith("branchy-study ")
+    out = subprocess.run([sys.executable, "-m", "branchy", "--version"], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.split()[0] == "branchy-study", out.stderr
+    assert out.stdout.split()[1] == branchy.__version__  # the distribution's version is the package's (setup.cfg)
+
+
 def test_fit_predictors_and_place_cli(synth_cache, tmp_path, capsys):
     assert main(["fit-predictors", "--cache", str(synth_cache.path), "--target", "gate", "--model", "linear",
                  "--out", str(tmp_path / "p")]) == 0

@@ -6,7 +6,7 @@ from dataclasses import MISSING, dataclass, fields
 import pytest
 
 from analysis.cli import build_parser
-from analysis.study.placement_study import PlacementConfig
+from analysis.study.placement_config import PlacementConfig
 from analysis.core.policies import PolicyConfig
 from analysis.study.config import StudyConfig
 from branchy.core import ConfigError, add_arguments, from_arguments, from_mapping, setting, to_plain

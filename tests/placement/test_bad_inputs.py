@@ -10,7 +10,7 @@ from contextlib import contextmanager
 import pytest
 
 from analysis.cli import main
-from analysis.study.placement_study import PlacementConfig
+from analysis.study.placement_config import PlacementConfig
 from placement import Placement, SearchSpace, search
 from placement.optuna_storage import check_storage
 from placement.evaluator import connect_scheduler

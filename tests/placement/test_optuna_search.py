@@ -187,7 +187,8 @@ def test_placement_config_passes_nsga2_settings_from_yaml_and_cli(synth_cache, t
     """trials / storage / study_name reach the nsga2 strategy through PlacementConfig (YAML and CLI share it); the
     stored study resumes across runs."""
     from analysis.core.policies import PolicyConfig, calibrate
-    from analysis.study.placement_study import PlacementConfig, run_placement
+    from analysis.study.placement_config import PlacementConfig
+    from analysis.study.placement_study import run_placement
 
     with pytest.raises(ValueError, match="give storage too"):
         PlacementConfig(strategies=("nsga2",), study_name="s")
