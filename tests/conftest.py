@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from branchy.data import Splits
-from tests.helpers import make_splits, synthetic_arrays
+from tests.helpers import make_splits, priced_cache, synthetic_arrays
 
 torch.set_num_threads(2)
 
@@ -18,6 +18,5 @@ def toy_splits() -> Splits:
 
 @pytest.fixture(scope="session")
 def synth_cache(tmp_path_factory):
-    from branchy.cache import cache_from_arrays
 
-    return cache_from_arrays(tmp_path_factory.mktemp("synth") / "cache", synthetic_arrays(), model_name="synthetic")
+    return priced_cache(tmp_path_factory.mktemp("synth") / "cache", synthetic_arrays(), model_name="synthetic")

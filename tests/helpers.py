@@ -42,6 +42,21 @@ def synthetic_arrays(n=(400, 400, 400), k=3, c=5, d=6, seed=0, bars=(0.8, 0.0, -
     return data
 
 
+def unit_costs(k: int):
+    """The costs the synthetic caches are priced with: every stage 1 ms and 1000 MACs, every exit head 0.1 ms and
+    100 MACs, every buffer 0.01 ms of a 1024-byte activation (the hand computations in the tests use them)."""
+    from branchy.cache import cost_table
+
+    return cost_table(k, stage_ms=1.0, exit_ms=0.1, buffer_ms=0.01, stage_macs=1000, exit_macs=100, act_bytes=1024)
+
+
+def priced_cache(path, data, **kw):
+    """:func:`branchy.cache.cache_from_arrays` with :func:`unit_costs` (the number of exits read from the logits)."""
+    from branchy.cache import cache_from_arrays
+
+    return cache_from_arrays(path, data, costs=unit_costs(np.shape(data["train"][1])[1]), **kw)
+
+
 def no_json_constants(name):
     """A ``parse_constant`` for ``json.loads`` that refuses non-standard JSON (``Infinity``, ``NaN``)."""
     raise AssertionError(f"non-standard JSON constant {name}")

@@ -199,7 +199,15 @@ class CostModel:
     @classmethod
     def from_cache(cls, cache, profile: str | DeviceProfile = "measured") -> "CostModel":
         prof = get_profile(profile)
+        if cache.manifest.get("costs_source") == "none":
+            raise ValueError(f"cache {cache.path} holds no costs (written from arrays without costs=): its latency "
+                             f"cannot be simulated; write it again with cache_from_arrays(..., costs="
+                             f"branchy.cache.cost_table(K, stage_ms=[...] or stage_macs=[...], ...))")
         smacs, emacs = cache.cost_vector("stage", "macs"), cache.cost_vector("exit", "macs")
+        if not prof.measured and np.isnan(np.concatenate([smacs, emacs])).any():
+            raise ValueError(f"cache {cache.path} records no MACs for every stage and exit, so the modelled profile "
+                             f"{prof.name!r} (MACs / throughput) cannot price it: use the measured profile, or give "
+                             f"stage_macs and exit_macs to branchy.cache.cost_table")
         act = cache.cost_vector("buffer", "act_bytes")
         if prof.measured:
             return cls.from_table(cache, prof, cache.costs_for(prof.backend), cache.overhead(prof.backend))
@@ -221,7 +229,8 @@ class CostModel:
 
         s, e, b = (vec(seg, "ms_b1") for seg in ("stage", "exit", "buffer"))
         if np.isnan(np.concatenate([s, e, b])).any():
-            raise ValueError(f"cache {cache.path} has no measured latency (dumped with --no-latency); "
+            raise ValueError(f"cache {cache.path} has no measured latency (dumped with --no-latency, or its costs "
+                             f"were given as MACs only); "
                              f"use an analytic profile: {', '.join(n for n in list_profiles() if n != 'measured')}")
         ov = overhead or {}
         r = vec("buffer", "ms_b1_read") if "ms_b1_read" in table.columns else b.copy()  # in context: its own read cost

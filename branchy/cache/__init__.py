@@ -9,6 +9,6 @@ __all__, __getattr__, __dir__ = lazy_exports(__name__, {
     "CacheLockedError": "writer",
     "DumpConfig": "dumping", "dump": "dumping", "dump_checkpoint": "dumping",
     "dump_distributed": "distributed", "dump_checkpoint_distributed": "distributed",
-    "cache_from_arrays": "arrays",
+    "cache_from_arrays": "arrays", "cost_table": "arrays",
     "reprofile": "reprofiling",
 })

@@ -83,8 +83,9 @@ def cache_from_arrays(path: str | os.PathLike, data: dict, *, costs=None, model_
     """Write a cache from arrays you already have (your own model's outputs, or synthetic data).
 
     ``data[split] = (labels [N], logits [N, K, C], [features_k [N, D_k] for each exit])`` for train,
-    calib and test. ``costs`` is a cost table as :func:`branchy.runtime.profile_segments` makes (default:
-    unit costs: every stage 1 ms / 1 MAC, exits 0.1, buffers 0.01). ``chain`` says whether exit k's logits
+    calib and test. ``costs`` is a cost table as :func:`branchy.runtime.profile_segments` makes, or as
+    :func:`cost_table` builds from per-segment ms or MACs. Without it the cache holds no costs: accuracy,
+    predictors and thresholds work, and simulating latency is refused with a message that says how to give them. ``chain`` says whether exit k's logits
     were computed with the earlier heads run (``boost``, ``cascade``, ``ensemble``; see FeatureCache.chain).
     """
     import hashlib
@@ -133,20 +134,21 @@ def _save(path: Path, a: np.ndarray, dtype) -> None:
 
 def _arrays_manifest(partial: Path, files: dict, data: dict, costs, *, fp: str, k: int, c: int, model_name: str,
                      dataset_name: str, chain: str) -> dict:
-    """Write ``costs`` (default: unit costs) into ``partial``; return the manifest of a cache_from_arrays cache."""
+    """Write ``costs`` (default: an empty table, see :func:`cost_table`) into ``partial``; return the manifest of a
+    cache_from_arrays cache (``costs_source``: ``given`` or ``none``)."""
     import pandas as pd
 
     from ..runtime import COST_COLUMNS
 
+    costs_source = "given"
     if costs is None:
-        rows = []
-        for i in range(k):
-            for seg, ms in (("stage", 1.0), ("exit", 0.1), ("buffer", 0.01)):
-                rows.append({"segment": seg, "k": i, "macs": int(ms * 1000) if seg != "buffer" else 0, "params": 0,
-                             "act_bytes": 1024, "ms_b1": ms, "ms_b1_iqr": 0.0, "ms_batch": ms, "ms_batch_iqr": 0.0,
-                             "batch_size": 1, "threads": 1, "device": "none", "ms_b1_spread": 0.0,
-                             "ms_batch_spread": 0.0, "rounds": 0, "unstable": False})
-        costs = pd.DataFrame(rows, columns=COST_COLUMNS)
+        costs, costs_source = cost_table(k), "none"  # no latency and no MACs: simulating is refused
+    costs = pd.DataFrame(costs)
+    missing = [c for c in ("segment", "k", "macs", "act_bytes", "ms_b1") if c not in costs.columns]
+    if missing:
+        raise ValueError(f"costs: a cost table needs the columns {', '.join(missing)} (build one with "
+                         f"branchy.cache.cost_table)")
+    costs = costs.reindex(columns=COST_COLUMNS)
     costs.to_csv(partial / "costs.csv", index=False)
     files["costs.csv"] = file_entry(partial / "costs.csv")
     return {
@@ -158,8 +160,50 @@ def _arrays_manifest(partial: Path, files: dict, data: dict, costs, *, fp: str, 
         "branch_shapes": None, "feature_dims": [int(np.shape(f)[1]) for f in data["train"][2]],
         "feature_dtype": "float32", "pooling": "given", "batch_size": None, "device": None, "threads": None,
         "dump_seconds": 0.0, "versions": versions(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "files": files, "chain": str(chain),
+        "files": files, "chain": str(chain), "costs_source": costs_source,
     }
 
 
-__all__ = ["CHUNK", "cache_from_arrays"]
+
+def cost_table(k: int, *, stage_ms=None, exit_ms=None, buffer_ms=None, stage_macs=None, exit_macs=None,
+               act_bytes=None, threads: int = 1, device: str = "given"):
+    """A cost table for :func:`cache_from_arrays` from figures you have, per segment of a net with ``k`` exits.
+
+    Args:
+        k: the exits (stages) of the net.
+        stage_ms, exit_ms, buffer_ms: ms at batch 1 of each stage, exit head (confidence included) and buffer
+            (a copy of the branch-point activation), one number for all or one per exit; what is not given has
+            no latency (NaN), so the ``measured`` profile is refused on it.
+        stage_macs, exit_macs: multiply-accumulates per sample (FLOPs / 2), one or one per exit; not given: NaN,
+            so the modelled device profiles (MACs / throughput) are refused on it.
+        act_bytes: bytes of each branch point's activation per sample (what a buffer holds; default 0).
+        threads, device: where the ms were measured, for the record.
+
+    >>> t = cost_table(2, stage_ms=[1.0, 2.0], exit_ms=0.1, buffer_ms=0.01, stage_macs=1000, exit_macs=100)
+    >>> t[t.segment == "stage"][["k", "macs", "ms_b1"]].to_dict("records")
+    [{'k': 0, 'macs': 1000.0, 'ms_b1': 1.0}, {'k': 1, 'macs': 1000.0, 'ms_b1': 2.0}]
+    """
+    import pandas as pd
+
+    from ..runtime import COST_COLUMNS
+
+    def per_exit(name, v, default=float("nan")):
+        a = np.full(k, default, dtype=float) if v is None else np.broadcast_to(np.asarray(v, dtype=float), (k,)) \
+            if np.ndim(v) == 0 or np.size(v) == 1 else np.asarray(v, dtype=float)
+        if a.shape != (k,) or (v is not None and not (np.isfinite(a).all() and (a >= 0).all())):
+            raise ValueError(f"{name}: give one number >= 0 or {k} (one per exit), got {v!r}")
+        return a
+
+    cols = {"stage": (per_exit("stage_ms", stage_ms), per_exit("stage_macs", stage_macs)),
+            "exit": (per_exit("exit_ms", exit_ms), per_exit("exit_macs", exit_macs)),
+            "buffer": (per_exit("buffer_ms", buffer_ms), np.zeros(k))}
+    act = per_exit("act_bytes", act_bytes, 0.0)
+    rows = [{"segment": seg, "k": i, "macs": cols[seg][1][i], "params": 0, "act_bytes": int(act[i]),
+             "ms_b1": cols[seg][0][i], "ms_b1_iqr": 0.0, "ms_batch": cols[seg][0][i], "ms_batch_iqr": 0.0,
+             "batch_size": 1, "threads": int(threads), "device": device, "ms_b1_spread": 0.0,
+             "ms_batch_spread": 0.0, "rounds": 0, "unstable": False}
+            for i in range(k) for seg in ("stage", "exit", "buffer")]
+    return pd.DataFrame(rows, columns=COST_COLUMNS)
+
+
+__all__ = ["CHUNK", "cache_from_arrays", "cost_table"]

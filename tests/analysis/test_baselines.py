@@ -15,15 +15,14 @@ from analysis.core.simulate import simulate_matched_oracle, simulate_oracle
 from analysis.study.baselines import decide_baselines
 from analysis.study.placement_study import PlacementObjective, exit_macs
 from branchy.exits import ExitRule
-from branchy.cache import cache_from_arrays
 from placement import Constraint, SearchSpace, search
 from predictors import PredictorSpec, fit_predictor
 from predictors.targets import oracle_target
-from tests.helpers import synthetic_arrays
+from tests.helpers import priced_cache, synthetic_arrays
 
 
 def _cache(tmp_path, seed, k=3, bars=(0.8, 0.0, -0.8), name="c"):
-    return cache_from_arrays(tmp_path / name, synthetic_arrays(n=(200, 300, 200), k=k, seed=seed, bars=bars),
+    return priced_cache(tmp_path / name, synthetic_arrays(n=(200, 300, 200), k=k, seed=seed, bars=bars),
                              model_name="synthetic")
 
 
@@ -134,7 +133,7 @@ def test_the_oracle_target_is_the_simulators_oracle_exit(tmp_path):
     z = z.copy()
     z[np.arange(20), :, (y[:20] + 1) % z.shape[2]] += 100.0  # 20 samples no exit gets right
     data["calib"] = (y, z, f)
-    cache = cache_from_arrays(tmp_path / "c", data, model_name="synthetic")
+    cache = priced_cache(tmp_path / "c", data, model_name="synthetic")
     heavy = CostModel.from_arrays(np.ones(4), [5.0, 0.1, 3.0, 0.1])  # heavy heads: a later exit can be cheaper
     for cost in (None, np.cumsum(heavy.stage_ms) + heavy.exit_ms):  # the cache's measured ms, then the heavy heads
         target = oracle_target(cache, "calib", exit_cost=cost)

@@ -8,18 +8,17 @@ from analysis.core.costs import CostModel
 from analysis.core.evidence import Evidence, outcome
 from analysis.core.policies import POLICIES, PolicyConfig
 from analysis.core.stats import summarize
-from branchy.cache import cache_from_arrays
 from branchy.exits import ExitRule
 from placement import Gate, Placement
 from predictors import PredictorSpec, fit_predictor
-from tests.helpers import synthetic_arrays
+from tests.helpers import priced_cache, synthetic_arrays
 
 RULE = ExitRule("entropy", (0.5, 0.5, np.inf))
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    cache = cache_from_arrays(tmp_path_factory.mktemp("ch") / "c", synthetic_arrays(n=(200, 300, 517)))
+    cache = priced_cache(tmp_path_factory.mktemp("ch") / "c", synthetic_arrays(n=(200, 300, 517)))
     preds = {p.spec.name: p for p in (
         fit_predictor(cache, PredictorSpec("gate", 0, "linear", 1, RULE), timing=0.01),
         fit_predictor(cache, PredictorSpec("exit", 0, "linear", None, RULE), timing=0.01))}
@@ -69,21 +68,21 @@ def test_cache_from_memory_maps_in_chunks_equals_from_arrays(tmp_path, monkeypat
     from branchy.cache import FeatureCache
 
     data = synthetic_arrays(n=(50, 61, 33))
-    whole = cache_from_arrays(tmp_path / "a", data)
+    whole = priced_cache(tmp_path / "a", data)
     maps = {}
     for sp, (y, z, feats) in data.items():  # the same arrays as memory maps, read 7 rows at a time
         save = lambda name, a: (np.save(tmp_path / f"{sp}_{name}.npy", a),  # noqa: E731
                                 np.load(tmp_path / f"{sp}_{name}.npy", mmap_mode="r"))[1]
         maps[sp] = (save("y", y), save("z", z), [save(f"f{i}", f) for i, f in enumerate(feats)])
     monkeypatch.setattr(ac, "CHUNK", 7)
-    chunked = cache_from_arrays(tmp_path / "b", maps)
+    chunked = priced_cache(tmp_path / "b", maps)
     assert chunked.fingerprint == whole.fingerprint
     fa, fb = whole.manifest["files"], FeatureCache.open(tmp_path / "b", verify=True).manifest["files"]
     assert {f: fa[f] for f in fa if f.endswith(".npy")} == {f: fb[f] for f in fb if f.endswith(".npy")}
     bad = np.array(maps["calib"][1])
     bad[40, 1, 2] = np.nan  # a NaN in the 6th chunk is found and counted
     with pytest.raises(ValueError, match="calib: 1 logits are NaN"):
-        cache_from_arrays(tmp_path / "c", {**maps, "calib": (maps["calib"][0], bad, maps["calib"][2])})
+        priced_cache(tmp_path / "c", {**maps, "calib": (maps["calib"][0], bad, maps["calib"][2])})
 
 
 @pytest.mark.parametrize("measure", ["entropy", "max_prob"])
@@ -105,7 +104,7 @@ def test_chunked_threshold_sweep_equals_the_in_memory_sweep(setup, measure):
 
 
 def test_rows_of_a_fortran_ordered_file_are_its_rows(tmp_path):
-    cache = cache_from_arrays(tmp_path / "c", synthetic_arrays(n=(20, 30, 25)))
+    cache = priced_cache(tmp_path / "c", synthetic_arrays(n=(20, 30, 25)))
     f = tmp_path / "c" / "test" / "logits.npy"
     z = np.load(f)
     np.save(f, np.asfortranarray(z))  # as an older writer could leave it: same size, another layout

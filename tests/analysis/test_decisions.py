@@ -11,12 +11,11 @@ from analysis.core.evidence import Evidence, cascade_outcome, cut_candidates, fu
 from analysis.core.guarantee import lambda_family, risk_controlled_rule
 from analysis.core.policies import POLICIES, PolicyConfig, choose_policies
 from analysis.study.compare import study_policies
-from branchy.cache import cache_from_arrays
 from branchy.exits import entropy
 from branchy.exits import ExitRule
 from placement import Gate, Placement
 from predictors import PredictorSpec, fit_predictor
-from tests.helpers import synthetic_arrays
+from tests.helpers import priced_cache, synthetic_arrays
 
 
 # ----------------------------------------------------------------------------- the exit rule
@@ -88,7 +87,7 @@ def noise_cache(tmp_path_factory):
     data = synthetic_arrays(n=(50, 300, 300), seed=3)
     g = np.random.default_rng(5)
     data = {s: (y, z, [g.normal(size=f.shape) for f in feats]) for s, (y, z, feats) in data.items()}
-    return cache_from_arrays(tmp_path_factory.mktemp("noise") / "cache", data, model_name="noise")
+    return priced_cache(tmp_path_factory.mktemp("noise") / "cache", data, model_name="noise")
 
 
 def test_calib_outputs_are_out_of_fold_by_construction(noise_cache):
@@ -184,7 +183,7 @@ def test_policies_are_decided_on_calib_and_test_only_reports(synth_cache):
 # ----------------------------------------------------------------------------- chained exits
 def test_chained_exits_charge_their_heads_and_refuse_skips(tmp_path):
     data = synthetic_arrays(n=(20, 100, 100), seed=1)
-    cache = cache_from_arrays(tmp_path / "c", data, model_name="boosted", chain="boost")
+    cache = priced_cache(tmp_path / "c", data, model_name="boosted", chain="boost")
     assert cache.chained
     ev = Evidence.build(cache, "test", profile="measured")
     full = full_outcome(ev)
@@ -311,7 +310,6 @@ def test_under_risk_the_certification_halfs_labels_change_no_fitted_predictor(tm
     """Learn-then-Test's premise: nothing certified depends on the certification half. Its labels changed, every
     predictor the placement deploys (refitted on the search half) is the same, and those refits are saved."""
     from analysis.study.placement_study import run_placement, write_placement
-    from branchy.cache import cache_from_arrays
     from predictors.store import load_predictors
     from tests.helpers import synthetic_arrays
 
@@ -320,8 +318,8 @@ def test_under_risk_the_certification_halfs_labels_change_no_fitted_predictor(tm
     cert = np.sort(np.random.default_rng(0).permutation(len(y))[len(y) // 2:])  # run_placement's halves, seed 0
     y2 = y.copy()
     y2[cert] = (y2[cert] + 1) % z.shape[2]
-    a = cache_from_arrays(tmp_path / "a", data, model_name="s")
-    b = cache_from_arrays(tmp_path / "b", {**data, "calib": (y2, z, f)}, model_name="s")
+    a = priced_cache(tmp_path / "a", data, model_name="s")
+    b = priced_cache(tmp_path / "b", {**data, "calib": (y2, z, f)}, model_name="s")
     cfg = PolicyConfig(max_acc_drop=2.0, risk=0.2, bootstrap=0)
     got = {}
     for name, cache in (("a", a), ("b", b)):

@@ -16,10 +16,9 @@ COSTS = CostModel.from_arrays([0.30, 0.55, 0.8, 1.1], [0.05, 0.07, 0.09, 0.12], 
 
 
 def _outcomes(tmp_path):
-    from branchy.cache import cache_from_arrays
-    from tests.helpers import synthetic_arrays
+    from tests.helpers import priced_cache, synthetic_arrays
 
-    cache = cache_from_arrays(tmp_path / "c", synthetic_arrays(n=(50, 50, 600), k=4, bars=(0.8, 0.3, -0.3, -0.8)),
+    cache = priced_cache(tmp_path / "c", synthetic_arrays(n=(50, 50, 600), k=4, bars=(0.8, 0.3, -0.3, -0.8)),
                               model_name="s")
     ev = Evidence.build(cache, "test", costs=COSTS)
     rule = calib_rule(cache, 0.99)

@@ -9,14 +9,13 @@ from analysis.core.policies import PolicyConfig
 from analysis.study.config import StudyConfig
 from branchy.data import DataConfig
 from branchy.models import BackboneConfig
-from branchy.cache import cache_from_arrays
-from tests.helpers import synthetic_arrays
+from tests.helpers import priced_cache, synthetic_arrays
 
 EVIL = "<img src=x onerror=alert(1)>"
 
 
 def test_report_escapes_every_user_and_data_string(tmp_path):
-    cache = cache_from_arrays(tmp_path / "cache", synthetic_arrays(n=(60, 60, 60)), model_name=EVIL,
+    cache = priced_cache(tmp_path / "cache", synthetic_arrays(n=(60, 60, 60)), model_name=EVIL,
                               dataset_name=f"npz:{EVIL}.npz")
     cache.manifest["device"] = EVIL
     cache.manifest["timing"] = {"cpu": EVIL, "load_1min": EVIL, "cores": 2, "idle_cores": 2, "threads": EVIL}

@@ -17,7 +17,7 @@ from branchy.core import check_writable
 from branchy.train import load_checkpoint, save_checkpoint
 from branchy.core import resolve_device
 from branchy.train import TrainConfig, train
-from tests.helpers import make_splits
+from tests.helpers import make_splits, priced_cache
 from tests.helpers import refused as _refused
 
 
@@ -346,5 +346,36 @@ def test_cache_from_arrays_refuses_bad_arrays(tmp_path, make, phrase):
 
 
 def test_cache_from_arrays_still_writes_good_arrays(tmp_path):
-    cache = cache_from_arrays(tmp_path / "cache", _arrays())
+    cache = priced_cache(tmp_path / "cache", _arrays())
     assert cache.manifest["num_classes"] == 3
+
+
+def test_a_cache_without_costs_refuses_to_be_priced_and_says_how(tmp_path):
+    """cache_from_arrays without costs= used to price every segment with made-up unit costs, and `measured` then
+    printed ms and speed-ups that meant nothing; now accuracy works and any latency profile is refused."""
+    from analysis.core.costs import CostModel
+
+    cache = cache_from_arrays(tmp_path / "bare", _arrays())
+    assert cache.manifest["costs_source"] == "none" and len(cache.table("test"))
+    for profile in ("measured", "raspberry-pi-4"):
+        _refused(ValueError, "holds no costs (written from arrays without costs=): its latency cannot be simulated; "
+                 "write it again with cache_from_arrays(..., costs=branchy.cache.cost_table(", CostModel.from_cache,
+                 cache, profile)
+
+
+def test_cost_table_prices_what_it_is_given_and_refuses_what_it_is_not(tmp_path):
+    from analysis.core.costs import CostModel
+    from branchy.cache import cost_table
+
+    k = _arrays()["train"][1].shape[1]
+    timed = cache_from_arrays(tmp_path / "ms", _arrays(), costs=cost_table(k, stage_ms=[1.0, 2.0, 3.0][:k],
+                                                                           exit_ms=0.5, buffer_ms=0.0))
+    np.testing.assert_allclose(CostModel.from_cache(timed, "measured").stage_ms, [1.0, 2.0, 3.0][:k])
+    _refused(ValueError, "records no MACs for every stage and exit, so the modelled profile 'raspberry-pi-4'",
+             CostModel.from_cache, timed, "raspberry-pi-4")
+    counted = cache_from_arrays(tmp_path / "macs", _arrays(), costs=cost_table(k, stage_macs=2e6, exit_macs=1e5))
+    rpi = CostModel.from_cache(counted, "raspberry-pi-4")
+    assert np.all(rpi.stage_ms > 0)
+    _refused(ValueError, "has no measured latency", CostModel.from_cache, counted, "measured")
+    _refused(ValueError, f"stage_ms: give one number >= 0 or {k} (one per exit)", cost_table, k, stage_ms=[1.0] * (k + 1))
+    _refused(ValueError, "exit_ms: give one number >= 0", cost_table, k, stage_ms=1.0, exit_ms=-1.0)

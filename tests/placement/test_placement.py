@@ -5,11 +5,10 @@ import pytest
 
 from analysis.core.costs import DeviceProfile
 from analysis.study.placement_study import PlacementObjective, exit_macs, run_placement
-from branchy.cache import cache_from_arrays
 from branchy.exits import ExitRule
 from placement import Constraint, Gate, Placement, SearchSpace, list_strategies, search
 from predictors import PredictorSpec, fit_predictor
-from tests.helpers import no_json_constants
+from tests.helpers import no_json_constants, priced_cache
 
 pytestmark = pytest.mark.filterwarnings("ignore:gate_at0_for0_linear")
 T = (0.5, 0.5, np.inf)
@@ -37,7 +36,7 @@ def _arrays(seed=0, n=600):
 
 @pytest.fixture(scope="module")
 def known(tmp_path_factory):
-    cache = cache_from_arrays(tmp_path_factory.mktemp("p") / "c", _arrays())
+    cache = priced_cache(tmp_path_factory.mktemp("p") / "c", _arrays())
     preds = {}
     for spec in (PredictorSpec("gate", 0, "linear", 0, T), PredictorSpec("gate", 0, "linear", 1, T),
                  PredictorSpec("gate", 1, "linear", 1, T), PredictorSpec("exit", 0, "linear", None, T)):

@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from branchy.cache import cache_from_arrays
 from predictors import PredictorSpec, fit_predictor, load_predictors, save_predictors
 from predictors.calibration import (CALIBRATORS, CalibrationMap, apply_calibration, calibration_metrics,
                                     cross_calibrate, fit_calibration)
 from predictors.deploy import TorchGate
 from predictors.grid import PredictorsConfig
+from tests.helpers import priced_cache
 
 T = (0.5, 0.5, np.inf)
 
@@ -36,7 +36,7 @@ def _noisy_arrays(n=(300, 1500, 1500), k=3, c=4, d=4, seed=1, bar=0.9):
 
 @pytest.fixture(scope="module")
 def noisy_cache(tmp_path_factory):
-    return cache_from_arrays(tmp_path_factory.mktemp("noisy") / "cache", _noisy_arrays(), model_name="noisy")
+    return priced_cache(tmp_path_factory.mktemp("noisy") / "cache", _noisy_arrays(), model_name="noisy")
 
 
 def test_ece_and_brier_against_a_naive_loop():

@@ -13,10 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from branchy.cache import cache_from_arrays
 from predictors import PredictorSpec, fit_predictor, list_predictor_models, load_predictors, save_predictors
 from predictors.store import FORMAT_VERSION, INDEX, SKOPS_TRUSTED, check_name
-from tests.helpers import synthetic_arrays
+from tests.helpers import priced_cache, synthetic_arrays
 
 T = (0.5, 0.5, np.inf)
 #: tiny fits: a few epochs / iterations per model (a model registered later runs with its defaults)
@@ -37,12 +36,12 @@ class Boom:
 
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory):
-    return cache_from_arrays(tmp_path_factory.mktemp("pf") / "cache", synthetic_arrays(n=(60, 80, 60)))
+    return priced_cache(tmp_path_factory.mktemp("pf") / "cache", synthetic_arrays(n=(60, 80, 60)))
 
 
 @pytest.fixture(scope="module")
 def other_cache(tmp_path_factory):
-    return cache_from_arrays(tmp_path_factory.mktemp("pf") / "other", synthetic_arrays(n=(60, 80, 60), seed=5))
+    return priced_cache(tmp_path_factory.mktemp("pf") / "other", synthetic_arrays(n=(60, 80, 60), seed=5))
 
 
 def _fit(cache, target, model, **kw):

@@ -3,13 +3,12 @@ import pytest
 from sklearn.base import clone
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from branchy.cache import cache_from_arrays
 from predictors import (PredictorSpec, fit_predictor, list_predictor_models, load_predictors, make_estimator,
                         make_target, save_predictors)
 from predictors.evaluate import exit_metrics, gate_curves, gate_metrics, ranking_metrics
 from predictors.targets import exit_target, oracle_target, passes
 from predictors.torch_mlp import TorchMLPClassifier, TorchMLPRegressor
-from tests.helpers import synthetic_arrays
+from tests.helpers import priced_cache, synthetic_arrays
 
 T = (0.5, 0.5, np.inf)
 
@@ -97,7 +96,7 @@ def test_saved_predictor_reloads_identically_and_refuses_another_cache(synth_cac
     save_predictors([p], tmp_path / "pred")
     q = load_predictors(tmp_path / "pred", synth_cache)[p.spec.name]
     np.testing.assert_array_equal(p.predict(synth_cache, "test"), q.predict(synth_cache, "test"))
-    other = cache_from_arrays(tmp_path / "other", synthetic_arrays(seed=5))
+    other = priced_cache(tmp_path / "other", synthetic_arrays(seed=5))
     with pytest.raises(ValueError, match="fitted on cache .* refit"):
         load_predictors(tmp_path / "pred", other)
     with pytest.raises(FileNotFoundError, match="fit-predictors"):
