@@ -16,7 +16,7 @@ from branchy.core import ConfigError, check_int, check_name, from_mapping, read_
 from branchy.data import DataConfig
 from branchy.cache import DumpConfig
 from branchy.models import BackboneConfig
-from branchy.train import TrainConfig
+from branchy.train import TrainConfig, check_trunk_source
 from predictors.grid import PredictorsConfig
 
 from ..core.costs import get_profile
@@ -49,6 +49,10 @@ class StudyConfig:
     # costs_history/): the comparison's ratio CIs resample them with the test samples (a suite asks for >= 4)
 
     def __post_init__(self) -> None:
+        try:
+            check_trunk_source(self.train)  # a study builds its net from the config: the trunk must be trained
+        except ValueError as e:
+            raise ValueError(f"train: {e}") from None
         w, exits = self.train.exit_weights, self.model.exits
         if w is not None and exits is not None and len(w) != len(exits) + 1:
             raise ValueError(f"train.exit_weights has {len(w)} values but model.exits {list(exits)} makes "

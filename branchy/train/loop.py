@@ -72,9 +72,6 @@ class TrainConfig:
             raise ValueError(f"unknown optimizer {self.optimizer!r}; known: {', '.join(OPTIMIZERS)}")
         if self.scheme not in SCHEMES.names():
             raise ValueError(f"unknown training scheme {self.scheme!r}; known: {', '.join(SCHEMES.names())}")
-        if SCHEMES.get(self.scheme).needs_trained_trunk and self.trunk_epochs < 1 and not self.init_checkpoint:
-            raise ValueError(f"scheme {self.scheme!r} trains exits on a frozen trunk: give trunk_epochs >= 1 or an "
-                             f"init_checkpoint holding a trained trunk")
         if self.exit_weights is not None:
             self._check_exit_weights()
 
@@ -141,13 +138,39 @@ class TrainResult:
     splits: Splits
 
 
-def train(cfg: TrainConfig, backbone: BackboneConfig, data: DataConfig | Splits, *, splits: Splits | None = None,
+def check_trunk_source(cfg: TrainConfig) -> None:
+    """A scheme that trains exits on a frozen trunk (``ic-only``, ``ztw``) needs the trunk trained from somewhere:
+    ``trunk_epochs >= 1``, an ``init_checkpoint``, or a trained net passed to :func:`train`."""
+    if SCHEMES.get(cfg.scheme).needs_trained_trunk and cfg.trunk_epochs < 1 and not cfg.init_checkpoint:
+        raise ValueError(f"scheme {cfg.scheme!r} trains exits on a frozen trunk: give trunk_epochs >= 1 or an "
+                         f"init_checkpoint holding a trained trunk, or pass the trained net itself to train()")
+
+
+def _given_net(model: BranchyNet, info, scheme) -> BranchyNet:
+    """A net the caller built (e.g. :func:`branchy.models.attach_exits` on a pretrained network), checked against
+    the data and given the scheme's exit chain."""
+    c = model.config
+    want = (info.channels, (info.height, info.width), info.num_classes)
+    if (c.in_channels, tuple(c.image_size), c.num_classes) != want:
+        raise ValueError(f"the net given to train() takes {c.in_channels} channels of {tuple(c.image_size)} images "
+                         f"and {c.num_classes} classes; the data has {want[0]} channels of {want[1]} and {want[2]} "
+                         f"classes")
+    if (model.chain, bool(c.ensemble)) != (scheme.chain, scheme.ensemble):
+        model.set_chain(scheme.chain, scheme.ensemble)
+    return model
+
+
+def train(cfg: TrainConfig, backbone: BackboneConfig | BranchyNet, data: DataConfig | Splits, *,
+          splits: Splits | None = None,
           out_dir: str | os.PathLike | None = None, progress: bool = True) -> TrainResult:
     """Train ``backbone`` on ``data`` per ``cfg`` (its scheme plans the phases: joint, trunk first, ...).
 
     Args:
         cfg: epochs, batch size, optimiser, scheme, exit weights, seed.
-        backbone: which net and where its side exits sit (``BackboneConfig("b-lenet", exits=(0, 1))``).
+        backbone: which net and where its side exits sit (``BackboneConfig("b-lenet", exits=(0, 1))``), or a
+            :class:`~branchy.models.BranchyNet` to train as it is: e.g. :func:`~branchy.models.attach_exits` on a
+            pretrained network, whose trunk ``ic-only`` and ``ztw`` then keep frozen (a checkpoint of a net that is
+            not a registered backbone holds its weights: load them into the same net with ``load_weights``).
         data: a :class:`~branchy.data.DataConfig`, or splits already loaded.
         splits: the data config's splits, when the caller has loaded them already.
         out_dir: where ``model.pt`` (with the configs) and ``history.csv`` go (one row per epoch and exit:
@@ -157,6 +180,9 @@ def train(cfg: TrainConfig, backbone: BackboneConfig, data: DataConfig | Splits,
     Returns:
         :class:`TrainResult`: ``.model`` (eval mode), ``.history``, ``.checkpoint`` (or None).
     """
+    given = isinstance(backbone, BranchyNet)
+    if not given:
+        check_trunk_source(cfg)
     if out_dir is not None:
         check_writable(out_dir, folder=True, what="training output folder")
     torch.manual_seed(cfg.seed)
@@ -168,20 +194,24 @@ def train(cfg: TrainConfig, backbone: BackboneConfig, data: DataConfig | Splits,
         splits = data.load()
     info = splits.info
     scheme = SCHEMES.get(cfg.scheme)
-    model = backbone.build(in_channels=info.channels, image_size=(info.height, info.width),
-                           num_classes=info.num_classes, chain=scheme.chain, ensemble=scheme.ensemble).to(device)
+    if given:
+        model = _given_net(backbone, info, scheme).to(device)
+    else:
+        model = backbone.build(in_channels=info.channels, image_size=(info.height, info.width),
+                               num_classes=info.num_classes, chain=scheme.chain, ensemble=scheme.ensemble).to(device)
+    name = model.config.name
     k = model.num_exits
     if cfg.init_checkpoint:
         load_trunk(model, cfg.init_checkpoint)
     if cfg.exit_weights is not None and len(cfg.exit_weights) != k:
-        raise ValueError(f"exit_weights has {len(cfg.exit_weights)} values but {backbone.name} with exits "
+        raise ValueError(f"exit_weights has {len(cfg.exit_weights)} values but {name} with exits "
                          f"{list(model.config.exits)} has {k} exits (the side exits and the final one): give one "
                          f"weight per exit")
     # plan, run
     phases = scheme.plan(cfg, model)
     rows: list[dict] = []
     epoch = 0  # epochs are numbered across phases (they seed shuffling and shifts)
-    bar = tqdm(total=sum(p.epochs for p in phases), desc=f"train {backbone.name}", disable=not progress, unit="epoch")
+    bar = tqdm(total=sum(p.epochs for p in phases), desc=f"train {name}", disable=not progress, unit="epoch")
     for phase in phases:
         rows += run_phase(model, phase, splits, cfg, first_epoch=epoch, device=device, bar=bar)
         epoch += phase.epochs
@@ -196,7 +226,7 @@ def train(cfg: TrainConfig, backbone: BackboneConfig, data: DataConfig | Splits,
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         history.to_csv(out / "history.csv", index=False)
-        configs = {"train_config": cfg, "backbone_config": backbone}
+        configs = {"train_config": cfg, "backbone_config": None if given else backbone}
         if not isinstance(data, Splits):
             configs["data_config"] = data
         ckpt = save_checkpoint(model, out / "model.pt", configs=configs, splits=splits)
@@ -253,4 +283,5 @@ def run_phase(model: BranchyNet, phase: Phase, splits: Splits, cfg: TrainConfig,
     return rows
 
 
-__all__ = ["OPTIMIZERS", "TrainConfig", "TrainResult", "evaluate", "joint_loss", "random_shift", "run_phase", "train"]
+__all__ = ["OPTIMIZERS", "TrainConfig", "TrainResult", "check_trunk_source", "evaluate", "joint_loss", "random_shift",
+           "run_phase", "train"]

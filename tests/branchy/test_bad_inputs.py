@@ -43,13 +43,21 @@ from tests.helpers import refused as _refused
     (dict(exit_weights=(0.0, 0.0, 0.0)), "exit_weights are all 0, so nothing would train"),
     (dict(exit_weights=()), "exit_weights is empty"),
     (dict(exit_weights=(1.0, "a", 1.0)), "exit_weights must be numbers"),
-    (dict(scheme="ic-only"), "give trunk_epochs >= 1 or an init_checkpoint"),
     (dict(device="tpu"), "device must be one of auto, cpu, cuda, cuda:N (N a GPU index) or mps, got 'tpu'"),
     (dict(device="cuda:x"), "device must be one of auto, cpu, cuda, cuda:N"),
 ])
 def test_train_config_refuses(kw, phrase):
     base = dict(epochs=1, batch_size=8, device="cpu")
     _refused(ValueError, phrase, TrainConfig, **{**base, **kw})
+
+
+def test_a_frozen_trunk_scheme_needs_a_trained_trunk_from_somewhere():
+    from branchy.train import check_trunk_source
+
+    _refused(ValueError, "scheme 'ic-only' trains exits on a frozen trunk: give trunk_epochs >= 1 or an init_checkpoint "
+             "holding a trained trunk, or pass the trained net itself to train()", check_trunk_source,
+             TrainConfig(scheme="ic-only"))
+    check_trunk_source(TrainConfig(scheme="ic-only", trunk_epochs=1))
 
 
 @pytest.mark.parametrize("device", ["tpu", "CPU", "", "cuda:"])

@@ -6,6 +6,7 @@ from branchy.train import load_checkpoint, save_checkpoint
 from branchy.train import TrainConfig, train
 from branchy.train.schemes import resolve_optimizer
 from branchy.models import BackboneConfig, build_model
+from tests.helpers import make_splits
 
 NET = BackboneConfig("b-lenet", exits=(0, 1))
 
@@ -118,6 +119,44 @@ def test_frozen_schemes_need_a_trunk(toy_splits, tmp_path):
               progress=False)
     for a, b in zip(base.model.stages.parameters(), r.model.stages.parameters()):
         assert torch.equal(a, b)  # the trunk was taken and left frozen
+
+
+def test_ic_only_trains_the_exits_of_a_user_built_net_on_its_frozen_pretrained_trunk(toy_splits, tmp_path):
+    """Bring your own model: a plain network (here a small CNN standing in for a pretrained one) gets exits with
+    attach_exits and goes to train() as it is; ic-only needs no trunk_epochs then, leaves every trunk weight as it
+    was and trains the side exit; the checkpoint holds the weights (the net is no registered backbone)."""
+    from torch import nn
+
+    from branchy.models import attach_exits
+    from branchy.train import load_checkpoint, read_checkpoint
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 8, 3, padding=1), nn.ReLU(),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4))
+    model = attach_exits(net, ["1"], in_channels=1, image_size=(28, 28), num_classes=4, name="my-cnn")
+    trunk = {k: v.clone() for k, v in model.stages.state_dict().items()}
+    head = [p.clone() for p in model.exits[0].parameters()]
+    r = train(_cfg(scheme="ic-only", epochs=1), model, toy_splits, out_dir=tmp_path / "m", progress=False)
+    assert r.model is model and list(r.history.phase.unique()) == ["exits"]
+    for k, v in model.stages.state_dict().items():
+        assert torch.equal(v, trunk[k]), f"trunk weight {k} changed"
+    assert any(not torch.equal(a, b) for a, b in zip(head, model.exits[0].parameters())), "the side exit did not learn"
+    meta = read_checkpoint(tmp_path / "m" / "model.pt")
+    assert meta["model_config"]["name"] == "my-cnn" and meta["backbone_config"] is None
+    with pytest.raises(KeyError, match="unknown model 'my-cnn'"):
+        load_checkpoint(tmp_path / "m" / "model.pt")  # not a registered backbone: load its weights into the net
+    from branchy.train import load_weights
+
+    fresh = attach_exits(nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 8, 3, padding=1),
+                                       nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4)),
+                         ["1"], in_channels=1, image_size=(28, 28), num_classes=4, name="my-cnn")
+    load_weights(fresh, meta["state_dict"])
+    x = toy_splits.test.batch(torch.arange(4))[0]
+    for a, b in zip(model.eval().forward_exits(x), fresh.eval().forward_exits(x)):
+        torch.testing.assert_close(a, b)
+    with pytest.raises(ValueError, match=r"the net given to train\(\) takes 1 channels of \(28, 28\) images and 4 "
+                                         r"classes; the data has 1 channels of \(28, 28\) and 3 classes"):
+        train(_cfg(scheme="ic-only", epochs=1), model, make_splits(classes=3), progress=False)
 
 
 def test_boostnet_trains_with_sgd_unless_told_otherwise():
