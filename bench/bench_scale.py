@@ -43,8 +43,7 @@ def dump_job(mode: str, out: str, images: int) -> None:
     import torch
 
     from branchy.data import ArrayDataset, DatasetInfo, Splits
-    from branchy.cache import dump
-    from branchy.cache import dump_distributed
+    from branchy.cache import dump, dump_distributed
     from branchy.models import build_model
 
     torch.set_num_threads(1)

@@ -28,9 +28,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from branchy.core import point
-from branchy.core import atomic_write
-from branchy.core import json_safe
+from branchy.core import atomic_write, json_safe, point
 from branchy.exits import ExitRule
 
 from .calibration import check_calibration

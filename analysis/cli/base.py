@@ -7,8 +7,7 @@ import math
 import sys
 from typing import Callable, NoReturn, Sequence
 
-from branchy.core import SetupError
-from branchy.core import UnknownNameError
+from branchy.core import SetupError, UnknownNameError
 
 COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {}
 
@@ -129,8 +128,7 @@ class _Parser(argparse.ArgumentParser):
 
 def version() -> str:
     """``branchy-study X.Y.Z``: the installed distribution's version (the package's own when not installed)."""
-    from importlib.metadata import PackageNotFoundError
-    from importlib.metadata import version as dist_version
+    from importlib.metadata import PackageNotFoundError, version as dist_version
 
     try:
         return f"branchy-study {dist_version('branchy-study')}"

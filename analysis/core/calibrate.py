@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from branchy.exits import LOWER_IS_CONFIDENT, confidence
-from branchy.exits import ExitRule
+from branchy.exits import LOWER_IS_CONFIDENT, ExitRule, confidence
 
 
 def _oriented(conf: np.ndarray, measure: str) -> np.ndarray:

@@ -9,8 +9,7 @@ import pandas as pd
 
 from branchy.cache import FeatureCache
 from branchy.exits import ExitRule
-from placement import Constraint, Placement, SearchSpace, search
-from placement import SearchResult
+from placement import Constraint, Placement, SearchResult, SearchSpace, search
 
 from ..core.calibrate import budgeted_thresholds, calib_rule, thresholds_for_accuracy
 from ..core.costs import CostModel, DeviceProfile

@@ -30,8 +30,7 @@ def _jsonable(d):
 
 
 def step_train(cfg: StudyConfig, splits, out: Path, redo: bool):
-    from branchy.train import load_checkpoint, read_checkpoint
-    from branchy.train import evaluate, train
+    from branchy.train import evaluate, load_checkpoint, read_checkpoint, train
 
     ckpt = out / "model" / "model.pt"
     if not redo and ckpt.exists():
@@ -50,8 +49,7 @@ def step_train(cfg: StudyConfig, splits, out: Path, redo: bool):
 
 
 def step_dump(cfg: StudyConfig, model, splits, out: Path, redo: bool):
-    from branchy.cache import CacheError, FeatureCache
-    from branchy.cache import dump
+    from branchy.cache import CacheError, FeatureCache, dump
 
     d = out / "cache"
     if not redo:

@@ -128,8 +128,7 @@ def _policy_runs(cache, model, ev: Evidence, st, rule: ExitRule, cfg: PolicyConf
 def _recheck_fns(model, backend: str, test_x: torch.Tensor, runs: _Runs, predictors: dict, pooling: str) -> dict:
     """What a recheck times in every round: the segments and the runtime's overhead
     (:func:`branchy.runtime.overhead_fns`) and each predictor the placements run (``pred:NAME``)."""
-    from branchy.runtime import example_inputs
-    from branchy.runtime import overhead_fns
+    from branchy.runtime import example_inputs, overhead_fns
     from predictors.deploy import runtime_callable
 
     fns = overhead_fns(model, backend, x=test_x[:1])
@@ -256,8 +255,7 @@ def validate_samples(cache: FeatureCache, model, test_x: torch.Tensor, *, predic
     ``policies``: only these registered policies (``full`` is always run: speed-ups are against it), besides the
     placements; default every one the runtime can run. Returns the table and, for paired comparisons, the
     per-sample ms measured and simulated (policy -> array over ``test_x``)."""
-    from branchy.runtime import prepare
-    from branchy.runtime import drift, machine_state
+    from branchy.runtime import drift, machine_state, prepare
 
     model = model.cpu().eval()
     n = len(test_x)

@@ -11,8 +11,7 @@ from analysis.core.evidence import Evidence, cascade_outcome, cut_candidates, fu
 from analysis.core.guarantee import lambda_family, risk_controlled_rule
 from analysis.core.policies import POLICIES, PolicyConfig, choose_policies
 from analysis.study.compare import study_policies
-from branchy.exits import entropy
-from branchy.exits import ExitRule
+from branchy.exits import ExitRule, entropy
 from placement import Gate, Placement
 from predictors import PredictorSpec, fit_predictor
 from tests.helpers import priced_cache, synthetic_arrays

@@ -1,8 +1,7 @@
 """The vectorised simulator against a naive per-sample loop written from docs/semantics.md §3.3."""
 import numpy as np
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
 from analysis.core.costs import CostModel
 from analysis.core.simulate import (simulate_cascade, simulate_full, simulate_gated, simulate_jump, simulate_oracle,

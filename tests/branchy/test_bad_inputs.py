@@ -17,8 +17,7 @@ from branchy.core import check_writable
 from branchy.train import load_checkpoint, save_checkpoint
 from branchy.core import resolve_device
 from branchy.train import TrainConfig, train
-from tests.helpers import make_splits, priced_cache
-from tests.helpers import refused as _refused
+from tests.helpers import make_splits, priced_cache, refused as _refused
 
 
 # ----------------------------------------------------------------------------- 1. TrainConfig

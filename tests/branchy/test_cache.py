@@ -13,8 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from branchy.cache import CacheError, FeatureCache
-from branchy.cache import dump
+from branchy.cache import CacheError, FeatureCache, dump
 from branchy.models import pool_features
 from branchy.exits import confidence
 from branchy.models import BranchyNet, ModelConfig, build_model
@@ -64,8 +63,7 @@ def test_pyramid_pooling_concatenates_every_scale(toy_splits, tmp_path):
     """``grid:1,2``: the global average and the 2x2 grid of every channel, side by side; the runtime's gate on a
     raw activation scores exactly what the predictor scores on the cached features."""
     from branchy.cache import DumpConfig
-    from branchy.models import parse_pooling
-    from branchy.models import build_model
+    from branchy.models import build_model, parse_pooling
     from predictors import PredictorSpec, fit_predictor
     from predictors.deploy import score_callable
 

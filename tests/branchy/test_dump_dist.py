@@ -18,8 +18,7 @@ import os, sys, torch
 torch.set_num_threads(1)
 from tests.helpers import make_splits
 from branchy.models import build_model
-from branchy.cache import dump
-from branchy.cache import dump_distributed
+from branchy.cache import dump, dump_distributed
 mode, out = sys.argv[1], sys.argv[2]
 torch.manual_seed(0)
 model = build_model("b-lenet", exits=(0, 1), num_classes=4).eval()

@@ -95,8 +95,7 @@ def test_machine_state_warns_when_threads_exceed_idle_cores():
 
 
 def test_reprofile_writes_a_new_measurement_and_keeps_the_old(toy_splits, tmp_path):
-    from branchy.cache import FeatureCache
-    from branchy.cache import dump, reprofile
+    from branchy.cache import FeatureCache, dump, reprofile
     from branchy.models import build_model
 
     torch.manual_seed(0)

@@ -2,8 +2,7 @@ import pandas as pd
 import pytest
 import torch
 
-from branchy.train import load_checkpoint, save_checkpoint
-from branchy.train import TrainConfig, train
+from branchy.train import TrainConfig, load_checkpoint, save_checkpoint, train
 from branchy.train.schemes import resolve_optimizer
 from branchy.models import BackboneConfig, build_model
 from tests.helpers import make_splits
