@@ -18,7 +18,7 @@ class PredictorsConfig:
     (None: every stage with a side exit after it) and, for gates and entropy predictors, for each side exit in
     ``for_exits`` (None: every side exit at or after the position); cross-fitted on calib in ``folds``."""
 
-    model: str = setting("nn", "predictor model", choices=PREDICTOR_MODELS.names)
+    model: str = setting("nn", "predictor model", cli=("--predictor-model", "--model"), choices=PREDICTOR_MODELS.names)
     baselines: tuple[str, ...] = setting((), "more predictor models fitted for the same targets and positions, to "
                                              "compare with (e.g. linear,hgb)", choices=PREDICTOR_MODELS.names)
     targets: tuple[str, ...] = setting(("gate", "exit", "entropy"), "what the predictors learn", cli="--target",

@@ -4,7 +4,7 @@ import importlib
 
 import pytest
 
-MODULES = ["branchy.core.jsonio", "branchy.core.options", "branchy.core.header", "branchy.core.registry",
+MODULES = ["branchy.core.jsonio", "branchy.core.config", "branchy.core.options", "branchy.core.header", "branchy.core.registry",
            "branchy.cache.arrays",
            "branchy.cache.files", "branchy.exits.rule", "branchy.models.pooling", "placement.selection",
            "analysis.core.paired"]

@@ -155,6 +155,26 @@ def build_parser(only: str | None = None, *, full: bool = True) -> argparse.Argu
     return parser
 
 
+def deprecated(action: argparse.Action, *old: str) -> argparse.Action:
+    """Mark ``old`` option strings of ``action`` as deprecated aliases: they work, and the command says the new
+    name once on stderr."""
+    action.deprecated_flags = old
+    return action
+
+
+def _note_renamed(parser: argparse.ArgumentParser, command: str, argv: list[str]) -> None:
+    """One line on stderr per deprecated option name ``argv`` uses: ``--model is now --backbone``."""
+    sub = parser._subparsers._group_actions[0].choices.get(command) if parser._subparsers else None
+    if sub is None:
+        return
+    used = {t.split("=", 1)[0] for t in argv if t.startswith("--")}
+    for action in sub._actions:
+        for old in getattr(action, "deprecated_flags", ()):
+            if old in used:
+                print(f"branchy {command}: note: {old} is now {action.option_strings[0]} (the old name works until "
+                      f"0.4)", file=sys.stderr)
+
+
 def _command_of(argv: list[str]) -> str | None:
     """The command ``argv`` names: its first word that is not an option (global options take no value)."""
     return next((t for t in argv if not t.startswith("-")), None)
@@ -180,6 +200,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not a.command:
         parser.print_help()
         return 2
+    _note_renamed(parser, a.command, argv)
     try:
         return int(COMMANDS[a.command][1](a) or 0)
     except KeyboardInterrupt:
@@ -204,5 +225,5 @@ if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
 
 
-__all__ = ["COMMANDS", "EXPECTED_ERRORS", "POS", "POS_INT", "backend_names", "build_parser", "command", "float_list",
-           "main", "number_type", "version"]
+__all__ = ["COMMANDS", "EXPECTED_ERRORS", "POS", "POS_INT", "backend_names", "build_parser", "command", "deprecated",
+           "float_list", "main", "number_type", "version"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from branchy.core import add_arguments, check_writable, from_arguments
 
-from .base import command, float_list, number_type
+from .base import command, deprecated, float_list, number_type
 
 
 def _policy_config():
@@ -63,9 +63,9 @@ def _simulate_args(p):
 
     p.add_argument("--cache", required=True, help="feature cache directory")
     p.add_argument("--predictors", default=None, help="folder of fitted predictors (enables gated and jump)")
-    p.add_argument("--profile", action="append", default=None,
-                   help="device profile name or JSON/YAML file (repeatable; default: measured). "
-                        "See `branchy profiles`")
+    deprecated(p.add_argument("--device-profile", "--profile", dest="profile", action="append", default=None,
+                              help="device profile name or JSON/YAML file (repeatable; default: measured). "
+                                   "See `branchy profiles`"), "--profile")
     add_arguments(p, PolicyConfig, title="policies")
     p.add_argument("--out", required=True, help="folder for summary.csv, pareto.csv, gates.csv and the plots")
 
@@ -174,7 +174,8 @@ def _explain_args(p):
     p.add_argument("--cache", required=True, help="feature cache directory")
     p.add_argument("--predictors", default=None, help="folder of fitted predictors (their cost and skip rates are "
                                                       "set against the break-even figures)")
-    p.add_argument("--profile", default="measured", help="device profile name or JSON/YAML file (default: measured)")
+    deprecated(p.add_argument("--device-profile", "--profile", dest="profile", default="measured",
+                              help="device profile name or JSON/YAML file (default: measured)"), "--profile")
     p.add_argument("--false-skip", type=number_type(float, 0, 1), default=0.02,
                    help="share of the samples an exit would accept that a gate may wrongly skip (default 0.02)")
     add_arguments(p, PolicyConfig, only=("measure", "target_acc", "gate_max_drop", "overlap"), title="exit rule")

@@ -105,12 +105,17 @@ command("run", "run a whole study from a YAML config (train, dump, predictors, s
 def _suite_args(p):
     p.add_argument("config", help="suite config (YAML), e.g. configs/suites/backbones.yaml")
     p.add_argument("--redo", action="store_true", help="recompute every study instead of reusing what is there")
+    p.add_argument("--out", default=None, help="override the suite config's output folder")
 
 
 def _suite_run(a) -> int:
+    from dataclasses import replace
+
     from ..study.suite import load_suite, real_line, run_suite, suite_line
 
     suite = load_suite(a.config)  # every study config checked before any work
+    if a.out:
+        suite = replace(suite, out=a.out)
     df = run_suite(suite, redo=a.redo)
     print(f"wrote {suite.out}/comparison.csv ({len(df)} rows)")
     if real_line(df):

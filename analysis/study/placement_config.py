@@ -24,7 +24,8 @@ class PlacementConfig:
     max_acc_drop: float | None = setting(0.5, "fastest placement within this many accuracy points of full on calib")
     latency_budget: float | None = setting(None, "most accurate placement under this mean latency (ms per sample at "
                                                  "batch 1); replaces max_acc_drop")
-    profile: str = setting("raspberry-pi-4", "device profile name or JSON/YAML file (see `branchy profiles`)")
+    profile: str = setting("raspberry-pi-4", "device profile name or JSON/YAML file (see `branchy profiles`)",
+                           cli=("--device-profile", "--profile"))
     n_jobs: int = setting(1, "parallel scoring through joblib (-1: all cores)")
     scheduler: str | None = setting(None, "a Dask scheduler's address (tcp://host:8786): score placements on its "
                                           "workers through joblib's dask backend (pip install dask[distributed])")

@@ -21,10 +21,11 @@ class ConfigError(ValueError):
     """A config that cannot run; the message names the field and what to fix."""
 
 
-def setting(default: Any = dataclasses.MISSING, help: str = "", *, cli: str | bool | None = None,
+def setting(default: Any = dataclasses.MISSING, help: str = "", *, cli: str | tuple[str, ...] | bool | None = None,
             choices: Callable[[], list[str]] | None = None) -> Any:
-    """A dataclass field with its help text, command-line flag and choices. A mutable default (dict, list) is
-    copied for every instance."""
+    """A dataclass field with its help text, command-line flag and choices. ``cli``: the flag (default
+    ``--field-name``), or a tuple whose first flag is the name and the others old names kept as deprecated aliases;
+    False: no flag. A mutable default (dict, list) is copied for every instance."""
     meta = {"help": help, "cli": cli, "choices": choices}
     if isinstance(default, (dict, list)):
         return dataclasses.field(default_factory=lambda d=default: type(d)(d), metadata=meta)
@@ -61,6 +62,21 @@ def check_name(name: str, registry, v) -> None:
 
 
 # ----------------------------------------------------------------------------- YAML / mappings
+def did_you_mean(wrong, known) -> str:
+    """`` (did you mean 'epochs' for 'epoch'?)`` for each of ``wrong`` with a close match among ``known``; empty
+    when there is none.
+
+    >>> did_you_mean(["epoch", "zzz"], ["epochs", "lr"])
+    " (did you mean 'epochs' for 'epoch'?)"
+    """
+    import difflib
+
+    known = [str(k) for k in known]
+    pairs = [(difflib.get_close_matches(str(w), known, n=1, cutoff=0.6), w) for w in wrong]
+    said = [f"{m[0]!r} for {str(w)!r}" for m, w in pairs if m]
+    return f" (did you mean {', '.join(said)}?)" if said else ""
+
+
 def from_mapping(cls, raw, where: str):
     """``cls`` built from a mapping (a parsed YAML section): unknown keys refused, values read as the fields'
     annotated types, nested dataclass fields built the same way, and the class's own checks run; every
@@ -72,7 +88,7 @@ def from_mapping(cls, raw, where: str):
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(map(str, raw)) - set(fields))
     if unknown:
-        raise ConfigError(f"{where}: unknown field(s) {unknown}; known: {sorted(fields)}")
+        raise ConfigError(f"{where}: unknown field(s) {unknown}; known: {sorted(fields)}{did_you_mean(unknown, fields)}")
     missing = [n for n, f in fields.items() if f.default is dataclasses.MISSING
                and f.default_factory is dataclasses.MISSING and n not in raw]
     if missing:
@@ -163,11 +179,14 @@ def to_plain(v):
 
 
 # ----------------------------------------------------------------------------- command line
-def _flag(f: dataclasses.Field) -> str | None:
+def _flags(f: dataclasses.Field) -> tuple[str, ...]:
+    """The field's command-line flags: its name first, then deprecated aliases; none when ``cli=False``."""
     cli = f.metadata.get("cli")
     if cli is False:
-        return None
-    return cli or "--" + f.name.replace("_", "-")
+        return ()
+    if isinstance(cli, tuple):
+        return cli
+    return (cli or "--" + f.name.replace("_", "-"),)
 
 
 def _dest(cls, name: str) -> str:
@@ -185,7 +204,8 @@ def _scalar(kind, nullable: bool, choices):
         if kind is float and not math.isfinite(v):
             raise argparse.ArgumentTypeError(f"{s} is not a finite number")
         if choices is not None and v not in (known := choices()):
-            raise argparse.ArgumentTypeError(f"unknown value {s!r}; known: {', '.join(known)}")
+            raise argparse.ArgumentTypeError(f"unknown value {s!r}; known: {', '.join(known)}"
+                                             f"{did_you_mean([s], known)}")
         return v
     parse.__name__ = {int: "integer", float: "number"}.get(kind, "value")
     return parse
@@ -225,8 +245,8 @@ def add_arguments(parser, cls, *, only: tuple[str, ...] | None = None, exclude: 
     target = parser.add_argument_group(title) if title else parser
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
-        flag = _flag(f)
-        if flag is None or f.name in exclude or (only is not None and f.name not in only):
+        flags = _flags(f)
+        if not flags or f.name in exclude or (only is not None and f.name not in only):
             continue
         hint, nullable = hints[f.name], False
         if typing.get_origin(hint) in (typing.Union, types.UnionType):
@@ -252,7 +272,8 @@ def add_arguments(parser, cls, *, only: tuple[str, ...] | None = None, exclude: 
                       help=f"{text} (comma-separated; default: {shown})")
         else:
             kw.update(type=_scalar(hint, nullable, choices), help=f"{text} (default: {shown})")
-        target.add_argument(flag, **kw)
+        action = target.add_argument(*flags, **kw)
+        action.deprecated_flags = flags[1:]  # old names: the command notes the new one when they are used
 
 
 def from_arguments(cls, ns: argparse.Namespace, base=None, **fixed):
@@ -266,10 +287,10 @@ def from_arguments(cls, ns: argparse.Namespace, base=None, **fixed):
     except ValueError as e:  # name the option the message is about
         msg = str(e)
         for f in dataclasses.fields(cls):
-            if f.name in given and f.name not in fixed and msg.startswith(f.name) and _flag(f):
-                raise ConfigError(f"{_flag(f)}: {msg}") from None
+            if f.name in given and f.name not in fixed and msg.startswith(f.name) and _flags(f):
+                raise ConfigError(f"{_flags(f)[0]}: {msg}") from None
         raise
 
 
-__all__ = ["ConfigError", "setting", "from_mapping", "read_yaml", "to_plain", "add_arguments", "from_arguments", "check_int",
-           "check_number", "check_name", "coerce_value", "is_int", "is_real"]
+__all__ = ["ConfigError", "add_arguments", "check_int", "check_name", "check_number", "coerce_value", "did_you_mean",
+           "from_arguments", "from_mapping", "is_int", "is_real", "read_yaml", "setting", "to_plain"]

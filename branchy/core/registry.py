@@ -3,6 +3,7 @@ installed with an entry point in the registry's group (``branchy.datasets``, ``b
 names the first time the registry is asked."""
 from __future__ import annotations
 
+import difflib
 import warnings
 from importlib.metadata import entry_points
 from types import ModuleType
@@ -78,7 +79,9 @@ class Registry(Generic[T]):
         key = str(name).lower()
         if key not in self._items:
             known = ", ".join(self.names()) or "(none)"
-            raise UnknownNameError(f"unknown {self.kind} {name!r}; known: {known}")
+            close = difflib.get_close_matches(key, list(self._items), n=1, cutoff=0.6)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise UnknownNameError(f"unknown {self.kind} {name!r}; known: {known}{hint}")
         return self._items[key]
 
     def names(self) -> list[str]:

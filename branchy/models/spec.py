@@ -15,7 +15,8 @@ class BackboneConfig:
     """A backbone from :data:`BACKBONES` with side exits after the blocks in ``exits`` (None: its default) and
     its own ``options`` (checked against the builder's signature, converted to its types)."""
 
-    name: str = setting("b-lenet", "backbone (see `branchy models`)", cli="--model", choices=list_models)
+    name: str = setting("b-lenet", "backbone (see `branchy models`)", cli=("--backbone", "--model"),
+                       choices=list_models)
     exits: tuple[int, ...] | None = setting(None, "block indices after which side exits sit, e.g. 0,1 (none: the "
                                                   "backbone's own)", cli="--exits")
     options: dict = setting({}, "backbone option, e.g. depth=56", cli="--option")

@@ -90,3 +90,48 @@ def test_fit_predictors_and_place_cli(synth_cache, tmp_path, capsys):
 
     assert Placement.load(tmp_path / "pl" / "placement.json").num_exits == 3
     assert (tmp_path / "pl" / "placement_map.png").exists() and (tmp_path / "pl" / "candidates.csv").exists()
+
+
+@pytest.mark.parametrize("command,new,old,value", [
+    ("train", "--backbone", "--model", "b-resnet"),
+    ("fit-predictors", "--predictor-model", "--model", "linear"),
+    ("simulate", "--device-profile", "--profile", "mcu-npu"),
+    ("place", "--device-profile", "--profile", "mcu-npu"),
+    ("explain-gates", "--device-profile", "--profile", "mcu-npu"),
+])
+def test_renamed_options_keep_their_old_name_for_one_version(command, new, old, value, capsys):
+    from analysis.cli.base import _note_renamed, build_parser
+
+    parser = build_parser(only=command, full=False)
+    need = (["--cache", "c"] if command != "train" else []) + ["--out", "o"] + \
+        (["--predictors", "p"] if command == "place" else [])
+    a_new = parser.parse_args([command, new, value] + need)
+    a_old = parser.parse_args([command, old, value] + need)
+    assert vars(a_new) == vars(a_old)
+    _note_renamed(parser, command, [command, old, value])
+    assert capsys.readouterr().err == f"branchy {command}: note: {old} is now {new} (the old name works until 0.4)\n"
+    _note_renamed(parser, command, [command, new, value])
+    assert capsys.readouterr().err == ""
+
+
+def test_unknown_names_and_keys_say_the_closest_known_one(capsys):
+    from branchy.core import ConfigError, from_mapping
+    from branchy.models import BACKBONES, BackboneConfig
+    from branchy.train import TrainConfig
+
+    with pytest.raises(KeyError, match=r"unknown model 'b-lenett'; known: .* \(did you mean 'b-lenet'\?\)"):
+        BACKBONES.get("b-lenett")
+    with pytest.raises(ConfigError, match=r"train: unknown field\(s\) \['epoch'\]; known: .* \(did you mean 'epochs' "
+                                          r"for 'epoch'\?\)"):
+        from_mapping(TrainConfig, {"epoch": 3}, "train")
+    with pytest.raises(SystemExit):
+        main(["train", "--backbone", "b-resnett", "--out", "x"])
+    assert "(did you mean 'b-resnet' for 'b-resnett'?)" in capsys.readouterr().err
+    assert BackboneConfig("b-lenet").name == "b-lenet"
+
+
+def test_suite_takes_out(tmp_path):
+    from analysis.cli.base import build_parser
+
+    a = build_parser(only="suite", full=False).parse_args(["suite", "s.yaml", "--out", str(tmp_path)])
+    assert a.out == str(tmp_path)
