@@ -39,3 +39,6 @@ def test_notebooks_execute_in_order(tmp_path, monkeypatch):
         assert images >= 1, f"{py.name} showed no plot"
         errors = [o for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
         assert not errors
+        streams = "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", [])
+                          if o.get("output_type") == "stream")
+        assert "IProgress not found" not in streams, f"{py.name}: progress bars fell back to text (ipywidgets?)"
