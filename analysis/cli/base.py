@@ -147,6 +147,10 @@ def build_parser(only: str | None = None, *, full: bool = True) -> argparse.Argu
     parser.add_argument("--version", action="version", version=version())
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error (anywhere on the "
                         "command line)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors, no progress log "
+                        "(anywhere on the command line)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="also the debug log (anywhere on the command "
+                        "line)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (add, _run, help_) in COMMANDS.items():
         p = sub.add_parser(name, help=help_, description=help_)
@@ -175,6 +179,28 @@ def _note_renamed(parser: argparse.ArgumentParser, command: str, argv: list[str]
                       f"0.4)", file=sys.stderr)
 
 
+def _setup_output(*, quiet: bool, verbose: bool, debug: bool) -> Callable[[], None]:
+    """The command's log: the ``branchy`` logger on stderr at INFO (WARNING with ``-q``, DEBUG with ``-v``);
+    warnings as one line ``branchy: warning: ...`` (with their source line only under ``--debug``). Returns what
+    puts the previous settings back (``main`` calls it when the command ends)."""
+    import logging
+    import warnings
+
+    from ..core.logs import log_to_stderr
+
+    top = logging.getLogger("branchy")
+    before = (top.level, warnings.formatwarning)
+    log_to_stderr(logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO)
+    if not debug:
+        warnings.formatwarning = lambda message, category, *a, **k: f"branchy: warning: {message}\n"
+
+    def restore() -> None:
+        top.setLevel(before[0])
+        warnings.formatwarning = before[1]
+
+    return restore
+
+
 def _command_of(argv: list[str]) -> str | None:
     """The command ``argv`` names: its first word that is not an option (global options take no value)."""
     return next((t for t in argv if not t.startswith("-")), None)
@@ -194,7 +220,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     bug and exits 1. ``--debug`` shows the traceback instead."""
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
-    argv = [v for v in argv if v != "--debug"]
+    quiet, verbose = any(v in ("-q", "--quiet") for v in argv), any(v in ("-v", "--verbose") for v in argv)
+    argv = [v for v in argv if v not in ("--debug", "-q", "--quiet", "-v", "--verbose")]
+    restore = _setup_output(quiet=quiet, verbose=verbose, debug=debug)
+    try:
+        return _run(argv, debug)
+    finally:
+        restore()
+
+
+def _run(argv: list[str], debug: bool) -> int:
+    """Parse ``argv`` (building only the named command's options) and run the command, errors in one line."""
     parser = build_parser(only=_command_of(argv), full=False)
     a = parser.parse_args(argv)
     if not a.command:

@@ -3,6 +3,7 @@ wrote (checked by fingerprints and configs) unless ``redo`` is set, and logs wha
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 
@@ -10,19 +11,27 @@ import numpy as np
 
 from branchy.core import to_plain
 
+from ..core.logs import log_to_stderr
 from .config import StudyConfig
 
 _T0 = [time.perf_counter()]
 
 
+LOG = logging.getLogger("branchy.study")
+
+
 def start_clock() -> None:
-    """Count the log's seconds from now (a study's start)."""
+    """Count the log's seconds from now (a study's start), and make sure the log is seen: when nothing has
+    configured :mod:`logging` (no handler on ``branchy`` or the root logger), the ``branchy`` logger writes its
+    INFO lines to stderr; configure logging yourself (or ``branchy -q``) to change that."""
     _T0[0] = time.perf_counter()
+    log_to_stderr(only_if_unconfigured=True)
 
 
 def log(msg: str) -> None:
-    """``[study +S s] msg``: S seconds since the study started, so each step's cost shows in the log."""
-    print(f"[study +{time.perf_counter() - _T0[0]:.0f} s] {msg}", flush=True)
+    """``[study +S s] msg`` at INFO on the ``branchy.study`` logger: S seconds since the study started, so each
+    step's cost shows in the log."""
+    LOG.info(f"[study +{time.perf_counter() - _T0[0]:.0f} s] {msg}")
 
 
 def _jsonable(d):

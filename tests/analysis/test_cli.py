@@ -135,3 +135,32 @@ def test_suite_takes_out(tmp_path):
 
     a = build_parser(only="suite", full=False).parse_args(["suite", "s.yaml", "--out", str(tmp_path)])
     assert a.out == str(tmp_path)
+
+
+def test_the_study_log_is_a_logger_seen_by_default_and_silenced_by_quiet(caplog):
+    import logging
+    import warnings
+
+    from analysis.cli.base import _setup_output
+    from analysis.study.steps import log, start_clock
+
+    # a fresh process that configured nothing sees the log lines on stderr
+    out = __import__("subprocess").run([__import__("sys").executable, "-c",
+                                        "from analysis.study.steps import start_clock, log; start_clock(); log('hello')"],
+                                       capture_output=True, text=True)
+    assert out.returncode == 0 and out.stderr.strip() == "[study +0 s] hello" and out.stdout == "", out.stderr
+    start_clock()
+    with caplog.at_level(logging.INFO, logger="branchy"):
+        log("a step")
+    assert [(r.name, r.levelno, r.getMessage()) for r in caplog.records] == [("branchy.study", logging.INFO,
+                                                                              "[study +0 s] a step")]
+    top, fmt = logging.getLogger("branchy"), warnings.formatwarning
+    level = top.level
+    restore = _setup_output(quiet=True, verbose=False, debug=False)
+    assert top.level == logging.WARNING and not top.isEnabledFor(logging.INFO)
+    assert warnings.formatwarning("boom", UserWarning, "x.py", 3) == "branchy: warning: boom\n"  # one line, no source
+    restore()
+    assert top.level == level and warnings.formatwarning is fmt
+    restore = _setup_output(quiet=False, verbose=True, debug=True)
+    assert top.isEnabledFor(logging.DEBUG) and warnings.formatwarning is fmt  # --debug keeps the source line
+    restore()

@@ -1,3 +1,5 @@
+import logging
+
 import numpy as np
 import pytest
 import yaml
@@ -74,7 +76,7 @@ def test_bad_configs_fail_before_any_work(patch, msg, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_a_study_on_a_users_npz_runs_end_to_end(tmp_path, capsys):
+def test_a_study_on_a_users_npz_runs_end_to_end(tmp_path, capsys, caplog):
     """What docs/user-guide.md tells a new user to do, on their own arrays."""
     g = np.random.default_rng(0)
     n = 600
@@ -96,9 +98,10 @@ def test_a_study_on_a_users_npz_runs_end_to_end(tmp_path, capsys):
     }
     f = tmp_path / "study.yaml"
     f.write_text(yaml.safe_dump(cfg))
+    caplog.set_level(logging.INFO, logger="branchy")
     assert main(["run", str(f)]) == 0
     out = capsys.readouterr().out
-    assert "headline (mcu-npu)" in out and "oracle" in out
+    assert "headline (mcu-npu)" in caplog.text and "oracle" in out  # the log (branchy.study), the tables (stdout)
     run = tmp_path / "run"
     for rel in ("study.yaml", "report.html", "model/model.pt", "cache/manifest.json", "predictors/predictors.json",
                 "simulate/summary.csv", "placement/greedy/placement.json"):
@@ -106,6 +109,7 @@ def test_a_study_on_a_users_npz_runs_end_to_end(tmp_path, capsys):
     html = (run / "report.html").read_text()
     assert html.count("data:image/png;base64") >= 6 and "my npz study" in html
     # a second run reuses every step
+    caplog.clear()
     assert main(["run", str(f)]) == 0
-    again = capsys.readouterr().out
+    again = caplog.text
     assert "reusing" in again and "training" not in again.split("reusing")[0]
