@@ -116,6 +116,8 @@ class Evaluator:
                 new.append(p)
                 seen.add(p.key())
         if new:
+            self._bar.total = (self._bar.total or 0) + len(new)  # what is asked so far: each batch has its ETA
+            self._bar.refresh()
             results = []
             for r in self._run(new):
                 results.append(r)

@@ -178,3 +178,18 @@ def test_a_dask_cluster_scores_the_search_as_local_processes_do(known):
     with dask.config.set({"distributed.comm.timeouts.connect": "1s"}), \
             pytest.raises(ValueError, match="--scheduler tcp://127.0.0.1:9: no Dask scheduler answered within 1 s"):
         search("greedy-backward", space, obj, progress=False, scheduler="tcp://127.0.0.1:9")
+
+
+def test_the_search_progress_bar_knows_its_total(capsys):
+    """Every batch of placements asked of the evaluator adds to its bar's total, so the bar shows an ETA (tqdm
+    shows none without a total)."""
+    from placement.evaluator import Evaluator
+
+    ev = Evaluator(lambda p: {"accuracy_%": 90.0, "mean_ms": 1.0}, progress=True)
+    plain = [Placement.plain(3, [True, k == 1, True]) for k in range(2)]
+    ev(plain)
+    assert (ev._bar.total, ev._bar.n) == (2, 2)
+    ev(plain + [Placement.plain(3, [False, False, True])])  # two already scored, one new
+    assert (ev._bar.total, ev._bar.n) == (3, 3)
+    ev.close()
+    assert "3/3" in capsys.readouterr().err
