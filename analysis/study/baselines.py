@@ -163,7 +163,7 @@ def _under_free_rule(obj: PlacementObjective, cache: FeatureCache, cfg: PolicyCo
     if abs(t - cfg.target_acc) <= 1e-12:
         return []
     o2 = copy.copy(obj)
-    o2.cfg = type(cfg)(**{**cfg.__dict__, "target_acc": t})
+    o2.cfg = replace(cfg, target_acc=t)
     o2.rule = calib_rule(cache, t, measure=cfg.measure)
     o2.forget_rules()
     return [o2]

@@ -188,9 +188,12 @@ def cost_table(k: int, *, stage_ms=None, exit_ms=None, buffer_ms=None, stage_mac
     from ..runtime import COST_COLUMNS
 
     def per_exit(name, v, default=float("nan")):
-        a = np.full(k, default, dtype=float) if v is None else np.broadcast_to(np.asarray(v, dtype=float), (k,)) \
-            if np.ndim(v) == 0 or np.size(v) == 1 else np.asarray(v, dtype=float)
-        if a.shape != (k,) or (v is not None and not (np.isfinite(a).all() and (a >= 0).all())):
+        if v is None:
+            return np.full(k, default, dtype=float)
+        a = np.asarray(v, dtype=float)
+        if a.size == 1:
+            a = np.full(k, a.item())  # one number for every exit
+        if a.shape != (k,) or not (np.isfinite(a).all() and (a >= 0).all()):
             raise ValueError(f"{name}: give one number >= 0 or {k} (one per exit), got {v!r}")
         return a
 

@@ -2,8 +2,8 @@
 definition), paths and setup errors, one atomic writer, standard JSON, fault points for tests, the torch
 device a name asks for. Needs no torch."""
 from .atomic import atomic_path, atomic_write
-from .config import (ConfigError, add_arguments, did_you_mean, check_int, check_name, check_number, coerce_value, from_arguments,
-                     from_mapping, is_int, is_real, read_yaml, setting, to_plain)
+from .config import (ConfigError, add_arguments, check_int, check_name, check_number, coerce_value, did_you_mean,
+                     from_arguments, from_mapping, is_int, is_real, read_yaml, setting, to_plain)
 from .device import DEVICES, check_device, resolve_device
 from .faults import point
 from .header import check_version
@@ -13,8 +13,8 @@ from .options import OptionError, option_hints, typed_options
 from .paths import SetupError, check_writable
 from .registry import Registry, UnknownNameError
 
-__all__ = ["ConfigError", "DEVICES", "NONFINITE", "OptionError", "Registry", "SetupError", "UnknownNameError",
-           "add_arguments", "atomic_path", "atomic_write", "did_you_mean", "check_device", "check_int", "check_version", "check_name",
-           "check_number", "check_writable", "coerce_value", "from_arguments", "from_mapping", "is_int", "is_real",
-           "json_float", "json_safe", "lazy_exports", "read_json_object", "option_hints", "point", "read_yaml", "resolve_device", "setting",
-           "to_plain", "typed_options", "write_json"]
+__all__ = ["DEVICES", "NONFINITE", "add_arguments", "atomic_path", "atomic_write", "check_device", "check_int",
+           "check_name", "check_number", "check_version", "check_writable", "coerce_value", "ConfigError",
+           "did_you_mean", "from_arguments", "from_mapping", "is_int", "is_real", "json_float", "json_safe",
+           "lazy_exports", "option_hints", "OptionError", "point", "read_json_object", "read_yaml", "Registry",
+           "resolve_device", "setting", "SetupError", "to_plain", "typed_options", "UnknownNameError", "write_json"]

@@ -16,6 +16,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from .registry import closest
+
 
 class ConfigError(ValueError):
     """A config that cannot run; the message names the field and what to fix."""
@@ -69,11 +71,8 @@ def did_you_mean(wrong, known) -> str:
     >>> did_you_mean(["epoch", "zzz"], ["epochs", "lr"])
     " (did you mean 'epochs' for 'epoch'?)"
     """
-    import difflib
-
-    known = [str(k) for k in known]
-    pairs = [(difflib.get_close_matches(str(w), known, n=1, cutoff=0.6), w) for w in wrong]
-    said = [f"{m[0]!r} for {str(w)!r}" for m, w in pairs if m]
+    known = list(known)
+    said = [f"{m!r} for {str(w)!r}" for w in wrong if (m := closest(w, known))]
     return f" (did you mean {', '.join(said)}?)" if said else ""
 
 

@@ -12,6 +12,13 @@ from typing import Generic, Iterator, TypeVar
 T = TypeVar("T")
 
 
+def closest(word: str, known) -> str | None:
+    """The known name most like ``word`` (difflib, similarity >= 0.6), or None: the "did you mean" of every
+    unknown-name message."""
+    match = difflib.get_close_matches(str(word), [str(k) for k in known], n=1, cutoff=0.6)
+    return match[0] if match else None
+
+
 class UnknownNameError(KeyError):
     """Raised for a name that is not registered; the message lists the known ones."""
 
@@ -79,8 +86,8 @@ class Registry(Generic[T]):
         key = str(name).lower()
         if key not in self._items:
             known = ", ".join(self.names()) or "(none)"
-            close = difflib.get_close_matches(key, list(self._items), n=1, cutoff=0.6)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            close = closest(key, self._items)
+            hint = f" (did you mean {close!r}?)" if close else ""
             raise UnknownNameError(f"unknown {self.kind} {name!r}; known: {known}{hint}")
         return self._items[key]
 
@@ -104,4 +111,4 @@ class Registry(Generic[T]):
         return len(self._items)
 
 
-__all__ = ["Registry", "T", "UnknownNameError"]
+__all__ = ["Registry", "T", "UnknownNameError", "closest"]

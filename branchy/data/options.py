@@ -15,7 +15,7 @@ def typed_options(fn, options: dict, name: str | None = None) -> dict:
     is a one-line ValueError ``NAME dataset option KEY: ...``."""
     label = name or getattr(fn, "dataset_name", None) or getattr(fn, "__name__", "?")
     params = inspect.signature(fn).parameters
-    out = core_typed_options(fn, {k: v for k, v in options.items()}, f"{label} dataset")
+    out = core_typed_options(fn, options, f"{label} dataset")
     try:
         if "seed" in out and "seed" in params:
             check_int("seed", out["seed"], 0)

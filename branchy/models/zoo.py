@@ -39,18 +39,13 @@ def check_options(name: str, options: dict) -> dict:
     free = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
     own = [n for n, p in params.items() if n not in _SET_ELSEWHERE and p.kind is not inspect.Parameter.VAR_KEYWORD]
     known = f"its options: {', '.join(own)}" if own else "it takes no options"
-    out = {}
-    for key, value in options.items():
+    for key in options:
         if key in _SET_ELSEWHERE:
             raise ValueError(f"{key} is not a backbone option of {name}: it is set by {_SET_ELSEWHERE[key]} ({known})")
-        if key not in params:
-            if free:
-                out[key] = value
-                continue
+        if key not in params and not free:
             raise ValueError(f"{name} has no option {key!r} ({known})")
-        out[key] = value
     try:
-        return typed_options(factory, out, name)
+        return typed_options(factory, options, name)  # options it does not type (or **kwargs) pass unchanged
     except OptionError as e:
         default = params[e.key].default
         example = f"{e.key}={default}" if isinstance(default, (int, float, str)) and not isinstance(default, bool) \
