@@ -34,7 +34,7 @@ CASES = {
     "--help": ["--help"],
     "--version": ["--version"],
     "unknown command": ["nosuch"],
-    "simulate error": ["simulate", "--cache", "c", "--out", "o", "--target-acc", "2"],
+    "simulate error": ["simulate", "--cache", "c", "--out", "o", "--target-acc", "150"],
     "place error": ["place", "--cache", "c", "--predictors", "p", "--out", "o", "--max-acc-drop", "-1"],
     "train error": ["train", "--out", "o", "--epochs", "0"],
 }

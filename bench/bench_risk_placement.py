@@ -74,7 +74,7 @@ def one(i: int, src: str, eps: float, delta: float, tmp: str) -> dict:
     out = Path(tmp) / f"r{i}"
     cache = cache_from_arrays(out, data, costs=cache0.costs, model_name=f"resplit{i}", chain=cache0.chain)
     k = cache.num_exits
-    rule = calib_rule(cache, 0.99)
+    rule = calib_rule(cache, 99)
     specs = [PredictorSpec("gate", e, "linear", e, rule) for e in range(k - 1)] + \
         [PredictorSpec("exit", 0, "linear", None, rule)]
     preds = {}

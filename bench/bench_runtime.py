@@ -31,7 +31,7 @@ from branchy.train import load_checkpoint  # noqa: E402
 ap = argparse.ArgumentParser()
 ap.add_argument("--run", default="runs/demo")
 ap.add_argument("--n", type=int, default=300, help="test samples, run one at a time")
-ap.add_argument("--target-acc", type=float, default=0.99)
+ap.add_argument("--target-acc", type=float, default=99.0, help="percent (99: 99 %%)")
 ap.add_argument("--rounds", type=int, default=9)
 a = ap.parse_args()
 run = Path(a.run)
@@ -46,7 +46,7 @@ n = min(a.n, cache.size("test"))
 x = splits.test.batch(torch.arange(n))[0]
 z = np.asarray(cache.logits("test"))[:n]
 correct = z.argmax(-1) == cache.labels("test")[:n, None]
-t = thresholds_for_accuracy(np.asarray(cache.logits("calib")), cache.labels("calib"), a.target_acc)
+t = thresholds_for_accuracy(np.asarray(cache.logits("calib")), cache.labels("calib"), a.target_acc / 100)
 costs = CostModel.from_cache(cache, "measured")
 k = cache.num_exits
 sim = {"full": simulate_full(correct, costs).latency_ms.mean(),

@@ -35,7 +35,7 @@ MODEL = "linear" if SMALL else "nn"
 cache = FeatureCache.open(OUT / "cache")
 
 # %%
-rule = calib_rule(cache, 0.99)  # ExitRule: entropy thresholds tuned on calib (sequential), as in the README
+rule = calib_rule(cache, 99)  # ExitRule: entropy thresholds tuned on calib (sequential), as in the README
 print(rule)
 
 # %%

@@ -36,7 +36,7 @@ SMALL = os.environ.get("BRANCHY_NB_SMALL") == "1"
 OUT = Path(os.environ.get("BRANCHY_NB_OUT", "runs/notebooks"))
 cache = FeatureCache.open(OUT / "cache")
 preds = load_predictors(OUT / "predictors", cache)
-cfg = PolicyConfig(target_acc=0.99, bootstrap=100 if SMALL else 1000)
+cfg = PolicyConfig(target_acc=99, bootstrap=100 if SMALL else 1000)
 list_profiles()
 
 # %%

@@ -8,6 +8,8 @@ import numpy as np
 from joblib import Parallel, delayed
 from tqdm.auto import tqdm
 
+from branchy.core import MissingExtraError, extra_hint, show_progress
+
 from .placement import Placement
 
 __all__ = ["CONNECT_TIMEOUT", "Evaluator", "Objective", "connect_scheduler"]
@@ -20,7 +22,7 @@ def _call(objective: Objective, p: Placement) -> dict:
 
 
 CONNECT_TIMEOUT = 10.0  # s: connecting to a Dask scheduler, handshake included
-_NO_DISTRIBUTED = ("scoring on a Dask cluster needs dask.distributed: pip install 'branchy-study[cluster]' "
+_NO_DISTRIBUTED = (f"scoring on a Dask cluster needs dask.distributed: {extra_hint('cluster')} "
                    "(or dask[distributed])")
 
 
@@ -69,7 +71,7 @@ def connect_scheduler(address, timeout: float | None = None):
         from dask.utils import parse_timedelta
         from distributed import Client
     except ImportError:
-        raise ImportError(_NO_DISTRIBUTED) from None
+        raise MissingExtraError(_NO_DISTRIBUTED) from None
     if not isinstance(address, str) or not address.strip():
         raise ValueError(f"--scheduler must be a Dask scheduler's address such as tcp://host:8786 (or a "
                          f"distributed.Client), got {address!r}")
@@ -107,7 +109,7 @@ class Evaluator:
         self._client, self._own_client, self._objective_future = None, False, None
         self.rows: dict[tuple, dict] = {}
         self.proposing = True  # False while scoring references that are not the strategy's candidates
-        self._bar = tqdm(desc="placements", unit="cand", disable=not progress)
+        self._bar = tqdm(desc="placements", unit="cand", disable=not show_progress(progress))
 
     def __call__(self, placements: list[Placement]) -> list[dict]:
         new, seen = [], set()
@@ -144,7 +146,7 @@ class Evaluator:
             try:
                 from distributed import Client
             except ImportError:
-                raise ImportError(_NO_DISTRIBUTED) from None
+                raise MissingExtraError(_NO_DISTRIBUTED) from None
             if isinstance(self.scheduler, Client):
                 self._client = self.scheduler
             else:

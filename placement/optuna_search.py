@@ -7,7 +7,8 @@ threshold options, ``thresholds`` (an index into them). Trials are asked a gener
 placements among them scored together by the search's evaluator (memoised, joblib in parallel), and told back.
 A child the study already holds is told ``PRUNED`` (marked ``duplicate``): it costs no scoring, counts in no
 population and not against the budget; the sampler is asked again, and after ``RETRIES`` asks per child the
-duplicate is replaced by an unseen one-parameter neighbour. Optuna is imported only when the strategy runs.
+duplicate is replaced by an unseen one-parameter neighbour. Optuna (the ``optuna`` extra) is imported only when
+the strategy runs.
 
 With ``storage`` (an Optuna storage URL, e.g. ``sqlite:///search.db``) and ``study_name`` the study persists: a
 later call with the same space adds ``trials`` new placements to it. The search itself runs on an in-memory copy
@@ -22,6 +23,8 @@ import json
 import math
 
 import numpy as np
+
+from branchy.core import require_extra
 
 from .evaluator import Evaluator
 from .optuna_storage import check_storage
@@ -227,7 +230,7 @@ def _nsga2(ctx: SearchContext, trials: int = DEFAULT_TRIALS, threshold_options=(
     enc = _Encoding(ctx.space, threshold_options)
     population = int(population)
     base_seed = int(ctx.rng.integers(2**32))
-    import optuna
+    optuna = require_extra("optuna", extra="optuna", purpose="the nsga2 placement strategy")
     from optuna.trial import TrialState
 
     level = optuna.logging.get_verbosity()

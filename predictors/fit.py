@@ -6,8 +6,10 @@ import warnings
 
 import numpy as np
 import pandas as pd
+from tqdm.auto import tqdm
 
 from branchy.cache import FeatureCache
+from branchy.core import show_progress
 from branchy.exits import ExitRule
 
 from .calibration import fit_calibration
@@ -42,10 +44,11 @@ def _estimator(spec: PredictorSpec, y: np.ndarray):
                           **spec.params)
 
 
-def cross_fit(spec: PredictorSpec, x: np.ndarray, y: np.ndarray, folds: int = 5) -> tuple[np.ndarray, np.ndarray]:
+def cross_fit(spec: PredictorSpec, x: np.ndarray, y: np.ndarray, folds: int = 5, *,
+              bar: tqdm | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Out-of-fold outputs of ``spec``'s model: each sample's output comes from a model fitted on the other
     folds (stratified for classification). Returns ``(outputs, classes)``: probabilities ``[N, C]`` over
-    ``classes`` or forecasts ``[N]`` (``classes`` empty)."""
+    ``classes`` or forecasts ``[N]`` (``classes`` empty). ``bar``: a progress bar advanced by one per fold."""
     from sklearn.model_selection import KFold, StratifiedKFold
 
     n = len(y)
@@ -60,6 +63,8 @@ def cross_fit(spec: PredictorSpec, x: np.ndarray, y: np.ndarray, folds: int = 5)
         for tr, te in split.split(np.empty((n, 0)), y if strat else None):
             est = _fit(_estimator(spec, y[tr]), x[tr], y[tr], spec)
             out[te] = est.predict(x[te]) if regression else aligned_proba(est, x[te], classes)
+            if bar is not None:
+                bar.update(1)
     return out, classes
 
 
@@ -81,9 +86,35 @@ def _check_request(cache: FeatureCache, spec: PredictorSpec, split: str, folds: 
                          f"{cache.num_exits} exits")
 
 
+def _streamed(cache: FeatureCache, spec: PredictorSpec, split: str, stream: bool | None, fit_rows):
+    """``(rows, stream)``: the split's inputs read on demand (:class:`~predictors.inputs.CacheRows`) and whether
+    :func:`fit_predictor` fits on them (``stream`` None: when in memory they would take more than
+    :data:`STREAM_BYTES` and the model reads on demand); refused where the model or ``fit_rows`` cannot."""
+    auto_stream = stream is None
+    rows = CacheRows(cache, split, spec.at, with_confidences=spec.with_confidences)
+    big = len(rows) * rows.n_features * 4 > STREAM_BYTES
+    if stream is None:
+        stream = big and spec.model in STREAMING
+        if big and not stream:
+            warnings.warn(f"{spec.name}: {len(rows)} x {rows.n_features} inputs take "
+                          f"{len(rows) * rows.n_features * 4 / 2**30:.1f} GiB in memory; the {spec.model} model needs "
+                          f"them there (models {' and '.join(STREAMING)} read them on demand)", stacklevel=3)
+    if stream and spec.model not in STREAMING:
+        raise ValueError(f"{spec.name}: only models {', '.join(STREAMING)} read their inputs on demand; "
+                         f"{spec.model} needs them in memory (stream=False)")
+    if fit_rows is not None:
+        n_split = cache.size(split)
+        if len(fit_rows) < 2 or fit_rows[0] < 0 or fit_rows[-1] >= n_split:
+            raise ValueError(f"rows: fit on at least 2 rows of {split}, each in 0..{n_split - 1}")
+        if stream and not auto_stream:
+            raise ValueError(f"{spec.name}: fitting on some rows (rows=) reads them in memory; stream=False")
+        stream = False
+    return rows, stream
+
+
 def fit_predictor(cache: FeatureCache, spec: PredictorSpec, *, split: str = "calib", folds: int = 5,
                   timing: float = 0.1, stream: bool | None = None, rows=None,
-                  cost: dict | None = None) -> FittedPredictor:
+                  cost: dict | None = None, bar: tqdm | None = None) -> FittedPredictor:
     """Cross-fit ``spec`` on ``split`` of ``cache``: ``folds`` out-of-fold outputs for every sample of the split,
     then the final model refitted on all of it.
 
@@ -99,31 +130,14 @@ def fit_predictor(cache: FeatureCache, spec: PredictorSpec, *, split: str = "cal
         rows: fit on those rows of the split only (indices; the others are then scored by the refitted model,
             which never saw them: a held-out part such as Learn-then-Test's certification half).
         cost: the predictor's measured cost to reuse instead of timing it again.
+        bar: a progress bar advanced by one per fold, and by one once refitted and costed (:func:`fit_predictors`).
 
     Returns:
         :class:`~predictors.fitted.FittedPredictor` with out-of-fold scores (``.oof``) and its cost (MACs, ms).
     """
     _check_request(cache, spec, split, folds)
     fit_rows = None if rows is None else np.unique(np.asarray(rows, dtype=np.int64))
-    auto_stream = stream is None
-    rows = CacheRows(cache, split, spec.at, with_confidences=spec.with_confidences)
-    big = len(rows) * rows.n_features * 4 > STREAM_BYTES
-    if stream is None:
-        stream = big and spec.model in STREAMING
-        if big and not stream:
-            warnings.warn(f"{spec.name}: {len(rows)} x {rows.n_features} inputs take "
-                          f"{len(rows) * rows.n_features * 4 / 2**30:.1f} GiB in memory; the {spec.model} model needs "
-                          f"them there (models {' and '.join(STREAMING)} read them on demand)", stacklevel=2)
-    if stream and spec.model not in STREAMING:
-        raise ValueError(f"{spec.name}: only models {', '.join(STREAMING)} read their inputs on demand; "
-                         f"{spec.model} needs them in memory (stream=False)")
-    if fit_rows is not None:
-        n_split = cache.size(split)
-        if len(fit_rows) < 2 or fit_rows[0] < 0 or fit_rows[-1] >= n_split:
-            raise ValueError(f"rows: fit on at least 2 rows of {split}, each in 0..{n_split - 1}")
-        if stream and not auto_stream:
-            raise ValueError(f"{spec.name}: fitting on some rows (rows=) reads them in memory; stream=False")
-        stream = False
+    rows, stream = _streamed(cache, spec, split, stream, fit_rows)
     x = rows if stream else make_inputs(cache, split, spec.at, with_confidences=spec.with_confidences)
     y = make_target(cache, split, spec.target, k=spec.for_exit, rule=spec.rule)
     if fit_rows is not None:
@@ -134,7 +148,7 @@ def fit_predictor(cache: FeatureCache, spec: PredictorSpec, *, split: str = "cal
         warnings.warn(f"{spec.name}: every {split} sample has the same target ({y[0]}): the predictor is the "
                       f"constant answer (0 MACs)", stacklevel=2)
     with one_thread():
-        oof, classes = cross_fit(spec, x, y, folds) if folds >= 2 else (None, np.unique(y))
+        oof, classes = cross_fit(spec, x, y, folds, bar=bar) if folds >= 2 else (None, np.unique(y))
         est = _fit(_estimator(spec, y), x, y, spec)
     if spec.task == "classification":
         classes = np.unique(y)
@@ -143,19 +157,40 @@ def fit_predictor(cache: FeatureCache, spec: PredictorSpec, *, split: str = "cal
         reached = fitted.reached(cache, split)
         fitted.calibration = _calibrate(fitted, y, reached if fit_rows is None else reached[fit_rows])
     fitted.cost = dict(cost) if cost is not None else predictor_cost(fitted, cache, min_run_time=timing)
+    if bar is not None:
+        bar.update(1)
     return fitted
 
 
-def refit_on_rows(p: FittedPredictor, cache: FeatureCache, rows, *, rule: ExitRule | None = None) -> FittedPredictor:
+def fit_steps(folds: int) -> int:
+    """Steps of one :func:`fit_predictor` on a progress bar: ``folds`` cross-fitting fits (none below 2), then the
+    refit on all rows with the cost."""
+    return (folds if folds >= 2 else 0) + 1
+
+
+def fit_predictors(cache: FeatureCache, specs, *, folds: int = 5, progress: bool = True,
+                   **kw) -> list[FittedPredictor]:
+    """:func:`fit_predictor` of every spec of ``specs`` in order (``folds`` and ``kw`` passed on), under one
+    progress bar ``fit predictors`` whose total is every fit of them all (unit: fit; :func:`fit_steps` per
+    predictor), so it shows an ETA."""
+    specs = list(specs)
+    with tqdm(total=len(specs) * fit_steps(folds), desc="fit predictors", unit="fit",
+              disable=not show_progress(progress)) as bar:
+        return [fit_predictor(cache, s, folds=folds, bar=bar, **kw) for s in specs]
+
+
+def refit_on_rows(p: FittedPredictor, cache: FeatureCache, rows, *, rule: ExitRule | None = None,
+                  bar: tqdm | None = None) -> FittedPredictor:
     """``p``'s spec cross-fitted again on ``rows`` of its fit split only (same folds, its measured cost kept), its
     target defined by ``rule`` where given (gates and exit predictors): a predictor that depends on nothing
-    outside ``rows``, as Learn-then-Test needs of everything it certifies."""
+    outside ``rows``, as Learn-then-Test needs of everything it certifies. ``bar``: advanced by
+    ``fit_steps(max(p.folds, 2))`` (:func:`fit_predictor`)."""
     from dataclasses import replace
 
     spec = p.spec
     if rule is not None and spec.rule is not None and spec.target in ("gate", "exit"):
         spec = replace(spec, rule=rule)
-    return fit_predictor(cache, spec, split=p.fit_split, folds=max(p.folds, 2), rows=rows, cost=p.cost)
+    return fit_predictor(cache, spec, split=p.fit_split, folds=max(p.folds, 2), rows=rows, cost=p.cost, bar=bar)
 
 
 def _calibrate(p: FittedPredictor, y: np.ndarray, reached: np.ndarray) -> dict | None:
@@ -177,4 +212,5 @@ def evaluation_table(predictors: list[FittedPredictor], cache: FeatureCache,
     return pd.DataFrame([p.evaluate(cache, s) for p in predictors for s in splits])
 
 
-__all__ = ["STREAMING", "STREAM_BYTES", "cross_fit", "evaluation_table", "fit_predictor", "refit_on_rows"]
+__all__ = ["STREAMING", "STREAM_BYTES", "cross_fit", "evaluation_table", "fit_predictor", "fit_predictors", "fit_steps",
+           "refit_on_rows"]

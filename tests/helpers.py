@@ -74,3 +74,36 @@ def refused(exc, phrase, fn, *args, **kw) -> str:
     assert "\n" not in msg, msg
     assert "weights_only" not in msg, msg
     return msg
+
+
+def small_study_result(path, *, name: str = "a small study", profiles=("measured", "raspberry-pi-4")):
+    """A finished study on a synthetic priced cache, as :func:`analysis.study.pipeline.run_study` returns it: gate
+    predictors, every policy simulated, the references compared per profile, one placement searched. For report
+    tests (a few seconds)."""
+    import pandas as pd
+
+    from analysis.core.policies import PolicyConfig
+    from analysis.study.baselines import compare_references
+    from analysis.study.config import StudyConfig
+    from analysis.study.outputs import simulate_to
+    from analysis.study.placement_study import run_placement
+    from analysis.study.result import StudyResult
+    from branchy.data import DataConfig
+    from branchy.models import BackboneConfig
+    from placement import Constraint
+    from predictors import PredictorSpec, fit_predictor
+
+    cache = priced_cache(path / "cache", synthetic_arrays(n=(200, 300, 200)), model_name="synthetic")
+    cfg = PolicyConfig(bootstrap=50)
+    sim = simulate_to(cache, path / "simulate", profiles=profiles, cfg=cfg, verbose=False)
+    rule = sim["rule"]
+    preds = {p.spec.name: p for p in (fit_predictor(cache, PredictorSpec("gate", at, "linear", e, rule), folds=2,
+                                                    timing=0.005) for e, at in ((0, 0), (1, 0), (1, 1)))}
+    sim = simulate_to(cache, path / "simulate", predictors=preds, profiles=profiles, cfg=cfg, verbose=False)
+    refs = pd.DataFrame([compare_references(cache, preds, rule=rule, cfg=cfg, constraint=Constraint(), profile=p,
+                                            n_boot=50) for p in profiles])
+    res, compare = run_placement(cache, preds, "greedy", profile=profiles[0], rule=rule, progress=False)
+    cfg = StudyConfig(data=DataConfig(dataset="npz", path=str(path / "data.npz")), model=BackboneConfig(), name=name)
+    return StudyResult(out=path, config=cfg, cache=cache, rule=rule, test_eval=pd.DataFrame(),
+                       simulation=sim, predictors=preds, predictor_table=pd.DataFrame(),
+                       placements={"greedy": (res, compare)}, validate=None, references=refs)

@@ -166,6 +166,31 @@ def deprecated(action: argparse.Action, *old: str) -> argparse.Action:
     return action
 
 
+def percent(parser: argparse.ArgumentParser, flag: str, *, one_is_fraction: bool = True) -> argparse.Action:
+    """Mark the option ``flag`` of ``parser`` as a value in percent (an accuracy or a rate): a fraction given the old
+    way (``--target-acc 0.99``) is read times 100 and the command says so once on stderr, until 0.4.
+    ``one_is_fraction``: 1 is read as 100 % (an accuracy target; else 1 is 1 %, as for a rate)."""
+    action = next(a for a in parser._actions if flag in a.option_strings)
+    action.percent_one_is_fraction = one_is_fraction
+    return action
+
+
+def _note_fractions(parser: argparse.ArgumentParser, command: str, ns: argparse.Namespace) -> None:
+    """Options in percent given as a fraction (see :func:`percent`): read times 100, one line on stderr each:
+    ``--target-acc 0.99 read as a fraction (99 %); give percent: 99``."""
+    from ..core.units import UNTIL, as_percent, fraction_note, is_fraction
+
+    sub = parser._subparsers._group_actions[0].choices.get(command) if parser._subparsers else None
+    for action in sub._actions if sub is not None else ():
+        one = getattr(action, "percent_one_is_fraction", None)
+        v = getattr(ns, action.dest, None)
+        if one is None or not is_fraction(v, one_is_fraction=one):
+            continue
+        setattr(ns, action.dest, as_percent(v))
+        print(f"branchy {command}: note: {fraction_note(action.option_strings[0], v)} (a fraction is read until "
+              f"{UNTIL})", file=sys.stderr)
+
+
 def _note_renamed(parser: argparse.ArgumentParser, command: str, argv: list[str]) -> None:
     """One line on stderr per deprecated option name ``argv`` uses: ``--model is now --backbone``."""
     sub = parser._subparsers._group_actions[0].choices.get(command) if parser._subparsers else None
@@ -237,6 +262,7 @@ def _run(argv: list[str], debug: bool) -> int:
         parser.print_help()
         return 2
     _note_renamed(parser, a.command, argv)
+    _note_fractions(parser, a.command, a)
     try:
         return int(COMMANDS[a.command][1](a) or 0)
     except KeyboardInterrupt:
@@ -262,4 +288,4 @@ if __name__ == "__main__":  # pragma: no cover
 
 
 __all__ = ["COMMANDS", "EXPECTED_ERRORS", "POS", "POS_INT", "backend_names", "build_parser", "command", "deprecated",
-           "float_list", "main", "number_type", "version"]
+           "float_list", "main", "number_type", "percent", "version"]

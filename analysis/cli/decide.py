@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from branchy.core import add_arguments, check_writable, from_arguments
 
-from .base import command, deprecated, float_list, number_type
+from .base import command, deprecated, float_list, number_type, percent
 
 
 def _policy_config():
@@ -12,6 +12,13 @@ def _policy_config():
     from ..core.policies import PolicyConfig
 
     return PolicyConfig
+
+
+def _default_profile() -> str:
+    """The one default device profile of every command (:data:`analysis.core.costs.DEFAULT_PROFILE`)."""
+    from ..core.costs import DEFAULT_PROFILE
+
+    return DEFAULT_PROFILE
 
 
 # ----------------------------------------------------------------------------- predictors
@@ -24,6 +31,7 @@ def _fit_args(p):
     add_arguments(p, PredictorsConfig, title="predictors")
     g = p.add_argument_group("exit rule (defines the gate and exit targets)")
     add_arguments(g, PolicyConfig, only=("measure", "target_acc"))
+    percent(p, "--target-acc")
     g.add_argument("--thresholds", type=float_list, default=None,
                    help="exit thresholds T, one per side exit (default: calibrated on calib, see --target-acc)")
     p.add_argument("--fit-split", default="calib", choices=["calib", "train", "test"],
@@ -64,9 +72,10 @@ def _simulate_args(p):
     p.add_argument("--cache", required=True, help="feature cache directory")
     p.add_argument("--predictors", default=None, help="folder of fitted predictors (enables gated and jump)")
     deprecated(p.add_argument("--device-profile", "--profile", dest="profile", action="append", default=None,
-                              help="device profile name or JSON/YAML file (repeatable; default: measured). "
-                                   "See `branchy profiles`"), "--profile")
+                              help=f"device profile name or JSON/YAML file (repeatable; default: "
+                                   f"{_default_profile()}). See `branchy profiles`"), "--profile")
     add_arguments(p, PolicyConfig, title="policies")
+    percent(p, "--target-acc")
     p.add_argument("--out", required=True, help="folder for summary.csv, pareto.csv, gates.csv and the plots")
 
 
@@ -83,7 +92,7 @@ def _simulate_run(a) -> int:
         from predictors.store import load_predictors
 
         preds = load_predictors(a.predictors, cache)
-    simulate_to(cache, a.out, predictors=preds, profiles=a.profile or ["measured"], cfg=cfg)
+    simulate_to(cache, a.out, predictors=preds, profiles=a.profile or [_default_profile()], cfg=cfg)
     print(f"\nwrote {a.out}/summary.csv, pareto.csv, gates.csv, thresholds.json and plots")
     return 0
 
@@ -103,6 +112,7 @@ def _place_args(p):
     add_arguments(p, PlacementConfig, title="placement")
     add_arguments(p, PolicyConfig, only=("measure", "target_acc", "gate_max_drop", "risk"),
                   title="exit rule and gates (with --risk, --max-acc-drop is also the guaranteed drop)")
+    percent(p, "--target-acc")
     p.add_argument("--out", required=True, help="folder for candidates.csv, placement.json and plots "
                                                 "(one subfolder per strategy when several are given)")
 
@@ -174,11 +184,15 @@ def _explain_args(p):
     p.add_argument("--cache", required=True, help="feature cache directory")
     p.add_argument("--predictors", default=None, help="folder of fitted predictors (their cost and skip rates are "
                                                       "set against the break-even figures)")
-    deprecated(p.add_argument("--device-profile", "--profile", dest="profile", default="measured",
-                              help="device profile name or JSON/YAML file (default: measured)"), "--profile")
-    p.add_argument("--false-skip", type=number_type(float, 0, 1), default=0.02,
-                   help="share of the samples an exit would accept that a gate may wrongly skip (default 0.02)")
+    deprecated(p.add_argument("--device-profile", "--profile", dest="profile", default=_default_profile(),
+                              help=f"device profile name or JSON/YAML file (default: {_default_profile()})"),
+               "--profile")
+    p.add_argument("--false-skip", type=number_type(float, 0, 100, what=" (percent of the samples, e.g. 2 for 2 %)"),
+                   default=2.0, help="percent of the samples an exit would accept that a gate may wrongly skip "
+                                     "(default: 2, i.e. 2 %%)")
+    percent(p, "--false-skip", one_is_fraction=False)
     add_arguments(p, PolicyConfig, only=("measure", "target_acc", "gate_max_drop", "overlap"), title="exit rule")
+    percent(p, "--target-acc")
     p.add_argument("--out", default=None, help="folder for breakeven.csv and gate_map.png (optional)")
 
 
@@ -202,7 +216,8 @@ def _explain_run(a) -> int:
         preds = load_predictors(a.predictors, cache)
     rule = calibrate(cache, cfg)
     ev = Evidence.build(cache, "calib", measure=cfg.measure, predictors=preds, profile=a.profile)
-    table, gates, lines = gate_break_even(ev, rule, cfg, false_skip=a.false_skip)
+    fs = a.false_skip / 100  # the break-even model's rates are fractions
+    table, gates, lines = gate_break_even(ev, rule, cfg, false_skip=fs)
     print(f"when a gate pays on {a.cache} ({ev.costs.profile}; exit rule {rule.describe()}; calib, predictors out of "
           f"fold; ms per sample at batch 1):")
     print("\n".join(f"- {line}" for line in lines))
@@ -214,7 +229,7 @@ def _explain_run(a) -> int:
         out = Path(a.out)
         out.mkdir(parents=True, exist_ok=True)
         table.to_csv(out / "breakeven.csv", index=False)
-        fig, _ = plots.plot_gate_map(table, gates, false_skip=a.false_skip,
+        fig, _ = plots.plot_gate_map(table, gates, false_skip=fs,
                                      title=f"where a gate pays ({ev.costs.profile}, calib)")
         plots.save(fig, out / "gate_map.png")
         print(f"wrote {out}/breakeven.csv and gate_map.png")

@@ -1,4 +1,5 @@
-"""Commands on a whole study: ``validate`` (the real runtime against the simulator), ``demo`` and ``run``."""
+"""Commands on a whole study: ``validate`` (the real runtime against the simulator), ``demo``, ``run``, ``suite`` and
+``report``."""
 from __future__ import annotations
 
 from .base import POS_INT, backend_names, command
@@ -126,3 +127,24 @@ def _suite_run(a) -> int:
 
 command("suite", "run a suite of studies (e.g. five backbones, clean and corrupted) and compare them in one table")(
     (_suite_args, _suite_run))
+
+
+# ----------------------------------------------------------------------------- report
+def _report_args(p):
+    p.add_argument("--run", required=True, help="study folder (branchy run / branchy demo output)")
+    p.add_argument("--out", default=None, help="HTML file to write (default RUN/report.html)")
+
+
+def _report_run(a) -> int:
+    from pathlib import Path
+
+    from ..study.load_run import load_run
+    from ..study.report import write_report
+
+    path = write_report(load_run(a.run), Path(a.out) if a.out else Path(a.run) / "report.html")
+    print(f"wrote {path}")
+    return 0
+
+
+command("report", "render a study's HTML report again from its run folder (verdict first; nothing recomputed)")(
+    (_report_args, _report_run))

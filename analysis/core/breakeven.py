@@ -38,6 +38,7 @@ from predictors import PredictorSpec
 from .evidence import Evidence, outcome
 
 VIRTUAL = "_virtual_gate"  # virtual gates go by this name plus their exit in the evidence
+_COLUMNS = {"reach_pct": "reach_%", "accept_pct": "accept_%"}  # BreakEven field -> break_even_table column
 
 
 @dataclass(frozen=True)
@@ -55,8 +56,15 @@ class BreakEven:
 
     @classmethod
     def from_row(cls, row) -> "BreakEven":
-        """From a row of :func:`break_even_table`."""
-        return cls(**{f: (int(row[f]) if f in ("exit", "at") else float(row[f])) for f in cls.__dataclass_fields__})
+        """From a row of :func:`break_even_table` (``reach_%``, ``accept_%``; a table written before 0.3 says
+        ``reach_pct``, ``accept_pct``)."""
+        col = {f: _COLUMNS.get(f, f) for f in cls.__dataclass_fields__}
+        col = {f: c if c in row or f not in row else f for f, c in col.items()}  # an old file's column names
+        return cls(**{f: (int(row[c]) if f in ("exit", "at") else float(row[c])) for f, c in col.items()})
+
+    def row(self) -> dict:
+        """This model as a row of :func:`break_even_table` (percent columns end in ``_%``)."""
+        return {_COLUMNS.get(f, f): v for f, v in self.__dict__.items()}
 
     def delta_ms(self, true_skip: float, false_skip: float, cost_ms: float) -> float:
         """Change of the cascade's mean latency (ms per sample) with a gate of this quality and cost."""
@@ -136,20 +144,22 @@ def break_even(ev: Evidence, rule: ExitRule, exit: int, at: int, *, overlap: boo
 def break_even_table(ev: Evidence, rule: ExitRule, *, false_skip: float = 0.02, overlap: bool = False
                      ) -> pd.DataFrame:
     """:func:`break_even` for every position ``at <= exit`` of every side exit, with the break-even cost of a
-    perfect gate (``max_cost_ms``) and of one that wrongly skips ``false_skip`` of the accepted samples."""
+    perfect gate (``max_cost_ms``) and of one that wrongly skips ``false_skip`` of the accepted samples
+    (``max_cost_ms_fs2%`` for ``false_skip=0.02``: a fraction here, as every rate of the model; the command line's
+    ``--false-skip`` is in percent). Percent columns end in ``_%`` (``reach_%``, ``accept_%``), points in ``_pts``."""
     rows = []
     for i in range(ev.num_exits - 1):
         for a in range(i + 1):
             b = break_even(ev, rule, i, a, overlap=overlap)
-            rows.append({**b.__dict__, "max_cost_ms": b.max_cost_ms(1.0, 0.0),
-                         f"max_cost_ms_fs{false_skip:g}": b.max_cost_ms(1.0, false_skip)})
+            rows.append({**b.row(), "max_cost_ms": b.max_cost_ms(1.0, 0.0),
+                         f"max_cost_ms_fs{100 * false_skip:g}%": b.max_cost_ms(1.0, false_skip)})
     return pd.DataFrame(rows)
 
 
 def explain_gates(table: pd.DataFrame, gates: pd.DataFrame | None = None, *, false_skip: float = 0.02) -> list[str]:
     """One paragraph per side exit: what skipping it can save, the cost below which a gate pays and the true-skip
-    rate it needs at ``false_skip`` (at the cost of the best real predictor, if any), whether removing the exit
-    outright does better, and how the best real predictor measures up (``gates``:
+    rate it needs at ``false_skip`` (a fraction, as every rate of the model; at the cost of the best real predictor,
+    if any), whether removing the exit outright does better, and how the best real predictor measures up (``gates``:
     :func:`analysis.study.compare.gate_table` rows, calib out of fold). ms per sample at batch 1."""
     lines = []
     for i, d in table.groupby("exit"):

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from branchy.core import check_number
 from branchy.exits import LOWER_IS_CONFIDENT, ExitRule, confidence
+
+from .units import percent_setting
 
 
 def _oriented(conf: np.ndarray, measure: str) -> np.ndarray:
@@ -29,7 +32,8 @@ def thresholds_for_accuracy(logits: np.ndarray, labels: np.ndarray, target: floa
                             measure: str = "entropy", min_count: int = 1, kept=None) -> np.ndarray:
     """Sequential calibration: per kept side exit in order, the loosest threshold whose accepted samples,
     among those that *reach* the exit (not accepted by an earlier kept exit), are at least ``target``
-    accurate on these data (default: the final exit's accuracy). Returns ``[K]`` with the last = inf
+    accurate on these data (a fraction: 0.99; default: the final exit's accuracy; the settings and
+    :func:`calib_rule` take percent and divide). Returns ``[K]`` with the last = inf
     (−inf for max-prob/margin: always passes). An exit that never reaches the target, or is not kept, gets
     a threshold nothing passes."""
     z = np.asarray(logits)
@@ -65,7 +69,8 @@ def thresholds_for_accuracy(logits: np.ndarray, labels: np.ndarray, target: floa
 
 
 def calib_thresholds(cache, target: float | None = None, *, measure: str = "entropy", kept=None) -> np.ndarray:
-    """:func:`thresholds_for_accuracy` on a feature cache's ``calib`` split (where thresholds are tuned)."""
+    """:func:`thresholds_for_accuracy` on a feature cache's ``calib`` split (where thresholds are tuned); ``target``
+    a fraction, as there (:func:`calib_rule` takes percent)."""
     return thresholds_for_accuracy(np.asarray(cache.logits("calib")), cache.labels("calib"), target,
                                    measure=measure, kept=kept)
 
@@ -75,14 +80,36 @@ def calib_rule(cache, target: float | None = None, *, measure: str = "entropy", 
 
     Args:
         cache: the feature cache (its calib split).
-        target: the accuracy (fraction) the samples each side exit accepts must reach, among those that reach it;
-            None: the final exit's own accuracy.
+        target: the accuracy in **percent** (99: 99 %) the samples each side exit accepts must reach, among those
+            that reach it; None: the final exit's own accuracy. A fraction <= 1 (0.99, the unit before 0.3) is
+            still read as one, times 100, with a FutureWarning, until 0.4.
         measure: the confidence measure (``entropy``, ``norm_entropy``, ``max_prob``, ``margin``).
         kept: which exits are kept (default all); the samples that reach an exit depend on the ones before it.
     """
-    t = calib_thresholds(cache, target, measure=measure, kept=kept)
-    how = "target-acc " + ("final exit's" if target is None else f"{target:g}") + " sequential"
-    return ExitRule(measure, tuple(t), how, "calib")
+    if target is not None:
+        target = percent_setting("target", target)
+        check_number("target", target, "in (0, 100] (an accuracy in percent, e.g. 99 for 99 %)",
+                     lambda v: 0 < v <= 100)
+    t = calib_thresholds(cache, None if target is None else target / 100, measure=measure, kept=kept)
+    return ExitRule(measure, tuple(t), target_how(target), "calib")
+
+
+def target_how(target_pct: float | None) -> str:
+    """How a sequential target-accuracy rule was tuned, as its :attr:`ExitRule.tuned_by` says it:
+    ``target-acc 99% sequential`` (``target_pct`` in percent; None: the final exit's accuracy)."""
+    return "target-acc " + ("final exit's" if target_pct is None else f"{float(target_pct):.4g}%") + " sequential"
+
+
+def how_target(how: str) -> float | None:
+    """The target accuracy (percent) of a rule tuned by :func:`target_how` (``target-acc 99% sequential``; a rule
+    saved before 0.3 says ``target-acc 0.99 sequential``, a fraction); None for any other rule."""
+    parts = how.split()
+    if len(parts) < 2 or parts[0] != "target-acc":
+        return None
+    try:
+        return float(parts[1][:-1]) if parts[1].endswith("%") else 100 * float(parts[1])
+    except ValueError:
+        return None
 
 
 def threshold_grid(logits: np.ndarray, n: int = 20, *, measure: str = "entropy") -> np.ndarray:
@@ -129,7 +156,7 @@ def budgeted_thresholds(logits: np.ndarray, p: float, *, measure: str = "entropy
 
 def resolve_rule(cache, thresholds=None, target_acc: float | None = None, measure: str = "entropy"):
     """The exit rule of a command: the given side-exit ``thresholds``, or calibrated on calib so each side exit's
-    accepted samples reach ``target_acc`` (default: the final exit's calib accuracy)."""
+    accepted samples reach ``target_acc`` percent (default: the final exit's calib accuracy)."""
     from branchy.exits import ExitRule
     from predictors.targets import check_thresholds
 
@@ -139,6 +166,7 @@ def resolve_rule(cache, thresholds=None, target_acc: float | None = None, measur
 
 
 FAMILY_TARGETS = tuple(float(t) for t in np.round(np.linspace(0.90, 1.0, 21), 3))  # sequential target accuracies
+# (fractions, as thresholds_for_accuracy takes them; the rules say them in percent)
 FAMILY_BUDGETS = tuple(float(p) for p in np.round(np.geomspace(0.05, 4.0, 12), 4))  # MSDNet's p
 
 
@@ -154,7 +182,7 @@ def rule_family(logits: np.ndarray, labels: np.ndarray, *, measure: str = "entro
     never = np.inf if not LOWER_IS_CONFIDENT[measure] else -np.inf
     out, seen = [], set()
     for t in targets:
-        out.append((f"target-acc {t:g} sequential", thresholds_for_accuracy(z, labels, t, measure=measure, kept=kept)))
+        out.append((target_how(100 * t), thresholds_for_accuracy(z, labels, t, measure=measure, kept=kept)))
     for p in budgets:
         th = budgeted_thresholds(z, p, measure=measure)
         th[:-1] = np.where(kept[:-1], th[:-1], never)
@@ -168,5 +196,5 @@ def rule_family(logits: np.ndarray, labels: np.ndarray, *, measure: str = "entro
     return uniq
 
 
-__all__ = ["FAMILY_BUDGETS", "FAMILY_TARGETS", "budgeted_thresholds", "calib_rule", "calib_thresholds", "resolve_rule",
-           "rule_family", "threshold_grid", "thresholds_for_accuracy"]
+__all__ = ["FAMILY_BUDGETS", "FAMILY_TARGETS", "budgeted_thresholds", "calib_rule", "calib_thresholds", "how_target",
+           "resolve_rule", "rule_family", "target_how", "threshold_grid", "thresholds_for_accuracy"]

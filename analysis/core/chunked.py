@@ -10,7 +10,7 @@ import numpy as np
 from branchy.cache import FeatureCache, row_slices
 from branchy.exits import ExitRule
 
-from .costs import CostModel, DeviceProfile
+from .costs import DEFAULT_PROFILE, CostModel, DeviceProfile
 from .evidence import Evidence, outcome
 from .policies import POLICIES, PolicyConfig
 from .simulate import Outcome
@@ -75,7 +75,7 @@ class RunningSummary:
 
 
 def simulate_chunked(cache: FeatureCache, split: str, policy, rule: ExitRule, *, predictors: dict | None = None,
-                     cuts: dict | None = None, overlap: bool = False, profile: str | DeviceProfile = "measured",
+                     cuts: dict | None = None, overlap: bool = False, profile: str | DeviceProfile = DEFAULT_PROFILE,
                      costs: CostModel | None = None, chunk_rows: int = CHUNK_ROWS) -> dict:
     """The summary of ``policy`` (a fixed policy's name or a :class:`~placement.Placement`, with gate ``cuts``
     tuned beforehand, e.g. on calib) on ``split`` under ``rule``, ``chunk_rows`` samples at a time."""

@@ -52,6 +52,8 @@ class DeviceProfile:
 
 
 PROFILES: Registry[DeviceProfile] = Registry("device profile", plugins="branchy.profiles")
+DEFAULT_PROFILE = "measured"  # the one default of every command (simulate, place, explain-gates), config and function:
+# the cache's own timings; a cache dumped without latency names the analytic profiles to pass instead
 PROFILES.register("measured", DeviceProfile("measured", description="the cache's own measured latencies (ms, batch 1)",
                                             source="branchy.runtime.timing: interleaved rounds at dump time (or branchy profile)"),
                   doc="the cache's own measured latencies (ms, batch 1)")
@@ -143,6 +145,12 @@ def list_profiles() -> list[str]:
     return PROFILES.names()
 
 
+def analytic_profiles() -> list[str]:
+    """The registered profiles that price a cache from its MACs and bytes (not its own timings): what to pass for a
+    cache without measured latency."""
+    return [n for n in PROFILES.names() if not PROFILES.get(n).measured]
+
+
 @dataclass(frozen=True)
 class CostModel:
     """Per-segment costs of one network on one device (ms at batch 1; MACs and bytes per sample), plus
@@ -197,7 +205,7 @@ class CostModel:
                    None, float(sample_ms), float(decision_ms))
 
     @classmethod
-    def from_cache(cls, cache, profile: str | DeviceProfile = "measured") -> "CostModel":
+    def from_cache(cls, cache, profile: str | DeviceProfile = DEFAULT_PROFILE) -> "CostModel":
         prof = get_profile(profile)
         if cache.manifest.get("costs_source") == "none":
             raise ValueError(f"cache {cache.path} holds no costs (written from arrays without costs=): its latency "
@@ -229,9 +237,9 @@ class CostModel:
 
         s, e, b = (vec(seg, "ms_b1") for seg in ("stage", "exit", "buffer"))
         if np.isnan(np.concatenate([s, e, b])).any():
-            raise ValueError(f"cache {cache.path} has no measured latency (dumped with --no-latency, or its costs "
-                             f"were given as MACs only); "
-                             f"use an analytic profile: {', '.join(n for n in list_profiles() if n != 'measured')}")
+            raise ValueError(f"cache {cache.path} has no measured latency for profile {prof.name!r} (dumped with "
+                             f"--no-latency, or its costs were given as MACs only): pass an analytic profile instead, "
+                             f"--device-profile NAME (or profile=NAME), NAME one of {', '.join(analytic_profiles())}")
         ov = overhead or {}
         r = vec("buffer", "ms_b1_read") if "ms_b1_read" in table.columns else b.copy()  # in context: its own read cost
         r = np.where(np.isnan(r), b, r)
@@ -249,7 +257,7 @@ class CostModel:
         return d
 
 
-def measured_cost_models(cache, profile: str | DeviceProfile = "measured") -> list[CostModel]:
+def measured_cost_models(cache, profile: str | DeviceProfile = DEFAULT_PROFILE) -> list[CostModel]:
     """Every independent profiling of a measured profile: the cache's current table first (the one studies decide
     on), then the earlier ones ``branchy profile`` kept in ``costs_history/`` (oldest first). An analytic profile is
     deterministic: one model. Ratios resample over these so their CIs carry the costs' own spread."""
@@ -273,5 +281,5 @@ def measured_cost_models(cache, profile: str | DeviceProfile = "measured") -> li
     return models
 
 
-__all__ = ["CostModel", "DeviceProfile", "PROFILES", "get_profile", "list_profiles", "load_profile_file",
-           "measured_cost_models", "profile_from_dict"]
+__all__ = ["DEFAULT_PROFILE", "CostModel", "DeviceProfile", "PROFILES", "analytic_profiles", "get_profile",
+           "list_profiles", "load_profile_file", "measured_cost_models", "profile_from_dict"]

@@ -15,7 +15,7 @@ from branchy.cache import FeatureCache
 from branchy.exits import ExitRule
 from placement import Placement
 
-from .costs import CostModel, DeviceProfile
+from .costs import DEFAULT_PROFILE, CostModel, DeviceProfile
 from .simulate import (Outcome, simulate_cascade, simulate_full, simulate_gated, simulate_matched_oracle,
                        simulate_oracle, simulate_patience)
 
@@ -51,7 +51,7 @@ class Evidence:
 
     @classmethod
     def build(cls, cache: FeatureCache, split: str, *, measure: str = "entropy", predictors: dict | None = None,
-              profile: str | DeviceProfile = "measured", costs: CostModel | None = None,
+              profile: str | DeviceProfile = DEFAULT_PROFILE, costs: CostModel | None = None,
               rows: slice | None = None) -> "Evidence":
         """The evidence of ``split`` (``rows``: only that slice of it, read from the memory maps alone)."""
         z = np.asarray(cache.logits(split, rows=rows))

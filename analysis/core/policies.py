@@ -23,22 +23,24 @@ from .calibrate import calib_rule
 from .evidence import (Evidence, cascade_outcome, full_outcome, matched_oracle_outcome, oracle_outcome, outcome,
                        patience_outcome, tune_cuts)
 from .simulate import Outcome
+from .units import percent_setting
 
 ROLES = ("reference", "choice", "bound")
 
 
 @dataclass(frozen=True)
 class PolicyConfig:
-    """How the standard policies are set up. ``target_acc``: accuracy (fraction) the samples each side
-    exit accepts, among those that reach it, must reach on calib (None: the final exit's calib accuracy).
+    """How the standard policies are set up. ``target_acc``: accuracy (percent: 99 means 99 %) the samples each
+    side exit accepts, among those that reach it, must reach on calib (None: the final exit's calib accuracy; a
+    fraction <= 1 such as 0.99 is still read as one, times 100, with a FutureWarning, until 0.4).
     ``patience``: PABEE's P. ``gate_max_drop``: points of calib accuracy a gate's cut may give up against
     always entering (0: gates may only save latency). ``max_acc_drop`` + ``risk``: choose the exit rule by
     Learn-then-Test so that the accuracy lost against ``full`` on new data exceeds ``max_acc_drop`` points
     with probability at most ``risk`` (see :mod:`analysis.core.guarantee`). ``bootstrap``: resamples of the CIs."""
 
     measure: str = setting("entropy", "confidence measure of the exit rule", choices=MEASURES.names)
-    target_acc: float | None = setting(0.99, "accuracy (fraction) each side exit's accepted calib samples must "
-                                             "reach (none: the final exit's calib accuracy)")
+    target_acc: float | None = setting(99.0, "accuracy in percent (99: 99 %) each side exit's accepted calib "
+                                             "samples must reach (none: the final exit's calib accuracy)")
     patience: int = setting(1, "PABEE's P: leave once this many consecutive later exits agree")
     overlap: bool = setting(False, "run each branch concurrently with the next stage")
     bootstrap: int = setting(1000, "bootstrap resamples for the CIs")
@@ -51,8 +53,9 @@ class PolicyConfig:
     def __post_init__(self) -> None:
         check_name("measure", MEASURES, self.measure)
         if self.target_acc is not None:
-            check_number("target_acc", self.target_acc, "in (0, 1] (an accuracy as a fraction, e.g. 0.99)",
-                         lambda v: 0 < v <= 1)
+            object.__setattr__(self, "target_acc", percent_setting("target_acc", self.target_acc, stacklevel=4))
+            check_number("target_acc", self.target_acc, "in (0, 100] (an accuracy in percent, e.g. 99 for 99 %)",
+                         lambda v: 0 < v <= 100)
         check_int("patience", self.patience, 1)
         check_int("bootstrap", self.bootstrap, 0)
         check_number("gate_max_drop", self.gate_max_drop, "of accuracy points in [0, 100]", lambda v: 0 <= v <= 100)

@@ -57,6 +57,12 @@ def summary_table(outcomes: list[Outcome], *, reference: Outcome | None = None, 
 
 def format_headline(df: pd.DataFrame) -> str:
     """Accuracy, mean and p95 latency, speed-up, MACs and exits with 95 % intervals, for a terminal."""
+    return headline_frame(df).to_string(index=False)
+
+
+def headline_frame(df: pd.DataFrame) -> pd.DataFrame:
+    """The headline as text cells: accuracy (%), mean and p95 latency (ms per sample, batch 1), speed-up over full,
+    mean MACs, peak buffer (bytes) and the share leaving at each exit (%), with 95 % intervals."""
     rows = []
     for d in df.to_dict("records"):
 
@@ -69,9 +75,9 @@ def format_headline(df: pd.DataFrame) -> str:
         rows.append({"policy": d["policy"], "accuracy % [95% CI]": ci("accuracy_%", "{:.2f}"),
                      "mean ms [CI]": ci("mean_ms", "{:.4f}"), "p95 ms [CI]": ci("p95_ms", "{:.4f}"),
                      "speed-up [CI]": ci("speedup", "{:.2f}") if "speedup" in d else "",
-                     "MACs": f"{d['mean_MACs']:.3g}", "peak buf B": f"{d['peak_buffer_bytes']:.0f}",
+                     "MACs": f"{d['mean_MACs']:,.0f}", "peak buf B": f"{d['peak_buffer_bytes']:.0f}",
                      "exits %": exits})
-    return pd.DataFrame(rows).to_string(index=False)
+    return pd.DataFrame(rows)
 
 
-__all__ = ["format_headline", "summarize", "summary_table"]
+__all__ = ["format_headline", "headline_frame", "summarize", "summary_table"]

@@ -49,14 +49,13 @@ def plot_pareto(points: pd.DataFrame, summary: pd.DataFrame | None = None, *, x:
         for r in d.to_dict("records"):
             ax.scatter(r[x], r[y], s=70, marker="o", color=pal.get(r["policy"], "k"), edgecolor="k", zorder=4,
                        label=None if r["policy"] in fronts else r["policy"])
-    ax.text(0.01, 0.01, "lines: fronts chosen on calib, at test values; circles: calibrated operating points",
-            fontsize=6,
-            transform=ax.transAxes, color="0.4")
     ax.set_xlabel({"mean_ms": "mean latency (ms per sample, batch 1)", "p95_ms": "p95 latency (ms, batch 1)",
                    "mean_MACs": "mean MACs per sample"}.get(x, x))
     ax.set_ylabel("test accuracy (%)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
+    # outside the axes, so neither the legend nor its note covers a point, and the note is the legend's title
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0, title_fontsize=6,
+              title="lines: fronts chosen on calib,\nat test values; circles:\ncalibrated operating points")
     if title:
         ax.set_title(title)
     return fig, ax
@@ -209,28 +208,30 @@ def plot_gate_map(table: pd.DataFrame, gates: pd.DataFrame | None = None, *, fal
     ``gates``: real predictors (gate table rows), marked at their cost with the true-skip rate they reach."""
     from ..core.breakeven import BreakEven
 
-    fig, ax = _ax(ax, figsize=(7, 1.2 + 0.5 * len(table)))
+    fig, ax = _ax(ax, figsize=(7, 1.2 + 0.7 * len(table)))
     models = [BreakEven.from_row(r) for _, r in table.iterrows()]
     real = gates if gates is not None and len(gates) else pd.DataFrame(columns=["exit", "at", "G_ms"])
     top = max_cost_ms or 1.5 * max([m.max_cost_ms(1.0, false_skip) for m in models] + list(real.G_ms) + [1e-6])
     g = np.linspace(0, top, 200)
     need = np.array([[m.min_true_skip(c, false_skip) for c in g] for m in models])
     shown = np.ma.masked_where(~(need <= 1), need)
-    cmap = plt.get_cmap("viridis_r").copy()
-    cmap.set_bad("0.85")
+    cmap = plt.get_cmap("viridis_r").with_extremes(bad="0.85")
     im = ax.imshow(shown, aspect="auto", cmap=cmap, vmin=0, vmax=1, origin="lower",
                    extent=(0, top, -0.5, len(models) - 0.5), interpolation="nearest")
     fig.colorbar(im, ax=ax, label=f"true-skip rate needed (false skips {100 * false_skip:g} %)")
     rows = {(m.exit, m.at): j for j, m in enumerate(models)}
-    for r in real.to_dict("records"):
+    placed: dict[int, int] = {}  # labels already on a row: the next goes above or below them, never on them
+    for r in sorted(real.to_dict("records"), key=lambda r: r["G_ms"]):
         j = rows.get((int(r["exit"]), int(r["at"])))
         if j is None:
             continue
         m, ts = models[j], r.get("true_skip_%", np.nan) / 100
         pays = m.delta_ms(ts, r.get("false_skip_%", 0.0) / 100, r["G_ms"]) < 0
         ax.scatter([min(r["G_ms"], top)], [j], marker="o" if pays else "x", s=60, color="k", zorder=5)
-        ax.annotate(f"{100 * ts:.0f} %", (min(r["G_ms"], top), j), textcoords="offset points", xytext=(4, 4),
-                    fontsize=7)
+        i = placed[j] = placed.get(j, -1) + 1
+        dy = (6 + 9 * (i // 2)) * (1 if i % 2 == 0 else -1) - (6 if i % 2 else 0)
+        ax.annotate(f"{100 * ts:.0f} %", (min(r["G_ms"], top), j), textcoords="offset points", xytext=(5, dy),
+                    fontsize=7, va="bottom" if dy > 0 else "top")
     ax.set_yticks(range(len(models)), [f"exit {m.exit} ← stage {m.at}" for m in models])
     ax.set_xlabel("predictor cost G (ms per run, batch 1)")
     ax.set_title(title or "where a gate pays (grey: never); o real predictor that pays, x one that does not",

@@ -28,7 +28,7 @@ from branchy.exits import ExitRule
 from placement import Constraint, Placement, SearchSpace, search
 
 from ..core.breakeven import perfect_gates_outcome
-from ..core.calibrate import calib_rule, rule_family
+from ..core.calibrate import calib_rule, how_target, rule_family
 from ..core.costs import DeviceProfile, get_profile, measured_cost_models
 from ..core.evidence import Evidence, matched_oracle_outcome, oracle_outcome
 from ..core.paired import acc_diff_ci, ratio_ci
@@ -157,10 +157,10 @@ def decide_baselines(cache: FeatureCache, predictors: dict, *, profile: str | De
 def _under_free_rule(obj: PlacementObjective, cache: FeatureCache, cfg: PolicyConfig, how: str) -> list:
     """The objective once more under the best free policy's rule, when that is another target accuracy than the
     study's (the gated search then runs under both); else none."""
-    if not how.startswith("target-acc ") or cfg.target_acc is None:
+    t = how_target(how)  # percent
+    if t is None or cfg.target_acc is None:
         return []
-    t = float(how.split()[1])
-    if abs(t - cfg.target_acc) <= 1e-12:
+    if abs(t - cfg.target_acc) <= 1e-9:
         return []
     o2 = copy.copy(obj)
     o2.cfg = replace(cfg, target_acc=t)

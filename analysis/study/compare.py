@@ -16,7 +16,7 @@ from predictors.targets import check_thresholds
 
 from ..core.breakeven import break_even_table, explain_gates
 from ..core.calibrate import budgeted_thresholds, threshold_grid, thresholds_for_accuracy
-from ..core.costs import CostModel, DeviceProfile
+from ..core.costs import DEFAULT_PROFILE, CostModel, DeviceProfile
 from ..core.evidence import Evidence, gate_report, outcome, tune_cuts
 from ..core.policies import POLICIES, PolicyConfig, calibrate, choose_policies, is_reference, run_policy
 from ..core.simulate import Outcome
@@ -38,7 +38,7 @@ class PolicyStudy:
 
 
 def study_policies(cache: FeatureCache, *, predictors: dict | None = None,
-                   profile: str | DeviceProfile = "measured", cfg: PolicyConfig = PolicyConfig(),
+                   profile: str | DeviceProfile = DEFAULT_PROFILE, cfg: PolicyConfig = PolicyConfig(),
                    split: str = "test", rule: ExitRule | None = None) -> PolicyStudy:
     """Decide every policy on calib (rule, gates, cuts; predictors' out-of-fold scores) and score them
     all with the one evaluator on ``split``.
@@ -119,7 +119,7 @@ def gate_break_even(ev_calib: Evidence, rule: ExitRule, cfg: PolicyConfig = Poli
     return table, gates, explain_gates(table, gates, false_skip=false_skip)
 
 
-def run_policies(cache: FeatureCache, *, predictors: dict | None = None, profile: str | DeviceProfile = "measured",
+def run_policies(cache: FeatureCache, *, predictors: dict | None = None, profile: str | DeviceProfile = DEFAULT_PROFILE,
                  cfg: PolicyConfig = PolicyConfig(), split: str = "test",
                  thresholds=None) -> tuple[dict, pd.DataFrame]:
     """Every standard policy on ``split``; returns ``({name: Outcome}, summary table)``. ``thresholds``: an
@@ -140,8 +140,8 @@ def rule_settings(cache: FeatureCache, measure: str = "entropy", n_settings: int
 
     settings = [("budget p", p, r(budgeted_thresholds(zc, p, measure=measure), f"budget p={p:.3g}"))
                 for p in np.geomspace(0.05, 4.0, n_settings)]
-    settings += [("target acc", a, r(thresholds_for_accuracy(zc, yc, a, measure=measure), f"target-acc {a:.3g}"))
-                 for a in np.linspace(0.9, 1.0, n_settings)]
+    settings += [("target acc %", 100 * a, r(thresholds_for_accuracy(zc, yc, a, measure=measure),
+                                             f"target-acc {100 * a:.3g}%")) for a in np.linspace(0.9, 1.0, n_settings)]
     settings += [("grid quantile", q, r(t, f"grid q={q:.3g}"))
                  for q, t in zip(np.linspace(0, 1, n_settings), threshold_grid(zc, n_settings, measure=measure))]
     return settings
@@ -150,8 +150,9 @@ def rule_settings(cache: FeatureCache, measure: str = "entropy", n_settings: int
 _POINT_COLS = ("accuracy_%", "mean_ms", "p95_ms", "mean_MACs")
 
 
-def pareto_points(cache: FeatureCache, *, predictors: dict | None = None, profile: str | DeviceProfile = "measured",
-                  cfg: PolicyConfig = PolicyConfig(), split: str = "test", n_settings: int = 15,
+def pareto_points(cache: FeatureCache, *, predictors: dict | None = None,
+                  profile: str | DeviceProfile = DEFAULT_PROFILE, cfg: PolicyConfig = PolicyConfig(),
+                  split: str = "test", n_settings: int = 15,
                   chosen: dict | None = None, rule: ExitRule | None = None,
                   evidence: tuple = ()) -> pd.DataFrame:
     """Accuracy vs latency for threshold settings calibrated on calib (:func:`rule_settings`): per policy

@@ -19,7 +19,7 @@ from branchy.models import BackboneConfig
 from branchy.train import TrainConfig, check_trunk_source
 from predictors.grid import PredictorsConfig
 
-from ..core.costs import get_profile
+from ..core.costs import DEFAULT_PROFILE, get_profile
 from .placement_config import PlacementConfig
 from ..core.policies import PolicyConfig
 
@@ -38,7 +38,7 @@ class StudyConfig:
     dump: DumpConfig = DumpConfig()
     predictors: PredictorsConfig = PredictorsConfig()
     policies: PolicyConfig = PolicyConfig()
-    profiles: tuple[str, ...] = ("measured", "raspberry-pi-4")
+    profiles: tuple[str, ...] = (DEFAULT_PROFILE, "raspberry-pi-4")
     placement: PlacementConfig = PlacementConfig()
     report: bool = True
     validate: int = 300  # test samples the real runtime runs to check the simulator (0: skip)

@@ -2,12 +2,14 @@
 plots written to a folder (what ``branchy simulate`` and a study's simulate step produce)."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from branchy.cache import FeatureCache
+from branchy.core import atomic_write
 
 from ..present import plots
 from ..core.costs import get_profile
@@ -21,7 +23,8 @@ def simulate_to(cache: FeatureCache, out: str | Path, *, predictors: dict | None
                 profiles=("measured",), cfg: PolicyConfig = PolicyConfig(), verbose: bool = True) -> dict:
     """Run every policy under each profile on ``test`` (everything decided on ``calib``); write
     ``summary.csv``, ``pareto.csv``, ``gates.csv`` (per-gate operating point and break-even cost, calib),
-    ``breakeven.csv`` (when a gate pays, per gate position, calib), ``thresholds.json`` (the exit rule) and PNG
+    ``breakeven.csv`` (when a gate pays, per gate position, calib), ``gate_sentences.json`` (the same in words, per
+    profile), ``thresholds.json`` (the exit rule) and PNG
     plots (``gate_map_PROFILE.png``: where a gate pays) into ``out``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -66,6 +69,7 @@ def simulate_to(cache: FeatureCache, out: str | Path, *, predictors: dict | None
     gate_df.to_csv(out / "gates.csv", index=False)
     be_df = pd.concat(breakeven, ignore_index=True) if breakeven else pd.DataFrame()
     be_df.to_csv(out / "breakeven.csv", index=False)
+    atomic_write(out / "gate_sentences.json", json.dumps(explained, indent=1))
     fig, ax = plots.plot_exit_distribution(tables[0], title="exit distribution (test)")
     plots.save(fig, out / "exit_distribution.png")
     fig, ax = plots.plot_entropy_hist(cache.table("test"), thresholds=np.asarray(rule.thresholds)

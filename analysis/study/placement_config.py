@@ -8,14 +8,15 @@ from branchy.core import check_int, check_name, setting
 from placement import STRATEGIES, Constraint
 from placement.optuna_storage import check_storage
 
-from ..core.costs import get_profile
+from ..core.costs import DEFAULT_PROFILE, get_profile
 
 __all__ = ["PlacementConfig"]
 
 
 @dataclass(frozen=True)
 class PlacementConfig:
-    """The placement search: ``strategies`` scored on calib under ``profile`` for the fastest placement within
+    """The placement search: ``strategies`` scored on calib under ``profile`` (default
+    :data:`~analysis.core.costs.DEFAULT_PROFILE`, the cache's own timings) for the fastest placement within
     ``max_acc_drop`` accuracy points of ``full``, or (when ``latency_budget`` ms is given, which replaces
     ``max_acc_drop``) the most accurate one under the budget."""
 
@@ -24,7 +25,7 @@ class PlacementConfig:
     max_acc_drop: float | None = setting(0.5, "fastest placement within this many accuracy points of full on calib")
     latency_budget: float | None = setting(None, "most accurate placement under this mean latency (ms per sample at "
                                                  "batch 1); replaces max_acc_drop")
-    profile: str = setting("raspberry-pi-4", "device profile name or JSON/YAML file (see `branchy profiles`)",
+    profile: str = setting(DEFAULT_PROFILE, "device profile name or JSON/YAML file (see `branchy profiles`)",
                            cli=("--device-profile", "--profile"))
     n_jobs: int = setting(1, "parallel scoring through joblib (-1: all cores)")
     scheduler: str | None = setting(None, "a Dask scheduler's address (tcp://host:8786): score placements on its "

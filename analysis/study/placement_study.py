@@ -11,8 +11,8 @@ from branchy.cache import FeatureCache
 from branchy.exits import ExitRule
 from placement import Constraint, Placement, SearchResult, SearchSpace, search
 
-from ..core.calibrate import budgeted_thresholds, calib_rule, thresholds_for_accuracy
-from ..core.costs import CostModel, DeviceProfile
+from ..core.calibrate import budgeted_thresholds, calib_rule, target_how, thresholds_for_accuracy
+from ..core.costs import DEFAULT_PROFILE, CostModel, DeviceProfile
 from ..core.evidence import Evidence, full_outcome, oracle_outcome, outcome, tune_cuts
 from ..core.policies import PolicyConfig
 from ..core.stats import summarize
@@ -26,7 +26,7 @@ class PlacementObjective:
     cut tuned on calib out-of-fold predictor scores for that placement and rule (cost-aware gates). The
     evidence is built once; the object pickles for joblib workers."""
 
-    def __init__(self, cache: FeatureCache, predictors: dict, *, profile: str | DeviceProfile = "measured",
+    def __init__(self, cache: FeatureCache, predictors: dict, *, profile: str | DeviceProfile = DEFAULT_PROFILE,
                  measure: str = "entropy", rule: ExitRule | None = None, cfg: PolicyConfig | None = None,
                  split: str = "calib", rows: np.ndarray | None = None) -> None:
         if split != "calib":
@@ -54,7 +54,7 @@ class PlacementObjective:
         if pl.thresholds is not None or self._z is None or all(pl.kept):
             return self.rule
         if pl.kept not in self._rules:
-            t = thresholds_for_accuracy(self._z, self._y, self.cfg.target_acc, measure=self.rule.measure,
+            t = thresholds_for_accuracy(self._z, self._y, _fraction(self.cfg.target_acc), measure=self.rule.measure,
                                         kept=pl.kept)
             self._rules[pl.kept] = ExitRule(self.rule.measure, tuple(t), self.rule.tuned_by + " (kept exits)",
                                             "calib")
@@ -75,6 +75,11 @@ class PlacementObjective:
         return {**{k: s[k] for k in METRICS}, "predictor_runs_%": 100 * float((o.breakdown["predictors"] > 0).mean())}
 
 
+def _fraction(target_pct: float | None) -> float | None:
+    """A target accuracy in percent (the settings' unit) as the fraction :func:`thresholds_for_accuracy` takes."""
+    return None if target_pct is None else target_pct / 100
+
+
 def exit_macs(cache: FeatureCache) -> np.ndarray:
     return np.cumsum(cache.cost_vector("stage", "macs")) + cache.cost_vector("exit", "macs")
 
@@ -89,8 +94,8 @@ def threshold_options(cache: FeatureCache, measure: str = "entropy", n: int = 6)
 
 
 def run_placement(cache: FeatureCache, predictors: dict, strategy: str, *, constraint: Constraint = Constraint(),
-                  profile: str | DeviceProfile = "measured", measure: str = "entropy", n_jobs: int = 1, seed: int = 0,
-                  progress: bool = True, rule: ExitRule | None = None, cfg: PolicyConfig | None = None,
+                  profile: str | DeviceProfile = DEFAULT_PROFILE, measure: str = "entropy", n_jobs: int = 1,
+                  seed: int = 0, progress: bool = True, rule: ExitRule | None = None, cfg: PolicyConfig | None = None,
                   scheduler=None, **options) -> tuple[SearchResult, pd.DataFrame]:
     """Search on calib (out-of-fold predictor scores, cuts tuned per candidate); return the result and the
     chosen placement next to full, cascade and oracle on calib and test (test only reports: the chosen
@@ -108,7 +113,7 @@ def run_placement(cache: FeatureCache, predictors: dict, strategy: str, *, const
         search_rows, cert_rows = np.sort(perm[: len(perm) // 2]), np.sort(perm[len(perm) // 2:])
         ev_a = Evidence.build(cache, "calib", measure=cfg.measure, profile=profile).subset(search_rows)
         rule = risk_controlled_rule(ev_a, cfg.max_acc_drop, cfg.risk, num_classes=cache.num_classes).rule
-        predictors = search_half_predictors(cache, predictors, search_rows, cfg)
+        predictors = search_half_predictors(cache, predictors, search_rows, cfg, progress=progress)
         if strategy in ("budget", "nsga2"):  # the thresholds stay the search half's certified rule
             options["threshold_options"] = [None]
     obj = PlacementObjective(cache, predictors, profile=profile, rule=rule, cfg=cfg, rows=search_rows)
@@ -135,22 +140,29 @@ def run_placement(cache: FeatureCache, predictors: dict, strategy: str, *, const
     return res, pd.DataFrame(rows)
 
 
-def search_half_predictors(cache: FeatureCache, predictors: dict, rows: np.ndarray, cfg: PolicyConfig) -> dict:
+def search_half_predictors(cache: FeatureCache, predictors: dict, rows: np.ndarray, cfg: PolicyConfig, *,
+                           progress: bool = True) -> dict:
     """Every predictor cross-fitted again on the search half of calib (``rows``) only, its gate or exit target
     defined by the rule re-tuned the same way on that half (sequential target accuracy ``cfg.target_acc``), so
     nothing a Learn-then-Test certification relies on has seen the certification half: its samples are scored by
-    these refits, and these refits are what the chosen placement deploys."""
-    from predictors.fit import refit_on_rows
+    these refits, and these refits are what the chosen placement deploys. ``progress``: one bar over every fit of
+    them all (unit: fit)."""
+    from tqdm.auto import tqdm
+
+    from branchy.core import show_progress
+    from predictors.fit import fit_steps, refit_on_rows
 
     if not predictors:
         return {}
     z, y = np.asarray(cache.logits("calib"))[rows], cache.labels("calib")[rows]
-    t = thresholds_for_accuracy(z, y, cfg.target_acc, measure=cfg.measure)
-    target_rule = ExitRule(cfg.measure, tuple(t), f"target-acc {cfg.target_acc} sequential (search half)", "calib")
+    t = thresholds_for_accuracy(z, y, _fraction(cfg.target_acc), measure=cfg.measure)
+    target_rule = ExitRule(cfg.measure, tuple(t), f"{target_how(cfg.target_acc)} (search half)", "calib")
     out = {}
-    for name, p in predictors.items():
-        same = p.spec.rule is not None and p.spec.rule.measure == cfg.measure
-        out[name] = refit_on_rows(p, cache, rows, rule=target_rule if same else None)
+    total = sum(fit_steps(max(p.folds, 2)) for p in predictors.values())
+    with tqdm(total=total, desc="refit predictors", unit="fit", disable=not show_progress(progress)) as bar:
+        for name, p in predictors.items():
+            same = p.spec.rule is not None and p.spec.rule.measure == cfg.measure
+            out[name] = refit_on_rows(p, cache, rows, rule=target_rule if same else None, bar=bar)
     return out
 
 

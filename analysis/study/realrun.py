@@ -29,16 +29,16 @@ def _col(name: str) -> str:
 
 
 def real_columns(cache, model, test_x: torch.Tensor, base: Baselines, *, predictors: dict, cfg, backend: str,
-                 reps: int = 3, n_boot: int = 1000, seed: int = 0) -> dict:
+                 reps: int = 3, n_boot: int = 1000, seed: int = 0, progress: bool = True) -> dict:
     """Run ``base``'s decided policies (:data:`REAL_POLICIES`) for real on ``test_x`` (the first test samples) and
     return the ``real_*`` columns (see the module's docstring). Latencies are ms per sample at batch 1, the median of
-    ``reps`` interleaved passes, the cache's thread count."""
+    ``reps`` interleaved passes, the cache's thread count. ``progress``: a bar over the policy runs."""
     from .validate import validate_samples
 
     pls = {n: base[n].placement for n in ("best-free", "best-gated") if n in base.decided}
     df, meas, sim = validate_samples(cache, model, test_x, predictors=predictors, cfg=cfg, rule=base.objective.rule,
                                      placements=pls, reps=reps, n_boot=0, seed=seed, backend=backend, recheck=False,
-                                     policies=["full", "cascade"])
+                                     policies=["full", "cascade"], progress=progress)
     out = {"real_backend": backend, "real_n": len(test_x), "real_reps": reps,
            "real_threads": int(df.threads.iloc[0]), "real_exit_match_%": float(df["exit_match_%"].min())}
     names = [n for n in REAL_POLICIES if n in meas]
@@ -64,11 +64,12 @@ def ordered_pairs(row: dict) -> tuple[int, int, list[str]]:
 
 
 def compare_for_real(cache, predictors: dict, *, rule, cfg, constraint, profile: str, model,
-                     test_x: torch.Tensor, reps: int = 3, n_boot: int = 1000, n_jobs: int = 1, seed: int = 0) -> dict:
+                     test_x: torch.Tensor, reps: int = 3, n_boot: int = 1000, n_jobs: int = 1, seed: int = 0,
+                     progress: bool = True) -> dict:
     """:func:`analysis.study.baselines.compare_references` under ``profile``, and where that profile was measured
     on this machine (``measured``, ``measured-BACKEND``) its decided policies run for real on ``test_x``
     (:func:`real_columns`); the row's ``pays`` and ``verdict`` then take the real run into account
-    (:func:`analysis.study.verdict.pays`)."""
+    (:func:`analysis.study.verdict.pays`). ``progress``: a bar over the real run's policy runs."""
     base = decide_baselines(cache, predictors, profile=profile, rule=rule, cfg=cfg, constraint=constraint,
                             n_jobs=n_jobs, seed=seed)
     row = compare_references(cache, predictors, rule=rule, cfg=cfg, constraint=constraint, profile=profile,
@@ -77,7 +78,7 @@ def compare_for_real(cache, predictors: dict, *, rule, cfg, constraint, profile:
     if not (prof.measured and len(test_x) and cache.manifest.get("device") == "cpu" and prof.backend in cache.backends):
         return row  # a modelled device, or costs not measured on this machine's CPU: nothing to run for real
     row.update(real_columns(cache, model, test_x, base, predictors=predictors, cfg=cfg, backend=prof.backend,
-                            reps=reps, n_boot=n_boot, seed=seed))
+                            reps=reps, n_boot=n_boot, seed=seed, progress=progress))
     row["pays"] = pays(row)
     row["verdict"] = verdict(row)
     return row

@@ -101,7 +101,7 @@ def refresh_drifted(cfg: StudyConfig, cache, model):
 
 
 def step_predictors(cfg: StudyConfig, cache, out: Path, redo: bool):
-    from predictors.fit import evaluation_table, fit_predictor
+    from predictors.fit import evaluation_table, fit_predictors
     from predictors.store import load_predictors, save_predictors
 
     from ..core.policies import calibrate
@@ -128,7 +128,7 @@ def step_predictors(cfg: StudyConfig, cache, out: Path, redo: bool):
     if fitted is None:
         models = ", ".join(dict.fromkeys((pc.model, *pc.baselines)))
         log(f"cross-fitting {len(specs)} predictors ({models}) on calib ({pc.folds} folds, then refit on all)")
-        fitted = [fit_predictor(cache, s, folds=pc.folds) for s in specs]
+        fitted = fit_predictors(cache, specs, folds=pc.folds)
         save_predictors(fitted, d)
     backends = [b for b in cfg.backends if b != "eager" and b in cache.backends]
     for b in backends:  # the predictors' latency on every backend the segments were measured on

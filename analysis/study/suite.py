@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+from tqdm.auto import tqdm
 
-from branchy.core import check_int, from_mapping, read_yaml, setting
+from branchy.core import check_int, from_mapping, read_yaml, setting, show_progress
 
 from ..core.costs import get_profile
 from ..core.paired import non_inferior, ratio_ci
@@ -132,18 +133,22 @@ def compare_study(key: str, result, profiles, *, n_boot: int = 1000) -> list[dic
     return rows
 
 
-def run_suite(suite: SuiteConfig, *, redo: bool = False, log=print) -> pd.DataFrame:
-    """Run every study (reusing what a previous run wrote), then write and return ``comparison.csv``."""
+def run_suite(suite: SuiteConfig, *, redo: bool = False, log=print, progress: bool = True) -> pd.DataFrame:
+    """Run every study (reusing what a previous run wrote), then write and return ``comparison.csv``.
+    ``progress``: a bar ``suite`` over the studies (unit: study), so the suite shows an ETA."""
     from .pipeline import run_study
 
     out = Path(suite.out)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
-    for key, cfg in suite.studies():
-        log(f"[suite] {key}")
-        result = run_study(cfg, redo=redo)
-        rows += compare_study(key, result, suite.profiles, n_boot=suite.bootstrap)
-        pd.DataFrame(rows).to_csv(out / "comparison.csv", index=False)  # kept up to date as studies finish
+    studies = suite.studies()
+    with tqdm(total=len(studies), desc="suite", unit="study", disable=not show_progress(progress)) as bar:
+        for key, cfg in studies:
+            log(f"[suite] {key}")
+            result = run_study(cfg, redo=redo)
+            rows += compare_study(key, result, suite.profiles, n_boot=suite.bootstrap)
+            pd.DataFrame(rows).to_csv(out / "comparison.csv", index=False)  # kept up to date as studies finish
+            bar.update(1)
     return pd.DataFrame(rows)
 
 

@@ -12,8 +12,10 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import pandas as pd
 import torch
+from tqdm.auto import tqdm
 
 from branchy.cache import FeatureCache
+from branchy.core import show_progress
 from branchy.exits import ExitRule
 from branchy.runtime import EarlyExitRuntime
 from placement import Placement
@@ -143,11 +145,12 @@ def _recheck_fns(model, backend: str, test_x: torch.Tensor, runs: _Runs, predict
 
 
 def _time_interleaved(runs: _Runs, test_x: torch.Tensor, reps: int, seed: int, rounds: int,
-                      recheck_fns: dict | None) -> tuple[np.ndarray, np.ndarray, pd.DataFrame | None]:
+                      recheck_fns: dict | None, bar=None) -> tuple[np.ndarray, np.ndarray, pd.DataFrame | None]:
     """Every policy on every sample at batch 1, interleaved (a fresh random policy order per sample and pass, so
     noise hits every policy alike), in ``rounds`` chunks of samples; with ``recheck_fns`` each round first times
     those (:func:`branchy.runtime.interleaved_times`). Returns ms ``[policy, sample]`` (median of ``reps`` passes),
-    the exit each took, and the recheck's per-round times."""
+    the exit each took, and the recheck's per-round times. ``bar``: advanced by one per policy run (a total of
+    ``reps * samples * policies``)."""
     names = list(runs.runtimes)
     n = len(test_x)
     g = np.random.default_rng(seed)
@@ -169,6 +172,8 @@ def _time_interleaved(runs: _Runs, test_x: torch.Tensor, reps: int, seed: int, r
                     _, ex = runs.runtimes[names[j]](samples[i])
                     meas[r, j, i] = (time.perf_counter() - t0) * 1e3
                     taken[j, i] = int(ex[0])
+                if bar is not None:
+                    bar.update(len(names))
 
     times = None
     if recheck_fns is not None:
@@ -243,7 +248,7 @@ def validate_samples(cache: FeatureCache, model, test_x: torch.Tensor, *, predic
                      cfg: PolicyConfig = PolicyConfig(), rule: ExitRule | None = None,
                      placements: dict[str, Placement] | None = None, reps: int = 3, batch_size: int = 64,
                      n_boot: int = 1000, seed: int = 0, backend: str = "eager", recheck: bool = True,
-                     policies: list[str] | None = None) -> tuple[pd.DataFrame, dict, dict]:
+                     policies: list[str] | None = None, progress: bool = True) -> tuple[pd.DataFrame, dict, dict]:
     """Measured versus simulated latency per policy on the first ``len(test_x)`` test samples (ms per
     sample at batch 1, the cache's thread count). ``placements``: extra placements to run (e.g. the one a
     search chose). ``backend`` runs the stages and heads (gates stay in torch); the simulator uses the
@@ -253,8 +258,9 @@ def validate_samples(cache: FeatureCache, model, test_x: torch.Tensor, *, predic
     (``sim_now_mean_ms``, ``ratio_now``): the simulator's own error, apart from how the machine drifted since
     the cache was profiled (``drift``: the full path's simulated ms during the run over the cache's).
     ``policies``: only these registered policies (``full`` is always run: speed-ups are against it), besides the
-    placements; default every one the runtime can run. Returns the table and, for paired comparisons, the
-    per-sample ms measured and simulated (policy -> array over ``test_x``)."""
+    placements; default every one the runtime can run. ``progress``: a bar ``validate`` over the policy runs
+    (``reps * samples * policies``). Returns the table and, for paired comparisons, the per-sample ms measured and
+    simulated (policy -> array over ``test_x``)."""
     from branchy.runtime import drift, machine_state, prepare
 
     model = model.cpu().eval()
@@ -277,7 +283,8 @@ def validate_samples(cache: FeatureCache, model, test_x: torch.Tensor, *, predic
     recheck = recheck and n >= 3  # at least one sample per round
     rounds = int(np.clip(n // 10, 3, 15)) if recheck else 1
     fns = _recheck_fns(model, backend, test_x, runs, predictors, pooling) if recheck else None
-    meas, taken, times = _time_interleaved(runs, test_x, reps, seed, rounds, fns)
+    with tqdm(total=reps * n * len(names), desc="validate", unit="run", disable=not show_progress(progress)) as bar:
+        meas, taken, times = _time_interleaved(runs, test_x, reps, seed, rounds, fns, bar)
     batched = _batched_ms(runs, test_x, reps, batch_size)
     rows = _rows(names, meas, sims, taken, batched, backend=backend, n_boot=n_boot, seed=seed, batch_size=batch_size,
                  machine_drift=machine_drift)

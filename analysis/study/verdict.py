@@ -6,7 +6,7 @@ import numpy as np
 
 from ..core.paired import non_inferior
 
-__all__ = ["pays", "verdict"]
+__all__ = ["card", "pays", "verdict"]
 
 
 def pays(row: dict) -> bool:
@@ -49,6 +49,13 @@ def verdict(row: dict) -> str:
     real = _real_sentence(row)
     if row["pays"]:
         return f"{head}; {gated}: predictors pay here.{bound}{real}"
+    return f"{head}; {gated}: predictors do not pay here ({' and '.join(_reasons(row))}).{bound}{real}"
+
+
+def _reasons(row: dict) -> list[str]:
+    """Why the best placement with a predictor does not pay on a row (empty where it pays)."""
+    if row.get("pays"):
+        return []
     reasons = []
     if not row.get("gated_vs_free_hi", np.inf) < 1:
         reasons.append("its latency CI reaches 1 or above")
@@ -56,7 +63,75 @@ def verdict(row: dict) -> str:
         reasons.append(f"its accuracy may be more than {row['acc_eps_pts']:g} points lower")
     if not reasons:
         reasons.append("the real run does not confirm it: its CI reaches 1 or above")
-    return f"{head}; {gated}: predictors do not pay here ({' and '.join(reasons)}).{bound}{real}"
+    return reasons
+
+
+def _num(row: dict, key: str) -> float:
+    v = row.get(key)
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+def card(row: dict) -> dict:
+    """A comparison row as the report's verdict card: the fastest policy that keeps accuracy (decided on calib,
+    reported on test) with its speed-up over ``full`` (x, 95 % CI) and accuracy change (points, CI), and what the
+    study found in sentences, the answer first."""
+    ratio, lo, hi = (_num(row, f"best_vs_full{s}") for s in ("", "_lo", "_hi"))
+    c = {"profile": row["profile"], "placement": row.get("best_placement", ""), "rule": row.get("best_rule", ""),
+         "best_ms": _num(row, "best_ms"), "full_ms": _num(row, "full_ms"),
+         "speedup": 1 / ratio if ratio > 0 else np.nan, "speedup_lo": 1 / hi if hi > 0 else np.nan,
+         "speedup_hi": 1 / lo if lo > 0 else np.nan, "acc_pts": _num(row, "best_vs_full_acc_pts"),
+         "acc_lo": _num(row, "best_vs_full_acc_lo_pts"), "acc_hi": _num(row, "best_vs_full_acc_hi_pts"),
+         "pays": bool(row.get("pays")), "is_full": row.get("best_placement") == row.get("full_placement"),
+         "predictors": ("pay here" if row.get("pays") else "do not pay here" if np.isfinite(_num(row, "gated_vs_free"))
+                        else "not tried")}
+    c["sentences"] = [s for s in (_predictor_sentence(row), _cascade_sentence(row), _real_card_sentence(row)) if s]
+    return c
+
+
+def _predictor_sentence(row: dict) -> str:
+    """Do predictors pay, and if not, why, with the headroom free perfect gates would leave."""
+    g = _num(row, "gated_vs_free")
+    if not np.isfinite(g):
+        return f"Predictors cannot be tried here: {row.get('note') or 'no placement with a predictor'}."
+    where = f"{_ci(row, 'gated_vs_free')} x the best predictor-free policy"
+    if row.get("pays"):
+        return f"Predictors pay here: the best placement with a predictor runs at {where}."
+    s = f"Predictors do not pay here: the best placement with a predictor runs at {where} ({' and '.join(_reasons(row))})."
+    p = _num(row, "perfect_gates_vs_free")
+    if np.isfinite(p):
+        saved = 100 * (1 - p)
+        s += (" Even free, perfect gates would save nothing here." if saved < 0.5 else
+              f" Even free, perfect gates would save only {saved:.0f} % of the best predictor-free policy's latency.")
+    return s
+
+
+def _cascade_sentence(row: dict) -> str:
+    """The default cascade against ``full``: slower, faster or no different."""
+    c, lo, hi = (_num(row, f"cascade_vs_full{s}") for s in ("", "_lo", "_hi"))
+    if not np.isfinite(c):
+        return ""
+    share = _num(row, "side_exit_cost_share_%")
+    cost = f": its side exits cost {share:.0f} % of full's cost" if np.isfinite(share) else ""
+    if np.isfinite(lo) and lo > 1:
+        return f"The default cascade is slower than full on this profile ({_ci(row, 'cascade_vs_full')} x full){cost}."
+    if np.isfinite(hi) and hi < 1:
+        return f"The default cascade runs at {_ci(row, 'cascade_vs_full')} x full."
+    return f"The default cascade is no faster than full here ({_ci(row, 'cascade_vs_full')} x full)."
+
+
+def _real_card_sentence(row: dict) -> str:
+    """The real run that checks a row, shortly; empty without one."""
+    n = _num(row, "real_n")
+    if not np.isfinite(n):
+        return ""
+    pairs = (f"; the simulation orders {int(row['real_pairs_agree'])} of {int(row['real_pairs'])} pairs of "
+             f"policies as it does" if _num(row, "real_pairs") > 0 else "")
+    free = (f": the best predictor-free policy ran at {_ci(row, 'real_free_vs_full')} x full (simulated "
+            f"{_num(row, 'realsim_free_vs_full'):.3f})" if np.isfinite(_num(row, "real_free_vs_full")) else "")
+    return f"Checked for real on {row['real_backend']} ({int(n)} test samples at batch 1){free}{pairs}."
 
 
 def _real_sentence(row: dict) -> str:

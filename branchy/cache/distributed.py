@@ -30,7 +30,7 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from ..core import SetupError, check_writable, resolve_device
+from ..core import SetupError, check_writable, resolve_device, show_progress
 from ..data import SPLITS, DataConfig, Splits
 from ..models import BranchyNet
 from .dumping import (DumpConfig, check_input_shape, feature_dims, finish_dump, load_for_dump, open_writers,
@@ -90,7 +90,7 @@ def _write_shard(model, splits: Splits, partial: Path, cfg: DumpConfig, dev, dim
         s = parse_pooling(cfg.pooling)
         spans = {sp: shard_rows(len(splits[sp]), cfg.batch_size, world, rank) for sp in SPLITS}
         bar = tqdm(total=sum(b - a for a, b in spans.values()), desc=f"dump rank {rank}", unit="img",
-                   disable=not progress, position=rank)
+                   disable=not show_progress(progress), position=rank)
         for sp in SPLITS:
             a, b = spans[sp]
             if a == b:
@@ -153,7 +153,7 @@ def _lead(model, splits, out, cfg, dev, dims, world, ctl, overwrite, profile, pr
                 raise RankFailedError(f"{len(failed)} of {world} ranks failed; nothing was written to {out}:\n"
                                       + "\n".join(failed))
             cache = finish_dump(partial, out, model, splits, cfg, dev, dims, time.perf_counter() - t0,
-                                profile=profile, checkpoint=checkpoint,
+                                profile=profile, checkpoint=checkpoint, progress=progress,
                                 extra={"ranks": world, "dist_backend": dist.get_backend()})
         _bcast(("done", str(out)), ctl)
         return cache

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..core import check_device, check_int, check_number, check_writable, resolve_device, setting
+from ..core import check_device, check_int, check_number, check_writable, resolve_device, setting, show_progress
 from ..data import SPLITS, DataConfig, Splits
 from ..models import BranchyNet, parse_pooling, pool_features
 from ..runtime import in_context_costs, machine_state, profile_segments, runtime_overhead, sample_inputs
@@ -75,7 +75,8 @@ def dump(model: BranchyNet, splits: Splits, path: str | os.PathLike, config: Dum
     with writing_target(out, overwrite) as partial:
         model = model.to(dev).eval()
         dims = feature_dims(model, s)
-        bar = tqdm(total=sum(len(splits[sp]) for sp in SPLITS), desc="dump", unit="img", disable=not progress)
+        bar = tqdm(total=sum(len(splits[sp]) for sp in SPLITS), desc="dump", unit="img",
+                   disable=not show_progress(progress))
         t0 = time.perf_counter()
         for sp in SPLITS:
             n = len(splits[sp])
@@ -84,7 +85,7 @@ def dump(model: BranchyNet, splits: Splits, path: str | os.PathLike, config: Dum
             write_rows(writers, model, splits[sp], 0, n, cfg.batch_size, dev, s, bar)
         bar.close()
         return finish_dump(partial, out, model, splits, cfg, dev, dims, time.perf_counter() - t0, profile=profile,
-                           checkpoint=checkpoint)
+                           checkpoint=checkpoint, progress=progress)
 
 
 def check_input_shape(model: BranchyNet, splits: Splits) -> None:
@@ -133,21 +134,24 @@ def write_rows(writers, model: BranchyNet, ds, start: int, stop: int, batch_size
 
 
 def finish_dump(partial, out, model: BranchyNet, splits: Splits, cfg: DumpConfig, dev, dims: list[int],
-                dump_seconds: float, *, profile: bool, checkpoint: str | None, extra: dict | None = None
-                ) -> FeatureCache:
+                dump_seconds: float, *, profile: bool, checkpoint: str | None, extra: dict | None = None,
+                progress: bool = True) -> FeatureCache:
     """Once every row is written into ``partial``: the labels, every file's size and SHA-256, the cost table
-    (measured when ``profile``), then the manifest last, and the folder renamed to ``out``."""
+    (measured when ``profile``; ``progress``: a bar per timing step, over its rounds or samples), then the manifest
+    last, and the folder renamed to ``out``."""
     files: dict[str, dict] = {}
     for sp in SPLITS:
         np.save(partial / sp / "labels.npy", splits[sp].y.numpy().astype(np.int64))
         record_files(files, partial / sp, partial)
     timing = machine_state(torch.get_num_threads()) if profile else None
     costs = profile_segments(model, batch_size=cfg.batch_size, device=dev, min_run_time=cfg.profile_time,
-                             measure_latency=profile)
-    overhead = runtime_overhead(model, min_run_time=2 * cfg.profile_time) if profile and dev.type == "cpu" else None
+                             measure_latency=profile, progress=progress)
+    overhead = runtime_overhead(model, min_run_time=2 * cfg.profile_time, progress=progress) \
+        if profile and dev.type == "cpu" else None
     in_context = None
     if overhead is not None:  # the costs corrected to what the runtime pays along its paths
-        costs, overhead, in_context = in_context_costs(model, costs, overhead, inputs=sample_inputs(splits))
+        costs, overhead, in_context = in_context_costs(model, costs, overhead, inputs=sample_inputs(splits),
+                                                        progress=progress)
     model.to(dev)
     costs.to_csv(partial / "costs.csv", index=False)
     files["costs.csv"] = file_entry(partial / "costs.csv")

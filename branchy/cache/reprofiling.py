@@ -20,7 +20,7 @@ from .writer import recover_target, sibling_path, target_lock
 
 def reprofile(path: str | os.PathLike, model=None, *, threads: int | None = None, rounds: int = 15,
               batch_size: int | None = None, min_run_time: float = 0.2, device: str = "cpu",
-              backend: str = "eager") -> FeatureCache:
+              backend: str = "eager", progress: bool = True) -> FeatureCache:
     """Measure an existing cache's segment costs again, without redumping, on ``backend`` (``eager``:
     ``costs.csv``, the ``measured`` profile; others: ``costs_BACKEND.csv``, profile ``measured-BACKEND``).
     The model (default: the checkpoint the manifest names) must have the cache's weights. The old table is
@@ -30,7 +30,8 @@ def reprofile(path: str | os.PathLike, model=None, *, threads: int | None = None
     It holds the cache's write lock (see :func:`target_lock`) for its whole run. Costs files are hashed like
     the data files: the new table is written as ``NAME.new``, the manifest (with its size and SHA-256) is
     replaced, then ``NAME.new`` is renamed over ``NAME``; a kill in between is completed by the next writer.
-    In a schema-1 cache (sizes only, no hashes) only the size is recorded, and the cache stays schema 1."""
+    In a schema-1 cache (sizes only, no hashes) only the size is recorded, and the cache stays schema 1.
+    ``progress``: a bar per timing step (segments, runtime overhead: rounds; paths: samples)."""
     from ..runtime import BACKENDS
 
     BACKENDS.get(backend)
@@ -41,11 +42,11 @@ def reprofile(path: str | os.PathLike, model=None, *, threads: int | None = None
     with target_lock(p, "reprofile"):
         recover_target(p)
         return _reprofile(p, model, threads=threads, rounds=rounds, batch_size=batch_size,
-                          min_run_time=min_run_time, device=device, backend=backend)
+                          min_run_time=min_run_time, device=device, backend=backend, progress=progress)
 
 
 def _reprofile(p: Path, model, *, threads: int | None, rounds: int, batch_size: int | None, min_run_time: float,
-               device: str, backend: str) -> FeatureCache:
+               device: str, backend: str, progress: bool = True) -> FeatureCache:
     """:func:`reprofile`'s work, under the lock."""
     cache = FeatureCache.open(p)
     m = dict(cache.manifest)
@@ -64,13 +65,13 @@ def _reprofile(p: Path, model, *, threads: int | None, rounds: int, batch_size: 
     dev = resolve_device(device) if backend == "eager" else torch.device("cpu")
     timing = machine_state(torch.get_num_threads())
     costs = profile_segments(model, batch_size=bs, device=dev, min_run_time=min_run_time, rounds=rounds,
-                             backend=backend)
-    overhead = runtime_overhead(model, rounds=rounds, min_run_time=2 * min_run_time, backend=backend) \
-        if dev.type == "cpu" else None
+                             backend=backend, progress=progress)
+    overhead = runtime_overhead(model, rounds=rounds, min_run_time=2 * min_run_time, backend=backend,
+                                progress=progress) if dev.type == "cpu" else None
     in_context = None
     if overhead is not None:  # the costs corrected to what the runtime pays along its paths
         costs, overhead, in_context = in_context_costs(model, costs, overhead, backend=backend,
-                                                        inputs=_test_images(m))
+                                                        inputs=_test_images(m), progress=progress)
     name = "costs.csv" if backend == "eager" else f"costs_{backend}.csv"
     stamp = time.strftime("%Y%m%dT%H%M%S") + f"{time.time() % 1:.6f}"[1:].replace(".", "_")
     if (p / name).exists():

@@ -256,7 +256,7 @@ def add_arguments(parser, cls, *, only: tuple[str, ...] | None = None, exclude: 
             f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
         shown = "none" if default is None else (",".join(map(str, default)) if isinstance(default, tuple)
                                                 else default)
-        text = f.metadata.get("help", "")
+        text = f.metadata.get("help", "").replace("%", "%%")  # plain text: argparse %-formats help
         if choices is not None:
             text += f" [{', '.join(choices())}]"
         kw: dict[str, Any] = {"dest": _dest(cls, f.name), "default": argparse.SUPPRESS, "metavar": f.name.upper()}

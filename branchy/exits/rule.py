@@ -42,7 +42,7 @@ class ExitRule:
     """Leave at side exit k when its confidence passes ``thresholds[k]``: entropy (nats) or normalised
     entropy below T, max-probability or margin above T. The final exit always answers (its entry is
     +inf for entropy-like measures, -inf otherwise). ``tuned_by`` says how the thresholds were found
-    (e.g. ``target-acc 0.99 sequential``), ``tuned_on`` on which split (``calib``; ``given`` when a user
+    (e.g. ``target-acc 99% sequential``), ``tuned_on`` on which split (``calib``; ``given`` when a user
     passed them)."""
 
     measure: str

@@ -11,6 +11,8 @@ from torchvision.models.feature_extraction import create_feature_extractor, get_
 from ..core import UnknownNameError
 from .base import BranchyNet, ModelConfig
 from .heads import branch_head
+from .trunk import default_final_node
+from .weights import check_weights_file, load_weights_file
 
 
 def _segment(root: fx.GraphModule, nodes: list[fx.Node], start: fx.Node | None, end: fx.Node) -> fx.GraphModule:
@@ -48,13 +50,15 @@ def attach_exits(network: nn.Module, nodes: Sequence[str], *, in_channels: int, 
                  num_classes: int, final_node: str | None = None, name: str = "custom", options: dict | None = None,
                  max_head_convs: int = 2) -> BranchyNet:
     """Side exits after the named ``nodes`` (names as ``get_graph_node_names`` lists them, or a module
-    name such as ``layer2`` for its last node). The final exit is the part after ``final_node`` (default:
-    the node feeding the network's last layer)."""
+    name such as ``layer2`` for its last node). The final exit is the part after ``final_node``; by default
+    that is the network's whole head, the trunk ending before its global pooling/flatten/classifier (``layer4``
+    of a ResNet, ``features`` of a MobileNet, where timm's ``forward_features`` ends; the rule:
+    :mod:`branchy.models.trunk`)."""
     network = network.eval()
     _, eval_names = get_graph_node_names(network)
     if not nodes:
         raise ValueError("attach_exits needs at least one node to branch at")
-    final_node = final_node or eval_names[-2]
+    final_node = final_node or default_final_node(network, eval_names)
     names = list(nodes) + [final_node, eval_names[-1]]
     for n in names:
         if not any(e == n or e.startswith(n + ".") for e in eval_names):
@@ -68,7 +72,8 @@ def attach_exits(network: nn.Module, nodes: Sequence[str], *, in_channels: int, 
     cuts = [returned[f"n{i}"] for i in range(len(names))]
     order = {n: i for i, n in enumerate(graph_nodes)}
     if [order[c] for c in cuts] != sorted(order[c] for c in cuts) or len(set(cuts)) != len(cuts):
-        raise ValueError(f"nodes {list(nodes)} and the final node {final_node!r} must be distinct and in network order")
+        raise ValueError(f"nodes {list(nodes)} and the final node {final_node!r} (where the trunk ends) must be "
+                         f"distinct and in network order")
     stages, prev = [], None
     for c in cuts[:-1]:
         stages.append(_segment(fe, graph_nodes, prev, c))
@@ -84,13 +89,19 @@ def attach_exits(network: nn.Module, nodes: Sequence[str], *, in_channels: int, 
 
 def torchvision_branchy(*, in_channels, image_size, num_classes, exits=None, arch: str = "resnet18",
                         nodes: Sequence[str] = ("layer1", "layer2", "layer3"), final_node: str | None = None,
-                        arch_kwargs: dict | None = None) -> BranchyNet:
-    """A torchvision classification model (``arch``, random init: load your weights afterwards) with
-    side exits at ``nodes``."""
+                        arch_kwargs: dict | None = None, weights: str | None = None,
+                        weights_sha256: str | None = None) -> BranchyNet:
+    """A torchvision classification model (``arch``) with side exits at ``nodes``. Its trunk and head start from
+    random weights, or from ``weights``: a local file holding that model's state_dict (``torch.save(
+    torchvision.models.get_model(arch, num_classes=C).state_dict(), PATH)``, C the data's classes), loaded
+    strictly; its SHA-256 is recorded in the options as ``weights_sha256`` (given, it must match). The side exits
+    always start from random weights."""
     import torchvision
 
     if exits is not None and tuple(exits) != tuple(range(len(nodes))):
         raise ValueError("for torchvision models choose exits by node names (option nodes=[...]), not indices")
+    if weights_sha256 is not None and weights is None:
+        raise ValueError("weights_sha256 pins a weights file: give the file too (option weights=PATH)")
     try:
         net = torchvision.models.get_model(arch, weights=None, num_classes=num_classes, **(arch_kwargs or {}))
     except ValueError as e:
@@ -98,10 +109,13 @@ def torchvision_branchy(*, in_channels, image_size, num_classes, exits=None, arc
     if in_channels != 3:
         raise ValueError(f"torchvision models take 3-channel input; the data has {in_channels} "
                          f"(repeat grayscale channels or use a b-* backbone)")
+    options = {"arch": arch, "nodes": list(nodes), "final_node": final_node, "arch_kwargs": dict(arch_kwargs or {})}
+    if weights is not None:
+        digest = check_weights_file(weights, weights_sha256)
+        load_weights_file(net, weights, what=f"torchvision {arch} with {num_classes} classes")
+        options.update(weights=str(weights), weights_sha256=digest)
     return attach_exits(net, list(nodes), in_channels=in_channels, image_size=image_size, num_classes=num_classes,
-                        final_node=final_node, name="torchvision",
-                        options={"arch": arch, "nodes": list(nodes), "final_node": final_node,
-                                 "arch_kwargs": dict(arch_kwargs or {})})
+                        final_node=final_node, name="torchvision", options=options)
 
 
 __all__ = ["attach_exits", "torchvision_branchy"]

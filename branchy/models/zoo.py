@@ -6,6 +6,7 @@ which a side branch sits; ``None`` for the default) and its own options.
 from __future__ import annotations
 
 import inspect
+from dataclasses import replace
 from typing import Callable, Sequence
 
 import torch
@@ -14,6 +15,7 @@ from torch import nn
 from ..core import OptionError, Registry, typed_options
 from .attach import torchvision_branchy
 from .base import BranchyNet, ModelConfig
+from .weights import check_weights_file
 
 BACKBONES: Registry[Callable[..., BranchyNet]] = Registry("model", plugins="branchy.models")
 
@@ -22,6 +24,8 @@ def list_models() -> list[str]:
     return BACKBONES.names()
 
 
+# options naming a file of initial weights and its SHA-256: a rebuild for a checkpoint's state_dict skips them
+_INITIAL_WEIGHTS = ("weights", "weights_sha256")
 # builder arguments that come from the data or the training scheme, never from --option
 _SET_ELSEWHERE = {"in_channels": "the data", "image_size": "the data", "num_classes": "the data",
                   "exits": "--exits", "chain": "the training scheme", "ensemble": "the training scheme"}
@@ -31,7 +35,8 @@ def check_options(name: str, options: dict) -> dict:
     """Check backbone ``name``'s ``options`` against its builder's signature before anything is built:
     an unknown option lists the known ones, a value of the wrong type (``depth=abc``) says what it must be.
     Values are read as the option's type by the rules of every config field (:func:`branchy.core.typed_options`:
-    ``'56'`` is 56, a bool only true or false). Returns the converted options."""
+    ``'56'`` is 56, a bool only true or false). A ``weights`` file (initial weights) must exist; its SHA-256 is
+    added as ``weights_sha256`` (checked when given). Returns the converted options."""
     factory = BACKBONES.get(name)
     if not isinstance(options, dict):
         raise ValueError(f"{name} options must be a mapping of option names to values, got {options!r}")
@@ -45,12 +50,15 @@ def check_options(name: str, options: dict) -> dict:
         if key not in params and not free:
             raise ValueError(f"{name} has no option {key!r} ({known})")
     try:
-        return typed_options(factory, options, name)  # options it does not type (or **kwargs) pass unchanged
+        out = typed_options(factory, options, name)  # options it does not type (or **kwargs) pass unchanged
     except OptionError as e:
         default = params[e.key].default
         example = f"{e.key}={default}" if isinstance(default, (int, float, str)) and not isinstance(default, bool) \
             else f"{e.key}=..."
         raise ValueError(f"{e}; e.g. --option {example}") from None
+    if out.get("weights") is not None and "weights_sha256" in params:  # which weights: in every saved config
+        out["weights_sha256"] = check_weights_file(out["weights"], out.get("weights_sha256"))
+    return out
 
 
 def build_model(name: str, *, in_channels: int = 1, image_size: int | Sequence[int] = 28,
@@ -70,9 +78,17 @@ def build_model(name: str, *, in_channels: int = 1, image_size: int | Sequence[i
 
 
 def build_from_config(cfg: ModelConfig) -> BranchyNet:
-    return build_model(cfg.name, in_channels=cfg.in_channels, image_size=cfg.image_size,
-                       num_classes=cfg.num_classes, exits=cfg.exits, chain=cfg.chain, ensemble=cfg.ensemble,
-                       **cfg.options)
+    """The architecture ``cfg`` describes, for a caller that loads its trained state_dict next (a checkpoint):
+    an initial ``weights`` file in the options is not read (it need not exist any more); ``model.config`` is
+    ``cfg`` as recorded."""
+    skip = _INITIAL_WEIGHTS if "weights_sha256" in inspect.signature(BACKBONES.get(cfg.name)).parameters else ()
+    options = {k: v for k, v in cfg.options.items() if k not in skip}
+    model = build_model(cfg.name, in_channels=cfg.in_channels, image_size=cfg.image_size,
+                        num_classes=cfg.num_classes, exits=cfg.exits, chain=cfg.chain, ensemble=cfg.ensemble,
+                        **options)
+    if options != cfg.options:
+        model.config = replace(model.config, options=dict(cfg.options))
+    return model
 
 
 def _out_shape(blocks: Sequence[nn.Module], in_channels: int, size: tuple[int, int]) -> tuple[int, ...]:
@@ -250,7 +266,8 @@ def b_densenet(*, in_channels, image_size, num_classes, exits=None, depth: int =
 
 
 BACKBONES.register("torchvision", torchvision_branchy,
-                   doc="any torchvision classifier (option arch=resnet18, ...) with exits at named nodes (nodes=[...])")
+                   doc="any torchvision classifier (option arch=resnet18, ...) with exits at named nodes "
+                       "(nodes=[...]); weights=PATH starts it from a local state_dict file")
 
 
 __all__ = ["BACKBONES", "BasicBlock", "DenseLayer", "ResNeXtBlock", "b_alexnet", "b_densenet", "b_lenet", "b_resnet",

@@ -20,6 +20,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import torch
+from tqdm.auto import tqdm
+
+from ..core import show_progress
 
 
 def param_names(k: int) -> list[str]:
@@ -170,11 +173,12 @@ def sample_inputs(splits, n: int = 8) -> torch.Tensor | None:
 
 @torch.no_grad()
 def time_paths(model, *, backend: str = "eager", segments: tuple | None = None, samples: int = 60, reps: int = 3,
-               seed: int = 0, inputs: torch.Tensor | None = None) -> pd.DataFrame:
+               seed: int = 0, inputs: torch.Tensor | None = None, progress: bool = True) -> pd.DataFrame:
     """ms the real runtime takes along every :func:`forced_paths` configuration at batch 1, timed as a real run
     is (``branchy validate``): per sample, every path once in a shuffled order, each call timed alone; ``reps``
     passes, the median kept per sample. ``samples`` inputs cycle through ``inputs`` ``[N, C, H, W]`` (default
-    random images). Returns ``[samples, paths]`` ms (their mean over samples is what a run's mean sees)."""
+    random images). Returns ``[samples, paths]`` ms (their mean over samples is what a run's mean sees).
+    ``progress``: a bar over the ``reps * samples`` timed samples."""
     import time
 
     from .backends import prepare
@@ -197,24 +201,27 @@ def time_paths(model, *, backend: str = "eager", segments: tuple | None = None, 
             rt(x)
     g = np.random.default_rng(seed)
     out = np.zeros((reps, samples, len(names)))
-    for r in range(reps):
-        for i, x in enumerate(xs):
-            for j in g.permutation(len(names)):
-                t0 = time.perf_counter()
-                rts[names[j]](x)
-                out[r, i, j] = (time.perf_counter() - t0) * 1e3
+    with tqdm(total=reps * samples, desc="paths", unit="sample", disable=not show_progress(progress)) as bar:
+        for r in range(reps):
+            for i, x in enumerate(xs):
+                for j in g.permutation(len(names)):
+                    t0 = time.perf_counter()
+                    rts[names[j]](x)
+                    out[r, i, j] = (time.perf_counter() - t0) * 1e3
+                bar.update(1)
     return pd.DataFrame(np.median(out, 0), columns=names)
 
 
 def in_context_costs(model, table: pd.DataFrame, overhead: dict | None, *, backend: str = "eager",
-                     samples: int = 60, reps: int = 3, seed: int = 0,
-                     inputs: torch.Tensor | None = None) -> tuple[pd.DataFrame, dict, dict]:
+                     samples: int = 60, reps: int = 3, seed: int = 0, inputs: torch.Tensor | None = None,
+                     progress: bool = True) -> tuple[pd.DataFrame, dict, dict]:
     """The segment-alone cost ``table`` and ``overhead`` corrected to the runtime's path times
     (:func:`time_paths`, :func:`fit_in_context`, :func:`apply_params`), and a record of the fit: per forced path
     its measured ms (mean over samples), fitted ms, segment-alone ms and spread (IQR / median over samples), and
-    the worst relative residual."""
+    the worst relative residual. ``progress``: a bar over the timed samples."""
     k = model.num_exits
-    times = time_paths(model, backend=backend, samples=samples, reps=reps, seed=seed, inputs=inputs)
+    times = time_paths(model, backend=backend, samples=samples, reps=reps, seed=seed, inputs=inputs,
+                       progress=progress)
     paths = forced_paths(k, model.chained)
     x = np.stack([path_row(k, fp.exit, set(fp.entered)) for fp in paths])
     y = times[[fp.name for fp in paths]].mean().to_numpy()

@@ -8,7 +8,9 @@ from typing import Callable
 import pandas as pd
 import torch
 from torch.utils.flop_counter import FlopCounterMode
+from tqdm.auto import tqdm
 
+from ..core import show_progress
 from ..exits import confidence_torch
 from ..models import BranchyNet
 
@@ -38,13 +40,13 @@ def exit_with_confidence(model: BranchyNet, k: int, head=None):
 @torch.no_grad()
 def profile_segments(model: BranchyNet, *, batch_size: int = 64, device: str | torch.device = "cpu",
                      min_run_time: float = 0.2, measure_latency: bool = True, rounds: int = 15,
-                     seed: int = 0, backend: str = "eager") -> pd.DataFrame:
+                     seed: int = 0, backend: str = "eager", progress: bool = True) -> pd.DataFrame:
     """One row per segment: ``stage`` k, ``exit`` k (head + softmax + entropy) and ``buffer`` k (a
     copy of the branch-point activation: the write or read of buffering). MACs and bytes are per
     sample (batch 1); ``ms_b1`` is ms at batch 1, ``ms_batch`` ms per whole batch of ``batch_size``:
     medians over ``rounds`` interleaved rounds (about ``min_run_time`` s per segment and batch size in
     all), ``*_spread`` = IQR / median, ``unstable`` when a spread exceeds 10 %. ``backend``: what runs the
-    segments (:mod:`branchy.runtime.backends`; not eager: CPU)."""
+    segments (:mod:`branchy.runtime.backends`; not eager: CPU). ``progress``: a bar over the rounds."""
     from .backends import prepare
 
     device = torch.device(device if backend == "eager" else "cpu")
@@ -83,7 +85,8 @@ def profile_segments(model: BranchyNet, *, batch_size: int = 64, device: str | t
             fns[f"{name}{k}@b"] = lambda fn=fn, a=ab: fn(a)
     df = pd.DataFrame(rows)
     if measure_latency:
-        _time_segments(df, fns, rounds=rounds, min_run_time=min_run_time, seed=seed, device=device)
+        _time_segments(df, fns, rounds=rounds, min_run_time=min_run_time, seed=seed, device=device,
+                       progress=progress)
     else:
         for col in ("ms_b1", "ms_b1_iqr", "ms_batch", "ms_batch_iqr", "ms_b1_spread", "ms_batch_spread"):
             df[col] = float("nan")
@@ -92,14 +95,28 @@ def profile_segments(model: BranchyNet, *, batch_size: int = 64, device: str | t
     return df[COST_COLUMNS]
 
 
+def timed_rounds(fns: dict, *, rounds: int, desc: str, progress: bool = True, **kw) -> pd.DataFrame:
+    """:func:`branchy.runtime.interleaved_times` of ``fns`` (``kw`` passed on: ms per call, ``rounds`` rows) with a
+    progress bar ``desc`` of ``rounds + 1`` passes (unit: round; the warm-up and sizing pass first), so it shows an
+    ETA."""
+    from .timing import interleaved_times
+
+    with tqdm(total=rounds + 1, desc=desc, unit="round", disable=not show_progress(progress)) as bar:
+        times = interleaved_times(fns, rounds=rounds, on_round=lambda r: bar.update(1 if r >= 0 else 0), **kw)
+        bar.update(1)  # the last round
+    return times
+
+
 def _time_segments(df: pd.DataFrame, fns: dict, *, rounds: int, min_run_time: float, seed: int,
-                   device: torch.device) -> None:
+                   device: torch.device, progress: bool = True) -> None:
     """Fill ``df``'s latency columns: every segment at batch 1 and at the batch size, timed in ``rounds``
-    interleaved rounds (``fns[f"{segment}{k}@1"]`` and ``@b``), medians, IQRs and spreads in ms."""
-    from .timing import interleaved_times, robust_summary
+    interleaved rounds (``fns[f"{segment}{k}@1"]`` and ``@b``), medians, IQRs and spreads in ms; ``progress``: a
+    bar of ``rounds + 1`` passes (:func:`timed_rounds`)."""
+    from .timing import robust_summary
 
     sync = torch.cuda.synchronize if device.type == "cuda" else None
-    times = interleaved_times(fns, rounds=rounds, target_ms=1e3 * min_run_time / rounds, seed=seed, sync=sync)
+    times = timed_rounds(fns, rounds=rounds, desc="profile", progress=progress,
+                         target_ms=1e3 * min_run_time / rounds, seed=seed, sync=sync)
     summ = robust_summary(times).set_index("name")
     for col, tag in (("ms_b1", "1"), ("ms_batch", "b")):
         keys = [f"{r.segment}{r.k}@{tag}" for r in df.itertuples()]
@@ -155,20 +172,21 @@ def overhead_from_times(t, k: int, chained: bool = False) -> dict:
 
 @torch.no_grad()
 def runtime_overhead(model: BranchyNet, *, rounds: int = 15, min_run_time: float = 0.5, seed: int = 0,
-                     backend: str = "eager") -> dict:
+                     backend: str = "eager", progress: bool = True) -> dict:
     """What the real runtime (:class:`branchy.runtime.EarlyExitRuntime`) spends outside the segments at
     batch 1, measured in the same interleaved rounds as the segments it is compared with: ``sample_ms``,
     the fixed cost per sample (the plain network through the runtime minus its stages and final head), and
     ``decision_ms``, the cost per side exit entered beyond its head, softmax, confidence and buffer copies
-    (softmax/compare bookkeeping, selecting the rows that go on). Clipped at 0."""
-    from .timing import interleaved_times, robust_summary
+    (softmax/compare bookkeeping, selecting the rows that go on). Clipped at 0. ``progress``: a bar over the
+    rounds (:func:`timed_rounds`)."""
+    from .timing import robust_summary
 
     fns = overhead_fns(model, backend)
-    t = robust_summary(interleaved_times(fns, rounds=rounds, target_ms=1e3 * min_run_time / rounds / 2,
-                                         seed=seed)).set_index("name")["ms"]
+    t = robust_summary(timed_rounds(fns, rounds=rounds, desc="overhead", progress=progress,
+                                    target_ms=1e3 * min_run_time / rounds / 2, seed=seed)).set_index("name")["ms"]
     return {**overhead_from_times(t, model.num_exits, model.chained), "runtime_full_ms": float(t["rt_full"]),
             "backend": backend, "rounds": rounds}
 
 
 __all__ = ["COST_COLUMNS", "count_macs", "exit_with_confidence", "overhead_fns", "overhead_from_times",
-           "profile_segments", "runtime_overhead"]
+           "profile_segments", "runtime_overhead", "timed_rounds"]

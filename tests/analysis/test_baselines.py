@@ -42,7 +42,7 @@ def test_the_best_free_policy_is_never_worse_than_full_or_the_default_cascade_on
     k = int(g.integers(2, 5))
     bars = tuple(np.sort(g.normal(size=k))[::-1])
     cache = _cache(tmp_path, seed, k=k, bars=bars)
-    rule = calib_rule(cache, float(g.uniform(0.9, 1.0)))
+    rule = calib_rule(cache, float(g.uniform(90, 100)))
     con = Constraint(max_acc_drop=float(g.choice([0.0, 0.5, 2.0])))
     for profile in ("measured", "raspberry-pi-4"):
         b = decide_baselines(cache, {}, profile=profile, rule=rule, cfg=PolicyConfig(target_acc=None), constraint=con)
@@ -61,7 +61,7 @@ def test_the_best_free_policy_is_never_worse_than_full_or_the_default_cascade_on
 def test_the_rule_family_holds_the_default_rule_and_recalibrates_for_kept_exits(synth_cache):
     z, y = np.asarray(synth_cache.logits("calib")), synth_cache.labels("calib")
     fam = rule_family(z, y)
-    default = calib_rule(synth_cache, 0.99).thresholds
+    default = calib_rule(synth_cache, 99).thresholds
     assert any(np.array_equal(th, default) for _, th in fam)
     for how, th in rule_family(z, y, kept=(False, True, True)):
         assert th[0] == -np.inf, how  # a removed exit never passes
@@ -71,7 +71,7 @@ def test_the_rule_family_holds_the_default_rule_and_recalibrates_for_kept_exits(
 @pytest.mark.parametrize("seed", range(3))
 def test_the_gated_search_finds_the_exhaustive_gated_optimum_on_a_small_space(tmp_path, seed):
     cache = _cache(tmp_path, seed, k=3)
-    rule = calib_rule(cache, 0.99)
+    rule = calib_rule(cache, 99)
     preds = _gates(cache, rule, exits=(0, 1))
     preds.update({p.spec.name: p for p in [fit_predictor(cache, PredictorSpec("exit", 0, "linear", None, rule),
                                                          folds=2, timing=0.005)]})
@@ -94,7 +94,7 @@ def test_the_gated_search_finds_the_exhaustive_gated_optimum_on_a_small_space(tm
 
 def test_decided_gated_placements_use_a_predictor_and_are_scored_as_recorded(tmp_path):
     cache = _cache(tmp_path, 1, k=3)
-    rule = calib_rule(cache, 0.99)
+    rule = calib_rule(cache, 99)
     preds = _gates(cache, rule, exits=(0, 1))
     b = decide_baselines(cache, preds, profile="raspberry-pi-4", rule=rule, cfg=PolicyConfig())
     g = b["best-gated"]
@@ -167,6 +167,6 @@ def test_a_predictor_that_answers_a_constant_is_not_searched_as_a_gate(tmp_path)
     with pytest.warns(UserWarning, match="constant answer"):
         p = fit_predictor(cache, PredictorSpec("gate", 0, "linear", 0, never), folds=2, timing=0.005)
     assert p.constant
-    b = decide_baselines(cache, {p.spec.name: p}, profile="raspberry-pi-4", rule=calib_rule(cache, 0.99),
+    b = decide_baselines(cache, {p.spec.name: p}, profile="raspberry-pi-4", rule=calib_rule(cache, 99),
                          cfg=PolicyConfig())
     assert "best-gated" not in b.decided and set(b.table.kind) == {"free"}

@@ -113,7 +113,7 @@ def test_words_table_and_map_from_real_predictors(synth_cache, setup, tmp_path, 
     assert len(lines) == 2 and all("pays if it costs <" in line and "The best predictor here" in line
                                    for line in lines)
     be0 = table[table.exit == 0].iloc[0]
-    assert f"< {be0['max_cost_ms_fs0.02']:.3g} ms" in lines[0]
+    assert f"< {be0['max_cost_ms_fs2%']:.3g} ms" in lines[0]
     assert "No gate predictor is fitted" in explain_gates(break_even_table(ev, rule))[0]
     fig, ax = plot_gate_map(table, gates)
     (im,) = ax.get_images()

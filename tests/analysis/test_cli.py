@@ -55,7 +55,7 @@ def test_help_and_a_usage_error_import_nothing_heavy():
              "    try:\n        main(list(argv))\n    except SystemExit:\n        pass\n"
              f"print(sorted(m for m in {LIGHT!r} if m in sys.modules))")
     assert _fresh(heavy.format(argv="['--help'], ['--version'], ['nosuch']")).strip().endswith("[]")
-    assert _fresh(heavy.format(argv="['simulate', '--cache', 'c', '--out', 'o', '--target-acc', '2'],")) \
+    assert _fresh(heavy.format(argv="['simulate', '--cache', 'c', '--out', 'o', '--target-acc', '150'],")) \
         .strip().endswith("['pandas']")
 
 

@@ -22,8 +22,10 @@ def _run(argv, capsys):
 
 
 @pytest.mark.parametrize("args, phrase", [
-    (["simulate", "--target-acc", "1.5"], "--target-acc: target_acc must be a finite number in (0, 1]"),
-    (["simulate", "--target-acc", "-0.2"], "in (0, 1] (an accuracy as a fraction, e.g. 0.99), got -0.2"),
+    (["simulate", "--target-acc", "150"], "--target-acc: target_acc must be a finite number in (0, 100]"),
+    (["simulate", "--target-acc", "-0.2"], "in (0, 100] (an accuracy in percent, e.g. 99 for 99 %), got -0.2"),
+    (["explain-gates", "--cache", "c", "--false-skip", "150"],
+     "--false-skip: 150 is out of range: must be >= 0 and <= 100 (percent of the samples, e.g. 2 for 2 %)"),
     (["simulate", "--bootstrap", "-1"], "--bootstrap: bootstrap must be a whole number >= 0, got -1"),
     (["simulate", "--max-acc-drop", "nan", "--risk", "0.1"], "argument --max-acc-drop: nan is not a finite number"),
     (["simulate", "--risk", "1.5", "--max-acc-drop", "1"], "--risk: risk must be a finite number in (0, 1) (a probability), got 1.5"),

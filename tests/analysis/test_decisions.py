@@ -19,7 +19,7 @@ from tests.helpers import priced_cache, synthetic_arrays
 
 # ----------------------------------------------------------------------------- the exit rule
 def test_exit_rule_round_trips_and_refuses_what_it_cannot_convert(tmp_path):
-    r = ExitRule.given([0.3, 0.5], 3, "entropy", tuned_by="target-acc 0.99 sequential", tuned_on="calib")
+    r = ExitRule.given([0.3, 0.5], 3, "entropy", tuned_by="target-acc 99% sequential", tuned_on="calib")
     assert r.thresholds[-1] == np.inf and r.num_exits == 3
     assert ExitRule.load(r.save(tmp_path / "thresholds.json")) == r
     assert json.loads((tmp_path / "thresholds.json").read_text())["tuned_on"] == "calib"

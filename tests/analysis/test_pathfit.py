@@ -21,7 +21,7 @@ def _outcomes(tmp_path):
     cache = priced_cache(tmp_path / "c", synthetic_arrays(n=(50, 50, 600), k=4, bars=(0.8, 0.3, -0.3, -0.8)),
                               model_name="s")
     ev = Evidence.build(cache, "test", costs=COSTS)
-    rule = calib_rule(cache, 0.99)
+    rule = calib_rule(cache, 99)
     loose = ExitRule("entropy", tuple(np.array(rule.thresholds) * 1.5))
     pols = {"full": full_outcome(ev), "cascade": cascade_outcome(ev, rule),
             "loose": cascade_outcome(ev, loose),

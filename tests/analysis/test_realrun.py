@@ -70,7 +70,7 @@ def test_predictors_pay_only_where_the_simulation_and_the_real_run_agree():
 
 def test_the_verdict_says_when_the_real_run_does_not_confirm():
     row = {"profile": "measured", "cascade_vs_full": 0.9, "free_vs_full": 0.8, "best_free_placement": "e0:open e1:final",
-           "best_free_rule": "target-acc 0.99", "best_gated_placement": "gate@0", "perfect_gates_vs_free": np.nan,
+           "best_free_rule": "target-acc 99%", "best_gated_placement": "gate@0", "perfect_gates_vs_free": np.nan,
            **_row(0.95, real_hi=1.02), "real_n": 50, "real_backend": "eager", "real_pairs": 3, "real_pairs_agree": 2,
            "real_cascade_vs_full": 0.8, "real_cascade_vs_full_lo": 0.7, "real_cascade_vs_full_hi": 0.9,
            "realsim_cascade_vs_full": 0.85, "realsim_gated_vs_free": 0.94}

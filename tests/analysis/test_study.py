@@ -50,7 +50,7 @@ BASE = {"data": {"dataset": "mnist5k"}, "model": {"name": "b-lenet"}}
     ({"profiles": ["measured", "tpu"]}, r"profiles: unknown device profile 'tpu'"),
     ({"placement": {"strategies": ["anneal"]}}, r"unknown placement strategy 'anneal'"),
     ({"predictors": {"model": "svm"}}, r"predictors: unknown predictor model 'svm'"),
-    ({"policies": {"target_acc": 99}}, r"policies: target_acc must be a finite number in \(0, 1\]"),
+    ({"policies": {"target_acc": 150}}, r"policies: target_acc must be a finite number in \(0, 100\]"),
     ({"dump": {"pooling": "max"}}, r"dump: unknown pooling 'max'"),
     ({"data": {"dataset": "npz"}}, r"data: dataset npz needs path \(data.path, CLI --data-path\)"),
     ({"train": {"scheme": "distill"}}, r"train: unknown training scheme 'distill'; known: joint, trunk-first, boostnet"),
@@ -92,7 +92,7 @@ def test_a_study_on_a_users_npz_runs_end_to_end(tmp_path, capsys, caplog):
         "train": {"epochs": 2, "batch_size": 32},
         "dump": {"profile_time": 0.01},
         "predictors": {"model": "linear"},
-        "policies": {"bootstrap": 50, "target_acc": 0.9},
+        "policies": {"bootstrap": 50, "target_acc": 90},
         "profiles": ["measured", "mcu-npu"],
         "placement": {"strategies": ["greedy"], "profile": "mcu-npu"},
     }
@@ -108,6 +108,15 @@ def test_a_study_on_a_users_npz_runs_end_to_end(tmp_path, capsys, caplog):
         assert (run / rel).exists(), rel
     html = (run / "report.html").read_text()
     assert html.count("data:image/png;base64") >= 6 and "my npz study" in html
+    # `branchy report --run` renders the same verdict from the folder alone (nothing recomputed)
+    assert main(["report", "--run", str(run), "--out", str(tmp_path / "again.html")]) == 0
+    again_html = (tmp_path / "again.html").read_text()
+
+    def verdict(h):
+        return h[h.index('id="verdict"'):h.index('id="pay"')]
+
+    assert verdict(again_html) == verdict(html) and 'class="card' in verdict(html)
+    assert again_html.count("data:image/png;base64") >= html.count("data:image/png;base64") - 1
     # a second run reuses every step
     caplog.clear()
     assert main(["run", str(f)]) == 0

@@ -147,7 +147,7 @@ def test_npz_channels_first_is_left_alone(tmp_path, recwarn):
 # ----------------------------------------------------------------------------- thresholds.json
 @pytest.mark.parametrize("rule", [
     ExitRule("entropy", (np.inf, -np.inf, 0.25, 0.0), "given", "calib"),
-    ExitRule("max_prob", (-np.inf, np.inf, 0.7, 0.0), "target-acc 0.99 sequential", "calib"),
+    ExitRule("max_prob", (-np.inf, np.inf, 0.7, 0.0), "target-acc 99% sequential", "calib"),
 ])
 def test_thresholds_json_is_standard_and_round_trips(tmp_path, rule):
     p = rule.save(tmp_path / "thresholds.json")

@@ -108,3 +108,24 @@ def test_loaders_refuse_options_they_do_not_take():
         DataConfig("cifar10", options={"sizes": (1, 2, 3)})
     assert DataConfig("mnist5k", options={"sizes": (30, 10, 10)}).load().sizes() == \
         {"train": 30, "calib": 10, "test": 10}
+
+
+def test_a_backbone_weights_file_is_an_option_like_any_other(tmp_path):
+    """``--option weights=PATH`` (or ``weights:`` in the YAML) reads the same as in the API, and the file's SHA-256
+    joins the options, so a saved config names the weights it started from."""
+    import hashlib
+
+    import torch
+    import torchvision
+
+    torch.save(torchvision.models.squeezenet1_1(num_classes=3).state_dict(), tmp_path / "w.pt")
+    digest = hashlib.sha256((tmp_path / "w.pt").read_bytes()).hexdigest()
+    want = {"arch": "squeezenet1_1", "nodes": ["features.5"], "weights": str(tmp_path / "w.pt"),
+            "weights_sha256": digest}
+    a = _parse("train", "--backbone", "torchvision", "--option", "arch=squeezenet1_1", "--option", "nodes=features.5",
+               "--option", f"weights={tmp_path / 'w.pt'}")
+    assert from_arguments(BackboneConfig, a).options == want
+    yaml_section = {"name": "torchvision", "options": {"arch": "squeezenet1_1", "nodes": ["features.5"],
+                                                       "weights": str(tmp_path / "w.pt")}}
+    assert from_mapping(BackboneConfig, yaml_section, "model").options == want
+    assert from_mapping(BackboneConfig, to_plain(BackboneConfig("torchvision", options=want)), "model").options == want

@@ -216,3 +216,165 @@ def test_chained_forward_exits_match_exit_by_exit_with_state():
             for k in range(m.num_exits):
                 h = m.run_stage(k, h)
                 torch.testing.assert_close(m.run_exit(k, h, state), z[k])
+
+
+# ----------------------------------------------------------------------------- bring your own model
+class _HandMade(torch.nn.Module):
+    """A trunk (conv, relu, conv, relu) then a head: global pool, flatten, linear."""
+
+    def __init__(self, classes=4):
+        super().__init__()
+        from torch import nn
+
+        self.conv1, self.act1 = nn.Conv2d(3, 4, 3, padding=1), nn.ReLU()
+        self.conv2, self.act2 = nn.Conv2d(4, 8, 3, stride=2, padding=1), nn.ReLU()
+        self.pool, self.flatten, self.fc = nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, classes)
+
+    def forward(self, x):
+        return self.fc(self.flatten(self.pool(self.act2(self.conv2(self.act1(self.conv1(x)))))))
+
+
+class _FunctionalHead(_HandMade):
+    """The same, pooling and flattening by calls in forward() itself."""
+
+    def forward(self, x):
+        h = self.act2(self.conv2(self.act1(self.conv1(x))))
+        return self.fc(torch.flatten(torch.nn.functional.adaptive_avg_pool2d(h, 1), 1))
+
+
+def _final_node(net):
+    from torchvision.models.feature_extraction import get_graph_node_names
+
+    from branchy.models.trunk import default_final_node
+
+    return default_final_node(net.eval(), get_graph_node_names(net.eval())[1])
+
+
+@pytest.mark.parametrize("cls", [_HandMade, _FunctionalHead])
+def test_the_default_final_node_is_where_the_trunk_ends_before_the_head(cls):
+    """Not a node inside the head: the final exit is the whole head (pool + flatten + linear), and it reads the
+    trunk's last activation with its spatial size."""
+    from branchy.models import attach_exits
+
+    torch.manual_seed(0)
+    net = cls().eval()
+    assert _final_node(net) == "act2"
+    m = attach_exits(net, ["act1"], in_channels=3, image_size=(8, 8), num_classes=4).eval()
+    assert [tuple(s) for s in m.branch_shapes] == [(4, 8, 8), (8, 4, 4)]
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(m.forward_exits(x)[-1], net(x))
+
+
+def test_the_default_final_node_of_a_sequential_and_of_a_net_in_one_container():
+    from torch import nn
+
+    seq = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Conv2d(4, 8, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                        nn.Flatten(), nn.Linear(8, 4))
+    assert _final_node(seq) == "3"
+
+    class Wrapped(nn.Module):  # everything in one child: no trunk group before the head, the node feeding fc
+        def __init__(self):
+            super().__init__()
+            self.body = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 4))
+
+        def forward(self, x):
+            return self.body(x)
+
+    assert _final_node(Wrapped()) == "body.2"
+
+
+def test_torchvision_default_final_nodes_end_the_feature_trunk():
+    import torchvision
+
+    assert _final_node(torchvision.models.resnet18(num_classes=4)) == "layer4"
+    assert _final_node(torchvision.models.squeezenet1_1(num_classes=4)) == "features"  # its head has a conv
+
+
+@pytest.mark.parametrize("arch,final,nodes", [("mobilenetv3_small_050", "blocks", ["blocks.1", "blocks.3"]),
+                                              ("efficientnet_b0", "bn2", ["blocks.2", "blocks.4"])])
+def test_timm_models_get_exits_with_the_forward_features_boundary_as_final_node(arch, final, nodes):
+    timm = pytest.importorskip("timm", reason="timm is optional (pip install 'branchy-study[timm]')")
+    from branchy.models import attach_exits
+
+    torch.manual_seed(0)
+    net = timm.create_model(arch, pretrained=False, num_classes=5).eval()  # no download
+    assert _final_node(net) == final
+    m = attach_exits(net, nodes, in_channels=3, image_size=(64, 64), num_classes=5).eval()
+    assert len(m.branch_shapes[-1]) == 3  # the head (global pool, ..., classifier) is the final exit
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(m.forward_exits(x)[-1], net(x))
+
+
+TINY_TV = {"arch": "squeezenet1_1", "nodes": "features.5"}  # the smallest torchvision classifier (~0.7 M params)
+
+
+def _saved_squeezenet(path, classes, seed=1):
+    import torchvision
+
+    torch.manual_seed(seed)
+    net = torchvision.models.get_model("squeezenet1_1", num_classes=classes).eval()
+    torch.save(net.state_dict(), path)
+    return net
+
+
+def test_torchvision_backbone_starts_from_a_weights_file_and_records_its_sha256(tmp_path):
+    import hashlib
+
+    from branchy.models import BackboneConfig
+
+    net = _saved_squeezenet(tmp_path / "sq.pt", 4)
+    digest = hashlib.sha256((tmp_path / "sq.pt").read_bytes()).hexdigest()
+    cfg = BackboneConfig("torchvision", options={**TINY_TV, "weights": str(tmp_path / "sq.pt")})
+    assert cfg.options["weights_sha256"] == digest  # in every saved config: a changed file is another config
+    m = cfg.build(in_channels=3, image_size=32, num_classes=4).eval()
+    assert m.config.options["weights"] == str(tmp_path / "sq.pt") and m.config.options["weights_sha256"] == digest
+    got = {}
+    for part in [*(b for s in m.stages for b in s), m.exits[-1]]:  # the trunk's cuts and the final exit: the
+        got.update(part.state_dict())                               # net's own modules, under their own names
+    want = net.state_dict()
+    assert sorted(got) == sorted(want)
+    for k in want:
+        assert torch.equal(got[k], want[k]), k
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(m.forward_exits(x)[-1], net(x))
+    # a checkpoint holds every weight: it loads after the initial file is gone, its config unchanged
+    save_checkpoint(m, tmp_path / "m.pt")
+    (tmp_path / "sq.pt").unlink()
+    m2, meta = load_checkpoint(tmp_path / "m.pt")
+    assert m2.config == m.config and meta["model_config"]["options"]["weights_sha256"] == digest
+    with torch.no_grad():
+        for a, b in zip(m.forward_exits(x), m2.forward_exits(x)):
+            torch.testing.assert_close(a, b)
+
+
+def test_a_weights_file_that_does_not_fit_says_why_and_how_to_fix_it(tmp_path):
+    from branchy.models import BackboneConfig
+
+    def refused(exc, phrase, path, classes=4, **extra):
+        with pytest.raises(exc) as e:
+            build_model("torchvision", in_channels=3, image_size=32, num_classes=classes, **TINY_TV,
+                        weights=str(path), **extra)
+        assert phrase in str(e.value) and str(path) in str(e.value), str(e.value)
+
+    refused(FileNotFoundError, "does not exist: give the path of a state_dict file", tmp_path / "none.pt")
+    with pytest.raises(FileNotFoundError, match="none.pt' does not exist"):  # refused by the config, before work
+        BackboneConfig("torchvision", options={**TINY_TV, "weights": str(tmp_path / "none.pt")})
+    net = _saved_squeezenet(tmp_path / "sq4.pt", 4)
+    refused(ValueError, "2 tensors of another shape (e.g. classifier.1.weight: (4, 512, 1, 1) in the file, "
+                        "(3, 512, 1, 1) here; a classifier for another number of classes", tmp_path / "sq4.pt", 3)
+    torch.save({"conv.weight": torch.zeros(2)}, tmp_path / "other.pt")
+    refused(ValueError, "keys the net does not have (e.g. conv.weight)", tmp_path / "other.pt")
+    refused(ValueError, "52 keys missing from the file (e.g. classifier.1.bias)", tmp_path / "other.pt")
+    torch.save(net, tmp_path / "whole.pt")
+    refused(ValueError, "holds Python objects, e.g. a whole model (torch.save(net)); save one with "
+                        "torch.save(net.state_dict(), PATH)", tmp_path / "whole.pt")
+    torch.save({"model": net.state_dict(), "epoch": 3}, tmp_path / "ckpt.pt")
+    refused(ValueError, "not a state_dict of tensors (it holds model, epoch; a training checkpoint?)",
+            tmp_path / "ckpt.pt")
+    refused(ValueError, "recorded with these options: the file changed since", tmp_path / "sq4.pt",
+            weights_sha256="0" * 64)
+    with pytest.raises(ValueError, match="weights_sha256 pins a weights file: give the file too"):
+        build_model("torchvision", in_channels=3, image_size=32, num_classes=4, **TINY_TV, weights_sha256="0" * 64)
