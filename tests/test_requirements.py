@@ -117,3 +117,15 @@ def test_a_missing_extra_is_a_one_line_setup_error_naming_the_extra(monkeypatch)
     monkeypatch.setitem(sys.modules, "distributed", None)
     with pytest.raises(MissingExtraError, match=r"needs dask.distributed: pip install 'branchy-study\[cluster\]'"):
         connect_scheduler("tcp://127.0.0.1:1")
+
+
+def test_a_study_naming_nsga2_without_optuna_fails_before_any_work(monkeypatch):
+    import branchy.core.extras as extras
+    from analysis.study.placement_config import PlacementConfig
+    from branchy.core import MissingExtraError
+
+    real = extras.find_spec
+    monkeypatch.setattr(extras, "find_spec", lambda name, *a: None if name == "optuna" else real(name, *a))
+    with pytest.raises(MissingExtraError, match=r"nsga2 placement strategy needs optuna.*branchy-study\[optuna\]"):
+        PlacementConfig(strategies=("budget", "nsga2"))
+    PlacementConfig(strategies=("budget",))  # a study without it never asks

@@ -41,7 +41,7 @@ def _fit_args(p):
 
 def _fit_run(a) -> int:
     from branchy.cache import FeatureCache
-    from predictors.fit import evaluation_table, fit_predictor
+    from predictors.fit import evaluation_table, fit_predictors
     from predictors.grid import PredictorsConfig
     from predictors.store import save_predictors
 
@@ -54,7 +54,7 @@ def _fit_run(a) -> int:
     cache = FeatureCache.open(a.cache)
     rule = resolve_rule(cache, a.thresholds, pol.target_acc, pol.measure)
     print(f"exit rule: {rule.describe()}")
-    fitted = [fit_predictor(cache, s, split=a.fit_split, folds=pc.folds) for s in pc.specs(cache.num_exits, rule)]
+    fitted = fit_predictors(cache, pc.specs(cache.num_exits, rule), split=a.fit_split, folds=pc.folds)
     save_predictors(fitted, a.out)
     print(f"saved {len(fitted)} predictor(s) to {a.out}")
     print(format_eval(evaluation_table(fitted, cache)))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from branchy.core import check_int, check_name, setting
+from branchy.core import check_extra, check_int, check_name, setting
 from placement import STRATEGIES, Constraint
 from placement.optuna_storage import check_storage
 
@@ -41,6 +41,8 @@ class PlacementConfig:
             raise ValueError(f"strategies: name at least one of {', '.join(STRATEGIES.names())}")
         for st in self.strategies:
             check_name("strategies", STRATEGIES, st)
+        if "nsga2" in self.strategies:
+            check_extra("optuna", extra="optuna", purpose="the nsga2 placement strategy")
         self.constraint  # noqa: B018 - its checks
         get_profile(self.profile)
         check_int("n_jobs", self.n_jobs)

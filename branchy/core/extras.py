@@ -3,6 +3,7 @@ is not installed is a one-line :class:`MissingExtraError` naming the extra that 
 from __future__ import annotations
 
 from importlib import import_module
+from importlib.util import find_spec
 from types import ModuleType
 
 from .paths import SetupError
@@ -32,4 +33,11 @@ def require_extra(module: str, *, extra: str, purpose: str) -> ModuleType:
                                 f"{extra_hint(extra)}") from None
 
 
-__all__ = ["MissingExtraError", "PROJECT", "extra_hint", "require_extra"]
+def check_extra(module: str, *, extra: str, purpose: str) -> None:
+    """:class:`MissingExtraError` now when ``module`` is not installed (found without importing it), so a config
+    that will need it fails before any work, not after training."""
+    if find_spec(module.split(".")[0]) is None:
+        raise MissingExtraError(f"{purpose} needs {module.split('.')[0]}, which is not installed: {extra_hint(extra)}")
+
+
+__all__ = ["MissingExtraError", "PROJECT", "check_extra", "extra_hint", "require_extra"]

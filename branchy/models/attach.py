@@ -118,4 +118,14 @@ def torchvision_branchy(*, in_channels, image_size, num_classes, exits=None, arc
                         final_node=final_node, name="torchvision", options=options)
 
 
-__all__ = ["attach_exits", "torchvision_branchy"]
+def legacy_final_node(arch: str, num_classes: int, arch_kwargs: dict | None = None) -> str:
+    """The final node branchy 0.2 chose by default for torchvision model ``arch``: the node feeding its last layer
+    (0.3 ends the trunk before the head: :mod:`branchy.models.trunk`). Rebuilds a 0.2 checkpoint of a model whose
+    head has layers with parameters before the last one (VGG, AlexNet, MobileNetV3)."""
+    import torchvision
+
+    net = torchvision.models.get_model(arch, weights=None, num_classes=num_classes, **(arch_kwargs or {}))
+    return get_graph_node_names(net.eval())[1][-2]
+
+
+__all__ = ["attach_exits", "legacy_final_node", "torchvision_branchy"]

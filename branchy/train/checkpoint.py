@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,7 @@ import torch
 
 from ..core import atomic_path, check_version, check_writable, to_plain
 from ..data import DataConfig, Splits
-from ..models import BranchyNet, ModelConfig, build_from_config, weights_fingerprint
+from ..models import BranchyNet, ModelConfig, build_from_config, legacy_final_node, weights_fingerprint
 
 CHECKPOINT_FORMAT = "branchy-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -100,14 +101,30 @@ def load_checkpoint(path: str | os.PathLike, *, expect: ModelConfig | str | None
             raise ValueError(f"{path} holds a {cfg.name} (exits {list(cfg.exits)}, {cfg.in_channels}x"
                              f"{cfg.image_size[0]}x{cfg.image_size[1]}, {cfg.num_classes} classes), not the "
                              f"expected {want if want else name}: pass the checkpoint of the right model")
-    model = build_from_config(cfg)
     sd = payload["state_dict"]
     if weights_fingerprint(sd) != payload["fingerprint"]:
         raise ValueError(f"{path}: the weights do not match the fingerprint stored with them (corrupt file?)")
+    model = _rebuild(cfg, sd)
     load_weights(model, sd, source=str(path))
     model.to(device).eval()
     meta = {k: v for k, v in payload.items() if k != "state_dict"}
     return model, meta
+
+
+def _rebuild(cfg: ModelConfig, sd: dict) -> BranchyNet:
+    """The architecture of ``cfg`` for state_dict ``sd``. A torchvision checkpoint written by 0.2 with the default
+    final node split the head where 0.2's default did (:func:`branchy.models.legacy_final_node`): rebuilt so."""
+    model = build_from_config(cfg)
+    o = cfg.options
+    if cfg.name != "torchvision" or o.get("final_node") is not None or set(model.state_dict()) == set(sd):
+        return model
+    old = replace(cfg, options={**o, "final_node": legacy_final_node(o.get("arch", "resnet18"), cfg.num_classes,
+                                                                       o.get("arch_kwargs"))})
+    legacy = build_from_config(old)
+    if set(legacy.state_dict()) != set(sd):
+        return model  # neither fits: load_weights names the mismatch
+    legacy.config = cfg
+    return legacy
 
 
 def load_weights(model: BranchyNet, state_dict: dict, *, source: str = "state dict") -> None:

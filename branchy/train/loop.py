@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..core import check_device, check_int, check_number, check_writable, is_real, resolve_device, setting
+from ..core import (check_device, check_int, check_number, check_writable, is_real, resolve_device, setting,
+                    show_progress)
 from ..data import DataConfig, Splits
 from ..models import BackboneConfig, BranchyNet
 from .checkpoint import load_trunk, save_checkpoint
@@ -211,7 +212,8 @@ def train(cfg: TrainConfig, backbone: BackboneConfig | BranchyNet, data: DataCon
     phases = scheme.plan(cfg, model)
     rows: list[dict] = []
     epoch = 0  # epochs are numbered across phases (they seed shuffling and shifts)
-    bar = tqdm(total=sum(p.epochs for p in phases), desc=f"train {name}", disable=not progress, unit="epoch")
+    bar = tqdm(total=sum(p.epochs for p in phases), desc=f"train {name}", disable=not show_progress(progress),
+               unit="epoch")
     for phase in phases:
         rows += run_phase(model, phase, splits, cfg, first_epoch=epoch, device=device, bar=bar)
         epoch += phase.epochs

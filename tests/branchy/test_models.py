@@ -378,3 +378,25 @@ def test_a_weights_file_that_does_not_fit_says_why_and_how_to_fix_it(tmp_path):
             weights_sha256="0" * 64)
     with pytest.raises(ValueError, match="weights_sha256 pins a weights file: give the file too"):
         build_model("torchvision", in_channels=3, image_size=32, num_classes=4, **TINY_TV, weights_sha256="0" * 64)
+
+
+def test_a_torchvision_checkpoint_of_0_2_still_loads_with_the_head_split_as_then(tmp_path):
+    """0.2 ended the trunk at the node feeding the last layer; a squeezenet's head has a conv before it, so its
+    0.2 checkpoint has other stage keys than 0.3's default split. It loads as it was trained, same logits."""
+    from dataclasses import replace
+
+    from branchy.models import build_model, legacy_final_node
+    from branchy.train import load_checkpoint, save_checkpoint
+
+    old = legacy_final_node("squeezenet1_1", 4)
+    assert old != "features"  # 0.3's default ends the trunk at features
+    torch.manual_seed(0)
+    net = build_model("torchvision", in_channels=3, image_size=32, num_classes=4, **TINY_TV, final_node=old).eval()
+    net.config = replace(net.config, options={**net.config.options, "final_node": None})  # as 0.2 recorded it
+    save_checkpoint(net, tmp_path / "m.pt")
+    back, _ = load_checkpoint(tmp_path / "m.pt")
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        for a, b in zip(net.forward_exits(x), back.forward_exits(x)):
+            torch.testing.assert_close(a, b)
+    assert back.config.options["final_node"] is None
