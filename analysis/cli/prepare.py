@@ -144,6 +144,10 @@ def _profile_args(p):
     p.add_argument("--predictors", default=None,
                    help="a predictors folder fitted on this cache: measure their latency (pooling included) on the "
                         "same backend too, all in interleaved rounds; the old figures are kept as history")
+    p.add_argument("--import", dest="import_costs", default=None, metavar="COSTS.json",
+                   help="instead of timing here: the costs file an exported package's runner.py profile wrote on a "
+                        "device, added as profile measured-NAME (with --name)")
+    p.add_argument("--name", default=None, help="with --import: the device's name (profile measured-NAME)")
 
 
 def _profile_predictors(a, cache, preds: dict) -> None:
@@ -171,11 +175,27 @@ def _profile_predictors(a, cache, preds: dict) -> None:
     print(t.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
 
 
+def _import_run(a) -> int:
+    from branchy.cache import import_costs
+
+    if not a.name:
+        raise ValueError("--import needs --name NAME: the profile becomes measured-NAME")
+    cache = import_costs(a.cache, a.import_costs, a.name)
+    t = cache.costs_for(a.name)
+    print(f"imported {a.import_costs} into {a.cache} as profile measured-{a.name} (ms per call at batch 1, medians on "
+          f"the device; spread = IQR / median); use it with --device-profile measured-{a.name}")
+    print(t[[c for c in ("segment", "k", "ms_b1", "ms_b1_spread", "macs") if c in t]].to_string(
+        index=False, float_format=lambda v: f"{v:.4g}"))
+    return 0
+
+
 def _profile_run(a) -> int:
     from branchy.cache import FeatureCache, reprofile
 
     from ..present.tables import print_cache_info
 
+    if a.import_costs or a.name:
+        return _import_run(a)
     model = None
     if a.checkpoint:
         from branchy.train import load_checkpoint

@@ -138,6 +138,9 @@ def get_profile(name_or_path: str | DeviceProfile) -> DeviceProfile:
         if not Path(s).is_file():
             raise FileNotFoundError(f"no device profile file at {s!r}")
         return load_profile_file(s)
+    if s.startswith("measured-") and s not in PROFILES:  # costs imported from a device (branchy profile --import)
+        return DeviceProfile(s, description=f"the cache's latencies imported as {s[9:]!r} (ms, batch 1)",
+                             source="branchy profile --import")
     return PROFILES.get(s)
 
 

@@ -10,5 +10,5 @@ __all__, __getattr__, __dir__ = lazy_exports(__name__, {
     "DumpConfig": "dumping", "dump": "dumping", "dump_checkpoint": "dumping",
     "dump_distributed": "distributed", "dump_checkpoint_distributed": "distributed",
     "cache_from_arrays": "arrays", "cost_table": "arrays",
-    "reprofile": "reprofiling",
+    "reprofile": "reprofiling", "import_costs": "imported",
 })
