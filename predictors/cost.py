@@ -144,4 +144,24 @@ def remeasure(preds: list, cache, *, backend: str = "eager", rounds: int = 15, m
     return new
 
 
-__all__ = ["estimator_macs", "measure_predictors", "pool_macs", "predictor_cost", "remeasure"]
+def import_latency(preds: dict, costs: dict, backend: str) -> list[str]:
+    """Record the predictor timings of an exported package's ``runner.py profile`` file (its ``gate`` and ``jump``
+    rows, which name their predictor) as each predictor's latency on ``backend`` (ms at batch 1, pooling included),
+    keeping the one it replaces in ``cost["history"]``. Returns the names recorded; a row naming a predictor not in
+    ``preds`` is refused."""
+    rows = [r for r in costs.get("segments") or [] if r.get("segment") in ("gate", "jump")]
+    unknown = sorted({r.get("predictor") for r in rows} - set(preds), key=str)
+    if unknown:
+        raise ValueError(f"the costs file times predictors {unknown}, which the predictors folder does not hold: give "
+                         f"the folder the exported placement was searched with")
+    for r in rows:
+        c = preds[r["predictor"]].cost
+        old = (c.get("backends") or {}).get(backend)
+        if old is not None:
+            c.setdefault("history", []).append(dict(old))
+        c.setdefault("backends", {})[backend] = {"ms_b1": float(r["ms_b1"]), "ms_b1_spread": r.get("ms_b1_spread"),
+                                                 "imported": costs.get("measured_at")}
+    return sorted({r["predictor"] for r in rows})
+
+
+__all__ = ["estimator_macs", "import_latency", "measure_predictors", "pool_macs", "predictor_cost", "remeasure"]

@@ -147,7 +147,8 @@ def _profile_args(p):
     p.add_argument("--import", dest="import_costs", default=None, metavar="COSTS.json",
                    help="instead of timing here: the costs file an exported package's runner.py profile wrote on a "
                         "device, added as profile measured-NAME (with --name)")
-    p.add_argument("--name", default=None, help="with --import: the device's name (profile measured-NAME)")
+    p.add_argument("--name", default=None, help="with --import: the device's name (profile measured-NAME); with "
+                                                 "--predictors the gates' timings go to those predictors too")
 
 
 def _profile_predictors(a, cache, preds: dict) -> None:
@@ -181,6 +182,16 @@ def _import_run(a) -> int:
     if not a.name:
         raise ValueError("--import needs --name NAME: the profile becomes measured-NAME")
     cache = import_costs(a.cache, a.import_costs, a.name)
+    if a.predictors:  # the gates' and jump's timings on the device, as the predictors' latency there
+        import json
+
+        from predictors.cost import import_latency
+        from predictors.store import load_predictors, save_predictors
+
+        preds = load_predictors(a.predictors, cache)
+        done = import_latency(preds, json.loads(open(a.import_costs).read()), a.name)
+        save_predictors(list(preds.values()), a.predictors)
+        print(f"recorded the device's latency of {', '.join(done) or 'no predictor'} in {a.predictors}")
     t = cache.costs_for(a.name)
     print(f"imported {a.import_costs} into {a.cache} as profile measured-{a.name} (ms per call at batch 1, medians on "
           f"the device; spread = IQR / median); use it with --device-profile measured-{a.name}")

@@ -40,9 +40,12 @@ class _Builder:
     def inline(self, file: str, src: str) -> tuple[list, list[str]]:
         """The nodes of segment ``file`` reading value ``src``, and its output names."""
         g = self.models[file].graph
-        self.initializers += list(g.initializer)  # its weights, in the main graph (each segment is inlined once)
+        # its weights as Constant nodes beside its nodes, so they live in the (sub)graph that runs them: an If whose
+        # branch reads weights of the main graph takes each as an implicit input on every call (ORT: slow)
+        weights = [self.onnx.helper.make_node("Constant", [], [t.name], value=t, name=self.name("w"))
+                   for t in g.initializer]
         nodes = [self.onnx.helper.make_node("Identity", [src], [g.input[0].name], name=self.name("in"))]
-        return nodes + list(g.node), [o.name for o in g.output]
+        return weights + nodes + list(g.node), [o.name for o in g.output]
 
     def const(self, value, dtype) -> tuple[object, str]:
         out = self.name("c")

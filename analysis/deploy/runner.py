@@ -193,6 +193,9 @@ def profile(pkg: Package, *, rounds: int = 15, min_run_time: float = 0.02, seed:
         fns[("gate", e)] = (gate, g.standard_normal(_shape(plan, at + 1)).astype(np.float32))
     if pkg.jump is not None:
         fns[("jump", pkg.jump[0])] = (pkg.jump[1], g.standard_normal(_shape(plan, pkg.jump[0] + 1)).astype(np.float32))
+    names = {("gate", int(x["exit"])): x["predictor"] for x in plan["gates"]}
+    if plan.get("jump"):
+        names[("jump", int(plan["jump"]["at"]))] = plan["jump"]["predictor"]
     reps = {key: _calls(fn, a, min_run_time) for key, (fn, a) in fns.items()}
     times: dict = {key: [] for key in fns}
     for _ in range(rounds):
@@ -206,7 +209,8 @@ def profile(pkg: Package, *, rounds: int = 15, min_run_time: float = 0.02, seed:
     rows = []
     for (seg, k), ts in times.items():
         q1, med, q3 = np.percentile(ts, [25, 50, 75])
-        rows.append({"segment": seg, "k": int(k), "ms_b1": float(med), "ms_b1_spread": float((q3 - q1) / med)})
+        rows.append({"segment": seg, "k": int(k), "ms_b1": float(med), "ms_b1_spread": float((q3 - q1) / med),
+                     **({"predictor": names[(seg, k)]} if (seg, k) in names else {})})
     return {"overhead": _overhead(pkg, {(r["segment"], r["k"]): r["ms_b1"] for r in rows}, rounds, min_run_time, g),
             "format": "branchy-costs", "format_version": 1, "package": plan["name"], "model": plan["model"],
             "threads": pkg.threads, "rounds": rounds, "machine": platform.machine(), "processor": platform.processor(),
