@@ -31,7 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from analysis.core.evidence import Evidence, outcome  # noqa: E402
 from analysis.core.policies import PolicyConfig, calibrate  # noqa: E402
-from analysis.deploy.export import decide, export_package, simulated  # noqa: E402
+from analysis.deploy.export import export_package, simulated  # noqa: E402
+from analysis.study.plan import decide  # noqa: E402
 from analysis.deploy.runner import Package, profile  # noqa: E402
 from branchy.cache import FeatureCache, import_costs  # noqa: E402
 from branchy.train import data_config_of, load_checkpoint  # noqa: E402

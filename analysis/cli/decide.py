@@ -132,6 +132,7 @@ def _place_run(a) -> int:
     from ..core.policies import calibrate
     from ..present.tables import format_compare
     from ..study.placement_study import run_placement, write_placement
+    from ..study.plan import decision_plan
 
     risk = getattr(a, "PolicyConfig.risk", None)
     if risk is not None and pl.latency_budget is not None:
@@ -156,12 +157,13 @@ def _place_run(a) -> int:
             out = Path(a.out) if len(pl.strategies) == 1 else Path(a.out) / strategy
             res, compare = run_placement(cache, preds, strategy, constraint=con, profile=prof, n_jobs=pl.n_jobs,
                                          scheduler=client, seed=pl.seed, rule=rule, cfg=cfg, **pl.options(strategy))
-            write_placement(res, compare, out, profile_name=prof.name)
+            plan = decision_plan(cache, res.predictors or preds, res.chosen, rule, cfg)
+            write_placement(res, compare, out, profile_name=prof.name, plan=plan)
             print(f"strategy {strategy}: {len(res.table)} placements scored on calib ({prof.name}); "
                   f"{con.describe()}")
             print(f"chosen: {res.chosen.describe()}")
             print(format_compare(compare))
-            print(f"wrote {out}/placement.json, candidates.csv, comparison.csv, placement_map.png, "
+            print(f"wrote {out}/placement.json, plan.json, candidates.csv, comparison.csv, placement_map.png, "
                   f"placement_front.png")
             if res.predictors:
                 print(f"risk control: the placement was certified with predictors refitted on the search half "

@@ -16,17 +16,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from branchy.core import json_safe
 from branchy.exits import confidence_torch
 from branchy.runtime import example_inputs
 from placement import Placement
 
-from ..core.evidence import Evidence, can_pass
+from ..core.evidence import Evidence
 from ..core.policies import PolicyConfig
+from ..study.plan import decide, decision_plan
 from . import runner as runner_module
 from .graph import build_graph
 
-__all__ = ["ExportError", "decide", "export_package", "simulated"]
+__all__ = ["ExportError", "export_package", "simulated"]
 
 
 class ExportError(ValueError):
@@ -63,18 +63,6 @@ def _onnx(mod: torch.nn.Module, example: torch.Tensor, path: Path, outputs: list
     onnx.save_model(m, str(path))
 
 
-def decide(cache, predictors: dict, placement: Placement, rule, cfg: PolicyConfig | None = None) -> tuple:
-    """The placement as the evaluator scores it: ``(rule, cuts, kept)`` with the rule it runs under (its own
-    thresholds, or the default recalibrated for its kept exits), the gates' cuts tuned on calib out of fold, and
-    the exits kept that some confidence can pass."""
-    from ..study.placement_study import PlacementObjective
-
-    obj = PlacementObjective(cache, predictors or {}, rule=rule, cfg=cfg or PolicyConfig())
-    r = obj.rule_for(placement)
-    kept = [bool(a and b) for a, b in zip(placement.kept, can_pass(r))]
-    return r, obj.cuts(placement), kept
-
-
 def simulated(cache, predictors: dict, placement: Placement, rule, cfg: PolicyConfig | None = None,
               split: str = "test") -> tuple[np.ndarray, np.ndarray]:
     """The simulator's predictions and exits ``[N]`` of ``placement`` on ``split`` (decided on calib)."""
@@ -105,9 +93,24 @@ def _normalise(splits) -> dict:
             "std": d._std.flatten().tolist(), "raw_dtype": str(d.x.dtype).replace("torch.", "")}
 
 
-def _thresholds(r) -> list:
-    """Per exit the threshold, ``None`` where nothing passes (standard JSON has no infinity)."""
-    return [None if not np.isfinite(v) else float(v) for v in r.thresholds]
+def _write_segments(model, plan: dict, predictors: dict, tmp: Path) -> list[torch.Tensor]:
+    """Every stage and exit head, and the plan's gates and jump, as ONNX files in ``tmp`` (the plan's gates and jump
+    get their ``file``); returns the example activations (``xs[k]``: stage k's input)."""
+    xs = example_inputs(model, 2)
+    for i in range(model.num_exits):
+        _onnx(model.stages[i], xs[i], tmp / f"stage_{i}.onnx", ["h"])
+        _onnx(_Head(model.exits[i], plan["rule"]["measure"]), xs[i + 1], tmp / f"exit_{i}.onnx",
+              ["logits", "confidence"])
+    for g in plan["gates"]:
+        g["file"] = f"gate_{g['exit']}.onnx"
+        _onnx(_predictor_module(predictors[g["predictor"]], plan["pooling"], "gate"), xs[g["at"] + 1], tmp / g["file"],
+              ["score"])
+    if plan["jump"] is not None:
+        j = plan["jump"]
+        j["file"] = "jump.onnx"
+        _onnx(_predictor_module(predictors[j["predictor"]], plan["pooling"], "jump"), xs[j["at"] + 1],
+              tmp / j["file"], ["target"])
+    return xs
 
 
 def export_package(model, cache, predictors: dict, placement: Placement, rule, out: str | Path, *,
@@ -122,45 +125,29 @@ def export_package(model, cache, predictors: dict, placement: Placement, rule, o
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise ExportError(f"{out} exists and is not empty: give a new folder (an export never overwrites)")
-    r, cuts, kept = decide(cache, predictors, placement, rule, cfg)
-    pooling = cache.manifest.get("pooling", "avg")
+    plan = decision_plan(cache, predictors, placement, rule, cfg)
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    model = model.cpu().eval()
-    xs = example_inputs(model, 2)
-    k = model.num_exits
-    for i in range(k):
-        _onnx(model.stages[i], xs[i], tmp / f"stage_{i}.onnx", ["h"])
-        _onnx(_Head(model.exits[i], r.measure), xs[i + 1], tmp / f"exit_{i}.onnx", ["logits", "confidence"])
-    gates = []
-    for e, g in enumerate(placement.gates):
-        if g is not None and kept[e]:
-            mod = _predictor_module(predictors[g.predictor], pooling, "gate")
-            _onnx(mod, xs[g.at + 1], tmp / f"gate_{e}.onnx", ["score"])
-            cut = float(cuts.get(e, -np.inf))
-            gates.append({"exit": e, "at": g.at, "predictor": g.predictor, "file": f"gate_{e}.onnx",
-                          "cut": cut if np.isfinite(cut) else None})  # None: always enter (no JSON infinity)
-    jump = None
-    if placement.jump is not None:
-        j = placement.jump
-        _onnx(_predictor_module(predictors[j.predictor], pooling, "jump"), xs[j.at + 1], tmp / "jump.onnx", ["target"])
-        jump = {"at": j.at, "predictor": j.predictor, "file": "jump.onnx"}
-    c = model.config
-    plan = {"format": runner_module.FORMAT, "format_version": runner_module.FORMAT_VERSION,
-            "name": name or placement.describe(), "toolkit": f"branchy {__version__}",
-            "model": {"name": c.name, "fingerprint": model.fingerprint(), "num_classes": c.num_classes},
-            "input": {"shape": [1, c.in_channels, *c.image_size], "dtype": "float32", "normalise": _normalise(splits)},
-            "activations": [list(x.shape[1:]) for x in xs],
-            "rule": {"measure": r.measure, "thresholds": _thresholds(r), "lower_is_confident": r.lower_is_confident,
-                     "tuned_by": r.tuned_by, "tuned_on": r.tuned_on},
-            "placement": json_safe(placement.to_dict()), "describe": placement.describe(), "kept": kept,
-            "stages": [f"stage_{i}.onnx" for i in range(k)], "heads": [f"exit_{i}.onnx" for i in range(k)],
-            "gates": gates, "jump": jump, "pooling": pooling, "gate_rule": "enter the exit when score >= cut"}
-    plan["graph"] = build_graph(plan, tmp)
-    shutil.copyfile(runner_module.__file__, tmp / "runner.py")
-    plan["files"] = {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in sorted(tmp.iterdir())}
-    (tmp / "plan.json").write_text(json.dumps(plan, indent=1, allow_nan=False))
+    try:
+        model = model.cpu().eval()
+        xs = _write_segments(model, plan, predictors, tmp)
+        c = model.config
+        plan = {"format": runner_module.FORMAT, "format_version": runner_module.FORMAT_VERSION,
+                "name": name or placement.describe(), "toolkit": f"branchy {__version__}",
+                "model": {"name": c.name, "fingerprint": model.fingerprint(), "num_classes": c.num_classes},
+                "input": {"shape": [1, c.in_channels, *c.image_size], "dtype": "float32",
+                          "normalise": _normalise(splits)},
+                "activations": [list(x.shape[1:]) for x in xs], **plan,
+                "stages": [f"stage_{i}.onnx" for i in range(len(xs) - 1)],
+                "heads": [f"exit_{i}.onnx" for i in range(len(xs) - 1)]}
+        plan["graph"] = build_graph(plan, tmp)
+        shutil.copyfile(runner_module.__file__, tmp / "runner.py")
+        plan["files"] = {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in sorted(tmp.iterdir())}
+        (tmp / "plan.json").write_text(json.dumps(plan, indent=1, allow_nan=False))
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # nothing half-written is left that looks like a package
+        raise
     if out.exists():
         out.rmdir()
     tmp.rename(out)  # the package appears complete or not at all

@@ -2,6 +2,8 @@
 search run end to end: candidates scored on calib, the chosen placement re-evaluated on test."""
 from __future__ import annotations
 
+import json
+
 from pathlib import Path
 
 import numpy as np
@@ -192,9 +194,11 @@ def certify_placement(res: SearchResult, cache: FeatureCache, predictors: dict, 
     res.chosen = chosen
 
 
-def write_placement(res: SearchResult, compare: pd.DataFrame, out: str | Path, *, profile_name: str = "") -> None:
-    """candidates.csv, front.csv (Pareto front on calib), comparison.csv, placement.json and two plots; with risk
-    control also ``predictors/``, the search-half refits the certified placement runs."""
+def write_placement(res: SearchResult, compare: pd.DataFrame, out: str | Path, *, profile_name: str = "",
+                    plan: dict | None = None) -> None:
+    """candidates.csv, front.csv (Pareto front on calib), comparison.csv, placement.json, ``plan.json`` (the decision
+    that runs it, :func:`analysis.study.plan.decision_plan`, when given) and two plots; with risk control also
+    ``predictors/``, the search-half refits the certified placement runs."""
     from ..present import plots
 
     out = Path(out)
@@ -209,6 +213,10 @@ def write_placement(res: SearchResult, compare: pd.DataFrame, out: str | Path, *
     pareto_front(res.table).drop(columns="placement").to_csv(out / "front.csv", index=False)
     compare.to_csv(out / "comparison.csv", index=False)
     res.chosen.save(out / "placement.json")
+    if plan is not None:
+        from branchy.core import atomic_write
+
+        atomic_write(out / "plan.json", json.dumps(plan, indent=1, allow_nan=False))
     fig, ax = plots.plot_placement_map(res.chosen, title=f"chosen placement ({res.strategy})")
     plots.save(fig, out / "placement_map.png")
     fig, ax = plots.plot_search_front(res.table, title=f"{res.strategy}: candidates on calib ({profile_name}); "

@@ -256,6 +256,7 @@ def step_placements(cfg: StudyConfig, cache, preds: dict, rule, pcfg, out: Path)
     ``{strategy: (SearchResult, comparison table)}`` (none on a cache with chained exits)."""
     from ..present.tables import format_compare
     from .placement_study import run_placement, write_placement
+    from .plan import decision_plan
 
     pl = cfg.placement
     con = pl.constraint
@@ -268,7 +269,8 @@ def step_placements(cfg: StudyConfig, cache, preds: dict, rule, pcfg, out: Path)
         res, compare = run_placement(cache, preds, strategy, constraint=con, profile=pl.profile,
                                      n_jobs=pl.n_jobs, scheduler=pl.scheduler, seed=pl.seed, rule=rule, cfg=pcfg,
                                      **pl.options(strategy))
-        write_placement(res, compare, out / "placement" / strategy, profile_name=pl.profile)
+        write_placement(res, compare, out / "placement" / strategy, profile_name=pl.profile,
+                        plan=decision_plan(cache, res.predictors or preds, res.chosen, rule, pcfg))
         placements[strategy] = (res, compare)
         log(f"chosen: {res.chosen.describe()} ({len(res.table)} candidates)")
         print(format_compare(compare))

@@ -88,8 +88,15 @@ def test_fit_predictors_and_place_cli(synth_cache, tmp_path, capsys):
     assert "chosen:" in capsys.readouterr().out
     from placement import Placement
 
-    assert Placement.load(tmp_path / "pl" / "placement.json").num_exits == 3
+    chosen = Placement.load(tmp_path / "pl" / "placement.json")
+    assert chosen.num_exits == 3
     assert (tmp_path / "pl" / "placement_map.png").exists() and (tmp_path / "pl" / "candidates.csv").exists()
+    import json
+
+    plan = json.loads((tmp_path / "pl" / "plan.json").read_text())  # the decision that runs it, standard JSON
+    assert plan["describe"] == chosen.describe() and len(plan["rule"]["thresholds"]) == 3
+    assert plan["kept"][-1] and plan["rule"]["tuned_on"] == "calib" and plan["pooling"]
+    json.dumps(plan, allow_nan=False)
 
 
 @pytest.mark.parametrize("command,new,old,value", [

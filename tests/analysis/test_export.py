@@ -41,9 +41,11 @@ def exported(toy_splits, tmp_path_factory):
     preds = {p.spec.name: p for p in (fit_predictor(cache, PredictorSpec(tg, at, "nn", e, t, params=nn), folds=2,
                                                     timing=0.005)
                                       for tg, at, e in (("gate", 0, 1), ("gate", 1, 1), ("exit", 0, None)))}
+    own = tuple(float(np.quantile(confidence(z[:, e], "entropy"), q)) for e, q in ((0, 0.3), (1, 0.7))) + (np.inf,)
+    pls = {**PLACEMENTS, "own thresholds": Placement((True, True, True), (None, None, None), thresholds=own)}
     pkgs = {n: export_package(m, cache, preds, pl, rule, d / n.replace(" ", "_").replace(",", ""), splits=toy_splits)
-            for n, pl in PLACEMENTS.items()}
-    return m, cache, preds, rule, pkgs, d
+            for n, pl in pls.items()}
+    return m, cache, preds, rule, pkgs, pls
 
 
 _RUN = """
@@ -67,12 +69,12 @@ def test_the_package_runs_without_torch_and_takes_the_simulators_exits(exported,
     single graph, give every test sample the simulator's exit and prediction (and the torch runtime's)."""
     from analysis.study.validate import build_runtime
 
-    m, cache, preds, rule, pkgs, _ = exported
+    m, cache, preds, rule, pkgs, pls = exported
     raw = toy_splits.test.x.numpy()
     np.save(tmp_path / "x.npy", raw)  # uint8 images, normalised by the runner as in training
     x = toy_splits.test.batch(torch.arange(len(raw)))[0]
     for name, pkg in pkgs.items():
-        pl = PLACEMENTS[name]
+        pl = pls[name]
         out = subprocess.run([sys.executable, "-c", _RUN, str(pkg), str(tmp_path / "x.npy")], capture_output=True,
                              text=True, timeout=300)
         assert out.returncode == 0, out.stderr[-3000:]
@@ -83,12 +85,15 @@ def test_the_package_runs_without_torch_and_takes_the_simulators_exits(exported,
             p, e = np.array(got[how]).T
             assert (e == se).all() and (p == sp).all(), f"{name} ({how}): exits {e} vs simulated {se}"
         assert got["batch"] == [sp.tolist(), se.tolist()], name
-        from analysis.deploy.export import decide
+        from analysis.study.plan import decide
 
         r, cuts, _ = decide(cache, preds, pl, rule)
         rt = build_runtime(m, pl, r, cuts, preds, cache.manifest["pooling"])
         tp, te = rt(x)
         assert te.tolist() == se.tolist() and tp.tolist() == sp.tolist(), name
+    own = json.loads((pkgs["own thresholds"] / "plan.json").read_text())["rule"]
+    assert own["thresholds"][:2] == pytest.approx(list(pls["own thresholds"].thresholds[:2]))
+    assert own["thresholds"][:2] != pytest.approx(list(rule.thresholds[:2]))
     plan = json.loads((pkgs["jump and gate"] / "plan.json").read_text())
     assert plan["rule"]["thresholds"][-1] is None and plan["jump"]["file"] == "jump.onnx"
     assert plan["input"]["normalise"] == {"scale": pytest.approx(1 / 255), "mean": [pytest.approx(0.3)],
