@@ -287,5 +287,14 @@ if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
 
 
+def run_or_steps(a) -> None:
+    """``--run DIR`` or the step-by-step outputs (``--checkpoint``, ``--cache``, ``--predictors``, ``--placement``,
+    ``--thresholds``), never both (``validate``, ``export``)."""
+    steps = [o for o, v in (("--checkpoint", a.checkpoint), ("--cache", a.cache), ("--predictors", a.predictors),
+                            ("--placement", a.placement), ("--thresholds", a.thresholds)) if v]
+    if a.run and steps:
+        raise ValueError(f"give --run DIR or the step-by-step outputs ({', '.join(steps)}), not both")
+
+
 __all__ = ["COMMANDS", "EXPECTED_ERRORS", "POS", "POS_INT", "backend_names", "build_parser", "command", "deprecated",
-           "float_list", "main", "number_type", "percent", "version"]
+           "float_list", "main", "number_type", "percent", "run_or_steps", "version"]

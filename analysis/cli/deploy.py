@@ -1,7 +1,7 @@
 """Commands that take a study's decision off the machine: ``export`` (a torch-free ONNX package of a placement)."""
 from __future__ import annotations
 
-from .base import command
+from .base import command, run_or_steps
 
 
 def _export_args(p):
@@ -20,10 +20,7 @@ def _export_args(p):
 def _export_run(a) -> int:
     from ..deploy.files import export_files, export_run
 
-    steps = [o for o, v in (("--checkpoint", a.checkpoint), ("--cache", a.cache), ("--predictors", a.predictors),
-                            ("--placement", a.placement), ("--thresholds", a.thresholds)) if v]
-    if a.run and steps:
-        raise ValueError(f"give --run DIR or the step-by-step outputs ({', '.join(steps)}), not both")
+    run_or_steps(a)
     if a.run:
         out, plan = export_run(a.run, a.out, strategy=a.strategy)
     elif a.checkpoint and a.cache and a.placement:

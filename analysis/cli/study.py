@@ -2,7 +2,7 @@
 ``report``."""
 from __future__ import annotations
 
-from .base import POS_INT, backend_names, command
+from .base import POS_INT, backend_names, command, run_or_steps
 
 
 # ----------------------------------------------------------------------------- validate
@@ -31,10 +31,7 @@ def _validate_run(a) -> int:
     from ..study.validate_files import validate_files, validate_run
     from ..study.validate_lines import drift_line, fit_line, format_validate, pairs_line, recheck_line, validate_line
 
-    steps = [o for o, v in (("--checkpoint", a.checkpoint), ("--cache", a.cache), ("--predictors", a.predictors),
-                            ("--placement", a.placement), ("--thresholds", a.thresholds)) if v]
-    if a.run and steps:
-        raise ValueError(f"give --run DIR or the step-by-step outputs ({', '.join(steps)}), not both")
+    run_or_steps(a)
     if a.run:
         if a.out:
             raise ValueError("--out goes with the step-by-step outputs; with --run the results go to RUN/validate")

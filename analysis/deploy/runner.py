@@ -282,6 +282,11 @@ def main(argv=None) -> int:
     if not a.input:
         ap.error("run needs --input FILE.npy")
     raw = np.load(a.input, allow_pickle=False)
+    want = tuple(pkg.plan["input"]["shape"][1:])
+    if raw.ndim != 4 or tuple(raw.shape[1:]) != want or not np.isfinite(raw).all():
+        print(f"runner.py: error: {a.input} holds an array of shape {raw.shape} ({raw.dtype}); the package takes "
+              f"finite images [N, {', '.join(map(str, want))}] (uint8 raw, or float32 normalised)", file=sys.stderr)
+        return 2
     x = pkg.preprocess(raw) if raw.dtype == np.uint8 else raw.astype(np.float32)
     if a.batch:
         pred, taken = pkg.run_batch(x)

@@ -165,3 +165,18 @@ def test_costs_timed_on_the_device_become_a_measured_profile(exported, tmp_path)
     assert cm.exit_ms.tolist() == [want[("exit", k)] for k in range(3)]
     assert cm.sample_ms == pytest.approx(costs["overhead"]["sample_ms"])
     FeatureCache.open(c, verify=True)  # the new table is hashed in the manifest
+
+
+def test_the_runner_command_prints_predictions_and_refuses_a_wrong_input(exported, toy_splits, tmp_path):
+    *_, pkgs, _ = exported
+    pkg = pkgs["jump and gate"]
+    np.save(tmp_path / "x.npy", toy_splits.test.x.numpy()[:5])
+    np.save(tmp_path / "bad.npy", np.zeros((2, 3, 28, 28), np.float32))
+    cmd = [sys.executable, str(pkg / "runner.py"), str(pkg), "--input"]
+    for extra in ([], ["--graph"], ["--batch"]):
+        out = subprocess.run(cmd + [str(tmp_path / "x.npy"), *extra], capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0 and len(out.stdout.split("\n")) == 6, out.stderr
+    assert len({subprocess.run(cmd + [str(tmp_path / "x.npy"), *e], capture_output=True, text=True).stdout
+                for e in ([], ["--graph"], ["--batch"])}) == 1  # the three modes agree
+    out = subprocess.run(cmd + [str(tmp_path / "bad.npy")], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "takes finite images [N, 1, 28, 28]" in out.stderr
