@@ -12,7 +12,8 @@ exit and prediction equal the simulator's, in every runner mode. Single-graph ov
 latency - mean sum of the segments on each sample's path, timed by the runner's profile) / full's graph latency;
 the worst policy is reported. Runner vs simulator: the simulator on the imported runner costs (segments, gates and
 the runner's own overhead) against the runner's measured mean latency, worst |sim/meas - 1| over the policies.
-Timings interleave the policies and the two modes in rounds; the medians over rounds are used.
+Each round times, per policy in a shuffled order, its package's segments (one profiling round), the runner and the
+single graph on the same samples, so costs and latencies share the machine's state; the medians over rounds are used.
 """
 from __future__ import annotations
 
@@ -104,7 +105,7 @@ def study(name: str, run: Path, a, tmp: Path) -> dict:
     pls = policies(s, run)
     n_all = s["cache"].size("test")
     x = s["splits"].test.batch(torch.arange(n_all))[0].numpy()
-    pkgs, match, costs = {}, {}, []
+    pkgs, match = {}, {}
     for pol, pl in pls.items():
         d = tmp / f"{name}-{len(pkgs)}"
         export_package(s["model"], s["cache"], s["preds"], pl, s["rule"], d, splits=s["splits"], cfg=s["cfg"], name=pol)
@@ -117,38 +118,45 @@ def study(name: str, run: Path, a, tmp: Path) -> dict:
         ok = (one[:, 0] == sp) & (one[:, 1] == se) & (g[:, 0] == sp) & (g[:, 1] == se) & (bp == sp) & (be == se)
         match[pol] = float(ok.mean() * 100)
         pkgs[pol] = pkg
-        costs.append(profile(pkg, rounds=a.rounds, min_run_time=0.01))
         print(f"  {name} / {pol}: {pl.describe()}: exits and predictions match in {match[pol]:.1f} % of {n_all} test "
               f"samples (runner batch 1, batched, single graph); exits {np.bincount(se, minlength=s['cache'].num_exits)}",
               flush=True)
-    # one costs table: the segments' medians over every package's profile, each gate / jump from its own package
-    seg = {}
+    return {"s": s, "pls": pls, "pkgs": pkgs, "match": match, "x": x, "name": name, "tmp": tmp}
+
+
+def merged_costs(costs: list[dict]) -> dict:
+    """One costs file from many profiles: per segment (and gate / jump predictor) the median over them."""
+    seg: dict = {}
     for c in costs:
         for r in c["segments"]:
             seg.setdefault((r["segment"], r["k"], r.get("predictor")), []).append(r)
-    merged = dict(costs[0], segments=[dict(rs[0], ms_b1=float(np.median([r["ms_b1"] for r in rs])))
-                                      for rs in seg.values()],
-                  overhead={k: float(np.median([c["overhead"][k] for c in costs])) for k in ("sample_ms", "decision_ms")})
-    cache_copy = tmp / f"{name}-cache"
-    shutil.copytree(s["cache"].path, cache_copy)
-    cache = import_costs(cache_copy, merged, "bench")
-    preds = copy.deepcopy(s["preds"])
-    import_latency(preds, merged, "bench")
-    return {"s": s, "pls": pls, "pkgs": pkgs, "match": match, "cache": cache, "preds": preds, "costs": merged, "x": x}
+    return dict(costs[0], segments=[dict(rs[0], ms_b1=float(np.median([r["ms_b1"] for r in rs]))) for rs in seg.values()],
+                overhead={k: float(np.median([c["overhead"][k] for c in costs])) for k in ("sample_ms", "decision_ms")})
 
 
-def timing(name: str, r: dict, a) -> tuple[float, float]:
-    """Worst single-graph overhead (% of full) and worst |sim/meas - 1| of the runner, over the study's policies."""
-    s, pls, x = r["s"], r["pls"], r["x"][: a.n_time]
+def timing(r: dict, a) -> tuple[float, float]:
+    """Worst single-graph overhead (% of full) and worst |sim/meas - 1| of the runner, over the study's policies.
+    Each round times, per policy in a shuffled order, its package's segments (one profiling round), the runner and
+    the single graph on the same samples, so the costs and the latencies share the machine's state; medians over
+    rounds."""
+    s, pls, x, name = r["s"], r["pls"], r["x"][: a.n_time], r["name"]
     g = np.random.default_rng(0)
     fns = {(pol, mode): (r["pkgs"][pol].run_one if mode == "runner" else r["pkgs"][pol].graph())
            for pol in pls for mode in ("runner", "graph")}
     runs: dict = {key: [] for key in fns}
+    costs = []
     for _ in range(a.rounds):
-        for i in g.permutation(len(fns)):
-            key = list(fns)[i]
-            runs[key].append(per_sample_ms(fns[key], x).mean())
+        for pol in g.permutation(list(pls)):
+            costs.append(profile(r["pkgs"][pol], rounds=1, min_run_time=0.005, seed=len(costs)))
+            for mode in g.permutation(["runner", "graph"]):
+                runs[(pol, mode)].append(per_sample_ms(fns[(pol, mode)], x).mean())
     meas = {key: float(np.median(v)) for key, v in runs.items()}
+    merged = merged_costs(costs)
+    cache_copy = r["tmp"] / f"{name}-cache"
+    shutil.copytree(s["cache"].path, cache_copy)
+    r["cache"] = import_costs(cache_copy, merged, "bench")
+    r["preds"] = copy.deepcopy(s["preds"])
+    import_latency(r["preds"], merged, "bench")
     worst_over, worst_sim = -np.inf, 0.0  # the overhead may be negative: the graph faster than its segments
     full_graph = meas[("full", "graph")]
     for pol, pl in pls.items():
@@ -188,7 +196,7 @@ def main() -> None:
         for name, folder in studies.items():
             r = study(name, folder, a, Path(tmp))
             matches += list(r["match"].values())
-            o, e = timing(name, r, a)
+            o, e = timing(r, a)
             overs.append(o)
             sims.append(e)
     print(f"export: exits match {min(matches):.1f} % ({len(matches)} policies), single-graph overhead "
