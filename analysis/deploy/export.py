@@ -88,9 +88,10 @@ def _predictor_module(pred, pooling: str, what: str) -> torch.nn.Module:
 
 def _normalise(splits) -> dict:
     """How raw images become the net's input: ``(x * scale - mean) / std`` per channel."""
-    d = splits.test
-    return {"scale": 1 / 255 if d.x.dtype == torch.uint8 else 1.0, "mean": d._mean.flatten().tolist(),
-            "std": d._std.flatten().tolist(), "raw_dtype": str(d.x.dtype).replace("torch.", "")}
+    x = getattr(splits.test, "x", None)  # in-memory images; image files are decoded to uint8
+    raw = "uint8" if x is None or x.dtype == torch.uint8 else str(x.dtype).replace("torch.", "")
+    return {"scale": 1 / 255 if raw == "uint8" else 1.0, "mean": [float(v) for v in splits.info.mean],
+            "std": [float(v) for v in splits.info.std], "raw_dtype": raw}
 
 
 def _write_segments(model, plan: dict, predictors: dict, tmp: Path) -> list[torch.Tensor]:
