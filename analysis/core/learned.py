@@ -67,24 +67,45 @@ def learned_inputs(cache, split: str, k: int) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- the scorer
 def make_model(seed: int = 0):
-    """A fresh scorer: standardise, then a class-balanced logistic regression."""
+    """A fresh scorer: standardise, then a class-balanced logistic regression whose L2 strength is chosen by an inner
+    3-fold cross-validation on ROC AUC (C in 1e-4..1): with hundreds of pooled features and a thousand calib samples
+    an unregularised fit ranked worse than the entropy it is given (demo exit 0: AUC 0.785 at C=1, 0.904 chosen,
+    entropy alone 0.919)."""
+    from sklearn.linear_model import LogisticRegressionCV
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    return make_pipeline(StandardScaler(), LogisticRegressionCV(Cs=[1e-4, 1e-3, 1e-2, 1e-1, 1.0], cv=3,
+                                                                scoring="roc_auc", class_weight="balanced",
+                                                                max_iter=2000, random_state=seed))
+
+
+def fit_scorer(x: np.ndarray, y: np.ndarray, seed: int = 0):
+    """One side exit's scorer fitted on ``x`` ``[N, D]``, ``y`` ``[N]`` (a model, or the constant probability when
+    ``y`` holds one class only); score it with :func:`score_with`."""
+    if len(np.unique(y)) < 2:
+        return float(y[0]) if len(y) else 0.5
+    if np.bincount(np.asarray(y, dtype=int)).min() < 3:  # too few of one class for the inner 3-fold choice of C
+        return make_pipeline_fixed(seed).fit(x, y)
+    import warnings
+
+    with warnings.catch_warnings():  # scikit-learn's notes on LogisticRegressionCV's coming defaults
+        warnings.simplefilter("ignore", FutureWarning)
+        return make_model(seed).fit(x, y)
+
+
+def make_pipeline_fixed(seed: int = 0):
+    """The scorer with a fixed L2 strength (C = 0.01), for a target too unbalanced to choose C by cross-validation."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    return make_pipeline(StandardScaler(), LogisticRegression(class_weight="balanced", max_iter=1000,
+    return make_pipeline(StandardScaler(), LogisticRegression(C=0.01, class_weight="balanced", max_iter=2000,
                                                               random_state=seed))
 
 
-def _fit(x: np.ndarray, y: np.ndarray, seed: int):
-    """A fitted model, or the constant probability when ``y`` holds one class only."""
-    if len(np.unique(y)) < 2:
-        return float(y[0]) if len(y) else 0.5
-    return make_model(seed).fit(x, y)
-
-
-def _predict(model, x: np.ndarray) -> np.ndarray:
-    """``[N]`` P(y=1) in [0, 1]."""
+def score_with(model, x: np.ndarray) -> np.ndarray:
+    """``[N]`` P(y=1) in [0, 1] of a :func:`fit_scorer` model."""
     if isinstance(model, float):
         return np.full(len(x), model)
     return model.predict_proba(x)[:, 1]
@@ -118,7 +139,7 @@ class LearnedScorer:
         its sample)."""
         if split == "calib":
             return self.oof_.copy()
-        return np.stack([_predict(m, learned_inputs(cache, split, k)) for k, m in enumerate(self.models_)], 1)
+        return np.stack([score_with(m, learned_inputs(cache, split, k)) for k, m in enumerate(self.models_)], 1)
 
 
 def fit_learned(cache, *, folds: int = 5, seed: int = 0) -> LearnedScorer:
@@ -133,8 +154,8 @@ def fit_learned(cache, *, folds: int = 5, seed: int = 0) -> LearnedScorer:
     for k in range(k1):
         x = learned_inputs(cache, "calib", k)
         for tr, te in split:
-            oof[te, k] = _predict(_fit(x[tr], y[tr, k], seed), x[te])
-        models.append(_fit(x, y[:, k], seed))
+            oof[te, k] = score_with(fit_scorer(x[tr], y[tr, k], seed), x[te])
+        models.append(fit_scorer(x, y[:, k], seed))
     return LearnedScorer(models, oof, folds, seed)
 
 
@@ -225,6 +246,6 @@ def tune_learned_cuts(scores_calib, logits, labels, costs: CostModel, scorer_ms,
     return cuts
 
 
-__all__ = ["LearnedScorer", "cut_candidates_learned", "fit_learned", "learned_exits", "learned_folds",
-           "learned_inputs", "learned_targets", "make_model", "simulate_learned", "targets_from_correct",
+__all__ = ["LearnedScorer", "cut_candidates_learned", "fit_learned", "fit_scorer", "learned_exits", "learned_folds",
+           "learned_inputs", "learned_targets", "make_model", "score_with", "simulate_learned", "targets_from_correct",
            "tune_learned_cuts"]

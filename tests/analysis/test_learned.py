@@ -76,6 +76,7 @@ def test_inputs_shape(synth_cache):
         learned_inputs(synth_cache, "calib", synth_cache.num_exits - 1)
 
 
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # scikit-learn's notes on LogisticRegressionCV's coming defaults
 def test_calib_scores_are_out_of_fold(synth_cache):
     from sklearn.model_selection import KFold
 
@@ -141,7 +142,7 @@ def test_refusals():
 
 
 def test_single_class_fold_scores_constant():
-    from analysis.core.learned import _fit, _predict
+    from analysis.core.learned import fit_scorer, score_with
 
-    m = _fit(np.random.default_rng(0).normal(size=(5, 3)), np.ones(5, bool), 0)
-    np.testing.assert_array_equal(_predict(m, np.zeros((4, 3))), np.ones(4))
+    m = fit_scorer(np.random.default_rng(0).normal(size=(5, 3)), np.ones(5, bool), 0)
+    np.testing.assert_array_equal(score_with(m, np.zeros((4, 3))), np.ones(4))
