@@ -206,6 +206,38 @@ def simulate_learned(scores, cuts, logits, labels, costs: CostModel, scorer_ms, 
     return path_outcome(name, costs, ex, entered, correct, gate_ms=gate)
 
 
+# ----------------------------------------------------------------------------- the runtime's form
+def leave_callable(model, cut: float, pooling: str, feature_dtype: str = "float16"):
+    """Side exit k's learned decision as the real runtime calls it (:class:`branchy.runtime.EarlyExitRuntime`,
+    ``leave``): ``(h, [logits of exits 0..k]) -> bool [B]``: the activation pooled as the cache pooled it (rounded to
+    the cache's feature dtype, as the scores were computed from it), max-probability and entropy of each exit so
+    far (float64), standardised, the logistic score, ``>= cut``. ``model``: a :func:`fit_scorer` model."""
+    import torch
+
+    from branchy.exits import confidence_torch
+    from branchy.models import parse_pooling, pool_features
+
+    s, dt = parse_pooling(pooling), getattr(torch, str(feature_dtype))
+    if isinstance(model, float):
+        return lambda h, zs: torch.full((len(h),), model >= cut)
+    scaler, lr = model[0], model[-1]
+    mean, scale = torch.as_tensor(scaler.mean_), torch.as_tensor(scaler.scale_)
+    w, b = torch.as_tensor(np.asarray(lr.coef_, dtype=np.float64)[0]), float(np.asarray(lr.intercept_).ravel()[0])
+
+    def leave(h, zs):
+        f = pool_features(h, s).to(dt).double()
+        conf = [confidence_torch(z, m) for m in ("max_prob", "entropy") for z in zs]
+        x = torch.cat([f, torch.stack(conf, 1)], 1)
+        return torch.sigmoid(((x - mean) / scale) @ w + b) >= cut
+    return leave
+
+
+def leave_callables(scorer: "LearnedScorer", cuts, pooling: str, feature_dtype: str = "float16") -> dict:
+    """``{k: leave_callable}`` for every side exit: the runtime's ``leave`` argument."""
+    return {k: leave_callable(m, float(c), pooling, feature_dtype) for k, (m, c) in enumerate(zip(scorer.models_,
+                                                                                               cuts))}
+
+
 # ----------------------------------------------------------------------------- cuts
 def cut_candidates_learned(scores: np.ndarray, n_cuts: int = 16) -> np.ndarray:
     """``+inf`` (never leave here) and ``n_cuts`` quantiles of one exit's scores (ascending, unique)."""
@@ -247,5 +279,5 @@ def tune_learned_cuts(scores_calib, logits, labels, costs: CostModel, scorer_ms,
 
 
 __all__ = ["LearnedScorer", "cut_candidates_learned", "fit_learned", "fit_scorer", "learned_exits", "learned_folds",
-           "learned_inputs", "learned_targets", "make_model", "score_with", "simulate_learned", "targets_from_correct",
-           "tune_learned_cuts"]
+           "learned_inputs", "learned_targets", "leave_callable", "leave_callables", "make_model", "score_with",
+           "simulate_learned", "targets_from_correct", "tune_learned_cuts"]

@@ -22,12 +22,13 @@ class EarlyExitRuntime:
     ``thresholds`` may be an :class:`~branchy.exits.ExitRule` (its measure is then used). ``backend``:
     ``eager``, ``compiled`` or ``onnxruntime`` (:mod:`branchy.runtime.backends`). ``jump = (at, callable)``: an
     exit predictor after stage ``at`` names a target exit per row; the side exits from ``at`` up to it are
-    skipped, the cascade goes on from the target."""
+    skipped, the cascade goes on from the target. ``leave[k]`` (every kept side exit, no gates or jump): a learned exit
+    decision ``(h, [logits of the kept exits run so far]) -> bool [B]`` replaces the confidence rule."""
 
     def __init__(self, model: BranchyNet, thresholds, *, measure: str = "entropy",
                  kept: Sequence[bool] | None = None, gates: dict[int, Gate] | None = None,
                  buffer: bool = True, backend: str = "eager", segments: tuple | None = None,
-                 jump: Gate | None = None) -> None:
+                 jump: Gate | None = None, leave: dict[int, Callable] | None = None) -> None:
         k = model.num_exits
         from ..exits import ExitRule
 
@@ -50,6 +51,11 @@ class EarlyExitRuntime:
         self.jump = jump  # (stage, callable h -> target exit [B]): skip side exits at..target-1
         if jump is not None and not 0 <= jump[0] < k:
             raise ValueError(f"jump predictor after stage {jump[0]}: stages are 0..{k - 1}")
+        self.leave = dict(leave or {})  # side exit -> (h, logits of exits 0..k) -> bool [B]: a learned exit decision
+        if self.leave and (self.gates or jump is not None or model.chained or set(self.leave) != {
+                e for e in range(k - 1) if self.kept[e]}):
+            raise ValueError("a learned exit decision (leave) takes every kept side exit, without gates, jump or "
+                             "chained exits")
         from .backends import prepare
 
         # stages and heads prepared once on the backend (``segments`` shares them between runtimes)
@@ -72,6 +78,8 @@ class EarlyExitRuntime:
 
     def _one(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Batch 1, lean: no row bookkeeping, one Python decision per exit entered."""
+        if self.leave:
+            return self._learned(x)
         plan, last = self._plan, len(self._plan) - 1
         h = x
         enter: dict[int, bool] = {}
@@ -94,6 +102,29 @@ class EarlyExitRuntime:
                 return z.argmax(1), torch.tensor([s])
         raise AssertionError("unreachable: the final exit always answers")
 
+    def _learned(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The learned exit decision on a batch: at each kept side exit every remaining row runs the head, then
+        its scorer (``leave[k](h, logits so far)``); rows it lets go answer there, the rest go on."""
+        k, b = self.model.num_exits, x.shape[0]
+        pred = torch.empty(b, dtype=torch.long)
+        taken = torch.empty(b, dtype=torch.long)
+        rows, h, zs = torch.arange(b), x, []
+        for s in range(k):
+            h = self._stages[s](h)
+            if s == k - 1:
+                pred[rows], taken[rows] = self._heads[s](h).argmax(1), s
+                break
+            if not self.kept[s]:
+                continue
+            z = self._heads[s](h.clone() if self.buffer else h)
+            zs.append(z)
+            go = self.leave[s](h, zs).bool()
+            pred[rows[go]], taken[rows[go]] = z[go].argmax(1), s
+            if go.all():
+                break
+            rows, h, zs = rows[~go], h[~go], [zz[~go] for zz in zs]
+        return pred, taken
+
     @property
     def _plan(self):
         """Per stage, prepared once: the stage, its exit head, the gates placed after it, kept, T, direction."""
@@ -106,6 +137,8 @@ class EarlyExitRuntime:
         return self._plan_cache
 
     def _batched(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.leave:
+            return self._learned(x)
         k = self.model.num_exits
         b = x.shape[0]
         pred = torch.empty(b, dtype=torch.long, device=x.device)

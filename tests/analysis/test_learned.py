@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from analysis.core.costs import CostModel
-from analysis.core.learned import (fit_learned, learned_inputs, learned_targets, make_model, simulate_learned,
-                                   tune_learned_cuts)
+from analysis.core.learned import (fit_learned, learned_exits, learned_inputs, learned_targets, make_model,
+                                   simulate_learned, tune_learned_cuts)
 from analysis.core.simulate import simulate_full
 
 
@@ -146,3 +146,35 @@ def test_single_class_fold_scores_constant():
 
     m = fit_scorer(np.random.default_rng(0).normal(size=(5, 3)), np.ones(5, bool), 0)
     np.testing.assert_array_equal(score_with(m, np.zeros((4, 3))), np.ones(4))
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning", "ignore::RuntimeWarning")
+def test_the_real_runtime_takes_the_simulators_exits_for_the_learned_policy(toy_splits, tmp_path):
+    """The learned decision as the runtime runs it (pooling, confidences, scaler, logistic score, cut) leaves at the
+    exit the simulator says for every test sample, at batch 1 and on a batch."""
+    import torch
+
+    from analysis.core.learned import leave_callables
+    from branchy.cache import dump
+    from branchy.models import build_model
+    from branchy.runtime import EarlyExitRuntime
+
+    torch.manual_seed(0)
+    m = build_model("b-lenet", exits=(0, 1), num_classes=4).eval()
+    cache = dump(m, toy_splits, tmp_path / "c", progress=False, profile_time=0.01, pooling="grid:2")
+    sc = fit_learned(cache, folds=3)
+    test = sc.scores(cache, "test")
+    cuts = np.median(test, 0)  # a cut that sends samples every way
+    want = learned_exits(test, cuts)
+    assert len(set(want.tolist())) == 3, want
+    rt = EarlyExitRuntime(m, (np.inf, np.inf, np.inf),
+                          leave=leave_callables(sc, cuts, cache.manifest["pooling"], cache.manifest["feature_dtype"]))
+    x, _ = toy_splits.test.batch(torch.arange(cache.size("test")))
+    one = torch.cat([rt(x[i:i + 1])[1] for i in range(len(x))]).numpy()
+    assert (one == want).all(), (one, want)
+    pred, batched = rt(x)
+    assert (batched.numpy() == want).all()
+    z = np.asarray(cache.logits("test"))
+    assert (pred.numpy() == z[np.arange(len(z)), want].argmax(-1)).all()
+    with pytest.raises(ValueError, match="every kept side exit"):
+        EarlyExitRuntime(m, (np.inf, np.inf, np.inf), leave={0: lambda h, zs: None})
