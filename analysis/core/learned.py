@@ -206,6 +206,35 @@ def simulate_learned(scores, cuts, logits, labels, costs: CostModel, scorer_ms, 
     return path_outcome(name, costs, ex, entered, correct, gate_ms=gate)
 
 
+# ----------------------------------------------------------------------------- risk control
+LAMBDAS = np.linspace(1.0, 0.0, 41)  # the shared cut, safest first: a cut of 1 leaves (almost) nowhere
+
+
+def risk_controlled_cut(scores, logits, labels, costs: CostModel, scorer_ms, *, eps_pts: float, delta: float = 0.1,
+                        method: str = "ltt", lambdas=LAMBDAS) -> tuple[float | None, object]:
+    """The shared cut λ (leave at side exit k when ``score_k >= λ``, every k) certified on samples the scorers were
+    not fitted on: the cheapest λ of ``lambdas`` (safest first) whose paired loss against ``full`` (full right,
+    learned wrong) is certified within ``eps_pts`` accuracy points, by fixed-sequence Learn-then-Test
+    (``method="ltt"``: the population risk exceeds eps with probability <= ``delta``) or conformal risk control
+    (``"crc"``: the expected loss <= eps; ``delta`` unused). Returns ``(λ or None when nothing is certified: run
+    full, the selection result)``; costs are mean ms on these samples."""
+    from .crc import crc_select
+    from .risk import ltt_select
+
+    if method not in ("ltt", "crc"):
+        raise ValueError(f"method must be 'ltt' or 'crc', got {method!r}")
+    z, y = np.asarray(logits), np.asarray(labels)
+    k = z.shape[1]
+    full_right = z[:, -1].argmax(-1) == y
+    loss, ms = np.empty((len(lambdas), len(y))), np.empty(len(lambdas))
+    for j, lam in enumerate(lambdas):
+        o = simulate_learned(scores, np.full(k - 1, float(lam)), z, y, costs, scorer_ms)
+        loss[j], ms[j] = full_right & ~o.correct, o.latency_ms.mean()
+    res = (ltt_select(loss, ms, eps_pts / 100, delta) if method == "ltt"
+           else crc_select(loss, ms, eps_pts / 100, monotonize=True))
+    return (None if res.index is None else float(lambdas[res.index])), res
+
+
 # ----------------------------------------------------------------------------- the runtime's form
 def leave_callable(model, cut: float, pooling: str, feature_dtype: str = "float16"):
     """Side exit k's learned decision as the real runtime calls it (:class:`branchy.runtime.EarlyExitRuntime`,
@@ -278,6 +307,6 @@ def tune_learned_cuts(scores_calib, logits, labels, costs: CostModel, scorer_ms,
     return cuts
 
 
-__all__ = ["LearnedScorer", "cut_candidates_learned", "fit_learned", "fit_scorer", "learned_exits", "learned_folds",
-           "learned_inputs", "learned_targets", "leave_callable", "leave_callables", "make_model", "score_with",
-           "simulate_learned", "targets_from_correct", "tune_learned_cuts"]
+__all__ = ["LAMBDAS", "LearnedScorer", "cut_candidates_learned", "fit_learned", "fit_scorer", "learned_exits", "learned_folds",
+           "learned_inputs", "learned_targets", "leave_callable", "leave_callables", "make_model", "risk_controlled_cut",
+           "score_with", "simulate_learned", "targets_from_correct", "tune_learned_cuts"]

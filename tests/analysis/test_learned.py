@@ -178,3 +178,26 @@ def test_the_real_runtime_takes_the_simulators_exits_for_the_learned_policy(toy_
     assert (pred.numpy() == z[np.arange(len(z)), want].argmax(-1)).all()
     with pytest.raises(ValueError, match="every kept side exit"):
         EarlyExitRuntime(m, (np.inf, np.inf, np.inf), leave={0: lambda h, zs: None})
+
+
+def test_the_risk_controlled_cut_is_the_cheapest_certified_one(synth_cache):
+    """LTT's and CRC's shared cut against their selections redone by hand on the same loss matrix."""
+    from analysis.core.costs import CostModel
+    from analysis.core.crc import crc_select
+    from analysis.core.learned import LAMBDAS, risk_controlled_cut
+    from analysis.core.risk import ltt_select
+
+    sc = fit_learned(synth_cache, folds=3).scores(synth_cache, "calib")
+    z, y = np.asarray(synth_cache.logits("calib")), synth_cache.labels("calib")
+    costs = CostModel.from_cache(synth_cache, "measured")
+    full_right = z[:, -1].argmax(-1) == y
+    loss = np.array([full_right & ~simulate_learned(sc, np.full(2, lam), z, y, costs, 0.01).correct for lam in LAMBDAS])
+    ms = np.array([simulate_learned(sc, np.full(2, lam), z, y, costs, 0.01).latency_ms.mean() for lam in LAMBDAS])
+    for method, want in (("ltt", ltt_select(loss, ms, 0.02, 0.1).index), ("crc", crc_select(loss, ms, 0.02,
+                                                                                             monotonize=True).index)):
+        lam, res = risk_controlled_cut(sc, z, y, costs, 0.01, eps_pts=2.0, delta=0.1, method=method)
+        assert res.index == want and (lam is None) == (want is None)
+        if want is not None:
+            assert lam == LAMBDAS[want] and lam < 1.0  # something certified beyond the safest cut
+    with pytest.raises(ValueError, match="method must be 'ltt' or 'crc'"):
+        risk_controlled_cut(sc, z, y, costs, 0.01, eps_pts=2.0, method="naive")
