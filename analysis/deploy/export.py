@@ -7,17 +7,16 @@ normalisation, the exit rule, kept exits, gates with positions and cuts, the jum
 the toolkit's version) and ``runner.py`` (numpy + onnxruntime: :mod:`analysis.deploy.runner`)."""
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
-import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from branchy.cache import file_sha256
 from branchy.exits import confidence_torch
-from branchy.runtime import example_inputs
+from branchy.runtime import example_inputs, onnx_model
 from placement import Placement
 
 from ..core.evidence import Evidence
@@ -49,11 +48,7 @@ def _onnx(mod: torch.nn.Module, example: torch.Tensor, path: Path, outputs: list
     """``mod`` exported with a dynamic batch dimension, input named ``x`` and outputs ``outputs``."""
     import onnx
 
-    batch = torch.export.Dim("batch", min=1, max=65536)
-    with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
-        warnings.simplefilter("ignore")
-        prog = torch.onnx.export(mod.eval(), (example,), dynamo=True, dynamic_shapes=({0: batch},), verbose=False)
-    m = prog.model_proto
+    m = onnx_model(mod, example)
     rename = {m.graph.input[0].name: "x", **{o.name: n for o, n in zip(m.graph.output, outputs)}}
     for v in list(m.graph.input) + list(m.graph.output):
         v.name = rename.get(v.name, v.name)
@@ -144,7 +139,7 @@ def export_package(model, cache, predictors: dict, placement: Placement, rule, o
                 "heads": [f"exit_{i}.onnx" for i in range(len(xs) - 1)]}
         plan["graph"] = build_graph(plan, tmp)
         shutil.copyfile(runner_module.__file__, tmp / "runner.py")
-        plan["files"] = {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in sorted(tmp.iterdir())}
+        plan["files"] = {f.name: file_sha256(f) for f in sorted(tmp.iterdir())}
         (tmp / "plan.json").write_text(json.dumps(plan, indent=1, allow_nan=False))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)  # nothing half-written is left that looks like a package

@@ -31,7 +31,7 @@ class PackageError(ValueError):
     """A package that is not complete, not this format's version, or whose files differ from their hashes."""
 
 
-def _sha256(path: Path) -> str:
+def _sha256(path: Path) -> str:  # branchy.cache.file_sha256's twin: this file runs where branchy is not installed
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):

@@ -6,8 +6,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
 
 from branchy.core import atomic_write
 
@@ -15,7 +13,7 @@ from ..core.policies import is_operating_point
 from ..core.stats import headline_frame
 from ..present import plots
 from ..present.html import figure, render, table
-from .report_cards import cards
+from .report_cards import accuracy_slack, cards, fastest_keeping
 from .result import StudyResult
 
 __all__ = ["gate_curve_figure", "write_report"]
@@ -93,25 +91,17 @@ def _references(result: StudyResult) -> list[dict]:
             _ul(refs.verdict), _html(table(refs[[c for c in _REF_COLS if c in refs]].rename(columns=_REF_COLS)))]
 
 
-def _fastest_keeping(d: pd.DataFrame, eps_pts: float) -> int | None:
-    """Position in ``d`` (one profile's summary) of the fastest operating point within ``eps_pts`` of full."""
-    full = d[d.policy == "full"]
-    ok = d.policy.map(is_operating_point) & (d["accuracy_%"] >= (full["accuracy_%"].iloc[0] - eps_pts
-                                                                if len(full) else -np.inf))
-    return int(np.argmin(np.where(ok, d.mean_ms, np.inf))) if ok.any() else None
-
-
 def _headline(result: StudyResult) -> list[dict]:
     """The headline table per profile (best row: the fastest operating point within the constraint of full), and
     whether the backend changes the conclusion."""
     summary = result.simulation["summary"]
-    eps = getattr(getattr(result.config, "placement", None), "max_acc_drop", None) or 0.5
+    eps = accuracy_slack(result.config)
     s = [_p(f"Test split. Latency in ms per sample at batch 1; speed-up over full; MACs per sample (FLOPs = 2 x "
             f"MACs); 95 % bootstrap intervals. Marked: the fastest calibrated policy within {eps:g} accuracy points "
             f"of full.")]
     for prof in summary.profile.unique():
         d = summary[summary.profile == prof].reset_index(drop=True)
-        s += [_h3(str(prof)), _html(table(headline_frame(d), best=_fastest_keeping(d, eps)))]
+        s += [_h3(str(prof)), _html(table(headline_frame(d), best=fastest_keeping(d, eps)))]
     measured = [p for p in summary.profile.unique() if str(p).startswith("measured")]
     verdict = {}
     for p in measured:

@@ -9,7 +9,7 @@ import pandas as pd
 from ..core.policies import is_operating_point
 from .verdict import card
 
-__all__ = ["cards"]
+__all__ = ["accuracy_slack", "cards", "fastest_keeping"]
 
 
 def _ci(v: float, lo: float, hi: float, fmt: str) -> str:
@@ -35,17 +35,34 @@ def _present(c: dict) -> dict:
             "sentences": sentences + c["sentences"]}
 
 
+def accuracy_slack(config) -> float:
+    """The accuracy points a policy may lose against ``full`` and still count as keeping it: the study's placement
+    constraint (``max_acc_drop``), 0.5 where the study has none (a latency budget)."""
+    drop = getattr(getattr(config, "placement", None), "max_acc_drop", None)
+    return 0.5 if drop is None else float(drop)
+
+
+def fastest_keeping(d: pd.DataFrame, eps_pts: float) -> int | None:
+    """Position in ``d`` (one profile's summary) of the fastest calibrated policy within ``eps_pts`` accuracy points of
+    ``full`` (any calibrated policy where ``d`` has no ``full`` row), or None."""
+    full = d[d.policy == "full"]
+    floor = full["accuracy_%"].iloc[0] - eps_pts if len(full) else -np.inf
+    ok = (d.policy.map(is_operating_point) & (d["accuracy_%"] >= floor)).to_numpy()
+    return int(np.argmin(np.where(ok, d.mean_ms, np.inf))) if ok.any() else None
+
+
 def _from_summary(summary: pd.DataFrame, eps_pts: float) -> list[dict]:
     """Cards from the headline alone (a study without references): the fastest calibrated policy within ``eps_pts``
     of full's accuracy; nothing is said about predictors beyond the table."""
     out = []
     for prof, d in summary.groupby("profile", sort=False):
+        d = d.reset_index(drop=True)
         full = d[d.policy == "full"]
         if not len(full):
             continue
         f = full.iloc[0]
-        ok = d[d.policy.map(is_operating_point) & (d["accuracy_%"] >= f["accuracy_%"] - eps_pts)]
-        b = ok.sort_values("mean_ms").iloc[0] if len(ok) else f
+        pos = fastest_keeping(d, eps_pts)
+        b = d.iloc[pos] if pos is not None else f
         row = {"profile": prof, "best_placement": b.policy, "full_placement": "full", "best_rule": "",
                "best_ms": b.mean_ms, "full_ms": f.mean_ms, "best_vs_full": b.mean_ms / f.mean_ms,
                "best_vs_full_acc_pts": b["accuracy_%"] - f["accuracy_%"]}
@@ -61,6 +78,5 @@ def cards(result) -> list[dict]:
     if refs is not None and len(refs):
         raw = [card(r) for r in refs.to_dict("records")]
     else:
-        eps = getattr(getattr(result.config, "placement", None), "max_acc_drop", None) or 0.5
-        raw = _from_summary(result.simulation["summary"], eps)
+        raw = _from_summary(result.simulation["summary"], accuracy_slack(result.config))
     return [_present(c) for c in raw]

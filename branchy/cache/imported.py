@@ -15,7 +15,7 @@ from .files import file_entry
 from .reader import MANIFEST, FeatureCache
 from .writer import recover_target, target_lock
 
-__all__ = ["import_costs"]
+__all__ = ["commit_costs_table", "import_costs"]
 
 _SEGMENTS = ("stage", "exit", "buffer")
 _RESERVED = {"eager", "compiled", "onnxruntime"}
@@ -84,14 +84,25 @@ def import_costs(path: str | os.PathLike, costs: str | os.PathLike | dict, name:
         recover_target(p)
         m = FeatureCache.open(p).manifest
         file = f"costs_{name}.csv"
-        new = p / (file + ".new")
-        table.to_csv(new, index=False)
-        entry = file_entry(new) if m.get("schema_version", 1) >= 2 else new.stat().st_size  # schema 1: sizes only
-        m["files"] = dict(m["files"], **{file: entry})
         meta = {k: d.get(k) for k in ("package", "machine", "processor", "system", "onnxruntime", "measured_at")}
         m["backends"] = dict(m.get("backends") or {}, **{name: {
             "costs": file, "threads": d.get("threads"), "device": d.get("machine", "device"), "imported": meta,
             "overhead": {k: float((d.get("overhead") or {}).get(k, 0.0)) for k in ("sample_ms", "decision_ms")}}})
-        atomic_write(p / MANIFEST, json.dumps(json_safe(m), indent=2, allow_nan=False))
-        os.replace(new, p / file)
+        commit_costs_table(p, m, file, table)
     return FeatureCache.open(p)
+
+
+def commit_costs_table(p: Path, m: dict, file: str, table: pd.DataFrame, mark=None) -> None:
+    """Write cost table ``file`` into the cache at ``p`` crash-safely (under its write lock): ``file.new``, then the
+    manifest ``m`` recording it (its size and, from schema 2, SHA-256: the commit point), then the rename; a kill
+    in between is completed by the next writer. ``mark(step)``: called after each step (crash tests)."""
+    new = p / (file + ".new")
+    table.to_csv(new, index=False)
+    entry = file_entry(new) if m.get("schema_version", 1) >= 2 else new.stat().st_size  # schema 1: sizes only
+    m["files"] = dict(m["files"], **{file: entry})
+    if mark:
+        mark("new-written")
+    atomic_write(p / MANIFEST, json.dumps(json_safe(m), indent=2, allow_nan=False))
+    if mark:
+        mark("manifest-replaced")
+    os.replace(new, p / file)

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import torch
 
-from ..core import atomic_write, json_safe, point, resolve_device
+from ..core import point, resolve_device
 from ..runtime import in_context_costs, machine_state, profile_segments, runtime_overhead, sample_inputs
 from ..train import load_checkpoint
-from .files import file_entry
-from .reader import MANIFEST, FeatureCache
+from .imported import commit_costs_table
+from .reader import FeatureCache
 from .writer import recover_target, sibling_path, target_lock
 
 
@@ -81,20 +81,13 @@ def _reprofile(p: Path, model, *, threads: int | None, rounds: int, batch_size: 
         old = m if backend == "eager" else (m.get("backends") or {}).get(backend, {})
         (hist / f"timing_{backend}_{stamp}.json").write_text(json.dumps(
             {k: old.get(k) for k in ("timing", "threads", "device", "overhead", "in_context")}, indent=2, default=str))
-    new = p / (name + ".new")
-    costs.to_csv(new, index=False)
-    entry = file_entry(new) if _hashed(m) else new.stat().st_size
-    m["files"] = dict(m["files"], **{name: entry})
     record = {"threads": torch.get_num_threads(), "device": str(dev), "timing": timing, "overhead": overhead,
               "in_context": in_context, "profiled": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     if backend == "eager":
         m.update(record)
     else:
         m["backends"] = dict(m.get("backends") or {}, **{backend: {"costs": name, **record}})
-    point("reprofile:new-written")
-    atomic_write(p / MANIFEST, json.dumps(json_safe(m), indent=2, allow_nan=False))  # the commit point: from here the manifest describes NAME.new
-    point("reprofile:manifest-replaced")
-    os.replace(new, p / name)
+    commit_costs_table(p, m, name, costs, mark=lambda step: point(f"reprofile:{step}"))
     return FeatureCache.open(p)
 
 
@@ -108,11 +101,6 @@ def _test_images(manifest: dict, n: int = 8):
         return sample_inputs(DataConfig(name).load(), n) if name else None
     except Exception:  # noqa: BLE001 - a dataset that needs a download or a root: random images do
         return None
-
-
-def _hashed(manifest: dict) -> bool:
-    """Whether the cache records SHA-256 hashes (schema 2 and on)."""
-    return manifest.get("schema_version", 1) >= 2
 
 
 __all__ = ["reprofile"]

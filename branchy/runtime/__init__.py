@@ -6,7 +6,7 @@ from ..core import lazy_exports
 __all__, __getattr__, __dir__ = lazy_exports(__name__, {
     "EarlyExitRuntime": "engine",
     "BACKENDS": "backends", "compile_module": "backends", "example_inputs": "backends", "list_backends": "backends",
-    "prepare": "backends",
+    "onnx_model": "backends", "prepare": "backends",
     "DRIFT_LIMIT": "timing", "busy_cores": "timing", "drift": "timing", "interleaved_times": "timing",
     "machine_state": "timing", "robust_summary": "timing",
     "COST_COLUMNS": "profile", "count_macs": "profile", "exit_with_confidence": "profile", "overhead_fns": "profile",

@@ -87,14 +87,24 @@ def _compiled(model, *, threads: int):
     return stages, heads
 
 
+def onnx_model(mod, x: torch.Tensor):
+    """``mod`` (input like ``x``) as an ONNX ``ModelProto`` from torch's dynamo exporter, its batch dimension
+    dynamic (needs ``onnxscript``); the exporter's warnings silenced."""
+    import warnings
+
+    batch = torch.export.Dim("batch", min=1, max=65536)
+    with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
+        warnings.simplefilter("ignore")
+        return torch.onnx.export(mod.eval(), (x,), dynamo=True, dynamic_shapes=({0: batch},),
+                                 verbose=False).model_proto
+
+
 def _onnx_session(mod, x: torch.Tensor, threads: int) -> Segment:
     try:
         import onnxruntime as ort
     except ImportError as e:  # pragma: no cover - installed with the project
         raise SetupError("the onnxruntime backend needs the packages onnxruntime and onnxscript "
                            "(pip install onnxruntime onnxscript)") from e
-    import warnings
-
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = int(threads)
     opts.inter_op_num_threads = 1
@@ -103,11 +113,7 @@ def _onnx_session(mod, x: torch.Tensor, threads: int) -> Segment:
     # same cores (a gated policy ran 15x slower on 2 cores with spinning on)
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
-    batch = torch.export.Dim("batch", min=1, max=65536)
-    with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
-        warnings.simplefilter("ignore")
-        prog = torch.onnx.export(mod, (x,), dynamo=True, dynamic_shapes=({0: batch},), verbose=False)
-    sess = ort.InferenceSession(prog.model_proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(onnx_model(mod, x).SerializeToString(), opts, providers=["CPUExecutionProvider"])
     name = sess.get_inputs()[0].name
 
     def run(h: torch.Tensor) -> torch.Tensor:
@@ -124,4 +130,4 @@ def _onnxruntime(model, *, threads: int):
     return stages, heads
 
 
-__all__ = ["BACKENDS", "Segment", "compile_module", "example_inputs", "list_backends", "prepare"]
+__all__ = ["BACKENDS", "Segment", "compile_module", "example_inputs", "list_backends", "onnx_model", "prepare"]
