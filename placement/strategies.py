@@ -13,7 +13,7 @@ from branchy.core import Registry
 from .evaluator import Evaluator
 from .placement import Gate, Placement
 from .selection import Constraint
-from .space import SearchSpace
+from .space import SearchSpace, learned_placements
 
 __all__ = ["EXHAUSTIVE_LIMIT", "STRATEGIES", "SearchContext", "all_structures", "list_strategies", "make_placement"]
 
@@ -33,10 +33,14 @@ class SearchContext:
         return min(rows, key=lambda r: self.constraint.key(r, self.full_acc))
 
 
-def make_placement(space: SearchSpace, choice: list, jump: Gate | None = None, thresholds=None) -> Placement:
+def make_placement(space: SearchSpace, choice: list, jump=None, thresholds=None) -> Placement:
+    """``choice[k]``: False (removed), None (open) or a gate, per side exit; ``jump``: None, a jump predictor's
+    gate, or ``(gate, "leave")`` for jump-and-leave (:meth:`SearchSpace.jump_choices`)."""
     kept = tuple(c is not False for c in choice) + (True,)
     gates = tuple(c if isinstance(c, Gate) else None for c in choice) + (None,)
-    return Placement(kept, gates, jump, None if thresholds is None else tuple(thresholds))
+    leave = isinstance(jump, tuple) and not isinstance(jump, Gate)
+    return Placement(kept, gates, jump[0] if leave else jump, None if thresholds is None else tuple(thresholds),
+                     jump_leave=leave)
 
 
 def _front_gate(space: SearchSpace, k: int) -> Gate | None:
@@ -88,7 +92,7 @@ def _neighbours(space: SearchSpace, cur: tuple[list, Gate | None]) -> list[tuple
                 c = list(choice)
                 c[i] = opt
                 out.append((c, jump))
-    out += [(list(choice), j) for j in [None, *space.jump_options] if j != jump]
+    out += [(list(choice), j) for j in space.jump_choices() if j != jump]
     return out
 
 
@@ -154,7 +158,7 @@ def _gated_search(ctx: SearchContext, thresholds=None, starts: int = 3) -> None:
             c = [None] * (k - 1)
             c[i] = g
             singles.append((c, None))
-    singles += [([None] * (k - 1), j) for j in space.jump_options]
+    singles += [([None] * (k - 1), j) for j in space.jump_choices() if j is not None]
     if not singles:
         return
     rows = ctx.score([make_placement(space, c, j, thresholds) for c, j in singles])
@@ -174,12 +178,26 @@ def all_structures(space: SearchSpace, limit: int) -> list[tuple[list, Gate | No
                          f"(K={space.num_exits} exits, {[len(space.side_options(i)) for i in range(space.num_exits - 1)]}"
                          f" choices per side exit); use 'greedy', 'budget' or 'nsga2', or raise limit=")
     opts = [space.side_options(i) for i in range(space.num_exits - 1)]
-    return [(list(c), j) for c in itertools.product(*opts) for j in [None, *space.jump_options]]
+    return [(list(c), j) for c in itertools.product(*opts) for j in space.jump_choices()]
 
 
-@STRATEGIES.register("exhaustive", doc=f"every placement (refused above {EXHAUSTIVE_LIMIT} candidates)")
+@STRATEGIES.register("exhaustive", doc=f"every placement, learned exit decisions included (refused above "
+                                       f"{EXHAUSTIVE_LIMIT} candidates)")
 def _exhaustive(ctx: SearchContext, limit: int = EXHAUSTIVE_LIMIT) -> None:
-    ctx.score([make_placement(ctx.space, c, j) for c, j in all_structures(ctx.space, limit)])
+    ctx.score([make_placement(ctx.space, c, j) for c, j in all_structures(ctx.space, limit)]
+              + learned_placements(ctx.space))
+
+
+@STRATEGIES.register("learned", doc="a leave predictor decides at each kept side exit (learned exit policy), every "
+                                    "set of kept exits")
+def _learned(ctx: SearchContext) -> None:
+    """Every learned exit decision of the space (:func:`placement.space.learned_placements`), its cuts tuned by the
+    objective; a space without leave predictors is refused."""
+    pls = learned_placements(ctx.space)
+    if not pls:
+        raise ValueError("strategy 'learned' needs leave predictors: fit them with `branchy fit-predictors --target "
+                         "leave`")
+    ctx.score(pls)
 
 
 @STRATEGIES.register("budget", doc="structures (exhaustive when small, else greedy) x calibrated threshold settings")
@@ -193,8 +211,11 @@ def _budget(ctx: SearchContext, threshold_options=(None,), limit: int = EXHAUSTI
         structures = []
         for r in list(ctx.score.rows.values()):
             p = r["placement"]
+            if p.learned:
+                continue
             structures.append(([g if g is not None else (None if kp else False)
-                                for kp, g in zip(p.kept[:-1], p.gates[:-1])], p.jump))
+                                for kp, g in zip(p.kept[:-1], p.gates[:-1])],
+                               (p.jump, "leave") if p.jump_leave else p.jump))
     ctx.score([make_placement(ctx.space, c, j, t) for t in threshold_options for c, j in structures])
 
 

@@ -59,7 +59,9 @@ def measure_predictors(preds: list, cache, *, backend: str = "eager", rounds: in
     timed with the pooling alone in interleaved rounds (:mod:`branchy.runtime.timing`; about ``min_run_time`` s in
     all), so that a noisy moment hits every predictor alike. Per predictor name: ``ms_b1`` (median of the
     kept rounds), ``ms_b1_iqr``, ``ms_b1_spread`` (IQR / median), ``unstable``, ``rounds``, ``pool_ms``,
-    ``threads``, ``backend``. Predictors reading earlier exits' confidences are timed on their features."""
+    ``threads``, ``backend``. A leave predictor is timed as the runtime's learned decision (pooling, the confidences
+    of the exits so far, the score: :func:`predictors.deploy.leave_callable`); other predictors reading earlier
+    exits' confidences are timed on their features."""
     from branchy.models import parse_pooling, pool_features
     from branchy.runtime import interleaved_times, robust_summary
 
@@ -69,13 +71,25 @@ def measure_predictors(preds: list, cache, *, backend: str = "eager", rounds: in
     for p in preds:
         at = p.spec.at
         h, is_act = _activation(cache, at)
+        if is_act and p.spec.target == "leave":  # as the runtime runs it: pooling, confidences so far, score
+            from .deploy import leave_callable
+
+            zs = [torch.randn(1, cache.num_classes, generator=torch.Generator().manual_seed(i))
+                  for i in range(p.spec.n_conf)]
+            fn = leave_callable(p, 0.5, pooling, feature_dtype=cache.manifest.get("feature_dtype", "float32"))
+            fns[p.spec.name] = lambda fn=fn, h=h, zs=zs: fn(h, zs)
+            pools[at] = h
+            continue
         if is_act and not p.spec.with_confidences:
             ex = torch.cat([h, h]) if backend != "eager" else None
             fn = runtime_callable(p, pooling, backend=backend, example=ex)
             pools[at] = h
         else:
+            from .deploy import leave_scorer
+
             x1 = np.ascontiguousarray(p.inputs(cache, "calib" if cache.size("calib") else "test")[:1])
-            fn = (lambda x1=x1, p=p: p.raw_inputs(x1))
+            fn = (lambda x1=x1, f=leave_scorer(p): f(x1)) if p.spec.target == "leave" else \
+                (lambda x1=x1, p=p: p.raw_inputs(x1))
             h = None
         fns[p.spec.name] = (lambda fn=fn, h=h: fn(h)) if h is not None else fn
     for at, h in pools.items():
@@ -98,7 +112,7 @@ def measure_predictors(preds: list, cache, *, backend: str = "eager", rounds: in
     for p in preds:
         r = summ.loc[p.spec.name]
         pool_ms = float(summ.loc[f"pool@{p.spec.at}", "ms"]) if f"pool@{p.spec.at}" in summ.index and \
-            not p.spec.with_confidences else 0.0
+            (not p.spec.with_confidences or p.spec.target == "leave") else 0.0
         out[p.spec.name] = {"ms_b1": float(r["ms"]), "ms_b1_iqr": float(r["iqr_ms"]), "ms_b1_spread": float(r["spread"]),
                             "unstable": bool(r["unstable"]), "rounds": int(r["rounds"]), "pool_ms": pool_ms,
                             "threads": torch.get_num_threads(), "backend": backend,
@@ -122,7 +136,7 @@ def predictor_cost(pred, cache, *, min_run_time: float = 0.1, rounds: int = 7) -
     included, :func:`measure_predictors`) of one fitted predictor; ``backends`` holds the latencies
     measured on each runtime backend (eager first)."""
     x_dim = pred.inputs(cache, "calib" if cache.size("calib") else "test").shape[1]
-    pm = 0 if pred.spec.with_confidences else pool_macs(cache, pred.spec.at)
+    pm = 0 if pred.spec.with_confidences and pred.spec.target != "leave" else pool_macs(cache, pred.spec.at)
     m = measure_predictors([pred], cache, rounds=rounds, min_run_time=min_run_time)[pred.spec.name]
     return {"macs": estimator_macs(pred.estimator, x_dim) + pm, "pool_macs": pm, **m, "backends": {"eager": dict(m)}}
 

@@ -101,6 +101,84 @@ def jump_callable(pred, pooling: str, *, backend: str = "eager",
     return fn
 
 
+def leave_callable(pred, cut: float, pooling: str, *, feature_dtype: str = "float32") -> Callable:
+    """``(h, [logits of the kept exits so far]) -> bool [B]`` of a leave predictor (the runtime's ``leave``): the
+    activation pooled as the cache pooled it and rounded to its ``feature_dtype`` (as the scores were computed from
+    it), the confidences of the exits so far (entropy, max-probability, margin, computed in numpy from the logits
+    as :func:`predictors.inputs.make_inputs` does), the predictor's score, ``>= cut``."""
+    from branchy.exits import confidence
+
+    from .inputs import CONFIDENCES
+
+    if pred.spec.target != "leave":
+        raise ValueError(f"{pred.spec.name} predicts {pred.spec.target}, not a leave decision")
+    s, dt = parse_pooling(pooling), getattr(torch, str(feature_dtype))
+    n = pred.spec.n_conf
+    score = leave_scorer(pred)
+
+    def fn(h, zs):
+        x = pool_features(h, s).to(dt).float().numpy()
+        if n:
+            z = torch.stack([zz.float() for zz in zs[:n]], 1).numpy()
+            x = np.concatenate([x, *[confidence(z, m).astype(np.float32) for m in CONFIDENCES]], 1)
+        return torch.from_numpy(np.asarray(score(x) >= cut))
+    return fn
+
+
+def leave_scorer(pred) -> Callable[[np.ndarray], np.ndarray]:
+    """``x [B, D] -> score [B]`` of a leave predictor as the runtime computes it: a binary logistic model on
+    standardised inputs in numpy, in scikit-learn's own order and precision (the float32 inputs standardised in
+    float32, the dot product with the float64 weights, the logistic function), so its scores are the model's own without a
+    scikit-learn call per sample; any other model through
+    :meth:`~predictors.fitted.FittedPredictor.score_inputs`."""
+    lin = linear_form(pred.estimator)
+    if lin is None:
+        return pred.score_inputs
+    from scipy.special import expit
+
+    mean, scale, coef, b = lin
+
+    mean32, scale32, coef_t = mean.astype(np.float32), scale.astype(np.float32), coef.reshape(-1, 1)
+
+    def score(x):
+        xs = np.array(x, dtype=np.float32)
+        xs -= mean32
+        xs /= scale32
+        return expit((xs @ coef_t + b).reshape(-1))
+    return score
+
+
+def linear_form(est) -> tuple[np.ndarray, np.ndarray, np.ndarray, float] | None:
+    """``(mean, scale, coef, intercept)`` with P(class 1) = expit(((x - mean) / scale) @ coef + intercept) of a binary
+    logistic model on standardised inputs (``StandardScaler`` then ``LogisticRegression[CV]`` whose classes are 0 and
+    1); None for any other model."""
+    from sklearn.pipeline import Pipeline
+
+    if not isinstance(est, Pipeline) or len(est.steps) != 2:
+        return None
+    sc, lr = est.steps[0][1], est.steps[1][1]
+    if type(sc).__name__ != "StandardScaler" or type(lr).__name__ not in ("LogisticRegression", "LogisticRegressionCV"):
+        return None
+    if list(np.asarray(lr.classes_)) != [0, 1] or not (sc.with_mean and sc.with_std):
+        return None
+    coef = np.asarray(lr.coef_, dtype=np.float64)[0]
+    return (np.asarray(sc.mean_), np.asarray(sc.scale_), coef, float(np.asarray(lr.intercept_).ravel()[0]))
+
+
+def jump_leave_callable(pred, cut: float, pooling: str, *, feature_dtype: str = "float32") -> Callable:
+    """``h -> (target exit [B], sure [B])`` of an exit predictor for jump-and-leave: the exit it names and whether
+    its probability of that exit reaches ``cut`` (a sure row leaves there without the confidence check)."""
+    _activation_only(pred, "jump")
+    if pred.spec.target not in ("exit", "oracle"):
+        raise ValueError(f"{pred.spec.name} predicts {pred.spec.target}, not an exit: it cannot jump")
+    s, dt = parse_pooling(pooling), getattr(torch, str(feature_dtype))
+
+    def fn(h):
+        r = pred.raw_inputs(pool_features(h, s).to(dt).float().numpy())
+        return (torch.from_numpy(np.asarray(pred._predict(r), dtype=np.int64)), torch.from_numpy(r.max(1) >= cut))
+    return fn
+
+
 def runtime_callable(pred, pooling: str, *, backend: str = "eager",
                      example: torch.Tensor | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
     """What the runtime calls for ``pred`` at its branch point: the score of a gate or entropy predictor,
@@ -110,4 +188,5 @@ def runtime_callable(pred, pooling: str, *, backend: str = "eager",
     return score_callable(pred, pooling, backend=backend, example=example)
 
 
-__all__ = ["TorchGate", "TorchJump", "gate_callable", "jump_callable", "runtime_callable", "score_callable"]
+__all__ = ["TorchGate", "TorchJump", "gate_callable", "jump_callable", "jump_leave_callable", "leave_callable",
+           "leave_scorer", "linear_form", "runtime_callable", "score_callable"]

@@ -91,7 +91,7 @@ def _streamed(cache: FeatureCache, spec: PredictorSpec, split: str, stream: bool
     :func:`fit_predictor` fits on them (``stream`` None: when in memory they would take more than
     :data:`STREAM_BYTES` and the model reads on demand); refused where the model or ``fit_rows`` cannot."""
     auto_stream = stream is None
-    rows = CacheRows(cache, split, spec.at, with_confidences=spec.with_confidences)
+    rows = CacheRows(cache, split, spec.at, with_confidences=spec.with_confidences, n_conf=spec.n_conf)
     big = len(rows) * rows.n_features * 4 > STREAM_BYTES
     if stream is None:
         stream = big and spec.model in STREAMING
@@ -138,7 +138,8 @@ def fit_predictor(cache: FeatureCache, spec: PredictorSpec, *, split: str = "cal
     _check_request(cache, spec, split, folds)
     fit_rows = None if rows is None else np.unique(np.asarray(rows, dtype=np.int64))
     rows, stream = _streamed(cache, spec, split, stream, fit_rows)
-    x = rows if stream else make_inputs(cache, split, spec.at, with_confidences=spec.with_confidences)
+    x = rows if stream else make_inputs(cache, split, spec.at, with_confidences=spec.with_confidences,
+                                           n_conf=spec.n_conf)
     y = make_target(cache, split, spec.target, k=spec.for_exit, rule=spec.rule)
     if fit_rows is not None:
         x, y = x[fit_rows], y[fit_rows]

@@ -45,7 +45,8 @@ class FittedPredictor:
 
     def inputs(self, cache: FeatureCache, split: str, rows: slice | None = None) -> np.ndarray:
         self.check(cache)
-        return make_inputs(cache, split, self.spec.at, with_confidences=self.spec.with_confidences, rows=rows)
+        return make_inputs(cache, split, self.spec.at, with_confidences=self.spec.with_confidences, rows=rows,
+                           n_conf=self.spec.n_conf)
 
     def _raw(self, cache: FeatureCache, split: str, rows: slice | None = None) -> np.ndarray:
         """Class probabilities (aligned to ``classes``) or forecasts; out of fold on the fit split. ``rows``: only
@@ -100,6 +101,8 @@ class FittedPredictor:
         if self.spec.target == "gate":
             p = self._gate_proba(r)
             return apply_calibration(self.calibration, p) if self.calibration is not None else p
+        if self.spec.target == "leave":  # the probability that leaving at the exit is no worse than going on
+            return self._gate_proba(r)
         raise ValueError(f"{self.spec.name} predicts an exit, not a gate decision")
 
     def score_inputs(self, x: np.ndarray) -> np.ndarray:
@@ -210,7 +213,7 @@ class FittedPredictor:
         y, p = y[r], p[r]
         if not r.any():  # no sample reaches it: nothing to score
             m = {k: np.nan for k in ("accuracy", "balanced_accuracy", "f1", "false_enter", "false_skip")}
-        elif s.target == "gate":
+        elif s.target in ("gate", "leave"):
             m = gate_metrics(y, p)
         elif s.target in ("exit", "oracle"):
             m = exit_metrics(y, p, cache.num_exits)
@@ -220,6 +223,8 @@ class FittedPredictor:
         if s.target in ("gate", "entropy") and r.any():
             lv = self.leaves(cache, split)
             m.update(ranking_metrics(lv[r], self.score(cache, split)[r]) if lv is not None else {})
+        if s.target == "leave" and r.any():  # how well the score ranks the samples it may let go
+            m.update(ranking_metrics(y.astype(bool), self.score(cache, split)[r]))
         if s.target == "gate" and r.any():  # how well the score reads as the probability of leaving
             m.update(calibration_metrics(y, self.score(cache, split)[r]))
         oof = split == self.fit_split and self.oof is not None

@@ -21,7 +21,7 @@ class PredictorsConfig:
     model: str = setting("nn", "predictor model", cli=("--predictor-model", "--model"), choices=PREDICTOR_MODELS.names)
     baselines: tuple[str, ...] = setting((), "more predictor models fitted for the same targets and positions, to "
                                              "compare with (e.g. linear,hgb)", choices=PREDICTOR_MODELS.names)
-    targets: tuple[str, ...] = setting(("gate", "exit", "entropy"), "what the predictors learn", cli="--target",
+    targets: tuple[str, ...] = setting(("gate", "exit", "entropy", "leave"), "what the predictors learn", cli="--target",
                                        choices=TARGETS.names)
     positions: tuple[int, ...] | None = setting(None, "stage(s) after which a predictor sits (0-based; none: every "
                                                       "valid one)", cli="--at")
@@ -72,7 +72,8 @@ def spec_grid(num_exits: int, target: str, model: str, at=None, for_=None, rule=
               class_weight: str | None = None, calibration: str | None = None) -> list[PredictorSpec]:
     """Specs for ``target`` after each stage in ``at`` (default: every stage with a side exit after it) and, for
     gates and entropy predictors, for each side exit in ``for_`` (default: every side exit at or after the
-    position), under the exit ``rule``."""
+    position), under the exit ``rule``. A leave predictor (the learned exit decision) sits at each side exit of
+    ``at`` (and of ``for_`` when given) and always reads the confidences of the exits run so far."""
     k = num_exits
     ats = at if at is not None else list(range(k - 1))
     bad = [j for j in ats if not 0 <= j < k - 1]
@@ -85,7 +86,10 @@ def spec_grid(num_exits: int, target: str, model: str, at=None, for_=None, rule=
                          f"0..{k - 2} for this cache's {k} exits")
     specs = []
     for j in ats:
-        if target in ("gate", "entropy"):
+        if target == "leave":  # decides after exit j's head, from its features and every confidence so far
+            if for_ is None or j in for_:
+                specs.append(PredictorSpec("leave", j, model, j, None, True, class_weight))
+        elif target in ("gate", "entropy"):
             fors = [i for i in for_ if i >= j] if for_ is not None else list(range(j, k - 1))
             specs += [PredictorSpec(target, j, model, i, rule, with_confidences, class_weight,
                                     calibration=calibration) for i in fors]

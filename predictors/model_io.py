@@ -27,6 +27,7 @@ SKOPS_TRUSTED = frozenset({
     "sklearn.preprocessing._data.StandardScaler",
     "sklearn.preprocessing._label.LabelBinarizer", "sklearn.preprocessing._label.LabelEncoder",
     "sklearn.linear_model._logistic.LogisticRegression", "sklearn.linear_model._ridge.Ridge",
+    "sklearn.linear_model._logistic.LogisticRegressionCV", "sklearn.linear_model._ridge.RidgeCV",
     "sklearn.linear_model._stochastic_gradient.SGDClassifier",
     "sklearn.linear_model._stochastic_gradient.SGDRegressor",
     "sklearn.neural_network._multilayer_perceptron.MLPClassifier",

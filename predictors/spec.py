@@ -45,6 +45,12 @@ class PredictorSpec:
             if self.at > self.for_exit:
                 raise ValueError(f"a predictor after stage {self.at} cannot gate exit {self.for_exit}: it must sit "
                                  f"at or before the exit (at <= for)")
+        if self.target == "leave":
+            if self.for_exit is None:
+                raise ValueError("a leave predictor needs the side exit it decides at (--for K)")
+            if self.at != self.for_exit:
+                raise ValueError(f"a leave predictor decides after exit {self.for_exit}'s head has run: it sits at "
+                                 f"that exit (at = for = {self.for_exit}), got at={self.at}")
         if self.calibration is not None:
             if self.calibration not in CALIBRATORS:
                 raise ValueError(f"unknown calibration {self.calibration!r}; known: {', '.join(CALIBRATORS.names())}")
@@ -54,6 +60,14 @@ class PredictorSpec:
         if self.target in ("gate", "exit") and self.rule is None:
             raise ValueError(f"a {self.target} predictor needs the exit rule (thresholds T, one per exit) that "
                              f"defines its target")
+
+    @property
+    def n_conf(self) -> int:
+        """How many exits' confidences the inputs hold (with ``with_confidences``): those run before stage ``at``
+        (``at``), or up to and including exit ``at`` for a leave predictor (``at + 1``, its own head has run)."""
+        if not self.with_confidences:
+            return 0
+        return self.at + 1 if self.target == "leave" else self.at
 
     @property
     def task(self) -> str:

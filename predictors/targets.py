@@ -56,6 +56,25 @@ def exit_target(cache: FeatureCache, split: str, rule) -> np.ndarray:
     return passes(cache, split, rule).argmax(1).astype(np.int64)
 
 
+def targets_from_correct(correct: np.ndarray) -> np.ndarray:
+    """``[N, K-1]`` bool from ``correct`` ``[N, K]``: side exit k's answer is right, or no later exit's is (leaving
+    at k is no worse than going on)."""
+    c = np.asarray(correct, bool)
+    later = np.flip(np.logical_or.accumulate(np.flip(c, 1), 1), 1)  # later[:, j]: any of exits j..K-1 right
+    return c[:, :-1] | ~later[:, 1:]
+
+
+def leave_target(cache: FeatureCache, split: str, k: int) -> np.ndarray:
+    """1 where leaving at side exit ``k`` is no worse than going on (its answer is right, or no later exit's is):
+    the learned exit decision's target (no exit rule involved)."""
+    if not 0 <= k < cache.num_exits - 1:
+        raise ValueError(f"a leave predictor decides at a side exit: 0..{cache.num_exits - 2}, got {k}")
+
+    def fn(z, rows):
+        return targets_from_correct(z.argmax(-1) == cache.labels(split, rows=rows)[:, None])[:, k].astype(np.int64)
+    return _by_chunks(cache, split, fn, np.zeros(0, np.int64))
+
+
 def leave_cost(cache: FeatureCache) -> np.ndarray:
     """``[K]`` cost of leaving at each exit knowing in advance that it is the one, as the simulator's oracle counts
     it (``analysis.core.simulate.oracle_exit_cost``): the stages up to it and its head (with chained exits also
@@ -97,6 +116,9 @@ TARGETS.register("gate", lambda cache, split, k, rule: gate_target(cache, split,
                  doc="1 where the sample leaves at exit k under the rule: enter the branch or skip it")
 TARGETS.register("exit", lambda cache, split, k, rule: exit_target(cache, split, _need_t(rule, "exit")),
                  doc="the first exit the sample leaves at under the rule: the NN-based exit predictor's class")
+TARGETS.register("leave", lambda cache, split, k, rule: leave_target(cache, split, _need_k(k, "leave")),
+                 doc="1 where leaving at side exit k is no worse than going on (its answer is right or no later one "
+                     "is): a learned exit decision, read after exit k's head with the confidences so far")
 TARGETS.register("oracle", lambda cache, split, k, rule: oracle_target(cache, split),
                  doc="the cheapest exit whose answer is correct (the cheapest exit when none is): the simulator's oracle")
 
@@ -121,4 +143,4 @@ def _need_t(t, target):
 
 
 __all__ = ["CHUNK", "TARGETS", "as_rule", "check_thresholds", "entropy_target", "exit_target", "gate_target",
-           "leave_cost", "make_target", "oracle_target", "passes"]
+           "leave_cost", "leave_target", "targets_from_correct", "make_target", "oracle_target", "passes"]

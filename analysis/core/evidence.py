@@ -23,7 +23,8 @@ from .simulate import (Outcome, simulate_cascade, simulate_full, simulate_gated,
 @dataclass
 class Evidence:
     """What every policy needs on one split. ``scores[name]``: a gate's enter score (higher = enter) or an
-    exit predictor's named exit, out of fold on the split the predictor was fitted on. ``conf`` is in
+    exit predictor's named exit (``probs[name]``: its probability, for jump-and-leave), a leave predictor's
+    probability that leaving is no worse, out of fold on the split the predictor was fitted on. ``conf`` is in
     ``measure``; ``logits`` stays memory-mapped for rules in another measure."""
 
     split: str
@@ -36,6 +37,7 @@ class Evidence:
     scores: dict = field(default_factory=dict)
     pcost: dict = field(default_factory=dict)  # name -> (ms, MACs) per evaluation
     specs: dict = field(default_factory=dict)
+    probs: dict = field(default_factory=dict)  # exit predictor -> [N] probability of the exit it names
 
     @property
     def n(self) -> int:
@@ -65,10 +67,12 @@ class Evidence:
                 raise ValueError(f"predictor {name} was fitted on {split} without cross-fitting: its {split} scores "
                                  f"are in-sample, so nothing can be selected on them; refit with folds >= 2")
             s = p.spec
-            if s.target in ("gate", "entropy"):
+            if s.target in ("gate", "entropy", "leave"):
                 ev.scores[name] = np.asarray(p.score(cache, split, rows), dtype=np.float64)
             elif s.target in ("exit", "oracle"):
-                ev.scores[name] = np.asarray(p.predict(cache, split, rows), dtype=np.int64)
+                raw = p._raw(cache, split, rows)
+                ev.scores[name] = np.asarray(p._predict(raw), dtype=np.int64)
+                ev.probs[name] = np.asarray(raw, dtype=np.float64).max(1)
             else:
                 continue
             measured = p.latency_ms(costs.backend) if hasattr(p, "latency_ms") else p.cost["ms_b1"]
@@ -79,7 +83,8 @@ class Evidence:
     def subset(self, idx, split: str | None = None) -> "Evidence":
         """The evidence of the samples ``idx`` (e.g. one side of a random re-split)."""
         return replace(self, split=split or self.split, conf=self.conf[idx], correct=self.correct[idx],
-                       preds=self.preds[idx], scores={n: v[idx] for n, v in self.scores.items()})
+                       preds=self.preds[idx], scores={n: v[idx] for n, v in self.scores.items()},
+                       probs={n: v[idx] for n, v in self.probs.items()})
 
     @staticmethod
     def concat(parts: list["Evidence"], split: str) -> "Evidence":
@@ -87,7 +92,8 @@ class Evidence:
         a = parts[0]
         cat = lambda f: np.concatenate([getattr(p, f) for p in parts])  # noqa: E731
         return replace(a, split=split, conf=cat("conf"), correct=cat("correct"), preds=cat("preds"),
-                       scores={n: np.concatenate([p.scores[n] for p in parts]) for n in a.scores})
+                       scores={n: np.concatenate([p.scores[n] for p in parts]) for n in a.scores},
+                       probs={n: np.concatenate([p.probs[n] for p in parts]) for n in a.probs})
 
     def passes(self, rule: ExitRule) -> np.ndarray:
         if rule.measure != self.measure:
@@ -158,7 +164,8 @@ def outcome(ev: Evidence, policy: Placement, rule: ExitRule, *, cuts: dict | Non
     if pl.thresholds is not None:
         rule = rule.with_thresholds(pl.thresholds, tuned_by="placement")
     kept = np.asarray(pl.kept, bool)
-    skips = [i for i in range(k - 1) if not kept[i] or pl.gates[i] is not None] + (["jump"] if pl.jump else [])
+    skips = [i for i in range(k - 1) if not kept[i] or pl.gates[i] is not None] + (["jump"] if pl.jump else []) \
+        + (["learned"] if pl.learned else [])
     if ev.chained and skips:
         raise ValueError(f"the cache's exits are chained ({ev.chain}): exit k's logits were dumped with every "
                          f"earlier head run, so a policy that removes, gates or jumps over an exit "
@@ -166,10 +173,12 @@ def outcome(ev: Evidence, policy: Placement, rule: ExitRule, *, cuts: dict | Non
                          f"patience on this cache, or dump a model trained without chained exits")
     cuts = cuts or {}
     n = ev.n
+    if pl.learned:
+        return _learned_outcome(ev, pl, cuts or {}, overlap, name or pl.label or "learned")
     if not ev.chained:  # an exit whose threshold nothing can pass is never entered: a runtime would skip it
         kept = kept & can_pass(rule)
-        pl = Placement(tuple(bool(v) for v in kept), tuple(g if kept[i] else None for i, g in enumerate(pl.gates)),
-                       pl.jump, pl.thresholds, pl.label)
+        pl = replace(pl, kept=tuple(bool(v) for v in kept),
+                     gates=tuple(g if kept[i] else None for i, g in enumerate(pl.gates)))
     enter, gate_at, gms, gmacs = np.ones((n, k), bool), np.full(k, -1), np.zeros(k), np.zeros(k)
     reads = np.zeros(k, np.int64)
     for i, g in enumerate(pl.gates):
@@ -192,9 +201,53 @@ def outcome(ev: Evidence, policy: Placement, rule: ExitRule, *, cuts: dict | Non
         _check_gate_rule(ev, j, rule)
         jump = (pl.jump.at, ev.scores[j], *ev.pcost[j])
         jump_reads = pl.jump.at if ev.specs[j].with_confidences else 0
+    sure = None
+    if pl.jump_leave:  # the jump's sample leaves at its target without the check where the predictor is sure
+        sure = ev.probs[pl.jump.predictor] >= cuts.get("jump", JUMP_LEAVE_CUT)
     return simulate_gated(ev.passes(rule), ev.correct, ev.costs, enter=enter, gate_at=gate_at, gate_ms=gms,
                           gate_macs=gmacs, kept=kept, jump=jump, overlap=overlap, reads=reads,
-                          jump_reads=jump_reads, name=name or pl.label or "placement")
+                          jump_reads=jump_reads, jump_sure=sure, name=name or pl.label or "placement")
+
+
+JUMP_LEAVE_CUT = 0.5  # the default cut on a jump-and-leave predictor's probability of the exit it names
+
+
+def leave_cut_key(k: int) -> str:
+    """The key of side exit ``k``'s leave cut in a placement's ``cuts`` (gates are keyed by their exit index)."""
+    return f"leave{k}"
+
+
+def learned_passes(ev: Evidence, pl: Placement, cuts: dict) -> np.ndarray:
+    """``[N, K]`` bool: the learned decision lets the sample go at exit k (``score >= cut``, default 0.5); the final
+    exit always answers."""
+    out = np.zeros((ev.n, ev.num_exits), bool)
+    out[:, -1] = True
+    for i, g in enumerate(pl.leaves or ()):
+        if g is None:
+            continue
+        if g.predictor not in ev.scores or ev.specs[g.predictor].target != "leave":
+            raise ValueError(f"placement lets leave predictor {g.predictor!r} decide exit {i}; fitted leave "
+                             f"predictors: {', '.join(sorted(leave_names(ev))) or 'none'} (fit target leave)")
+        if ev.specs[g.predictor].for_exit != i:
+            raise ValueError(f"leave predictor {g.predictor} decides exit {ev.specs[g.predictor].for_exit}, not {i}")
+        out[:, i] = ev.scores[g.predictor] >= cuts.get(leave_cut_key(i), 0.5)
+    return out
+
+
+def _learned_outcome(ev: Evidence, pl: Placement, cuts: dict, overlap: bool, name: str) -> Outcome:
+    """The learned exit policy: every kept side exit entered, its leave predictor (cost charged where the exit is
+    entered) decides instead of the confidence rule."""
+    k = ev.num_exits
+    lms, lmacs = np.zeros(k), np.zeros(k)
+    for i, g in enumerate(pl.leaves):
+        if g is not None and g.predictor in ev.pcost:
+            lms[i], lmacs[i] = ev.pcost[g.predictor]
+    return simulate_gated(learned_passes(ev, pl, cuts), ev.correct, ev.costs, kept=np.asarray(pl.kept, bool),
+                          leave_ms=lms, leave_macs=lmacs, overlap=overlap, name=name)
+
+
+def leave_names(ev: Evidence) -> list[str]:
+    return [n for n, s in ev.specs.items() if s.target == "leave"]
 
 
 def can_pass(rule: ExitRule) -> np.ndarray:
@@ -231,27 +284,48 @@ def _mean(o: Outcome) -> tuple[float, float]:
     return float(o.correct.mean()), float(o.latency_ms.mean())
 
 
+def leave_candidates(scores: np.ndarray, n: int = 16) -> np.ndarray:
+    """+inf (never leave on this score) and score quantiles: the cuts tried for a leave predictor or a jump-and-leave
+    predictor's probability."""
+    return np.concatenate([[np.inf], np.unique(np.quantile(scores, np.linspace(0, 1, n)))])
+
+
+def _tuned(ev: Evidence, pl: Placement) -> list[tuple[object, float, np.ndarray]]:
+    """``(cuts key, start, candidates)`` of every cut of ``pl``: gates start always entering, leave predictors and a
+    jump-and-leave start never leaving on their score (the same placement without them deciding)."""
+    none = np.zeros(0)  # an unknown predictor: outcome names it and the fitted ones
+    out = [(i, -np.inf, ev.scores.get(g.predictor, none)) for i, g in enumerate(pl.gates) if g is not None]
+    out += [(leave_cut_key(i), np.inf, ev.scores.get(g.predictor, none)) for i, g in enumerate(pl.leaves or ())
+            if g is not None]
+    if pl.jump_leave:
+        out.append(("jump", np.inf, ev.probs.get(pl.jump.predictor, none)))
+    return out
+
+
 def tune_cuts(ev: Evidence, pl: Placement, rule: ExitRule, *, max_drop: float = 0.0, overlap: bool = False,
-              n_cuts: int = 16, passes: int = 2) -> dict:
-    """Per gated exit the cut that minimises mean latency on ``ev`` (calib, out-of-fold scores) while its
-    accuracy stays within ``max_drop`` points of the same placement with every gate always entering
-    (the cascade on those exits). Coordinate descent in exit order, ``passes`` rounds."""
-    gated = [i for i, g in enumerate(pl.gates) if g is not None]
-    if not gated:
+              n_cuts: int = 16, passes: int = 2, floor: float | None = None) -> dict:
+    """Per gated exit (leave predictor, jump-and-leave) the cut that minimises mean latency on ``ev`` (calib,
+    out-of-fold scores) while its accuracy stays within ``max_drop`` points of the same placement with every gate
+    always entering and no predictor letting a sample go (the cascade on those exits; for a learned policy, the
+    final exit's answers), or at ``floor`` (a fraction) and above when given. Coordinate descent in exit order,
+    ``passes`` rounds, from the start where every gate enters and nothing leaves on a score."""
+    params = _tuned(ev, pl)
+    if not params:
         return {}
-    cuts = {i: -np.inf for i in gated}
+    cuts = {key: start for key, start, _ in params}
     acc0, lat0 = _mean(outcome(ev, pl, rule, cuts=cuts, overlap=overlap))
-    floor = acc0 - max_drop / 100 - 1e-12
+    floor = (acc0 - max_drop / 100 if floor is None else floor) - 1e-12
     best_lat = lat0
     for _ in range(passes):
         changed = False
-        for i in gated:
-            for c in cut_candidates(ev.scores[pl.gates[i].predictor], n_cuts):
-                if c == cuts[i]:
+        for key, start, scores in params:
+            cands = cut_candidates(scores, n_cuts) if start == -np.inf else leave_candidates(scores, n_cuts)
+            for c in cands:
+                if c == cuts[key]:
                     continue
-                acc, lat = _mean(outcome(ev, pl, rule, cuts={**cuts, i: c}, overlap=overlap))
+                acc, lat = _mean(outcome(ev, pl, rule, cuts={**cuts, key: c}, overlap=overlap))
                 if acc >= floor and lat < best_lat - 1e-12:
-                    cuts[i], best_lat, changed = c, lat, True
+                    cuts[key], best_lat, changed = c, lat, True
         if not changed:
             break
     return cuts
@@ -280,8 +354,8 @@ def gate_report(ev: Evidence, pl: Placement, rule: ExitRule, cuts: dict, *, over
         enter = ev.scores[g.predictor] >= cuts.get(i, default_cut(ev, g.predictor))
         would = passes[:, i]
         r = reach.sum()
-        removed = Placement(tuple(False if j == i else kp for j, kp in enumerate(pl.kept)),
-                            tuple(None if j == i else gg for j, gg in enumerate(pl.gates)), pl.jump, pl.thresholds)
+        removed = replace(pl, kept=tuple(False if j == i else kp for j, kp in enumerate(pl.kept)),
+                          gates=tuple(None if j == i else gg for j, gg in enumerate(pl.gates)), label="")
         vs_removed = outcome(ev, removed, rule, cuts=cuts, overlap=overlap).latency_ms.mean() - base.latency_ms.mean()
         rows.append({"exit": i, "predictor": g.predictor, "at": g.at, "cut": cuts.get(i, np.nan),
                      "reached": int(r), "enter_%": 100 * enter[reach].mean() if r else np.nan,
@@ -297,8 +371,9 @@ def gate_report(ev: Evidence, pl: Placement, rule: ExitRule, cuts: dict, *, over
 def _without_gate(pl: Placement, i: int) -> Placement:
     gates = list(pl.gates)
     gates[i] = None
-    return Placement(pl.kept, tuple(gates), pl.jump, pl.thresholds, pl.label)
+    return replace(pl, gates=tuple(gates))
 
 
-__all__ = ["Evidence", "can_pass", "cascade_outcome", "cut_candidates", "default_cut", "full_outcome", "gate_names",
+__all__ = ["Evidence", "JUMP_LEAVE_CUT", "can_pass", "cascade_outcome", "cut_candidates", "default_cut", "full_outcome",
+           "gate_names", "leave_candidates", "leave_cut_key", "leave_names", "learned_passes",
            "gate_report", "matched_oracle_outcome", "oracle_outcome", "outcome", "patience_outcome", "tune_cuts"]

@@ -1,15 +1,19 @@
-"""A learned exit policy (issue 27): at side exit k a small predictor scores "leaving here is no worse than going
-on" from the exit's pooled features and the confidences of the exits run so far; the sample leaves when the score
-reaches that exit's cut.
+"""A learned exit policy (issue 27) in matrix form: at side exit k a small predictor scores "leaving here is no worse
+than going on" from the exit's pooled features and the confidences of the exits run so far; the sample leaves when
+the score reaches that exit's cut. In a study the same policy is the registered ``learned`` policy
+(:mod:`analysis.core.policies`) over the registry's ``leave`` predictors (``Placement.leaves``); this module holds the
+score-matrix form that risk control (:func:`risk_controlled_cut`) and ``bench/bench_learned.py`` refit per resplit.
 
 Target (no test data involved): ``y_k = 1`` when exit k's answer is right, or when no later exit (k+1..K-1) is
-right (going on cannot fix it). One scorer per side exit: a logistic regression on standardised inputs
-(class_weight balanced), cross-fitted on ``calib`` (K-fold, shuffled, fixed seed: every calib score comes from a
-model that did not see that sample) and refitted on all of ``calib`` to score other splits (``test``).
+right (going on cannot fix it): :func:`predictors.targets.targets_from_correct`, the registry's ``leave`` target. One
+scorer per side exit: the registry's ``linear-cv`` model (a class-balanced logistic regression on standardised
+inputs, C by inner cross-validation), cross-fitted on ``calib`` (K-fold, shuffled, fixed seed: every calib score
+comes from a model that did not see that sample) and refitted on all of ``calib`` to score other splits (``test``).
 
-Inputs at exit k (:func:`learned_inputs`): the pooled features at branch point k (flattened, float64), then
-max-probability and entropy (nats) of each exit 0..k. Every one of those heads has run on the sample's path
-(the policy enters every side exit until it leaves), so reading them costs nothing extra.
+Inputs at exit k (:func:`learned_inputs`): the pooled features at branch point k, then entropy (nats),
+max-probability and margin of each exit 0..k, as a registry ``leave`` predictor reads them. Every one of those heads
+has run on the sample's path (the policy enters every side exit until it leaves), so reading them costs nothing
+extra.
 
 Simulation (per sample, costs of :class:`~analysis.core.costs.CostModel`, all ms at batch 1), as the cascade of
 :mod:`analysis.core.simulate` plus the scorer:
@@ -34,20 +38,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from branchy.exits import confidence, entropy
+from predictors.targets import targets_from_correct
 
 from .costs import CostModel
 from .simulate import Outcome, path_outcome
 
 
 # ----------------------------------------------------------------------------- targets and inputs
-def targets_from_correct(correct: np.ndarray) -> np.ndarray:
-    """``[N, K-1]`` bool from ``correct`` ``[N, K]``: exit k right, or no later exit right."""
-    c = np.asarray(correct, bool)
-    later = np.flip(np.logical_or.accumulate(np.flip(c, 1), 1), 1)  # later[:, j]: any of exits j..K-1 right
-    return c[:, :-1] | ~later[:, 1:]
-
-
 def learned_targets(cache, split: str) -> np.ndarray:
     """``[N, K-1]`` bool: ``y_k`` = exit k's answer is right, or no later exit's is (leaving is no worse)."""
     z = np.asarray(cache.logits(split))
@@ -55,29 +52,23 @@ def learned_targets(cache, split: str) -> np.ndarray:
 
 
 def learned_inputs(cache, split: str, k: int) -> np.ndarray:
-    """``[N, D]`` float64 inputs of the scorer at side exit ``k``: the pooled features at branch point k
-    (flattened), then max-probability and entropy (nats) of exits 0..k (``D = F_k + 2 (k + 1)``)."""
+    """``[N, D]`` float32 inputs of the scorer at side exit ``k``, as a ``leave`` predictor of the registry reads them
+    (:func:`predictors.make_inputs` with the confidences of exits 0..k): the pooled features at branch point k, then
+    entropy (nats), max-probability and margin of exits 0..k (``D = F_k + 3 (k + 1)``)."""
+    from predictors import make_inputs
+
     if not 0 <= k < cache.num_exits - 1:
         raise IndexError(f"side exit {k} out of range: the cache has side exits 0..{cache.num_exits - 2}")
-    f = np.asarray(cache.features(split, k), dtype=np.float64)
-    f = f.reshape(len(f), -1)
-    z = np.asarray(cache.logits(split)[:, : k + 1], dtype=np.float64)
-    return np.concatenate([f, confidence(z, "max_prob"), entropy(z)], 1)
+    return make_inputs(cache, split, k, with_confidences=True, n_conf=k + 1)
 
 
 # ----------------------------------------------------------------------------- the scorer
 def make_model(seed: int = 0):
-    """A fresh scorer: standardise, then a class-balanced logistic regression whose L2 strength is chosen by an inner
-    3-fold cross-validation on ROC AUC (C in 1e-4..1): with hundreds of pooled features and a thousand calib samples
-    an unregularised fit ranked worse than the entropy it is given (demo exit 0: AUC 0.785 at C=1, 0.904 chosen,
-    entropy alone 0.919)."""
-    from sklearn.linear_model import LogisticRegressionCV
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
+    """A fresh scorer: the registry's ``linear-cv`` model (standardise, then a class-balanced logistic regression
+    whose L2 strength an inner 3-fold cross-validation chooses), what ``leave`` predictors of a study use."""
+    from predictors import make_estimator
 
-    return make_pipeline(StandardScaler(), LogisticRegressionCV(Cs=[1e-4, 1e-3, 1e-2, 1e-1, 1.0], cv=3,
-                                                                scoring="roc_auc", class_weight="balanced",
-                                                                max_iter=2000, random_state=seed))
+    return make_estimator("linear-cv", "classification", class_weight="balanced", random_state=seed)
 
 
 def fit_scorer(x: np.ndarray, y: np.ndarray, seed: int = 0):
@@ -85,23 +76,7 @@ def fit_scorer(x: np.ndarray, y: np.ndarray, seed: int = 0):
     ``y`` holds one class only); score it with :func:`score_with`."""
     if len(np.unique(y)) < 2:
         return float(y[0]) if len(y) else 0.5
-    if np.bincount(np.asarray(y, dtype=int)).min() < 3:  # too few of one class for the inner 3-fold choice of C
-        return make_pipeline_fixed(seed).fit(x, y)
-    import warnings
-
-    with warnings.catch_warnings():  # scikit-learn's notes on LogisticRegressionCV's coming defaults
-        warnings.simplefilter("ignore", FutureWarning)
-        return make_model(seed).fit(x, y)
-
-
-def make_pipeline_fixed(seed: int = 0):
-    """The scorer with a fixed L2 strength (C = 0.01), for a target too unbalanced to choose C by cross-validation."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    return make_pipeline(StandardScaler(), LogisticRegression(C=0.01, class_weight="balanced", max_iter=2000,
-                                                              random_state=seed))
+    return make_model(seed).fit(x, np.asarray(y, dtype=np.int64))
 
 
 def score_with(model, x: np.ndarray) -> np.ndarray:
@@ -236,35 +211,28 @@ def risk_controlled_cut(scores, logits, labels, costs: CostModel, scorer_ms, *, 
 
 
 # ----------------------------------------------------------------------------- the runtime's form
-def leave_callable(model, cut: float, pooling: str, feature_dtype: str = "float16"):
-    """Side exit k's learned decision as the real runtime calls it (:class:`branchy.runtime.EarlyExitRuntime`,
-    ``leave``): ``(h, [logits of exits 0..k]) -> bool [B]``: the activation pooled as the cache pooled it (rounded to
-    the cache's feature dtype, as the scores were computed from it), max-probability and entropy of each exit so
-    far (float64), standardised, the logistic score, ``>= cut``. ``model``: a :func:`fit_scorer` model."""
+def leave_callable(model, cut: float, pooling: str, feature_dtype: str = "float16", *, k: int):
+    """Side exit ``k``'s learned decision as the real runtime calls it (:class:`branchy.runtime.EarlyExitRuntime`,
+    ``leave``): ``(h, [logits of exits 0..k]) -> bool [B]``, through :func:`predictors.deploy.leave_callable` (the
+    activation pooled as the cache pooled it and rounded to its feature dtype, the confidences so far, the logistic
+    score in scikit-learn's own precision, ``>= cut``). ``model``: a :func:`fit_scorer` model."""
     import torch
 
-    from branchy.exits import confidence_torch
-    from branchy.models import parse_pooling, pool_features
+    from predictors import PredictorSpec
+    from predictors.deploy import leave_callable as registry_leave
+    from predictors.fitted import FittedPredictor
 
-    s, dt = parse_pooling(pooling), getattr(torch, str(feature_dtype))
     if isinstance(model, float):
         return lambda h, zs: torch.full((len(h),), model >= cut)
-    scaler, lr = model[0], model[-1]
-    mean, scale = torch.as_tensor(scaler.mean_), torch.as_tensor(scaler.scale_)
-    w, b = torch.as_tensor(np.asarray(lr.coef_, dtype=np.float64)[0]), float(np.asarray(lr.intercept_).ravel()[0])
-
-    def leave(h, zs):
-        f = pool_features(h, s).to(dt).double()
-        conf = [confidence_torch(z, m) for m in ("max_prob", "entropy") for z in zs]
-        x = torch.cat([f, torch.stack(conf, 1)], 1)
-        return torch.sigmoid(((x - mean) / scale) @ w + b) >= cut
-    return leave
+    spec = PredictorSpec("leave", k, "linear-cv", k, class_weight="balanced", with_confidences=True)
+    pred = FittedPredictor(spec, model, "", {}, "calib", classes=np.array([0, 1]))
+    return registry_leave(pred, cut, pooling, feature_dtype=feature_dtype)
 
 
 def leave_callables(scorer: "LearnedScorer", cuts, pooling: str, feature_dtype: str = "float16") -> dict:
     """``{k: leave_callable}`` for every side exit: the runtime's ``leave`` argument."""
-    return {k: leave_callable(m, float(c), pooling, feature_dtype) for k, (m, c) in enumerate(zip(scorer.models_,
-                                                                                               cuts))}
+    return {k: leave_callable(m, float(c), pooling, feature_dtype, k=k)
+            for k, (m, c) in enumerate(zip(scorer.models_, cuts))}
 
 
 # ----------------------------------------------------------------------------- cuts
@@ -309,4 +277,4 @@ def tune_learned_cuts(scores_calib, logits, labels, costs: CostModel, scorer_ms,
 
 __all__ = ["LAMBDAS", "LearnedScorer", "cut_candidates_learned", "fit_learned", "fit_scorer", "learned_exits", "learned_folds",
            "learned_inputs", "learned_targets", "leave_callable", "leave_callables", "make_model", "risk_controlled_cut",
-           "score_with", "simulate_learned", "targets_from_correct", "tune_learned_cuts"]
+           "score_with", "simulate_learned", "tune_learned_cuts"]

@@ -2,12 +2,12 @@
 decides them (:class:`PolicyConfig`), the exit rule tuned on calib (:func:`calibrate`) and the decisions made on
 calib out-of-fold scores (:func:`choose_policies`). A policy is either run as it is (``run``: full, cascade,
 patience, oracle) or decided on calib as a placement with its gates' cuts (``decide``: gated, gated-entropy,
-jump). Its ``role`` says how it is shown: ``reference`` (full: speed-ups are against it), ``bound`` (oracle: not
-an operating point, never drawn or named as one, the runtime cannot run it) or ``choice``."""
+jump, learned). Its ``role`` says how it is shown: ``reference`` (full: speed-ups are against it), ``bound`` (oracle:
+not an operating point, never drawn or named as one, the runtime cannot run it) or ``choice``."""
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import numpy as np
@@ -20,8 +20,8 @@ from branchy.exits import ExitRule
 from placement import Gate, Placement
 
 from .calibrate import calib_rule
-from .evidence import (Evidence, cascade_outcome, full_outcome, matched_oracle_outcome, oracle_outcome, outcome,
-                       patience_outcome, tune_cuts)
+from .evidence import (Evidence, cascade_outcome, full_outcome, leave_cut_key, leave_names, matched_oracle_outcome,
+                       oracle_outcome, outcome, patience_outcome, tune_cuts)
 from .simulate import Outcome
 from .units import percent_setting
 
@@ -49,6 +49,9 @@ class PolicyConfig:
                                                "(Learn-then-Test)")
     risk: float | None = setting(None, "with max_acc_drop EPS: choose the exit rule so that losing more than EPS "
                                        "points against full on new data has probability at most this")
+    jump_leave: bool = setting(False, "also offer each exit predictor as jump-and-leave: a sample it is sure of "
+                                      "leaves at the predicted exit without the confidence check (a cut on its "
+                                      "probability, tuned on calib)")
 
     def __post_init__(self) -> None:
         check_name("measure", MEASURES, self.measure)
@@ -186,14 +189,46 @@ def _gated(target: str, label: str):
 
 
 def _jump(ev: Evidence, rule: ExitRule, cfg: PolicyConfig, floor: float) -> Chosen | None:
-    """The exit predictor that is fastest on calib, if any beats the cascade at its accuracy (else the cascade)."""
-    jumps = sorted(n for n, s in ev.specs.items() if s.target == "exit"
+    """The exit predictor that is fastest on calib, if any beats the cascade at its accuracy (else the cascade). With
+    ``cfg.jump_leave`` predictors of the oracle exit join, and each is also tried as jump-and-leave (its cut on the
+    probability of the exit it names tuned on calib)."""
+    targets = ("exit", "oracle") if cfg.jump_leave else ("exit",)  # oracle-exit predictors jump-and-leave
+    jumps = sorted(n for n, s in ev.specs.items() if s.target in targets
                    and not (s.rule is not None and s.rule.measure != rule.measure))
     if not jumps:
         return None
     cascade = Placement.plain(ev.num_exits)
     opts = [Placement(cascade.kept, cascade.gates, Gate(n, ev.specs[n].at), label="jump") for n in jumps]
+    if cfg.jump_leave:
+        opts += [replace(o, jump_leave=True) for o in opts]
     return _best(ev, rule, [cascade, *opts], cfg, floor)
+
+
+def _learned(ev: Evidence, rule: ExitRule, cfg: PolicyConfig, floor: float) -> Chosen | None:
+    """The learned exit decision: per predictor model that has a leave predictor at some side exit, those exits
+    kept and decided by it (the others removed), the cuts tuned for least calib latency at calib accuracy >=
+    ``floor`` (the cascade's); then every exit whose cut never lets a sample go is removed and the cuts re-tuned,
+    kept when faster. The fastest that meets the floor, or None (no leave predictor, or none meets it)."""
+    k = ev.num_exits
+    by_model: dict = {}
+    for n in sorted(leave_names(ev)):
+        s = ev.specs[n]
+        if s.for_exit is not None and s.for_exit < k - 1:
+            by_model.setdefault(s.model, {}).setdefault(s.for_exit, n)
+    best, best_lat = None, np.inf
+    for names in by_model.values():
+        kept = [i in names for i in range(k - 1)] + [True]
+        for _ in range(k):
+            pl = Placement.learned_on(names, k, kept)
+            cuts = tune_cuts(ev, pl, rule, overlap=cfg.overlap, floor=floor)
+            o = outcome(ev, pl, rule, cuts=cuts, overlap=cfg.overlap)
+            if o.correct.mean() >= floor - 1e-12 and o.latency_ms.mean() < best_lat - 1e-12:
+                best, best_lat = Chosen(pl, cuts), o.latency_ms.mean()
+            idle = [i for i in range(k - 1) if kept[i] and not np.isfinite(cuts.get(leave_cut_key(i), np.inf))]
+            if not idle:
+                break
+            kept = [kp and i not in idle for i, kp in enumerate(kept)]
+    return best
 
 
 def _full_form(k: int, chained: bool, rule: ExitRule) -> tuple[Placement, ExitRule]:
@@ -215,6 +250,8 @@ register_policy("gated-entropy", "an entropy predictor as the gate of each side 
                 swept=True, decide=_gated("entropy", "gated-entropy"))
 register_policy("jump", "an exit predictor sends each sample straight to its predicted exit", swept=True,
                 decide=_jump)
+register_policy("learned", "a leave predictor at each kept side exit decides whether the sample leaves (a learned exit "
+                "policy, cuts tuned on calib)", swept=False, decide=_learned)
 register_policy("matched-oracle", "every sample leaves at its cheapest exit that agrees with the final one (full's "
                 "accuracy, knowing full's answer): an achievable-accuracy bound, not a policy", role="bound",
                 runtime=False, run=lambda ev, rule, cfg: matched_oracle_outcome(ev))

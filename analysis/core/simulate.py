@@ -170,7 +170,7 @@ def simulate_patience(preds, correct, costs: CostModel, patience: int, *, kept=N
 
 def simulate_gated(passes, correct, costs: CostModel, *, enter=None, gate_at=None, gate_ms=None, gate_macs=None,
                    kept=None, jump: tuple | None = None, overlap: bool = False, reads=None, jump_reads: int = 0,
-                   name: str = "gated") -> Outcome:
+                   jump_sure=None, leave_ms=None, leave_macs=None, name: str = "gated") -> Outcome:
     """The thesis: a predictor in front of side exit k, placed after stage ``gate_at[k]`` (≤ k; −1 = no
     gate), decides whether to enter it (``enter`` ``[N, K]``). Not entered: no E_k, no buffering.
     ``gate_ms[k]`` is that predictor's cost G, charged when the sample reaches stage ``gate_at[k]``.
@@ -179,7 +179,13 @@ def simulate_gated(passes, correct, costs: CostModel, *, enter=None, gate_at=Non
     from ``at`` up to the named target are skipped (see :func:`simulate_jump`).
 
     ``reads[k]`` (and ``jump_reads``): the gate of exit k reads the confidences of exits ``0..reads[k]-1``;
-    a sample it is evaluated for runs those heads (charged as entered) where the policy had not."""
+    a sample it is evaluated for runs those heads (charged as entered) where the policy had not.
+
+    ``jump_sure`` ``[N]`` bool (jump-and-leave): a sample the jump predictor is sure of leaves at the first kept exit
+    from its target on (``max(target, at)``) without the confidence check.
+
+    ``leave_ms[k]`` (and ``leave_macs``): a leave predictor read after exit k's head (the learned exit decision,
+    whose verdict is ``passes[:, k]``), charged wherever exit k is entered."""
     passes, correct = _check(costs, "passes", passes), _check(costs, "correct", correct)
     kept = _kept(costs, kept)
     n, k = passes.shape
@@ -207,6 +213,13 @@ def simulate_gated(passes, correct, costs: CostModel, *, enter=None, gate_at=Non
             raise ValueError(f"jump targets must be exits 0..{k - 1}")
         open_ &= (cols < at) | (cols >= np.maximum(t, at)[:, None])
     p = open_ & passes.astype(bool)
+    if jump_sure is not None:
+        if jump is None:
+            raise ValueError("jump_sure needs a jump predictor")
+        sure = np.asarray(jump_sure, bool)
+        if sure.shape != (n,):
+            raise ValueError(f"jump_sure must be [N] with N={n}, got shape {sure.shape}")
+        p |= sure[:, None] & open_ & (cols >= np.maximum(t, at)[:, None])  # leave at the first open exit from t
     p[:, -1] = True
     ex = _first(p)
     entered = open_ & (cols <= ex[:, None])
@@ -225,6 +238,12 @@ def simulate_gated(passes, correct, costs: CostModel, *, enter=None, gate_at=Non
         entered |= charged[:, e : e + 1] & (cols < reads[e]) & side_cols & (cols < ex[:, None])
     if jump is not None and jump_reads > 0:
         entered |= (ex >= at)[:, None] & (cols < jump_reads) & side_cols & (cols < ex[:, None])
+    if leave_ms is not None or leave_macs is not None:
+        lms = np.zeros(k) if leave_ms is None else np.asarray(leave_ms, dtype=float)
+        lmacs = np.zeros(k) if leave_macs is None else np.asarray(leave_macs, dtype=float)
+        if lms.shape != (k,) or lmacs.shape != (k,):
+            raise ValueError(f"leave_ms and leave_macs must have one value per exit (K={k})")
+        g_ms, g_macs = g_ms + entered @ lms, g_macs + entered @ lmacs
     return path_outcome(name, costs, ex, entered, correct, gate_ms=g_ms, gate_macs=g_macs, overlap=overlap)
 
 

@@ -10,7 +10,11 @@ cost model and one accuracy constraint:
 - ``best-gated``: the best placement that uses a predictor (a gate or a jump that runs on some calib samples;
   predictors that answer a constant are left out, they decide nothing), found by the ``gated`` search
   (local search among gated placements, see :mod:`placement.strategies`) under the default rule and under the best free
-  policy's rule, then its best structures re-scored under every rule of the family.
+  policy's rule, then its best structures re-scored under every rule of the family;
+- ``best-learned``: the best learned exit policy (leave predictors decide at every kept side exit, for every set of
+  kept exits; :func:`placement.space.learned_placements`), its cuts tuned on calib to the same accuracy constraint
+  (calib accuracy >= full's less ``max_acc_drop`` points). It is judged against ``best-rule`` (the best confidence
+  rule) and ``best-free``.
 
 Every selection uses calib (out-of-fold predictor scores, gate cuts tuned per candidate); test only reports. Each
 decided policy carries its thresholds explicitly, so it is re-run on test (or under another cost table) as it is."""
@@ -25,7 +29,7 @@ import pandas as pd
 
 from branchy.cache import FeatureCache
 from branchy.exits import ExitRule
-from placement import Constraint, Placement, SearchSpace, search
+from placement import Constraint, Placement, SearchSpace, learned_placements, search
 
 from ..core.breakeven import perfect_gates_outcome
 from ..core.calibrate import calib_rule, how_target, rule_family
@@ -36,7 +40,7 @@ from ..core.policies import PolicyConfig
 from .placement_study import PlacementObjective, exit_macs
 from .verdict import pays, verdict
 
-NAMES = ("full", "cascade", "best-rule", "best-free", "best-gated", "best")
+NAMES = ("full", "cascade", "best-rule", "best-free", "best-gated", "best-learned", "best")
 
 
 @dataclass
@@ -111,7 +115,8 @@ def decide_baselines(cache: FeatureCache, predictors: dict, *, profile: str | De
                      refine: int = 5, objective: PlacementObjective | None = None) -> Baselines:
     """Decide :data:`NAMES` on calib under ``profile`` (see the module's docstring). ``refine``: how many of the best
     gated structures are re-scored under every rule of the family."""
-    obj = objective or PlacementObjective(cache, predictors, profile=profile, rule=rule, cfg=cfg)
+    obj = copy.copy(objective or PlacementObjective(cache, predictors, profile=profile, rule=rule, cfg=cfg))
+    obj.learned_drop = constraint.max_acc_drop  # a learned policy's cuts: the same accuracy constraint as the rest
     k, chained, measure = cache.num_exits, cache.chained, cfg.measure
     z, y = np.asarray(cache.logits("calib")), cache.labels("calib")
     sc = _Scorer(obj, constraint)
@@ -139,7 +144,10 @@ def decide_baselines(cache: FeatureCache, predictors: dict, *, profile: str | De
                "best-free": _decided("best-free", sc.best(free_rows))}
     # a predictor that answers a constant is a predictor-free decision in disguise: not searched as a gate or jump
     skilled = {n: p for n, p in predictors.items() if not getattr(p, "constant", False)}
-    space = SearchSpace.from_predictors(skilled, k, exit_macs(cache))
+    space = SearchSpace.from_predictors(skilled, k, exit_macs(cache), jump_leave=cfg.jump_leave)
+    learned_rows = [] if chained else [sc(pl, "learned", "learned cuts") for pl in learned_placements(space)]
+    if learned_rows:  # a learned exit policy: judged against the best confidence rule and the best free policy
+        decided["best-learned"] = _decided("best-learned", sc.best(learned_rows))
     if not chained and (any(space.gate_options[:-1]) or space.jump_options):
         objs = [obj] + _under_free_rule(obj, cache, cfg, decided["best-free"].how)
         _score_gated(sc, space, objs, family, constraint=constraint, n_jobs=n_jobs, seed=seed, refine=refine)
@@ -204,9 +212,12 @@ RATIOS = {"gated_vs_free": ("best-gated", "best-free"), "free_vs_full": ("best-f
           "gated_vs_cascade": ("best-gated", "cascade"), "best_vs_full": ("best", "full"),
           "best_vs_matched_oracle": ("best", "matched-oracle"), "best_vs_oracle": ("best", "oracle"),
           "perfect_gates_vs_cascade": ("perfect-gates", "cascade"),
-          "perfect_gates_vs_free": ("perfect-gates-on-free", "best-free")}
+          "perfect_gates_vs_free": ("perfect-gates-on-free", "best-free"),
+          "learned_vs_best_rule": ("best-learned", "best-rule"), "learned_vs_free": ("best-learned", "best-free"),
+          "learned_vs_matched_oracle": ("best-learned", "matched-oracle")}
 ACC_DIFFS = {"gated_vs_free": ("best-gated", "best-free"), "free_vs_full": ("best-free", "full"),
-             "best_vs_full": ("best", "full")}
+             "best_vs_full": ("best", "full"), "learned_vs_best_rule": ("best-learned", "best-rule"),
+             "learned_vs_free": ("best-learned", "best-free")}
 
 
 def _col(name: str) -> str:

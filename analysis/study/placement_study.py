@@ -45,6 +45,7 @@ class PlacementObjective:
         self._z, self._y = (np.asarray(cache.logits("calib"))[rows], cache.labels("calib")[rows]) \
             if self.rule.tuned_by.startswith("target-acc") else (None, None)
         self._rules: dict = {}
+        self.learned_drop: float | None = None  # points below full's calib accuracy a learned policy may give up
 
     def forget_rules(self) -> None:
         """Drop the rules recalibrated per set of kept exits (after ``rule`` or ``cfg`` changed)."""
@@ -63,7 +64,15 @@ class PlacementObjective:
         return self._rules[pl.kept]
 
     def cuts(self, pl: Placement) -> dict:
-        return tune_cuts(self.ev, pl, self.rule_for(pl), max_drop=self.cfg.gate_max_drop, overlap=self.cfg.overlap)
+        """The cuts of ``pl``'s predictors tuned on calib: gates within ``cfg.gate_max_drop`` points of always
+        entering; a learned policy's leave cuts at calib accuracy >= full's less ``learned_drop`` points (None:
+        ``cfg.gate_max_drop``; a search or comparison sets its constraint's ``max_acc_drop``)."""
+        floor = None
+        if pl.learned:
+            drop = self.cfg.gate_max_drop if self.learned_drop is None else self.learned_drop
+            floor = float(self.ev.correct[:, -1].mean()) - drop / 100
+        return tune_cuts(self.ev, pl, self.rule_for(pl), max_drop=self.cfg.gate_max_drop, overlap=self.cfg.overlap,
+                         floor=floor)
 
     def outcome(self, pl: Placement, ev: Evidence | None = None, cuts: dict | None = None):
         cuts = self.cuts(pl) if cuts is None else cuts
@@ -119,6 +128,7 @@ def run_placement(cache: FeatureCache, predictors: dict, strategy: str, *, const
         if strategy in ("budget", "nsga2"):  # the thresholds stay the search half's certified rule
             options["threshold_options"] = [None]
     obj = PlacementObjective(cache, predictors, profile=profile, rule=rule, cfg=cfg, rows=search_rows)
+    obj.learned_drop = constraint.max_acc_drop  # a learned policy's cuts tuned to the search's accuracy constraint
     if strategy in ("budget", "nsga2") and "threshold_options" not in options:
         options["threshold_options"] = [None] + threshold_options(cache, cfg.measure)
     res = search(strategy, space, obj, constraint=constraint, n_jobs=n_jobs, seed=seed, progress=progress,

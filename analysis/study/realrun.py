@@ -3,6 +3,8 @@ predictor-free policy and the best placement with a predictor, as :func:`analysi
 decided them on calib under a *measured* profile, run by the real early-exit runtime on test samples one at a time
 (batch 1), interleaved (:func:`analysis.study.validate.validate`), on the backend that profile was measured on.
 
+The best confidence rule and the best learned exit policy (issue 27) run beside them, with the cuts decided on calib.
+
 The result is a set of ``real_*`` columns for a comparison row: per policy the measured and the simulated mean ms
 on the same samples (``real_{policy}_ms``, ``realsim_{policy}_ms``), per ratio of :data:`REAL_RATIOS` the measured
 ratio with a paired bootstrap 95 % CI over those samples (``real_{ratio}``, ``_lo``, ``_hi``) and the simulated one
@@ -20,7 +22,7 @@ from .baselines import RATIOS, Baselines, compare_references, decide_baselines
 from .verdict import pays, verdict
 from .validate_lines import order_agreement
 
-REAL_POLICIES = ("full", "cascade", "best-free", "best-gated")
+REAL_POLICIES = ("full", "cascade", "best-rule", "best-free", "best-gated", "best-learned")
 REAL_RATIOS = {c: nd for c, nd in RATIOS.items() if set(nd) <= set(REAL_POLICIES)}
 
 
@@ -35,7 +37,8 @@ def real_columns(cache, model, test_x: torch.Tensor, base: Baselines, *, predict
     ``reps`` interleaved passes, the cache's thread count. ``progress``: a bar over the policy runs."""
     from .validate import validate_samples
 
-    pls = {n: base[n].placement for n in ("best-free", "best-gated") if n in base.decided}
+    pls = {n: (base[n].placement, base.objective.cuts(base[n].placement))
+           for n in ("best-rule", "best-free", "best-gated", "best-learned") if n in base.decided}
     df, meas, sim = validate_samples(cache, model, test_x, predictors=predictors, cfg=cfg, rule=base.objective.rule,
                                      placements=pls, reps=reps, n_boot=0, seed=seed, backend=backend, recheck=False,
                                      policies=["full", "cascade"], progress=progress)

@@ -69,9 +69,13 @@ def _chosen(result: StudyResult) -> list[dict]:
 
 
 _REF_COLS = {"profile": "profile", "full_ms": "full ms", "cascade_ms": "cascade ms", "best_rule_ms": "best rule ms",
-             "best_free_ms": "best free ms", "best_gated_ms": "best gated ms", "matched_oracle_ms": "matched oracle ms",
+             "best_free_ms": "best free ms", "best_gated_ms": "best gated ms", "best_learned_ms": "best learned ms",
+             "matched_oracle_ms": "matched oracle ms",
              "oracle_ms": "oracle ms", "gated_vs_free": "gated / free", "gated_vs_free_lo": "lo",
-             "gated_vs_free_hi": "hi", "gated_vs_free_acc_pts": "acc diff pts", "real_backend": "run for real on",
+             "gated_vs_free_hi": "hi", "gated_vs_free_acc_pts": "acc diff pts",
+             "learned_vs_best_rule": "learned / best rule", "learned_vs_best_rule_lo": "learned lo",
+             "learned_vs_best_rule_hi": "learned hi", "learned_vs_best_rule_acc_pts": "learned acc diff pts",
+             "real_backend": "run for real on", "real_learned_vs_best_rule": "real learned / best rule",
              "real_gated_vs_free": "real gated / free", "real_cascade_vs_full": "real cascade / full",
              "real_pairs_agree": "pairs ordered alike", "real_pairs": "of pairs", "pays": "pays"}
 
@@ -84,7 +88,8 @@ def _references(result: StudyResult) -> list[dict]:
     return [_p("Per device profile, decided on calib under the placement constraint and reported on test: the best "
                "predictor-free policy (the best of full, the cascade under every rule of the confidence-rule family, "
                "and every placement that only removes exits and retunes thresholds) against the best placement with "
-               "a predictor (a gated search). Predictors pay only where the CI of their latency ratio is below 1 at "
+               "a predictor (a gated search), and the best learned exit policy (leave predictors decide at the kept "
+               "side exits) against the best confidence rule. Predictors pay only where the CI of their latency ratio is below 1 at "
                "non-inferior accuracy and, where the profile was run for real (real_*: the real runtime on test "
                "samples at batch 1), where the real run's CI is below 1 too. Latency in ms per sample at batch 1; "
                "CIs: paired bootstrap over test samples and, for a measured profile, over its profilings."),

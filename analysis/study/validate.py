@@ -21,15 +21,24 @@ from branchy.runtime import EarlyExitRuntime
 from placement import Placement
 from predictors.deploy import gate_callable, jump_callable
 
-from ..core.evidence import Evidence, can_pass, outcome
+from ..core.evidence import JUMP_LEAVE_CUT, Evidence, can_pass, leave_cut_key, outcome
 from ..core.pathfit import PREDICTABLE_PCT, held_out_path_fit
 from ..core.policies import POLICIES, PolicyConfig
 from .compare import study_policies
 
 
 def build_runtime(model, pl: Placement, rule: ExitRule, cuts: dict, predictors: dict, pooling: str,
-                  segments: tuple | None = None, backend: str = "eager") -> EarlyExitRuntime:
-    """The runtime of a placement, as the evaluator scores it (exits nothing can pass are not entered)."""
+                  segments: tuple | None = None, backend: str = "eager",
+                  feature_dtype: str = "float32") -> EarlyExitRuntime:
+    """The runtime of a placement, as the evaluator scores it (exits nothing can pass are not entered; a learned
+    policy's leave predictors and a jump-and-leave predictor see the pooled activation rounded to the cache's
+    ``feature_dtype``, as their scores did)."""
+    if pl.learned:
+        from predictors.deploy import leave_callable
+
+        leave = {e: leave_callable(predictors[g.predictor], cuts.get(leave_cut_key(e), 0.5), pooling,
+                                   feature_dtype=feature_dtype) for e, g in enumerate(pl.leaves) if g is not None}
+        return EarlyExitRuntime(model, rule, kept=list(pl.kept), segments=segments, leave=leave)
     if pl.thresholds is not None:
         rule = rule.with_thresholds(pl.thresholds, tuned_by="placement")
     kept = [bool(a and b) for a, b in zip(pl.kept, can_pass(rule))] if not model.chained else list(pl.kept)
@@ -44,7 +53,12 @@ def build_runtime(model, pl: Placement, rule: ExitRule, cuts: dict, predictors: 
             gates[e] = (g.at, gate_callable(predictors[g.predictor], cuts.get(e, -np.inf), pooling, backend=backend,
                                             example=xs and xs[g.at + 1]))
     jump = None
-    if pl.jump is not None:
+    if pl.jump is not None and pl.jump_leave:
+        from predictors.deploy import jump_leave_callable
+
+        jump = (pl.jump.at, jump_leave_callable(predictors[pl.jump.predictor], cuts.get("jump", JUMP_LEAVE_CUT),
+                                                pooling, feature_dtype=feature_dtype))
+    elif pl.jump is not None:
         jump = (pl.jump.at, jump_callable(predictors[pl.jump.predictor], pooling, backend=backend,
                                           example=xs and xs[pl.jump.at + 1]))
     return EarlyExitRuntime(model, rule, kept=kept, gates=gates, segments=segments, jump=jump)
@@ -97,10 +111,11 @@ class _Runs:
 
 def _policy_runs(cache, model, ev: Evidence, st, rule: ExitRule, cfg: PolicyConfig, predictors: dict,
                  placements: dict, policies: list | None, segs, backend: str, profile: str) -> _Runs:
-    """Every registered policy the runtime can run (only ``policies`` and ``full`` when given), then ``placements``:
-    its runtime (built as the evaluator scores it) and its simulation."""
+    """Every registered policy the runtime can run (only ``policies`` and ``full`` when given), then ``placements``
+    (a placement, or ``(placement, cuts)`` with its cuts already decided): its runtime (built as the evaluator scores
+    it) and its simulation."""
     k = cache.num_exits
-    pooling = cache.manifest.get("pooling", "avg")
+    pooling, fdt = cache.manifest.get("pooling", "avg"), cache.manifest.get("feature_dtype", "float32")
     sim_cfg = replace(cfg, overlap=False)  # the runtime runs one segment after another
     runs = _Runs()
     for name in POLICIES.names():
@@ -114,15 +129,16 @@ def _policy_runs(cache, model, ev: Evidence, st, rule: ExitRule, cfg: PolicyConf
             runs.add(name, build_runtime(model, pl, r, {}, {}, pooling, segs), lambda e, p=p: p.run(e, rule, sim_cfg))
         elif name in st.chosen:
             c = st.chosen[name]
-            runs.add(name, build_runtime(model, c.placement, rule, c.cuts, predictors, pooling, segs, backend),
+            runs.add(name, build_runtime(model, c.placement, rule, c.cuts, predictors, pooling, segs, backend, fdt),
                      lambda e, c=c, name=name: outcome(e, c.placement, rule, cuts=c.cuts, name=name), c.placement)
     if placements:
         from .placement_study import PlacementObjective
 
         obj = PlacementObjective(cache, predictors, profile=profile, rule=rule, cfg=cfg)
         for name, pl in placements.items():
-            cuts, r = obj.cuts(pl), obj.rule_for(pl)
-            runs.add(name, build_runtime(model, pl, r, cuts, predictors, pooling, segs, backend),
+            pl, cuts = pl if isinstance(pl, tuple) else (pl, None)  # cuts decided elsewhere travel with it
+            cuts, r = obj.cuts(pl) if cuts is None else cuts, obj.rule_for(pl)
+            runs.add(name, build_runtime(model, pl, r, cuts, predictors, pooling, segs, backend, fdt),
                      lambda e, pl=pl, r=r, cuts=cuts, name=name: outcome(e, pl, r, cuts=cuts, name=name), pl)
     return runs
 

@@ -6,22 +6,38 @@ import numpy as np
 
 from ..core.paired import non_inferior
 
-__all__ = ["card", "pays", "verdict"]
+__all__ = ["beats", "card", "gated_pays", "learned_pays", "learned_sentence", "pays", "verdict"]
+
+
+def beats(row: dict, col: str) -> bool:
+    """Whether the numerator of ratio ``col`` (e.g. ``gated_vs_free``) beats its denominator on a comparison row: the
+    latency CI lies below 1 (``{col}_hi < 1``), the accuracy is non-inferior (:func:`non_inferior` on
+    ``{col}_acc_lo_pts``, ``acc_eps_pts``) and, where the row was also run for real (``real_{col}_hi``), the real
+    run's CI lies below 1 too: a claim holds only where simulation and the real run agree."""
+    hi = row.get(f"{col}_hi", np.nan)
+    if hi is None or not np.isfinite(hi) or not hi < 1:
+        return False
+    if not non_inferior(row.get(f"{col}_acc_lo_pts"), row.get(f"{col}_acc_pts"), row.get("acc_eps_pts", 0.0)):
+        return False
+    real = row.get(f"real_{col}_hi", np.nan)
+    return real is None or not np.isfinite(real) or bool(real < 1)
+
+
+def gated_pays(row: dict) -> bool:
+    """The best placement with a gate or jump beats the best predictor-free policy (:func:`beats`)."""
+    return beats(row, "gated_vs_free")
+
+
+def learned_pays(row: dict) -> bool:
+    """The best learned exit policy beats the best predictor-free policy (:func:`beats`)."""
+    return beats(row, "learned_vs_free")
 
 
 def pays(row: dict) -> bool:
-    """Do predictors pay on a comparison row? The best placement with a predictor beats the best predictor-free policy
-    (``gated_vs_free_hi < 1``) at non-inferior accuracy (:func:`non_inferior`, ``acc_eps_pts``) and, where the row
-    was also run for real (``real_gated_vs_free_hi``, :mod:`analysis.study.realrun`), the real run's CI lies below 1
-    too: a claim holds only where simulation and the real run agree."""
-    hi = row.get("gated_vs_free_hi", np.nan)
-    if hi is None or not np.isfinite(hi) or not hi < 1:
-        return False
-    if not non_inferior(row.get("gated_vs_free_acc_lo_pts"), row.get("gated_vs_free_acc_pts"),
-                        row.get("acc_eps_pts", 0.0)):
-        return False
-    real = row.get("real_gated_vs_free_hi", np.nan)
-    return real is None or not np.isfinite(real) or bool(real < 1)
+    """Do predictors pay on a comparison row (DESIGN §3.4)? The best placement with a predictor (gate or jump), or the
+    best learned exit policy, beats the best predictor-free policy at non-inferior accuracy, confirmed by the real
+    run where there is one (:func:`beats`)."""
+    return gated_pays(row) or learned_pays(row)
 
 
 def _ci(row: dict, col: str) -> str:
@@ -36,6 +52,10 @@ def verdict(row: dict) -> str:
             f"{_ci(row, 'free_vs_full')} x full")
     if "gated_vs_free" not in row or not np.isfinite(row.get("gated_vs_free", np.nan)):
         why = row.get("note") or "no placement with a predictor"
+        lrn = learned_sentence(row)
+        if lrn:
+            answer = "the learned exit policy pays here" if row.get("pays") else "the learned exit policy does not pay"
+            return f"{head}. Gates and jumps cannot be tried here ({why}); {answer}. {lrn}{_real_sentence(row)}"
         return f"{head}. Predictors cannot be tried here: {why}.{_real_sentence(row)}"
     gated = (f"the best placement with a predictor ({row['best_gated_placement']}) runs at "
              f"{_ci(row, 'gated_vs_free')} x it, accuracy {row['gated_vs_free_acc_pts']:+.2f} points")
@@ -46,15 +66,34 @@ def verdict(row: dict) -> str:
         bound = (f" Free perfect gates in front of the exits it keeps would run at {row['perfect_gates_vs_free']:.3f} x "
                  f"the best predictor-free policy; side exits are {row['side_exit_cost_share_%']:.0f} % of full's "
                  f"cost here.")
-    real = _real_sentence(row)
-    if row["pays"]:
+    real = _real_sentence(row) + (" " + learned_sentence(row) if learned_sentence(row) else "")
+    if gated_pays(row):
         return f"{head}; {gated}: predictors pay here.{bound}{real}"
+    if row["pays"]:
+        return f"{head}; {gated}: gates and jumps do not pay, the learned exit policy does.{bound}{real}"
     return f"{head}; {gated}: predictors do not pay here ({' and '.join(_reasons(row))}).{bound}{real}"
+
+
+def learned_sentence(row: dict) -> str:
+    """The best learned exit policy against the best confidence rule (and the best predictor-free policy)."""
+    r = _num(row, "learned_vs_best_rule")
+    if not np.isfinite(r):
+        return ""
+    acc = _num(row, "learned_vs_best_rule_acc_pts")
+    s = (f"The best learned exit policy ({row.get('best_learned_placement', '')}) runs at "
+         f"{_ci(row, 'learned_vs_best_rule')} x the best confidence rule, accuracy {acc:+.2f} points")
+    lo, hi = _num(row, "learned_vs_best_rule_acc_lo_pts"), _num(row, "learned_vs_best_rule_acc_hi_pts")
+    if np.isfinite(lo):
+        s += f" [{lo:+.2f}, {hi:+.2f}]"
+    s += ": it beats the rule" if beats(row, "learned_vs_best_rule") else ": it does not beat the rule"
+    if np.isfinite(_num(row, "learned_vs_free")):
+        s += f"; {_ci(row, 'learned_vs_free')} x the best predictor-free policy"
+    return s + "."
 
 
 def _reasons(row: dict) -> list[str]:
     """Why the best placement with a predictor does not pay on a row (empty where it pays)."""
-    if row.get("pays"):
+    if gated_pays(row):
         return []
     reasons = []
     if not row.get("gated_vs_free_hi", np.inf) < 1:
@@ -86,8 +125,10 @@ def card(row: dict) -> dict:
          "acc_lo": _num(row, "best_vs_full_acc_lo_pts"), "acc_hi": _num(row, "best_vs_full_acc_hi_pts"),
          "pays": bool(row.get("pays")), "is_full": row.get("best_placement") == row.get("full_placement"),
          "predictors": ("pay here" if row.get("pays") else "do not pay here" if np.isfinite(_num(row, "gated_vs_free"))
+                        or np.isfinite(_num(row, "learned_vs_free"))
                         else "not tried")}
-    c["sentences"] = [s for s in (_predictor_sentence(row), _cascade_sentence(row), _real_card_sentence(row)) if s]
+    c["sentences"] = [s for s in (_predictor_sentence(row), learned_sentence(row), _cascade_sentence(row),
+                                  _real_card_sentence(row)) if s]
     return c
 
 
@@ -95,10 +136,13 @@ def _predictor_sentence(row: dict) -> str:
     """Do predictors pay, and if not, why, with the headroom free perfect gates would leave."""
     g = _num(row, "gated_vs_free")
     if not np.isfinite(g):
-        return f"Predictors cannot be tried here: {row.get('note') or 'no placement with a predictor'}."
+        who = "Gates and jumps" if np.isfinite(_num(row, "learned_vs_free")) else "Predictors"
+        return f"{who} cannot be tried here: {row.get('note') or 'no placement with a predictor'}."
     where = f"{_ci(row, 'gated_vs_free')} x the best predictor-free policy"
-    if row.get("pays"):
+    if gated_pays(row):
         return f"Predictors pay here: the best placement with a predictor runs at {where}."
+    if row.get("pays"):
+        return f"Gates and jumps do not pay here (the best runs at {where}); the learned exit policy does."
     s = f"Predictors do not pay here: the best placement with a predictor runs at {where} ({' and '.join(_reasons(row))})."
     p = _num(row, "perfect_gates_vs_free")
     if np.isfinite(p):

@@ -16,13 +16,21 @@ from ..models import BranchyNet
 Gate = tuple[int, Callable[[torch.Tensor], torch.Tensor]]  # (stage it sits after, callable)
 
 
+def _jump_out(out) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A jump callable's ``target`` or ``(target, sure)`` as ``(target [B] long, sure [B] bool or None)``."""
+    if isinstance(out, (tuple, list)):
+        return torch.as_tensor(out[0]).long(), torch.as_tensor(out[1]).bool()
+    return torch.as_tensor(out).long(), None
+
+
 class EarlyExitRuntime:
     """Cascade with per-exit thresholds (entropy < T, or max_prob / margin > T), optional removed exits
     (``kept``) and gates in front of side exits (``gates[k] = (at, callable)``, ``at <= k``).
     ``thresholds`` may be an :class:`~branchy.exits.ExitRule` (its measure is then used). ``backend``:
     ``eager``, ``compiled`` or ``onnxruntime`` (:mod:`branchy.runtime.backends`). ``jump = (at, callable)``: an
     exit predictor after stage ``at`` names a target exit per row; the side exits from ``at`` up to it are
-    skipped, the cascade goes on from the target. ``leave[k]`` (every kept side exit, no gates or jump): a learned exit
+    skipped, the cascade goes on from the target. A jump callable that returns ``(target, sure)`` (jump-and-leave)
+    lets a ``sure`` row leave at the first kept exit from its target on without the confidence check. ``leave[k]`` (every kept side exit, no gates or jump): a learned exit
     decision ``(h, [logits of the kept exits run so far]) -> bool [B]`` replaces the confidence rule."""
 
     def __init__(self, model: BranchyNet, thresholds, *, measure: str = "entropy",
@@ -83,12 +91,15 @@ class EarlyExitRuntime:
         plan, last = self._plan, len(self._plan) - 1
         h = x
         enter: dict[int, bool] = {}
+        forced = False
         jump_at = self.jump[0] if self.jump is not None else -1
         for s, (stage, head, gates_here, keep, t, lower) in enumerate(plan):
             h = stage(h)
             if s == jump_at:  # the exit predictor: skip the side exits before its target
-                for e in range(s, int(self.jump[1](h)[0])):
+                target, sure = _jump_out(self.jump[1](h))
+                for e in range(s, int(target[0])):
                     enter[e] = False
+                forced = sure is not None and bool(sure[0])  # jump-and-leave: answer at the next exit entered
             for e, gate in gates_here:
                 if enter.get(e, True):
                     enter[e] = bool(gate(h)[0])
@@ -97,6 +108,8 @@ class EarlyExitRuntime:
             if not keep or not enter.get(s, True):
                 continue
             z = head(h.clone() if self.buffer else h)
+            if forced:
+                return z.argmax(1), torch.tensor([s])
             c = float(confidence_torch(z, self.measure)[0])
             if (c < t) if lower else (c > t):
                 return z.argmax(1), torch.tensor([s])
@@ -146,15 +159,18 @@ class EarlyExitRuntime:
         rows = torch.arange(b, device=x.device)
         h = x
         decisions: dict[int, torch.Tensor] = {}
+        forced = None  # jump-and-leave: rows that answer at the next exit they enter
         # chained exits (BoostNet, ZTW): what earlier exits computed, per remaining row; a row that
         # skipped an exit contributes zeros for it
         state: dict = {"prev": None, "logp": {}}
         for s in range(k):
             h = self._stages[s](h)
             if self.jump is not None and self.jump[0] == s:  # the exit predictor: skip exits before its target
-                target = self.jump[1](h).long()
+                target, sure = _jump_out(self.jump[1](h))
                 for e in range(s, k - 1):
                     decisions[e] = (target <= e) if e not in decisions else decisions[e] & (target <= e)
+                if sure is not None:  # jump-and-leave: sure rows answer at the first kept exit from their target
+                    forced = sure.bool() & (target < k - 1)
             for e, (at, gate) in self.gates.items():  # predictors placed after this stage
                 if at == s and self.kept[e]:
                     g = gate(h).bool()
@@ -175,6 +191,8 @@ class EarlyExitRuntime:
             hb = h.clone() if self.buffer else h  # the activation buffered while the branch runs
             z = self._exit(s, hb if idx is None else hb[idx], idx, state, len(rows))
             leave = self._confident(confidence_torch(z, self.measure), s)
+            if forced is not None:
+                leave = leave | (forced if idx is None else forced[idx])
             if leave.any():
                 sel = leave.nonzero().flatten()
                 who = rows if idx is None else rows[idx]
@@ -186,6 +204,7 @@ class EarlyExitRuntime:
                     return pred, taken
                 rows, h = rows[keep], (hb if self.buffer else h)[keep]
                 decisions = {e: d[keep] for e, d in decisions.items()}
+                forced = None if forced is None else forced[keep]
                 if state["prev"] is not None:
                     state["prev"] = state["prev"][keep]
                 state["logp"] = {i: v[keep] for i, v in state["logp"].items()}

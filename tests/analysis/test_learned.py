@@ -70,7 +70,7 @@ def test_targets_match_naive_loop(synth_cache):
 def test_inputs_shape(synth_cache):
     f = np.asarray(synth_cache.features("calib", 1)).reshape(synth_cache.size("calib"), -1)
     x = learned_inputs(synth_cache, "calib", 1)
-    assert x.shape == (len(f), f.shape[1] + 4)
+    assert x.shape == (len(f), f.shape[1] + 3 * 2)  # entropy, max-prob and margin of exits 0 and 1
     np.testing.assert_allclose(x[:, : f.shape[1]], f)
     with pytest.raises(IndexError):
         learned_inputs(synth_cache, "calib", synth_cache.num_exits - 1)

@@ -43,7 +43,7 @@ def test_measures_and_targets_are_registries_the_cli_lists(capsys):
     np.testing.assert_allclose(confidence(z, "margin"), np.sort(p[0])[-1] - np.sort(p[0])[-2])
     with pytest.raises(ValueError, match="unknown confidence measure 'ENTROPY'"):
         confidence(z, "ENTROPY")
-    assert TARGETS.names() == ["entropy", "exit", "gate", "oracle"]
+    assert TARGETS.names() == ["entropy", "exit", "gate", "leave", "oracle"]
     parser = build_parser()
     a = parser.parse_args(["simulate", "--cache", "c", "--out", "o", "--measure", "norm_entropy"])
     assert getattr(a, "PolicyConfig.measure") == "norm_entropy"

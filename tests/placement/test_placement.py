@@ -39,7 +39,9 @@ def known(tmp_path_factory):
     cache = priced_cache(tmp_path_factory.mktemp("p") / "c", _arrays())
     preds = {}
     for spec in (PredictorSpec("gate", 0, "linear", 0, T), PredictorSpec("gate", 0, "linear", 1, T),
-                 PredictorSpec("gate", 1, "linear", 1, T), PredictorSpec("exit", 0, "linear", None, T)):
+                 PredictorSpec("gate", 1, "linear", 1, T), PredictorSpec("exit", 0, "linear", None, T),
+                 PredictorSpec("leave", 0, "linear", 0, with_confidences=True),
+                 PredictorSpec("leave", 1, "linear", 1, with_confidences=True)):
         preds[spec.name] = fit_predictor(cache, spec, timing=0.01)
     space = SearchSpace.from_predictors(preds, 3, exit_macs(cache))
     obj = PlacementObjective(cache, preds, profile=PROFILE, rule=ExitRule.given(T, 3))
@@ -86,9 +88,29 @@ def test_every_strategy_returns_a_valid_placement(known, strategy):
     p = res.chosen
     assert p.num_exits == 3 and p.kept[-1]
     assert Placement.from_dict(p.to_dict()) == p
-    for g in p.gates:
+    for g in (*p.gates, *(p.leaves or ())):
         assert g is None or g.predictor in preds
     assert res.table.chosen.sum() == 1 and len(res.table) >= 1
+    if strategy == "learned":  # every set of kept side exits, each decided by its leave predictor
+        assert p.learned and len(res.table) == 1 + 3  # full, and the three learned decisions
+
+
+def test_the_search_space_holds_learned_decisions_and_jump_and_leave(known):
+    from placement.space import learned_placements
+    from placement.strategies import make_placement
+
+    cache, preds, space, obj = known
+    assert space.learned_sets() == [{0: "leave_at0_for0_linear"}, {1: "leave_at1_for1_linear"},
+                                    {0: "leave_at0_for0_linear", 1: "leave_at1_for1_linear"}]
+    assert [p.describe() for p in learned_placements(space)] == ["e0:learn e1:- e2:final", "e0:- e1:learn e2:final",
+                                                               "e0:learn e1:learn e2:final"]
+    assert space.size() == 3 * 4 * 2 + 3  # (removed, open, gates) per side exit x (no jump, jump) + learned
+    jl = SearchSpace.from_predictors(preds, 3, exit_macs(cache), jump_leave=True)
+    assert jl.jump_choices()[-1] == (Gate("exit_at0_linear", 0), "leave") and jl.size() == 3 * 4 * 3 + 3
+    pl = make_placement(jl, [None, None], jl.jump_choices()[-1])
+    assert pl.jump_leave and pl.describe() == "e0:open e1:open e2:final jump@0+leave"
+    m = obj(pl)  # scored, its cut on the exit predictor's probability tuned on calib
+    assert 0 < m["accuracy_%"] <= 100 and "jump" in obj.cuts(pl)
 
 
 def test_same_seed_same_result_with_one_and_two_jobs(known):
@@ -108,7 +130,7 @@ def test_latency_budget_dual(known):
 
 def test_exhaustive_limit_and_bad_inputs(known, tmp_path):
     cache, preds, space, obj = known
-    with pytest.raises(ValueError, match=r"exhaustive search over 24 placements exceeds the limit of 5"):
+    with pytest.raises(ValueError, match=r"exhaustive search over 27 placements exceeds the limit of 5"):
         search("exhaustive", space, obj, limit=5, progress=False)
     with pytest.raises(KeyError, match="unknown placement strategy 'anneal'"):
         search("anneal", space, obj, progress=False)

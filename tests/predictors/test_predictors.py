@@ -112,7 +112,7 @@ def test_spec_and_split_rules(synth_cache):
         PredictorSpec("gate", 2, "nn", 1, T)
     with pytest.raises(ValueError, match="needs the exit rule"):
         PredictorSpec("gate", 0, "nn", 1)
-    with pytest.raises(KeyError, match="unknown predictor model 'svm'; known: dummy, hgb, linear, mlp, nn"):
+    with pytest.raises(KeyError, match="unknown predictor model 'svm'; known: dummy, hgb, linear, linear-cv, mlp, nn"):
         PredictorSpec("oracle", 0, "svm")
     with pytest.raises(ValueError, match="position 7 out of range"):
         fit_predictor(synth_cache, PredictorSpec("oracle", 7, "linear"))
