@@ -50,17 +50,17 @@ class SearchSpace:
         return [None, *self.jump_options, *[(j, "leave") for j in self.jump_options if self.jump_leave]]
 
     def learned_sets(self) -> list[dict]:
-        """Every learned exit decision the space holds: per kept set of side exits (each with a leave predictor,
-        at least one) and per leave-predictor slot (the j-th leave predictor of each exit, by name: one model),
-        ``{exit: predictor name}``."""
+        """Every learned exit decision the space holds, ``{exit: predictor name}``: per leave-predictor slot (the j-th
+        leave predictor of each exit, by name: one model) the side exits 0..m kept, for every m whose exits 0..m all
+        have one. Prefixes only: a leave predictor reads the confidences of every exit before it, whose heads the
+        runtime runs only where they are kept."""
         opts = list(self.leave_options[: self.num_exits - 1]) if self.leave_options else []
-        have = [i for i, o in enumerate(opts) if o]
         out = []
         for j in range(max((len(o) for o in opts), default=0)):
-            usable = [i for i in have if j < len(opts[i])]
-            for r in range(1, len(usable) + 1):
-                for sub in itertools.combinations(usable, r):
-                    out.append({i: opts[i][j].predictor for i in sub})
+            for m in range(len(opts)):
+                if j >= len(opts[m]):
+                    break
+                out.append({i: opts[i][j].predictor for i in range(m + 1)})
         return out
 
     def side_options(self, k: int) -> list:

@@ -230,6 +230,11 @@ def learned_passes(ev: Evidence, pl: Placement, cuts: dict) -> np.ndarray:
                              f"predictors: {', '.join(sorted(leave_names(ev))) or 'none'} (fit target leave)")
         if ev.specs[g.predictor].for_exit != i:
             raise ValueError(f"leave predictor {g.predictor} decides exit {ev.specs[g.predictor].for_exit}, not {i}")
+        reads = ev.specs[g.predictor].n_conf
+        if not all(pl.kept[:reads]):
+            raise ValueError(f"leave predictor {g.predictor} reads the confidences of exits 0..{reads - 1}, but the "
+                             f"placement removes exit {pl.kept.index(False)}, whose head then never runs: keep the "
+                             f"exits before a leave predictor that reads them (or fit it without confidences)")
         out[:, i] = ev.scores[g.predictor] >= cuts.get(leave_cut_key(i), 0.5)
     return out
 

@@ -205,10 +205,11 @@ def _jump(ev: Evidence, rule: ExitRule, cfg: PolicyConfig, floor: float) -> Chos
 
 
 def _learned(ev: Evidence, rule: ExitRule, cfg: PolicyConfig, floor: float) -> Chosen | None:
-    """The learned exit decision: per predictor model that has a leave predictor at some side exit, those exits
-    kept and decided by it (the others removed), the cuts tuned for least calib latency at calib accuracy >=
-    ``floor`` (the cascade's); then every exit whose cut never lets a sample go is removed and the cuts re-tuned,
-    kept when faster. The fastest that meets the floor, or None (no leave predictor, or none meets it)."""
+    """The learned exit decision: per predictor model, side exits 0..m kept (m the last with a leave predictor of
+    that model at every exit up to it: each reads the confidences of the exits before it) and decided by their
+    leave predictors, the cuts tuned for least calib latency at calib accuracy >= ``floor`` (the cascade's); then
+    while the last kept side exit's cut never lets a sample go it is removed and the cuts re-tuned, kept when
+    faster. The fastest that meets the floor, or None (no leave predictor, or none meets it)."""
     k = ev.num_exits
     by_model: dict = {}
     for n in sorted(leave_names(ev)):
@@ -217,17 +218,18 @@ def _learned(ev: Evidence, rule: ExitRule, cfg: PolicyConfig, floor: float) -> C
             by_model.setdefault(s.model, {}).setdefault(s.for_exit, n)
     best, best_lat = None, np.inf
     for names in by_model.values():
-        kept = [i in names for i in range(k - 1)] + [True]
-        for _ in range(k):
-            pl = Placement.learned_on(names, k, kept)
+        m = 0
+        while m in names:
+            m += 1
+        while m > 0:
+            pl = Placement.learned_on({i: names[i] for i in range(m)}, k, [i < m for i in range(k - 1)] + [True])
             cuts = tune_cuts(ev, pl, rule, overlap=cfg.overlap, floor=floor)
             o = outcome(ev, pl, rule, cuts=cuts, overlap=cfg.overlap)
             if o.correct.mean() >= floor - 1e-12 and o.latency_ms.mean() < best_lat - 1e-12:
                 best, best_lat = Chosen(pl, cuts), o.latency_ms.mean()
-            idle = [i for i in range(k - 1) if kept[i] and not np.isfinite(cuts.get(leave_cut_key(i), np.inf))]
-            if not idle:
+            if np.isfinite(cuts.get(leave_cut_key(m - 1), np.inf)):
                 break
-            kept = [kp and i not in idle for i, kp in enumerate(kept)]
+            m -= 1
     return best
 
 

@@ -87,7 +87,7 @@ class EarlyExitRuntime:
     def _one(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Batch 1, lean: no row bookkeeping, one Python decision per exit entered."""
         if self.leave:
-            return self._learned(x)
+            return self._learned_one(x)
         plan, last = self._plan, len(self._plan) - 1
         h = x
         enter: dict[int, bool] = {}
@@ -112,6 +112,21 @@ class EarlyExitRuntime:
                 return z.argmax(1), torch.tensor([s])
             c = float(confidence_torch(z, self.measure)[0])
             if (c < t) if lower else (c > t):
+                return z.argmax(1), torch.tensor([s])
+        raise AssertionError("unreachable: the final exit always answers")
+
+    def _learned_one(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The learned exit decision at batch 1, lean: at each kept side exit the head, then its scorer."""
+        last, h, zs = self.model.num_exits - 1, x, []
+        for s in range(last + 1):
+            h = self._stages[s](h)
+            if s == last:
+                return self._heads[s](h).argmax(1), torch.tensor([s])
+            if not self.kept[s]:
+                continue
+            z = self._heads[s](h.clone() if self.buffer else h)
+            zs.append(z)
+            if bool(self.leave[s](h, zs)[0]):
                 return z.argmax(1), torch.tensor([s])
         raise AssertionError("unreachable: the final exit always answers")
 

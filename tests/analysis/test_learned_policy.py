@@ -65,7 +65,7 @@ def test_learned_placement_round_trips_and_refuses_other_forms():
     assert j.key() != Placement((True,) * 3, (None,) * 3, Gate("j", 0)).key()
 
 
-def _evidence(g, n, k, c=4):
+def _evidence(g, n, k, c=4, with_confidences=False):
     logits = g.normal(size=(n, k, c))
     labels = g.integers(0, c, n)
     preds = logits.argmax(-1)
@@ -75,7 +75,7 @@ def _evidence(g, n, k, c=4):
         name = f"leave{e}"
         ev.scores[name] = g.random(n)
         ev.pcost[name] = (float(g.uniform(0, 0.05)), 10.0)
-        ev.specs[name] = PredictorSpec("leave", e, "linear", e, with_confidences=True)
+        ev.specs[name] = PredictorSpec("leave", e, "linear", e, with_confidences=with_confidences)
     return ev, logits, labels
 
 
@@ -115,6 +115,10 @@ def test_learned_outcome_matches_naive_loop_and_the_reference_simulation(seed):
     np.testing.assert_array_equal(o.exit, ex)
     np.testing.assert_allclose(o.latency_ms, lat, rtol=1e-12, atol=1e-12)
     np.testing.assert_array_equal(o.correct, ok)
+    if any(not kept[j] and any(kept[j + 1: k - 1]) for j in range(k - 1)):  # reads a removed exit: refused
+        ev2, _, _ = _evidence(np.random.default_rng(seed), 80, k, with_confidences=True)
+        with pytest.raises(ValueError, match="whose head then never runs"):
+            outcome(ev2, pl, ExitRule("entropy", (0.5,) * k), cuts={})
     if all(kept):  # analysis.core.learned's own simulation of the same policy
         scores = np.stack([ev.scores[f"leave{e}"] for e in range(k - 1)], 1)
         ref = simulate_learned(scores, cuts, logits, labels, ev.costs, [ev.pcost[f"leave{e}"][0] for e in range(k - 1)])
