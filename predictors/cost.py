@@ -159,11 +159,11 @@ def remeasure(preds: list, cache, *, backend: str = "eager", rounds: int = 15, m
 
 
 def import_latency(preds: dict, costs: dict, backend: str) -> list[str]:
-    """Record the predictor timings of an exported package's ``runner.py profile`` file (its ``gate`` and ``jump``
-    rows, which name their predictor) as each predictor's latency on ``backend`` (ms at batch 1, pooling included),
+    """Record the predictor timings of an exported package's ``runner.py profile`` file (its ``gate``, ``jump`` and
+    ``leave`` rows, which name their predictor) as each predictor's latency on ``backend`` (ms at batch 1, pooling included),
     keeping the one it replaces in ``cost["history"]``. Returns the names recorded; a row naming a predictor not in
     ``preds`` is refused."""
-    rows = [r for r in costs.get("segments") or [] if r.get("segment") in ("gate", "jump")]
+    rows = [r for r in costs.get("segments") or [] if r.get("segment") in ("gate", "jump", "leave")]
     unknown = sorted({r.get("predictor") for r in rows} - set(preds), key=str)
     if unknown:
         raise ValueError(f"the costs file times predictors {unknown}, which the predictors folder does not hold: give "

@@ -110,8 +110,10 @@ def _place_args(p):
     p.add_argument("--cache", required=True, help="feature cache directory")
     p.add_argument("--predictors", required=True, help="folder of fitted predictors")
     add_arguments(p, PlacementConfig, title="placement")
-    add_arguments(p, PolicyConfig, only=("measure", "target_acc", "gate_max_drop", "risk"),
-                  title="exit rule and gates (with --risk, --max-acc-drop is also the guaranteed drop)")
+    add_arguments(p, PolicyConfig, only=("measure", "target_acc", "gate_max_drop", "risk", "learned_max_drop",
+                                         "risk_method", "jump_leave"),
+                  title="exit rule, gates and learned decisions (with --risk, --max-acc-drop is also the guaranteed "
+                        "drop)")
     percent(p, "--target-acc")
     p.add_argument("--out", required=True, help="folder for candidates.csv, placement.json and plots "
                                                 "(one subfolder per strategy when several are given)")

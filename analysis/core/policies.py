@@ -49,6 +49,11 @@ class PolicyConfig:
                                                "(Learn-then-Test)")
     risk: float | None = setting(None, "with max_acc_drop EPS: choose the exit rule so that losing more than EPS "
                                        "points against full on new data has probability at most this")
+    learned_max_drop: float = setting(0.5, "calib accuracy points below full's that a learned exit policy's cuts "
+                                           "may give up (its accuracy floor)")
+    risk_method: str = setting("ltt", "with max_acc_drop and risk, how a learned exit policy's shared cut is "
+                                      "certified: ltt (Learn-then-Test: P(loss > EPS) <= DELTA) or crc (conformal "
+                                      "risk control: mean loss <= EPS)", choices=lambda: ["ltt", "crc"])
     jump_leave: bool = setting(False, "also offer each exit predictor as jump-and-leave: a sample it is sure of "
                                       "leaves at the predicted exit without the confidence check (a cut on its "
                                       "probability, tuned on calib)")
@@ -62,6 +67,10 @@ class PolicyConfig:
         check_int("patience", self.patience, 1)
         check_int("bootstrap", self.bootstrap, 0)
         check_number("gate_max_drop", self.gate_max_drop, "of accuracy points in [0, 100]", lambda v: 0 <= v <= 100)
+        check_number("learned_max_drop", self.learned_max_drop, "of accuracy points in [0, 100]",
+                     lambda v: 0 <= v <= 100)
+        if self.risk_method not in ("ltt", "crc"):
+            raise ValueError(f"risk_method must be 'ltt' or 'crc', got {self.risk_method!r}")
         if (self.max_acc_drop is None) != (self.risk is None):
             raise ValueError("max_acc_drop EPS and risk DELTA go together: the rule is chosen so that losing more "
                              "than EPS points against full has probability at most DELTA")
@@ -204,10 +213,45 @@ def _jump(ev: Evidence, rule: ExitRule, cfg: PolicyConfig, floor: float) -> Chos
     return _best(ev, rule, [cascade, *opts], cfg, floor)
 
 
+def learned_floor(ev: Evidence, cfg: PolicyConfig) -> float:
+    """The calib accuracy (fraction) a learned exit policy's cuts must keep: full's less ``cfg.learned_max_drop``
+    points. One definition: the policy, the placement objective, the comparison and the export all tune to it."""
+    return float(ev.correct[:, -1].mean()) - cfg.learned_max_drop / 100
+
+
+def learned_cuts(ev: Evidence, pl: Placement, rule: ExitRule, cfg: PolicyConfig) -> dict:
+    """The cuts of a learned placement, decided on ``ev`` (calib, out-of-fold scores): per side exit for least mean
+    latency at calib accuracy >= :func:`learned_floor`; or, under ``cfg.risk`` (with ``max_acc_drop`` EPS), one
+    shared cut λ over every kept side exit (λ = 1, 0.975, ..., 0, safest first) certified on the out-of-fold scores
+    against ``full`` (paired loss: full right, learned wrong) by fixed-sequence Learn-then-Test (``risk_method``
+    ``ltt``: P(loss > EPS) <= DELTA) or conformal risk control (``crc``: mean loss <= EPS); nothing certified: every
+    cut +inf (the final exit's answers). Each calib score comes from a model that did not see its sample; the
+    deployed refit is certified through them (``bench/bench_learned.py`` measures the violation rate with the
+    scorers refitted per resplit)."""
+    if cfg.risk is None:
+        return tune_cuts(ev, pl, rule, overlap=cfg.overlap, floor=learned_floor(ev, cfg))
+    from .crc import crc_select
+    from .learned import LAMBDAS
+    from .risk import ltt_select
+
+    keys = [leave_cut_key(i) for i, g in enumerate(pl.leaves) if g is not None]
+    full_right = ev.correct[:, -1]
+    loss, ms = np.empty((len(LAMBDAS), ev.n), bool), np.empty(len(LAMBDAS))
+    for j, lam in enumerate(LAMBDAS):
+        o = outcome(ev, pl, rule, cuts={key: float(lam) for key in keys}, overlap=cfg.overlap)
+        loss[j], ms[j] = full_right & ~o.correct, o.latency_ms.mean()
+    eps = cfg.max_acc_drop / 100
+    res = (ltt_select(loss, ms, eps, cfg.risk) if cfg.risk_method == "ltt" else
+           crc_select(loss, ms, eps, monotonize=True))
+    lam = np.inf if res.index is None else float(LAMBDAS[res.index])
+    return {key: lam for key in keys}
+
+
 def _learned(ev: Evidence, rule: ExitRule, cfg: PolicyConfig, floor: float) -> Chosen | None:
     """The learned exit decision: per predictor model, side exits 0..m kept (m the last with a leave predictor of
     that model at every exit up to it: each reads the confidences of the exits before it) and decided by their
-    leave predictors, the cuts tuned for least calib latency at calib accuracy >= ``floor`` (the cascade's); then
+    leave predictors, the cuts tuned for least calib latency at calib accuracy >= full's less
+    ``cfg.learned_max_drop`` points (:func:`learned_floor`; ``floor``, the cascade's, is not its constraint); then
     while the last kept side exit's cut never lets a sample go it is removed and the cuts re-tuned, kept when
     faster. The fastest that meets the floor, or None (no leave predictor, or none meets it)."""
     k = ev.num_exits
@@ -216,6 +260,7 @@ def _learned(ev: Evidence, rule: ExitRule, cfg: PolicyConfig, floor: float) -> C
         s = ev.specs[n]
         if s.for_exit is not None and s.for_exit < k - 1:
             by_model.setdefault(s.model, {}).setdefault(s.for_exit, n)
+    floor = learned_floor(ev, cfg)
     best, best_lat = None, np.inf
     for names in by_model.values():
         m = 0
@@ -223,11 +268,12 @@ def _learned(ev: Evidence, rule: ExitRule, cfg: PolicyConfig, floor: float) -> C
             m += 1
         while m > 0:
             pl = Placement.learned_on({i: names[i] for i in range(m)}, k, [i < m for i in range(k - 1)] + [True])
-            cuts = tune_cuts(ev, pl, rule, overlap=cfg.overlap, floor=floor)
+            cuts = learned_cuts(ev, pl, rule, cfg)
             o = outcome(ev, pl, rule, cuts=cuts, overlap=cfg.overlap)
-            if o.correct.mean() >= floor - 1e-12 and o.latency_ms.mean() < best_lat - 1e-12:
+            ok = cfg.risk is not None or o.correct.mean() >= floor - 1e-12  # certified, or within the floor
+            if ok and o.latency_ms.mean() < best_lat - 1e-12:
                 best, best_lat = Chosen(pl, cuts), o.latency_ms.mean()
-            if np.isfinite(cuts.get(leave_cut_key(m - 1), np.inf)):
+            if np.isfinite(cuts.get(leave_cut_key(m - 1), np.inf)) or cfg.risk is not None:
                 break
             m -= 1
     return best
@@ -292,4 +338,4 @@ def run_policy(name: str, ev: Evidence, rule: ExitRule, cfg: PolicyConfig, chose
 
 
 __all__ = ["POLICIES", "Chosen", "Policy", "PolicyConfig", "calibrate", "choose_policies", "is_operating_point",
-           "is_reference", "policy_order", "register_policy", "run_policy"]
+           "is_reference", "learned_cuts", "learned_floor", "policy_order", "register_policy", "run_policy"]

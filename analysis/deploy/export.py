@@ -2,7 +2,9 @@
 
 The package holds every stage and exit head of the net (a head outputs its logits and its confidence, in float64
 as the simulator computes it) and every gate and jump predictor of the placement (pooling included) as ONNX files,
-the single graph with ``If`` nodes (:mod:`analysis.deploy.graph`), ``plan.json`` (standard JSON: the input and its
+a learned policy's leave predictors (their pooling as ONNX, their logistic model's numbers in the plan; the runner
+computes the confidences so far and the score in numpy), the single graph with ``If`` nodes
+(:mod:`analysis.deploy.graph`; not for a learned policy), ``plan.json`` (standard JSON: the input and its
 normalisation, the exit rule, kept exits, gates with positions and cuts, the jump, the SHA-256 of every file and
 the toolkit's version) and ``runner.py`` (numpy + onnxruntime: :mod:`analysis.deploy.runner`)."""
 from __future__ import annotations
@@ -81,6 +83,35 @@ def _predictor_module(pred, pooling: str, what: str) -> torch.nn.Module:
     return fn
 
 
+class _PoolRound(torch.nn.Module):
+    """A leave predictor's input features from the branch activation: pooled as the cache pooled them and rounded to
+    the cache's feature dtype (as the scores were computed from them), as float32."""
+
+    def __init__(self, pooling: str, feature_dtype: str) -> None:
+        super().__init__()
+        from branchy.models import Pool, parse_pooling
+
+        self.pool, self.dt = Pool(parse_pooling(pooling)), getattr(torch, str(feature_dtype))
+
+    def forward(self, h):
+        return self.pool(h).to(self.dt).float()
+
+
+def _leave_entry(pred, leave: dict, pooling: str, feature_dtype: str, example: torch.Tensor, tmp: Path) -> None:
+    """A leave predictor as the runner computes it: its pooling as ONNX, its logistic model's numbers in the plan."""
+    from predictors.deploy import linear_form
+
+    lin = linear_form(pred.estimator)
+    if lin is None:
+        raise ExportError(f"{pred.spec.name} is a {pred.spec.model} leave predictor; export carries logistic ones "
+                          f"(fit leave predictors with --predictor-model linear-cv or linear)")
+    mean, scale, coef, b = lin
+    leave["file"] = f"leave_{leave['exit']}.onnx"
+    _onnx(_PoolRound(pooling, feature_dtype), example, tmp / leave["file"], ["features"])
+    leave.update({"n_conf": int(pred.spec.n_conf), "mean": [float(v) for v in mean],
+                  "scale": [float(v) for v in scale], "coef": [float(v) for v in coef], "intercept": float(b)})
+
+
 def _normalise(splits) -> dict:
     """How raw images become the net's input: ``(x * scale - mean) / std`` per channel."""
     x = getattr(splits.test, "x", None)  # in-memory images; image files are decoded to uint8
@@ -101,6 +132,8 @@ def _write_segments(model, plan: dict, predictors: dict, tmp: Path) -> list[torc
         g["file"] = f"gate_{g['exit']}.onnx"
         _onnx(_predictor_module(predictors[g["predictor"]], plan["pooling"], "gate"), xs[g["at"] + 1], tmp / g["file"],
               ["score"])
+    for lv in plan.get("leaves") or ():
+        _leave_entry(predictors[lv["predictor"]], lv, plan["pooling"], plan["feature_dtype"], xs[lv["exit"] + 1], tmp)
     if plan["jump"] is not None:
         j = plan["jump"]
         j["file"] = "jump.onnx"
@@ -121,7 +154,11 @@ def export_package(model, cache, predictors: dict, placement: Placement, rule, o
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise ExportError(f"{out} exists and is not empty: give a new folder (an export never overwrites)")
+    if placement.jump_leave:
+        raise ExportError("jump-and-leave has no exported form yet (its jump would also need the predictor's "
+                          "probability): export the plain jump, or run it with the toolkit's runtime")
     plan = decision_plan(cache, predictors, placement, rule, cfg)
+    plan["feature_dtype"] = cache.manifest.get("feature_dtype", "float32")
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -137,7 +174,8 @@ def export_package(model, cache, predictors: dict, placement: Placement, rule, o
                 "activations": [list(x.shape[1:]) for x in xs], **plan,
                 "stages": [f"stage_{i}.onnx" for i in range(len(xs) - 1)],
                 "heads": [f"exit_{i}.onnx" for i in range(len(xs) - 1)]}
-        plan["graph"] = build_graph(plan, tmp)
+        # a learned exit decision runs segment by segment (its confidences and logistic score in numpy)
+        plan["graph"] = None if plan.get("leaves") else build_graph(plan, tmp)
         shutil.copyfile(runner_module.__file__, tmp / "runner.py")
         plan["files"] = {f.name: file_sha256(f) for f in sorted(tmp.iterdir())}
         (tmp / "plan.json").write_text(json.dumps(plan, indent=1, allow_nan=False))

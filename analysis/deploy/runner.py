@@ -6,7 +6,10 @@ This file is copied into every package as ``runner.py``; on the device::
     python runner.py PKG profile --out costs.json [--rounds 15] # every segment timed on this device, ms at batch 1
 
 ``plan.json`` says what to run: the stages, exit heads (logits and their confidence), gates and jump predictor
-as ONNX files, the exit rule's thresholds, and the SHA-256 of every file (a file that differs is refused).
+as ONNX files, the exit rule's thresholds, a learned policy's leave predictors (their pooling as ONNX, the
+logistic model's numbers: at each kept side exit the sample leaves when the score of its pooled features and the
+entropy, max-probability and margin of every exit so far reaches the cut), and the SHA-256 of every file (a file
+that differs is refused).
 Batch 1 runs the segments one after another; a batch drops the rows that leave (the rest go on), as the
 toolkit's runtime does; ``--graph`` runs the single ONNX graph with ``If`` nodes (batch 1). Latency is ms per
 sample at batch 1 on ``--threads`` intra-op threads (default 1)."""
@@ -25,6 +28,43 @@ import numpy as np
 
 FORMAT = "branchy-export"
 FORMAT_VERSION = 1
+
+
+def _confidences(z: np.ndarray) -> np.ndarray:
+    """``[B, 3 n]`` float32 from logits ``[B, n, C]``: entropy (nats), max-probability and margin of each of the n
+    exits, in float64 first (branchy.exits.confidence's twin, as the leave predictors' inputs were computed)."""
+    z = np.asarray(z, dtype=np.float64)
+    z = z - z.max(axis=-1, keepdims=True)
+    logp = z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+    ent = -(np.exp(logp) * logp).sum(axis=-1)
+    e = np.exp(z)
+    p = np.sort(e / e.sum(axis=-1, keepdims=True), axis=-1)
+    return np.concatenate([ent, p[..., -1], p[..., -1] - p[..., -2]], 1).astype(np.float32)
+
+
+class _Leave:
+    """A leave predictor: its pooling (ONNX) and logistic score in scikit-learn's own order and precision (inputs
+    standardised in float32, the dot product with float64 weights, the logistic function)."""
+
+    def __init__(self, pool, entry: dict) -> None:
+        self.pool, self.n = pool, int(entry["n_conf"])
+        self.mean = np.asarray(entry["mean"], np.float64).astype(np.float32)
+        self.scale = np.asarray(entry["scale"], np.float64).astype(np.float32)
+        self.coef = np.asarray(entry["coef"], np.float64).reshape(-1, 1)
+        self.b = float(entry["intercept"])
+        self.cut = np.inf if entry["cut"] is None else float(entry["cut"])
+
+    def score(self, h: np.ndarray, zs: list) -> np.ndarray:
+        x = self.pool(h)[0]
+        if self.n:
+            x = np.concatenate([x, _confidences(np.stack(zs[: self.n], 1))], 1)
+        xs = np.array(x, dtype=np.float32)
+        xs -= self.mean
+        xs /= self.scale
+        return 1.0 / (1.0 + np.exp(-((xs @ self.coef).reshape(-1) + self.b)))
+
+    def __call__(self, h: np.ndarray, zs: list) -> np.ndarray:
+        return self.score(h, zs) >= self.cut
 
 
 class PackageError(ValueError):
@@ -82,6 +122,7 @@ class Package:
                                        -np.inf if g["cut"] is None else float(g["cut"])) for g in p["gates"]}
         j = p.get("jump")
         self.jump = (int(j["at"]), self._session(j["file"])) if j else None
+        self.leaves = {int(lv["exit"]): _Leave(self._session(lv["file"]), lv) for lv in p.get("leaves") or ()}
         k = len(self.stages)
         self.kept = [bool(v) for v in p["kept"]]
         self.lower = bool(p["rule"]["lower_is_confident"])
@@ -107,6 +148,9 @@ class Package:
 
     def run_one(self, x: np.ndarray) -> tuple[int, int]:
         """One normalised sample ``[1, C, H, W]``: ``(prediction, exit)``."""
+        if self.leaves:
+            p, e = self._learned(x)
+            return int(p[0]), int(e[0])
         k, h, enter = len(self.stages), x, {}
         for s in range(k):
             h = self.stages[s](h)[0]
@@ -125,8 +169,32 @@ class Package:
                 return int(z.argmax(1)[0]), s
         raise AssertionError("unreachable: the final exit answers")
 
+    def _learned(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The learned exit decision on ``x`` ``[B, ...]``: at each kept side exit the head, then its leave
+        predictor; rows it lets go answer there, the rest go on."""
+        k, b = len(self.stages), len(x)
+        pred, taken = np.empty(b, np.int64), np.empty(b, np.int64)
+        rows, h, zs = np.arange(b), x, []
+        for s in range(k):
+            h = self.stages[s](h)[0]
+            if s == k - 1:
+                pred[rows], taken[rows] = self.heads[s](h)[0].argmax(1), s
+                break
+            if not self.kept[s]:
+                continue
+            z = self.heads[s](h)[0]
+            zs.append(z)
+            go = self.leaves[s](h, zs)
+            pred[rows[go]], taken[rows[go]] = z[go].argmax(1), s
+            if go.all():
+                break
+            rows, h, zs = rows[~go], np.ascontiguousarray(h[~go]), [v[~go] for v in zs]
+        return pred, taken
+
     def run_batch(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Normalised samples ``[B, C, H, W]``: predictions and exits ``[B]``; rows that leave are dropped."""
+        if self.leaves:
+            return self._learned(x)
         k, b = len(self.stages), len(x)
         pred, taken = np.empty(b, np.int64), np.empty(b, np.int64)
         rows, h, enter = np.arange(b), x, {}
@@ -160,6 +228,9 @@ class Package:
 
     def graph(self):
         """The single ONNX graph (``If`` nodes, batch 1): ``x -> (prediction, exit)``."""
+        if not self.plan.get("graph"):
+            raise PackageError(f"{self.path}: this package's learned exit decision runs segment by segment (its "
+                               f"confidences and score in numpy): it has no single graph; run without --graph")
         run = self._session(self.plan["graph"])
         return lambda x: tuple(int(v.reshape(-1)[0]) for v in run(x))
 
@@ -180,7 +251,8 @@ def profile(pkg: Package, *, rounds: int = 15, min_run_time: float = 0.02, seed:
     """Every segment timed on this device at batch 1 in ``rounds`` interleaved rounds (segments in a shuffled
     order each round, each called repeatedly for about ``min_run_time`` s): per segment the median ms per call and
     its spread (IQR / median). Stage k and exit k read the activation shapes the plan records; buffer k is a copy
-    of stage k's output (what the runtime keeps while the branch runs); gates and the jump as their own rows."""
+    of stage k's output (what the runtime keeps while the branch runs); gates, the jump and leave predictors as their
+    own rows."""
     plan, g = pkg.plan, np.random.default_rng(seed)
     fns = {}
     for k, (stage, head) in enumerate(zip(pkg.stages, pkg.heads)):
@@ -193,7 +265,13 @@ def profile(pkg: Package, *, rounds: int = 15, min_run_time: float = 0.02, seed:
         fns[("gate", e)] = (gate, g.standard_normal(_shape(plan, at + 1)).astype(np.float32))
     if pkg.jump is not None:
         fns[("jump", pkg.jump[0])] = (pkg.jump[1], g.standard_normal(_shape(plan, pkg.jump[0] + 1)).astype(np.float32))
+    c = int(plan["model"]["num_classes"])
+    for e, lv in pkg.leaves.items():  # pooling, the confidences so far and the score, as the runner decides
+        zs = [g.standard_normal((1, c)).astype(np.float32) for _ in range(max(lv.n, 1))]
+        fns[("leave", e)] = (lambda a, lv=lv, zs=zs: lv.score(a, zs),
+                             g.standard_normal(_shape(plan, e + 1)).astype(np.float32))
     names = {("gate", int(x["exit"])): x["predictor"] for x in plan["gates"]}
+    names.update({("leave", int(x["exit"])): x["predictor"] for x in plan.get("leaves") or ()})
     if plan.get("jump"):
         names[("jump", int(plan["jump"]["at"]))] = plan["jump"]["predictor"]
     reps = {key: _calls(fn, a, min_run_time) for key, (fn, a) in fns.items()}
@@ -221,12 +299,12 @@ def profile(pkg: Package, *, rounds: int = 15, min_run_time: float = 0.02, seed:
 def _forced(pkg: Package, kept: list[bool], t: list[float]):
     """``pkg.run_one`` with its exits and thresholds replaced (a forced path), no gates or jump."""
     def run(x):
-        saved = pkg.kept, pkg.t, pkg.gates, pkg.jump
-        pkg.kept, pkg.t, pkg.gates, pkg.jump = kept, t, {}, None
+        saved = pkg.kept, pkg.t, pkg.gates, pkg.jump, pkg.leaves
+        pkg.kept, pkg.t, pkg.gates, pkg.jump, pkg.leaves = kept, t, {}, None, {}
         try:
             return pkg.run_one(x)
         finally:
-            pkg.kept, pkg.t, pkg.gates, pkg.jump = saved
+            pkg.kept, pkg.t, pkg.gates, pkg.jump, pkg.leaves = saved
     return run
 
 

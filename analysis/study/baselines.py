@@ -12,9 +12,10 @@ cost model and one accuracy constraint:
   (local search among gated placements, see :mod:`placement.strategies`) under the default rule and under the best free
   policy's rule, then its best structures re-scored under every rule of the family;
 - ``best-learned``: the best learned exit policy (leave predictors decide at every kept side exit, for every set of
-  kept exits; :func:`placement.space.learned_placements`), its cuts tuned on calib to the same accuracy constraint
-  (calib accuracy >= full's less ``max_acc_drop`` points). It is judged against ``best-rule`` (the best confidence
-  rule) and ``best-free``.
+  kept exits; :func:`placement.space.learned_placements`), its cuts tuned on calib for calib accuracy >= full's less
+  ``PolicyConfig.learned_max_drop`` points (0.5 by default, the placement constraint's default; every candidate is
+  then held to the constraint as the others are). It is judged against ``best-rule`` (the best confidence rule) and
+  ``best-free``.
 
 Every selection uses calib (out-of-fold predictor scores, gate cuts tuned per candidate); test only reports. Each
 decided policy carries its thresholds explicitly, so it is re-run on test (or under another cost table) as it is."""
@@ -115,8 +116,7 @@ def decide_baselines(cache: FeatureCache, predictors: dict, *, profile: str | De
                      refine: int = 5, objective: PlacementObjective | None = None) -> Baselines:
     """Decide :data:`NAMES` on calib under ``profile`` (see the module's docstring). ``refine``: how many of the best
     gated structures are re-scored under every rule of the family."""
-    obj = copy.copy(objective or PlacementObjective(cache, predictors, profile=profile, rule=rule, cfg=cfg))
-    obj.learned_drop = constraint.max_acc_drop  # a learned policy's cuts: the same accuracy constraint as the rest
+    obj = objective or PlacementObjective(cache, predictors, profile=profile, rule=rule, cfg=cfg)
     k, chained, measure = cache.num_exits, cache.chained, cfg.measure
     z, y = np.asarray(cache.logits("calib")), cache.labels("calib")
     sc = _Scorer(obj, constraint)

@@ -16,7 +16,7 @@ from placement import Constraint, Placement, SearchResult, SearchSpace, search
 from ..core.calibrate import budgeted_thresholds, calib_rule, target_how, thresholds_for_accuracy
 from ..core.costs import DEFAULT_PROFILE, CostModel, DeviceProfile
 from ..core.evidence import Evidence, full_outcome, oracle_outcome, outcome, tune_cuts
-from ..core.policies import PolicyConfig
+from ..core.policies import PolicyConfig, learned_cuts
 from ..core.stats import summarize
 from .placement_config import PlacementConfig
 
@@ -45,7 +45,6 @@ class PlacementObjective:
         self._z, self._y = (np.asarray(cache.logits("calib"))[rows], cache.labels("calib")[rows]) \
             if self.rule.tuned_by.startswith("target-acc") else (None, None)
         self._rules: dict = {}
-        self.learned_drop: float | None = None  # points below full's calib accuracy a learned policy may give up
 
     def forget_rules(self) -> None:
         """Drop the rules recalibrated per set of kept exits (after ``rule`` or ``cfg`` changed)."""
@@ -65,14 +64,11 @@ class PlacementObjective:
 
     def cuts(self, pl: Placement) -> dict:
         """The cuts of ``pl``'s predictors tuned on calib: gates within ``cfg.gate_max_drop`` points of always
-        entering; a learned policy's leave cuts at calib accuracy >= full's less ``learned_drop`` points (None:
-        ``cfg.gate_max_drop``; a search or comparison sets its constraint's ``max_acc_drop``)."""
-        floor = None
+        entering; a learned policy's leave cuts by :func:`analysis.core.policies.learned_cuts` (at calib accuracy
+        >= full's less ``cfg.learned_max_drop`` points, or one shared cut certified under ``cfg.risk``)."""
         if pl.learned:
-            drop = self.cfg.gate_max_drop if self.learned_drop is None else self.learned_drop
-            floor = float(self.ev.correct[:, -1].mean()) - drop / 100
-        return tune_cuts(self.ev, pl, self.rule_for(pl), max_drop=self.cfg.gate_max_drop, overlap=self.cfg.overlap,
-                         floor=floor)
+            return learned_cuts(self.ev, pl, self.rule_for(pl), self.cfg)
+        return tune_cuts(self.ev, pl, self.rule_for(pl), max_drop=self.cfg.gate_max_drop, overlap=self.cfg.overlap)
 
     def outcome(self, pl: Placement, ev: Evidence | None = None, cuts: dict | None = None):
         cuts = self.cuts(pl) if cuts is None else cuts
@@ -115,7 +111,7 @@ def run_placement(cache: FeatureCache, predictors: dict, strategy: str, *, const
         raise ValueError(f"the cache's exits are chained ({cache.chain}): removing or gating an exit would "
                          f"change the later exits' answers, so there is no placement to search; use the cascade")
     cfg = cfg or PolicyConfig(measure=measure)
-    space = SearchSpace.from_predictors(predictors, cache.num_exits, exit_macs(cache))
+    space = SearchSpace.from_predictors(predictors, cache.num_exits, exit_macs(cache), jump_leave=cfg.jump_leave)
     search_rows = cert_rows = None
     if cfg.risk is not None:  # search on one half of calib, certify on the other (Learn-then-Test)
         from ..core.guarantee import risk_controlled_rule
@@ -128,7 +124,6 @@ def run_placement(cache: FeatureCache, predictors: dict, strategy: str, *, const
         if strategy in ("budget", "nsga2"):  # the thresholds stay the search half's certified rule
             options["threshold_options"] = [None]
     obj = PlacementObjective(cache, predictors, profile=profile, rule=rule, cfg=cfg, rows=search_rows)
-    obj.learned_drop = constraint.max_acc_drop  # a learned policy's cuts tuned to the search's accuracy constraint
     if strategy in ("budget", "nsga2") and "threshold_options" not in options:
         options["threshold_options"] = [None] + threshold_options(cache, cfg.measure)
     res = search(strategy, space, obj, constraint=constraint, n_jobs=n_jobs, seed=seed, progress=progress,

@@ -41,8 +41,14 @@ def exported(toy_splits, tmp_path_factory):
     preds = {p.spec.name: p for p in (fit_predictor(cache, PredictorSpec(tg, at, "nn", e, t, params=nn), folds=2,
                                                     timing=0.005)
                                       for tg, at, e in (("gate", 0, 1), ("gate", 1, 1), ("exit", 0, None)))}
+    for e in (0, 1):  # the learned exit decision's leave predictors (logistic: exportable)
+        lv = fit_predictor(cache, PredictorSpec("leave", e, "linear-cv", e, class_weight="balanced",
+                                                with_confidences=True), folds=2, timing=0.005)
+        preds[lv.spec.name] = lv
     own = tuple(float(np.quantile(confidence(z[:, e], "entropy"), q)) for e, q in ((0, 0.3), (1, 0.7))) + (np.inf,)
-    pls = {**PLACEMENTS, "own thresholds": Placement((True, True, True), (None, None, None), thresholds=own)}
+    learned = Placement.learned_on({0: "leave_at0_for0_linear-cv", 1: "leave_at1_for1_linear-cv"}, 3)
+    pls = {**PLACEMENTS, "own thresholds": Placement((True, True, True), (None, None, None), thresholds=own),
+           "learned": learned}
     pkgs = {n: export_package(m, cache, preds, pl, rule, d / n.replace(" ", "_").replace(",", ""), splits=toy_splits)
             for n, pl in pls.items()}
     return m, cache, preds, rule, pkgs, pls
@@ -56,8 +62,10 @@ import runner
 pkg = runner.Package(sys.argv[1])
 x = pkg.preprocess(np.load(sys.argv[2]))
 one = [pkg.run_one(x[i:i + 1]) for i in range(len(x))]
-graph = pkg.graph()
-g = [graph(x[i:i + 1]) for i in range(len(x))]
+g = None
+if pkg.plan["graph"]:  # a learned exit decision has none
+    graph = pkg.graph()
+    g = [graph(x[i:i + 1]) for i in range(len(x))]
 bp, be = pkg.run_batch(x)
 assert "torch" not in sys.modules and "branchy" not in sys.modules, sorted(m for m in sys.modules if "torch" in m)
 print(json.dumps({"one": one, "graph": g, "batch": [bp.tolist(), be.tolist()]}))
@@ -81,14 +89,16 @@ def test_the_package_runs_without_torch_and_takes_the_simulators_exits(exported,
         got = json.loads(out.stdout)
         sp, se = simulated(cache, preds, pl, rule)
         assert len(set(se.tolist())) >= 2, f"{name}: every sample leaves at one exit, the test says little"
-        for how in ("one", "graph"):
+        assert (got["graph"] is None) == (name == "learned")
+        for how in ("one", "graph") if got["graph"] is not None else ("one",):
             p, e = np.array(got[how]).T
             assert (e == se).all() and (p == sp).all(), f"{name} ({how}): exits {e} vs simulated {se}"
         assert got["batch"] == [sp.tolist(), se.tolist()], name
         from analysis.study.plan import decide
 
         r, cuts, _ = decide(cache, preds, pl, rule)
-        rt = build_runtime(m, pl, r, cuts, preds, cache.manifest["pooling"])
+        rt = build_runtime(m, pl, r, cuts, preds, cache.manifest["pooling"],
+                           feature_dtype=cache.manifest["feature_dtype"])
         tp, te = rt(x)
         assert te.tolist() == se.tolist() and tp.tolist() == sp.tolist(), name
     own = json.loads((pkgs["own thresholds"] / "plan.json").read_text())["rule"]
@@ -132,6 +142,10 @@ def test_export_refuses_what_it_cannot_carry(exported, toy_splits, tmp_path):
     with pytest.raises(ExportError, match="linear predictor, which has no ONNX form here.*--predictor-model nn"):
         export_package(m, cache, {lin.spec.name: lin}, pl, rule, tmp_path / "lin", splits=toy_splits)
     assert not (tmp_path / "lin").exists()
+    jl = Placement((True, True, True), (None, None, None), Gate("exit_at0_nn", 0), jump_leave=True)
+    with pytest.raises(ExportError, match="jump-and-leave has no exported form"):
+        export_package(m, cache, preds, jl, rule, tmp_path / "jl", splits=toy_splits)
+    assert not (tmp_path / "jl").exists()
 
 
 def test_costs_timed_on_the_device_become_a_measured_profile(exported, tmp_path):
@@ -180,3 +194,13 @@ def test_the_runner_command_prints_predictions_and_refuses_a_wrong_input(exporte
                 for e in ([], ["--graph"], ["--batch"])}) == 1  # the three modes agree
     out = subprocess.run(cmd + [str(tmp_path / "bad.npy")], capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and "takes finite images [N, 1, 28, 28]" in out.stderr
+
+
+def test_the_runners_confidences_are_the_toolkits():
+    """The runner's numpy confidences (no branchy on the device) equal the leave predictors' inputs bit for bit."""
+    from analysis.deploy.runner import _confidences
+    from branchy.exits import confidence
+
+    z = np.random.default_rng(0).normal(scale=4, size=(50, 3, 7)).astype(np.float32)
+    want = np.concatenate([confidence(z, m).astype(np.float32) for m in ("entropy", "max_prob", "margin")], 1)
+    np.testing.assert_array_equal(_confidences(z), want)

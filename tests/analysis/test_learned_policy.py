@@ -194,8 +194,8 @@ def _quiet():
         yield
 
 
-def test_the_learned_policy_is_decided_on_calib_under_the_cascades_accuracy(synth_cache, leave_fitted):
-    from analysis.core.policies import PolicyConfig, choose_policies, run_policy
+def test_the_learned_policy_is_decided_on_calib_within_its_floor(synth_cache, leave_fitted):
+    from analysis.core.policies import PolicyConfig, choose_policies, learned_floor, run_policy
 
     rule, preds = leave_fitted
     ev = Evidence.build(synth_cache, "calib", predictors=preds)
@@ -207,9 +207,12 @@ def test_the_learned_policy_is_decided_on_calib_under_the_cascades_accuracy(synt
     np.testing.assert_allclose(leave_scorer(p)(x), p.score_inputs(x), rtol=1e-12, atol=1e-15)
     chosen = choose_policies(ev, rule, PolicyConfig())
     assert "learned" in chosen and chosen["learned"].placement.learned
-    cas = run_policy("cascade", ev, rule, PolicyConfig(), chosen)
     lrn = run_policy("learned", ev, rule, PolicyConfig(), chosen)
-    assert lrn.correct.mean() >= cas.correct.mean() - 1e-12
+    full = run_policy("full", ev, rule, PolicyConfig(), chosen)
+    assert learned_floor(ev, PolicyConfig()) == pytest.approx(full.correct.mean() - 0.005)
+    assert lrn.correct.mean() >= learned_floor(ev, PolicyConfig()) - 1e-12  # within 0.5 points of full on calib
+    strict = choose_policies(ev, rule, PolicyConfig(learned_max_drop=0.0))["learned"]
+    assert run_policy("learned", ev, rule, PolicyConfig(), {"learned": strict}).correct.mean() >= full.correct.mean()
     evt = Evidence.build(synth_cache, "test", predictors=preds)
     assert run_policy("learned", evt, rule, PolicyConfig(), chosen).policy == "learned"
     # jump-and-leave is offered only when asked for
@@ -253,3 +256,25 @@ def test_the_runtime_takes_the_simulators_exits_for_learned_and_jump_and_leave(t
         np.testing.assert_array_equal(batched.numpy(), want)
         z = np.asarray(cache.logits("test"))
         np.testing.assert_array_equal(pred.numpy(), z[np.arange(len(z)), want].argmax(-1))
+
+
+@pytest.mark.parametrize("method", ["ltt", "crc"])
+def test_the_risk_controlled_learned_cut_is_the_matrix_forms(method):
+    """Under --max-acc-drop EPS --risk DELTA the learned placement's shared cut is the one
+    analysis.core.learned.risk_controlled_cut certifies on the same scores, costs and labels."""
+    from analysis.core.learned import risk_controlled_cut
+    from analysis.core.policies import PolicyConfig, learned_cuts
+
+    g = np.random.default_rng(7)
+    k = 3
+    ev, logits, labels = _evidence(g, 400, k)
+    # scores that rank: a sample whose exit is right scores higher
+    for e in range(k - 1):
+        ev.scores[f"leave{e}"] = np.clip(0.5 * ev.correct[:, e] + 0.5 * g.random(ev.n), 0, 1)
+    pl = Placement.learned_on({e: f"leave{e}" for e in range(k - 1)}, k)
+    cfg = PolicyConfig(max_acc_drop=5.0, risk=0.1, risk_method=method)
+    cuts = learned_cuts(ev, pl, ExitRule("entropy", (0.5,) * k), cfg)
+    scores = np.stack([ev.scores[f"leave{e}"] for e in range(k - 1)], 1)
+    lam, _ = risk_controlled_cut(scores, logits, labels, ev.costs, [ev.pcost[f"leave{e}"][0] for e in range(k - 1)],
+                                 eps_pts=5.0, delta=0.1, method=method)
+    assert lam is not None and set(cuts.values()) == {lam}
