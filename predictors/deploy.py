@@ -126,12 +126,16 @@ def leave_callable(pred, cut: float, pooling: str, *, feature_dtype: str = "floa
 
 
 def leave_scorer(pred) -> Callable[[np.ndarray], np.ndarray]:
-    """``x [B, D] -> score [B]`` of a leave predictor as the runtime computes it: a binary logistic model on
-    standardised inputs in numpy, in scikit-learn's own order and precision (the float32 inputs standardised in
-    float32, the dot product with the float64 weights, the logistic function), so its scores are the model's own without a
-    scikit-learn call per sample; any other model through
+    """``x [B, D] -> score [B]`` of a leave predictor as the runtime computes it, its scores the model's own without
+    scikit-learn's input checks per sample: a binary logistic model on standardised inputs in numpy, in
+    scikit-learn's own order and precision (the float32 inputs standardised in float32, the dot product with the
+    float64 weights, the logistic function); a torch MLP as its ``predict_proba`` computes (standardised in float32,
+    the float64 network, the softmax in numpy); any other model through
     :meth:`~predictors.fitted.FittedPredictor.score_inputs`."""
-    lin = linear_form(pred.estimator)
+    est = pred.estimator
+    if isinstance(est, TorchMLPClassifier) and _fitted_torch(est) and list(np.asarray(est.classes_)) == [0, 1]:
+        return _torch_mlp_scorer(est)
+    lin = linear_form(est)
     if lin is None:
         return pred.score_inputs
     from scipy.special import expit
@@ -145,6 +149,20 @@ def leave_scorer(pred) -> Callable[[np.ndarray], np.ndarray]:
         xs -= mean32
         xs /= scale32
         return expit((xs @ coef_t + b).reshape(-1))
+    return score
+
+
+def _torch_mlp_scorer(est) -> Callable[[np.ndarray], np.ndarray]:
+    """A fitted binary :class:`TorchMLPClassifier`'s probability of class 1, computed as its ``predict_proba``."""
+    mean, scale, net = est.mean_, est.scale_, est.net_
+
+    def score(x):
+        xt = torch.from_numpy(np.ascontiguousarray((np.asarray(x, dtype=np.float32) - mean) / scale, dtype=np.float64))
+        with torch.no_grad():
+            z = net(xt).numpy()
+        z = z - z.max(1, keepdims=True)
+        p = np.exp(z)
+        return (p / p.sum(1, keepdims=True))[:, 1]
     return score
 
 

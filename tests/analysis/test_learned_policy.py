@@ -199,6 +199,7 @@ def test_the_learned_policy_is_decided_on_calib_within_its_floor(synth_cache, le
 
     rule, preds = leave_fitted
     ev = Evidence.build(synth_cache, "calib", predictors=preds)
+    from predictors import fit_predictor
     from predictors.deploy import leave_scorer, linear_form
 
     p = preds["leave_at0_for0_linear-cv"]  # the runtime's one dot product is the model's probability
@@ -211,6 +212,10 @@ def test_the_learned_policy_is_decided_on_calib_within_its_floor(synth_cache, le
     full = run_policy("full", ev, rule, PolicyConfig(), chosen)
     assert learned_floor(ev, PolicyConfig()) == pytest.approx(full.correct.mean() - 0.005)
     assert lrn.correct.mean() >= learned_floor(ev, PolicyConfig()) - 1e-12  # within 0.5 points of full on calib
+    nn = fit_predictor(synth_cache, PredictorSpec("leave", 1, "nn", 1, with_confidences=True,
+                                                  params={"max_epochs": 5}), folds=2, timing=0.005)
+    x = nn.inputs(synth_cache, "test")  # a torch MLP's fast path is its predict_proba too
+    np.testing.assert_allclose(leave_scorer(nn)(x), nn.score_inputs(x), rtol=1e-12, atol=1e-15)
     strict = choose_policies(ev, rule, PolicyConfig(learned_max_drop=0.0))["learned"]
     assert run_policy("learned", ev, rule, PolicyConfig(), {"learned": strict}).correct.mean() >= full.correct.mean()
     evt = Evidence.build(synth_cache, "test", predictors=preds)
