@@ -283,3 +283,22 @@ def test_the_risk_controlled_learned_cut_is_the_matrix_forms(method):
     lam, _ = risk_controlled_cut(scores, logits, labels, ev.costs, [ev.pcost[f"leave{e}"][0] for e in range(k - 1)],
                                  eps_pts=5.0, delta=0.1, method=method)
     assert lam is not None and set(cuts.values()) == {lam}
+
+
+def test_a_learned_policy_that_beats_the_best_free_one_makes_predictors_pay():
+    """DESIGN 3.4: gates, jumps or a learned policy; the real run, where there is one, must agree."""
+    from analysis.study.verdict import beats, card, learned_sentence, pays
+
+    row = {"acc_eps_pts": 0.5, "gated_vs_free": 1.02, "gated_vs_free_lo": 1.0, "gated_vs_free_hi": 1.05,
+           "gated_vs_free_acc_pts": 0.0, "gated_vs_free_acc_lo_pts": -0.2, "gated_vs_free_acc_hi_pts": 0.2,
+           "learned_vs_free": 0.8, "learned_vs_free_lo": 0.75, "learned_vs_free_hi": 0.85,
+           "learned_vs_free_acc_pts": 0.1, "learned_vs_free_acc_lo_pts": -0.3, "learned_vs_free_acc_hi_pts": 0.5,
+           "learned_vs_best_rule": 0.9, "learned_vs_best_rule_lo": 0.85, "learned_vs_best_rule_hi": 0.95,
+           "learned_vs_best_rule_acc_pts": 0.1, "learned_vs_best_rule_acc_lo_pts": -0.3,
+           "learned_vs_best_rule_acc_hi_pts": 0.5, "best_learned_placement": "e0:learn e1:final",
+           "profile": "p", "best_vs_full": 0.8}
+    assert pays(row) and beats(row, "learned_vs_best_rule")
+    assert learned_sentence(row).endswith("it beats the rule; 0.800 [0.750, 0.850] x the best predictor-free policy.")
+    assert "the learned exit policy does" in card({**row, "pays": True})["sentences"][0]
+    assert not pays({**row, "real_learned_vs_free_hi": 1.1})  # the real run does not confirm it
+    assert not pays({**row, "learned_vs_free_acc_lo_pts": -0.9})  # it may lose more than 0.5 points
