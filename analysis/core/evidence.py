@@ -212,14 +212,22 @@ def outcome(ev: Evidence, policy: Placement, rule: ExitRule, *, cuts: dict | Non
 JUMP_LEAVE_CUT = 0.5  # the default cut on a jump-and-leave predictor's probability of the exit it names
 
 
+LEAVE_CUT = 0.5  # a leave predictor's default cut: leave where leaving is at least as likely right as not
+
+
 def leave_cut_key(k: int) -> str:
     """The key of side exit ``k``'s leave cut in a placement's ``cuts`` (gates are keyed by their exit index)."""
     return f"leave{k}"
 
 
+def leave_cut(cuts: dict, k: int) -> float:
+    """Side exit ``k``'s leave cut in ``cuts`` (:data:`LEAVE_CUT` where none was tuned)."""
+    return cuts.get(leave_cut_key(k), LEAVE_CUT)
+
+
 def learned_passes(ev: Evidence, pl: Placement, cuts: dict) -> np.ndarray:
-    """``[N, K]`` bool: the learned decision lets the sample go at exit k (``score >= cut``, default 0.5); the final
-    exit always answers."""
+    """``[N, K]`` bool: the learned decision lets the sample go at exit k (``score >= cut``, :func:`leave_cut`); the
+    final exit always answers."""
     out = np.zeros((ev.n, ev.num_exits), bool)
     out[:, -1] = True
     for i, g in enumerate(pl.leaves or ()):
@@ -235,7 +243,7 @@ def learned_passes(ev: Evidence, pl: Placement, cuts: dict) -> np.ndarray:
             raise ValueError(f"leave predictor {g.predictor} reads the confidences of exits 0..{reads - 1}, but the "
                              f"placement removes exit {pl.kept.index(False)}, whose head then never runs: keep the "
                              f"exits before a leave predictor that reads them (or fit it without confidences)")
-        out[:, i] = ev.scores[g.predictor] >= cuts.get(leave_cut_key(i), 0.5)
+        out[:, i] = ev.scores[g.predictor] >= leave_cut(cuts, i)
     return out
 
 
@@ -379,6 +387,6 @@ def _without_gate(pl: Placement, i: int) -> Placement:
     return replace(pl, gates=tuple(gates))
 
 
-__all__ = ["Evidence", "JUMP_LEAVE_CUT", "can_pass", "cascade_outcome", "cut_candidates", "default_cut", "full_outcome",
+__all__ = ["Evidence", "JUMP_LEAVE_CUT", "LEAVE_CUT", "leave_cut", "can_pass", "cascade_outcome", "cut_candidates", "default_cut", "full_outcome",
            "gate_names", "leave_candidates", "leave_cut_key", "leave_names", "learned_passes",
            "gate_report", "matched_oracle_outcome", "oracle_outcome", "outcome", "patience_outcome", "tune_cuts"]

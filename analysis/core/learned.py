@@ -41,6 +41,7 @@ import numpy as np
 from predictors.targets import targets_from_correct
 
 from .costs import CostModel
+from .evidence import leave_candidates
 from .simulate import Outcome, path_outcome
 
 
@@ -185,6 +186,21 @@ def simulate_learned(scores, cuts, logits, labels, costs: CostModel, scorer_ms, 
 LAMBDAS = np.linspace(1.0, 0.0, 41)  # the shared cut, safest first: a cut of 1 leaves (almost) nowhere
 
 
+def select_shared_cut(loss: np.ndarray, ms: np.ndarray, *, eps_pts: float, delta: float = 0.1,
+                      method: str = "ltt"):
+    """Of the shared cuts behind ``loss`` ``[M, N]`` (paired 0/1 losses against ``full``, safest cut first) and
+    ``ms`` ``[M]`` (mean latency), the cheapest certified within ``eps_pts`` accuracy points: fixed-sequence
+    Learn-then-Test (``method="ltt"``, P(risk > eps) <= ``delta``) or conformal risk control (``"crc"``, monotonised:
+    mean loss <= eps). Returns the selection result (``.index`` None when nothing is certified)."""
+    from .crc import crc_select
+    from .risk import ltt_select
+
+    if method not in ("ltt", "crc"):
+        raise ValueError(f"method must be 'ltt' or 'crc', got {method!r}")
+    return (ltt_select(loss, ms, eps_pts / 100, delta) if method == "ltt"
+            else crc_select(loss, ms, eps_pts / 100, monotonize=True))
+
+
 def risk_controlled_cut(scores, logits, labels, costs: CostModel, scorer_ms, *, eps_pts: float, delta: float = 0.1,
                         method: str = "ltt", lambdas=LAMBDAS) -> tuple[float | None, object]:
     """The shared cut λ (leave at side exit k when ``score_k >= λ``, every k) certified on samples the scorers were
@@ -193,10 +209,7 @@ def risk_controlled_cut(scores, logits, labels, costs: CostModel, scorer_ms, *, 
     (``method="ltt"``: the population risk exceeds eps with probability <= ``delta``) or conformal risk control
     (``"crc"``: the expected loss <= eps; ``delta`` unused). Returns ``(λ or None when nothing is certified: run
     full, the selection result)``; costs are mean ms on these samples."""
-    from .crc import crc_select
-    from .risk import ltt_select
-
-    if method not in ("ltt", "crc"):
+    if method not in ("ltt", "crc"):  # before the simulations
         raise ValueError(f"method must be 'ltt' or 'crc', got {method!r}")
     z, y = np.asarray(logits), np.asarray(labels)
     k = z.shape[1]
@@ -205,8 +218,7 @@ def risk_controlled_cut(scores, logits, labels, costs: CostModel, scorer_ms, *, 
     for j, lam in enumerate(lambdas):
         o = simulate_learned(scores, np.full(k - 1, float(lam)), z, y, costs, scorer_ms)
         loss[j], ms[j] = full_right & ~o.correct, o.latency_ms.mean()
-    res = (ltt_select(loss, ms, eps_pts / 100, delta) if method == "ltt"
-           else crc_select(loss, ms, eps_pts / 100, monotonize=True))
+    res = select_shared_cut(loss, ms, eps_pts=eps_pts, delta=delta, method=method)
     return (None if res.index is None else float(lambdas[res.index])), res
 
 
@@ -236,12 +248,6 @@ def leave_callables(scorer: "LearnedScorer", cuts, pooling: str, feature_dtype: 
 
 
 # ----------------------------------------------------------------------------- cuts
-def cut_candidates_learned(scores: np.ndarray, n_cuts: int = 16) -> np.ndarray:
-    """``+inf`` (never leave here) and ``n_cuts`` quantiles of one exit's scores (ascending, unique)."""
-    q = np.unique(np.quantile(np.asarray(scores, dtype=float), np.linspace(0, 1, n_cuts)))
-    return np.concatenate([[np.inf], q])
-
-
 def tune_learned_cuts(scores_calib, logits, labels, costs: CostModel, scorer_ms, *, max_acc_drop: float = 0.0,
                       n_cuts: int = 16, passes: int = 3) -> np.ndarray:
     """``[K-1]`` cuts for least mean calib latency (ms) with calib accuracy >= ``full``'s minus ``max_acc_drop``
@@ -262,7 +268,7 @@ def tune_learned_cuts(scores_calib, logits, labels, costs: CostModel, scorer_ms,
     for _ in range(passes):
         changed = False
         for k in reversed(range(s.shape[1])):
-            for c in cut_candidates_learned(s[:, k], n_cuts):
+            for c in leave_candidates(s[:, k], n_cuts):
                 if c == cuts[k]:
                     continue
                 trial = cuts.copy()
@@ -275,6 +281,6 @@ def tune_learned_cuts(scores_calib, logits, labels, costs: CostModel, scorer_ms,
     return cuts
 
 
-__all__ = ["LAMBDAS", "LearnedScorer", "cut_candidates_learned", "fit_learned", "fit_scorer", "learned_exits", "learned_folds",
-           "learned_inputs", "learned_targets", "leave_callable", "leave_callables", "make_model", "risk_controlled_cut",
+__all__ = ["LAMBDAS", "LearnedScorer", "fit_learned", "fit_scorer", "learned_exits", "learned_folds",
+           "learned_inputs", "learned_targets", "leave_callable", "leave_callables", "make_model", "risk_controlled_cut", "select_shared_cut",
            "score_with", "simulate_learned", "tune_learned_cuts"]

@@ -230,9 +230,7 @@ def learned_cuts(ev: Evidence, pl: Placement, rule: ExitRule, cfg: PolicyConfig)
     scorers refitted per resplit)."""
     if cfg.risk is None:
         return tune_cuts(ev, pl, rule, overlap=cfg.overlap, floor=learned_floor(ev, cfg))
-    from .crc import crc_select
-    from .learned import LAMBDAS
-    from .risk import ltt_select
+    from .learned import LAMBDAS, select_shared_cut
 
     keys = [leave_cut_key(i) for i, g in enumerate(pl.leaves) if g is not None]
     full_right = ev.correct[:, -1]
@@ -240,9 +238,7 @@ def learned_cuts(ev: Evidence, pl: Placement, rule: ExitRule, cfg: PolicyConfig)
     for j, lam in enumerate(LAMBDAS):
         o = outcome(ev, pl, rule, cuts={key: float(lam) for key in keys}, overlap=cfg.overlap)
         loss[j], ms[j] = full_right & ~o.correct, o.latency_ms.mean()
-    eps = cfg.max_acc_drop / 100
-    res = (ltt_select(loss, ms, eps, cfg.risk) if cfg.risk_method == "ltt" else
-           crc_select(loss, ms, eps, monotonize=True))
+    res = select_shared_cut(loss, ms, eps_pts=cfg.max_acc_drop, delta=cfg.risk, method=cfg.risk_method)
     lam = np.inf if res.index is None else float(LAMBDAS[res.index])
     return {key: lam for key in keys}
 

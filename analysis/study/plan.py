@@ -8,7 +8,7 @@ import numpy as np
 from branchy.core import json_safe
 from placement import Placement
 
-from ..core.evidence import JUMP_LEAVE_CUT, can_pass, leave_cut_key
+from ..core.evidence import JUMP_LEAVE_CUT, can_pass, leave_cut
 from ..core.policies import PolicyConfig
 
 __all__ = ["decide", "decision_plan"]
@@ -43,7 +43,7 @@ def decision_plan(cache, predictors: dict, placement: Placement, rule, cfg: Poli
     gates = [{"exit": e, "at": g.at, "predictor": g.predictor, "cut": _finite(cuts.get(e, -np.inf))}
              for e, g in enumerate(placement.gates) if g is not None and kept[e]]
     j = placement.jump
-    leaves = [{"exit": e, "predictor": g.predictor, "cut": _finite(cuts.get(leave_cut_key(e), 0.5))}
+    leaves = [{"exit": e, "predictor": g.predictor, "cut": _finite(leave_cut(cuts, e))}
               for e, g in enumerate(placement.leaves or ()) if g is not None]
     return {"describe": placement.describe(), "placement": json_safe(placement.to_dict()), "kept": kept,
             "leaves": leaves, "leave_rule": "leave at the exit when score >= cut (None: never)",

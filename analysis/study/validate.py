@@ -21,7 +21,7 @@ from branchy.runtime import EarlyExitRuntime
 from placement import Placement
 from predictors.deploy import gate_callable, jump_callable
 
-from ..core.evidence import JUMP_LEAVE_CUT, Evidence, can_pass, leave_cut_key, outcome
+from ..core.evidence import JUMP_LEAVE_CUT, Evidence, can_pass, leave_cut, outcome
 from ..core.pathfit import PREDICTABLE_PCT, held_out_path_fit
 from ..core.policies import POLICIES, PolicyConfig
 from .compare import study_policies
@@ -36,7 +36,7 @@ def build_runtime(model, pl: Placement, rule: ExitRule, cuts: dict, predictors: 
     if pl.learned:
         from predictors.deploy import leave_callable
 
-        leave = {e: leave_callable(predictors[g.predictor], cuts.get(leave_cut_key(e), 0.5), pooling,
+        leave = {e: leave_callable(predictors[g.predictor], leave_cut(cuts, e), pooling,
                                    feature_dtype=feature_dtype) for e, g in enumerate(pl.leaves) if g is not None}
         return EarlyExitRuntime(model, rule, kept=list(pl.kept), segments=segments, leave=leave)
     if pl.thresholds is not None:

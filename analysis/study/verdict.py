@@ -40,6 +40,13 @@ def pays(row: dict) -> bool:
     return gated_pays(row) or learned_pays(row)
 
 
+def _acc_ci(row: dict, col: str) -> str:
+    """The accuracy difference of ratio ``col`` in points, with its CI where the row has one."""
+    s = f"{_num(row, f'{col}_acc_pts'):+.2f} points"
+    lo, hi = _num(row, f"{col}_acc_lo_pts"), _num(row, f"{col}_acc_hi_pts")
+    return s + (f" [{lo:+.2f}, {hi:+.2f}]" if np.isfinite(lo) else "")
+
+
 def _ci(row: dict, col: str) -> str:
     lo, hi = row.get(f"{col}_lo"), row.get(f"{col}_hi")
     return f"{row[col]:.3f}" + ("" if lo is None or not np.isfinite(lo) else f" [{lo:.3f}, {hi:.3f}]")
@@ -58,15 +65,14 @@ def verdict(row: dict) -> str:
             return f"{head}. Gates and jumps cannot be tried here ({why}); {answer}. {lrn}{_real_sentence(row)}"
         return f"{head}. Predictors cannot be tried here: {why}.{_real_sentence(row)}"
     gated = (f"the best placement with a predictor ({row['best_gated_placement']}) runs at "
-             f"{_ci(row, 'gated_vs_free')} x it, accuracy {row['gated_vs_free_acc_pts']:+.2f} points")
-    if np.isfinite(row.get("gated_vs_free_acc_lo_pts", np.nan)):
-        gated += f" [{row['gated_vs_free_acc_lo_pts']:+.2f}, {row['gated_vs_free_acc_hi_pts']:+.2f}]"
+             f"{_ci(row, 'gated_vs_free')} x it, accuracy {_acc_ci(row, 'gated_vs_free')}")
     bound = ""
     if np.isfinite(row.get("perfect_gates_vs_free", np.nan)):
         bound = (f" Free perfect gates in front of the exits it keeps would run at {row['perfect_gates_vs_free']:.3f} x "
                  f"the best predictor-free policy; side exits are {row['side_exit_cost_share_%']:.0f} % of full's "
                  f"cost here.")
-    real = _real_sentence(row) + (" " + learned_sentence(row) if learned_sentence(row) else "")
+    lrn = learned_sentence(row)
+    real = _real_sentence(row) + (" " + lrn if lrn else "")
     if gated_pays(row):
         return f"{head}; {gated}: predictors pay here.{bound}{real}"
     if row["pays"]:
@@ -79,12 +85,9 @@ def learned_sentence(row: dict) -> str:
     r = _num(row, "learned_vs_best_rule")
     if not np.isfinite(r):
         return ""
-    acc = _num(row, "learned_vs_best_rule_acc_pts")
     s = (f"The best learned exit policy ({row.get('best_learned_placement', '')}) runs at "
-         f"{_ci(row, 'learned_vs_best_rule')} x the best confidence rule, accuracy {acc:+.2f} points")
-    lo, hi = _num(row, "learned_vs_best_rule_acc_lo_pts"), _num(row, "learned_vs_best_rule_acc_hi_pts")
-    if np.isfinite(lo):
-        s += f" [{lo:+.2f}, {hi:+.2f}]"
+         f"{_ci(row, 'learned_vs_best_rule')} x the best confidence rule, accuracy "
+         f"{_acc_ci(row, 'learned_vs_best_rule')}")
     s += ": it beats the rule" if beats(row, "learned_vs_best_rule") else ": it does not beat the rule"
     if np.isfinite(_num(row, "learned_vs_free")):
         s += f"; {_ci(row, 'learned_vs_free')} x the best predictor-free policy"
