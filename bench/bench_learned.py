@@ -73,7 +73,21 @@ def suite_rows(a) -> tuple[list[dict], dict]:
         result = run_study(cfg)
         first = first or result
         rows += compare_study(key, result, suite.profiles, n_boot=suite.bootstrap)
+        leave_timings(key, result)
     return rows, first
+
+
+def leave_timings(key: str, result: dict) -> None:
+    """Each leave predictor's eager ms at batch 1 as the study priced it, and timed again now as the runtime runs it
+    (pooling, the confidences so far, the score; interleaved rounds, the cache's threads)."""
+    from predictors.cost import measure_predictors
+
+    preds = [p for p in result["predictors"].values() if p.spec.target == "leave"]
+    if not preds:
+        return
+    now = measure_predictors(preds, result["cache"], rounds=7, min_run_time=0.3)
+    print(f"{key}: leave predictors, ms at batch 1 priced / now: " + ", ".join(
+        f"{p.spec.name} {p.cost['ms_b1']:.3f} / {now[p.spec.name]['ms_b1']:.3f}" for p in preds), flush=True)
 
 
 def violations(result: dict, profile: str, eps: float, delta: float, resplits: int, method: str = "ltt",
@@ -113,6 +127,16 @@ def _ci(r: dict, col: str) -> str:
     return f"{v:.3f}" + ("" if lo is None or not np.isfinite(lo) else f" [{lo:.3f}, {hi:.3f}]")
 
 
+def _gap(r: dict) -> str:
+    """On a row run for real: how much further above its simulation the learned policy's real latency runs than the
+    best rule's (real/simulated ms of each on the same samples)."""
+    ms = [r.get(f"{p}_{n}_ms", np.nan) for n in ("best_learned", "best_rule") for p in ("real", "realsim")]
+    if not np.isfinite(ms).all():
+        return ""
+    lrn, rule = ms[0] / ms[1], ms[2] / ms[3]
+    return f"; real/sim learned {lrn:.2f}, best rule {rule:.2f} (gap {lrn / rule:.2f})"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--config", default="configs/suites/backbones.yaml")
@@ -138,7 +162,7 @@ def main() -> None:
               f"R = {_ci(r, 'learned_vs_best_rule')}{real}; accuracy {r['learned_vs_best_rule_acc_pts']:+.2f} pts "
               f"[{r['learned_vs_best_rule_acc_lo_pts']:+.2f}, {r['learned_vs_best_rule_acc_hi_pts']:+.2f}]"
               f"{'' if r['ok'] else ' (inferior)'}; vs best free {_ci(r, 'learned_vs_free')}, vs matched oracle "
-              f"{_ci(r, 'learned_vs_matched_oracle')}", flush=True)
+              f"{_ci(r, 'learned_vs_matched_oracle')}{_gap(r)}", flush=True)
     ok = [r for r in has if r["ok"]]
     best = min(ok, key=lambda r: r["learned_vs_best_rule"]) if ok else None
     reached = [r for r in ok if r["learned_vs_best_rule_hi"] <= GOAL]
